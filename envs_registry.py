@@ -1,0 +1,18 @@
+"""Registers KernelGym's environment ids with gymnasium; `import kernelgym` runs it."""
+
+from __future__ import annotations
+
+import gymnasium
+
+ENV_IDS = {
+    "KernelGym/Synthetic-v0": "kernelgym.envs.single:SyntheticEnv",
+    "KernelGym/Suite-v0": "kernelgym.envs.single:SuiteEnv",
+    "KernelGym/MultiTurn-v0": "kernelgym.envs.multi_turn:MultiTurnEnv",
+}
+
+
+def register() -> None:
+    """Register every id once (idempotent: a second `import` or reload does not warn)."""
+    for env_id, entry_point in ENV_IDS.items():
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point=entry_point)

@@ -1,0 +1,13 @@
+"""KernelGym: Gymnasium environments for turning PyTorch programs into fast Triton kernels."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from kernelgym.task import Task, load_suite  # noqa: E402
+
+import envs_registry as _envs_registry  # noqa: E402  (registers the env ids; see DESIGN.md)
+
+_envs_registry.register()
+
+__all__ = ["Task", "load_suite", "__version__"]

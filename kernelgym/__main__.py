@@ -1,0 +1,3 @@
+from kernelgym.cli import main
+
+raise SystemExit(main())

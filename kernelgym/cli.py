@@ -1,0 +1,99 @@
+"""The `kernelgym` command (DESIGN.md contract). Each subcommand's work lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _difficulty_list(text: str) -> list[int]:
+    """'3' -> [3]; '1-3' -> [1, 2, 3]; '1,4' -> [1, 4]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a difficulty or range: {text!r} (try 3, 1-3 or 1,4)") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"difficulties must be >= 1: {text!r}")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kernelgym", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ops", help="list the operator catalog")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--category", help="only ops of this category")
+
+    p = sub.add_parser("sample", help="sample KernelBench-format tasks")
+    p.add_argument("--difficulty", "-d", type=_difficulty_list, default=[3],
+                   help="difficulty (number of ops), a range like 1-3 or a list like 1,4 (default 3)")
+    p.add_argument("-n", type=int, default=10, help="number of tasks per difficulty (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--sizes", choices=["tiny", "bench"], default="tiny", help="size profile (default tiny)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--pairs", action="store_true",
+                   help="also write a compiler-policy solution beside each task (<id>.solution.py)")
+
+    p = sub.add_parser("eval", help="judge one candidate against a reference")
+    p.add_argument("reference", help="KernelBench-format reference file")
+    p.add_argument("candidate", help="candidate source file (defines ModelNew)")
+    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
+    p.add_argument("--mode", choices=["strict", "lenient"], default="strict")
+    p.add_argument("--trials", type=int, default=3, help="correctness trials (>= 3)")
+    p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: random)")
+    p.add_argument("--timeout", type=float, default=None, help="wall-time limit per phase in seconds")
+    p.add_argument("--json", action="store_true", help="last stdout line is the verdict as JSON")
+
+    p = sub.add_parser("run", help="run a policy against tasks and write a report (the main job)")
+    p.add_argument("--policy", choices=["compiler", "search", "llm"], default="search")
+    p.add_argument("--suite", default="synthetic", help="'synthetic' or a KernelBench-format directory")
+    p.add_argument("--difficulty", "-d", type=_difficulty_list, default=[1, 2, 3])
+    p.add_argument("-n", type=int, default=20, help="number of tasks (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sizes", choices=["tiny", "bench"], default=None, help="default: bench on GPU, else tiny")
+    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
+    p.add_argument("--mode", choices=["strict", "lenient"], default="strict")
+    p.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
+
+    p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
+    p.add_argument("name", nargs="?", default=None, help="benchmark name; omit to list them")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "ops":
+        from kernelgym.ops.cli import main_ops
+
+        return main_ops(args)
+    if args.command == "sample":
+        from kernelgym.sampler.cli import main_sample
+
+        return main_sample(args)
+    if args.command == "eval":
+        from kernelgym.evaluation.cli import main_eval
+
+        return main_eval(args)
+    if args.command == "run":
+        from kernelgym.runner import main_run
+
+        return main_run(args)
+    if args.command == "bench":
+        from kernelgym.benchmarks_cli import main_bench
+
+        return main_bench(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
