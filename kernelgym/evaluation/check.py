@@ -1,0 +1,119 @@
+"""Correctness comparison, run in the parent process on outputs decoded from the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kernelgym.evaluation.tolerances import tolerance_for
+
+
+@dataclass
+class TrialResult:
+    """One trial's comparison: `reason` is empty when it passed."""
+
+    trial: int
+    seed: int
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    mismatched: int = 0
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial, "seed": self.seed, "ok": self.ok, "reason": self.reason,
+            "message": self.message, "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err,
+            "mismatched": self.mismatched, "outputs": self.outputs,
+        }
+
+
+def as_outputs(value: Any) -> list[Any]:
+    """A forward's return value as a flat list (a tensor, or a tuple/list of them)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _fmt_shape(t: torch.Tensor) -> str:
+    return f"{tuple(t.shape)}"
+
+
+def compare_trial(trial: int, seed: int, reference: list[Any], candidate: list[Any]) -> TrialResult:
+    """Compare one trial's outputs: count, exact shape and dtype, NaN/Inf, then tolerance."""
+    res = TrialResult(trial=trial, seed=seed, ok=False)
+    if len(candidate) != len(reference):
+        res.reason, res.message = "check:output_count", (
+            f"trial {trial}: candidate returned {len(candidate)} output(s), reference {len(reference)}")
+        return res
+    worst_abs, worst_rel = 0.0, 0.0
+    for i, (ref, out) in enumerate(zip(reference, candidate)):
+        where = f"trial {trial}, output {i}"
+        if not isinstance(out, torch.Tensor):
+            res.reason, res.message = "check:type", f"{where}: candidate returned {type(out).__name__}, not a tensor"
+            return res
+        if not isinstance(ref, torch.Tensor):
+            ref = torch.as_tensor(ref)
+        if out.shape != ref.shape:
+            res.reason, res.message = "check:shape", (
+                f"{where}: shape {_fmt_shape(out)} != expected {_fmt_shape(ref)}")
+            return res
+        if out.dtype != ref.dtype:
+            res.reason, res.message = "check:dtype", f"{where}: dtype {out.dtype} != expected {ref.dtype}"
+            return res
+        tol = tolerance_for(ref.dtype)
+        info: dict[str, Any] = {"shape": list(ref.shape), "dtype": str(ref.dtype).removeprefix("torch."), **tol}
+        res.outputs.append(info)
+        if ref.numel() == 0:
+            continue
+        if not (ref.is_floating_point() or ref.is_complex()):
+            bad = out != ref
+            n_bad = int(bad.sum())
+            diff = (out.to(torch.float64) - ref.to(torch.float64)).abs() if ref.dtype != torch.bool else bad.double()
+            worst_abs = max(worst_abs, float(diff.max()))
+            if n_bad:
+                res.reason, res.message, res.mismatched = "check:mismatch", (
+                    f"{where}: {n_bad}/{ref.numel()} elements differ (exact match required for {ref.dtype})"), n_bad
+                break
+            continue
+        ref64 = ref.to(torch.complex128 if ref.is_complex() else torch.float64)
+        out64 = out.to(ref64.dtype)
+        ref_finite = torch.isfinite(ref64)
+        out_nonfinite = ~torch.isfinite(out64) & ref_finite
+        if bool(out_nonfinite.any()):
+            n_nan = int(out_nonfinite.sum())
+            res.reason, res.message, res.mismatched = "check:nan", (
+                f"{where}: {n_nan}/{ref.numel()} elements are NaN/Inf where the reference is finite "
+                "(unwritten or overflowed output)"), n_nan
+            break
+        close = torch.isclose(out64, ref64, rtol=tol["rtol"], atol=tol["atol"], equal_nan=False)
+        diff = (out64 - ref64).abs()
+        fin = ref_finite & torch.isfinite(out64)
+        if bool(fin.any()):
+            d = diff[fin]
+            worst_abs = max(worst_abs, float(d.max()))
+            worst_rel = max(worst_rel, float((d / ref64[fin].abs().clamp_min(1e-12)).max()))
+        info["max_abs_err"] = float(diff[fin].max()) if bool(fin.any()) else 0.0
+        n_bad = int((~close).sum())
+        if n_bad:
+            res.reason, res.message, res.mismatched = "check:mismatch", (
+                f"{where}: {n_bad}/{ref.numel()} elements outside tolerance (atol={tol['atol']}, "
+                f"rtol={tol['rtol']}); max abs error {worst_abs:.3g}"), n_bad
+            break
+    res.max_abs_err, res.max_rel_err = worst_abs, worst_rel
+    res.ok = not res.reason
+    return res
+
+
+def reference_problem(outputs: list[Any]) -> str | None:
+    """Why a reference's outputs are unusable (non-tensor, NaN), or None if they are fine."""
+    for i, ref in enumerate(outputs):
+        if not isinstance(ref, torch.Tensor):
+            return f"reference output {i} is {type(ref).__name__}, not a tensor"
+        if (ref.is_floating_point() or ref.is_complex()) and bool(torch.isnan(ref).any()):
+            return f"reference output {i} contains NaN"
+    return None

@@ -1,0 +1,90 @@
+"""The reference job, run in a REFERENCE worker (a process that never runs candidate code)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kernelgym.evaluation.jobs import clone_tree, describe, outputs_list, sync, to_device
+
+SEED_MASK = (1 << 63) - 1
+
+
+def trial_seed(seed: int, t: int) -> int:
+    """Seed of trial `t` derived from the evaluation seed (stable across versions)."""
+    return (seed * 6364136223846793005 + 1442695040888963407 * (t + 1)) & SEED_MASK
+
+
+def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Seeded: init inputs and weights from `seed`, then each trial's inputs and outputs."""
+    import torch
+
+    from kernelgym import task as taskmod
+    from kernelgym.evaluation.guards.runtime import record_torch_ops
+
+    state.pop("reference", None)
+    device, seed, n = msg["device"], int(msg["seed"]), int(msg["trials"])
+    progress("reference import")
+    try:
+        module = taskmod.exec_source(msg["source"], "kernelgym_reference", filename="<reference>")
+        torch.manual_seed(seed)
+        init_inputs = list(module.get_init_inputs())
+        model = module.Model(*init_inputs)
+        state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model = model.to(device).eval()
+    except BaseException as exc:  # noqa: BLE001 - a broken reference is a verdict, not a worker crash
+        return {"status": "error", "stage": "reference init", "error": describe(exc)}
+    trials = []
+    ops = None
+    for t in range(n):
+        progress(f"reference trial {t}")
+        ts = trial_seed(seed, t)
+        try:
+            torch.manual_seed(ts)
+            inputs = list(module.get_inputs())
+            sent = clone_tree(inputs)  # before forward: a reference may modify its inputs in place
+            dev_inputs = to_device(inputs, device)
+            with torch.no_grad():
+                if t == 0 and msg.get("want_ops"):
+                    out, counter = record_torch_ops(model, *dev_inputs)
+                    ops = {str(k): int(v) for k, v in counter.items()}
+                else:
+                    out = model(*dev_inputs)
+            sync(device)
+        except BaseException as exc:  # noqa: BLE001
+            return {"status": "error", "stage": f"reference trial {t}", "error": describe(exc)}
+        trials.append({"seed": ts, "inputs": sent, "outputs": outputs_list(out)})
+    state["reference"] = {"model": model, "inputs": [to_device(tr["inputs"], device) for tr in trials]}
+    return {"status": "ok", "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops}
+
+
+def time_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Eager and torch.compile timings of the reference model (cached by the parent)."""
+    import torch
+
+    from kernelgym.evaluation.timing import bench
+
+    ref = state.get("reference")
+    if ref is None:
+        return {"status": "error", "error": "no reference loaded"}
+    model, inputs = ref["model"], [list(x) for x in ref["inputs"]]
+    out: dict[str, Any] = {"status": "ok"}
+    progress("baseline eager")
+    try:
+        with torch.no_grad():
+            out["eager"] = bench(lambda ins: model(*ins), inputs, **msg.get("bench", {}))
+    except BaseException as exc:  # noqa: BLE001
+        return {"status": "error", "error": f"eager baseline failed: {describe(exc)}"}
+    progress("baseline torch.compile")
+    try:
+        compiled = torch.compile(model)
+        with torch.no_grad():
+            compiled(*inputs[0])  # compile outside the timed region
+            out["compile"] = bench(lambda ins: compiled(*ins), inputs, **msg.get("bench", {}))
+    except BaseException as exc:  # noqa: BLE001 - the eager baseline still stands
+        out["compile_error"] = describe(exc)
+    return out
+
+
+def end_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    state.pop("reference", None)
+    return {"status": "ended"}

@@ -1,0 +1,107 @@
+"""Worker process main loop: `python -m kernelgym.evaluation.worker ROLE FD`.
+
+Started by `pool.Worker` with its environment already set (TRITON_INTERPRET=1 for interpreter
+candidates, CUDA_VISIBLE_DEVICES="" for CPU roles), in its own session so the parent can kill the
+whole process group. It imports torch and triton once, then serves requests over the socket `FD`:
+each request gets any number of ``{"type": "phase"}`` messages (the parent's per-phase timeout
+restarts at each) and then one ``{"type": "result"}``. Messages use `codec` in both directions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import sys
+import tempfile
+from typing import Any
+
+MAX_REQUEST_BYTES = 4 << 30
+
+
+def _handlers() -> dict[str, Any]:
+    from kernelgym.evaluation import candidate, ptx, reference
+
+    return {
+        "reference": reference.run_reference,
+        "baseline": reference.time_baselines,
+        "end_reference": reference.end_reference,
+        "candidate": candidate.run_candidate,
+        "time": candidate.time_candidate,
+        "final": candidate.final_trial,
+        "end_candidate": candidate.end_candidate,
+        "ptx": ptx.run_ptx_check,
+    }
+
+
+def _harden() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a segfaulting candidate must not dump GBs
+    try:  # orphaned grandchildren re-parent to us, so the parent can still find and kill them
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _device_name(role: str) -> str:
+    import torch
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu (triton interpreter)"
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu"
+
+
+def main(argv: list[str]) -> int:
+    role, fd = argv[0], int(argv[1])
+    _harden()
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    # Candidate prints must never reach a protocol stream; stdout joins the stderr log.
+    os.dup2(2, 1)
+    import torch
+    import triton
+
+    # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
+    # and loads code generators, which the runtime guards would rightly call patching.
+    import torch._dynamo  # noqa: F401
+    import torch.utils._python_dispatch  # noqa: F401
+
+    torch.set_num_threads(1)
+    if torch.cuda.is_available() and os.environ.get("KERNELGYM_GPU_FRACTION"):
+        torch.cuda.set_per_process_memory_fraction(float(os.environ["KERNELGYM_GPU_FRACTION"]))
+    from kernelgym.evaluation import codec
+
+    tmpdir = tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
+    state: dict[str, Any] = {"tmpdir": tmpdir, "role": role}
+    handlers = _handlers()
+    conn.send_bytes(codec.encode({
+        "type": "ready", "pid": os.getpid(), "tmpdir": tmpdir, "device": _device_name(role),
+        "versions": {"torch": torch.__version__, "triton": triton.__version__,
+                     "python": sys.version.split()[0]},
+    }))
+
+    def progress(phase: str) -> None:
+        conn.send_bytes(codec.encode({"type": "phase", "phase": phase}))
+
+    while True:
+        try:
+            msg = codec.decode(conn.recv_bytes(MAX_REQUEST_BYTES))
+        except EOFError:
+            return 0
+        op = msg.get("op")
+        if op == "exit":
+            return 0
+        try:
+            result = handlers[op](state, msg, progress)
+            blob = codec.encode({"type": "result", **result})
+        except BaseException as exc:  # noqa: BLE001 - report, the parent decides to recycle
+            from kernelgym.evaluation.jobs import describe
+
+            blob = codec.encode({"type": "result", "status": "internal_error", "error": describe(exc)})
+        conn.send_bytes(blob)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

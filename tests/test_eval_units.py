@@ -1,0 +1,94 @@
+"""Units that need no worker: codec, extraction, format check, comparison, tolerances."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kernelgym.evaluation import codec
+from kernelgym.evaluation.check import compare_trial, reference_problem
+from kernelgym.evaluation.extract import MAX_CANDIDATE_BYTES, FormatError, check_format, extract_code
+from kernelgym.evaluation.tolerances import table, tolerance_for
+
+
+def test_codec_roundtrip_all_dtypes_and_structures():
+    value = {
+        "a": [torch.randn(3, 4), torch.arange(5, dtype=torch.int64), torch.ones(2, dtype=torch.bfloat16)],
+        "b": (1, 2.5, None, "s", True, float("nan")),
+        "c": torch.empty(0, 3),
+        "d": torch.float16,
+        "e": torch.tensor([True, False]),
+        7: torch.randn(2, 3).t(),  # non-contiguous
+    }
+    back = codec.decode(codec.encode(value))
+    assert set(back) == set(value)
+    for x, y in zip(value["a"], back["a"]):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+    assert back["b"][:5] == (1, 2.5, None, "s", True) and math.isnan(back["b"][5])
+    assert back["c"].shape == (0, 3) and back["d"] is torch.float16
+    assert torch.equal(back[7], value[7])
+
+
+def test_codec_rejects_unknown_objects_and_malformed_messages():
+    with pytest.raises(codec.CodecError):
+        codec.encode({"f": object()})
+    blob = codec.encode({"t": torch.randn(4)})
+    for bad in (b"", b"junk" * 10, blob[:-3], blob[:4] + b"\xff" * 8 + blob[12:]):
+        with pytest.raises(codec.CodecError):
+            codec.decode(bad)
+
+
+def test_extract_fenced_reply_prefers_block_with_modelnew():
+    reply = "Here you go:\n```python\nimport math\n```\nand\n```python\nclass ModelNew:\n    pass\n```\nDone."
+    ex = extract_code(reply)
+    assert ex.code.strip() == "class ModelNew:\n    pass"
+    assert ex.notes and "markdown fence" in ex.notes[0]
+    assert extract_code("class ModelNew: pass\n").notes == []
+
+
+def test_extract_unterminated_fence_and_limits():
+    assert "ModelNew" in extract_code("```python\nclass ModelNew: pass\n").code
+    with pytest.raises(FormatError, match="empty"):
+        extract_code("   \n")
+    with pytest.raises(FormatError, match="larger"):
+        extract_code("#" * (MAX_CANDIDATE_BYTES + 1))
+
+
+@pytest.mark.parametrize("src,msg", [
+    ("this is not python at all!", "syntax error"),
+    ("import torch\nclass Model: pass\n", "no top-level `ModelNew`"),
+    ("def f():\n    class ModelNew: pass\n", "no top-level `ModelNew`"),
+])
+def test_check_format_errors(src, msg):
+    with pytest.raises(FormatError, match=msg):
+        check_format(src)
+
+
+def test_compare_trial_reasons():
+    ref = [torch.ones(4, 4)]
+    assert compare_trial(0, 1, ref, [torch.ones(4, 4) + 1e-4]).ok
+    assert compare_trial(0, 1, ref, [torch.ones(16)]).reason == "check:shape"
+    assert compare_trial(0, 1, ref, [torch.ones(4, 4, dtype=torch.float64)]).reason == "check:dtype"
+    r = compare_trial(0, 1, ref, [torch.ones(4, 4) * 1.5])
+    assert r.reason == "check:mismatch" and r.mismatched == 16 and r.max_abs_err == pytest.approx(0.5)
+    nan = torch.ones(4, 4)
+    nan[1, 1] = float("nan")
+    assert compare_trial(0, 1, ref, [nan]).reason == "check:nan"
+    inf = torch.ones(4, 4)
+    inf[0, 0] = float("inf")
+    assert compare_trial(0, 1, ref, [inf]).reason == "check:nan"
+    assert compare_trial(0, 1, ref, [ref[0], ref[0]]).reason == "check:output_count"
+    ints = [torch.arange(5)]
+    assert compare_trial(0, 1, ints, [torch.arange(5)]).ok
+    assert compare_trial(0, 1, ints, [torch.arange(5) + (torch.arange(5) == 3)]).reason == "check:mismatch"
+
+
+def test_reference_problem_and_tolerances():
+    assert reference_problem([torch.ones(2)]) is None
+    assert "NaN" in reference_problem([torch.tensor([1.0, float("nan")])])
+    assert tolerance_for(torch.float32) == {"atol": 1e-2, "rtol": 1e-2}
+    assert tolerance_for(torch.int32) == {"atol": 0.0, "rtol": 0.0}
+    assert tolerance_for("bfloat16")["atol"] > tolerance_for("float16")["atol"]
+    assert "float32" in table()
