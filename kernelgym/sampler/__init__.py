@@ -1,0 +1,103 @@
+"""The z3-backed CSP-DAG task sampler: random, valid, seeded PyTorch programs at a difficulty."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+
+from kernelgym.sampler.checks import degeneracy
+from kernelgym.sampler.emit import emit_source, title
+from kernelgym.sampler.graph import Graph, InputSpec, Node
+from kernelgym.sampler.profiles import SIZE_PROFILES, DifficultyProfile, SizeProfile, difficulty_profile, size_profile
+from kernelgym.sampler.sample import GraphSampler, Rejected
+from kernelgym.task import Task
+
+MAX_DEGENERATE_REDRAWS = 100
+
+
+class TaskSampler:
+    """Samples `Task`s; keeps one `GraphSampler` (z3 model) per difficulty and counts rejections."""
+
+    def __init__(self, sizes: str = "tiny", dtype: str = "float32", check: bool = True):
+        self.sizes = size_profile(sizes).name
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"unsupported dtype {dtype!r}; choose float32, float16 or bfloat16")
+        self.dtype = dtype
+        self.check = check
+        self._graphs: dict[int, GraphSampler] = {}
+        self.degenerate: Counter[str] = Counter()
+        self.sampled = 0
+
+    def graph_sampler(self, difficulty: int) -> GraphSampler:
+        if difficulty not in self._graphs:
+            self._graphs[difficulty] = GraphSampler(difficulty, self.sizes)
+        return self._graphs[difficulty]
+
+    def allowed_ops(self, difficulty: int) -> list[str]:
+        return [op.name for op in self.graph_sampler(difficulty).allowed]
+
+    @property
+    def rejections(self) -> Counter[str]:
+        """Every redraw so far, by reason (infeasible op multisets and degenerate tasks)."""
+        total: Counter[str] = Counter()
+        for g in self._graphs.values():
+            total.update(g.rejections)
+        total.update({f"degenerate:{k}": v for k, v in self.degenerate.items()})
+        return total
+
+    def sample(self, difficulty: int, seed: int, ops: list[str] | None = None) -> Task:
+        """The task for (difficulty, seed): the same arguments always give the same task."""
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        gs = self.graph_sampler(difficulty)
+        rng = random.Random(f"kernelgym:{difficulty}:{self.sizes}:{self.dtype}:{seed}")
+        for _ in range(MAX_DEGENERATE_REDRAWS):
+            graph = gs.sample(rng, ops)
+            source = emit_source(graph, difficulty=difficulty, seed=seed, dtype=self.dtype, sizes=self.sizes)
+            reason = degeneracy(source, graph) if self.check else None
+            if reason is None:
+                self.sampled += 1
+                return make_task(graph, source, difficulty, seed, self.sizes, self.dtype)
+            self.degenerate[reason] += 1
+        raise RuntimeError(f"no non-degenerate task for difficulty {difficulty}, seed {seed} "
+                           f"after {MAX_DEGENERATE_REDRAWS} draws (ops={ops})")
+
+    def sample_many(self, difficulties: Iterable[int], n: int, seed: int = 0) -> list[Task]:
+        """n tasks per difficulty, with seeds seed, seed+1, ..., seed+n-1."""
+        return [self.sample(d, seed + i) for d in difficulties for i in range(n)]
+
+
+def make_task(graph: Graph, source: str, difficulty: int, seed: int, sizes: str, dtype: str) -> Task:
+    itemsize = 2 if dtype in ("float16", "bfloat16") else 4
+    est = graph.estimate(itemsize)
+    meta = {
+        "sizes": sizes,
+        "dtype": dtype,
+        "flops": est["flops"],
+        "bytes": est["bytes"],
+        "input_shapes": [list(x.shape) for x in graph.inputs],
+        "output_shapes": [list(graph.nodes[o].shape) for o in graph.outputs],
+        "origin": "sampler",
+    }
+    task_id = f"d{difficulty}_{sizes}_s{seed}"
+    return Task(id=task_id, source=source, name=title(graph.ops), difficulty=difficulty, ops=graph.ops,
+                seed=seed, graph=graph.to_dict(), meta=meta)
+
+
+_DEFAULT: dict[tuple[str, str], TaskSampler] = {}
+
+
+def sample_task(difficulty: int, seed: int, sizes: str = "tiny", dtype: str = "float32",
+                ops: list[str] | None = None) -> Task:
+    """Sample one task with a process-wide cached sampler (z3 models are built once)."""
+    key = (sizes, dtype)
+    if key not in _DEFAULT:
+        _DEFAULT[key] = TaskSampler(sizes, dtype)
+    return _DEFAULT[key].sample(difficulty, seed, ops)
+
+
+__all__ = [
+    "SIZE_PROFILES", "DifficultyProfile", "Graph", "GraphSampler", "InputSpec", "Node", "Rejected", "SizeProfile",
+    "TaskSampler", "degeneracy", "difficulty_profile", "emit_source", "make_task", "sample_task", "size_profile",
+]

@@ -1,0 +1,87 @@
+"""The task graph: a DAG of catalog ops over fresh inputs, as produced by the sampler."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kernelgym.ops import get_op
+from kernelgym.ops.spec import RANGE_NAMES
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A fresh input tensor: float (with a value range) or int64 indices below `bound`."""
+
+    shape: tuple[int, ...]
+    kind: str = "float"   # float | index
+    range: str = "real"   # real | nonneg | positive (float inputs)
+    bound: int | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op application. `args` are refs: ("input", k) or ("node", j)."""
+
+    op: str
+    params: dict[str, Any]
+    args: tuple[tuple[str, int], ...]
+    shape: tuple[int, ...]
+    fresh: dict[str, int] = field(default_factory=dict)  # op-specific dims (out_features, ...)
+
+
+@dataclass(frozen=True)
+class Graph:
+    inputs: tuple[InputSpec, ...]
+    nodes: tuple[Node, ...]
+    outputs: tuple[int, ...]  # node indices returned by forward, in order
+
+    def arg_shape(self, ref: tuple[str, int]) -> tuple[int, ...]:
+        kind, k = ref
+        return self.inputs[k].shape if kind == "input" else self.nodes[k].shape
+
+    def in_shapes(self, i: int) -> list[tuple[int, ...]]:
+        return [self.arg_shape(r) for r in self.nodes[i].args]
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return tuple(n.op for n in self.nodes)
+
+    def edges(self) -> list[tuple[int, int]]:
+        """(producer node, consumer node) pairs."""
+        return [(k, i) for i, n in enumerate(self.nodes) for kind, k in n.args if kind == "node"]
+
+    def estimate(self, itemsize: int = 4) -> dict[str, int]:
+        """FLOPs of all ops; bytes of a fused program (inputs, weights and outputs moved once)."""
+        flops = weights = 0
+        for i, n in enumerate(self.nodes):
+            spec = get_op(n.op)
+            p = {**n.params, "_fresh": n.fresh}
+            flops += spec.estimate(self.in_shapes(i), n.shape, p)["flops"]
+            if spec.weights:
+                weights += sum(_numel(w.shape) for w in spec.weights(self.in_shapes(i), n.shape, p))
+        moved = sum(_numel(x.shape) for x in self.inputs) + sum(_numel(self.nodes[o].shape) for o in self.outputs)
+        return {"flops": int(flops), "bytes": int((moved + weights) * itemsize)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Graph:
+        inputs = tuple(InputSpec(**{**x, "shape": tuple(x["shape"])}) for x in d["inputs"])
+        nodes = tuple(
+            Node(op=n["op"], params=dict(n["params"]), args=tuple((str(a), int(b)) for a, b in n["args"]),
+                 shape=tuple(n["shape"]), fresh=dict(n.get("fresh", {})))
+            for n in d["nodes"]
+        )
+        return cls(inputs=inputs, nodes=nodes, outputs=tuple(d["outputs"]))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+RANGE_BY_NAME = {v: k for k, v in RANGE_NAMES.items()}
