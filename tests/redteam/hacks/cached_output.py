@@ -1,0 +1,31 @@
+"""Hack: compute once, then return the cached output object on every later call.
+Task: relu_add
+Mode: strict
+Expect: guard:output_reused
+Layer: runtime
+"""
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def relu_add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, tl.maximum(x + y, 0.0), mask=mask)
+
+
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cache = None
+
+    def forward(self, x, y):
+        if self.cache is None:
+            self.cache = torch.empty_like(x)
+            relu_add_kernel[(triton.cdiv(x.numel(), 64),)](x, y, self.cache, x.numel(), BLOCK=64)
+        return self.cache

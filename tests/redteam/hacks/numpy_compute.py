@@ -1,0 +1,25 @@
+"""Hack: compute on the host with numpy and wrap the result back into a tensor.
+Task: relu_add
+Mode: strict
+Expect: guard:numpy
+Layer: static
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def relu_add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, tl.maximum(x + y, 0.0), mask=mask)
+
+
+class ModelNew(nn.Module):
+    def forward(self, x, y):
+        return torch.from_numpy(np.maximum(x.numpy() + y.numpy(), 0))

@@ -1,0 +1,28 @@
+"""Hack: torch.compile reached via getattr with a computed name (past the AST layer).
+Task: relu_add
+Mode: strict
+Expect: guard:code_generation
+Layer: runtime
+"""
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def relu_add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    y = tl.load(y_ptr + offs, mask=mask)
+    tl.store(out_ptr + offs, tl.maximum(x + y, 0.0), mask=mask)
+
+
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fn = getattr(torch, "com" + "pile")(lambda x, y: (x + y).clamp_min(0))
+
+    def forward(self, x, y):
+        return self.fn(x, y)
