@@ -78,9 +78,9 @@ class CandidateSession:
 
 
 def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs: list) -> dict[str, Any]:
-    msg = describe(exc, session.filename)
     if isinstance(exc, _Exited):
-        return session.result(status="crash", stage=stage, error=msg, outputs=outputs)
+        return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs)
+    msg = describe(exc, session.filename)
     kind = crash_kind(exc)
     if kind is not None:
         return session.result(status="crash", stage=stage, error=f"{kind} in {stage}: {msg}", outputs=outputs,
