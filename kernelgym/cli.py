@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--sizes", choices=["tiny", "bench"], default="tiny", help="size profile (default tiny)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--pairs", action="store_true",
-                   help="also write a compiler-policy solution beside each task (<id>.solution.py)")
+    p.add_argument("--force", action="store_true", help="overwrite task files that already exist in --out")
 
     p = sub.add_parser("eval", help="judge one candidate against a reference")
     p.add_argument("reference", help="KernelBench-format reference file")

@@ -23,6 +23,6 @@ def main_ops(args: argparse.Namespace) -> int:
         d = op.describe()
         params = " ".join(f"{k}={'|'.join(map(str, v))}" for k, v in d["params"].items())
         table.add_row(op.name, op.category, str(op.arity), params, ",".join(d["domain"]),
-                      ",".join(d["dtypes"]), op.doc)
+                      ",".join(d["dtypes"]), d["doc"])
     Console(width=200).print(table)
     return 0

@@ -241,6 +241,6 @@ class OpSpec:
             "domain": [RANGE_NAMES[self.input_domain(i)] for i in range(self.arity)],
             "min_rank": self.min_rank,
             "index_args": list(self.index_args),
-            "doc": self.doc,
+            "doc": self.doc.replace("{0}", "x").replace("{1}", "y"),
         }
 

@@ -1,0 +1,115 @@
+"""Task format, loader and `kernelgym sample` output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kernelgym.cli import main as cli_main
+from kernelgym.task import Task, TaskFormatError, check_source, load_suite
+
+GOOD = '''import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+def get_inputs():
+    return [torch.randn(4, 8)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_check_source_accepts_kernelbench_format():
+    check_source(GOOD)
+
+
+@pytest.mark.parametrize(
+    "source, problem",
+    [
+        ("", "empty"),
+        ("def broken(:\n", "syntax error at line 1"),
+        (GOOD.replace("def get_inputs", "def other_name"), "missing top-level definition(s): get_inputs"),
+        (GOOD.replace("class Model", "class Other"), "missing top-level definition(s): Model"),
+        (GOOD + "\nModel = 3\n", None),  # redefinition as non-class is still a class first; fine statically
+        ("Model = 1\ndef get_inputs(): pass\ndef get_init_inputs(): pass\n", "missing top-level definition(s): Model"),
+        ("class Model: pass\nget_inputs = 1\ndef get_init_inputs(): pass\n", "missing top-level definition(s): get_inputs"),
+    ],
+)
+def test_check_source_rejects_with_clear_problem(source, problem):
+    if problem is None:
+        check_source(source)
+        return
+    with pytest.raises(TaskFormatError) as err:
+        check_source(source, "t.py")
+    assert problem in str(err.value)
+    assert str(err.value).startswith("t.py: ")
+
+
+def test_suite_loads_good_files_and_reports_broken_ones(tmp_path):
+    (tmp_path / "1_relu.py").write_text(GOOD)
+    (tmp_path / "2_syntax.py").write_text("class Model(:\n")
+    (tmp_path / "3_missing.py").write_text(GOOD.replace("get_init_inputs", "get_init"))
+    (tmp_path / "4_binary.py").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "5_relu.py").write_text(GOOD)
+    (tmp_path / "5_relu.json").write_text("{not json")
+    (tmp_path / "6_relu.py").write_text(GOOD)
+    (tmp_path / "notes.txt").write_text("ignored")
+    suite = load_suite(tmp_path)
+    assert [t.id for t in suite] == ["1_relu", "6_relu"]
+    problems = {e.where.rsplit("/", 1)[-1]: e.problem for e in suite.errors}
+    assert set(problems) == {"2_syntax.py", "3_missing.py", "4_binary.py", "5_relu.json"}
+    assert "syntax error" in problems["2_syntax.py"]
+    assert "get_init_inputs" in problems["3_missing.py"]
+    assert "cannot read" in problems["4_binary.py"]
+    assert "unreadable metadata" in problems["5_relu.json"]
+    with pytest.raises(TaskFormatError, match="2_syntax.py"):
+        load_suite(tmp_path, strict=True)
+
+
+def test_suite_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_suite(tmp_path / "nope")
+
+
+def test_task_write_and_load_round_trip(tmp_path):
+    task = Task(id="t1", source=GOOD, name="Relu", difficulty=1, ops=("relu",), seed=3,
+                graph={"inputs": [], "nodes": [], "outputs": []}, meta={"flops": 32})
+    path = task.write(tmp_path)
+    loaded = Task.from_file(path)
+    assert loaded.source == task.source
+    assert (loaded.difficulty, loaded.ops, loaded.seed, loaded.graph) == (1, ("relu",), 3, task.graph)
+    assert loaded.meta["flops"] == 32 and loaded.meta["path"] == str(path)
+    assert Task.from_dict(task.to_dict()) == task
+
+
+def test_task_instantiate_runs_the_source():
+    module = Task.from_source(GOOD).instantiate()
+    out = module.Model()(*module.get_inputs())
+    assert tuple(out.shape) == (4, 8)
+
+
+def test_sample_cli_writes_tasks_and_index(tmp_path, capsys):
+    out = tmp_path / "tasks"
+    assert cli_main(["sample", "-d", "1-2", "-n", "2", "--seed", "5", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [(r["difficulty"], r["seed"]) for r in rows] == [(1, 5), (1, 6), (2, 5), (2, 6)]
+    assert all(len(r["ops"]) == r["difficulty"] for r in rows)
+    suite = load_suite(out)
+    assert len(suite) == 4 and not suite.errors
+    assert all(t.graph is not None and t.meta["flops"] >= 0 for t in suite)
+    # A second run refuses to overwrite, and with --force keeps the index whole.
+    assert cli_main(["sample", "-d", "1", "-n", "1", "--seed", "5", "--out", str(out)]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert cli_main(["sample", "-d", "3", "-n", "1", "--seed", "0", "--out", str(out)]) == 0
+    assert len((out / "index.jsonl").read_text().splitlines()) == 5
