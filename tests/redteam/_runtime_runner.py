@@ -8,6 +8,7 @@ Sets TRITON_INTERPRET=1 before Triton is imported (CPU interpreter).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -80,6 +81,7 @@ def run_case(case: dict, tmpdir: str) -> dict:
         except BaseException as exc:  # noqa: BLE001
             result["error"] += f" | finish: {exc!r}"
     result["findings"] = [[f.name, f.detail] for f in guard.findings]
+    result["launches"] = [dataclasses.asdict(r) for r in guard.launches]
     return result
 
 

@@ -1,0 +1,90 @@
+"""Runtime guards, with the static layer off: every hack written to slip past the AST layer (and
+every hack meant for both layers) is caught at runtime with its reason, every legit kernel passes
+and is correct. Each case runs RuntimeGuard directly in a forked child under the Triton interpreter
+(tests/redteam/_runtime_runner.py), so the EVAL pipeline is not involved here."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernelgym.evaluation.guards.runtime import _Recorder, classify_op, record_torch_ops
+from tests.redteam.manifest import cases
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [c for c in cases() if c.legit or c.layer in ("runtime", "both")]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runtime")
+    spec = [dict(id=c.id, task=str(c.task), candidate=str(c.path), mode=c.mode) for c in CASES]
+    (d / "cases.json").write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "tests.redteam._runtime_runner", str(d / "cases.json"),
+                           str(d / "out.json")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((d / "out.json").read_text())
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_runtime_layer(case, results):
+    res = results[case.id]
+    got = {f"guard:{name}" for name, _ in res["findings"]}
+    if case.legit:
+        assert got == set() and res["correct"], res
+        assert res["launches"], "a legit kernel's launches must be recorded"
+    else:
+        assert set(case.expect) <= got, res
+
+
+def test_launch_records(results):
+    (mm,) = results["legit/matmul"]["launches"]
+    assert mm["kernel"] == "matmul_kernel"
+    assert mm["grid"] == [1, 2, 1] or mm["grid"][:2] == [1, 2]
+    assert mm["signature"]["a_ptr"] == "*fp32" and mm["signature"]["M"] == "i32"
+    assert mm["signature"]["BM"] == "constexpr" and mm["constexprs"]["BM"] == 16
+    (sm,) = results["legit/row_softmax"]["launches"]
+    assert sm["grid"][0] == 6 and sm["constexprs"]["BLOCK"] == 64  # grid lambda resolved
+
+
+def test_findings_name_the_ops(results):
+    detail = dict(results["hacks/torch_does_work"]["findings"])["torch_compute"]
+    assert "aten.clamp_min" in detail and "aten.add" in detail
+
+
+def test_classify_op():
+    aten = torch.ops.aten
+    assert classify_op(aten.empty.memory_format) == "alloc"
+    assert classify_op(aten.zeros.default) == "fill"
+    assert classify_op(aten.view.default) == "view"
+    assert classify_op(aten.transpose.int) == "view"
+    assert classify_op(aten._local_scalar_dense.default) == "meta"
+    assert classify_op(aten.mm.default) == "compute"
+    assert classify_op(aten.clone.default) == "compute"  # a copy is work a kernel must do in strict mode
+
+
+def test_record_torch_ops_counts_compute_only():
+    a, b = torch.randn(4, 5), torch.randn(5, 3)
+    out, ops = record_torch_ops(lambda: torch.relu(a @ b).view(-1).contiguous())
+    assert out.shape == (12,)
+    assert ops == collections.Counter({"aten.mm.default": 1, "aten.relu.default": 1})
+    _, none = record_torch_ops(lambda: torch.empty(3).view(3, 1).t())
+    assert none == collections.Counter()
+
+
+def test_recorder_poisons_fresh_allocations():
+    with _Recorder(poison=True):
+        f = torch.empty(8)
+        i = torch.empty(4, dtype=torch.int32)
+        z = torch.zeros(3)
+    assert torch.isnan(f).all()
+    assert (i == torch.iinfo(torch.int32).min).all()
+    assert (z == 0).all()  # fills keep their meaning
