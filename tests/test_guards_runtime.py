@@ -49,7 +49,7 @@ def test_launch_records(results):
     (mm,) = results["legit/matmul"]["launches"]
     assert mm["kernel"] == "matmul_kernel"
     assert mm["grid"] == [1, 2, 1] or mm["grid"][:2] == [1, 2]
-    assert mm["signature"]["a_ptr"] == "*fp32" and mm["signature"]["M"] == "i32"
+    assert mm["signature"]["a_ptr"] == "*fp32" and mm["signature"]["M"] == "i32" and mm["constexprs"]["K"] == 32
     assert mm["signature"]["BM"] == "constexpr" and mm["constexprs"]["BM"] == 16
     (sm,) = results["legit/row_softmax"]["launches"]
     assert sm["grid"][0] == 6 and sm["constexprs"]["BLOCK"] == 64  # grid lambda resolved

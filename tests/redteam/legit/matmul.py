@@ -1,4 +1,5 @@
-"""Legit: tiled matmul with tl.dot and a 2-D grid.
+"""Legit: tiled matmul with tl.dot and a 2-D grid (K constexpr: the Triton 3.6 interpreter cannot
+loop over a runtime bound with recent numpy).
 Task: matmul
 Mode: strict
 Expect: ok
@@ -10,7 +11,7 @@ import triton.language as tl
 
 
 @triton.jit
-def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, sam, sak, sbk, sbn, scm, scn,
+def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K: tl.constexpr, sam, sak, sbk, sbn, scm, scn,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
