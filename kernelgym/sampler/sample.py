@@ -5,16 +5,30 @@ its search finds, e.g. the smallest op index and dims at their bounds):
 
 1. The *multiset* of ops is drawn uniformly, each op independently from the ops allowed at this
    difficulty (those for which z3 finds some valid program). z3 then only has to say whether the
-   multiset fits (a cardinality constraint), not which ops to use. Op positions, edges and dims
-   are left to the next steps, so almost every multiset fits and op frequencies stay uniform;
-   the few that do not are redrawn and counted (`rejections["infeasible_ops"]`).
+   multiset fits, not which ops to use. Op positions, edges and dims are left to the next steps,
+   so almost every multiset fits and op frequencies stay uniform; the few that do not are
+   redrawn and counted (`rejections["infeasible_ops"]`).
 2. Every other decision (op order, parameter variant, each edge, each fresh input's value
    range, rank and dims, op-owned dims such as out_features) is *proposed* from the seeded RNG
    and *pinned* only if z3 says the whole problem stays satisfiable; otherwise the next candidate
    in a seeded order is tried. So z3 is a feasibility oracle and never picks a value itself.
 3. Because only sat/unsat answers steer the process, and those are facts about the constraints
    rather than about z3's search history, the same seed gives the same task byte for byte, in
-   any process and after any other samples (one incremental solver per difficulty is reused).
+   any process and after any other samples. Values are read back from z3 models only for
+   expressions the pins already determine (a node's output shape), which every model agrees on.
+   The same holds for what only makes it faster:
+   - each draw asks a fresh solver about the problem restricted to its op multiset, and the
+     dims phase one about the problem with the structure substituted (`DagModel.pinned`): the
+     same problem under the pins already made, so the same answers;
+   - a list of decisions is pinned *speculatively*: all first candidates in one check, and only
+     if that is unsat one decision at a time (`Oracle.pin_all`). When the speculative check is
+     sat, pinning one at a time would have accepted every first candidate too, so the outcome is
+     the one-at-a-time outcome; candidate lists never depend on z3's models beyond determined
+     values, so the answers (and the task) are a function of the seed alone;
+   - `allowed` is computed from witnesses (a sat answer is a fact) with the unrestricted problem
+     as the fallback, so it is the same set in every process.
+   A check that times out (`CHECK_TIMEOUT_MS`, far above what any check takes) would count as
+   unsat and is the one thing that could make a draw machine-dependent.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+
 import z3
 
 from kernelgym.ops import CATALOG, OpSpec, get_op
@@ -31,7 +46,9 @@ from kernelgym.sampler.model import FRESH, MAX_ARITY, UNUSED, DagModel
 from kernelgym.sampler.profiles import SizeProfile, difficulty_profile, size_profile
 
 MAX_OP_DRAWS = 200
-CHECK_TIMEOUT_MS = 5000
+CHECK_TIMEOUT_MS = 20000
+# Partner ops tried (d-1 copies) to show that an op can appear in some program of difficulty d.
+WITNESSES = ("relu", "add", "sum", "linear", "flatten", "matmul", "mul_scalar", "transpose")
 
 
 class Rejected(Exception):
@@ -43,33 +60,35 @@ class Rejected(Exception):
 
 
 @dataclass
-class Solver:
-    """One incremental z3 solver over a `DagModel`, with pinning by push/check/pop."""
+class Oracle:
+    """A z3 solver over one problem, with pinning by push/check/pop. Counts checks in `stats`."""
 
-    model: DagModel
-    solver: z3.Solver = field(init=False)
-    depth: int = 0
-    checks: int = 0
+    constraints: list[z3.BoolRef]
+    stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self.solver = z3.Solver()
+        self.solver = z3.SimpleSolver()
         self.solver.set("timeout", CHECK_TIMEOUT_MS)
-        self.solver.add(self.model.base)
+        self.solver.add(*self.constraints)
+        self._model: z3.ModelRef | None = None
+
+    def _check(self, *exprs: z3.BoolRef) -> bool:
+        self.stats["checks"] += 1
+        ok = self.solver.check(*exprs) == z3.sat
+        self._model = self.solver.model() if ok else None
+        return ok
 
     def sat(self, *exprs: z3.BoolRef) -> bool:
-        """Whether the model plus the current pins plus `exprs` is satisfiable (pins nothing)."""
-        self.checks += 1
-        return self.solver.check(*exprs) == z3.sat
+        """Whether the problem plus the pins plus `exprs` is satisfiable (pins nothing)."""
+        return self._check(*exprs)
 
     def pin(self, *exprs: z3.BoolRef) -> bool:
-        """Add `exprs` for the rest of this draw if the problem stays satisfiable."""
-        self.solver.push()
-        self.solver.add(*exprs)
-        self.checks += 1
-        if self.solver.check() == z3.sat:
-            self.depth += 1
+        """Add `exprs` for good if the problem stays satisfiable."""
+        if not exprs:
             return True
-        self.solver.pop()
+        if self._check(*exprs):
+            self.solver.add(*exprs)
+            return True
         return False
 
     def pin_first(self, var: z3.ArithRef, candidates: list[int]) -> int:
@@ -79,14 +98,41 @@ class Solver:
                 return value
         raise Rejected(f"no feasible value for {var}")
 
+    def pin_all(self, decisions: list[tuple[z3.ArithRef, list[int]]], known_unsat: bool = False) -> list[int]:
+        """`pin_first` for each decision in turn, with the same outcome in fewer checks.
+
+        Blocks of decisions are tried with all their first candidates at once (the whole list
+        first, halving on unsat, doubling again after a success). A sat block means each of its
+        decisions, pinned in turn, would have taken its first candidate; a single decision whose
+        first candidate is unsat goes on to its other candidates one by one. `known_unsat` says
+        the whole list's first candidates are already known not to fit.
+        """
+        out: list[int] = []
+        n = len(decisions)
+        block = n // 2 if known_unsat else n
+        while len(out) < n:
+            i = len(out)
+            block = max(1, min(block, n - i))
+            chunk = decisions[i:i + block]
+            if self.pin(*[var == cands[0] for var, cands in chunk]):
+                self.stats["speculation_hits"] += 1
+                out += [cands[0] for _, cands in chunk]
+                block *= 2
+            elif block > 1:
+                self.stats["speculation_misses"] += 1
+                block //= 2
+            else:
+                self.stats["speculation_misses"] += 1
+                var, cands = chunk[0]
+                out.append(self.pin_first(var, [c for c in dict.fromkeys(cands) if c != cands[0]]))
+                block = n - len(out)
+        return out
+
     def value(self, expr: z3.ArithRef) -> int:
         """Value of an expression fully determined by the pins (so history-independent)."""
-        return self.solver.model().eval(expr, model_completion=True).as_long()
-
-    def reset(self) -> None:
-        if self.depth:
-            self.solver.pop(self.depth)
-        self.depth = 0
+        if self._model is None and not self._check():
+            raise Rejected("no_completion")
+        return self._model.eval(expr, model_completion=True).as_long()
 
 
 class GraphSampler:
@@ -97,18 +143,44 @@ class GraphSampler:
         self.sizes = size_profile(sizes) if isinstance(sizes, str) else sizes
         specs = [get_op(n) for n in ops] if ops is not None else list(CATALOG.values())
         self.model = DagModel(self.profile, self.sizes, specs)
-        self.z = Solver(self.model)
         self.rejections: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()
         self.allowed = self._allowed_ops()
 
     @property
     def d(self) -> int:
         return self.profile.difficulty
 
+    def _oracle(self, constraints: list[z3.BoolRef]) -> Oracle:
+        return Oracle(constraints, self.stats)
+
     def _allowed_ops(self) -> list[OpSpec]:
-        """Ops that appear in at least one valid program of this difficulty."""
+        """Ops that appear in at least one valid program of this difficulty.
+
+        A witness program (the op after or before d-1 copies of a common op, in a chain) that is
+        sat proves an op allowed; only ops without a witness need the unrestricted problem.
+        """
         m = self.model
-        return [op for k, op in enumerate(m.ops) if self.z.sat(z3.Or(*[v == k for v in m.op_var]))]
+        partners = [m.op_index[w] for w in WITNESSES if w in m.op_index]
+        allowed = []
+        for k, op in enumerate(m.ops):
+            if self.d == 1:
+                ok = self._oracle(m.problem(Counter({k: 1}))).sat()
+            else:
+                rest = self.d - 1
+                ok = any(self._witness(o, vs) for w in partners for v in range(len(op.variants))
+                         for o, vs in (([w] * rest + [k], [0] * rest + [v]), ([k] + [w] * rest, [v] + [0] * rest))
+                         ) or self._oracle(m.problem(None, require=k)).sat()
+            if ok:
+                allowed.append(op)
+        return allowed
+
+    def _witness(self, order: list[int], variants: list[int]) -> bool:
+        """Whether the chain program of `order` (fresh inputs on every other slot) is valid."""
+        m = self.model
+        srcs = [[i - 1 if j == 0 and i > 0 and j not in m.ops[k].index_args else FRESH
+                 for j in range(m.ops[k].arity)] for i, k in enumerate(order)]
+        return m.structure_ok(order, srcs) and self._oracle(m.pinned(order, variants, srcs)).sat()
 
     # -- one draw ---------------------------------------------------------------------------------
 
@@ -124,33 +196,61 @@ class GraphSampler:
                 self.rejections[exc.reason if exc.reason == "infeasible_ops" else "no_completion"] += 1
                 if ops is not None and exc.reason == "infeasible_ops":
                     raise ValueError(f"ops {ops} do not form a valid difficulty-{self.d} program") from None
-            finally:
-                self.z.reset()
         raise RuntimeError(f"could not sample a difficulty-{self.d} graph in {MAX_OP_DRAWS} draws")
 
     def _complete(self, rng: random.Random, chosen: list[OpSpec]) -> Graph:
-        m, z = self.model, self.z
+        """Order, variants and edges, then dims (see the module docstring for the steps)."""
+        m = self.model
+        self.stats["draws"] += 1
         idx = [m.op_index[op.name] for op in chosen]
-        counts = Counter(idx)
-        if not z.pin(*[z3.Sum(*[z3.If(v == k, 1, 0) for v in m.op_var]) == n for k, n in counts.items()]):
-            raise Rejected("infeasible_ops")
-        order = self._place_ops(rng, idx)
-        for i, k in enumerate(order):
-            op = m.ops[k]
-            prefs = list(range(len(op.variants)))
-            rng.shuffle(prefs)
-            z.pin_first(m.variant_var[i], prefs)
-        self._pin_edges(rng, order)
-        fresh_values = self._pin_tensors(rng, order)
-        return self._read_graph(order, fresh_values)
-
-    def _place_ops(self, rng: random.Random, idx: list[int]) -> list[int]:
-        """Op order: a random permutation if feasible, else position by position."""
-        m, z = self.model, self.z
         perm = idx[:]
         rng.shuffle(perm)
-        if z.pin(*[m.op_var[i] == k for i, k in enumerate(perm)]):
-            return perm
+        decisions = self._structure_decisions(rng, perm)
+        # Speculation: the permutation and every first preference at once, checked on the
+        # problem with the whole structure substituted (structure-only constraints in Python).
+        variants, srcs = self._split(perm, [cands[0] for _, cands in decisions])
+        if m.structure_ok(perm, srcs):
+            dz = self._oracle(m.pinned(perm, variants, srcs))
+            if dz.sat():
+                self.stats["structure_hits"] += 1
+                return self._finish(rng, dz, perm, variants, srcs)
+        self.stats["structure_misses"] += 1
+        z = self._oracle(m.ordered(perm))
+        if z.sat():  # the permutation fits: pin one decision at a time (all firsts failed)
+            order = perm
+            values = z.pin_all(decisions, known_unsat=True)
+        else:
+            z = self._oracle(m.problem(Counter(idx)))
+            if not z.sat():
+                raise Rejected("infeasible_ops")
+            order = self._place_ops(rng, z, idx)
+            values = z.pin_all(self._structure_decisions(rng, order))
+        variants, srcs = self._split(order, values)
+        return self._finish(rng, self._oracle(m.pinned(order, variants, srcs)), order, variants, srcs)
+
+    def _structure_decisions(self, rng: random.Random, order: list[int]) -> list[tuple[z3.ArithRef, list[int]]]:
+        """(variable, candidates) for each node's variant, then each used argument slot's source."""
+        m = self.model
+        decisions = []
+        for i, k in enumerate(order):
+            prefs = list(range(len(m.ops[k].variants)))
+            rng.shuffle(prefs)
+            decisions.append((m.variant_var[i], prefs))
+        edge_prefs = self._edge_preferences(rng, order)
+        decisions += [(m.src[i][j], edge_prefs[i][j]) for i, k in enumerate(order) for j in range(m.ops[k].arity)]
+        return decisions
+
+    def _split(self, order: list[int], values: list[int]) -> tuple[list[int], list[list[int]]]:
+        variants, it = values[: self.d], iter(values[self.d:])
+        return variants, [[next(it) for _ in range(self.model.ops[k].arity)] for k in order]
+
+    def _finish(self, rng: random.Random, dz: Oracle, order, variants, srcs) -> Graph:
+        fresh_values, shapes = self._pin_tensors(rng, dz, order, srcs)
+        return self._read_graph(dz, order, variants, srcs, fresh_values, shapes)
+
+    def _place_ops(self, rng: random.Random, z: Oracle, idx: list[int]) -> list[int]:
+        """Op order position by position (the drawn permutation did not fit)."""
+        m = self.model
         remaining = Counter(idx)
         order = []
         for i in range(self.d):
@@ -189,55 +289,82 @@ class GraphSampler:
             prefs.append(row)
         return prefs
 
-    def _pin_edges(self, rng: random.Random, order: list[int]) -> None:
-        m, z = self.model, self.z
-        prefs = self._edge_preferences(rng, order)
-        if z.pin(*[m.src[i][j] == prefs[i][j][0] for i in range(self.d) for j in range(MAX_ARITY)]):
-            return
-        for i in range(self.d):
-            for j in range(MAX_ARITY):
-                z.pin_first(m.src[i][j], prefs[i][j])
+    def _pin_tensors(self, rng: random.Random, z: Oracle, order: list[int], srcs: list[list[int]]):
+        """Pin every fresh input's range, rank and dims and every op-owned dim, node by node.
 
-    def _pin_tensors(self, rng: random.Random, order: list[int]) -> dict[int, dict[str, int]]:
-        """Pin every fresh input's range, rank and dims and every op-owned dim, node by node."""
-        m, z, s = self.model, self.z, self.sizes
+        Per node, the proposals for all its fresh inputs and op-owned dims are tried in one check;
+        if that fails, per tensor (range, rank, dims at once), then one decision at a time.
+        """
+        m, s = self.model, self.sizes
         fresh_values: dict[int, dict[str, int]] = {}
+        shapes: dict[int, tuple[int, ...]] = {}  # node -> output shape (right-aligned, padded)
         seen_dims: list[int] = []
         for i, k in enumerate(order):
             op = m.ops[k]
-            srcs = [z.value(m.src[i][j]) for j in range(op.arity)]
             # Only tensors already fully determined by the pins may seed candidates.
-            determined = [m.args[i][j] for j, src in enumerate(srcs) if src >= 0]
-            for j, src in enumerate(srcs):
+            determined = [shapes[src] for src in srcs[i] if src >= 0]
+            plans = []
+            for j, src in enumerate(srcs[i]):
                 if src >= 0:
                     continue
                 t = m.args[i][j]
-                if j not in op.index_args:
-                    z.pin_first(t.range, [op.input_domain(j), 2])
+                ranges = [] if j in op.index_args else [op.input_domain(j), 2]
                 ranks = list(range(1, MAX_RANK + 1))
                 rng.shuffle(ranks)
-                rank = z.pin_first(t.rank, ranks)
-                proposal = _propose_dims(rng, rank, s)
-                for slot in range(rank):
-                    near = [z.value(x.dims[slot]) for x in determined] + [
-                        z.value(x.dims[slot + 1]) for x in determined if slot + 1 < MAX_RANK]
-                    value = z.pin_first(t.dims[slot], [proposal[slot], *near, 1, *reversed(seen_dims),
-                                                       *range(s.lo, min(s.hi, 64) + 1)])
-                    seen_dims.append(value)
-                determined.append(t)
-            values = {}
-            for name, var in sorted(m.fresh.get((i, op.name), {}).items()):
-                values[name] = z.pin_first(var, [_propose_dim(rng, s), *reversed(seen_dims), 1, 2])
-                seen_dims.append(values[name])
+                sib = determined[rng.randrange(len(determined))] if determined and rng.random() < 0.5 else None
+                if sib is not None:  # propose a copy of a sibling's shape (what broadcasting ops need)
+                    ranks.remove(sib[0])
+                    ranks.insert(0, sib[0])
+                plans.append((t, ranges, ranks, sib, _propose_dims(rng, ranks[0], s)))
+            fresh = sorted(m.fresh_vars(i, k).items())
+            fresh_props = [_propose_dim(rng, s) for _ in fresh]
+            first = []
+            for t, ranges, ranks, sib, prop in plans:
+                dims = sib[1:1 + ranks[0]] if sib is not None else prop
+                first += [t.range == ranges[0]] if ranges else []
+                first += [t.rank == ranks[0], *[t.dims[slot] == v for slot, v in enumerate(dims)]]
+                determined.append((ranks[0], *dims, *[1] * (MAX_RANK - ranks[0])))
+            first += [var == v for (_, var), v in zip(fresh, fresh_props)]
+            if z.pin(*first):
+                self.stats["node_hits"] += 1
+                for t, ranges, ranks, sib, prop in plans:
+                    seen_dims += list(sib[1:1 + ranks[0]] if sib is not None else prop)
+                values = dict(zip([name for name, _ in fresh], fresh_props))
+            else:
+                self.stats["node_misses"] += 1
+                determined = [shapes[src] for src in srcs[i] if src >= 0]
+                for t, ranges, ranks, sib, prop in plans:
+                    determined.append(self._pin_tensor(z, t, ranges, ranks, sib, prop, determined, seen_dims, rng))
+                values = {}
+                for (name, var), p in zip(fresh, fresh_props):
+                    values[name] = z.pin_first(var, [p, *reversed(seen_dims), 1, 2])
+                    seen_dims.append(values[name])
             fresh_values[i] = values
-            for slot in range(MAX_RANK):
-                seen_dims.append(z.value(m.outs[i].dims[slot]))
-        return fresh_values
+            out = m.outs[i]
+            shapes[i] = (z.value(out.rank), *[z.value(out.dims[slot]) for slot in range(MAX_RANK)])
+            seen_dims += shapes[i][1:]
+        return fresh_values, shapes
 
-    def _read_graph(self, order: list[int], fresh_values: dict[int, dict[str, int]]) -> Graph:
-        m, z = self.model, self.z
-        if not z.sat():
-            raise Rejected("no_completion")
+    def _pin_tensor(self, z, t, ranges, ranks, sib, prop, determined, seen_dims, rng):
+        s = self.sizes
+        if ranges:
+            z.pin_first(t.range, ranges)
+        rank = z.pin_first(t.rank, ranks)
+        if rank != ranks[0]:
+            prop = _propose_dims(rng, rank, s)
+        if sib is not None and sib[0] == rank:
+            prop = list(sib[1:1 + rank])
+        decisions = []
+        for slot in range(rank):
+            near = [x[1 + slot] for x in determined] + [x[2 + slot] for x in determined if slot + 1 < MAX_RANK]
+            decisions.append((t.dims[slot], [prop[slot], *near, 1, *reversed(seen_dims),
+                                             *range(s.lo, min(s.hi, 64) + 1)]))
+        dims = z.pin_all(decisions)
+        seen_dims += dims
+        return (rank, *dims, *[1] * (MAX_RANK - rank))
+
+    def _read_graph(self, z: Oracle, order, variants, srcs, fresh_values, shapes) -> Graph:
+        m = self.model
 
         def shape(t) -> tuple[int, ...]:
             r = z.value(t.rank)
@@ -248,10 +375,10 @@ class GraphSampler:
         pending_bounds: list[tuple[int, int, int]] = []  # (input index, node, slot)
         for i, k in enumerate(order):
             op = m.ops[k]
-            params = op.variants[z.value(m.variant_var[i])]
+            params = op.variants[variants[i]]
             args = []
             for j in range(op.arity):
-                src = z.value(m.src[i][j])
+                src = srcs[i][j]
                 if src >= 0:
                     args.append(("node", src))
                     continue
@@ -262,7 +389,9 @@ class GraphSampler:
                 else:
                     inputs.append(InputSpec(shape(t), range=RANGE_NAMES[z.value(t.range)]))
                 args.append(("input", len(inputs) - 1))
-            nodes.append(Node(op.name, params, tuple(args), shape(m.outs[i]), fresh_values[i]))
+            r = shapes[i][0]
+            out_shape = tuple(shapes[i][1 + slot] for slot in reversed(range(r)))
+            nodes.append(Node(op.name, params, tuple(args), out_shape, fresh_values[i]))
         for inp, i, _ in pending_bounds:
             node = nodes[i]
             in_shapes = [inputs[kk].shape if kind == "input" else nodes[kk].shape for kind, kk in node.args]
