@@ -204,6 +204,20 @@ def final_trial(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[
     return s.result(status="ran", outputs=outputs)
 
 
+def _cuda_probe() -> bool:
+    """True if the CUDA context still works (a sticky error makes every later call fail)."""
+    import torch
+
+    try:
+        torch.cuda.synchronize()
+        x = torch.arange(1024, device="cuda", dtype=torch.float32)
+        ok = float((x * 2).sum().item()) == 1023.0 * 1024.0
+        torch.cuda.synchronize()
+        return ok
+    except BaseException:  # noqa: BLE001
+        return False
+
+
 def end_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
     """Finish the guard (patching / threads left behind) and drop the candidate's state."""
     s: CandidateSession | None = state.pop("candidate", None)
@@ -214,7 +228,7 @@ def end_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         tainted = bool(s.guard.tainted)
     except BaseException as exc:  # noqa: BLE001 - a broken guard state means the worker is unsafe
         return {"status": "ended", "findings": [], "tainted": True, "error": describe(exc)}
-    out = s.result(status="ended", tainted=tainted)
+    out = s.result(status="ended", tainted=tainted, cuda_ok=_cuda_probe() if s.device.startswith("cuda") else None)
     sys.modules.pop(s.module_name, None)
     s.model = None
     s.inputs = []

@@ -104,10 +104,15 @@ class Evaluator:
 
     workers: candidate workers per backend (default min(cpu_count, 16)); reference_workers and
     ptx_workers default to a quarter of that (at least 1). memory_limit_mb: resident-memory limit
-    per worker process tree, polled by the parent (over it: killed, verdict `crash`). timeout:
+    per candidate/ptx worker process tree, polled by the parent (over it: killed, verdict `crash`);
+    reference_memory_limit_mb the same for reference workers (default max(memory_limit_mb, 8192)). timeout:
     wall seconds per phase (import, construct, each trial, timing). baseline_timeout: seconds for
     the eager and torch.compile baselines. gpu_memory_fraction: per-worker
-    `torch.cuda.set_per_process_memory_fraction`. skip_static_guards: run candidates the static
+    `torch.cuda.set_per_process_memory_fraction`. recycle_on_failure: on the cuda backend, after a
+    non-ok verdict, "always" replaces the worker; "probe" (default) replaces it unless a probe
+    kernel and a device sync still succeed in it (sticky CUDA errors fail every later call, so
+    a context that passes is not poisoned); crashes, timeouts and tainted workers are always
+    replaced. skip_static_guards: run candidates the static
     guards would reject -- only for testing the sandbox itself. Use as a context manager or call
     `close()`; pools are also shut down at interpreter exit.
     """
@@ -116,18 +121,25 @@ class Evaluator:
                  ptx_workers: int | None = None, memory_limit_mb: float | None = 8192,
                  timeout: float = 120.0, baseline_timeout: float = 600.0,
                  gpu_memory_fraction: float | None = None, skip_static_guards: bool = False,
-                 ptx_check: bool = True, bench: dict[str, Any] | None = None):
+                 ptx_check: bool = True, bench: dict[str, Any] | None = None,
+                 recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None):
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
         quarter = max(1, self.workers // 4)
         self.reference_workers = max(1, reference_workers or quarter)
         self.ptx_workers = max(1, ptx_workers or quarter)
         self.memory_limit_mb = memory_limit_mb
+        # References also hold torch.compile/inductor state and a CUDA context: more headroom.
+        self.reference_memory_limit_mb = reference_memory_limit_mb or (
+            max(memory_limit_mb, 8192) if memory_limit_mb else None)
         self.timeout = float(timeout)
         self.baseline_timeout = float(baseline_timeout)
         self.gpu_memory_fraction = gpu_memory_fraction or min(0.9, max(0.05, 2.0 / self.workers))
         self.skip_static_guards = skip_static_guards
         self.ptx_check = ptx_check
         self.bench = dict(bench or {})
+        if recycle_on_failure not in ("probe", "always"):
+            raise ValueError("recycle_on_failure must be 'probe' or 'always'")
+        self.recycle_on_failure = recycle_on_failure
         self._pools: dict[Role, RolePool] = {}
         self._lock = threading.Lock()
         self._gpu = _RWLock()
@@ -146,7 +158,8 @@ class Evaluator:
                 size = {"candidate": self.workers, "reference": self.reference_workers,
                         "ptx": self.ptx_workers}[role]
                 frac = self.gpu_memory_fraction if backend == "cuda" else None
-                self._pools[key] = RolePool(key, size, self.memory_limit_mb, frac)
+                limit = self.reference_memory_limit_mb if role == "reference" else self.memory_limit_mb
+                self._pools[key] = RolePool(key, size, limit, frac)
             return self._pools[key]
 
     def warm(self, backend: str = "auto") -> None:
@@ -361,11 +374,13 @@ class _Run:
             lock = self.ev._baseline_locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self.ev._baselines:
-                with self.ev._gpu.exclusive():
-                    try:
+                try:
+                    with self._gpu_shared():  # compiling takes long: only the timing is exclusive
+                        w.request({"op": "prepare_baseline"}, self.ev.baseline_timeout)
+                    with self.ev._gpu.exclusive():
                         res = w.request({"op": "baseline", "bench": self.ev.bench}, self.ev.baseline_timeout)
-                    except WorkerFailure as f:
-                        res = {"status": "error", "error": f"baseline worker failed: {f}"}
+                except WorkerFailure as f:
+                    res = {"status": "error", "error": f"baseline worker failed: {f}"}
                 if res.get("status") != "ok":
                     return {"error": res.get("error", "baseline failed")}  # not cached: retried next time
                 self.ev._baselines[key] = res
@@ -419,9 +434,12 @@ class _Run:
         v = self.verdict(status, error, reasons=_unique(reasons), compiled=compiled,
                          correct=status == "ok", trials=[r.to_dict() for r in results], kernels=kernels,
                          timings=timings, speedup=speedup, speedup_vs_compile=speedup_c)
-        # A CUDA error poisons the context, so on the GPU any failure retires the worker.
-        recycle = (tainted or status == "crash" or (self.backend == "cuda" and status != "ok") or w.dead
-                   or w.has_descendants())
+        # A sticky CUDA error poisons the context: after a failure on the GPU the worker is retired
+        # (recycle_on_failure="always") or kept only if a probe kernel still runs ("probe").
+        failed_gpu = self.backend == "cuda" and status != "ok"
+        if failed_gpu and self.ev.recycle_on_failure == "probe" and not ended.get("_dead"):
+            failed_gpu = not ended.get("cuda_ok", False)
+        recycle = tainted or status == "crash" or failed_gpu or w.dead or w.has_descendants()
         return v, recycle, list(reply.get("launches", []))
 
     def _time(self, w: Worker, ref: dict[str, Any], baseline: dict | None,

@@ -24,6 +24,7 @@ def _handlers() -> dict[str, Any]:
 
     return {
         "reference": reference.run_reference,
+        "prepare_baseline": reference.prepare_baselines,
         "baseline": reference.time_baselines,
         "end_reference": reference.end_reference,
         "candidate": candidate.run_candidate,

@@ -1,0 +1,45 @@
+"""The cuda backend: real compile and launch, timing, baselines, poisoned contexts. Needs a GPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval_cases import CAND_ADD, REF_ADD, add_variant
+
+pytestmark = pytest.mark.gpu
+BIG_ADD = REF_ADD.replace("torch.randn(1000)", "torch.randn(1 << 22)")
+
+
+def test_cuda_ok_kernel_is_timed(evaluator):
+    v = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=1)
+    assert v.status == "ok", v.error
+    assert v.backend == "cuda" and "cpu" not in v.device
+    assert v.speedup is not None and v.speedup > 0, v.timings
+    t = v.timings
+    assert t["candidate"]["median_ms"] > 0 and t["eager"]["median_ms"] > 0 and t["candidate"]["n"] >= 10
+    assert len(v.trials) == 4  # 3 trials + the fresh-input trial after timing
+    assert v.kernels == ["add_kernel"]
+    again = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=2)
+    assert again.timings["eager"] == t["eager"]  # baseline cached per (task, device, dtype)
+
+
+def test_cuda_wrong_kernel(evaluator):
+    v = evaluator.evaluate(BIG_ADD, CAND_ADD.replace("x + y", "x - y"), backend="cuda")
+    assert v.status == "incorrect" and v.speedup is None and not v.timings
+
+
+def test_cuda_illegal_address_does_not_poison_next(evaluator):
+    oob = "    z = tl.load(x_ptr + offs + 1099511627776)\n    tl.store(out_ptr + offs, x + z, mask=mask)\n"
+    v = evaluator.evaluate(BIG_ADD, add_variant("", kernel_body=oob), backend="cuda")
+    assert v.status == "crash", (v.status, v.error)
+    nxt = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda")
+    assert nxt.status == "ok", nxt.error
+
+
+def test_cuda_timeout_in_kernel(evaluator):
+    # The store keeps the loop alive: the compiler may delete a side-effect-free infinite loop.
+    spin = "    i = 0\n    while i < n:\n        tl.store(out_ptr + offs, x + y, mask=mask)\n        i = i * 1\n"
+    v = evaluator.evaluate(BIG_ADD, add_variant("", kernel_body=spin), backend="cuda", timeout=10)
+    assert v.status == "timeout", v.error
+    nxt = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda")
+    assert nxt.status == "ok", nxt.error
