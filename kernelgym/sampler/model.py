@@ -42,6 +42,7 @@ VIEW_OPS = frozenset({"flatten", "merge_last"})  # may return a view of their ar
 REDUCTION_CATEGORIES = frozenset({"reduction", "softmax", "norm", "cumulative"})
 MATMUL_CATEGORIES = frozenset({"matmul", "conv"})
 UNUSED, FRESH = -2, -1
+_RANK_TABLES: dict[tuple[str, int, SizeProfile], dict[tuple[int, ...], tuple[int, ...]]] = {}
 
 
 class DagModel:
@@ -56,11 +57,12 @@ class DagModel:
         self.op_var = [z3.Int(f"op{i}") for i in range(d)]
         self.variant_var = [z3.Int(f"var{i}") for i in range(d)]
         self.src = [[z3.Int(f"src{i}_{j}") for j in range(MAX_ARITY)] for i in range(d)]
-        self._tensor_cs: dict[str, z3.BoolRef] = {}
+        self._tensor_cs: dict[int, z3.BoolRef] = {}
+        self._big: dict[int, z3.BoolRef] = {}
         self.args = [[self._tensor(f"a{i}_{j}") for j in range(MAX_ARITY)] for i in range(d)]
         self.outs = [self._tensor(f"o{i}") for i in range(d)]
         self.fresh: dict[tuple[int, str], dict[str, z3.ArithRef]] = {}
-        self._rules: dict[tuple[int, int], z3.BoolRef] = {}
+        self._rules: dict[tuple, z3.BoolRef] = {}
         self._eqs: dict[tuple[int, int, int], z3.BoolRef] = {}
         self._pinned_rules: dict[tuple, z3.BoolRef] = {}
 
@@ -80,11 +82,16 @@ class DagModel:
             cs += [t.dims[k] >= 1, t.dims[k] <= s.hi, z3.Implies(t.rank <= k, t.dims[k] == 1)]
             if s.lo > 1:
                 cs.append(z3.Implies(t.rank > k, t.dims[k] >= s.lo))
-        self._tensor_cs[name] = z3.And(*cs)
+        self._tensor_cs[id(t)] = z3.And(*cs)
+        self._big[id(t)] = z3.Sum(*t.logs) >= s.min_log
         return t
 
     def tensor_cs(self, t: SymTensor) -> z3.BoolRef:
-        return self._tensor_cs[str(t.rank)[:-2]]
+        return self._tensor_cs[id(t)]
+
+    def big(self, t: SymTensor) -> z3.BoolRef:
+        """t holds at least 2**min_log elements."""
+        return self._big[id(t)]
 
     def rule(self, i: int, k: int) -> z3.BoolRef:
         """Constraints of op k at node i (shape rule per variant, domains, budgets), cached."""
@@ -122,6 +129,30 @@ class DagModel:
     def fresh_vars(self, i: int, k: int) -> dict[str, z3.ArithRef]:
         self.rule(i, k)
         return self.fresh[(i, self.ops[k].name)]
+
+    def rank_table(self, k: int, v: int) -> dict[tuple[int, ...], tuple[int, ...]]:
+        """Every (argument ranks) -> (output ranks) that op k, variant v admits on its own.
+
+        Found with z3 (all models, blocking each rank tuple found) once per process and op; a
+        complete list, so it does not depend on the order z3 finds them in. Used only to propose
+        ranks that can fit: z3 still decides.
+        """
+        op = self.ops[k]
+        key = (op.name, v, self.sizes)
+        if key not in _RANK_TABLES:
+            args, out = self.args[0][: op.arity], self.outs[0]
+            solver = z3.SimpleSolver()
+            solver.add(self.rule(0, k), self.variant_var[0] == v, self.tensor_cs(out),
+                       *[self.tensor_cs(a) for a in args], *[self.src[0][j] == FRESH for j in range(op.arity)])
+            ranks = [a.rank for a in args] + [out.rank]
+            found: dict[tuple[int, ...], set[int]] = {}
+            while solver.check() == z3.sat:
+                model = solver.model()
+                tup = tuple(model.eval(r).as_long() for r in ranks)
+                found.setdefault(tup[:-1], set()).add(tup[-1])
+                solver.add(z3.Or(*[r != x for r, x in zip(ranks, tup)]))
+            _RANK_TABLES[key] = {a: tuple(sorted(o)) for a, o in sorted(found.items())}
+        return _RANK_TABLES[key]
 
     # -- problems ---------------------------------------------------------------------------------
 
@@ -177,8 +208,8 @@ class DagModel:
         m = self.sizes.min_log
         if m <= 0:
             return z3.BoolVal(True)
-        big = [z3.Sum(*o.logs) >= m for o in self.outs]
-        big += [z3.And(self.src[i][j] == FRESH, z3.Sum(*self.args[i][j].logs) >= m)
+        big = [self.big(o) for o in self.outs]
+        big += [z3.And(self.src[i][j] == FRESH, self.big(self.args[i][j]))
                 for i in range(self.d) for j in range(arity)]
         return z3.Or(*big)
 
@@ -186,13 +217,17 @@ class DagModel:
         """`problem(counts of order)` with ``op[i] == order[i]`` pinned, the op choice substituted."""
         d, prof = self.d, self.profile
         ops = [self.ops[k] for k in order]
-        c: list[z3.BoolRef] = [v == k for v, k in zip(self.op_var, order)]
+        c: list[z3.BoolRef] = []
         for i, op in enumerate(ops):
-            c += [self.rule(i, order[i]), self.tensor_cs(self.outs[i])]
-            for j in range(op.arity):
-                c += [self.src[i][j] >= FRESH, self.src[i][j] < i, self.tensor_cs(self.args[i][j])]
-                c += [self._eq(i, j, v) for v in range(i)]
-            c.append(z3.Sum(*[z3.If(self.src[i][j] >= 0, 1, 0) for j in range(op.arity)]) <= prof.max_fan_in)
+            key = ("node", i, order[i])
+            if key not in self._rules:
+                cs = [self.op_var[i] == order[i], self.rule(i, order[i]), self.tensor_cs(self.outs[i])]
+                for j in range(op.arity):
+                    cs += [self.src[i][j] >= FRESH, self.src[i][j] < i, self.tensor_cs(self.args[i][j])]
+                    cs += [self._eq(i, j, v) for v in range(i)]
+                cs.append(z3.Sum(*[z3.If(self.src[i][j] >= 0, 1, 0) for j in range(op.arity)]) <= prof.max_fan_in)
+                self._rules[key] = z3.And(*cs)
+            c.append(self._rules[key])
             if op.name in VIEW_OPS:
                 c.append(z3.And(self.src[i][0] >= 0, *[self.src[i][0] != v for v in range(i)
                                                        if ops[v].name in VIEW_OPS]))
@@ -207,8 +242,8 @@ class DagModel:
             c.append(z3.BoolVal(False))
         m = self.sizes.min_log
         if m > 0:
-            c.append(z3.Or(*[z3.Sum(*o.logs) >= m for o in self.outs],
-                           *[z3.And(self.src[i][j] == FRESH, z3.Sum(*self.args[i][j].logs) >= m)
+            c.append(z3.Or(*[self.big(o) for o in self.outs],
+                           *[z3.And(self.src[i][j] == FRESH, self.big(self.args[i][j]))
                              for i in range(d) for j in range(ops[i].arity)]))
         return c
 
@@ -265,5 +300,5 @@ class DagModel:
             c.append(self.tensor_cs(self.outs[i]))
         m = self.sizes.min_log
         if m > 0:
-            c.append(z3.Or(*[z3.Sum(*t.logs) >= m for t in tensors]))
+            c.append(z3.Or(*[self.big(t) for t in tensors]))
         return c

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import z3
 
 from kernelgym.ops import CATALOG, OpSpec, get_op
-from kernelgym.ops.spec import MAX_RANK, RANGE_NAMES
+from kernelgym.ops.spec import MAX_RANK, RANGE_NAMES, SymTensor
 from kernelgym.sampler.graph import Graph, InputSpec, Node
 from kernelgym.sampler.model import FRESH, MAX_ARITY, UNUSED, DagModel
 from kernelgym.sampler.profiles import SizeProfile, difficulty_profile, size_profile
@@ -59,9 +61,34 @@ class Rejected(Exception):
         self.reason = reason
 
 
+@cache
+def _const(v: int) -> z3.IntNumRef:
+    return z3.IntVal(v)
+
+
+def eq(a: z3.ArithRef, b: z3.ArithRef | int) -> z3.BoolRef:
+    """``a == b`` without the Python-side coercions of ``__eq__`` (hot path)."""
+    bb = b if isinstance(b, z3.ExprRef) else _const(b)
+    return z3.BoolRef(z3.Z3_mk_eq(a.ctx_ref(), a.as_ast(), bb.as_ast()), a.ctx)
+
+
+@dataclass
+class Decision:
+    """One decision: `first` (constraints of the preferred choice) and how to decide otherwise."""
+
+    first: list[z3.BoolRef]
+    fallback: Callable[[Oracle], object]
+
+
+def choose(var: z3.ArithRef, candidates: list[int]) -> Decision:
+    """Pin `var` to its first feasible candidate."""
+    cands = list(dict.fromkeys(candidates))
+    return Decision([eq(var, cands[0])], lambda z: z.pin_first(var, cands[1:]))
+
+
 @dataclass
 class Oracle:
-    """A z3 solver over one problem, with pinning by push/check/pop. Counts checks in `stats`."""
+    """A z3 solver over one problem, with pinning by check-then-add. Counts checks in `stats`."""
 
     constraints: list[z3.BoolRef]
     stats: Counter = field(default_factory=Counter)
@@ -70,13 +97,18 @@ class Oracle:
         self.solver = z3.SimpleSolver()
         self.solver.set("timeout", CHECK_TIMEOUT_MS)
         self.solver.add(*self.constraints)
+        self._sat = False  # whether the last check was sat (with every pin so far)
         self._model: z3.ModelRef | None = None
+        self._pending: list[z3.BoolRef] = []  # pins checked sat, added before the next check
 
     def _check(self, *exprs: z3.BoolRef) -> bool:
         self.stats["checks"] += 1
-        ok = self.solver.check(*exprs) == z3.sat
-        self._model = self.solver.model() if ok else None
-        return ok
+        self._model = None
+        if self._pending:  # (adding them right away would discard the last model)
+            self.solver.add(*self._pending)
+            self._pending = []
+        self._sat = self.solver.check(*exprs) == z3.sat
+        return self._sat
 
     def sat(self, *exprs: z3.BoolRef) -> bool:
         """Whether the problem plus the pins plus `exprs` is satisfiable (pins nothing)."""
@@ -87,52 +119,56 @@ class Oracle:
         if not exprs:
             return True
         if self._check(*exprs):
-            self.solver.add(*exprs)
+            self._pending = list(exprs)
             return True
         return False
 
     def pin_first(self, var: z3.ArithRef, candidates: list[int]) -> int:
         """Pin `var` to the first feasible candidate (deduplicated, order kept)."""
         for value in dict.fromkeys(candidates):
-            if self.pin(var == value):
+            if self.pin(eq(var, value)):
                 return value
         raise Rejected(f"no feasible value for {var}")
 
-    def pin_all(self, decisions: list[tuple[z3.ArithRef, list[int]]], known_unsat: bool = False) -> list[int]:
-        """`pin_first` for each decision in turn, with the same outcome in fewer checks.
+    def pin_all(self, decisions: list[Decision], known_unsat: bool = False) -> None:
+        """Each decision in turn: its first choice if feasible, else its fallback; in few checks.
 
-        Blocks of decisions are tried with all their first candidates at once (the whole list
+        Blocks of decisions are tried with all their first choices at once (the whole list
         first, halving on unsat, doubling again after a success). A sat block means each of its
-        decisions, pinned in turn, would have taken its first candidate; a single decision whose
-        first candidate is unsat goes on to its other candidates one by one. `known_unsat` says
-        the whole list's first candidates are already known not to fit.
+        decisions, taken in turn, would have found its first choice feasible; a single decision
+        whose first choice is unsat runs its fallback. `known_unsat` says the whole list's
+        first choices are already known not to fit together.
         """
-        out: list[int] = []
-        n = len(decisions)
+        n, i = len(decisions), 0
         block = n // 2 if known_unsat else n
-        while len(out) < n:
-            i = len(out)
+        while i < n:
             block = max(1, min(block, n - i))
             chunk = decisions[i:i + block]
-            if self.pin(*[var == cands[0] for var, cands in chunk]):
+            if self.pin(*[c for dec in chunk for c in dec.first]):
                 self.stats["speculation_hits"] += 1
-                out += [cands[0] for _, cands in chunk]
+                i += block
                 block *= 2
             elif block > 1:
                 self.stats["speculation_misses"] += 1
                 block //= 2
             else:
-                self.stats["speculation_misses"] += 1
-                var, cands = chunk[0]
-                out.append(self.pin_first(var, [c for c in dict.fromkeys(cands) if c != cands[0]]))
-                block = n - len(out)
-        return out
+                self.stats["fallbacks"] += 1
+                chunk[0].fallback(self)
+                i += 1
+                block = n - i
 
     def value(self, expr: z3.ArithRef) -> int:
         """Value of an expression fully determined by the pins (so history-independent)."""
-        if self._model is None and not self._check():
+        if not self._sat and not self._check():
             raise Rejected("no_completion")
-        return self._model.eval(expr, model_completion=True).as_long()
+        if self._model is None:
+            self._model = self.solver.model()
+        # model.eval(expr, model_completion=True).as_long(), without the Python wrappers
+        ctx = expr.ctx_ref()
+        r = (z3.Ast * 1)()
+        if not z3.Z3_model_eval(ctx, self._model.model, expr.as_ast(), True, r):
+            raise Rejected("no_completion")
+        return int(z3.Z3_get_numeral_string(ctx, r[0]))
 
 
 class GraphSampler:
@@ -199,54 +235,58 @@ class GraphSampler:
         raise RuntimeError(f"could not sample a difficulty-{self.d} graph in {MAX_OP_DRAWS} draws")
 
     def _complete(self, rng: random.Random, chosen: list[OpSpec]) -> Graph:
-        """Order, variants and edges, then dims (see the module docstring for the steps)."""
+        """Order, variants and edges, then ranges and dims (see the module docstring)."""
         m = self.model
         self.stats["draws"] += 1
         idx = [m.op_index[op.name] for op in chosen]
         perm = idx[:]
         rng.shuffle(perm)
-        decisions = self._structure_decisions(rng, perm)
+        prefs = self._structure_prefs(rng, perm)
         # Speculation: the permutation and every first preference at once, checked on the
-        # problem with the whole structure substituted (structure-only constraints in Python).
-        variants, srcs = self._split(perm, [cands[0] for _, cands in decisions])
+        # problem with the whole structure substituted (structure-only constraints in Python),
+        # together with the first choice of every dims decision: one check for a whole task.
+        variants, srcs = self._split(perm, [cands[0] for _, cands in prefs])
         if m.structure_ok(perm, srcs):
             dz = self._oracle(m.pinned(perm, variants, srcs))
+            units = self._tensor_decisions(rng, dz, perm, variants, srcs)
+            if dz.pin(*[c for u in units for c in u.first]):
+                self.stats["task_hits"] += 1
+                return self._read_graph(dz, perm, variants, srcs)
             if dz.sat():
                 self.stats["structure_hits"] += 1
-                return self._finish(rng, dz, perm, variants, srcs)
+                dz.pin_all(units, known_unsat=True)
+                return self._read_graph(dz, perm, variants, srcs)
         self.stats["structure_misses"] += 1
         z = self._oracle(m.ordered(perm))
-        if z.sat():  # the permutation fits: pin one decision at a time (all firsts failed)
+        if z.sat():  # the permutation fits (its first preferences together do not)
             order = perm
-            values = z.pin_all(decisions, known_unsat=True)
         else:
             z = self._oracle(m.problem(Counter(idx)))
             if not z.sat():
                 raise Rejected("infeasible_ops")
             order = self._place_ops(rng, z, idx)
-            values = z.pin_all(self._structure_decisions(rng, order))
-        variants, srcs = self._split(order, values)
-        return self._finish(rng, self._oracle(m.pinned(order, variants, srcs)), order, variants, srcs)
+            prefs = self._structure_prefs(rng, order)
+        z.pin_all([choose(var, cands) for var, cands in prefs], known_unsat=order is perm)
+        variants, srcs = self._split(order, [z.value(var) for var, _ in prefs])
+        dz = self._oracle(m.pinned(order, variants, srcs))
+        dz.pin_all(self._tensor_decisions(rng, dz, order, variants, srcs))
+        return self._read_graph(dz, order, variants, srcs)
 
-    def _structure_decisions(self, rng: random.Random, order: list[int]) -> list[tuple[z3.ArithRef, list[int]]]:
+    def _structure_prefs(self, rng: random.Random, order: list[int]) -> list[tuple[z3.ArithRef, list[int]]]:
         """(variable, candidates) for each node's variant, then each used argument slot's source."""
         m = self.model
-        decisions = []
+        prefs = []
         for i, k in enumerate(order):
-            prefs = list(range(len(m.ops[k].variants)))
-            rng.shuffle(prefs)
-            decisions.append((m.variant_var[i], prefs))
+            cands = list(range(len(m.ops[k].variants)))
+            rng.shuffle(cands)
+            prefs.append((m.variant_var[i], cands))
         edge_prefs = self._edge_preferences(rng, order)
-        decisions += [(m.src[i][j], edge_prefs[i][j]) for i, k in enumerate(order) for j in range(m.ops[k].arity)]
-        return decisions
+        prefs += [(m.src[i][j], edge_prefs[i][j]) for i, k in enumerate(order) for j in range(m.ops[k].arity)]
+        return prefs
 
     def _split(self, order: list[int], values: list[int]) -> tuple[list[int], list[list[int]]]:
         variants, it = values[: self.d], iter(values[self.d:])
         return variants, [[next(it) for _ in range(self.model.ops[k].arity)] for k in order]
-
-    def _finish(self, rng: random.Random, dz: Oracle, order, variants, srcs) -> Graph:
-        fresh_values, shapes = self._pin_tensors(rng, dz, order, srcs)
-        return self._read_graph(dz, order, variants, srcs, fresh_values, shapes)
 
     def _place_ops(self, rng: random.Random, z: Oracle, idx: list[int]) -> list[int]:
         """Op order position by position (the drawn permutation did not fit)."""
@@ -289,21 +329,23 @@ class GraphSampler:
             prefs.append(row)
         return prefs
 
-    def _pin_tensors(self, rng: random.Random, z: Oracle, order: list[int], srcs: list[list[int]]):
-        """Pin every fresh input's range, rank and dims and every op-owned dim, node by node.
+    def _tensor_decisions(self, rng: random.Random, z: Oracle, order: list[int], variants: list[int],
+                          srcs: list[list[int]]) -> list[Decision]:
+        """Decisions for every fresh input (range, rank, dims) and op-owned dim, node by node.
 
-        Per node, the proposals for all its fresh inputs and op-owned dims are tried in one check;
-        if that fails, per tensor (range, rank, dims at once), then one decision at a time.
+        First choices: the input's least value range; its rank and dims either a copy of a
+        sibling argument's (symbolically: equal to that tensor, what broadcasting ops need) or a
+        random rank and log-uniform dims within the budget; op-owned dims log-uniform. Fallback
+        candidates are drawn when needed and may use values the pins already determine.
         """
         m, s = self.model, self.sizes
-        fresh_values: dict[int, dict[str, int]] = {}
-        shapes: dict[int, tuple[int, ...]] = {}  # node -> output shape (right-aligned, padded)
-        seen_dims: list[int] = []
+        out: list[Decision] = []
+        pinned: list = []  # tensors and dim variables decided before, in order (for fallbacks)
+        plan = self._rank_plan(rng, order, variants, srcs)
         for i, k in enumerate(order):
             op = m.ops[k]
-            # Only tensors already fully determined by the pins may seed candidates.
-            determined = [shapes[src] for src in srcs[i] if src >= 0]
-            plans = []
+            siblings = [m.outs[src] for src in srcs[i] if src >= 0]
+            sib_ranks = [plan[1][src] if plan else 0 for src in srcs[i] if src >= 0]
             for j, src in enumerate(srcs[i]):
                 if src >= 0:
                     continue
@@ -311,59 +353,97 @@ class GraphSampler:
                 ranges = [] if j in op.index_args else [op.input_domain(j), 2]
                 ranks = list(range(1, MAX_RANK + 1))
                 rng.shuffle(ranks)
-                sib = determined[rng.randrange(len(determined))] if determined and rng.random() < 0.5 else None
-                if sib is not None:  # propose a copy of a sibling's shape (what broadcasting ops need)
-                    ranks.remove(sib[0])
-                    ranks.insert(0, sib[0])
-                plans.append((t, ranges, ranks, sib, _propose_dims(rng, ranks[0], s)))
-            fresh = sorted(m.fresh_vars(i, k).items())
-            fresh_props = [_propose_dim(rng, s) for _ in fresh]
-            first = []
-            for t, ranges, ranks, sib, prop in plans:
-                dims = sib[1:1 + ranks[0]] if sib is not None else prop
-                first += [t.range == ranges[0]] if ranges else []
-                first += [t.rank == ranks[0], *[t.dims[slot] == v for slot, v in enumerate(dims)]]
-                determined.append((ranks[0], *dims, *[1] * (MAX_RANK - ranks[0])))
-            first += [var == v for (_, var), v in zip(fresh, fresh_props)]
-            if z.pin(*first):
-                self.stats["node_hits"] += 1
-                for t, ranges, ranks, sib, prop in plans:
-                    seen_dims += list(sib[1:1 + ranks[0]] if sib is not None else prop)
-                values = dict(zip([name for name, _ in fresh], fresh_props))
+                if plan:
+                    ranks.remove(plan[0][i, j])
+                    ranks.insert(0, plan[0][i, j])
+                same = [x for x, r in zip(siblings, sib_ranks) if r == ranks[0]]
+                sib = same[rng.randrange(len(same))] if same and rng.random() < 0.75 else None
+                prop = _propose_dims(rng, ranks[0], s)
+                first = [eq(t.range, ranges[0])] if ranges else []
+                if sib is not None:
+                    first += [eq(t.rank, sib.rank), *[eq(x, y) for x, y in zip(t.dims, sib.dims)]]
+                else:
+                    first += [eq(t.rank, ranks[0]), *[eq(t.dims[slot], v) for slot, v in enumerate(prop)]]
+                out.append(Decision(first, self._tensor_fallback(rng, t, ranges, ranks, sib, prop, siblings[:],
+                                                                 pinned[:])))
+                siblings.append(t)
+                sib_ranks.append(ranks[0])
+                pinned.append(t)
+            for _name, var in sorted(m.fresh_vars(i, k).items()):
+                prop = _propose_dim(rng, s)
+                before = pinned[:]
+                out.append(Decision([eq(var, prop)], lambda z, var=var, prop=prop, before=before:
+                                    z.pin_first(var, [prop, *reversed(self._seen(z, before)), 1, 2])))
+                pinned.append(var)
+            pinned.append(m.outs[i])
+        return out
+
+    def _rank_plan(self, rng: random.Random, order: list[int], variants: list[int], srcs: list[list[int]]):
+        """Ranks for every fresh input and node output that each op admits on its own (a
+        proposal only), by randomised depth-first search; None if none is found quickly."""
+        m = self.model
+        tables = [m.rank_table(k, v) for k, v in zip(order, variants)]
+        fresh: dict[tuple[int, int], int] = {}
+        outs: list[int] = []
+        budget = [2000]
+
+        def visit(i: int) -> bool:
+            if i == len(order):
+                return True
+            budget[0] -= 1
+            if budget[0] < 0:
+                return False
+            known = [outs[src] if src >= 0 else 0 for src in srcs[i]]
+            options = [(a, o) for a, os in tables[i].items()
+                       if all(x == y for x, y in zip(a, known) if y) for o in os]
+            rng.shuffle(options)
+            for a, o in options:
+                outs.append(o)
+                if visit(i + 1):
+                    fresh.update({(i, j): r for j, r in enumerate(a) if srcs[i][j] < 0})
+                    return True
+                outs.pop()
+            return False
+
+        return (fresh, outs) if visit(0) else None
+
+    def _seen(self, z: Oracle, items: list) -> list[int]:
+        """Values of earlier decided dims (and node output dims), oldest first."""
+        seen = []
+        for x in items:
+            if isinstance(x, SymTensor):
+                seen += [z.value(x.dims[slot]) for slot in range(z.value(x.rank))]
             else:
-                self.stats["node_misses"] += 1
-                determined = [shapes[src] for src in srcs[i] if src >= 0]
-                for t, ranges, ranks, sib, prop in plans:
-                    determined.append(self._pin_tensor(z, t, ranges, ranks, sib, prop, determined, seen_dims, rng))
-                values = {}
-                for (name, var), p in zip(fresh, fresh_props):
-                    values[name] = z.pin_first(var, [p, *reversed(seen_dims), 1, 2])
-                    seen_dims.append(values[name])
-            fresh_values[i] = values
-            out = m.outs[i]
-            shapes[i] = (z.value(out.rank), *[z.value(out.dims[slot]) for slot in range(MAX_RANK)])
-            seen_dims += shapes[i][1:]
-        return fresh_values, shapes
+                seen.append(z.value(x))
+        return seen
 
-    def _pin_tensor(self, z, t, ranges, ranks, sib, prop, determined, seen_dims, rng):
+    def _tensor_fallback(self, rng, t, ranges, ranks, sib, first_prop, siblings, before):
         s = self.sizes
-        if ranges:
-            z.pin_first(t.range, ranges)
-        rank = z.pin_first(t.rank, ranks)
-        if rank != ranks[0]:
-            prop = _propose_dims(rng, rank, s)
-        if sib is not None and sib[0] == rank:
-            prop = list(sib[1:1 + rank])
-        decisions = []
-        for slot in range(rank):
-            near = [x[1 + slot] for x in determined] + [x[2 + slot] for x in determined if slot + 1 < MAX_RANK]
-            decisions.append((t.dims[slot], [prop[slot], *near, 1, *reversed(seen_dims),
-                                             *range(s.lo, min(s.hi, 64) + 1)]))
-        dims = z.pin_all(decisions)
-        seen_dims += dims
-        return (rank, *dims, *[1] * (MAX_RANK - rank))
 
-    def _read_graph(self, z: Oracle, order, variants, srcs, fresh_values, shapes) -> Graph:
+        def fallback(z: Oracle) -> None:
+            # The first choice failed as a whole; its range and rank alone usually fit.
+            if z.pin(*([eq(t.range, ranges[0])] if ranges else []), eq(t.rank, ranks[0])):
+                rank = ranks[0]
+            else:
+                if ranges:
+                    z.pin_first(t.range, ranges)
+                rank = z.pin_first(t.rank, ranks)
+            near_t = [x for x in siblings if x is not t]
+            near = [[z.value(x.dims[slot]) for slot in range(MAX_RANK)] for x in near_t]
+            same_prop = sib is None and rank == ranks[0]
+            prop = first_prop if same_prop else _propose_dims(rng, rank, s)
+            seen = list(reversed(self._seen(z, before)))
+            decisions = []
+            for slot in range(rank):
+                cands = [prop[slot], *[x[slot] for x in near], *[x[slot + 1] for x in near if slot + 1 < MAX_RANK],
+                         1, *seen, *range(s.lo, min(s.hi, 64) + 1)]
+                decisions.append(choose(t.dims[slot], cands))
+            z.pin_all(decisions, known_unsat=same_prop and rank == z.value(t.rank) and (
+                not ranges or z.value(t.range) == ranges[0]))
+
+        return fallback
+
+    def _read_graph(self, z: Oracle, order, variants, srcs) -> Graph:
         m = self.model
 
         def shape(t) -> tuple[int, ...]:
@@ -372,7 +452,7 @@ class GraphSampler:
 
         inputs: list[InputSpec] = []
         nodes: list[Node] = []
-        pending_bounds: list[tuple[int, int, int]] = []  # (input index, node, slot)
+        pending_bounds: list[tuple[int, int]] = []  # (input index, node)
         for i, k in enumerate(order):
             op = m.ops[k]
             params = op.variants[variants[i]]
@@ -385,14 +465,13 @@ class GraphSampler:
                 t = m.args[i][j]
                 if j in op.index_args:
                     inputs.append(InputSpec(shape(t), kind="index"))
-                    pending_bounds.append((len(inputs) - 1, i, j))
+                    pending_bounds.append((len(inputs) - 1, i))
                 else:
                     inputs.append(InputSpec(shape(t), range=RANGE_NAMES[z.value(t.range)]))
                 args.append(("input", len(inputs) - 1))
-            r = shapes[i][0]
-            out_shape = tuple(shapes[i][1 + slot] for slot in reversed(range(r)))
-            nodes.append(Node(op.name, params, tuple(args), out_shape, fresh_values[i]))
-        for inp, i, _ in pending_bounds:
+            fresh = {name: z.value(var) for name, var in sorted(m.fresh_vars(i, k).items())}
+            nodes.append(Node(op.name, params, tuple(args), shape(m.outs[i]), fresh))
+        for inp, i in pending_bounds:
             node = nodes[i]
             in_shapes = [inputs[kk].shape if kind == "input" else nodes[kk].shape for kind, kk in node.args]
             bound = get_op(node.op).index_bound(in_shapes, node.shape, {**node.params, "_fresh": node.fresh})
