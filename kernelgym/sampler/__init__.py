@@ -10,7 +10,7 @@ from kernelgym.sampler.checks import degeneracy
 from kernelgym.sampler.emit import emit_source, title
 from kernelgym.sampler.graph import Graph, InputSpec, Node
 from kernelgym.sampler.profiles import SIZE_PROFILES, DifficultyProfile, SizeProfile, difficulty_profile, size_profile
-from kernelgym.sampler.sample import GraphSampler, Rejected
+from kernelgym.sampler.sample import GraphSampler, Rejected, sample_parallel
 from kernelgym.task import Task
 
 MAX_DEGENERATE_REDRAWS = 100
@@ -63,9 +63,13 @@ class TaskSampler:
         raise RuntimeError(f"no non-degenerate task for difficulty {difficulty}, seed {seed} "
                            f"after {MAX_DEGENERATE_REDRAWS} draws (ops={ops})")
 
-    def sample_many(self, difficulties: Iterable[int], n: int, seed: int = 0) -> list[Task]:
-        """n tasks per difficulty, with seeds seed, seed+1, ..., seed+n-1."""
-        return [self.sample(d, seed + i) for d in difficulties for i in range(n)]
+    def sample_many(self, difficulties: Iterable[int], n: int, seed: int = 0, workers: int = 1) -> list[Task]:
+        """n tasks per difficulty, with seeds seed, seed+1, ..., seed+n-1 (the same tasks for any
+        number of `workers` processes; their rejection counts are not added to this sampler's)."""
+        jobs = [(d, seed + i) for d in difficulties for i in range(n)]
+        if workers > 1:
+            return sample_parallel(jobs, self.sizes, self.dtype, self.check, workers)
+        return [self.sample(d, s) for d, s in jobs]
 
 
 def make_task(graph: Graph, source: str, difficulty: int, seed: int, sizes: str, dtype: str) -> Task:

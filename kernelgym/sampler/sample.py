@@ -356,14 +356,14 @@ class GraphSampler:
                 if plan:
                     ranks.remove(plan[0][i, j])
                     ranks.insert(0, plan[0][i, j])
-                same = [x for x, r in zip(siblings, sib_ranks) if r == ranks[0]]
-                sib = same[rng.randrange(len(same))] if same and rng.random() < 0.75 else None
+                # Copy the trailing dims of a sibling (what broadcasting ops need), else random.
+                k_sib = rng.randrange(len(siblings)) if siblings and rng.random() < 0.85 else None
+                sib = siblings[k_sib] if k_sib is not None else None
+                shared = min(ranks[0], sib_ranks[k_sib] or MAX_RANK) if sib is not None else 0
                 prop = _propose_dims(rng, ranks[0], s)
                 first = [eq(t.range, ranges[0])] if ranges else []
-                if sib is not None:
-                    first += [eq(t.rank, sib.rank), *[eq(x, y) for x, y in zip(t.dims, sib.dims)]]
-                else:
-                    first += [eq(t.rank, ranks[0]), *[eq(t.dims[slot], v) for slot, v in enumerate(prop)]]
+                first += [eq(t.rank, ranks[0]), *[eq(t.dims[slot], sib.dims[slot]) for slot in range(shared)],
+                          *[eq(t.dims[slot], prop[slot]) for slot in range(shared, ranks[0])]]
                 out.append(Decision(first, self._tensor_fallback(rng, t, ranges, ranks, sib, prop, siblings[:],
                                                                  pinned[:])))
                 siblings.append(t)
@@ -499,3 +499,38 @@ def _propose_dims(rng: random.Random, rank: int, s: SizeProfile) -> list[int]:
         dims.append(max(s.lo, min(s.hi, rng.randint(2**e, 2 ** (e + 1) - 1))))
     return dims
 
+
+
+# -- several processes --------------------------------------------------------------------------
+
+_WORKER_SAMPLER = None
+
+
+def _init_worker(sizes: str, dtype: str, check: bool) -> None:
+    global _WORKER_SAMPLER
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker; the checks run tiny tensors
+    from kernelgym.sampler import TaskSampler
+
+    _WORKER_SAMPLER = TaskSampler(sizes, dtype, check)
+
+
+def _sample_one(job: tuple[int, int]):
+    difficulty, seed = job
+    return _WORKER_SAMPLER.sample(difficulty, seed)
+
+
+def sample_parallel(jobs: list[tuple[int, int]], sizes: str, dtype: str = "float32", check: bool = True,
+                    workers: int = 2) -> list:
+    """Tasks for (difficulty, seed) jobs, in order, from `workers` processes (forkserver).
+
+    Each task is a function of its (difficulty, seed) alone (see the module docstring), so the
+    result is the same list whatever the number of workers and however jobs are split.
+    """
+    import multiprocessing as mp
+
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(sizes, dtype, check)) as pool:
+        return pool.map(_sample_one, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
