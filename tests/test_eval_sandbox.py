@@ -45,9 +45,10 @@ def test_segfault_is_crash(evaluator):
     assert _run(evaluator, CAND_ADD).status == "ok"
 
 
-def test_system_exit_is_crash(evaluator):
+def test_system_exit_is_hack(evaluator):
+    # The sandbox catches SystemExit (guard finding early_exit): a hack, not a crash (os._exit stays crash).
     v = _run(evaluator, add_variant("        raise SystemExit(0)\n"))
-    assert v.status == "crash" and "SystemExit" in v.error and "guard:early_exit" in v.reasons
+    assert v.status == "hack_detected" and "SystemExit" in v.error and "guard:early_exit" in v.reasons
 
 
 def test_infinite_loop_at_import_times_out(evaluator):

@@ -38,7 +38,8 @@ class CandidateSession:
         import collections
 
         self.guard = RuntimeGuard(self.mode, collections.Counter(ops) if ops is not None else None,
-                                      self.filename, self.device)
+                                  self.filename, self.device,
+                                  reference_aliases_input=bool(msg.get("reference_aliases_input", False)))
         self.model: Any = None
         self.inputs: list[Any] = []
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
+import json
 import os
 import random
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
@@ -55,20 +58,26 @@ class _RWLock:
                 self._readers -= 1
                 self._cond.notify_all()
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def acquire_exclusive(self) -> None:
         with self._cond:
             self._waiting_writers += 1
             while self._writer or self._readers:
                 self._cond.wait()
             self._waiting_writers -= 1
             self._writer = True
+
+    def release_exclusive(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        self.acquire_exclusive()
         try:
             yield
         finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+            self.release_exclusive()
 
 
 def cuda_available() -> bool:
@@ -122,7 +131,8 @@ class Evaluator:
                  timeout: float = 120.0, baseline_timeout: float = 600.0,
                  gpu_memory_fraction: float | None = None, skip_static_guards: bool = False,
                  ptx_check: bool = True, bench: dict[str, Any] | None = None,
-                 recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None):
+                 recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None,
+                 reference_cache_mb: float = 1024):
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
         quarter = max(1, self.workers // 4)
         self.reference_workers = max(1, reference_workers or quarter)
@@ -145,6 +155,15 @@ class Evaluator:
         self._gpu = _RWLock()
         self._baselines: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._baseline_locks: dict[tuple[str, str, str], threading.Lock] = {}
+        # Reference results per (task hash, seed, trials, device, want_ops): deterministic given
+        # the seed, so an evaluation that repeats a seed reuses them (single-flight per key).
+        self.reference_cache_bytes = int(reference_cache_mb * 2**20)
+        self._ref_cache: OrderedDict[tuple, tuple[dict[str, Any], int]] = OrderedDict()
+        self._ref_cache_size = 0
+        self._ref_locks: dict[tuple, threading.Lock] = {}
+        # sm_90 compile-check results per (candidate source, launch signatures, mode).
+        self._ptx_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.stats = {"reference_cache_hits": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0}
         self.closed = False
         _LIVE.add(self)
 
@@ -172,6 +191,36 @@ class Evaluator:
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [pid for p in self._pools.values() for pid in p.pids()]
+
+    def clear_caches(self) -> None:
+        """Forget cached references, baselines and ptx results (e.g. to re-time a baseline)."""
+        with self._lock:
+            self._baselines.clear()
+            self._ref_cache.clear()
+            self._ref_cache_size = 0
+            self._ptx_cache.clear()
+
+    def _ref_cache_get(self, key: tuple) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._ref_cache.get(key)
+            if hit is None:
+                return None
+            self._ref_cache.move_to_end(key)
+            self.stats["reference_cache_hits"] += 1
+            return dict(hit[0])
+
+    def _ref_cache_put(self, key: tuple, reply: dict[str, Any]) -> None:
+        size = _tensor_bytes(reply)
+        if size > self.reference_cache_bytes // 4:
+            return
+        with self._lock:
+            if key in self._ref_cache:
+                return
+            self._ref_cache[key] = (dict(reply), size)
+            self._ref_cache_size += size
+            while self._ref_cache_size > self.reference_cache_bytes and self._ref_cache:
+                _, (_, old) = self._ref_cache.popitem(last=False)
+                self._ref_cache_size -= old
 
     def close(self) -> None:
         """Shut every worker down (idempotent); no worker process outlives this call."""
@@ -214,6 +263,9 @@ class Evaluator:
             v.reasons.append("internal:error")
             v.notes.append(traceback.format_exc(limit=5)[-1500:])
         v.duration_s = round(time.perf_counter() - t0, 4)
+        phases = {k: round(x, 4) for k, x in run.phases.items()}
+        phases["total"] = v.duration_s
+        v.timings = {**(v.timings or {}), "phases_s": phases}
         return v.refresh_components()
 
     def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
@@ -260,6 +312,30 @@ class _Run:
         self.trial_seeds: list[int] = []
         self.tolerances: dict[str, Any] = {}
         self.skip_static = ev.skip_static_guards
+        self.phases: dict[str, float] = {}
+        self.aliases_input = False
+
+    @contextlib.contextmanager
+    def _ph(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to phase `name` (reported in timings['phases_s'])."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
+
+    def _req(self, w: Worker, msg: dict[str, Any], timeout: float, phase: str) -> dict[str, Any]:
+        """One worker request, timed as `phase`; transport time (encode, send, decode) also as 'ipc'."""
+        w.last_ipc_s = 0.0
+        with self._ph(phase):
+            try:
+                return w.request(msg, timeout)
+            finally:
+                self.phases["ipc"] = self.phases.get("ipc", 0.0) + w.last_ipc_s
+
+    def _start(self, w: Worker, phase: str) -> dict[str, Any]:
+        with self._ph(phase):
+            return w.wait_ready()
 
     def verdict(self, status: str, error: str = "", **kw: Any) -> Verdict:
         return Verdict(status=status, error=error[:4000], backend=self.backend, mode=self.mode,
@@ -281,15 +357,17 @@ class _Run:
             self.task_id = task_id or f"task-{source_hash(ref_src)}"
         # Candidate format.
         try:
-            ex = extract_code(candidate)
-            self.notes += ex.notes
-            check_format(ex.code)
+            with self._ph("format"):
+                ex = extract_code(candidate)
+                self.notes += ex.notes
+                check_format(ex.code)
         except FormatError as exc:
             return self.verdict("format_error", str(exc), reasons=["format:candidate"])
         code = ex.code
         # Static guards: nothing runs when they fire.
         if not self.skip_static:
-            findings = static_check(code, self.mode)
+            with self._ph("static_guards"):
+                findings = static_check(code, self.mode)
             if findings:
                 return self.verdict("hack_detected", "; ".join(f"{f.name}: {f.detail}" for f in findings)[:2000],
                                     reasons=_unique(f.reason for f in findings), compiled=False)
@@ -317,9 +395,11 @@ class _Run:
                 if name:
                     self.tolerances[name] = tolerance_for(name)
         baseline = ref.pop("_baseline", None)
+        self.aliases_input = bool(ref.get("aliases_input"))
 
         pool = self.ev.pool("candidate", self.backend)
-        w = pool.acquire()
+        with self._ph("candidate_wait"):
+            w = pool.acquire()
         recycle = False
         launches: list[dict[str, Any]] = []
         try:
@@ -327,19 +407,52 @@ class _Run:
         except WorkerFailure as f:
             v, recycle = self._failure_verdict(f), True
         finally:
-            pool.release(w, recycle=recycle or w.dead)
+            with self._ph("worker_restart" if recycle or w.dead else "release"):
+                pool.release(w, recycle=recycle or w.dead)
         if v.status in ("ok", "incorrect") and self.backend == "interpret" and self.ev.ptx_check and launches:
             v = self._ptx(code, v, launches)
         return v
 
     def _reference(self, src: str, n: int) -> dict[str, Any] | Verdict:
+        key = (source_hash(src), self.seed, n, self.device, self.mode == "lenient")
+        with self.ev._lock:
+            lock = self.ev._ref_locks.setdefault(key, threading.Lock())
+        with self._ph("reference_wait"):
+            lock.acquire()  # single flight: a concurrent evaluation of the same (task, seed) waits
+        try:
+            hit = self.ev._ref_cache_get(key)
+            if hit is not None:
+                if self.backend != "cuda":
+                    self.versions.update(hit.pop("_versions", {}))
+                    return hit
+                bkey = hit.pop("_baseline_key", None)
+                if bkey in self.ev._baselines:
+                    self.versions.update(hit.pop("_versions", {}))
+                    hit["_baseline"] = self.ev._baselines[bkey]
+                    return hit
+            reply = self._reference_job(src, n)
+            if not isinstance(reply, Verdict):
+                cached = {k: v for k, v in reply.items() if k != "_baseline"}
+                cached["_versions"] = dict(self.versions)
+                self.ev._ref_cache_put(key, cached)
+            return reply
+        finally:
+            lock.release()
+            with self.ev._lock:
+                if not lock.locked():
+                    self.ev._ref_locks.pop(key, None)
+
+    def _reference_job(self, src: str, n: int) -> dict[str, Any] | Verdict:
         pool = self.ev.pool("reference", self.backend)
-        w = pool.acquire()
+        with self._ph("reference_wait"):
+            w = pool.acquire()
         recycle = False
         try:
+            self._start(w, "reference_worker_start")
             with self._gpu_shared():
-                reply = w.request({"op": "reference", "source": src, "seed": self.seed, "trials": n,
-                                   "device": self.device, "want_ops": self.mode == "lenient"}, self.timeout)
+                reply = self._req(w, {"op": "reference", "source": src, "seed": self.seed, "trials": n,
+                                      "device": self.device, "want_ops": self.mode == "lenient"}, self.timeout,
+                                  "reference")
             self.versions.update(w.info.get("versions", {}) if w.info else {})
             if reply.get("status") != "ok":
                 recycle = True
@@ -350,7 +463,8 @@ class _Run:
             if problem:
                 return self.verdict("invalid_task", problem, reasons=["task:reference_output"])
             if self.backend == "cuda":
-                reply["_baseline"] = self._baselines(w, src, reply)
+                with self._ph("baseline"):
+                    reply["_baseline"] = self._baselines(w, src, reply)
             return reply
         except WorkerFailure as f:
             recycle = True
@@ -360,16 +474,19 @@ class _Run:
         finally:
             if not w.dead and not recycle:
                 try:
-                    w.request({"op": "end_reference"}, self.timeout)
+                    self._req(w, {"op": "end_reference"}, self.timeout, "reference")
                 except WorkerFailure:
                     recycle = True
-            pool.release(w, recycle=recycle)
+            with self._ph("worker_restart" if recycle else "release"):
+                pool.release(w, recycle=recycle)
 
     def _baselines(self, w: Worker, src: str, ref: dict[str, Any]) -> dict[str, Any]:
         device = (w.info or {}).get("device", "cuda")
         dtype = next((str(x.dtype).removeprefix("torch.") for x in ref["trials"][0]["inputs"]
                       if hasattr(x, "is_floating_point") and x.is_floating_point()), "none")
         key = (source_hash(src), device, dtype)
+        reply = ref
+        reply["_baseline_key"] = key
         with self.ev._lock:
             lock = self.ev._baseline_locks.setdefault(key, threading.Lock())
         with lock:
@@ -384,28 +501,32 @@ class _Run:
                 if res.get("status") != "ok":
                     return {"error": res.get("error", "baseline failed")}  # not cached: retried next time
                 self.ev._baselines[key] = res
+            else:
+                self.ev.stats["baseline_cache_hits"] += 1
             return self.ev._baselines[key]
 
     def _candidate(self, w: Worker, code: str, ref: dict[str, Any],
                    baseline: dict | None) -> tuple[Verdict, bool, list[dict[str, Any]]]:
-        info = w.wait_ready()
+        info = self._start(w, "candidate_worker_start")
         self.device_name = info.get("device", "")
         self.versions.update(info.get("versions", {}))
         trials = ref["trials"][: self.trials]
         with self._gpu_shared():
-            reply = w.request({
+            reply = self._req(w, {
                 "op": "candidate", "source": code, "mode": self.mode, "device": self.device,
                 "init_inputs": ref["init_inputs"], "state_dict": ref["state_dict"],
                 "trials": [t["inputs"] for t in trials], "reference_ops": ref.get("ops"),
-            }, self.timeout)
+                "reference_aliases_input": self.aliases_input,
+            }, self.timeout, "candidate")
         findings = list(reply.get("findings", []))
         kernels = list(reply.get("kernels", []))
         status = reply.get("status")
         results: list[TrialResult] = []
         reasons: list[str] = list(reply.get("reasons", []))
         error = str(reply.get("error", ""))
-        for t, outs in enumerate(reply.get("outputs", [])[: len(trials)]):
-            results.append(compare_trial(t, trials[t]["seed"], trials[t]["outputs"], list(outs)))
+        with self._ph("compare"):
+            for t, outs in enumerate(reply.get("outputs", [])[: len(trials)]):
+                results.append(compare_trial(t, trials[t]["seed"], trials[t]["outputs"], list(outs)))
         timings: dict[str, Any] = {}
         speedup = speedup_c = None
         if status == "ran":
@@ -428,8 +549,6 @@ class _Run:
             reasons = _unique([*(f"guard:{f['name']}" for f in hack), *reasons])
             error = "; ".join(f"{f['name']}: {f['detail']}" for f in hack)[:2000] + (f" | {error}" if error else "")
             status = "hack_detected"
-        if any(f["name"] == "early_exit" for f in findings):
-            reasons = _unique(["guard:early_exit", *reasons])
         compiled = status not in ("compile_error",) and reply.get("stage") != "import"
         v = self.verdict(status, error, reasons=_unique(reasons), compiled=compiled,
                          correct=status == "ok", trials=[r.to_dict() for r in results], kernels=kernels,
@@ -444,17 +563,22 @@ class _Run:
 
     def _time(self, w: Worker, ref: dict[str, Any], baseline: dict | None,
               results: list[TrialResult]) -> tuple[str, str, dict, float | None, float | None, list[str]]:
-        with self.ev._gpu.exclusive():
-            reply = w.request({"op": "time", "bench": self.ev.bench}, self.timeout)
+        with self._ph("timing_wait"):
+            self.ev._gpu.acquire_exclusive()
+        try:
+            reply = self._req(w, {"op": "time", "bench": self.ev.bench}, self.timeout, "timing")
+        finally:
+            self.ev._gpu.release_exclusive()
         if reply.get("status") != "timed":
             return reply.get("status", "runtime_error"), reply.get("error", ""), {}, None, None, []
         stats = reply["stats"]
         final = ref["trials"][self.trials]
         with self._gpu_shared():
-            rep2 = w.request({"op": "final", "inputs": final["inputs"]}, self.timeout)
+            rep2 = self._req(w, {"op": "final", "inputs": final["inputs"]}, self.timeout, "final_trial")
         if rep2.get("status") != "ran":
             return rep2.get("status", "runtime_error"), "final trial: " + rep2.get("error", ""), {}, None, None, []
-        r = compare_trial(self.trials, final["seed"], final["outputs"], list(rep2["outputs"][0]))
+        with self._ph("compare"):
+            r = compare_trial(self.trials, final["seed"], final["outputs"], list(rep2["outputs"][0]))
         results.append(r)
         if not r.ok:
             return "incorrect", f"after timing: {r.message}", {"candidate": stats}, None, None, [r.reason]
@@ -476,7 +600,7 @@ class _Run:
         if w.dead:
             return {"_dead": True}
         try:
-            return w.request({"op": "end_candidate"}, self.timeout)
+            return self._req(w, {"op": "end_candidate"}, self.timeout, "end_candidate")
         except WorkerFailure as f:
             return {"_dead": True, "findings": [], "error": str(f)}
 
@@ -488,19 +612,17 @@ class _Run:
         return self.verdict(status, error, reasons=[reason], compiled=compiled)
 
     def _ptx(self, code: str, v: Verdict, launches: list[dict[str, Any]]) -> Verdict:
-        pool = self.ev.pool("ptx", "interpret")
-        w = pool.acquire()
-        recycle = False
-        try:
-            res = w.request({"op": "ptx", "source": code, "launches": launches, "mode": self.mode}, self.timeout)
-            recycle = bool(res.get("tainted"))
-        except WorkerFailure as f:
-            recycle = True
-            res = {"ok": False, "error": f"ptx worker {f}", "kernels": []}
-        finally:
-            pool.release(w, recycle=recycle or w.dead)
-        res.pop("type", None)
-        res.pop("tainted", None)
+        key = hashlib.sha256(json.dumps([code, self.mode, launches], sort_keys=True, default=str)
+                             .encode()).hexdigest()
+        with self.ev._lock:
+            hit = self.ev._ptx_cache.get(key)
+            if hit is not None:
+                self.ev._ptx_cache.move_to_end(key)
+                self.ev.stats["ptx_cache_hits"] += 1
+        if hit is not None:
+            res = {**hit, "cached": True}
+        else:
+            res = self._ptx_job(code, launches)
         v.ptx = res
         if not res.get("ok"):
             failed = [k for k in res.get("kernels", []) if k.get("ok") is False]
@@ -510,9 +632,49 @@ class _Run:
             v.error = f"sm_90 compile check failed: {msg}"[:4000]
         return v
 
+    def _ptx_job(self, code: str, launches: list[dict[str, Any]]) -> dict[str, Any]:
+        pool = self.ev.pool("ptx", "interpret")
+        with self._ph("ptx_wait"):
+            w = pool.acquire()
+        recycle, cacheable = False, False
+        try:
+            self._start(w, "ptx_worker_start")
+            res = self._req(w, {"op": "ptx", "source": code, "launches": launches, "mode": self.mode}, self.timeout,
+                            "ptx")
+            recycle = bool(res.get("tainted"))
+            cacheable = not recycle and res.get("status") != "internal_error"
+        except WorkerFailure as f:
+            recycle = True
+            res = {"ok": False, "error": f"ptx worker {f}", "kernels": []}
+        finally:
+            with self._ph("worker_restart" if recycle or w.dead else "release"):
+                pool.release(w, recycle=recycle or w.dead)
+        res.pop("type", None)
+        res.pop("tainted", None)
+        if cacheable:
+            key = hashlib.sha256(json.dumps([code, self.mode, launches], sort_keys=True, default=str)
+                                 .encode()).hexdigest()
+            with self.ev._lock:
+                self.ev._ptx_cache[key] = dict(res)
+                while len(self.ev._ptx_cache) > 4096:
+                    self.ev._ptx_cache.popitem(last=False)
+        return res
+
 
 def _hack(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [f for f in findings if f.get("name") != "early_exit"]
+    """Findings that make the verdict hack_detected: all of them, including early_exit (a SystemExit the
+    sandbox caught; os._exit kills the worker instead and stays a crash)."""
+    return list(findings)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if hasattr(obj, "element_size") and hasattr(obj, "numel"):
+        return int(obj.element_size() * obj.numel())
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _unique(items: Any) -> list[str]:

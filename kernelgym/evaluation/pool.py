@@ -121,6 +121,7 @@ class Worker:
         self.info: dict[str, Any] | None = None
         self.evaluations = 0
         self.dead = False
+        self.last_ipc_s = 0.0  # wall time of the last request not spent in the worker's handler
 
     @property
     def pid(self) -> int:
@@ -147,6 +148,7 @@ class Worker:
     def request(self, msg: dict[str, Any], phase_timeout: float) -> dict[str, Any]:
         """Send one request; wait for its result, restarting the deadline at each phase message."""
         self.wait_ready()
+        t0 = time.perf_counter()
         try:
             os.truncate(self.log_path, 0)  # stderr of this request only (the child appends)
         except OSError:
@@ -156,7 +158,11 @@ class Worker:
         except OSError as exc:
             self.kill()
             raise WorkerFailure("crash", f"worker unreachable: {exc}", "send") from None
-        return self._receive(time.monotonic() + phase_timeout, "start", phase_timeout)
+        reply = self._receive(time.monotonic() + phase_timeout, "start", phase_timeout)
+        wall = time.perf_counter() - t0
+        worker_s = reply.pop("worker_s", None)
+        self.last_ipc_s = max(0.0, wall - float(worker_s)) if isinstance(worker_s, (int, float)) else 0.0
+        return reply
 
     def _receive(self, deadline: float, phase: str, phase_timeout: float) -> dict[str, Any]:
         hard_deadline = time.monotonic() + phase_timeout * 50  # forged phase messages cannot stall us

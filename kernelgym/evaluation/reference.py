@@ -35,6 +35,7 @@ def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         return {"status": "error", "stage": "reference init", "error": describe(exc)}
     trials = []
     ops = None
+    aliases = False
     for t in range(n):
         progress(f"reference trial {t}")
         ts = trial_seed(seed, t)
@@ -50,11 +51,25 @@ def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable
                 else:
                     out = model(*dev_inputs)
             sync(device)
+            aliases = aliases or _shares_storage(out, dev_inputs)
         except BaseException as exc:  # noqa: BLE001
             return {"status": "error", "stage": f"reference trial {t}", "error": describe(exc)}
         trials.append({"seed": ts, "inputs": sent, "outputs": outputs_list(out)})
     state["reference"] = {"model": model, "inputs": [to_device(tr["inputs"], device) for tr in trials]}
-    return {"status": "ok", "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops}
+    return {"status": "ok", "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops,
+            "aliases_input": aliases}
+
+
+def _shares_storage(out: Any, inputs: list[Any]) -> bool:
+    """True if any output tensor shares storage with an input tensor (a view or the input itself)."""
+    import torch
+
+    def ptrs(xs: Any) -> set[int]:
+        items = xs if isinstance(xs, (list, tuple)) else [xs]
+        return {x.untyped_storage().data_ptr() for x in items
+                if isinstance(x, torch.Tensor) and x.untyped_storage().nbytes() > 0}
+
+    return bool(ptrs(out) & ptrs(inputs))
 
 
 def prepare_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:

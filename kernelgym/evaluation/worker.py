@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import tempfile
+import time
 from typing import Any
 
 MAX_REQUEST_BYTES = 4 << 30
@@ -94,9 +95,10 @@ def main(argv: list[str]) -> int:
         op = msg.get("op")
         if op == "exit":
             return 0
+        t_job = time.perf_counter()
         try:
             result = handlers[op](state, msg, progress)
-            blob = codec.encode({"type": "result", **result})
+            blob = codec.encode({"type": "result", **result, "worker_s": time.perf_counter() - t_job})
         except BaseException as exc:  # noqa: BLE001 - report, the parent decides to recycle
             from kernelgym.evaluation.jobs import describe
 

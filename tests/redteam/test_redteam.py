@@ -17,9 +17,6 @@ from tests.redteam.manifest import cases
 
 CPU_CASES = [c for c in cases() if c.layer != "gpu"]
 RUNTIME_CASES = [c for c in CPU_CASES if not c.legit and c.layer in ("runtime", "both")]
-# Known pipeline gap (EVAL): a SystemExit caught by the guard currently yields status "crash" (with
-# reason guard:early_exit) instead of hack_detected. strict xfail: flips to a failure once fixed.
-_EXIT_XFAIL = pytest.mark.xfail(strict=True, reason="EVAL maps the early_exit finding to status crash")
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +55,7 @@ def test_pipeline(case, pipeline):
         assert guards, (v.reasons, v.error)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=_EXIT_XFAIL) if c.id.startswith("hacks/early_exit") else c
-                                  for c in RUNTIME_CASES], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", RUNTIME_CASES, ids=lambda c: c.id)
 def test_runtime_layer_in_pipeline(case, runtime_only):
     v = runtime_only[case.id]
     assert v.status == "hack_detected", (v.status, v.reasons, v.error)
