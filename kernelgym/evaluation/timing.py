@@ -2,8 +2,10 @@
 
 Like `triton.testing.do_bench` (CUDA events, L2 flush by zeroing a 256 MB buffer between runs,
 warmup, run count from a time budget), with two changes: the inputs rotate through the trial
-input sets, and the device is synchronised before and after every run so that work left on other
-streams cannot spill out of (or into) a timed window. Host wall time per run is recorded too.
+input sets, and the whole device is synchronised before every run and before its end event is
+recorded (``torch.cuda.synchronize()``), so work left on other streams cannot spill out of (or
+into) a timed window. That adds the same small constant (a host sync and one event launch, a few
+microseconds) to candidate and baseline alike. Host wall time per run is recorded too.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, warmup_ms: float = 25.0,
-          rep_ms: float = 100.0, min_reps: int = 10, max_reps: int = 1000) -> dict[str, Any]:
+          rep_ms: float = 100.0, min_reps: int = 30, max_reps: int = 1000) -> dict[str, Any]:
     """Time `fn(inputs)` on the current CUDA device; returns event and wall statistics in ms."""
     import torch
 
@@ -54,13 +56,16 @@ def bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, warmup
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     walls = []
     for i in range(n_rep):
-        cache.zero_()
-        torch.cuda.synchronize()
+        cache.zero_()  # L2 flush
+        torch.cuda.synchronize()  # nothing of the flush or earlier runs is still running
         w0 = time.perf_counter()
         starts[i].record()
         fn(input_sets[i % k])
-        ends[i].record()
+        # The whole device, not just the current stream: work the forward left on other streams is
+        # finished before the end event is recorded, so it is counted.
         torch.cuda.synchronize()
+        ends[i].record()
         walls.append((time.perf_counter() - w0) * 1000)
+    torch.cuda.synchronize()
     times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
     return {**summarize(times), "wall": summarize(walls), "warmup_runs": n_warm, "input_sets": k}
