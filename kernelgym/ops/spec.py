@@ -4,9 +4,9 @@ Shapes are symbolic: a tensor is a `SymTensor` of a z3 rank and four z3 dims sto
 *right-aligned* (``dims[0]`` is the last dimension), with the unused leading slots pinned to 1.
 Right alignment makes broadcasting a per-slot rule and lets one shape rule serve every rank.
 Each dim also has a log2 bucket ``logs[k]`` (``2**L <= dim < 2**(L+1)``) so that memory and
-FLOP budgets, which are products of dims, become linear constraints for z3. The bucket is a term,
-``floor(log2(dim))`` written as a sum of bound indicators (`log2_floor`), not a disjunction: the
-arithmetic solver handles ``dim >= 2**e`` atoms directly, with no case splits.
+FLOP budgets, which are products of dims, become linear constraints for z3. The bucket is tied to
+its dim by ``dim >= 2**e <=> L >= e`` for each e (`log_link`), not by a disjunction: bound atoms
+only, which the arithmetic solver handles without case splits.
 """
 
 from __future__ import annotations
@@ -150,20 +150,26 @@ class RuleCtx:
         return var
 
     def log(self, dim: z3.ArithRef) -> z3.ArithRef:
-        """log2 bucket of a dim variable within [lo, hi]: the term floor(log2(dim))."""
-        return log2_floor(dim, self.hi)
+        """log2 bucket of a dim variable (adds the linking constraint once per variable)."""
+        key = f"log_{dim}"
+        if key not in self.fresh_vars:
+            lvar = z3.Int(f"{self.prefix}_{key}")
+            self.fresh_vars[key] = lvar
+            self.extra.append(log_link(dim, lvar, self.hi))
+        return self.fresh_vars[key]
 
 
-def log2_floor(dim: z3.ArithRef, hi: int) -> z3.ArithRef:
-    """floor(log2(dim)) for 1 <= dim <= hi, as a linear term: the number of e >= 1 with dim >= 2**e."""
+def log_link(dim: z3.ArithRef, lvar: z3.ArithRef, hi: int) -> z3.BoolRef:
+    """lvar == floor(log2(dim)) for 1 <= dim <= hi, as ``dim >= 2**e <=> lvar >= e`` for each e:
+    bound atoms only, so no case splits on disjuncts or if-then-else terms."""
     top = max(hi, 1).bit_length()
-    return z3.Sum(z3.IntVal(0), *[z3.If(dim >= 2**e, 1, 0) for e in range(1, top)])
+    return z3.And(lvar >= 0, lvar <= top - 1, *[(dim >= 2**e) == (lvar >= e) for e in range(1, top)])
 
 
 def log_bucket(dim: z3.ArithRef, lvar: z3.ArithRef, hi: int) -> z3.BoolRef:
     """2**lvar <= dim < 2**(lvar+1) with 0 <= lvar < hi.bit_length(), without a disjunction."""
     top = max(hi, 1).bit_length()
-    return z3.And(dim >= 1, dim < 2**top, lvar == log2_floor(dim, hi))
+    return z3.And(dim >= 1, dim < 2**top, log_link(dim, lvar, hi))
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ How the problem is handed to z3 (speed; the problem itself is the one above):
   variables replaced by their values and argument tensors fed by a node replaced by that node's
   output (`z3.substitute`, in C). Structure-only constraints are then ground and true (the pins
   were checked sat), so what is left is a small conjunction over dims for the dims phase.
-- log2 buckets are terms (sums of ``dim >= 2**e`` indicators), rank padding is an implication,
-  not an If over the bounds: fewer case splits for the solver, same constraints.
+- log2 buckets are tied to their dims by bound-atom equivalences (`spec.log_link`), rank padding
+  is an implication, not an If over the bounds: fewer case splits for the solver, same constraints.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 import z3
 
 from kernelgym.ops import CATALOG, OpSpec
-from kernelgym.ops.spec import MAX_RANK, RuleCtx, SymTensor, log2_floor
+from kernelgym.ops.spec import MAX_RANK, RuleCtx, SymTensor, log_link
 from kernelgym.sampler.profiles import DifficultyProfile, SizeProfile
 
 MAX_ARITY = max(op.arity for op in CATALOG.values())
@@ -75,11 +75,12 @@ class DagModel:
     def _tensor(self, name: str) -> SymTensor:
         s = self.sizes
         dims = tuple(z3.Int(f"{name}_d{k}") for k in range(MAX_RANK))
-        t = SymTensor(rank=z3.Int(f"{name}_r"), dims=dims, logs=tuple(log2_floor(x, s.hi) for x in dims),
+        t = SymTensor(rank=z3.Int(f"{name}_r"), dims=dims, logs=tuple(z3.Int(f"{name}_l{k}") for k in range(MAX_RANK)),
                       range=z3.Int(f"{name}_v"))
         cs = [t.rank >= 1, t.rank <= MAX_RANK, t.range >= 0, t.range <= 2, z3.Sum(*t.logs) <= s.max_log]
         for k in range(MAX_RANK):
-            cs += [t.dims[k] >= 1, t.dims[k] <= s.hi, z3.Implies(t.rank <= k, t.dims[k] == 1)]
+            cs += [t.dims[k] >= 1, t.dims[k] <= s.hi, z3.Implies(t.rank <= k, t.dims[k] == 1),
+                   log_link(t.dims[k], t.logs[k], s.hi)]
             if s.lo > 1:
                 cs.append(z3.Implies(t.rank > k, t.dims[k] >= s.lo))
         self._tensor_cs[id(t)] = z3.And(*cs)
@@ -110,7 +111,7 @@ class DagModel:
             flops = op.log_flops(args, out, p, ctx) if op.log_flops else z3.Sum(*out.logs) + 3
             rule.append(flops <= s.max_log_flops)
             per_variant.append(z3.Implies(self.variant_var[i] == v, z3.And(*rule)))
-        self.fresh[(i, op.name)] = dict(ctx.fresh_vars)
+        self.fresh[(i, op.name)] = {k: var for k, var in ctx.fresh_vars.items() if not k.startswith("log_")}
         ranges_in = [a.range for j, a in enumerate(args) if j not in op.index_args]
         cs = [self.variant_var[i] >= 0, self.variant_var[i] < len(op.variants), *per_variant, *ctx.extra]
         cs += [args[j].range >= op.input_domain(j) for j in range(op.arity) if j not in op.index_args]
@@ -123,7 +124,8 @@ class DagModel:
         if key not in self._eqs:
             a, b = self.args[i][j], self.outs[v]
             self._eqs[key] = z3.Implies(self.src[i][j] == v, z3.And(
-                a.rank == b.rank, a.range == b.range, *[x == y for x, y in zip(a.dims, b.dims)]))
+                a.rank == b.rank, a.range == b.range, *[x == y for x, y in zip(a.dims, b.dims)],
+                *[x == y for x, y in zip(a.logs, b.logs)]))
         return self._eqs[key]
 
     def fresh_vars(self, i: int, k: int) -> dict[str, z3.ArithRef]:
@@ -289,7 +291,7 @@ class DagModel:
                 a = self.args[i][j]
                 if srcs[i][j] >= 0:
                     b = self.outs[srcs[i][j]]
-                    pairs += [(a.rank, b.rank), (a.range, b.range), *zip(a.dims, b.dims)]
+                    pairs += [(a.rank, b.rank), (a.range, b.range), *zip(a.dims, b.dims), *zip(a.logs, b.logs)]
                 else:
                     c.append(self.tensor_cs(a))
                     tensors.append(a)
