@@ -96,18 +96,25 @@ class Oracle:
     def __post_init__(self) -> None:
         self.solver = z3.SimpleSolver()
         self.solver.set("timeout", CHECK_TIMEOUT_MS)
-        self.solver.add(*self.constraints)
+        self._ctx = self.solver.ctx.ref()
+        self._add(self.constraints)
         self._sat = False  # whether the last check was sat (with every pin so far)
         self._model: z3.ModelRef | None = None
         self._pending: list[z3.BoolRef] = []  # pins checked sat, added before the next check
+
+    def _add(self, exprs: list[z3.BoolRef]) -> None:
+        for e in exprs:  # solver.add without the Python-side coercions
+            z3.Z3_solver_assert(self._ctx, self.solver.solver, e.as_ast())
 
     def _check(self, *exprs: z3.BoolRef) -> bool:
         self.stats["checks"] += 1
         self._model = None
         if self._pending:  # (adding them right away would discard the last model)
-            self.solver.add(*self._pending)
+            self._add(self._pending)
             self._pending = []
-        self._sat = self.solver.check(*exprs) == z3.sat
+        assumptions = (z3.Ast * len(exprs))(*[e.as_ast() for e in exprs])
+        result = z3.Z3_solver_check_assumptions(self._ctx, self.solver.solver, len(exprs), assumptions)
+        self._sat = result == z3.Z3_L_TRUE
         return self._sat
 
     def sat(self, *exprs: z3.BoolRef) -> bool:
