@@ -111,8 +111,9 @@ def _versions() -> dict[str, str]:
 class Evaluator:
     """Worker pools plus settings; `evaluate` / `evaluate_batch` run the pipeline on them.
 
-    workers: candidate workers per backend (default min(cpu_count, 16)); reference_workers and
-    ptx_workers default to a quarter of that (at least 1). memory_limit_mb: resident-memory limit
+    workers: candidate workers per backend (default min(cpu_count, 16)); reference_workers default
+    to a quarter of that and ptx_workers (interpreter only: an sm_90 compile costs about as much
+    as the interpreted run) to half (at least 1). memory_limit_mb: resident-memory limit
     per candidate/ptx worker process tree, polled by the parent (over it: killed, verdict `crash`);
     reference_memory_limit_mb the same for reference workers (default max(memory_limit_mb, 8192)). timeout:
     wall seconds per phase (import, construct, each trial, timing). baseline_timeout: seconds for
@@ -136,7 +137,7 @@ class Evaluator:
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
         quarter = max(1, self.workers // 4)
         self.reference_workers = max(1, reference_workers or quarter)
-        self.ptx_workers = max(1, ptx_workers or quarter)
+        self.ptx_workers = max(1, ptx_workers or self.workers // 2)
         self.memory_limit_mb = memory_limit_mb
         # References also hold torch.compile/inductor state and a CUDA context: more headroom.
         self.reference_memory_limit_mb = reference_memory_limit_mb or (
@@ -280,7 +281,9 @@ class Evaluator:
         backend = resolve_backend(backend)
         pairs = list(pairs)
         seeds = [None if seed is None else trial_seed(seed, 1000 + i) for i in range(len(pairs))]
-        n_threads = max(1, min(len(pairs), self.workers + self.reference_workers))
+        # Enough threads that every pool stage (reference, candidate, ptx) has evaluations queued.
+        extra = self.ptx_workers if backend == "interpret" and self.ptx_check else 0
+        n_threads = max(1, min(len(pairs), self.workers + self.reference_workers + extra))
 
         def one(i: int) -> Verdict:
             ref, cand = pairs[i]
