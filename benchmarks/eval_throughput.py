@@ -1,17 +1,20 @@
 """Evaluation throughput: the worker pool vs a serial in-process harness (the KernelBench way).
 
-A batch of distinct candidates for one elementwise task -- correct, incorrect (wrong math) and
-crashing (an exception in forward; a hard crash would kill the serial harness's own process) --
-is judged twice:
+An RL-shaped batch -- T tasks x C candidates each (default 8 x 8 for --n 64), every candidate a
+distinct source (as with LLM samples), a mix of correct, incorrect (wrong math) and crashing (an
+exception in forward; a hard crash would kill the serial harness's own process) -- is judged by:
 
-* serial: one process, one candidate after another: exec the reference and the candidate in this
-  process, run the trials, compare with allclose (and, on a GPU, time correct ones with
-  `triton.testing.do_bench`), as KernelBench's harness does;
-* pool: `Evaluator.evaluate_batch` over the worker pool (candidates and references in separate
-  processes, guards on, sm_90 ptx check on the interpreter, timing + baselines on a GPU).
+* serial: one process, one candidate after another, as KernelBench's harness does: exec the
+  reference and the candidate in this process, run the trials, compare with allclose, and on a
+  GPU time the correct candidate AND the eager reference with the same `timing.bench` (same
+  budget, L2 flush, device sync) that the pool uses, so both do the same kind of timing work;
+* pool: `Evaluator.evaluate_batch` over the warm worker pool (candidates and references in
+  separate processes, static + runtime guards, sm_90 ptx check on the interpreter, timing +
+  eager and torch.compile baselines on a GPU). It runs the batch twice with different seeds:
+  "first" computes each task's baselines (torch.compile included), "steady" is an RL step once
+  they are cached (a new set of distinct candidates for the same tasks, new seeds).
 
-Every candidate differs in source text, so Triton compiles each one (as with LLM samples).
-Prints a table and writes JSON. Usage:
+Prints a table (evals/s, ratio) and the pool's mean per-phase seconds, and writes JSON. Usage:
     python benchmarks/eval_throughput.py [--backend auto|interpret|cuda] [--n 64] [--workers W]
 """
 
@@ -38,7 +41,7 @@ class Model(nn.Module):
         super().__init__()
 
     def forward(self, x, y):
-        return torch.relu(x) * y + x
+        return torch.relu(x) * y + x * SCALE
 
 
 def get_inputs():
@@ -81,26 +84,32 @@ class ModelNew(nn.Module):
 KINDS = ("correct", "correct", "incorrect", "crashing")
 
 
-def make_batch(n: int, numel: int) -> tuple[str, list[tuple[str, str]]]:
-    ref = REFERENCE.replace("N)", f"{numel})")
-    cands = []
+def make_batch(n: int, numel: int, tasks: int, offset: int = 0) -> list[tuple[int, str, str, str]]:
+    """(task index, kind, reference source, candidate source) for n candidates over `tasks` tasks."""
+    refs = [REFERENCE.replace("N)", f"{numel})").replace("SCALE", f"{1.0 + 0.25 * t}") for t in range(tasks)]
+    out = []
     for i in range(n):
-        kind = KINDS[i % len(KINDS)]
-        block = (128, 256, 512, 1024)[(i // len(KINDS)) % 4]
-        expr = "r * y + x" if kind != "incorrect" else "r * y - x"
+        t = i % tasks
+        j = i // tasks  # candidate index within its task's group
+        kind = KINDS[j % len(KINDS)]
+        block = (128, 256, 512, 1024)[(j // len(KINDS)) % 4]
+        expr = "r * y + x * SCALE" if kind != "incorrect" else "r * y - x * SCALE"
         pre = "        raise RuntimeError('launch configuration invalid')\n" if kind == "crashing" else ""
-        cands.append((kind, CANDIDATE.format(i=i, expr=expr, pre=pre, block=block)))
-    return ref, cands
+        cand = CANDIDATE.format(i=i + offset, expr=expr.replace("SCALE", f"{1.0 + 0.25 * t}"), pre=pre, block=block)
+        out.append((t, kind, refs[t], cand))
+    return out
 
 
 SERIAL = r'''
 import importlib.util, json, os, sys, tempfile, time
 import torch
-import triton, triton.testing
+import triton
 
 data = json.loads(sys.stdin.read())
 device = data["device"]
 tmp = tempfile.mkdtemp()
+if device == "cuda":
+    from kernelgym.evaluation.timing import bench
 
 def load(src, name):
     path = os.path.join(tmp, name + ".py")
@@ -113,19 +122,21 @@ def load(src, name):
 
 results = []
 t0 = time.perf_counter()
-for i, cand in enumerate(data["candidates"]):
+for i, (ref_src, cand) in enumerate(data["pairs"]):
     status = "ok"
     try:
-        ref = load(data["reference"], f"ref_{i}")
+        ref = load(ref_src, f"ref_{i}")
         torch.manual_seed(i)
         init = ref.get_init_inputs()
         model = ref.Model(*init).to(device)
         mod = load(cand, f"cand_{i}")
         new = mod.ModelNew(*init).to(device)
         new.load_state_dict(model.state_dict())
+        sets = []
         for t in range(data["trials"]):
             torch.manual_seed(1000 * i + t)
             inputs = [x.to(device) for x in ref.get_inputs()]
+            sets.append(inputs)
             with torch.no_grad():
                 expected = model(*inputs)
                 got = new(*inputs)
@@ -136,7 +147,8 @@ for i, cand in enumerate(data["candidates"]):
                 break
         if status == "ok" and device == "cuda":
             with torch.no_grad():
-                triton.testing.do_bench(lambda: new(*inputs))
+                bench(lambda ins: new(*ins), sets, **data["bench"])
+                bench(lambda ins: model(*ins), sets, **data["bench"])
     except Exception as exc:
         status = "runtime_error"
     results.append(status)
@@ -144,28 +156,52 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "statuses": results}))
 '''
 
 
-def run_serial(reference: str, candidates: list[str], backend: str, trials: int) -> dict:
+def run_serial(pairs: list[tuple[str, str]], backend: str, trials: int, bench: dict) -> dict:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     if backend == "interpret":
         env["TRITON_INTERPRET"] = "1"
         env["CUDA_VISIBLE_DEVICES"] = ""
-    payload = json.dumps({"reference": reference, "candidates": candidates, "trials": trials,
+    payload = json.dumps({"pairs": pairs, "trials": trials, "bench": bench,
                           "device": "cuda" if backend == "cuda" else "cpu"})
     out = subprocess.run([sys.executable, "-c", SERIAL], input=payload, capture_output=True, text=True, env=env,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def phase_means(verdicts: list) -> dict[str, float]:
+    """Mean seconds per evaluation of each phase (phases of concurrent evaluations overlap)."""
+    tot: dict[str, float] = {}
+    for v in verdicts:
+        for k, x in (v.timings or {}).get("phases_s", {}).items():
+            tot[k] = tot.get(k, 0.0) + x
+    return {k: x / max(1, len(verdicts)) for k, x in sorted(tot.items(), key=lambda kv: -kv[1])}
+
+
+def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str, seed: int, trials: int) -> dict:
+    t = time.perf_counter()
+    verdicts = ev.evaluate_batch(pairs, backend=backend, seed=seed, trials=trials)
+    secs = time.perf_counter() - t
+    statuses: dict[str, dict[str, int]] = {}
+    for kind, v in zip(kinds, verdicts):
+        statuses.setdefault(kind, {}).setdefault(v.status, 0)
+        statuses[kind][v.status] += 1
+    return {"n": len(pairs), "seconds": secs, "evals_per_s": len(pairs) / secs, "statuses_by_kind": statuses,
+            "phases_mean_s": phase_means(verdicts), "device": verdicts[0].device if verdicts else ""}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=["auto", "interpret", "cuda"], default="auto")
     ap.add_argument("--n", type=int, default=None, help="candidates (default 64 on a GPU, 16 on CPU)")
+    ap.add_argument("--tasks", type=int, default=None, help="distinct tasks (default n // 8, 1..8)")
     ap.add_argument("--serial-n", type=int, default=None,
                     help="candidates for the serial baseline (default: same as --n)")
     ap.add_argument("--workers", type=int, default=None, help="pool size (default min(cpu_count, 16))")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--numel", type=int, default=None, help="elements per input (default 1M GPU, 4096 CPU)")
+    ap.add_argument("--rep-ms", type=float, default=100.0, help="timing budget per bench (both harnesses)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "eval_throughput.json"))
     args = ap.parse_args(argv)
 
@@ -173,43 +209,49 @@ def main(argv: list[str] | None = None) -> int:
 
     backend = resolve_backend(args.backend)
     n = args.n or (64 if backend == "cuda" else 16)
+    tasks = max(1, min(n, args.tasks or min(8, max(1, n // 8))))
     numel = args.numel or (1 << 20 if backend == "cuda" else 4096)
-    reference, batch = make_batch(n, numel)
-    kinds = [k for k, _ in batch]
+    bench = {"warmup_ms": 25.0, "rep_ms": args.rep_ms}
+    batch = make_batch(n, numel, tasks)
+    pairs = [(r, c) for _, _, r, c in batch]
+    kinds = [k for _, k, _, _ in batch]
     serial_n = min(args.serial_n or n, n)
 
-    serial = run_serial(reference, [c for _, c in batch[:serial_n]], backend, args.trials)
+    serial = run_serial(pairs[:serial_n], backend, args.trials, bench)
     serial_eps = serial_n / serial["seconds"]
 
-    with Evaluator(workers=args.workers) as ev:
+    with Evaluator(workers=args.workers, bench=bench) as ev:
         t = time.perf_counter()
         ev.warm(backend)
         startup = time.perf_counter() - t
-        t = time.perf_counter()
-        verdicts = ev.evaluate_batch([(reference, c) for _, c in batch], backend=backend, seed=0,
-                                     trials=args.trials)
-        pool_s = time.perf_counter() - t
-        workers = ev.workers
-    pool_eps = n / pool_s
-    statuses: dict[str, dict[str, int]] = {}
-    for kind, v in zip(kinds, verdicts):
-        statuses.setdefault(kind, {}).setdefault(v.status, 0)
-        statuses[kind][v.status] += 1
+        first = pool_batch(ev, pairs, kinds, backend, 0, args.trials)
+        # A new RL step: same tasks, new candidates (distinct sources: no ptx-cache hits), new seeds.
+        pairs2 = [(r, c) for _, _, r, c in make_batch(n, numel, tasks, offset=n)]
+        steady = pool_batch(ev, pairs2, kinds, backend, 1, args.trials)
+        workers, ref_workers, stats = ev.workers, ev.reference_workers, dict(ev.stats)
     report = {
-        "benchmark": "eval_throughput", "backend": backend, "device": verdicts[0].device if verdicts else "",
-        "n": n, "numel": numel, "trials": args.trials, "workers": workers, "cpu_count": os.cpu_count(),
+        "benchmark": "eval_throughput", "backend": backend, "device": first["device"],
+        "n": n, "tasks": tasks, "numel": numel, "trials": args.trials, "bench": bench, "workers": workers,
+        "reference_workers": ref_workers, "cpu_count": os.cpu_count(),
         "serial": {"n": serial_n, "seconds": serial["seconds"], "evals_per_s": serial_eps,
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},
-        "pool": {"n": n, "seconds": pool_s, "evals_per_s": pool_eps, "startup_s": startup,
-                 "statuses_by_kind": statuses},
-        "speedup": pool_eps / serial_eps,
+        "pool_first": first, "pool_steady": steady, "pool_startup_s": startup, "cache_stats": stats,
+        "speedup_first": first["evals_per_s"] / serial_eps, "speedup_steady": steady["evals_per_s"] / serial_eps,
     }
-    print(f"eval throughput on {report['device']} ({backend}), {n} candidates, {args.trials} trials")
-    print(f"{'harness':<22}{'evals':>7}{'seconds':>10}{'evals/s':>10}")
-    print(f"{'serial in-process':<22}{serial_n:>7}{serial['seconds']:>10.2f}{serial_eps:>10.2f}")
-    print(f"{f'pool ({workers} workers)':<22}{n:>7}{pool_s:>10.2f}{pool_eps:>10.2f}")
-    print(f"pool / serial: {report['speedup']:.2f}x  (pool startup {startup:.1f} s, not counted)")
-    print(f"pool verdicts by kind: {json.dumps(statuses)}")
+    print(f"eval throughput on {report['device']} ({backend}), {n} candidates over {tasks} tasks, "
+          f"{args.trials} trials, {os.cpu_count()} CPUs")
+    print(f"{'harness':<34}{'evals':>7}{'seconds':>10}{'evals/s':>10}{'vs serial':>11}")
+    print(f"{'serial in-process':<34}{serial_n:>7}{serial['seconds']:>10.2f}{serial_eps:>10.2f}{1.0:>10.2f}x")
+    for name, r in ((f"pool first batch ({workers} workers)", first), (f"pool steady ({workers} workers)", steady)):
+        print(f"{name:<34}{n:>7}{r['seconds']:>10.2f}{r['evals_per_s']:>10.2f}"
+              f"{r['evals_per_s'] / serial_eps:>10.2f}x")
+    print(f"pool startup {startup:.1f} s (not counted); caches: {json.dumps(stats)}")
+    print("pool mean seconds per evaluation by phase (concurrent evaluations overlap):")
+    print(f"  {'phase':<26}{'first':>9}{'steady':>9}")
+    for k in dict.fromkeys([*first["phases_mean_s"], *steady["phases_mean_s"]]):
+        print(f"  {k:<26}{first['phases_mean_s'].get(k, 0.0):>9.4f}{steady['phases_mean_s'].get(k, 0.0):>9.4f}")
+    print(f"serial statuses: {json.dumps(report['serial']['statuses'])}")
+    print(f"pool verdicts by kind: {json.dumps(steady['statuses_by_kind'])}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
