@@ -33,6 +33,7 @@ its search finds, e.g. the smallest op index and dims at their bounds):
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -44,10 +45,12 @@ import z3
 from kernelgym.ops import CATALOG, OpSpec, get_op
 from kernelgym.ops.spec import MAX_RANK, RANGE_NAMES, SymTensor
 from kernelgym.sampler.graph import Graph, InputSpec, Node
-from kernelgym.sampler.model import FRESH, MAX_ARITY, UNUSED, DagModel
+from kernelgym.sampler.model import FRESH, MAX_ARITY, UNUSED, VIEW_OPS, DagModel
 from kernelgym.sampler.profiles import SizeProfile, difficulty_profile, size_profile
 
 MAX_OP_DRAWS = 200
+MAX_STRUCTURE_TRIES = 6  # structures checked by z3 before the one-decision-at-a-time search
+MAX_STRUCTURE_STEPS = 20000  # Python search steps for those structures
 CHECK_TIMEOUT_MS = 20000
 # Partner ops tried (d-1 copies) to show that an op can appear in some program of difficulty d.
 WITNESSES = ("relu", "add", "sum", "linear", "flatten", "matmul", "mul_scalar", "transpose")
@@ -253,7 +256,12 @@ class GraphSampler:
         # problem with the whole structure substituted (structure-only constraints in Python),
         # together with the first choice of every dims decision: one check for a whole task.
         variants, srcs = self._split(perm, [cands[0] for _, cands in prefs])
-        if m.structure_ok(perm, srcs):
+        firsts = (variants, srcs)
+        # Structures in preference order (depth first: node by node, variant, then sources)
+        # that the structure caps and the per-op rank tables admit (necessary conditions).
+        candidates = self._candidate_structures(perm, prefs)
+        head = next(candidates, None)
+        if head == firsts:
             dz = self._oracle(m.pinned(perm, variants, srcs))
             units = self._tensor_decisions(rng, dz, perm, variants, srcs)
             if dz.pin(*[c for u in units for c in u.first]):
@@ -263,7 +271,23 @@ class GraphSampler:
                 self.stats["structure_hits"] += 1
                 dz.pin_all(units, known_unsat=True)
                 return self._read_graph(dz, perm, variants, srcs)
+        else:
+            candidates = itertools.chain([head] if head else [], candidates)
         self.stats["structure_misses"] += 1
+        # Next: the following candidate structures, each checked by z3.
+        tries = 0
+        for variants, srcs in candidates:
+            if (variants, srcs) == firsts:
+                continue  # checked above
+            tries += 1
+            if tries > MAX_STRUCTURE_TRIES:
+                break
+            dz = self._oracle(m.pinned(perm, variants, srcs))
+            if dz.sat():
+                self.stats["structure_search_hits"] += 1
+                dz.pin_all(self._tensor_decisions(rng, dz, perm, variants, srcs))
+                return self._read_graph(dz, perm, variants, srcs)
+        self.stats["structure_search_misses"] += 1
         z = self._oracle(m.ordered(perm))
         if z.sat():  # the permutation fits (its first preferences together do not)
             order = perm
@@ -278,6 +302,60 @@ class GraphSampler:
         dz = self._oracle(m.pinned(order, variants, srcs))
         dz.pin_all(self._tensor_decisions(rng, dz, order, variants, srcs))
         return self._read_graph(dz, order, variants, srcs)
+
+    def _candidate_structures(self, order: list[int], prefs: list[tuple[z3.ArithRef, list[int]]]):
+        """Yield (variants, sources) in preference order that pass `DagModel.structure_ok` and
+        admit ranks from the per-op rank tables (necessary conditions only; z3 decides)."""
+        m, prof, d = self.model, self.profile, self.d
+        ops = [m.ops[k] for k in order]
+        vcands = [cands for _, cands in prefs[:d]]
+        it = iter(prefs[d:])
+        ecands = [[list(dict.fromkeys(next(it)[1])) for _ in range(op.arity)] for op in ops]
+        variants, srcs = [0] * d, [[] for _ in range(d)]
+        fan_out = [0] * d
+        budget = [MAX_STRUCTURE_STEPS]
+
+        def ranks_after(i: int, states: set) -> set:
+            table = m.rank_table(order[i], variants[i])
+            out = set()
+            for st in states:
+                known = [st[x] if x >= 0 else 0 for x in srcs[i]]
+                for a, outs in table.items():
+                    if all(x == y for x, y in zip(a, known) if y):
+                        out.update(st + (o,) for o in outs)
+            return out
+
+        def visit(i: int, states: set, inputs: int):
+            if i == d:
+                if m.structure_ok(order, srcs):
+                    yield variants[:], [row[:] for row in srcs]
+                return
+            op = ops[i]
+            for v in vcands[i]:
+                variants[i] = v
+                for row in itertools.product(*ecands[i]):
+                    budget[0] -= 1
+                    if budget[0] < 0:
+                        return
+                    if sum(x >= 0 for x in row) > prof.max_fan_in or inputs + row.count(FRESH) > prof.max_inputs:
+                        continue
+                    if op.name in VIEW_OPS and (row[0] < 0 or ops[row[0]].name in VIEW_OPS):
+                        continue
+                    if any(fan_out[x] + 1 > prof.max_fan_out for x in row if x >= 0):
+                        continue
+                    srcs[i] = list(row)
+                    new = ranks_after(i, states)
+                    if not new:
+                        continue
+                    for x in row:
+                        if x >= 0:
+                            fan_out[x] += 1
+                    yield from visit(i + 1, new, inputs + row.count(FRESH))
+                    for x in row:
+                        if x >= 0:
+                            fan_out[x] -= 1
+
+        yield from visit(0, {()}, 0)
 
     def _structure_prefs(self, rng: random.Random, order: list[int]) -> list[tuple[z3.ArithRef, list[int]]]:
         """(variable, candidates) for each node's variant, then each used argument slot's source."""
