@@ -458,7 +458,7 @@ class GraphSampler:
                 prop = _propose_dim(rng, s)
                 before = pinned[:]
                 out.append(Decision([eq(var, prop)], lambda z, var=var, prop=prop, before=before:
-                                    z.pin_first(var, [prop, *reversed(self._seen(z, before)), 1, 2])))
+                                    z.pin_first(var, [prop, *reversed(self._seen(z, before)), 1, 2, *_spread(rng, s)])))
                 pinned.append(var)
             pinned.append(m.outs[i])
         return out
@@ -521,7 +521,7 @@ class GraphSampler:
             decisions = []
             for slot in range(rank):
                 cands = [prop[slot], *[x[slot] for x in near], *[x[slot + 1] for x in near if slot + 1 < MAX_RANK],
-                         1, *seen, *range(s.lo, min(s.hi, 64) + 1)]
+                         1, *seen, *_spread(rng, s)]
                 decisions.append(choose(t.dims[slot], cands))
             z.pin_all(decisions, known_unsat=same_prop and rank == z.value(t.rank) and (
                 not ranges or z.value(t.range) == ranges[0]))
@@ -564,6 +564,15 @@ class GraphSampler:
         consumed = {kk for n in nodes for kind, kk in n.args if kind == "node"}
         outputs = tuple(i for i in range(len(nodes)) if i not in consumed)
         return Graph(tuple(inputs), tuple(nodes), outputs)
+
+
+def _spread(rng: random.Random, s: SizeProfile) -> list[int]:
+    """Last-resort candidates for a dim: every value up to 64, then for large profiles two per
+    octave (its power of two and a random one), largest octave first."""
+    small = list(range(s.lo, min(s.hi, 64) + 1))
+    top = s.hi.bit_length() - 1
+    big = [v for e in range(top, 5, -1) for v in (2**e, rng.randint(2**e, min(s.hi, 2 ** (e + 1) - 1)))]
+    return [*[v for v in big if s.lo <= v <= s.hi], *small]
 
 
 def _propose_dim(rng: random.Random, s: SizeProfile) -> int:
