@@ -1,0 +1,10 @@
+"""Gymnasium environments (ids registered by envs_registry.py on `import kernelgym`)."""
+
+from __future__ import annotations
+
+from kernelgym.envs.multi_turn import MultiTurnEnv
+from kernelgym.envs.single import KernelEnv, SharedEvaluator, SuiteEnv, SyntheticEnv, shared
+from kernelgym.envs.vector import BatchedSyncVectorEnv, evaluate_actions, make_vec, step_batch
+
+__all__ = ["BatchedSyncVectorEnv", "KernelEnv", "MultiTurnEnv", "SharedEvaluator", "SuiteEnv", "SyntheticEnv", "evaluate_actions",
+           "make_vec", "shared", "step_batch"]
