@@ -12,23 +12,42 @@ its search finds, e.g. the smallest op index and dims at their bounds):
    range, rank and dims, op-owned dims such as out_features) is *proposed* from the seeded RNG
    and *pinned* only if z3 says the whole problem stays satisfiable; otherwise the next candidate
    in a seeded order is tried. So z3 is a feasibility oracle and never picks a value itself.
+   In order, per draw:
+   a. a random permutation of the multiset and, for it, shuffled variant and edge preferences;
+   b. the structures (variants and edges) in preference order that pass the structure caps
+      (`DagModel.structure_ok`) and whose ranks fit the per-op rank tables
+      (`DagModel.rank_table`: complete, found with z3 once per op), depth first; the first that
+      z3 accepts is pinned (a few are tried; then, or if the permutation does not fit, one
+      decision at a time on the problem restricted to the order or to the multiset);
+   c. for the pinned structure, one unit per fresh input (value range, rank, dims) and per
+      op-owned dim, node by node. A unit's first choice is a rank from a random rank plan that
+      the rank tables admit and dims that copy a sibling argument's trailing dims (as an
+      equation, so independent of values) or log-uniform random ones; fallbacks try the other
+      candidates one decision at a time.
+   The first draw of a task checks (a) + the first structure + every unit's first choice in a
+   single z3 call, which succeeds for about half the tasks at difficulty 3.
 3. Because only sat/unsat answers steer the process, and those are facts about the constraints
    rather than about z3's search history, the same seed gives the same task byte for byte, in
    any process and after any other samples. Values are read back from z3 models only for
-   expressions the pins already determine (a node's output shape), which every model agrees on.
-   The same holds for what only makes it faster:
-   - each draw asks a fresh solver about the problem restricted to its op multiset, and the
-     dims phase one about the problem with the structure substituted (`DagModel.pinned`): the
-     same problem under the pins already made, so the same answers;
-   - a list of decisions is pinned *speculatively*: all first candidates in one check, and only
-     if that is unsat one decision at a time (`Oracle.pin_all`). When the speculative check is
-     sat, pinning one at a time would have accepted every first candidate too, so the outcome is
-     the one-at-a-time outcome; candidate lists never depend on z3's models beyond determined
-     values, so the answers (and the task) are a function of the seed alone;
+   expressions the pins already determine (a node's output shape, a pinned dim), which every
+   model agrees on. The same holds for what only makes it faster:
+   - each draw asks fresh solvers about the problem restricted to its op multiset, to its
+     order (`DagModel.ordered`) or with the structure substituted (`DagModel.pinned`): the same
+     problem under the pins already made (checked in Python for structure-only constraints),
+     so the same answers;
+   - decisions are pinned *speculatively* (`Oracle.pin_all`): blocks of first choices in one
+     check, halving on unsat. A sat block means pinning one at a time would have accepted every
+     first choice too, so the outcome is the one-at-a-time outcome; first choices never depend
+     on z3's models, fallback candidates only on determined values, so the answers (and the
+     task) are a function of the seed alone;
+   - Python-side filters (structure caps, rank tables) only skip candidates that z3 would have
+     rejected: the rank tables are the complete sets of rank tuples each op admits on its own;
    - `allowed` is computed from witnesses (a sat answer is a fact) with the unrestricted problem
      as the fallback, so it is the same set in every process.
    A check that times out (`CHECK_TIMEOUT_MS`, far above what any check takes) would count as
-   unsat and is the one thing that could make a draw machine-dependent.
+   unsat and is the one thing that could make a draw machine-dependent. A new z3 version could
+   change nothing but speed; a change to the catalog, the profiles or this procedure changes
+   tasks (the seed fixes the draw, not the problem).
 """
 
 from __future__ import annotations
