@@ -38,3 +38,8 @@ def unary(expr: str = "tl.maximum(x, 0.0)", block: int = 64, warps: int = 4, mas
 
 RELU = unary()
 WRONG_RELU = unary("x")  # identity: wrong on every negative input
+
+
+def relu_variants(task) -> list[str]:
+    """Stand-in candidate provider for relu tasks: two correct launch configs, a wrong op, no mask."""
+    return [unary(block=32, warps=1), unary("x", block=64), unary(block=128, warps=4), unary("x * 0.0", block=16)]
