@@ -14,6 +14,7 @@ from kernelgym.sampler.sample import GraphSampler, Rejected, sample_parallel
 from kernelgym.task import Task
 
 MAX_DEGENERATE_REDRAWS = 100
+KEEP_MULTISET_REDRAWS = 10  # degenerate completions of one op multiset before it is redrawn
 
 
 class TaskSampler:
@@ -52,14 +53,20 @@ class TaskSampler:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         gs = self.graph_sampler(difficulty)
         rng = random.Random(f"kernelgym:{difficulty}:{self.sizes}:{self.dtype}:{seed}")
-        for _ in range(MAX_DEGENERATE_REDRAWS):
-            graph = gs.sample(rng, ops)
+        multiset = ops
+        for attempt in range(MAX_DEGENERATE_REDRAWS):
+            graph = gs.sample(rng, multiset)
             source = emit_source(graph, difficulty=difficulty, seed=seed, dtype=self.dtype, sizes=self.sizes)
             reason = degeneracy(source, graph) if self.check else None
             if reason is None:
                 self.sampled += 1
                 return make_task(graph, source, difficulty, seed, self.sizes, self.dtype)
             self.degenerate[reason] += 1
+            # Redraw the structure and sizes but keep the drawn op multiset, so that ops prone to
+            # degenerate completions (masked_fill, exp, ...) keep their uniform frequency; only a
+            # multiset that keeps failing is redrawn.
+            multiset = ops if ops is not None or attempt % KEEP_MULTISET_REDRAWS == KEEP_MULTISET_REDRAWS - 1 \
+                else sorted(graph.ops)
         raise RuntimeError(f"no non-degenerate task for difficulty {difficulty}, seed {seed} "
                            f"after {MAX_DEGENERATE_REDRAWS} draws (ops={ops})")
 
