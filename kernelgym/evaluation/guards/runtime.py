@@ -10,6 +10,16 @@ Pieces (all installed once per process, enforcing only while a `RuntimeGuard` is
   code-generation events whose nearest relevant frame is candidate code;
 - wrappers of code generators (torch.compile, torch.jit, triton.compile) and thread starts;
 - identity snapshots of torch / triton / time / builtins / kernelgym attributes (patching).
+
+Known limits (an in-process layer; the static layer and the out-of-process comparison are the
+other defences): code that escapes both layers and reaches a live `RuntimeGuard` instance could
+clear its findings (replacing its class methods is caught, changing instance state is not);
+``os._exit`` has no audit event, so it ends as a crash, not ``hack_detected``; lenient mode accepts
+a different torch decomposition of the reference plus a trivial Triton write; a launch that writes
+bytes identical to what was there looks unwritten (NaN-poisoned fresh allocations cover the usual
+case); torch ops on a side stream are not checked op by op (timing synchronises the whole device);
+a native thread started and finished between checks without `threading` goes unseen; frames are
+attributed to the candidate by code filename.
 """
 
 from __future__ import annotations
