@@ -68,6 +68,7 @@ from kernelgym.sampler.model import FRESH, MAX_ARITY, UNUSED, VIEW_OPS, DagModel
 from kernelgym.sampler.profiles import SizeProfile, difficulty_profile, size_profile
 
 MAX_OP_DRAWS = 200
+MAX_PERMUTATIONS = 8  # further random op orders tried when the first does not fit
 MAX_STRUCTURE_TRIES = 6  # structures checked by z3 before the one-decision-at-a-time search
 MAX_STRUCTURE_STEPS = 20000  # Python search steps for those structures
 CHECK_TIMEOUT_MS = 20000
@@ -310,11 +311,18 @@ class GraphSampler:
         z = self._oracle(m.ordered(perm))
         if z.sat():  # the permutation fits (its first preferences together do not)
             order = perm
-        else:
-            z = self._oracle(m.problem(Counter(idx)))
-            if not z.sat():
-                raise Rejected("infeasible_ops")
-            order = self._place_ops(rng, z, idx)
+        else:  # other random permutations, then position by position on the multiset problem
+            for _ in range(MAX_PERMUTATIONS):
+                order = idx[:]
+                rng.shuffle(order)
+                z = self._oracle(m.ordered(order))
+                if z.sat():
+                    break
+            else:
+                z = self._oracle(m.problem(Counter(idx)))
+                if not z.sat():
+                    raise Rejected("infeasible_ops")
+                order = self._place_ops(rng, z, idx)
             prefs = self._structure_prefs(rng, order)
         z.pin_all([choose(var, cands) for var, cands in prefs], known_unsat=order is perm)
         variants, srcs = self._split(order, [z.value(var) for var, _ in prefs])
