@@ -211,11 +211,20 @@ class GraphSampler:
         self.model = DagModel(self.profile, self.sizes, specs)
         self.rejections: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
+        self._full: Oracle | None = None
         self.allowed = self._allowed_ops()
 
     @property
     def d(self) -> int:
         return self.profile.difficulty
+
+    @property
+    def z(self) -> Oracle:
+        """An oracle over the unrestricted problem (any op at any node), for ad-hoc questions such
+        as ``gs.z.sat(gs.model.op_var[0] == k)``; built on first use, never used for sampling."""
+        if self._full is None:
+            self._full = self._oracle(self.model.problem(None))
+        return self._full
 
     def _oracle(self, constraints: list[z3.BoolRef]) -> Oracle:
         return Oracle(constraints, self.stats)
