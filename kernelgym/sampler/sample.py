@@ -656,11 +656,20 @@ def sample_parallel(jobs: list[tuple[int, int]], sizes: str, dtype: str = "float
     """Tasks for (difficulty, seed) jobs, in order, from `workers` processes (forkserver).
 
     Each task is a function of its (difficulty, seed) alone (see the module docstring), so the
-    result is the same list whatever the number of workers and however jobs are split.
+    result is the same list whatever the number of workers and however jobs are split. The pool
+    is kept for later calls with the same settings (and terminated at exit); rejection counts of
+    the workers are not reported back.
     """
-    import multiprocessing as mp
+    key = (sizes, dtype, check, workers)
+    if key not in _POOLS:  # kept for later calls (workers keep their z3 models warm)
+        import atexit
+        import multiprocessing as mp
 
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(sizes, dtype, check)) as pool:
-        return pool.map(_sample_one, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+        _POOLS[key] = ctx.Pool(workers, initializer=_init_worker, initargs=(sizes, dtype, check))
+        atexit.register(_POOLS[key].terminate)
+    return _POOLS[key].map(_sample_one, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
+
+
+_POOLS: dict = {}
