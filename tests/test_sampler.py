@@ -160,3 +160,13 @@ def test_shape_rule_mismatch_detected():
 def test_good_graph_passes():
     g = _graph([InputSpec((4, 8))], [Node("softmax", {"dim": 1}, (("input", 0),), (4, 8))], [0])
     assert _reason(g) is None
+
+
+def test_sample_many_with_workers_gives_the_same_tasks_and_counts_rejections():
+    serial = TaskSampler("tiny")
+    parallel = TaskSampler("tiny")
+    a = serial.sample_many([3], 12, seed=100)
+    b = parallel.sample_many([3], 12, seed=100, workers=2)
+    assert [t.source for t in a] == [t.source for t in b]
+    assert parallel.sampled == 12
+    assert sum(parallel.rejections.values()) == sum(serial.rejections.values())

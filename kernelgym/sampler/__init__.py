@@ -29,6 +29,7 @@ class TaskSampler:
         self._graphs: dict[int, GraphSampler] = {}
         self.degenerate: Counter[str] = Counter()
         self.sampled = 0
+        self._remote: Counter[str] = Counter()  # rejections counted by worker processes
 
     def graph_sampler(self, difficulty: int) -> GraphSampler:
         if difficulty not in self._graphs:
@@ -45,6 +46,7 @@ class TaskSampler:
         for g in self._graphs.values():
             total.update(g.rejections)
         total.update({f"degenerate:{k}": v for k, v in self.degenerate.items()})
+        total.update(self._remote)
         return total
 
     def sample(self, difficulty: int, seed: int, ops: list[str] | None = None) -> Task:
@@ -72,11 +74,16 @@ class TaskSampler:
 
     def sample_many(self, difficulties: Iterable[int], n: int, seed: int = 0, workers: int = 1) -> list[Task]:
         """n tasks per difficulty, with seeds seed, seed+1, ..., seed+n-1 (the same tasks for any
-        number of `workers` processes; their rejection counts are not added to this sampler's)."""
+        number of `workers` processes; their rejections are added to this sampler's counts)."""
         jobs = [(d, seed + i) for d in difficulties for i in range(n)]
-        if workers > 1:
-            return sample_parallel(jobs, self.sizes, self.dtype, self.check, workers)
-        return [self.sample(d, s) for d, s in jobs]
+        if workers <= 1:
+            return [self.sample(d, s) for d, s in jobs]
+        tasks = []
+        for task, rejected in sample_parallel(jobs, self.sizes, self.dtype, self.check, workers):
+            self._remote.update(rejected)
+            self.sampled += 1
+            tasks.append(task)
+        return tasks
 
 
 def make_task(graph: Graph, source: str, difficulty: int, seed: int, sizes: str, dtype: str) -> Task:

@@ -647,8 +647,11 @@ def _init_worker(sizes: str, dtype: str, check: bool) -> None:
 
 
 def _sample_one(job: tuple[int, int]):
+    """The task and the rejections its draw cost (so the caller can count them)."""
     difficulty, seed = job
-    return _WORKER_SAMPLER.sample(difficulty, seed)
+    before = _WORKER_SAMPLER.rejections
+    task = _WORKER_SAMPLER.sample(difficulty, seed)
+    return task, dict(_WORKER_SAMPLER.rejections - before)
 
 
 def sample_parallel(jobs: list[tuple[int, int]], sizes: str, dtype: str = "float32", check: bool = True,
@@ -657,8 +660,8 @@ def sample_parallel(jobs: list[tuple[int, int]], sizes: str, dtype: str = "float
 
     Each task is a function of its (difficulty, seed) alone (see the module docstring), so the
     result is the same list whatever the number of workers and however jobs are split. The pool
-    is kept for later calls with the same settings (and terminated at exit); rejection counts of
-    the workers are not reported back.
+    is kept for later calls with the same settings (and terminated at exit). Returns (task,
+    rejections of that draw) pairs.
     """
     key = (sizes, dtype, check, workers)
     if key not in _POOLS:  # kept for later calls (workers keep their z3 models warm)
