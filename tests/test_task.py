@@ -113,3 +113,10 @@ def test_sample_cli_writes_tasks_and_index(tmp_path, capsys):
     assert "already exist" in capsys.readouterr().err
     assert cli_main(["sample", "-d", "3", "-n", "1", "--seed", "0", "--out", str(out)]) == 0
     assert len((out / "index.jsonl").read_text().splitlines()) == 5
+
+
+def test_run_previews_the_task_stream(capsys):
+    assert cli_main(["run", "-n", "3", "-d", "1-2"]) == 0
+    out = capsys.readouterr().out
+    assert "d1_tiny_s0" in out and "d2_tiny_s0" in out and "preview" in out
+    assert cli_main(["run", "--suite", "somewhere"]) == 2
