@@ -17,14 +17,11 @@ from kernelgym.envs.prompts import CHARSET, MAX_TEXT, build_prompt, clean, rende
 from kernelgym.evaluation import Evaluator, Verdict, default_evaluator
 from kernelgym.evaluation.evaluator import BACKENDS, MODES
 from kernelgym.rewards import RewardSpec, get_reward, score
-from kernelgym.sampler import TaskSampler
+from kernelgym.sampler import default_sampler
 from kernelgym.sampler.profiles import difficulty_profile
 from kernelgym.task import Task, load_suite
 
 MAX_DIFFICULTY = 16
-_SAMPLERS: dict[tuple[str, str], TaskSampler] = {}
-
-
 def text_space(max_length: int = MAX_TEXT) -> spaces.Text:
     return spaces.Text(max_length=max_length, min_length=0, charset=CHARSET)
 
@@ -57,14 +54,6 @@ def check_difficulty(difficulty: Any) -> int:
         raise ValueError(f"difficulty must be an int in 1..{MAX_DIFFICULTY}, got {difficulty!r}")
     difficulty_profile(int(difficulty))  # raises a clear ValueError when out of range
     return int(difficulty)
-
-
-def sampler_for(sizes: str, dtype: str) -> TaskSampler:
-    """One TaskSampler per (sizes, dtype) per process: its z3 models take seconds to build."""
-    key = (sizes, dtype)
-    if key not in _SAMPLERS:
-        _SAMPLERS[key] = TaskSampler(sizes, dtype)
-    return _SAMPLERS[key]
 
 
 class KernelEnv(gym.Env):
@@ -185,7 +174,7 @@ class SyntheticEnv(KernelEnv):
         super().__init__(backend=backend, mode=mode, reward=reward, evaluator=evaluator, timeout=timeout,
                          render_mode=render_mode)
         self.difficulty = check_difficulty(difficulty)
-        self.sampler = sampler_for(sizes, dtype)
+        self.sampler = default_sampler(sizes, dtype)
         self.ops = list(ops) if ops else None
         self._initial_seed = seed
 

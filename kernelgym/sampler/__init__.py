@@ -106,16 +106,21 @@ def make_task(graph: Graph, source: str, difficulty: int, seed: int, sizes: str,
 _DEFAULT: dict[tuple[str, str], TaskSampler] = {}
 
 
-def sample_task(difficulty: int, seed: int, sizes: str = "tiny", dtype: str = "float32",
-                ops: list[str] | None = None) -> Task:
-    """Sample one task with a process-wide cached sampler (z3 models are built once)."""
+def default_sampler(sizes: str = "tiny", dtype: str = "float32") -> TaskSampler:
+    """The process-wide TaskSampler for (sizes, dtype): its z3 models take time to build, so share it."""
     key = (sizes, dtype)
     if key not in _DEFAULT:
         _DEFAULT[key] = TaskSampler(sizes, dtype)
-    return _DEFAULT[key].sample(difficulty, seed, ops)
+    return _DEFAULT[key]
+
+
+def sample_task(difficulty: int, seed: int, sizes: str = "tiny", dtype: str = "float32",
+                ops: list[str] | None = None) -> Task:
+    """Sample one task with the process-wide sampler (z3 models are built once)."""
+    return default_sampler(sizes, dtype).sample(difficulty, seed, ops)
 
 
 __all__ = [
     "SIZE_PROFILES", "DifficultyProfile", "Graph", "GraphSampler", "InputSpec", "Node", "Rejected", "SizeProfile",
-    "TaskSampler", "degeneracy", "difficulty_profile", "emit_source", "make_task", "sample_task", "size_profile",
+    "TaskSampler", "default_sampler", "degeneracy", "difficulty_profile", "emit_source", "make_task", "sample_task", "size_profile",
 ]
