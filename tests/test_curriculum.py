@@ -6,7 +6,6 @@ import gymnasium as gym
 import pytest
 
 import kernelgym  # noqa: F401
-from kernelgym.envs import shared
 from kernelgym.envs.curriculum import Curriculum, CurriculumWrapper
 from kernelgym.evaluation import Verdict
 from tests._kernels import RELU, WRONG_RELU
@@ -43,7 +42,7 @@ def test_bad_params():
 
 
 def test_wrapper_sets_difficulty_and_reports(evaluator):
-    env = gym.make("KernelGym/Synthetic-v0", evaluator=shared(evaluator), backend="interpret", ops=["relu"])
+    env = gym.make("KernelGym/Synthetic-v0", evaluator=evaluator, backend="interpret", ops=["relu"])
     env = CurriculumWrapper(env, window=2, promote=1.0, demote=0.0, max_difficulty=2)
     _, info = env.reset(seed=0)
     assert info["curriculum"]["difficulty"] == 1 and info["difficulty"] == 1
@@ -55,7 +54,7 @@ def test_wrapper_sets_difficulty_and_reports(evaluator):
     _, info = env.reset()
     assert env.unwrapped.difficulty == 2 and info["difficulty"] == 2
     c = Curriculum(start=2, window=2, promote=1.0, demote=0.0)
-    env2 = CurriculumWrapper(gym.make("KernelGym/Synthetic-v0", evaluator=shared(evaluator), backend="interpret",
+    env2 = CurriculumWrapper(gym.make("KernelGym/Synthetic-v0", evaluator=evaluator, backend="interpret",
                                       difficulty=2), c)
     for _ in range(2):
         env2.reset(seed=1)

@@ -10,7 +10,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import kernelgym  # noqa: F401  (registers the ids)
-from kernelgym.envs import BatchedSyncVectorEnv, shared, step_batch
+from kernelgym.envs import BatchedSyncVectorEnv, step_batch
 from kernelgym.task import Task
 from tests._kernels import RELU, WRONG_RELU
 
@@ -19,7 +19,7 @@ RELU_KW = dict(difficulty=1, backend="interpret", ops=["relu"])
 
 @pytest.fixture(scope="session")
 def sev(evaluator):
-    return shared(evaluator)
+    return evaluator
 
 
 @pytest.fixture(scope="session")
@@ -180,3 +180,11 @@ def test_bad_input(sev, tmp_path):
     env.reset(seed=0)
     with pytest.raises(TypeError, match="action must be"):
         env.unwrapped.step(123)
+
+
+def test_evaluator_copies_to_itself(evaluator):
+    """gymnasium deep-copies env kwargs; the worker pool must be shared, not copied."""
+    import copy
+
+    assert copy.deepcopy(evaluator) is evaluator and copy.copy(evaluator) is evaluator
+    assert copy.deepcopy({"evaluator": evaluator})["evaluator"] is evaluator

@@ -10,7 +10,6 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import kernelgym  # noqa: F401
-from kernelgym.envs import shared
 from kernelgym.envs.discrete import FEATURES, DiscreteChoiceEnv, task_features
 from tests._kernels import relu_variants
 
@@ -27,7 +26,7 @@ def suite_dir(tmp_path_factory):
 
 def make(evaluator, suite_dir):
     inner = gym.make("KernelGym/Suite-v0", path=str(suite_dir), shuffle=True, backend="interpret",
-                     evaluator=shared(evaluator))
+                     evaluator=evaluator)
     return DiscreteChoiceEnv(inner, relu_variants, k=4)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from gymnasium import spaces
 
 from kernelgym.envs.prompts import clean, feedback
-from kernelgym.envs.single import KernelEnv, SharedEvaluator, SuiteEnv, SyntheticEnv, text_space
+from kernelgym.envs.single import KernelEnv, SuiteEnv, SyntheticEnv, text_space
 from kernelgym.evaluation import Evaluator, Verdict
 from kernelgym.rewards import RewardSpec
 
@@ -25,7 +25,7 @@ class MultiTurnEnv(KernelEnv):
     def __init__(self, difficulty: int | None = None, path: str | Path | None = None, max_turns: int = 4,
                  target_speedup: float = 1.0, sizes: str = "tiny", backend: str = "auto",
                  reward: RewardSpec = "decoupled", seed: int | None = None, *, shuffle: bool = False,
-                 mode: str = "strict", dtype: str = "float32", evaluator: Evaluator | SharedEvaluator | None = None,
+                 mode: str = "strict", dtype: str = "float32", evaluator: Evaluator | None = None,
                  timeout: float | None = None, ops: list[str] | None = None,
                  render_mode: str | None = None) -> None:
         if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:

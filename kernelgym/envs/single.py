@@ -26,26 +26,9 @@ def text_space(max_length: int = MAX_TEXT) -> spaces.Text:
     return spaces.Text(max_length=max_length, min_length=0, charset=CHARSET)
 
 
-class SharedEvaluator:
-    """An Evaluator handle that copies to itself: gymnasium deep-copies env kwargs (`env.spec.make`,
-    `check_env`), and a worker pool must be shared, not duplicated. Attributes go to the evaluator."""
-
-    def __init__(self, evaluator: Evaluator) -> None:
-        self.evaluator = evaluator
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["evaluator"], name)
-
-    def __deepcopy__(self, memo: dict) -> SharedEvaluator:
-        return self
-
-    def __copy__(self) -> SharedEvaluator:
-        return self
-
-
-def shared(evaluator: Evaluator) -> SharedEvaluator:
-    """`evaluator` wrapped so that env kwargs holding it survive gymnasium's deep copies."""
-    return evaluator if isinstance(evaluator, SharedEvaluator) else SharedEvaluator(evaluator)
+def shared(evaluator: Evaluator) -> Evaluator:
+    """`evaluator` itself: kept for callers of earlier versions; an Evaluator now copies to itself."""
+    return evaluator
 
 
 def check_difficulty(difficulty: Any) -> int:
@@ -67,7 +50,7 @@ class KernelEnv(gym.Env):
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}
 
     def __init__(self, *, backend: str = "auto", mode: str = "strict", reward: RewardSpec = "decoupled",
-                 evaluator: Evaluator | SharedEvaluator | None = None, timeout: float | None = None,
+                 evaluator: Evaluator | None = None, timeout: float | None = None,
                  render_mode: str | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
@@ -105,8 +88,7 @@ class KernelEnv(gym.Env):
     # -- gymnasium API ------------------------------------------------------------------------
     @property
     def evaluator(self) -> Evaluator:
-        ev = self._evaluator or default_evaluator()
-        return ev.evaluator if isinstance(ev, SharedEvaluator) else ev
+        return self._evaluator or default_evaluator()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """New episode; `options={"task": Task}` forces the task instead of drawing one."""
@@ -169,7 +151,7 @@ class SyntheticEnv(KernelEnv):
 
     def __init__(self, difficulty: int = 1, sizes: str = "tiny", backend: str = "auto", reward: RewardSpec = "decoupled",
                  seed: int | None = None, *, mode: str = "strict", dtype: str = "float32",
-                 evaluator: Evaluator | SharedEvaluator | None = None, timeout: float | None = None, ops: list[str] | None = None,
+                 evaluator: Evaluator | None = None, timeout: float | None = None, ops: list[str] | None = None,
                  render_mode: str | None = None) -> None:
         super().__init__(backend=backend, mode=mode, reward=reward, evaluator=evaluator, timeout=timeout,
                          render_mode=render_mode)
@@ -203,7 +185,7 @@ class SuiteEnv(KernelEnv):
 
     def __init__(self, path: str | Path | None = None, shuffle: bool = False, backend: str = "auto",
                  reward: RewardSpec = "decoupled", seed: int | None = None, *, mode: str = "strict",
-                 evaluator: Evaluator | SharedEvaluator | None = None, timeout: float | None = None,
+                 evaluator: Evaluator | None = None, timeout: float | None = None,
                  render_mode: str | None = None) -> None:
         super().__init__(backend=backend, mode=mode, reward=reward, evaluator=evaluator, timeout=timeout,
                          render_mode=render_mode)

@@ -235,6 +235,14 @@ class Evaluator:
     def __enter__(self) -> Evaluator:
         return self
 
+    # A pool of worker processes is a shared resource: copying it (gymnasium deep-copies env kwargs
+    # in check_env and env.spec.make) must hand back the same pool, not fail or start another.
+    def __copy__(self) -> Evaluator:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Evaluator:
+        return self
+
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
