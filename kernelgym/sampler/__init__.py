@@ -9,7 +9,13 @@ from collections.abc import Iterable
 from kernelgym.sampler.checks import degeneracy
 from kernelgym.sampler.emit import emit_source, title
 from kernelgym.sampler.graph import Graph, InputSpec, Node
-from kernelgym.sampler.profiles import SIZE_PROFILES, DifficultyProfile, SizeProfile, difficulty_profile, size_profile
+from kernelgym.sampler.profiles import (
+    SIZE_PROFILES,
+    DifficultyProfile,
+    SizeProfile,
+    difficulty_profile,
+    size_profile,
+)
 from kernelgym.sampler.sample import GraphSampler, Rejected, sample_parallel
 from kernelgym.task import Task
 

@@ -31,10 +31,12 @@ its search finds, e.g. the smallest op index and dims at their bounds):
    any process and after any other samples. Values are read back from z3 models only for
    expressions the pins already determine (a node's output shape, a pinned dim), which every
    model agrees on. The same holds for what only makes it faster:
-   - each draw asks fresh solvers about the problem restricted to its op multiset, to its
-     order (`DagModel.ordered`) or with the structure substituted (`DagModel.pinned`): the same
+   - each draw asks solvers about the problem restricted to its op multiset, to its order
+     (`DagModel.ordered`) or with the structure substituted (`DagModel.pinned`): the same
      problem under the pins already made (checked in Python for structure-only constraints),
-     so the same answers;
+     so the same answers. Solvers are reused between problems (each problem in its own
+     push/pop scope, which is cheaper than a new solver); what a reused solver learned earlier
+     can change how fast it answers, never whether the answer is sat;
    - decisions are pinned *speculatively* (`Oracle.pin_all`): blocks of first choices in one
      check, halving on unsat. A sat block means pinning one at a time would have accepted every
      first choice too, so the outcome is the one-at-a-time outcome; first choices never depend
@@ -115,10 +117,15 @@ class Oracle:
 
     constraints: list[z3.BoolRef]
     stats: Counter = field(default_factory=Counter)
+    pool: list | None = None  # idle solvers to reuse (push/pop) instead of making a new one
 
     def __post_init__(self) -> None:
-        self.solver = z3.SimpleSolver()
-        self.solver.set("timeout", CHECK_TIMEOUT_MS)
+        if self.pool:
+            self.solver = self.pool.pop()
+        else:
+            self.solver = z3.SimpleSolver()
+            self.solver.set("timeout", CHECK_TIMEOUT_MS)
+        self.solver.push()
         self._ctx = self.solver.ctx.ref()
         self._add(self.constraints)
         self._sat = False  # whether the last check was sat (with every pin so far)
@@ -139,6 +146,14 @@ class Oracle:
         result = z3.Z3_solver_check_assumptions(self._ctx, self.solver.solver, len(exprs), assumptions)
         self._sat = result == z3.Z3_L_TRUE
         return self._sat
+
+    def release(self) -> None:
+        """Forget this problem and hand the solver back to the pool."""
+        if self.pool is not None and self.solver is not None:
+            self._model = None
+            self.solver.pop()
+            self.pool.append(self.solver)
+            self.solver = None
 
     def sat(self, *exprs: z3.BoolRef) -> bool:
         """Whether the problem plus the pins plus `exprs` is satisfiable (pins nothing)."""
@@ -212,6 +227,8 @@ class GraphSampler:
         self.rejections: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
         self._full: Oracle | None = None
+        self._solvers: list = []
+        self._live: list[Oracle] = []
         self.allowed = self._allowed_ops()
 
     @property
@@ -223,11 +240,18 @@ class GraphSampler:
         """An oracle over the unrestricted problem (any op at any node), for ad-hoc questions such
         as ``gs.z.sat(gs.model.op_var[0] == k)``; built on first use, never used for sampling."""
         if self._full is None:
-            self._full = self._oracle(self.model.problem(None))
+            self._full = Oracle(self.model.problem(None), self.stats)
         return self._full
 
     def _oracle(self, constraints: list[z3.BoolRef]) -> Oracle:
-        return Oracle(constraints, self.stats)
+        o = Oracle(constraints, self.stats, self._solvers)
+        self._live.append(o)
+        return o
+
+    def _release(self) -> None:
+        for o in self._live:
+            o.release()
+        self._live.clear()
 
     def _allowed_ops(self) -> list[OpSpec]:
         """Ops that appear in at least one valid program of this difficulty.
@@ -246,6 +270,7 @@ class GraphSampler:
                 ok = any(self._witness(o, vs) for w in partners for v in range(len(op.variants))
                          for o, vs in (([w] * rest + [k], [0] * rest + [v]), ([k] + [w] * rest, [v] + [0] * rest))
                          ) or self._oracle(m.problem(None, require=k)).sat()
+            self._release()
             if ok:
                 allowed.append(op)
         return allowed
@@ -271,6 +296,8 @@ class GraphSampler:
                 self.rejections[exc.reason if exc.reason == "infeasible_ops" else "no_completion"] += 1
                 if ops is not None and exc.reason == "infeasible_ops":
                     raise ValueError(f"ops {ops} do not form a valid difficulty-{self.d} program") from None
+            finally:
+                self._release()
         raise RuntimeError(f"could not sample a difficulty-{self.d} graph in {MAX_OP_DRAWS} draws")
 
     def _complete(self, rng: random.Random, chosen: list[OpSpec]) -> Graph:
