@@ -30,9 +30,12 @@ def evaluate(reference: Reference, candidate: str, backend: str = "auto", mode: 
 
 
 def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
-                   cluster: str = "local", *, seed: int | None = None, trials: int = 3,
+                   cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
                    timeout: float | None = None, evaluator: Evaluator | None = None) -> list[Verdict]:
-    """Evaluate (reference, candidate) pairs in parallel over the worker pool; same order as `pairs`."""
+    """Evaluate (reference, candidate) pairs in parallel over the worker pool; same order as `pairs`.
+
+    cluster: "local", "ray" or "ray://host:port" (`kernelgym.cluster`); None reads KERNELGYM_CLUSTER.
+    """
     ev = evaluator or default_evaluator()
     return ev.evaluate_batch(pairs, backend, mode, cluster, seed=seed, trials=trials, timeout=timeout)
 

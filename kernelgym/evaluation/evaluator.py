@@ -278,14 +278,18 @@ class Evaluator:
         return v.refresh_components()
 
     def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
-                       cluster: str = "local", *, seed: int | None = None, trials: int = 3,
+                       cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
                        timeout: float | None = None) -> list[Verdict]:
         """Evaluate many (reference, candidate) pairs in parallel over the pools, in input order.
 
         With `seed` set, pair i uses a seed derived from (seed, i), so a batch is reproducible.
         """
-        if cluster != "local":
-            raise ValueError(f"cluster {cluster!r} is not supported by this evaluator (use 'local')")
+        if cluster != "local":  # None: KERNELGYM_CLUSTER decides; "ray" / "ray://host:port": the Ray pool
+            from kernelgym.cluster import evaluate_batch_on_cluster, parse_cluster
+
+            if parse_cluster(cluster)[0] != "local":
+                return evaluate_batch_on_cluster(cluster, pairs, backend, mode, seed=seed, trials=trials,
+                                                 timeout=timeout, evaluator=self)
         backend = resolve_backend(backend)
         pairs = list(pairs)
         seeds = [None if seed is None else trial_seed(seed, 1000 + i) for i in range(len(pairs))]

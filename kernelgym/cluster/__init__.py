@@ -1,0 +1,90 @@
+"""Where evaluations run: the local worker pool (`kernelgym.evaluation.Evaluator`) or a Ray pool.
+
+`evaluate_batch(..., cluster=...)` and `Evaluator.evaluate_batch(..., cluster=...)` take
+``"local"``, ``"ray"`` (the running Ray session, ``RAY_ADDRESS``, or a new local instance) or
+``"ray://host:port"``; with no `cluster` argument the ``KERNELGYM_CLUSTER`` environment variable
+decides (default ``local``). Ray is optional (``pip install 'kernelgym[ray]'``) and imported only
+when a Ray cluster is asked for.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kernelgym.cluster.ray_pool import RayPool
+    from kernelgym.evaluation.evaluator import Evaluator, Reference
+    from kernelgym.evaluation.verdict import Verdict
+
+ENV_VAR = "KERNELGYM_CLUSTER"
+
+
+def parse_cluster(cluster: str | None) -> tuple[str, str | None]:
+    """``(kind, address)`` for a cluster spec; None reads ``KERNELGYM_CLUSTER`` (default local).
+
+    ``"local"`` -> ("local", None); ``"ray"`` -> ("ray", None); ``"ray://host:port"`` -> ("ray", that).
+    """
+    spec = cluster if cluster is not None else (os.environ.get(ENV_VAR) or "local")
+    if not isinstance(spec, str):
+        raise TypeError(f"cluster must be a string, got {type(spec).__name__}")
+    spec = spec.strip()
+    if spec == "local":
+        return "local", None
+    if spec == "ray":
+        return "ray", None
+    if spec.startswith("ray://") and len(spec) > len("ray://"):
+        return "ray", spec
+    origin = f" (from {ENV_VAR})" if cluster is None else ""
+    raise ValueError(f"unknown cluster {spec!r}{origin}; expected 'local', 'ray' or 'ray://host:port'")
+
+
+_POOLS: dict[tuple, RayPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def ray_pool(address: str | None = None, evaluator: Evaluator | None = None, **kwargs: Any) -> RayPool:
+    """The process-wide `RayPool` for `address` and `evaluator`'s settings (created on first use,
+    kept for later batches so actors stay warm, closed at interpreter exit)."""
+    from kernelgym.cluster.ray_pool import RayPool, evaluator_options
+
+    key = (address, repr(sorted(evaluator_options(evaluator).items())), repr(sorted(kwargs.items())))
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None or pool.closed:
+            pool = _POOLS[key] = RayPool(address, evaluator=evaluator, **kwargs)
+        return pool
+
+
+def evaluate_batch_on_cluster(cluster: str | None, pairs: Sequence[tuple[Reference, str]], backend: str = "auto",
+                              mode: str = "strict", *, seed: int | None = None, trials: int = 3,
+                              timeout: float | None = None, evaluator: Evaluator | None = None) -> list[Verdict]:
+    """`evaluate_batch` on a non-local cluster (what the evaluator's ``cluster=`` branch calls)."""
+    kind, address = parse_cluster(cluster)
+    if kind == "local":
+        raise ValueError("evaluate_batch_on_cluster is for non-local clusters; use Evaluator.evaluate_batch")
+    pool = ray_pool(address, evaluator)
+    return pool.evaluate_batch(pairs, backend, mode, seed=seed, trials=trials, timeout=timeout)
+
+
+@atexit.register
+def _close_pools() -> None:
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for p in pools:
+        p.close()
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("RayPool", "ClusterError", "EvalActor"):
+        from kernelgym.cluster import ray_pool as _rp
+
+        return getattr(_rp, name)
+    raise AttributeError(name)
+
+
+__all__ = ["ENV_VAR", "ClusterError", "RayPool", "evaluate_batch_on_cluster", "parse_cluster", "ray_pool"]
