@@ -53,15 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last stdout line is the verdict as JSON")
 
     p = sub.add_parser("run", help="run a policy against tasks and write a report (the main job)")
-    p.add_argument("--policy", choices=["compiler", "search", "llm"], default="search")
-    p.add_argument("--suite", default="synthetic", help="'synthetic' or a KernelBench-format directory")
-    p.add_argument("--difficulty", "-d", type=_difficulty_list, default=[1, 2, 3])
-    p.add_argument("-n", type=int, default=20, help="number of tasks (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sizes", choices=["tiny", "bench"], default=None, help="default: bench on GPU, else tiny")
-    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
-    p.add_argument("--mode", choices=["strict", "lenient"], default="strict")
-    p.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
+    from kernelgym.runner import add_run_arguments
+
+    add_run_arguments(p)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")
     p.add_argument("name", nargs="?", default=None, help="benchmark name; omit to list them")

@@ -1,40 +1,442 @@
-"""`kernelgym run`: the main job.
+"""`kernelgym run`: the main job. A policy against tasks, a progress bar, a summary table, a report.
 
-Until the policies land (issue 5), this previews the task stream the main job will work on:
-it samples the tasks (the same ones the policy run will get for these arguments) and prints a
-table. Asking for a policy run says clearly that it is not available yet.
+Policies live outside the package (``policies/``, which imports kernelgym, never the reverse), so
+they are resolved at run time: first through the ``kernelgym.policies`` entry-point group
+(declared in pyproject.toml: compiler, search, llm), then as a ``module:attr`` spec (for running
+from ``PYTHONPATH`` without installing, where entry points do not exist). The built-in names fall
+back to their ``policies.*`` specs when their entry point is absent for the same reason.
+
+Policies are built from whatever of the run's options their constructor accepts (``mode``,
+``backend``, ``evaluator``, ``budget_evals``, ``budget_s``, ``model``, ``base_url``, ``seed``);
+a constructor taking ``base`` (the search policy) gets the policy named by ``--base``.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import shutil
 import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import Any
 
-from kernelgym.sampler import TaskSampler
+ENTRY_POINT_GROUP = "kernelgym.policies"
+# Where the built-in policies live when their entry points are not installed (PYTHONPATH runs).
+BUILTIN_POLICIES = {
+    "compiler": "policies.compiler:CompilerPolicy",
+    "search": "policies.search:SearchPolicy",
+    "llm": "policies.llm:OpenAIPolicy",
+}
+DEFAULT_N = 20
+DEFAULT_DIFFICULTIES = [1, 2, 3]
+
+
+class PolicyNotFound(LookupError):
+    """A policy spec that names no entry point and no importable ``module:attr``."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (bad arguments, output directory in the way, ...)."""
+
+
+# -- policy resolution ---------------------------------------------------------------------------
+def _entry_point(name: str) -> Any | None:
+    try:
+        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except TypeError:  # Python < 3.10 API; kept for odd environments
+        eps = metadata.entry_points().get(ENTRY_POINT_GROUP, [])  # type: ignore[attr-defined]
+    return next((ep for ep in eps if ep.name == name), None)
+
+
+def _load_spec(spec: str, what: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise PolicyNotFound(f"{what}: expected 'module:attr', got {spec!r}")
+    try:
+        module = import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise PolicyNotFound(f"{what}: module {module_name!r} not found (is it on PYTHONPATH, "
+                                 f"or installed?)") from None
+        raise PolicyNotFound(f"{what}: importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise PolicyNotFound(f"{what}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise PolicyNotFound(f"{what}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_policy(spec: str) -> Any:
+    """The policy class / factory / instance that `spec` names.
+
+    `spec` is an entry-point name of the ``kernelgym.policies`` group (compiler, search, llm, or
+    any a plugin declares) or ``module:attr``. Raises `PolicyNotFound` saying what was not found.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise PolicyNotFound(f"policy spec must be a non-empty string, got {spec!r}")
+    spec = spec.strip()
+    if ":" in spec:
+        return _load_spec(spec, f"policy {spec!r}")
+    ep = _entry_point(spec)
+    if ep is not None:
+        try:
+            return ep.load()
+        except Exception as exc:
+            raise PolicyNotFound(f"policy {spec!r}: entry point {ep.value!r} failed to load: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    if spec in BUILTIN_POLICIES:
+        return _load_spec(BUILTIN_POLICIES[spec], f"policy {spec!r} ({BUILTIN_POLICIES[spec]})")
+    known = sorted({*BUILTIN_POLICIES, *(ep.name for ep in _entry_points())})
+    raise PolicyNotFound(f"unknown policy {spec!r}: no entry point of that name in group {ENTRY_POINT_GROUP!r} "
+                         f"(known: {', '.join(known)}); give a 'module:attr' spec for others")
+
+
+def _entry_points() -> list[Any]:
+    try:
+        return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except TypeError:
+        return list(metadata.entry_points().get(ENTRY_POINT_GROUP, []))  # type: ignore[attr-defined]
+
+
+def _accepted(obj: Any) -> tuple[set[str], set[str]]:
+    """(accepted keyword names, required ones) of a policy constructor or factory.
+
+    A class whose ``__init__`` forwards ``**kwargs`` to its parent also accepts the parent's
+    named parameters (e.g. an LLM backend passing ``mode`` and ``seed`` on to its base class).
+    """
+    names: set[str] = set()
+    required: set[str] = set()
+    targets = [c.__init__ for c in inspect.getmro(obj) if "__init__" in vars(c)] if inspect.isclass(obj) else [obj]
+    for i, fn in enumerate(targets):
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            break
+        for p in params.values():
+            if p.name == "self" or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            names.add(p.name)
+            if i == 0 and p.default is inspect.Parameter.empty:
+                required.add(p.name)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    return names, required
+
+
+def build_policy(spec: str, base: str | None = "compiler", **options: Any) -> Any:
+    """Resolve `spec` and construct it with the `options` its constructor accepts.
+
+    Options left as None are not passed (the policy's defaults apply). A constructor that takes
+    ``base`` gets ``build_policy(base, None, **options)``. `model` and `base_url` set but taken by
+    no policy in the chain raise `RunError` rather than being silently dropped.
+    """
+    used: set[str] = set()
+    policy = _build(spec, base, options, used)
+    for explicit in ("model", "base_url"):
+        if options.get(explicit) is not None and explicit not in used:
+            raise RunError(f"policy {spec!r} takes no --{explicit.replace('_', '-')} option")
+    return policy
+
+
+def _build(spec: str, base: str | None, options: dict[str, Any], used: set[str]) -> Any:
+    obj = resolve_policy(spec)
+    if not inspect.isclass(obj) and callable(getattr(obj, "propose", None)):
+        return obj   # already a policy instance
+    if not callable(obj):
+        raise RunError(f"policy {spec!r} resolved to a {type(obj).__name__}, which is neither a policy class, "
+                       "a factory nor an object with propose()")
+    if inspect.isabstract(obj):
+        raise RunError(f"policy {spec!r} is the abstract {obj.__name__}; name a concrete class (module:attr)")
+    names, required = _accepted(obj)
+    kwargs = {k: v for k, v in options.items() if v is not None and k in names}
+    if "base" in names:
+        if base is None:
+            raise RunError(f"policy {spec!r} needs a base policy (--base)")
+        kwargs["base"] = _build(base, None, options, used)
+    missing = sorted(required - set(kwargs))
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise RunError(f"policy {spec!r} needs {flags}")
+    try:
+        policy = obj(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RunError(f"cannot construct policy {spec!r}: {exc}") from exc
+    used.update(kwargs)
+    if not callable(getattr(policy, "propose", None)):
+        raise RunError(f"policy {spec!r} built a {type(policy).__name__} without propose(task, n, history)")
+    return policy
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+def load_tasks(suite: str = "synthetic", difficulties: Sequence[int] | None = None, n: int | None = None,
+               seed: int = 0, sizes: str = "tiny") -> list[Any]:
+    """The run's tasks: `n` sampled ones spread over `difficulties` (seeds seed, seed+1, ...),
+    or the tasks of a KernelBench-format directory (filtered by difficulty when given, first `n`)."""
+    if n is not None and n < 1:
+        raise RunError(f"-n must be >= 1, got {n}")
+    if suite == "synthetic":
+        from kernelgym.sampler import TaskSampler
+
+        ds = list(difficulties or DEFAULT_DIFFICULTIES)
+        n = n or DEFAULT_N
+        per = -(-n // len(ds))
+        sampler = TaskSampler(sizes)
+        return [sampler.sample(d, seed + i) for i in range(per) for d in ds][:n]
+    path = Path(suite)
+    if not path.is_dir():
+        raise RunError(f"--suite must be 'synthetic' or a directory of KernelBench-format files; "
+                       f"{suite!r} is not a directory")
+    from kernelgym.task import load_suite
+
+    loaded = load_suite(path)
+    for err in getattr(loaded, "errors", []):
+        print(f"kernelgym run: skipping {err}", file=sys.stderr)
+    tasks = list(loaded)
+    if difficulties:
+        tasks = [t for t in tasks if t.difficulty in set(difficulties)]
+    if not tasks:
+        raise RunError(f"no tasks to run in {suite!r}" + (f" at difficulties {list(difficulties)}"
+                                                         if difficulties else ""))
+    return tasks[:n] if n else tasks
+
+
+# -- running -------------------------------------------------------------------------------------
+@dataclass
+class TaskResult:
+    """One task's outcome: the candidate judged and its verdict (plus the search, if any)."""
+
+    task: Any
+    source: str | None
+    verdict: Any
+    search: Any | None = None
+    policy_error: str | None = None
+    elapsed_s: float = 0.0
+
+    def row(self, policy: str) -> dict[str, Any]:
+        """The verdicts.jsonl row: the verdict's fields plus task id, difficulty, ops, policy."""
+        row = {"task_id": self.task.id, "difficulty": self.task.difficulty, "ops": list(self.task.ops),
+               "policy": policy, **self.verdict.to_dict(), "elapsed_s": round(self.elapsed_s, 3)}
+        row["task_id"] = self.task.id   # the verdict's own task_id may be None
+        if self.policy_error:
+            row["policy_error"] = self.policy_error
+        if self.search is not None:
+            s = self.search
+            best = s.log[s.best_index] if s.best_index is not None else {}
+            row["search"] = {"evaluations": s.evaluations, "stopped": s.stopped, "best_index": s.best_index,
+                             "best_origin": best.get("origin"), "best_changes": best.get("changes"),
+                             "search_speedup": best.get("speedup")}
+        return row
+
+
+def _no_candidate_verdict(task: Any, backend: str, mode: str, why: str) -> Any:
+    from kernelgym.evaluation import Verdict
+
+    # No source to judge: the closest contract status is a format error (nothing usable was produced).
+    return Verdict(status="format_error", error=why[:500], reasons=["policy:no_candidate"], backend=backend,
+                   mode=mode, task_id=task.id)
+
+
+def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, seed: int | None = None) -> TaskResult:
+    """Ask `policy` for one candidate and judge it. A policy with ``search(task)`` (the search
+    policy) brings its own verdict; when that verdict was timed, the winner is timed once more
+    with fresh inputs, since the best of several noisy timings overstates the speedup."""
+    t0 = time.perf_counter()
+    search = None
+    try:
+        if callable(getattr(policy, "search", None)):
+            search = policy.search(task)
+            source, verdict = search.best_source, search.best_verdict
+            if source is not None and verdict is not None and verdict.speedup is not None:
+                verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
+        else:
+            got = policy.propose(task, n=1)
+            source = got[0] if got else None
+            verdict = None
+            if source is not None:
+                verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
+    except Exception as exc:  # noqa: BLE001 - one task's policy failure must not end the run
+        why = f"policy error: {type(exc).__name__}: {exc}"
+        return TaskResult(task, None, _no_candidate_verdict(task, backend, mode, why), search, why,
+                          time.perf_counter() - t0)
+    if source is None or verdict is None:
+        why = "policy produced no candidate"
+        return TaskResult(task, None, _no_candidate_verdict(task, backend, mode, why), search, why,
+                          time.perf_counter() - t0)
+    verdict.task_id = verdict.task_id or task.id
+    return TaskResult(task, source, verdict, search, None, time.perf_counter() - t0)
+
+
+def run_tasks(tasks: Sequence[Any], policy: Any, evaluator: Any, backend: str, mode: str, jobs: int = 2,
+              seed: int = 0, on_done: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
+    """Run `policy` on every task, `jobs` tasks at a time; results in task order."""
+    results: list[TaskResult | None] = [None] * len(tasks)
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelgym-run") as ex:
+        futures = {ex.submit(run_task, t, policy, evaluator, backend, mode, seed + i): i
+                   for i, t in enumerate(tasks)}
+        for fut in as_completed(futures):
+            r = fut.result()
+            results[futures[fut]] = r
+            if on_done is not None:
+                with lock:
+                    on_done(r)
+    return [r for r in results if r is not None]
+
+
+# -- output directory ----------------------------------------------------------------------------
+def prepare_out(out: str | None, force: bool) -> Path:
+    """The report directory: `out`, or a fresh ``runs/<timestamp>``. A non-empty existing
+    directory is refused unless `force` (then only the files this job writes are replaced)."""
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / stamp
+        k = 1
+        while path.exists():
+            k += 1
+            path = Path("runs") / f"{stamp}-{k}"
+    else:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {out!r} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            if not force:
+                raise RunError(f"--out {out!r} is not empty; pass --force to overwrite its report files")
+            for sub in ("candidates", "search"):
+                if (path / sub).is_dir():
+                    shutil.rmtree(path / sub)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The `kernelgym run` options (DESIGN.md contract plus budget, LLM and pool settings)."""
+    from kernelgym.cli import _difficulty_list
+
+    p.add_argument("--policy", default="search",
+                   help="compiler | search | llm | an entry point of group kernelgym.policies | module:attr "
+                        "(default search: the compiler policy wrapped by the search)")
+    p.add_argument("--base", default="compiler",
+                   help="base policy of a policy that wraps one (search); same forms as --policy (default compiler)")
+    p.add_argument("--suite", default="synthetic", help="'synthetic' or a KernelBench-format directory")
+    p.add_argument("--difficulty", "-d", type=_difficulty_list, default=None,
+                   help="difficulties, e.g. 3, 1-3 or 1,4 (default 1-3 for synthetic; all for a suite)")
+    p.add_argument("-n", type=int, default=None,
+                   help=f"number of tasks (default {DEFAULT_N} for synthetic, spread over the difficulties; "
+                        "all for a suite)")
+    p.add_argument("--seed", type=int, default=0, help="first sampling seed and evaluation seed base (default 0)")
+    p.add_argument("--sizes", choices=["tiny", "bench"], default=None, help="default: bench on GPU, else tiny")
+    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
+    p.add_argument("--mode", choices=["strict", "lenient"], default="strict")
+    p.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    p.add_argument("--budget-evals", type=int, default=None,
+                   help="search: evaluations per task (default 4 under the interpreter, 12 on GPU)")
+    p.add_argument("--budget-s", type=float, default=None, help="search: wall seconds per task (default none)")
+    p.add_argument("--model", default=None, help="llm: model name or path")
+    p.add_argument("--base-url", default=None, help="llm: base URL of an OpenAI-compatible server")
+    p.add_argument("--jobs", type=int, default=None, help="tasks in flight at once (default: evaluator workers)")
+    p.add_argument("--workers", type=int, default=None, help="candidate evaluation workers (default: CPU count, <= 16)")
+    p.add_argument("--timeout", type=float, default=None, help="evaluation wall-time limit per phase, seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main_run(args: argparse.Namespace) -> int:
-    if args.suite != "synthetic":
-        print("kernelgym run: suites other than 'synthetic' need the policies (not available yet)", file=sys.stderr)
+    """Entry point of `kernelgym run`; returns the exit code (2 for bad arguments)."""
+    try:
+        return _main(args)
+    except (RunError, PolicyNotFound) as exc:
+        print(f"kernelgym run: {exc}", file=sys.stderr)
         return 2
-    if args.n < 1:
-        print("kernelgym run: -n must be >= 1", file=sys.stderr)
-        return 2
-    sizes = args.sizes or "tiny"
-    sampler = TaskSampler(sizes)
-    per = -(-args.n // len(args.difficulty))
-    tasks = [sampler.sample(d, args.seed + i) for d in args.difficulty for i in range(per)][: args.n]
-    from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"KernelGym tasks (sizes {sizes}, seed {args.seed})")
-    for col in ("id", "difficulty", "ops", "output shapes", "MFLOP", "KB moved"):
-        table.add_column(col)
-    for t in tasks:
-        table.add_row(t.id, str(t.difficulty), " -> ".join(t.ops), str(t.meta["output_shapes"]),
-                      f"{t.meta['flops'] / 1e6:.3f}", f"{t.meta['bytes'] / 1024:.1f}")
-    console = Console(width=160)
-    console.print(table)
-    console.print(f"{len(tasks)} tasks sampled; rejections: {dict(sampler.rejections) or 'none'}. "
-                  "Policy runs (compiler / search / llm) arrive with the policies; this is a preview.")
+
+def _main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from kernelgym.evaluation import Evaluator
+    from kernelgym.evaluation.evaluator import resolve_backend
+    from kernelgym.report import rich_table, write_report
+
+    try:
+        backend = resolve_backend(args.backend)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    for name in ("budget_evals", "jobs", "workers"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    sizes = args.sizes or ("bench" if backend == "cuda" else "tiny")
+    budget_evals = args.budget_evals or (12 if backend == "cuda" else 4)
+    out = prepare_out(args.out, args.force)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    with console.status("sampling tasks" if args.suite == "synthetic" else "loading suite"):
+        tasks = load_tasks(args.suite, args.difficulty, args.n, args.seed, sizes)
+    ev_kw: dict[str, Any] = {"workers": args.workers}
+    if args.timeout:
+        ev_kw["timeout"] = args.timeout
+    with Evaluator(**ev_kw) as evaluator:
+        policy = build_policy(args.policy, args.base, mode=args.mode, backend=backend, evaluator=evaluator,
+                              budget_evals=budget_evals, budget_s=args.budget_s, model=args.model,
+                              base_url=args.base_url, seed=args.seed)
+        policy_name = getattr(policy, "name", args.policy)
+        if policy_name == "search":
+            policy_name = f"search({getattr(getattr(policy, 'base', None), 'name', args.base)})"
+        jobs = args.jobs or max(2, evaluator.workers)
+        results = _run_with_progress(tasks, policy, evaluator, backend, args, jobs, console)
+    rows = [r.row(policy_name) for r in results]
+    _write_extras(out, results)
+    run_meta = {"policy": policy_name, "policy_spec": args.policy, "suite": args.suite, "backend": backend,
+                "mode": args.mode, "sizes": sizes if args.suite == "synthetic" else None, "seed": args.seed,
+                "n": len(tasks), "difficulties": sorted({t.difficulty for t in tasks if t.difficulty is not None}),
+                "budget_evals": budget_evals if policy_name.startswith("search") else None,
+                "budget_s": args.budget_s, "jobs": jobs, "elapsed_s": round(time.perf_counter() - t0, 2),
+                "started": datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:]}
+    summary = write_report(out, rows, run_meta, title=f"KernelGym run: {policy_name} on {args.suite}")
+    stdout = Console(width=max(120, Console().width))
+    stdout.print(rich_table(summary, title=f"{policy_name} on {len(tasks)} tasks ({backend}, "
+                                           f"{sizes if args.suite == 'synthetic' else args.suite})"))
+    stdout.print(f"report: {out}/ ({', '.join(summary['files'])}); {run_meta['elapsed_s']} s")
     return 0
+
+
+def _run_with_progress(tasks: Sequence[Any], policy: Any, evaluator: Any, backend: str,
+                       args: argparse.Namespace, jobs: int, console: Any) -> list[TaskResult]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    counts = {"ok": 0, "done": 0}
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("ok {task.fields[ok]}"), TimeElapsedColumn(), console=console,
+                  disable=args.no_progress, transient=False) as progress:
+        bar = progress.add_task("tasks", total=len(tasks), ok=0)
+
+        def done(r: TaskResult) -> None:
+            counts["done"] += 1
+            counts["ok"] += r.verdict.status == "ok"
+            progress.update(bar, advance=1, ok=counts["ok"])
+
+        return run_tasks(tasks, policy, evaluator, backend, args.mode, jobs, args.seed, done)
+
+
+def _write_extras(out: Path, results: Sequence[TaskResult]) -> None:
+    """candidates/<task>.py (the judged source) and search/<task>.json (search logs)."""
+    for r in results:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(r.task.id))
+        if r.source is not None:
+            (out / "candidates").mkdir(exist_ok=True)
+            (out / "candidates" / f"{safe}.py").write_text(r.source, encoding="utf-8")
+        if r.search is not None:
+            (out / "search").mkdir(exist_ok=True)
+            (out / "search" / f"{safe}.json").write_text(json.dumps(r.search.to_dict(), indent=1, default=str),
+                                                         encoding="utf-8")

@@ -1,0 +1,343 @@
+"""Test-time search around a base policy (compiler or LLM): fusion partitions, launch parameters,
+refinement with verdict feedback; candidates judged in parallel by the batched evaluator.
+
+The search runs in rounds under a budget of evaluations and wall time:
+
+1. seeds: the base policy's default proposal and, when the base exposes ``compile(task,
+   partition=...)`` and the task has a graph, one candidate per alternative fusion partition
+   (which neighbouring ops share a kernel); a base without ``compile`` is asked for several
+   proposals instead;
+2. then, repeatedly: launch-parameter neighbours of the best candidate so far (block sizes,
+   num_warps, num_stages rewritten in the source by `policies.launch`, so LLM output works too;
+   hill climbing, since each round starts from the current best), block-size variants of a
+   compiled but incorrect candidate when nothing is correct yet, and refinement proposals from the
+   base with the judged attempts as ``history`` (a base that ignores history returns duplicates,
+   which cost nothing and end refinement).
+
+Timed verdicts (GPU) rank correct candidates by speedup. Untimed ones (the interpreter) cannot,
+so the search stops at the first correct candidate, evaluated in order: the base's default first.
+Every judged candidate is logged with what changed, its parent, status and speedup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernelgym.task import Task
+from policies.base import Attempt, Policy
+from policies.launch import LaunchError, variants
+
+
+@dataclass
+class SearchResult:
+    """The chosen candidate, its verdict and the log of every judged candidate.
+
+    `log[i]` describes `sources[i]`: origin (default, partition, propose, launch, refine),
+    changes, parent (log index it was derived from), status, correct, speedup,
+    speedup_vs_compile, error. Policy failures appear with status ``policy_error`` and no source.
+    """
+
+    best_source: str | None
+    best_verdict: Any | None            # kernelgym.evaluation.Verdict
+    log: list[dict[str, Any]]
+    sources: list[str | None] = field(default_factory=list)
+    best_index: int | None = None
+    evaluations: int = 0
+    duplicates: int = 0
+    elapsed_s: float = 0.0
+    stopped: str = ""                   # found | budget_evals | budget_s | exhausted
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (verdict as a dict, no sources)."""
+        return {"best_index": self.best_index, "evaluations": self.evaluations, "duplicates": self.duplicates,
+                "elapsed_s": round(self.elapsed_s, 3), "stopped": self.stopped,
+                "best_verdict": self.best_verdict.to_dict() if self.best_verdict is not None else None,
+                "log": self.log}
+
+
+@dataclass
+class _Cand:
+    source: str
+    origin: str
+    changes: dict[str, Any]
+    parent: int | None = None
+
+
+class SearchPolicy:
+    """Wraps `base` (any `policies.base.Policy`) with a budgeted search; see the module docstring.
+
+    budget_evals: most candidates judged per task; budget_s: wall seconds per task (checked between
+    rounds, so a round in flight finishes); evaluator: an object with ``evaluate_batch(pairs,
+    backend=, mode=, seed=)`` (default: the shared `kernelgym.evaluation` evaluator); backend /
+    mode: passed to it; batch_size: candidates per parallel round (default: the evaluator's
+    worker count, at least 2); partitions: most fusion partitions tried; refine: ask the base
+    again with history; seed: evaluation seeds derive from it and the task.
+    """
+
+    name = "search"
+
+    def __init__(self, base: Policy, budget_evals: int = 16, budget_s: float | None = None,
+                 evaluator: Any | None = None, backend: str = "auto", mode: str = "strict", *,
+                 batch_size: int | None = None, partitions: int = 8, refine: bool = True, seed: int = 0):
+        if not callable(getattr(base, "propose", None)):
+            raise TypeError(f"base policy must have propose(task, n, history); got {type(base).__name__}")
+        if int(budget_evals) < 1:
+            raise ValueError(f"budget_evals must be >= 1, got {budget_evals}")
+        if budget_s is not None and budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0 or None, got {budget_s}")
+        if backend not in ("auto", "cuda", "interpret"):
+            raise ValueError(f"unknown backend {backend!r}; expected auto, cuda or interpret")
+        if mode not in ("strict", "lenient"):
+            raise ValueError(f"unknown mode {mode!r}; expected strict or lenient")
+        self.base = base
+        self.budget_evals = int(budget_evals)
+        self.budget_s = budget_s
+        self.evaluator = evaluator
+        self.backend = backend
+        self.mode = mode
+        self.batch_size = batch_size
+        self.partitions = partitions
+        self.refine = refine
+        self.seed = seed
+
+    # -- Policy interface ------------------------------------------------------------------------
+    def propose(self, task: Task, n: int = 1, history: Sequence[Attempt] = ()) -> list[str]:
+        """[the best source the search found] (empty when the base produced nothing)."""
+        result = self.search(task, history)
+        return [result.best_source] if result.best_source is not None else []
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(self, task: Task, history: Sequence[Attempt] = ()) -> SearchResult:
+        """Run the budgeted search on `task`; never raises for what candidates or the base do."""
+        return _Search(self, task, list(history)).run()
+
+    def _evaluator(self) -> Any:
+        if self.evaluator is None:
+            from kernelgym.evaluation import default_evaluator
+
+            self.evaluator = default_evaluator()
+        return self.evaluator
+
+    def _timed_backend(self) -> bool:
+        if self.backend == "cuda":
+            return True
+        if self.backend == "interpret":
+            return False
+        from kernelgym.evaluation.evaluator import cuda_available
+
+        return cuda_available()
+
+
+def partition_api(base: Any) -> tuple[Any, Any] | None:
+    """(default_partition, candidate_partitions) when `base` can compile a given partition.
+
+    Looked up as attributes of the base, then in the base's module; None when `base.compile`
+    does not take ``partition`` or the partition functions are missing.
+    """
+    compile_ = getattr(base, "compile", None)
+    if not callable(compile_):
+        return None
+    try:
+        params = inspect.signature(compile_).parameters
+    except (TypeError, ValueError):
+        return None
+    if "partition" not in params:
+        return None
+    module = sys.modules.get(type(base).__module__)
+    found = []
+    for name in ("default_partition", "candidate_partitions"):
+        fn = getattr(base, name, None) or getattr(module, name, None)
+        if not callable(fn):
+            return None
+        found.append(fn)
+    return found[0], found[1]
+
+
+def _jsonable_partition(p: Any) -> list[list[int]]:
+    return [[int(i) for i in part] for part in p]
+
+
+class _Search:
+    def __init__(self, policy: SearchPolicy, task: Task, history: list[Attempt]):
+        self.p = policy
+        self.task = task
+        self.history = history
+        self.t0 = time.perf_counter()
+        self.log: list[dict[str, Any]] = []
+        self.sources: list[str | None] = []
+        self.verdicts: dict[int, Any] = {}
+        self.seen: set[str] = set()
+        self.pending: list[_Cand] = []
+        self.duplicates = 0
+        self.evaluations = 0
+        self.refine_open = policy.refine
+        self.refine_rounds = 0
+        self.timed_backend = policy._timed_backend()
+        digest = hashlib.sha256(task.source.encode()).digest()
+        self.eval_seed = (int.from_bytes(digest[:6], "big") ^ int(policy.seed)) & (2**62 - 1)
+
+    # budget ---------------------------------------------------------------------------------------
+    def evals_left(self) -> int:
+        return self.p.budget_evals - self.evaluations
+
+    def time_left(self) -> bool:
+        return self.p.budget_s is None or time.perf_counter() - self.t0 < self.p.budget_s
+
+    def batch(self) -> int:
+        if self.p.batch_size:
+            return max(1, int(self.p.batch_size))
+        ev = self.p._evaluator()
+        return max(2, int(getattr(ev, "workers", 2) or 2))
+
+    # candidates -----------------------------------------------------------------------------------
+    def add(self, source: Any, origin: str, changes: dict[str, Any], parent: int | None = None) -> bool:
+        if not isinstance(source, str) or not source.strip():
+            self.policy_error(origin, changes, f"base policy returned {type(source).__name__}, not a source")
+            return False
+        if source in self.seen:
+            self.duplicates += 1
+            return False
+        self.seen.add(source)
+        self.pending.append(_Cand(source, origin, changes, parent))
+        return True
+
+    def policy_error(self, origin: str, changes: dict[str, Any], error: str) -> None:
+        self.log.append({"index": len(self.log), "origin": origin, "changes": changes, "parent": None,
+                         "status": "policy_error", "correct": False, "speedup": None,
+                         "speedup_vs_compile": None, "error": error[:300]})
+        self.sources.append(None)
+
+    def ask(self, origin: str, changes: dict[str, Any], fn: Any, *args: Any, **kw: Any) -> list[Any]:
+        try:
+            out = fn(*args, **kw)
+        except Exception as exc:  # noqa: BLE001 - a base failing on one request must not end the search
+            self.policy_error(origin, changes, f"{type(exc).__name__}: {exc}")
+            return []
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def seeds(self) -> None:
+        base, task = self.p.base, self.task
+        api = partition_api(base) if task.graph is not None else None
+        n0 = 1 if api is not None else max(1, min(self.batch(), self.evals_left()))
+        for s in self.ask("default", {}, base.propose, task, n=n0, history=self.history):
+            self.add(s, "default" if not self.pending else "propose", {})
+        if api is None:
+            return
+        from kernelgym.sampler.graph import Graph
+
+        try:
+            graph = Graph.from_dict(dict(task.graph))
+            default_p, candidates = api
+            default = _jsonable_partition(default_p(graph))
+            parts = [_jsonable_partition(p) for p in candidates(graph, limit=self.p.partitions)]
+        except Exception as exc:  # noqa: BLE001
+            self.policy_error("partition", {}, f"{type(exc).__name__}: {exc}")
+            return
+        for part in parts:
+            if part == default:
+                continue
+            for s in self.ask("partition", {"partition": part}, base.compile, task, partition=part)[:1]:
+                self.add(s, "partition", {"partition": part})
+
+    def best(self) -> int | None:
+        """Index of the best judged candidate: fastest ok when timed, else the first ok, else
+        the first compiled one, else the first judged one."""
+        judged = sorted(self.verdicts)
+        if not judged:
+            return None
+        ok = [i for i in judged if self.verdicts[i].status == "ok"]
+        timed = [i for i in ok if self.verdicts[i].speedup is not None]
+        if timed:
+            return max(timed, key=lambda i: (self.verdicts[i].speedup, -i))
+        if ok:
+            return ok[0]
+        compiled = [i for i in judged if self.verdicts[i].compiled]
+        return (compiled or judged)[0]
+
+    def next_round(self) -> None:
+        """Queue the next candidates: launch neighbours of the best, refinements."""
+        best = self.best()
+        limit = max(1, min(self.batch(), self.evals_left()))
+        if best is not None:
+            v = self.verdicts[best]
+            source = self.sources[best]
+            kinds: tuple[str, ...] | None = None
+            if v.status == "ok" and v.speedup is not None:
+                kinds = ("block", "num_warps", "num_stages")
+            elif v.status == "incorrect" or (v.compiled and v.status != "ok"):
+                kinds = ("block",)   # e.g. a block too small for a row: launch knobs can fix that
+            if kinds is not None and source is not None:
+                try:
+                    for var in variants(source, limit, kinds=kinds, exclude=self.seen):
+                        self.add(var.source, "launch", var.changes, best)
+                except LaunchError as exc:
+                    self.policy_error("launch", {}, str(exc))
+        if self.refine_open:
+            self.refine_rounds += 1
+            attempts = [Attempt(self.sources[i], self.verdicts[i].to_dict()) for i in sorted(self.verdicts)[-4:]]
+            if best is not None and all(a.source != self.sources[best] for a in attempts):
+                attempts.insert(0, Attempt(self.sources[best], self.verdicts[best].to_dict()))
+            got = self.ask("refine", {"refine": self.refine_rounds}, self.p.base.propose, self.task,
+                           n=limit, history=[*self.history, *attempts])
+            added = sum(self.add(s, "refine", {"refine": self.refine_rounds}, best) for s in got)
+            if not added:
+                self.refine_open = False
+
+    def evaluate(self, cands: list[_Cand]) -> None:
+        pairs = [(self.task, c.source) for c in cands]
+        try:
+            verdicts = self.p._evaluator().evaluate_batch(pairs, backend=self.p.backend, mode=self.p.mode,
+                                                          seed=self.eval_seed)
+        except Exception as exc:  # e.g. backend "cuda" on a machine without a GPU
+            raise RuntimeError(f"search: the evaluator failed: {type(exc).__name__}: {exc}") from exc
+        self.evaluations += len(cands)
+        for c, v in zip(cands, verdicts):
+            i = len(self.log)
+            self.log.append({"index": i, "origin": c.origin, "changes": c.changes, "parent": c.parent,
+                             "status": v.status, "correct": bool(v.correct), "speedup": v.speedup,
+                             "speedup_vs_compile": v.speedup_vs_compile, "error": (v.error or "")[:300],
+                             "source_hash": hashlib.sha256(c.source.encode()).hexdigest()[:16]})
+            self.sources.append(c.source)
+            self.verdicts[i] = v
+
+    def found(self) -> bool:
+        """Untimed and a correct candidate in hand: nothing left to rank, stop."""
+        best = self.best()
+        return best is not None and self.verdicts[best].status == "ok" and self.verdicts[best].speedup is None
+
+    def run(self) -> SearchResult:
+        self.seeds()
+        stopped = "exhausted"
+        first = True
+        while True:
+            if self.found():
+                stopped = "found"
+                break
+            if self.evals_left() <= 0:
+                stopped = "budget_evals"
+                break
+            if not self.time_left():
+                stopped = "budget_s"
+                break
+            if not self.pending:
+                self.next_round()
+                if not self.pending:
+                    break
+            # Untimed, the default alone goes first: if it is correct there is nothing to rank.
+            size = 1 if first and not self.timed_backend else self.batch()
+            size = min(size, self.evals_left())
+            cands, self.pending = self.pending[:size], self.pending[size:]
+            self.evaluate(cands)
+            first = False
+        best = self.best()
+        return SearchResult(
+            best_source=self.sources[best] if best is not None else None,
+            best_verdict=self.verdicts.get(best) if best is not None else None,
+            log=self.log, sources=self.sources, best_index=best, evaluations=self.evaluations,
+            duplicates=self.duplicates, elapsed_s=time.perf_counter() - self.t0, stopped=stopped)
