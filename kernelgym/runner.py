@@ -352,16 +352,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def main_run(args: argparse.Namespace) -> int:
-    """Entry point of `kernelgym run`; returns the exit code (2 for bad arguments)."""
+def main_run(args: argparse.Namespace, evaluator: Any | None = None) -> int:
+    """Entry point of `kernelgym run`; returns the exit code (2 for bad arguments).
+
+    `evaluator`: an existing `Evaluator` to use (and leave open) instead of a new one.
+    """
     try:
-        return _main(args)
+        return _main(args, evaluator)
     except (RunError, PolicyNotFound) as exc:
         print(f"kernelgym run: {exc}", file=sys.stderr)
         return 2
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
+    import contextlib
+
     from rich.console import Console
 
     from kernelgym.evaluation import Evaluator
@@ -378,21 +383,24 @@ def _main(args: argparse.Namespace) -> int:
             raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     sizes = args.sizes or ("bench" if backend == "cuda" else "tiny")
     budget_evals = args.budget_evals or (12 if backend == "cuda" else 4)
-    out = prepare_out(args.out, args.force)
-    console = Console(stderr=True)
+    started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    with console.status("sampling tasks" if args.suite == "synthetic" else "loading suite"):
-        tasks = load_tasks(args.suite, args.difficulty, args.n, args.seed, sizes)
+    console = Console(stderr=True)
     ev_kw: dict[str, Any] = {"workers": args.workers}
     if args.timeout:
         ev_kw["timeout"] = args.timeout
-    with Evaluator(**ev_kw) as evaluator:
+    # Evaluator pools start lazily, so building it (and the policy) first costs nothing and lets a
+    # bad --policy fail before any directory is made or task sampled.
+    with Evaluator(**ev_kw) if shared_evaluator is None else contextlib.nullcontext(shared_evaluator) as evaluator:
         policy = build_policy(args.policy, args.base, mode=args.mode, backend=backend, evaluator=evaluator,
                               budget_evals=budget_evals, budget_s=args.budget_s, model=args.model,
                               base_url=args.base_url, seed=args.seed)
         policy_name = getattr(policy, "name", args.policy)
         if policy_name == "search":
             policy_name = f"search({getattr(getattr(policy, 'base', None), 'name', args.base)})"
+        out = prepare_out(args.out, args.force)
+        with console.status("sampling tasks" if args.suite == "synthetic" else "loading suite"):
+            tasks = load_tasks(args.suite, args.difficulty, args.n, args.seed, sizes)
         jobs = args.jobs or max(2, evaluator.workers)
         results = _run_with_progress(tasks, policy, evaluator, backend, args, jobs, console)
     rows = [r.row(policy_name) for r in results]
@@ -402,7 +410,7 @@ def _main(args: argparse.Namespace) -> int:
                 "n": len(tasks), "difficulties": sorted({t.difficulty for t in tasks if t.difficulty is not None}),
                 "budget_evals": budget_evals if policy_name.startswith("search") else None,
                 "budget_s": args.budget_s, "jobs": jobs, "elapsed_s": round(time.perf_counter() - t0, 2),
-                "started": datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:]}
+                "started": started, "argv": sys.argv[1:]}
     summary = write_report(out, rows, run_meta, title=f"KernelGym run: {policy_name} on {args.suite}")
     stdout = Console(width=max(120, Console().width))
     stdout.print(rich_table(summary, title=f"{policy_name} on {len(tasks)} tasks ({backend}, "

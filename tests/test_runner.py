@@ -1,0 +1,216 @@
+"""`kernelgym run`: policy resolution, output-directory rules, report files, end to end on tiny tasks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kernelgym import report as report_mod
+from kernelgym import runner
+from kernelgym.cli import build_parser
+from kernelgym.evaluation import Verdict
+
+REDTEAM = Path(__file__).parent / "redteam"
+SUITE_TASKS = ("relu_add", "row_softmax", "scale")
+
+
+class LegitPolicy:
+    """Answers the red-team tasks with their legitimate kernels; row_softmax gets a wrong one."""
+
+    name = "legit"
+
+    def __init__(self, mode: str = "strict"):
+        self.mode = mode
+
+    def propose(self, task, n=1, history=()):
+        src = (REDTEAM / "legit" / f"{task.id}.py").read_text()
+        if task.id == "row_softmax":
+            src = src.replace("e / tl.sum(e, axis=0)", "e")   # unnormalised: incorrect
+        return [src] * n
+
+
+class BrokenPolicy:
+    name = "broken"
+
+    def propose(self, task, n=1, history=()):
+        raise RuntimeError("no idea")
+
+
+LEGIT = f"{__name__}:LegitPolicy"
+
+
+@pytest.fixture()
+def suite(tmp_path: Path) -> Path:
+    d = tmp_path / "suite"
+    d.mkdir()
+    for name in SUITE_TASKS:
+        shutil.copy(REDTEAM / "tasks" / f"{name}.py", d / f"{name}.py")
+    return d
+
+
+def _args(*argv: str):
+    return build_parser().parse_args(["run", *argv])
+
+
+# -- policy resolution ----------------------------------------------------------------------------
+def test_resolve_entry_point_names_the_builtin_policies():
+    from policies.search import SearchPolicy
+
+    assert runner.resolve_policy("search") is SearchPolicy
+
+
+def test_resolve_module_attr_and_build_with_accepted_options():
+    assert runner.resolve_policy(LEGIT) is LegitPolicy
+    policy = runner.build_policy(LEGIT, mode="lenient", backend="interpret", evaluator=object(), budget_evals=3)
+    assert isinstance(policy, LegitPolicy) and policy.mode == "lenient"
+
+
+def test_builtin_names_fall_back_to_module_specs_without_entry_points(monkeypatch):
+    monkeypatch.setattr(runner, "_entry_point", lambda name: None)
+    from policies.search import SearchPolicy
+
+    assert runner.resolve_policy("search") is SearchPolicy
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nonesuch", "unknown policy 'nonesuch'"),
+    ("no_such_module_xyz:Policy", "module 'no_such_module_xyz' not found"),
+    (f"{__name__}:NoSuchClass", "has no attribute 'NoSuchClass'"),
+    (":Policy", "expected 'module:attr'"),
+])
+def test_unknown_policy_is_a_clear_error(spec, message):
+    with pytest.raises(runner.PolicyNotFound, match=message):
+        runner.resolve_policy(spec)
+
+
+def test_search_builds_its_base_and_unused_llm_options_are_refused():
+    from policies.search import SearchPolicy
+
+    policy = runner.build_policy("search", LEGIT, mode="strict", backend="interpret", evaluator=None,
+                                 budget_evals=3)
+    assert isinstance(policy, SearchPolicy) and isinstance(policy.base, LegitPolicy)
+    assert policy.budget_evals == 3
+    with pytest.raises(runner.RunError, match="takes no --model"):
+        runner.build_policy(LEGIT, model="some-model")
+
+
+def test_cli_reports_a_bad_policy_with_exit_code_2(tmp_path, capsys):
+    assert runner.main_run(_args("--policy", "nonesuch", "--out", str(tmp_path / "o"))) == 2
+    assert "unknown policy 'nonesuch'" in capsys.readouterr().err
+
+
+# -- output directory -----------------------------------------------------------------------------
+def test_out_directory_rules(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = runner.prepare_out(None, force=False)
+    b = runner.prepare_out(None, force=False)
+    assert a != b and a.parent == Path("runs") and a.is_dir() and b.is_dir()
+    (a / "keep.txt").write_text("x")
+    with pytest.raises(runner.RunError, match="not empty; pass --force"):
+        runner.prepare_out(str(a), force=False)
+    assert runner.prepare_out(str(a), force=True) == a and (a / "keep.txt").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(runner.RunError, match="not a directory"):
+        runner.prepare_out(str(tmp_path / "file"), force=True)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(runner.RunError, match="not a directory"):
+        runner.load_tasks(str(tmp_path / "missing"))
+    with pytest.raises(runner.RunError, match="-n must be >= 1"):
+        runner.load_tasks("synthetic", n=0)
+    assert runner.main_run(_args("--budget-evals", "0", "--out", str(tmp_path / "o"))) == 2
+
+
+def test_synthetic_tasks_spread_over_difficulties():
+    tasks = runner.load_tasks("synthetic", [1, 2, 3], 5, seed=0, sizes="tiny")
+    assert [t.difficulty for t in tasks] == [1, 2, 3, 1, 2]
+    assert len({t.id for t in tasks}) == 5
+
+
+# -- report ---------------------------------------------------------------------------------------
+def _row(task_id, d, status, speedup=None, vs_compile=None):
+    v = Verdict(status=status, correct=status == "ok", compiled=status != "format_error", speedup=speedup,
+                speedup_vs_compile=vs_compile)
+    return {"task_id": task_id, "difficulty": d, "ops": ["relu"], **v.to_dict()}
+
+
+def test_summary_statistics_per_difficulty(tmp_path):
+    rows = [_row("a", 1, "ok", 2.0, 1.5), _row("b", 1, "ok", 0.5, 0.4), _row("c", 2, "hack_detected"),
+            _row("d", 2, "compile_error"), _row("e", 2, "incorrect")]
+    s = report_mod.write_report(tmp_path, rows, {"policy": "x"})
+    assert (s["tasks"], s["ok"], s["hacks"], s["errors"], s["incorrect"]) == (5, 2, 1, 1, 1)
+    d1, d2 = s["by_difficulty"]["1"], s["by_difficulty"]["2"]
+    assert (d1["tasks"], d1["ok"], d2["tasks"], d2["ok"]) == (2, 2, 3, 0)
+    assert d1["median_speedup"] == pytest.approx(1.25) and d1["faster_than_eager"] == pytest.approx(0.5)
+    assert s["faster_than_eager"] == pytest.approx(1 / 5) and s["faster_than_compile"] == pytest.approx(1 / 5)
+    assert d2["median_speedup"] is None and d2["faster_than_eager"] is None
+    for name in report_mod.FILES:
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in page and "hack_detected" in page
+    assert report_mod.read_rows(tmp_path / "verdicts.jsonl") == json.loads(json.dumps(rows))
+
+
+def test_report_escapes_html(tmp_path):
+    row = _row("<script>", 1, "runtime_error")
+    row["error"] = "<b>boom</b>"
+    report_mod.write_report(tmp_path, [row])
+    page = (tmp_path / "report.html").read_text()
+    assert "<script>" not in page and "&lt;b&gt;boom" in page
+
+
+# -- end to end -----------------------------------------------------------------------------------
+def _check_report(out: Path, n: int) -> dict:
+    for name in report_mod.FILES:
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"] == n and set(summary) >= {"tasks", "ok", "by_difficulty"}
+    for g in summary["by_difficulty"].values():
+        assert set(g) >= {"tasks", "ok"}
+    rows = report_mod.read_rows(out / "verdicts.jsonl")
+    assert len(rows) == n and all(r["task_id"] and r["status"] for r in rows)
+    return summary
+
+
+def test_run_suite_end_to_end(suite, tmp_path, evaluator):
+    out = tmp_path / "report"
+    rc = runner.main_run(_args("--policy", LEGIT, "--suite", str(suite), "--backend", "interpret",
+                               "--out", str(out), "--no-progress"), evaluator=evaluator)
+    assert rc == 0
+    summary = _check_report(out, 3)
+    rows = {r["task_id"]: r for r in report_mod.read_rows(out / "verdicts.jsonl")}
+    assert rows["relu_add"]["status"] == "ok" and rows["scale"]["status"] == "ok"
+    assert rows["row_softmax"]["status"] == "incorrect"
+    assert summary["ok"] == 2 and summary["by_difficulty"]["unknown"]["tasks"] == 3
+    assert (out / "candidates" / "relu_add.py").is_file()
+    # A second run into the same directory is refused without --force.
+    assert runner.main_run(_args("--policy", LEGIT, "--suite", str(suite), "--out", str(out)),
+                           evaluator=evaluator) == 2
+
+
+def test_run_search_over_a_fake_base_end_to_end(suite, tmp_path, evaluator):
+    out = tmp_path / "report"
+    rc = runner.main_run(_args("--policy", "search", "--base", LEGIT, "--suite", str(suite), "-n", "2",
+                               "--backend", "interpret", "--budget-evals", "3", "--out", str(out),
+                               "--no-progress"), evaluator=evaluator)
+    assert rc == 0
+    _check_report(out, 2)
+    rows = report_mod.read_rows(out / "verdicts.jsonl")
+    assert all(r["policy"] == "search(legit)" and r["search"]["evaluations"] >= 1 for r in rows)
+    log = json.loads((out / "search" / "relu_add.json").read_text())
+    assert log["stopped"] == "found" and log["log"][0]["origin"] == "default"
+
+
+def test_policy_failure_becomes_a_verdict_not_a_crash(suite, tmp_path, evaluator):
+    out = tmp_path / "report"
+    rc = runner.main_run(_args("--policy", f"{__name__}:BrokenPolicy", "--suite", str(suite), "-n", "1",
+                               "--backend", "interpret", "--out", str(out), "--no-progress"), evaluator=evaluator)
+    assert rc == 0
+    (row,) = report_mod.read_rows(out / "verdicts.jsonl")
+    assert row["status"] == "format_error" and "no idea" in row["policy_error"]
+    assert "policy:no_candidate" in row["reasons"]
