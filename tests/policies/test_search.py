@@ -1,0 +1,370 @@
+"""Search policy and launch-parameter rewriting: AST rewriting on several kernel styles, search
+decisions against injected fake verdicts (fastest correct, budgets, refinement, partitions), and a
+real small search under the Triton interpreter."""
+
+from __future__ import annotations
+
+import ast
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kernelgym.evaluation import Verdict
+from kernelgym.task import Task
+from policies.base import Policy
+from policies.launch import LaunchError, find_knobs, neighbours, rewrite, variants
+from policies.search import SearchPolicy, SearchResult, partition_api
+
+REDTEAM = Path(__file__).parents[1] / "redteam"
+RELU_ADD = (REDTEAM / "legit" / "relu_add.py").read_text()
+MATMUL = (REDTEAM / "legit" / "matmul.py").read_text()
+SOFTMAX = (REDTEAM / "legit" / "row_softmax.py").read_text()
+
+
+def knobs(src: str) -> dict[str, int]:
+    return {k.name: k.value for k in find_knobs(src)}
+
+
+# -- launch rewriting -----------------------------------------------------------------------------
+def test_literal_block_is_rewritten_together_with_its_grid():
+    assert knobs(RELU_ADD) == {"relu_add_kernel.BLOCK": 64, "relu_add_kernel.num_warps": 4,
+                               "relu_add_kernel.num_stages": 3}
+    new = rewrite(RELU_ADD, {"relu_add_kernel.BLOCK": 256, "relu_add_kernel.num_warps": 8})
+    assert "relu_add_kernel[(triton.cdiv(n, 256),)](x, y, out, n, BLOCK=256, num_warps=8)" in new
+    assert knobs(new)["relu_add_kernel.BLOCK"] == 256 and knobs(new)["relu_add_kernel.num_warps"] == 8
+    # Everything else (docstring, import fallback, comments) is untouched.
+    assert new.replace("256", "64").replace(", num_warps=8", "") == RELU_ADD
+
+
+def test_matmul_grid_axes_follow_program_id_products():
+    assert knobs(MATMUL)["matmul_kernel.BM"] == 16 and "matmul_kernel.BK" in knobs(MATMUL)
+    new = rewrite(MATMUL, {"matmul_kernel.BM": 64, "matmul_kernel.BK": 32})
+    assert "grid = (triton.cdiv(M, 64), triton.cdiv(N, 16))" in new
+    assert "BM=64, BN=16, BK=32" in new
+
+
+def test_names_module_constants_self_attrs_positional_and_defaults():
+    src = '''
+import torch, triton
+import triton.language as tl
+
+BLOCK = 128          # module constant
+@triton.jit
+def a_kernel(x, out, n, BLOCK: tl.constexpr):
+    pid = tl.program_id(axis=0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+
+@triton.jit
+def b_kernel(x, out, n, BLOCK_SIZE: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+
+@triton.jit
+def c_kernel(x, out, n, XBLOCK: tl.constexpr = 1024):
+    offs = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+
+@triton.jit
+def d_kernel(x, out, n, TILE: tl.constexpr):
+    offs = tl.program_id(0) * TILE + tl.arange(0, TILE)
+
+class ModelNew(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tile = 32
+
+    def forward(self, x):
+        out = torch.empty_like(x)
+        n = x.numel()
+        a_kernel[((n + 127) // 128,)](x, out, n, BLOCK=BLOCK)
+        BLOCK_SIZE = 256
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_SIZE"]),)  # noqa: E731
+        b_kernel[grid](x, out, n, BLOCK_SIZE=BLOCK_SIZE, num_warps=2,
+                       num_stages=1,
+        )
+        c_kernel[(triton.cdiv(n, 1024),)](x, out, n)
+        d_kernel[(triton.cdiv(n, self.tile),)](x, out, n, self.tile)
+        return out
+'''
+    k = knobs(src)
+    assert {n: v for n, v in k.items() if "num_" not in n} == {
+        "a_kernel.BLOCK": 128, "b_kernel.BLOCK_SIZE": 256, "c_kernel.XBLOCK": 1024, "d_kernel.TILE": 32}
+    assert k["b_kernel.num_warps"] == 2 and k["b_kernel.num_stages"] == 1 and k["a_kernel.num_warps"] == 4
+    new = rewrite(src, {"a_kernel.BLOCK": 64, "b_kernel.BLOCK_SIZE": 512, "c_kernel.XBLOCK": 256,
+                        "d_kernel.TILE": 64, "b_kernel.num_warps": 4, "c_kernel.num_warps": 8,
+                        "c_kernel.num_stages": 2})
+    ast.parse(new)
+    assert "BLOCK = 64          # module constant" in new and "((n + 63) // 64,)" in new
+    assert "BLOCK_SIZE = 512" in new and "num_warps=4," in new
+    assert "c_kernel[(triton.cdiv(n, 256),)](x, out, n, XBLOCK=256, num_warps=8, num_stages=2)" in new
+    assert "self.tile = 64" in new
+    assert knobs(new)["d_kernel.TILE"] == 64 and knobs(new)["c_kernel.XBLOCK"] == 256
+
+
+def test_tied_blocks_when_the_grid_cannot_tell_them_apart():
+    src = '''
+import triton
+import triton.language as tl
+
+@triton.jit
+def mm(a, b, c, M, N, BM: tl.constexpr, BN: tl.constexpr):
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BN)
+    pid_m = pid // num_n
+    rm = pid_m * BM
+
+def launch(a, b, c, M, N):
+    mm[(triton.cdiv(M, 32) * triton.cdiv(N, 32),)](a, b, c, M, N, BM=32, BN=32)
+'''
+    assert knobs(src)["mm.BM+BN"] == 32
+    new = rewrite(src, {"mm.BM+BN": 64})
+    assert "(triton.cdiv(M, 64) * triton.cdiv(N, 64),)" in new and "BM=64, BN=64" in new
+
+
+def test_derived_and_autotuned_parameters_are_left_alone():
+    # next_power_of_2(cols) must cover the row: not a knob.
+    assert set(knobs(SOFTMAX)) == {"softmax_kernel.num_warps", "softmax_kernel.num_stages"}
+    src = '''
+import triton
+import triton.language as tl
+
+@triton.autotune(configs=[triton.Config({"BLOCK": 64}, num_warps=2)], key=["n"])
+@triton.jit
+def k(x, n, BLOCK: tl.constexpr):
+    pass
+
+def go(x, n):
+    k[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, n)
+'''
+    assert knobs(src) == {}
+
+
+def test_markdown_reply_and_variants():
+    reply = f"Here is my kernel:\n```python\n{RELU_ADD}```\nIt fuses the add."
+    assert knobs(reply) == knobs(RELU_ADD)
+    vs = variants(reply, limit=5)
+    assert len(vs) == 5 and len({v.source for v in vs}) == 5
+    assert vs[0].changes == {"relu_add_kernel.BLOCK": 128}   # nearest move first, larger on ties
+    assert all(v.source != RELU_ADD and "```" not in v.source for v in vs)
+    only_blocks = variants(RELU_ADD, limit=20, kinds=("block",))
+    assert [v.changes for v in only_blocks] == [{"relu_add_kernel.BLOCK": b} for b in (128, 32, 256, 16)]
+    assert variants(RELU_ADD, limit=20, kinds=("block",), exclude=[only_blocks[0].source])[0].changes == \
+        {"relu_add_kernel.BLOCK": 32}
+    (warps,) = [k for k in find_knobs(RELU_ADD) if k.kind == "num_warps"]
+    assert neighbours(warps)[:2] == [8, 2]
+
+
+@pytest.mark.parametrize("source, changes, message", [
+    ("def f(:\n", {}, "syntax error at line 1"),
+    (RELU_ADD, {"nope.BLOCK": 64}, "unknown launch knob 'nope.BLOCK'; this source has: relu_add_kernel.BLOCK"),
+    (RELU_ADD, {"relu_add_kernel.BLOCK": 96}, "power of two"),
+    (RELU_ADD, {"relu_add_kernel.num_warps": 3}, "power of two"),
+    (RELU_ADD, {"relu_add_kernel.BLOCK": "64"}, "positive int"),
+    (RELU_ADD, {"relu_add_kernel.num_stages": 0}, "positive int"),
+    (123, {}, "source must be a str"),
+])
+def test_bad_input_is_a_clear_error(source, changes, message):
+    with pytest.raises(LaunchError, match=re.escape(message)):
+        rewrite(source, changes)
+    with pytest.raises(LaunchError, match="unknown knob kind"):
+        variants(RELU_ADD, kinds=("colour",))
+
+
+def test_no_kernels_no_knobs_and_noop_rewrite():
+    assert find_knobs("x = 1\n") == []
+    assert rewrite(RELU_ADD, {"relu_add_kernel.BLOCK": 64}) == RELU_ADD
+
+
+# -- search with injected verdicts ----------------------------------------------------------------
+RELU_TASK = Task.from_source((REDTEAM / "tasks" / "relu_add.py").read_text(), id="relu_add")
+
+
+class FakeEvaluator:
+    """Verdicts from `judge(source) -> (status, speedup)`; records every batch."""
+
+    def __init__(self, judge, delay: float = 0.0, workers: int = 4):
+        self.judge, self.delay, self.workers = judge, delay, workers
+        self.batches: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def evaluate_batch(self, pairs, backend="auto", mode="strict", **kw):
+        with self.lock:
+            self.batches.append([c for _, c in pairs])
+        time.sleep(self.delay)
+        out = []
+        for _, cand in pairs:
+            status, speedup = self.judge(cand)
+            out.append(Verdict(status=status, correct=status == "ok", compiled=status != "compile_error",
+                               speedup=speedup if status == "ok" else None))
+        return out
+
+    @property
+    def count(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+class Fixed:
+    """A base policy returning fixed sources (the refinement answer once history is non-empty)."""
+
+    name = "fixed"
+
+    def __init__(self, first, refined=None):
+        self.first, self.refined = first, refined
+        self.histories: list[list] = []
+
+    def propose(self, task, n=1, history=()):
+        self.histories.append(list(history))
+        return [self.refined] if history and self.refined else [self.first]
+
+
+def block_of(src: str) -> int:
+    return int(re.search(r"BLOCK=(\d+)", src).group(1))
+
+
+def warps_of(src: str) -> int:
+    m = re.search(r"num_warps=(\d+)", src)
+    return int(m.group(1)) if m else 4
+
+
+def timed_judge(src: str):
+    """Faster with bigger blocks up to 256 (512+ is wrong), num_warps 8 helps a little."""
+    b = block_of(src)
+    if b >= 512:
+        return "incorrect", None
+    return "ok", b / 64 * (1.1 if warps_of(src) == 8 else 1.0)
+
+
+def test_search_is_a_policy_and_picks_the_fastest_correct_candidate():
+    ev = FakeEvaluator(timed_judge)
+    sp = SearchPolicy(Fixed(RELU_ADD), budget_evals=16, evaluator=ev, backend="cuda", refine=False)
+    assert isinstance(sp, Policy) and sp.name == "search"
+    r = sp.search(RELU_TASK)
+    assert isinstance(r, SearchResult) and r.evaluations == ev.count <= 16
+    assert (block_of(r.best_source), warps_of(r.best_source)) == (256, 8)
+    assert r.best_verdict.speedup == pytest.approx(4.4)
+    best = max((e for e in r.log if e["status"] == "ok"), key=lambda e: e["speedup"])
+    assert r.best_index == best["index"]
+    assert r.log[0]["origin"] == "default" and r.log[0]["changes"] == {}
+    launch = [e for e in r.log if e["origin"] == "launch"]
+    assert launch and all(e["changes"] and e["parent"] is not None for e in launch)
+    assert any(e["status"] == "incorrect" for e in r.log)          # BLOCK=512 was tried and rejected
+    assert all(len(b) <= ev.workers for b in ev.batches)
+    assert sp.propose(RELU_TASK) == [r.best_source]
+
+
+def test_search_respects_the_evaluation_budget():
+    ev = FakeEvaluator(timed_judge, workers=3)
+    r = SearchPolicy(Fixed(RELU_ADD), budget_evals=5, evaluator=ev, backend="cuda").search(RELU_TASK)
+    assert ev.count == r.evaluations == 5 and r.stopped == "budget_evals"
+    assert len([e for e in r.log if e["status"] != "policy_error"]) == 5
+
+
+def test_search_respects_the_time_budget():
+    ev = FakeEvaluator(timed_judge, delay=0.3, workers=2)
+    t0 = time.perf_counter()
+    r = SearchPolicy(Fixed(RELU_ADD), budget_evals=100, budget_s=0.5, evaluator=ev, backend="cuda").search(RELU_TASK)
+    assert r.stopped == "budget_s" and r.evaluations < 100
+    assert time.perf_counter() - t0 < 0.5 + 2 * 0.3 + 0.5   # at most the round in flight runs over
+
+
+def test_untimed_search_stops_at_the_default_when_it_is_correct():
+    ev = FakeEvaluator(lambda s: ("ok", None))
+    r = SearchPolicy(Fixed(RELU_ADD), budget_evals=8, evaluator=ev, backend="interpret").search(RELU_TASK)
+    assert r.stopped == "found" and r.evaluations == 1 and r.best_index == 0 and r.best_source == RELU_ADD
+
+
+def test_untimed_search_refines_with_verdict_feedback():
+    wrong = RELU_ADD.replace("tl.maximum(x + y, 0.0)", "x + y")
+    ev = FakeEvaluator(lambda s: ("ok", None) if s == RELU_ADD else ("incorrect", None))
+    base = Fixed(wrong, refined=RELU_ADD)
+    r = SearchPolicy(base, budget_evals=8, evaluator=ev, backend="interpret", batch_size=8).search(RELU_TASK)
+    assert r.best_source == RELU_ADD and r.stopped == "found"
+    assert r.log[r.best_index]["origin"] == "refine"
+    history = base.histories[1]
+    assert history[-1].source != RELU_ADD and history[0].verdict["status"] == "incorrect"
+
+
+def test_duplicates_cost_nothing_and_end_refinement():
+    ev = FakeEvaluator(lambda s: ("incorrect", None) if "BLOCK=64" in s else ("compile_error", None))
+    base = Fixed(RELU_ADD)
+    r = SearchPolicy(base, budget_evals=50, evaluator=ev, backend="interpret").search(RELU_TASK)
+    assert r.stopped == "exhausted" and r.duplicates >= 1
+    assert len(base.histories) == 2          # one default, one refinement that only repeated itself
+    assert len({e["source_hash"] for e in r.log}) == len(r.log) == r.evaluations
+    assert r.best_index == 0                 # nothing correct: the default (it compiled)
+
+
+def test_policy_errors_are_logged_not_raised():
+    class Broken:
+        name = "broken"
+
+        def propose(self, task, n=1, history=()):
+            raise RuntimeError("model server down")
+
+    ev = FakeEvaluator(timed_judge)
+    r = SearchPolicy(Broken(), budget_evals=4, evaluator=ev, backend="cuda").search(RELU_TASK)
+    assert r.best_source is None and r.best_verdict is None and ev.count == 0
+    assert r.log[0]["status"] == "policy_error" and "model server down" in r.log[0]["error"]
+    assert SearchPolicy(Broken(), evaluator=ev).propose(RELU_TASK) == []
+
+
+def test_constructor_checks():
+    with pytest.raises(TypeError, match="propose"):
+        SearchPolicy(object())
+    with pytest.raises(ValueError, match="budget_evals"):
+        SearchPolicy(Fixed(RELU_ADD), budget_evals=0)
+    with pytest.raises(ValueError, match="backend"):
+        SearchPolicy(Fixed(RELU_ADD), backend="tpu")
+
+
+class Partitioner:
+    """A compile-capable base: the candidate records its partition; two groups is fastest."""
+
+    name = "partitioner"
+
+    def propose(self, task, n=1, history=()):
+        return [self.compile(task)]
+
+    def compile(self, task, partition=None, config=None):
+        part = partition if partition is not None else self.default_partition(None)
+        return RELU_ADD + f"\n# partition {part}\n"
+
+    @staticmethod
+    def default_partition(graph):
+        return [[0, 1, 2]]
+
+    @staticmethod
+    def candidate_partitions(graph, limit=8):
+        return [[[0, 1, 2]], [[0, 1], [2]], [[0], [1, 2]], [[0], [1], [2]]][:limit]
+
+
+def test_search_over_fusion_partitions():
+    from kernelgym.sampler import TaskSampler
+
+    task = TaskSampler("tiny").sample(3, 0)
+    speed = {"[[0, 1, 2]]": 1.0, "[[0, 1], [2]]": 1.7, "[[0], [1, 2]]": 1.2, "[[0], [1], [2]]": 0.8}
+
+    def judge(src):
+        part = re.search(r"# partition (.*)", src).group(1)
+        return "ok", speed[part] * (1 + block_of(src) / 1e4)
+
+    assert partition_api(Partitioner()) is not None and partition_api(Fixed(RELU_ADD)) is None
+    ev = FakeEvaluator(judge, workers=4)
+    r = SearchPolicy(Partitioner(), budget_evals=4, evaluator=ev, backend="cuda").search(task)
+    assert [e["origin"] for e in r.log] == ["default", "partition", "partition", "partition"]
+    assert r.log[1]["changes"] == {"partition": [[0, 1], [2]]}
+    assert "# partition [[0, 1], [2]]" in r.best_source and len(ev.batches) == 1
+
+
+# -- a real search under the interpreter ----------------------------------------------------------
+def test_real_search_fixes_a_too_small_block_under_the_interpreter(evaluator):
+    """Row softmax with BLOCK=16 misses most of each 37-wide row; the search's block variants find
+    a block that covers the row, judged by the real evaluator."""
+    task = Task.from_source((REDTEAM / "tasks" / "row_softmax.py").read_text(), id="row_softmax")
+    bad = SOFTMAX.replace("BLOCK=triton.next_power_of_2(cols)", "BLOCK=16")
+    r = SearchPolicy(Fixed(bad), budget_evals=6, evaluator=evaluator, backend="interpret",
+                     refine=False).search(task)
+    assert r.log[0]["status"] == "incorrect" and r.best_verdict.status == "ok"
+    assert r.stopped == "found" and block_of(r.best_source) >= 64
+    assert r.log[r.best_index]["origin"] == "launch" and r.evaluations <= 6
