@@ -1,0 +1,1 @@
+"""verl integration. Every module but `register` works without verl installed."""
