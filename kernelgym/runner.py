@@ -270,7 +270,8 @@ def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, se
         return TaskResult(task, None, _no_candidate_verdict(task, backend, mode, why), search, why,
                           time.perf_counter() - t0)
     if source is None or verdict is None:
-        why = "policy produced no candidate"
+        errors = [e.get("error") for e in getattr(search, "log", []) if e.get("status") == "policy_error"]
+        why = "policy produced no candidate" + (f": {errors[0]}" if errors else "")
         return TaskResult(task, None, _no_candidate_verdict(task, backend, mode, why), search, why,
                           time.perf_counter() - t0)
     verdict.task_id = verdict.task_id or task.id

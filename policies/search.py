@@ -221,18 +221,33 @@ class _Search:
             return []
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
+    def graph(self) -> Any:
+        """The task's graph as the base's partition functions expect it: the base's own program
+        graph when it has one (`CompilerPolicy.program`, which also traces graph-less tasks),
+        else `Task.graph`, else the base module's `graph_from_source`."""
+        base, task = self.p.base, self.task
+        program = getattr(base, "program", None)
+        if callable(program):
+            return program(task).graph
+        if task.graph is not None:
+            from kernelgym.sampler.graph import Graph
+
+            return task.graph if isinstance(task.graph, Graph) else Graph.from_dict(dict(task.graph))
+        trace = getattr(sys.modules.get(type(base).__module__), "graph_from_source", None)
+        if callable(trace):
+            return trace(task.source)
+        raise ValueError("task has no graph and the base policy cannot trace one")
+
     def seeds(self) -> None:
         base, task = self.p.base, self.task
-        api = partition_api(base) if task.graph is not None else None
+        api = partition_api(base)
         n0 = 1 if api is not None else max(1, min(self.batch(), self.evals_left()))
         for s in self.ask("default", {}, base.propose, task, n=n0, history=self.history):
             self.add(s, "default" if not self.pending else "propose", {})
-        if api is None:
+        if api is None or self.p.partitions < 1:
             return
-        from kernelgym.sampler.graph import Graph
-
         try:
-            graph = Graph.from_dict(dict(task.graph))
+            graph = self.graph()
             default_p, candidates = api
             default = _jsonable_partition(default_p(graph))
             parts = [_jsonable_partition(p) for p in candidates(graph, limit=self.p.partitions)]
