@@ -46,7 +46,7 @@ class LLMServerError(RuntimeError):
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Sampling settings shared by every backend (temperature 0 means greedy decoding)."""
+    """Sampling settings shared by every engine (temperature 0 means greedy decoding)."""
 
     temperature: float = 0.7
     top_p: float = 0.95
@@ -91,25 +91,27 @@ def _check_n(n: Any) -> int:
 
 
 class LLMPolicy(ABC):
-    """Base of the LLM policies: prompt building, seeding and extraction; backends only generate.
+    """Base of the LLM policies: prompt building, seeding and extraction; engines only generate.
 
-    Keyword options (all backends): temperature, top_p, max_new_tokens, seed, stop (sampling);
-    system_prompt, mode, prompt_backend, max_history, target_speedup (prompt; see `PromptOptions`).
+    Keyword options (all engines): temperature, top_p, max_new_tokens, seed, stop (sampling);
+    system_prompt, mode, backend (the evaluation backend: it only names the target GPU in the
+    prompt), max_history, target_speedup (prompt; see `PromptOptions`). Safe to call from several
+    threads (`kernelgym run` does): in-process engines generate one request at a time.
     """
 
     name = "llm"
-    backend = "?"
+    engine = "?"
 
     def __init__(self, *, temperature: float = 0.7, top_p: float = 0.95, max_new_tokens: int = 4096,
                  seed: int | None = None, stop: Sequence[str] | str = (), system_prompt: str | None = None,
-                 mode: str = "strict", prompt_backend: str = "auto", max_history: int = 3,
+                 mode: str = "strict", backend: str = "auto", max_history: int = 3,
                  target_speedup: float = 1.0) -> None:
         self.sampling = SamplingOptions(temperature, top_p, max_new_tokens, seed, stop)
-        self.prompting = PromptOptions(system_prompt, prompt_backend, mode, max_history, target_speedup)
+        self.prompting = PromptOptions(system_prompt, backend, mode, max_history, target_speedup)
         self._asked: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    # -- what a backend implements ---------------------------------------------------------------
+    # -- what an engine implements ----------------------------------------------------------------
     @abstractmethod
     def generate(self, conversations: Sequence[list[Message]], n: int,
                  seeds: Sequence[int | None]) -> list[list[Reply]]:
@@ -147,10 +149,10 @@ class LLMPolicy(ABC):
         seeds = [self._request_seed(c) for c in conversations]
         replies = self.generate(conversations, n, seeds)
         if len(replies) != len(conversations) or any(len(r) != n for r in replies):
-            raise LLMServerError(f"{self.backend} backend returned {[len(r) for r in replies]} replies, "
+            raise LLMServerError(f"{self.engine} engine returned {[len(r) for r in replies]} replies, "
                                  f"expected {n} for each of {len(conversations)} conversation(s)")
         return [[Proposal(extract_source(r.text), {"reply": r.text, "finish_reason": r.finish_reason,
-                                                   "seed": seed, "backend": self.backend, **r.meta})
+                                                   "seed": seed, "engine": self.engine, **r.meta})
                  for r in rs] for rs, seed in zip(replies, seeds)]
 
     def _request_seed(self, conversation: list[Message]) -> int | None:
@@ -164,7 +166,7 @@ class LLMPolicy(ABC):
         return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(backend={self.backend!r}, {self.sampling})"
+        return f"{type(self).__name__}(engine={self.engine!r}, {self.sampling})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class HFPolicy(LLMPolicy):
     `from_pretrained` (torch_dtype, device_map, ...).
     """
 
-    backend = "hf"
+    engine = "hf"
 
     def __init__(self, model: Any, tokenizer: Any = None, *, device: Any = None, batch_size: int | None = None,
                  generate_kwargs: dict[str, Any] | None = None, model_kwargs: dict[str, Any] | None = None,
@@ -218,6 +220,7 @@ class HFPolicy(LLMPolicy):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size = batch_size
         self.generate_kwargs = dict(generate_kwargs or {})
+        self._generate_lock = threading.Lock()
 
     @property
     def chat(self) -> bool:
@@ -239,7 +242,8 @@ class HFPolicy(LLMPolicy):
 
     def generate(self, conversations: Sequence[list[Message]], n: int,
                  seeds: Sequence[int | None]) -> list[list[Reply]]:
-        return [self._generate_one(c, n, s) for c, s in zip(conversations, seeds)]
+        with self._generate_lock:   # one model, global RNG state: one request at a time
+            return [self._generate_one(c, n, s) for c, s in zip(conversations, seeds)]
 
     def _generate_one(self, conversation: list[Message], n: int, seed: int | None) -> list[Reply]:
         import torch
@@ -291,18 +295,19 @@ class HFPolicy(LLMPolicy):
 class VLLMPolicy(LLMPolicy):
     """An in-process `vllm.LLM` engine: all conversations of a batch go in one `chat` call.
 
-    llm: a `vllm.LLM` (or anything with its `chat` / `generate` / `get_tokenizer`) or a model
+    model: a `vllm.LLM` (or anything with its `chat` / `generate` / `get_tokenizer`) or a model
     name/path (then `engine_kwargs` go to `vllm.LLM`). sampling_kwargs: extra `SamplingParams`
     fields (top_k, repetition_penalty, ...). sampling_params_cls: what builds the params (default
     `vllm.SamplingParams`; tests pass a stand-in).
     """
 
-    backend = "vllm"
+    engine = "vllm"
 
-    def __init__(self, llm: Any, *, engine_kwargs: dict[str, Any] | None = None,
+    def __init__(self, model: Any, *, engine_kwargs: dict[str, Any] | None = None,
                  sampling_kwargs: dict[str, Any] | None = None,
                  sampling_params_cls: Callable[..., Any] | None = None, **options: Any) -> None:
         super().__init__(**options)
+        llm = model
         if isinstance(llm, (str, os.PathLike)):
             vllm = _require("vllm", "train")
             self.model_name = str(llm)
@@ -311,11 +316,12 @@ class VLLMPolicy(LLMPolicy):
             self.model_name = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "model", "")
         for method in ("chat", "generate", "get_tokenizer"):
             if not callable(getattr(llm, method, None)):
-                raise TypeError(f"VLLMPolicy: llm must have a {method}() method like vllm.LLM, "
+                raise TypeError(f"VLLMPolicy: model must be a name/path or have a {method}() method like vllm.LLM, "
                                 f"got {type(llm).__name__}")
         self.llm = llm
         self.sampling_kwargs = dict(sampling_kwargs or {})
         self._params_cls = sampling_params_cls
+        self._generate_lock = threading.Lock()
 
     def sampling_params_kwargs(self, n: int, seed: int | None) -> dict[str, Any]:
         """The `SamplingParams` fields for one request of `n` samples."""
@@ -340,10 +346,11 @@ class VLLMPolicy(LLMPolicy):
     def generate(self, conversations: Sequence[list[Message]], n: int,
                  seeds: Sequence[int | None]) -> list[list[Reply]]:
         params = [self._params(n, s) for s in seeds]
-        if self.chat:
-            outputs = self.llm.chat(list(conversations), params, use_tqdm=False)
-        else:
-            outputs = self.llm.generate([render_plain(c) for c in conversations], params, use_tqdm=False)
+        with self._generate_lock:   # vllm.LLM is not thread-safe; use propose_batch for throughput
+            if self.chat:
+                outputs = self.llm.chat(list(conversations), params, use_tqdm=False)
+            else:
+                outputs = self.llm.generate([render_plain(c) for c in conversations], params, use_tqdm=False)
         return [[Reply(o.text or "", getattr(o, "finish_reason", None), {"model": self.model_name})
                  for o in out.outputs] for out in outputs]
 
@@ -354,31 +361,36 @@ class VLLMPolicy(LLMPolicy):
 class OpenAIPolicy(LLMPolicy):
     """Any OpenAI-compatible chat-completions server.
 
-    base_url: e.g. ``http://localhost:8000/v1`` (what `vllm serve` offers); model: the served model
-    name. api_key: default `$OPENAI_API_KEY`, else a placeholder (local servers ignore it).
+    base_url: e.g. ``http://localhost:8000/v1`` (default `$OPENAI_BASE_URL`, else that address,
+    where `vllm serve` listens). model: the served model's name; when None, the first model the
+    server lists under ``/models`` (one request, made here, so a wrong URL fails at construction).
+    api_key: default `$OPENAI_API_KEY`, else a placeholder (local servers ignore it).
     timeout: seconds per request; max_retries: retries on 408/409/429/5xx, timeouts and dropped
     connections (exponential backoff, `Retry-After` honoured). concurrency: parallel requests in
     `propose_batch`. extra_body: extra JSON fields for the server (vLLM: top_k, min_p, ...).
     client: an `openai.OpenAI` to use instead of building one.
     """
 
-    backend = "openai"
+    engine = "openai"
+    DEFAULT_BASE_URL = "http://localhost:8000/v1"
 
-    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 300.0,
-                 max_retries: int = 3, concurrency: int = 8, extra_body: dict[str, Any] | None = None,
-                 client: Any = None, **options: Any) -> None:
+    def __init__(self, base_url: str | None = None, model: str | None = None, *, api_key: str | None = None,
+                 timeout: float = 300.0, max_retries: int = 3, concurrency: int = 8,
+                 extra_body: dict[str, Any] | None = None, client: Any = None, **options: Any) -> None:
         super().__init__(**options)
+        if base_url is None:
+            base_url = os.environ.get("OPENAI_BASE_URL") or self.DEFAULT_BASE_URL
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL such as http://localhost:8000/v1, got {base_url!r}")
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be the served model's name, got {model!r}")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ValueError(f"model must be the served model's name (or None to ask the server), got {model!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        self.base_url, self.model, self.timeout, self.max_retries = base_url, model, float(timeout), max_retries
+        self.base_url, self.timeout, self.max_retries = base_url, float(timeout), max_retries
         self.concurrency = concurrency
         self.extra_body = dict(extra_body or {})
         if client is None:
@@ -386,6 +398,17 @@ class OpenAIPolicy(LLMPolicy):
             client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
                                    timeout=self.timeout, max_retries=max_retries)
         self.client = client
+        self.model = model if model is not None else self._served_model()
+
+    def _served_model(self) -> str:
+        try:
+            ids = [m.id for m in self.client.models.list()]
+        except Exception as exc:  # any failure here means the same thing to the caller: name the model
+            raise ValueError(f"no model given and {self.base_url}/models could not be listed "
+                             f"({type(exc).__name__}: {exc}); pass model=... (--model)") from exc
+        if not ids:
+            raise ValueError(f"no model given and {self.base_url}/models lists none; pass model=... (--model)")
+        return ids[0]
 
     def request(self, conversation: list[Message], n: int, seed: int | None) -> dict[str, Any]:
         """The chat-completions request body fields (without the messages' transport details)."""
@@ -450,7 +473,7 @@ _KINDS: dict[str, type[LLMPolicy]] = {"hf": HFPolicy, "transformers": HFPolicy, 
 
 
 def make_llm_policy(kind: str, *args: Any, **kwargs: Any) -> LLMPolicy:
-    """An LLM policy by backend name: 'hf' / 'transformers', 'vllm', 'openai' / 'http'."""
+    """An LLM policy by engine name: 'hf' / 'transformers', 'vllm', 'openai' / 'http'."""
     if kind not in _KINDS:
-        raise ValueError(f"unknown LLM backend {kind!r}; choose one of {', '.join(sorted(_KINDS))}")
+        raise ValueError(f"unknown LLM engine {kind!r}; choose one of {', '.join(sorted(_KINDS))}")
     return _KINDS[kind](*args, **kwargs)

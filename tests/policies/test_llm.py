@@ -139,7 +139,7 @@ def test_split_reasoning():
 class EchoPolicy(LLMPolicy):
     """Backend that answers with the kernel and records what it was asked."""
 
-    backend = "echo"
+    engine = "echo"
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -155,7 +155,7 @@ def test_base_policy_interface_seeds_and_batch():
     assert isinstance(p, Policy) and p.name == "llm"
     assert p.propose(TASK, n=2) == [KERNEL.strip("\n") + "\n"] * 2
     info = p.proposals(TASK)[0].info
-    assert info["reply"] == CHAT and info["finish_reason"] == "stop" and info["backend"] == "echo"
+    assert info["reply"] == CHAT and info["finish_reason"] == "stop" and info["engine"] == "echo"
     q = EchoPolicy(seed=3)
     q.propose(TASK, n=2)
     first, again, fresh = p.calls[0][2][0], p.calls[1][2][0], q.calls[0][2][0]
@@ -180,7 +180,7 @@ def test_base_policy_bad_input():
                       ({"max_new_tokens": 0}, "max_new_tokens"), ({"seed": "x"}, "seed"), ({"stop": [""]}, "stop")]:
         with pytest.raises(ValueError, match=match):
             EchoPolicy(**kw)
-    with pytest.raises(ValueError, match="unknown LLM backend"):
+    with pytest.raises(ValueError, match="unknown LLM engine"):
         make_llm_policy("gpt")
 
     class Short(EchoPolicy):
@@ -318,13 +318,23 @@ class Stub:
                                  | ("error", http_status) | ("sleep", seconds)
     """
 
-    def __init__(self, plan):
-        self.plan, self.requests, self.stop = plan, [], threading.Event()
+    def __init__(self, plan, models=("served-coder",)):
+        self.plan, self.requests, self.stop, self.models = plan, [], threading.Event(), list(models)
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                stub.requests.append({"path": self.path, "method": "GET"})
+                data = json.dumps({"object": "list", "data": [
+                    {"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in stub.models]}).encode()
+                self.send_response(200 if self.path == "/v1/models" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -367,8 +377,8 @@ class Stub:
 def stub():
     servers = []
 
-    def make(plan):
-        servers.append(Stub(plan))
+    def make(plan, **kw):
+        servers.append(Stub(plan, **kw))
         return servers[-1]
 
     yield make
@@ -465,11 +475,50 @@ def test_openai_batch_and_bad_config(stub):
 def test_end_to_end_stub_server_kernel_is_ok(stub, evaluator):
     pytest.importorskip("openai")
     s = stub(lambda body, i: ("ok", [f"<think>Fuse the add into the relu.</think>\n{CHAT}"]))
-    policy = make_llm_policy("openai", s.url, "stub-coder", prompt_backend="interpret", seed=0)
+    policy = make_llm_policy("openai", s.url, "stub-coder", backend="interpret", seed=0)
     [source] = policy.propose(TASK)
     verdict = evaluate(TASK, source, backend="interpret", evaluator=evaluator)
     assert verdict.status == "ok", verdict.to_dict()
     assert "interpreter" in s.requests[0]["messages"][0]["content"]
+
+
+def test_openai_model_from_the_server_and_default_url(stub, monkeypatch):
+    pytest.importorskip("openai")
+    s = stub(_echo_n, models=["served-coder", "other"])
+    p = OpenAIPolicy(s.url)
+    assert p.model == "served-coder" and s.requests[0]["path"] == "/v1/models"
+    p.propose(TASK)
+    assert s.requests[1]["model"] == "served-coder"
+    monkeypatch.setenv("OPENAI_BASE_URL", s.url)
+    assert OpenAIPolicy(model="m").base_url == s.url
+    with pytest.raises(ValueError, match="lists none"):
+        OpenAIPolicy(stub(_echo_n, models=[]).url)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ValueError, match="could not be listed"):
+        OpenAIPolicy(f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=2)
+
+
+def test_kernelgym_run_with_the_llm_policy(stub, tmp_path, evaluator):
+    """`kernelgym run --policy llm --base-url URL` resolves this policy and reports an ok verdict."""
+    pytest.importorskip("openai")
+    from kernelgym import runner
+    from kernelgym.cli import build_parser
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "relu_add.py").write_text(TASK.source)
+    s = stub(lambda body, i: ("ok", [CHAT]))
+    out = tmp_path / "out"
+    args = build_parser().parse_args(["run", "--policy", "llm", "--base-url", s.url, "--model", "stub-coder",
+                                      "--suite", str(suite), "--backend", "interpret", "--out", str(out),
+                                      "--no-progress"])
+    assert runner.main_run(args, evaluator=evaluator) == 0
+    [row] = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert row["status"] == "ok" and row["task_id"] == "relu_add" and row["policy"] == "llm"
+    [req] = [r for r in s.requests if r["path"].endswith("/chat/completions")]
+    assert req["model"] == "stub-coder" and "interpreter" in req["messages"][0]["content"]
 
 
 # ------------------------------------------------------------------------------------------------
