@@ -189,7 +189,9 @@ class RayPool:
     checks the actors copy (or pass `evaluator_kwargs`). precompile: on a GPU run, compile on CPU
     actors first. triton_cache_dir: the cache directory every actor of a node uses (default: the
     actor's ``TRITON_CACHE_DIR``, else Triton's ``~/.triton/cache``). actor_start_timeout: seconds
-    an actor may take to start before the pool gives up with `ClusterError`.
+    an actor may take to start before the pool gives up with `ClusterError`. init_kwargs: passed
+    to ``ray.init`` when this pool starts Ray. actor_class: `EvalActor` or a subclass (e.g. to
+    inject faults in tests).
     """
 
     def __init__(self, address: str | None = None, *, cpu_actors: int | None = None,
@@ -197,13 +199,15 @@ class RayPool:
                  max_in_flight: int | None = None, max_deaths: int = 2, evaluator: Evaluator | None = None,
                  evaluator_kwargs: dict[str, Any] | None = None, precompile: bool = True,
                  triton_cache_dir: str | None = None, actor_start_timeout: float = 300.0,
-                 init_kwargs: dict[str, Any] | None = None):
+                 init_kwargs: dict[str, Any] | None = None, actor_class: type = EvalActor):
         if cpus_per_actor < 1 or gpu_workers < 1:
             raise ValueError("cpus_per_actor and gpu_workers must be >= 1")
         if max_deaths < 1:
             raise ValueError("max_deaths must be >= 1")
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if not (isinstance(actor_class, type) and issubclass(actor_class, EvalActor)):
+            raise TypeError("actor_class must be EvalActor or a subclass of it")
         self.ray = connect(address, **(init_kwargs or {}))
         self.address = address
         self.cpu_actors, self.gpu_actors = cpu_actors, gpu_actors
@@ -213,7 +217,7 @@ class RayPool:
         self.precompile = precompile
         self.triton_cache_dir = triton_cache_dir
         self.actor_start_timeout = float(actor_start_timeout)
-        self._remote = self.ray.remote(EvalActor)
+        self._remote = self.ray.remote(actor_class)
         self._slots: dict[str, list[_Slot]] = {"cpu": [], "gpu": []}
         self._lock = threading.Lock()  # one batch at a time: the scheduler owns the actors meanwhile
         self.closed = False
