@@ -147,10 +147,14 @@ class LLMPolicy(ABC):
             return []
         conversations = [self.messages(t, h) for t, h in zip(tasks, histories)]
         seeds = [self._request_seed(c) for c in conversations]
-        replies = self.generate(conversations, n, seeds)
-        if len(replies) != len(conversations) or any(len(r) != n for r in replies):
+        # Greedy decoding has one answer however often it is asked (and some servers refuse n > 1 with it).
+        asked = 1 if self.sampling.greedy else n
+        replies = self.generate(conversations, asked, seeds)
+        if len(replies) != len(conversations) or any(len(r) != asked for r in replies):
             raise LLMServerError(f"{self.engine} engine returned {[len(r) for r in replies]} replies, "
-                                 f"expected {n} for each of {len(conversations)} conversation(s)")
+                                 f"expected {asked} for each of {len(conversations)} conversation(s)")
+        if asked != n:
+            replies = [[Reply(r.text, r.finish_reason, dict(r.meta)) for r in rs for _ in range(n)] for rs in replies]
         return [[Proposal(extract_source(r.text), {"reply": r.text, "finish_reason": r.finish_reason,
                                                    "seed": seed, "engine": self.engine, **r.meta})
                  for r in rs] for rs, seed in zip(replies, seeds)]
@@ -266,15 +270,14 @@ class HFPolicy(LLMPolicy):
         eos: set[int] = set()
         for ids in (tok.eos_token_id, getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)):
             eos.update(ids if isinstance(ids, (list, tuple)) else [] if ids is None else [ids])
-        todo = 1 if s.greedy else n   # greedy decoding gives one answer however often it is asked
-        chunk = self.batch_size or todo
+        chunk = self.batch_size or n
         cuda = [device.index or 0] if getattr(device, "type", str(device)) == "cuda" else []
         replies: list[Reply] = []
         with torch.random.fork_rng(devices=cuda), torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
-            while len(replies) < todo:
-                k = min(chunk, todo - len(replies))
+            while len(replies) < n:
+                k = min(chunk, n - len(replies))
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                           num_return_sequences=k, **kwargs)
                 for seq in out[:, input_ids.shape[1]:]:
@@ -285,8 +288,7 @@ class HFPolicy(LLMPolicy):
                     reason = "stop" if ended or len(ids) < s.max_new_tokens else "length"
                     replies.append(Reply(tok.decode(ids, skip_special_tokens=True), reason,
                                          {"model": self.model_name, "new_tokens": len(ids)}))
-        return replies if not s.greedy else [Reply(replies[0].text, replies[0].finish_reason,
-                                                   dict(replies[0].meta)) for _ in range(n)]
+        return replies
 
 
 # ------------------------------------------------------------------------------------------------

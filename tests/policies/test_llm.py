@@ -402,6 +402,8 @@ def test_openai_n_samples_and_request_fields(stub):
     assert (r["n"], r["temperature"], r["top_p"], r["max_tokens"], r["stop"], r["top_k"]) == (3, 0.5, 0.9, 512, ["</answer>"], 20)
     assert isinstance(r["seed"], int) and r["messages"][0] == {"role": "system", "content": "You write Triton."}
     assert r["messages"][1]["content"].startswith("You are an expert GPU kernel engineer")
+    assert OpenAIPolicy(s.url, "m", temperature=0).propose(TASK, n=2) == out[:2]
+    assert s.requests[1]["n"] == 1 and s.requests[1]["temperature"] == 0 and "top_p" not in s.requests[1]
 
 
 def test_openai_history_shows_up_in_the_request(stub):
@@ -557,10 +559,10 @@ def test_vllm_request_building_with_a_fake_engine():
     assert isinstance(params[0]["seed"], int) and params[0]["seed"] != params[1]["seed"]
     assert p.proposals(TASK)[0].info["finish_reason"] == "length"
     plain = FakeLLM(None)
-    VLLMPolicy(plain, sampling_params_cls=dict, temperature=0).propose(TASK, n=3)
+    assert len(VLLMPolicy(plain, sampling_params_cls=dict, temperature=0).propose(TASK, n=3)) == 3
     kind, prompts, params = plain.calls[0]
     assert kind == "generate" and prompts[0].endswith("### Assistant:\n")
-    assert params[0] == {"n": 3, "temperature": 0.0, "max_tokens": 4096, "seed": None}
+    assert params[0] == {"n": 1, "temperature": 0.0, "max_tokens": 4096, "seed": None}   # greedy: asked once
     with pytest.raises(TypeError, match="vllm.LLM"):
         VLLMPolicy(object(), sampling_params_cls=dict)
 
