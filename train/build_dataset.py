@@ -223,13 +223,13 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         for err in suite.errors:
             log.warning("skipped: %s", err)
         if not suite.tasks:
-            raise SystemExit(f"no loadable tasks in {args.suite}")
+            raise ValueError(f"no loadable tasks in {args.suite}")
         name = Path(args.suite).resolve().name
         splits[f"suite_{name}"] = [task_row(t, i, "test", suite=name, **rl) for i, t in enumerate(suite.tasks)]
         written["suite_errors"] = [str(e) for e in suite.errors]
     if args.sft:
         if not train_tasks:
-            raise SystemExit("--sft needs sampled tasks (--difficulties)")
+            raise ValueError("--sft needs sampled tasks (--difficulties)")
         policy = load_policy(args.policy)
         rows, stats = sft_rows(train_tasks, policy, n=args.sft_candidates, keep=args.sft_keep,
                                backend=args.backend, mode=args.mode, target_backend=args.target_backend)
@@ -239,7 +239,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
         else:
             log.warning("no accepted SFT solution among %d tasks: %s", len(train_tasks), dict(stats))
     if not splits:
-        raise SystemExit("nothing to build: give --difficulties and/or --suite")
+        raise ValueError("nothing to build: give --difficulties and/or --suite")
     for split, rows in splits.items():
         written[split] = {"rows": len(rows), "path": str(write_parquet(rows, out / f"{split}.parquet"))}
         if args.hf:

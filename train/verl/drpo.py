@@ -26,8 +26,8 @@ Choices beyond the paper, each a parameter:
   paper drops them) or `"center"`: A = n w - 1 (mean zero), so among all-correct groups the
   faster kernels still gain at the slower ones' expense. Groups with no correct rollout get 0.
 
-Everything here is numpy only, so it is tested without verl; `train.verl.register` wraps it as a
-verl advantage estimator.
+The math is numpy (torch only inside `drpo_outcome_advantage`, the adapter with verl's
+estimator signature), so it is tested without verl; `train.verl.register` registers the adapter.
 """
 
 from __future__ import annotations

@@ -1,0 +1,52 @@
+"""The runnable scripts on CPU: the GPU smoke loop (2 steps) and SB3 PPO launch-config tuning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from tests._kernels import relu_variants
+from train import sb3_tuning, smoke_gpu
+
+
+def test_smoke_two_steps_on_cpu(evaluator, tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "smoke.jsonl"
+    args = smoke_gpu.parser().parse_args(["--out", str(out), "--steps", "2", "--tasks", "2", "--group", "3",
+                                          "--max-new-tokens", "8", "--max-prompt-tokens", "64", "--backend",
+                                          "interpret", "--device", "cpu", "--reference", "builtin"])
+    logs = smoke_gpu.run(args, evaluator=evaluator)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines == logs and [e["step"] for e in lines] == [0, 1]
+    for e in lines:
+        # each group holds the known-good kernel (judged ok) and two random completions
+        assert e["correct"] == [0, 0, 1, 0, 0, 1] and e["statuses"].get("ok") == 2
+        adv = e["advantages"]
+        assert adv[2] > 0 and adv[5] > 0 and all(a < 0 for i, a in enumerate(adv) if i not in (2, 5))
+        assert e["loss"] != 0.0 and set(e["components"]) >= {"correct", "format", "reward/speed", "hack"}
+        assert e["reference"] == "builtin-relu" and e["backend"] == "interpret"
+    with pytest.raises(ValueError, match="group"):
+        smoke_gpu.run(argparse.Namespace(**{**vars(args), "group": 1}), evaluator=evaluator)
+
+
+def test_sb3_ppo_learns_to_avoid_wrong_choices(evaluator):
+    pytest.importorskip("stable_baselines3")
+    # relu_variants: choices 0 and 2 are correct launch configs, 1 and 3 wrong; the default is wrong.
+    summary = sb3_tuning.tune(backend="interpret", steps=256, n_tasks=3, k=4, provider=relu_variants, ops=["relu"],
+                              default=1, seed=0, evaluator=evaluator, n_steps=64)
+    assert summary["evaluations"] <= 12  # each (task, candidate) judged once
+    assert all(r["status_chosen"] == "ok" and r["chosen"] in (0, 2) for r in summary["rows"])
+    assert summary["mean_reward_chosen"] > summary["mean_reward_default"]
+    assert summary["geomean_chosen_over_default"] is None  # no timing on the interpreter
+    sb3_tuning.print_table(summary)
+
+
+def test_relu_provider_and_errors():
+    sources = sb3_tuning.relu_provider(3)(None)
+    assert len(sources) == 3 and "BLOCK=32" in sources[0] and "num_warps=4" in sources[1]
+    with pytest.raises(ValueError):
+        sb3_tuning.relu_provider(99)
+    with pytest.raises(ValueError, match="provider"):
+        sb3_tuning.make_provider("bogus", 2)
