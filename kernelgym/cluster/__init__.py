@@ -43,16 +43,33 @@ def parse_cluster(cluster: str | None) -> tuple[str, str | None]:
 
 
 _POOLS: dict[tuple, RayPool] = {}
+_REGISTERED: dict[str | None, RayPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def ray_pool(address: str | None = None, evaluator: Evaluator | None = None, **kwargs: Any) -> RayPool:
+def use_pool(pool: RayPool | None, address: str | None = None) -> None:
+    """Make `pool` (a `RayPool` you configured: actor counts, limits...) the one that
+    ``cluster="ray"`` (or ``"ray://..."`` for `address`) uses, whichever evaluator calls; None
+    forgets it. Lets code that only passes ``cluster`` (or only sees ``KERNELGYM_CLUSTER``), such
+    as the batched vector envs, run on a pool set up elsewhere."""
+    with _POOLS_LOCK:
+        if pool is None:
+            _REGISTERED.pop(address, None)
+        else:
+            _REGISTERED[address] = pool
+
+
+def get_ray_pool(address: str | None = None, evaluator: Evaluator | None = None, **kwargs: Any) -> RayPool:
     """The process-wide `RayPool` for `address` and `evaluator`'s settings (created on first use,
-    kept for later batches so actors stay warm, closed at interpreter exit)."""
+    kept for later batches so actors stay warm, closed at interpreter exit); a pool given to
+    `use_pool` for `address` comes first."""
     from kernelgym.cluster.ray_pool import RayPool, evaluator_options
 
     key = (address, repr(sorted(evaluator_options(evaluator).items())), repr(sorted(kwargs.items())))
     with _POOLS_LOCK:
+        registered = _REGISTERED.get(address)
+        if registered is not None and not registered.closed and not kwargs:
+            return registered
         pool = _POOLS.get(key)
         if pool is None or pool.closed:
             pool = _POOLS[key] = RayPool(address, evaluator=evaluator, **kwargs)
@@ -66,7 +83,7 @@ def evaluate_batch_on_cluster(cluster: str | None, pairs: Sequence[tuple[Referen
     kind, address = parse_cluster(cluster)
     if kind == "local":
         raise ValueError("evaluate_batch_on_cluster is for non-local clusters; use Evaluator.evaluate_batch")
-    pool = ray_pool(address, evaluator)
+    pool = get_ray_pool(address, evaluator)
     return pool.evaluate_batch(pairs, backend, mode, seed=seed, trials=trials, timeout=timeout)
 
 
@@ -87,4 +104,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["ENV_VAR", "ClusterError", "RayPool", "evaluate_batch_on_cluster", "parse_cluster", "ray_pool"]
+__all__ = ["ENV_VAR", "ClusterError", "RayPool", "evaluate_batch_on_cluster", "get_ray_pool", "parse_cluster",
+           "use_pool"]

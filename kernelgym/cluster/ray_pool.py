@@ -288,6 +288,10 @@ class RayPool:
         role = "gpu" if backend == "cuda" else "cpu"
         refs = [s.handle.warm.remote(backend) for s in self._slots[role] if not s.dead]
         self.ray.get(refs, timeout=self.actor_start_timeout)
+        slots = [s for ss in self._slots.values() for s in ss if not s.dead and s.info is None]
+        for s, info in zip(slots, self.ray.get([s.handle.info.remote() for s in slots],
+                                              timeout=self.actor_start_timeout)):
+            s.info = info
 
     def _ensure(self, backend: str) -> None:
         want = self._wanted(backend)
@@ -398,6 +402,15 @@ class _Batch:
         return [s for s in self.pool._slots[role] if not s.dead]
 
     def _dispatch(self) -> None:
+        # Precompiles first, so that GPU actors take uncompiled items only when CPU actors are full.
+        if self.eval_role == "gpu" and self.arch is not None:
+            for slot in self._live("cpu"):
+                while self.to_compile and len(slot.inflight) < slot.capacity:
+                    item = self.to_compile.popleft()
+                    ref = slot.handle.precompile.remote(item.reference, item.candidate, self.arch, self.mode,
+                                                        item.seed, self.timeout)
+                    slot.inflight.add(ref)
+                    self.calls[ref] = _Call("precompile", slot, item)
         # Retried items run alone on an idle actor; until one is idle the role's actors drain.
         for slot in self._live(self.eval_role):
             if self.retry and not slot.inflight and not slot.solo:
@@ -411,14 +424,6 @@ class _Batch:
                     if item is None:
                         break
                     self._submit_eval(slot, item)
-        if self.eval_role == "gpu" and self.arch is not None:
-            for slot in self._live("cpu"):
-                while self.to_compile and len(slot.inflight) < slot.capacity:
-                    item = self.to_compile.popleft()
-                    ref = slot.handle.precompile.remote(item.reference, item.candidate, self.arch, self.mode,
-                                                        item.seed, self.timeout)
-                    slot.inflight.add(ref)
-                    self.calls[ref] = _Call("precompile", slot, item)
         if self.eval_role == "gpu" and not self._live("cpu") and self.to_compile:
             self.ready.extend(self.to_compile)  # no CPU actor left: the GPU compiles for itself
             self.to_compile.clear()
