@@ -59,9 +59,19 @@ def parse_difficulties(text: str) -> list[int]:
     return sorted(dict.fromkeys(out))
 
 
+def prompt_messages(task: Task, target_backend: str = "cuda", mode: str = "strict") -> list[dict[str, str]]:
+    """The chat the model sees: `policies.prompts.build_messages` (what the LLM policies send, built on
+    the environments' prompt) when present, else the environments' prompt as one user turn."""
+    try:
+        from policies.prompts import PromptOptions, build_messages
+    except ImportError:
+        return [{"role": "user", "content": build_prompt(task, target_backend, mode)}]
+    return [dict(m) for m in build_messages(task, (), PromptOptions(backend=target_backend, mode=mode))]
+
+
 def prompt_text(task: Task, target_backend: str = "cuda", mode: str = "strict") -> str:
-    """The instruction the model sees (the environments' prompt, so training matches evaluation)."""
-    return build_prompt(task, target_backend, mode)
+    """The instruction alone (the last user turn of `prompt_messages`)."""
+    return prompt_messages(task, target_backend, mode)[-1]["content"]
 
 
 def data_source(task: Task, suite: str | None = None) -> str:
@@ -85,7 +95,7 @@ def task_row(task: Task, index: int, split: str, *, suite: str | None = None, ta
         extra["interaction_kwargs"] = {"name": INTERACTION_NAME, "ground_truth": task.source, "task_id": task.id}
     row = {
         "data_source": data_source(task, suite),
-        "prompt": [{"role": "user", "content": prompt_text(task, target_backend, mode)}],
+        "prompt": prompt_messages(task, target_backend, mode),
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": task.source, "task_id": task.id},
         "extra_info": extra,
@@ -175,24 +185,31 @@ def sft_rows(tasks: Sequence[Task], policy: Any, *, n: int = 1, keep: int = 1, b
     if not hasattr(policy, "propose"):
         raise TypeError(f"policy must implement propose(task, n) (policies.base.Policy), got {type(policy).__name__}")
     pairs: list[tuple[Task, str]] = []
+    failed: Counter = Counter()
     for task in tasks:
-        cands = policy.propose(task, n)
+        try:
+            cands = policy.propose(task, n)
+        except Exception as exc:  # noqa: BLE001 - e.g. the compiler has no lowering for an op: skip the task
+            log.info("%s: no proposal for %s: %s: %s", getattr(policy, "name", "policy"), task.id,
+                     type(exc).__name__, exc)
+            failed[f"policy_error:{type(exc).__name__}"] += 1
+            continue
         if not isinstance(cands, (list, tuple)) or not all(isinstance(c, str) for c in cands):
             raise TypeError(f"{type(policy).__name__}.propose must return a list of source strings")
         pairs.extend((task, c) for c in dict.fromkeys(cands))
     verdicts = evaluate_batch(pairs, backend=backend, mode=mode, evaluator=evaluator, timeout=timeout) if pairs else []
-    stats: Counter = Counter(v.status for v in verdicts)
+    stats: Counter = Counter(v.status for v in verdicts) + failed
     kept: Counter = Counter()
     rows: list[dict[str, Any]] = []
     for (task, cand), v in zip(pairs, verdicts):
         if not v.ok or kept[task.id] >= keep:
             continue
         kept[task.id] += 1
-        prompt = prompt_text(task, target_backend, mode)
+        messages = prompt_messages(task, target_backend, mode)
         response = solution_text(cand)
         rows.append({
-            "data_source": data_source(task), "prompt": prompt, "response": response,
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            "data_source": data_source(task), "prompt": messages[-1]["content"], "response": response,
+            "messages": [*messages, {"role": "assistant", "content": response}],
             "extra_info": {"task_id": task.id, "difficulty": task.difficulty, "seed": task.seed,
                            "policy": getattr(policy, "name", type(policy).__name__),
                            "speedup": v.speedup if v.speedup is not None else float("nan"), "backend": v.backend},

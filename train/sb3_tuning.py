@@ -78,7 +78,14 @@ def compiler_provider(k: int) -> Provider:
     from policies.compiler import CompilerPolicy
 
     policy = CompilerPolicy()
-    return lambda task: list(policy.propose(task, k))
+
+    def provide(task: Task) -> list[str]:
+        try:
+            return list(policy.propose(task, k))
+        except Exception:  # noqa: BLE001 - no lowering for an op: every choice is an empty program
+            return []
+
+    return provide
 
 
 def make_provider(name: str, k: int) -> tuple[Provider, list[str] | None]:

@@ -105,12 +105,25 @@ class Reference:
         self.ops = None if self.policy is not None else ["relu"]
         self.name = "compiler" if self.policy is not None else "builtin-relu"
 
-    def completion(self, task: Task) -> str:
-        if self.policy is not None:
+    def completion(self, task: Task) -> str | None:
+        """The known-good completion for `task`, or None when the compiler cannot compile it."""
+        if self.policy is None:
+            return solution_text(RELU_KERNEL)
+        try:
             cands = self.policy.propose(task, 1)
-            if cands:
-                return solution_text(cands[0])
-        return solution_text(RELU_KERNEL)
+        except Exception:  # noqa: BLE001 - no lowering for one of the task's ops
+            return None
+        return solution_text(cands[0]) if cands else None
+
+
+def next_task(stream: CurriculumTaskStream, ref: Reference, tries: int = 20) -> tuple[Task, str]:
+    """The next task the reference can solve, with its known-good completion."""
+    for _ in range(tries):
+        task = stream.next()
+        good = ref.completion(task)
+        if good is not None:
+            return task, good
+    raise RuntimeError(f"the {ref.name} reference could not solve {tries} tasks in a row")
 
 
 def sequence_logprob(model: torch.nn.Module, prompt: list[int], completion: list[int], device: str) -> torch.Tensor:
@@ -176,13 +189,14 @@ def run(args: argparse.Namespace, evaluator: Evaluator | None = None) -> list[di
         with out.open("a") as fh:
             for step in range(args.steps):
                 t0 = time.perf_counter()
-                tasks = [stream.next() for _ in range(args.tasks)]
+                drawn = [next_task(stream, ref) for _ in range(args.tasks)]
+                tasks = [t for t, _ in drawn]
                 prompts, completions, pairs, index = [], [], [], []
-                for ti, task in enumerate(tasks):
+                for ti, (task, good) in enumerate(drawn):
                     prompt = [BOS] + tok.encode(prompt_text(task, backend))[-args.max_prompt_tokens:]
                     model.eval()
                     group = sample(model, prompt, args.group - 1, args.max_new_tokens, device)
-                    group.append(tok.encode(ref.completion(task)) + [EOS])
+                    group.append(tok.encode(good) + [EOS])
                     for comp in group:
                         prompts.append(prompt)
                         completions.append(comp)
