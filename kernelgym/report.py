@@ -143,12 +143,16 @@ def plot_png(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> b
         positions = list(range(1, len(groups) + 1))
         kept = [(p, d) for p, d in zip(positions, data) if d]
         if kept:
-            ax2.boxplot([d for _, d in kept], positions=[p for p, _ in kept], widths=0.5)
+            ax2.boxplot([d for _, d in kept], positions=[p for p, _ in kept], widths=0.5, showfliers=False)
             for p, d in kept:
                 ax2.scatter([p] * len(d), d, s=12, alpha=0.6, color="#1565c0")
         ax2.set_xticks(positions, groups)
         ax2.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax2.set_yscale("log")
+        from matplotlib.ticker import FormatStrFormatter
+
+        ax2.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax2.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
         ax2.set_xlabel("difficulty")
         ax2.set_ylabel("speedup vs eager (correct tasks)")
         ax2.set_title("speedup per difficulty")
