@@ -186,12 +186,12 @@ def load_tasks(suite: str = "synthetic", difficulties: Sequence[int] | None = No
     if n is not None and n < 1:
         raise RunError(f"-n must be >= 1, got {n}")
     if suite == "synthetic":
-        from kernelgym.sampler import TaskSampler
+        from kernelgym.sampler import default_sampler
 
         ds = list(difficulties or DEFAULT_DIFFICULTIES)
         n = n or DEFAULT_N
         per = -(-n // len(ds))
-        sampler = TaskSampler(sizes)
+        sampler = default_sampler(sizes)
         return [sampler.sample(d, seed + i) for i in range(per) for d in ds][:n]
     path = Path(suite)
     if not path.is_dir():

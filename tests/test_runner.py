@@ -214,3 +214,16 @@ def test_policy_failure_becomes_a_verdict_not_a_crash(suite, tmp_path, evaluator
     (row,) = report_mod.read_rows(out / "verdicts.jsonl")
     assert row["status"] == "format_error" and "no idea" in row["policy_error"]
     assert "policy:no_candidate" in row["reasons"]
+
+
+def test_default_run_compiler_with_search_on_sampled_tasks(tmp_path, evaluator):
+    """The default job (search around the compiler) on 3 tiny sampled tasks, difficulties 1-3."""
+    pytest.importorskip("policies.compiler")
+    out = tmp_path / "report"
+    rc = runner.main_run(_args("-n", "3", "--backend", "interpret", "--out", str(out), "--no-progress"),
+                         evaluator=evaluator)
+    assert rc == 0
+    summary = _check_report(out, 3)
+    assert set(summary["by_difficulty"]) == {"1", "2", "3"}
+    assert summary["run"]["policy"] == "search(compiler)" and summary["run"]["sizes"] == "tiny"
+    assert summary["ok"] == 3 and summary["faster_than_eager"] is None   # untimed on the interpreter

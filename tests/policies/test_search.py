@@ -340,9 +340,9 @@ class Partitioner:
 
 
 def test_search_over_fusion_partitions():
-    from kernelgym.sampler import TaskSampler
+    from kernelgym.sampler import sample_task
 
-    task = TaskSampler("tiny").sample(3, 0)
+    task = sample_task(3, 0)
     speed = {"[[0, 1, 2]]": 1.0, "[[0, 1], [2]]": 1.7, "[[0], [1, 2]]": 1.2, "[[0], [1], [2]]": 0.8}
 
     def judge(src):
@@ -368,3 +368,40 @@ def test_real_search_fixes_a_too_small_block_under_the_interpreter(evaluator):
     assert r.log[0]["status"] == "incorrect" and r.best_verdict.status == "ok"
     assert r.stopped == "found" and block_of(r.best_source) >= 64
     assert r.log[r.best_index]["origin"] == "launch" and r.evaluations <= 6
+
+
+# -- with the compiler policy ---------------------------------------------------------------------
+def launched_kernels(src: str) -> int:
+    return len({k.params[0].split(".")[0] for k in find_knobs(src)})
+
+
+def test_search_over_the_compiler_partitions_and_launch_knobs():
+    """The real compiler's partitions and launch keywords, judged by fake timed verdicts that
+    favour two kernels and bigger blocks: the search must find a two-kernel partition and then
+    climb its block size."""
+    compiler = pytest.importorskip("policies.compiler")
+    from kernelgym.sampler import sample_task
+
+    task = sample_task(3, 1)
+    speed = {1: 1.0, 2: 1.5, 3: 0.7}
+
+    def judge(src):
+        blocks = [k.value for k in find_knobs(src) if k.kind == "block"]
+        return "ok", speed[launched_kernels(src)] * (1 + min(blocks) / 1e5)
+
+    ev = FakeEvaluator(judge, workers=4)
+    r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=12, evaluator=ev, backend="cuda").search(task)
+    origins = [e["origin"] for e in r.log]
+    assert origins[0] == "default" and origins.count("partition") >= 2
+    assert launched_kernels(r.best_source) == 2 and r.log[r.best_index]["origin"] == "launch"
+    assert r.evaluations == ev.count <= 12
+
+
+def test_real_search_with_the_compiler_under_the_interpreter(evaluator):
+    compiler = pytest.importorskip("policies.compiler")
+    from kernelgym.sampler import sample_task
+
+    task = sample_task(2, 0)
+    r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=3, evaluator=evaluator,
+                     backend="interpret").search(task)
+    assert r.best_verdict.status == "ok" and r.best_index == 0 and r.stopped == "found"
