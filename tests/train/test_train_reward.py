@@ -20,7 +20,7 @@ def test_correct_and_incorrect_kernels(evaluator, row):
     args = (row["data_source"], row["reward_model"]["ground_truth"])
     good = compute_score(args[0], f"Here it is:\n```python\n{RELU}```", args[1], row["extra_info"], **kw)
     bad = compute_score(args[0], WRONG_RELU, args[1], row["extra_info"], **kw)
-    assert good["score"] == 1.0 and good["correct"] == 1.0 and good["reward/correctness"] == 1.0
+    assert good["score"] == 1.0 and good["correct"] == 1.0 and good["reward/correctness"] == 1.0, good
     assert good["speed_valid"] == 0.0 and good["reward/speed"] == 0.0  # the interpreter does not time
     assert bad["score"] == 0.0 and bad["correct"] == 0.0 and bad["compiled"] == 1.0 and bad["format"] == 1.0
     assert set(good) == set(bad) and all(isinstance(v, float) for v in good.values())
@@ -31,7 +31,7 @@ def test_batch_form_keeps_order(evaluator, row):
     sols = ["no code here", RELU, WRONG_RELU]
     out = compute_score_batch([row["data_source"]] * 3, sols, [row["reward_model"]["ground_truth"]] * 3,
                               [row["extra_info"]] * 3, backend="interpret", evaluator=evaluator)
-    assert [o["score"] for o in out] == [0.0, 1.0, 0.0]
+    assert [o["score"] for o in out] == [0.0, 1.0, 0.0], out
     assert out[0]["format"] == 0.0 and out[2]["format"] == 1.0
     assert len({frozenset(o) for o in out}) == 1
 
