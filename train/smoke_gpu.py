@@ -163,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="auto", choices=["auto", "compiler", "builtin"],
                    help="source of the known-good completion in each group")
     p.add_argument("--difficulty", type=int, default=1, help="curriculum start")
+    p.add_argument("--sizes", default="tiny", choices=["tiny", "bench"], help="task size profile")
     p.add_argument("--workers", type=int, default=2, help="evaluator workers")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace, evaluator: Evaluator | None = None) -> list[di
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     ref = Reference(args.reference)
     curriculum = Curriculum(start=args.difficulty, window=max(2, args.tasks * 2))
-    stream = CurriculumTaskStream(curriculum, seed=args.seed, ops=ref.ops)
+    stream = CurriculumTaskStream(curriculum, sizes=args.sizes, seed=args.seed, ops=ref.ops)
     reward = make_reward("decoupled")
     own = evaluator is None
     ev = evaluator or Evaluator(workers=args.workers, timeout=120)
