@@ -480,7 +480,7 @@ def test_end_to_end_stub_server_kernel_is_ok(stub, evaluator):
     policy = make_llm_policy("openai", s.url, "stub-coder", backend="interpret", seed=0)
     [source] = policy.propose(TASK)
     verdict = evaluate(TASK, source, backend="interpret", evaluator=evaluator)
-    assert verdict.status == "ok", verdict.to_dict()
+    assert verdict.status == "ok", (verdict.status, verdict.reasons, verdict.error, verdict.timings)
     assert "interpreter" in s.requests[0]["messages"][0]["content"]
 
 
