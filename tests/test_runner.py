@@ -227,3 +227,19 @@ def test_default_run_compiler_with_search_on_sampled_tasks(tmp_path, evaluator):
     assert set(summary["by_difficulty"]) == {"1", "2", "3"}
     assert summary["run"]["policy"] == "search(compiler)" and summary["run"]["sizes"] == "tiny"
     assert summary["ok"] == 3 and summary["faster_than_eager"] is None   # untimed on the interpreter
+
+
+@pytest.mark.gpu
+def test_default_run_on_a_gpu_is_timed(tmp_path):
+    """On CUDA the default job times candidates: speedup statistics and shares are filled in."""
+    pytest.importorskip("policies.compiler")
+    out = tmp_path / "report"
+    assert runner.main_run(_args("-n", "3", "--sizes", "tiny", "--budget-evals", "3", "--out", str(out),
+                                 "--no-progress")) == 0
+    summary = _check_report(out, 3)
+    assert summary["run"]["backend"] == "cuda"
+    if summary["ok"]:
+        assert summary["timed"] == summary["ok"] and summary["median_speedup"] is not None
+        assert summary["faster_than_eager"] is not None
+    rows = report_mod.read_rows(out / "verdicts.jsonl")
+    assert all(r["search"]["evaluations"] <= 3 for r in rows)
