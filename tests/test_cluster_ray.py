@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from _kernels import RELU
+from _kernels import RELU, WRONG_RELU
 from eval_cases import CAND_ADD, CAND_LINEAR, REF_ADD, REF_LINEAR, add_variant
 
 from kernelgym.cluster import parse_cluster
@@ -17,6 +17,24 @@ from kernelgym.cluster.ray_pool import EvalActor
 from kernelgym.evaluation.reference import trial_seed
 
 KILL_MARK = "# KILL_THE_ACTOR"
+
+REF_RELU = """
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def forward(self, x):
+        return torch.relu(x)
+
+
+def get_inputs():
+    return [torch.randn(100)]
+
+
+def get_init_inputs():
+    return []
+"""
 
 PAIRS = [
     (REF_ADD, CAND_ADD),
@@ -144,7 +162,7 @@ def test_ray_pool_matches_local_pool(pool, evaluator) -> None:
 def test_env_var_routes_evaluate_batch_to_ray(pool, evaluator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KERNELGYM_CLUSTER", "ray")
     before = pool.stats["evaluations"]
-    vs = evaluator.evaluate_batch([(REF_ADD, CAND_ADD), (REF_ADD, RELU)], "interpret", seed=5)
+    vs = evaluator.evaluate_batch([(REF_RELU, RELU), (REF_RELU, WRONG_RELU)], "interpret", seed=5)
     assert [v.status for v in vs] == ["ok", "incorrect"]
     assert pool.stats["evaluations"] == before + 2
 
@@ -164,6 +182,7 @@ def test_actor_killed_mid_batch_is_replaced(pool) -> None:
                 break
         time.sleep(0.01)
     assert victim is not None, "no actor had evaluations in flight"
+    orphans = pool.ray.get(victim.handle.worker_pids.remote())[1:]
     pool.ray.kill(victim.handle, no_restart=True)
     thread.join(timeout=240)
     assert not thread.is_alive()
@@ -173,6 +192,11 @@ def test_actor_killed_mid_batch_is_replaced(pool) -> None:
     assert pool.stats["actor_deaths"] == deaths + 1
     assert pool.stats["retries"] >= 1 and pool.stats["duplicates_ignored"] == 0
     assert victim.dead and len(pool.actors()["cpu"]) == 2  # replaced
+    # The dead actor's sandbox workers notice their parent is gone and exit.
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in orphans if _alive(pid)]
 
 
 def test_candidate_killing_its_actor_twice_gets_crash(pool) -> None:
@@ -186,27 +210,44 @@ def test_candidate_killing_its_actor_twice_gets_crash(pool) -> None:
     assert len(pool.actors()["cpu"]) == 2
 
 
-def test_gpu_pipeline_precompiles_on_cpu_actors(pool, ray_session, evaluator, tmp_path) -> None:
-    """The cuda path's scheduling on a Ray instance that declares one (fake) GPU: CPU actors
-    compile ahead into the shared cache, then the GPU actor evaluates (here on the interpreter)."""
+def test_close_ends_actors_and_workers(pool) -> None:
+    handles = pool.actors()["cpu"]
+    pids = [pid for pids in pool.ray.get([h.worker_pids.remote() for h in handles]) for pid in pids]
+    assert len(pids) > len(handles)  # the actors and their evaluators' worker processes
+    pool.close()
+    deadline = time.monotonic() + 30
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in pids if _alive(pid)]
+        time.sleep(0.2)
+    assert not alive
+
+
+def test_gpu_pipeline_precompiles_on_cpu_actors(ray_session, evaluator, tmp_path) -> None:
+    """The cuda path's scheduling on a Ray instance that declares one (fake) GPU: the CPU actor
+    compiles ahead into the node's cache, and the "GPU" actor finds the kernels there."""
     from kernelgym.cluster import RayPool
 
-    pool.close()  # free the 2 CPUs for this pool's CPU actor and GPU actor
-    with RayPool(cpu_actors=1, gpu_workers=1, evaluator=evaluator, actor_class=FakeGPUActor,
+    # The module's pool is closed by now: its 2 CPUs go to this pool's CPU actor and GPU actor.
+    with RayPool(cpu_actors=1, gpu_workers=1, max_in_flight=1, evaluator=evaluator, actor_class=FakeGPUActor,
                  triton_cache_dir=str(tmp_path)) as gp:
         assert gp.resolve_backend("auto") == "cuda"
         gp.warm("cuda")  # actors up and their GPU target known before the batch: precompiles go first
-        vs = gp.evaluate_batch(PAIRS[:3], "cuda", seed=11)
-        assert [v.status for v in vs] == EXPECTED[:3]
-        assert gp.stats["precompiled"] + gp.stats["evaluated_without_precompile"] == 3
+        vs = gp.evaluate_batch([(REF_ADD, CAND_ADD), (REF_LINEAR, CAND_LINEAR), (REF_ADD, "prose")], "cuda",
+                               seed=11)
+        assert [v.backend for v in vs] == ["fake-gpu"] * 3
+        assert gp.stats["precompiled"] + gp.stats["evaluated_without_precompile"] + gp.stats["precompile_failed"] == 3
         assert gp.stats["precompiled"] >= 1
-        assert any(os.scandir(tmp_path))  # the CPU actor compiled into the pool's cache directory
+        seen = [int(v.notes[0].split("=")[1]) for v in vs]
+        # Each precompiled candidate's kernel was in the cache before the GPU actor got it.
+        assert max(seen) >= 1 and len(os.listdir(tmp_path)) >= 1
         caches = {s.info["triton_cache_dir"] for ss in gp._slots.values() for s in ss if s.info}
         assert caches == {str(tmp_path)}
 
 
 class FakeGPUActor(ChaosActor):
-    """Plays a GPU actor without a GPU: reports sm_90 and judges 'cuda' batches on the interpreter."""
+    """Plays a GPU actor without a GPU: reports sm_90 and, instead of judging, records how many
+    compiled kernels the node's Triton cache holds when the evaluation arrives."""
 
     def info(self):  # type: ignore[no-untyped-def]
         out = super().info()
@@ -214,24 +255,15 @@ class FakeGPUActor(ChaosActor):
             out["capability"] = 90
         return out
 
-    def evaluate(self, reference, candidate, backend, *args):  # type: ignore[no-untyped-def]
-        return super().evaluate(reference, candidate, "interpret" if backend == "cuda" else backend, *args)
+    def warm(self, backend):  # type: ignore[no-untyped-def]
+        pass
 
+    def evaluate(self, reference, candidate, backend, mode, seed, *args):  # type: ignore[no-untyped-def]
+        from kernelgym.evaluation.verdict import Verdict
 
-def test_close_leaves_no_processes(ray_session, evaluator) -> None:
-    from kernelgym.cluster import RayPool
-
-    p = RayPool(cpu_actors=1, evaluator=evaluator)
-    assert [v.status for v in p.evaluate_batch([(REF_ADD, CAND_ADD)], "interpret", seed=1)] == ["ok"]
-    pids = ray_session.get(p.actors()["cpu"][0].worker_pids.remote())
-    assert len(pids) >= 3  # the actor and its evaluator's worker processes
-    p.close()
-    deadline = time.monotonic() + 30
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [pid for pid in pids if _alive(pid)]
-        time.sleep(0.2)
-    assert not alive
+        cache = os.environ["TRITON_CACHE_DIR"]
+        cubins = sum(f.endswith(".cubin") for d in os.listdir(cache) for f in os.listdir(os.path.join(cache, d)))
+        return Verdict("ok", backend="fake-gpu", seeds=[seed], notes=[f"cubins={cubins}"]).to_dict()
 
 
 def _alive(pid: int) -> bool:
