@@ -40,5 +40,12 @@ def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = "auto"
     return ev.evaluate_batch(pairs, backend, mode, cluster, seed=seed, trials=trials, timeout=timeout)
 
 
-__all__ = ["evaluate", "evaluate_batch", "Evaluator", "Verdict", "STATUSES", "default_evaluator",
-           "resolve_backend"]
+__all__ = [
+    "STATUSES",
+    "Evaluator",
+    "Verdict",
+    "default_evaluator",
+    "evaluate",
+    "evaluate_batch",
+    "resolve_backend",
+]

@@ -1,22 +1,39 @@
 """The candidate job, run in a CANDIDATE worker: import, construct, load weights, run trials.
 
-Every execution of candidate code happens inside `RuntimeGuard.sandboxed()`. The job never sees
-reference outputs; it returns the candidate's outputs (copied right after each forward returns)
-and the guard's findings, and the parent decides.
+Before any candidate code runs, the worker builds the task's init inputs, weights and every
+trial's inputs from the evaluation's seeds (`jobs.seeded_task` / `trial_inputs`, exactly as the
+reference worker does; fingerprints let the parent check both built the same), so no input
+tensor crosses a process boundary. Every execution of candidate code happens inside
+`RuntimeGuard.sandboxed()`, on the worker's evaluation stream (a non-default CUDA stream; the
+guard flags launches on any other). The job never sees reference outputs; it returns the
+candidate's outputs (copied right after each forward returns) and the guard's findings, and the
+parent has them compared in a reference worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kernelgym.evaluation.guards.runtime import RuntimeGuard
 from kernelgym.evaluation.jobs import (
-    crash_kind, describe, finding_dict, is_compile_error, launch_dict, outputs_list, sync, to_device,
+    crash_kind,
+    describe,
+    finding_dict,
+    fingerprint,
+    is_compile_error,
+    launch_dict,
+    outputs_list,
+    seeded_task,
+    sync,
+    to_device,
+    trial_inputs,
 )
 
 
@@ -27,8 +44,9 @@ class _Exited(Exception):
 class CandidateSession:
     """State of one candidate inside a worker, kept between the run, time, final and end requests."""
 
-    def __init__(self, msg: dict[str, Any], tmpdir: str):
+    def __init__(self, msg: dict[str, Any], tmpdir: str, gpu: Any, stream: Any):
         self.device: str = msg["device"]
+        self.gpu, self.stream = gpu, stream
         self.mode: str = msg["mode"]
         self.source: str = msg["source"]
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
@@ -40,8 +58,13 @@ class CandidateSession:
         self.guard = RuntimeGuard(self.mode, collections.Counter(ops) if ops is not None else None,
                                   self.filename, self.device,
                                   reference_aliases_input=bool(msg.get("reference_aliases_input", False)))
+        if stream is not None:
+            self.guard.stream = int(stream.cuda_stream)
+            self.guard.compile_section = gpu.released
         self.model: Any = None
         self.inputs: list[Any] = []
+        self.final_inputs: list[Any] | None = None
+        self.bench: Any = None
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run candidate code under the sandbox; SystemExit becomes `_Exited`."""
@@ -56,6 +79,14 @@ class CandidateSession:
             raise _Exited("candidate code exited early (SystemExit)")
         return result
 
+    def on_stream(self) -> Any:
+        """The evaluation stream as the current stream (a no-op on the CPU)."""
+        import contextlib
+
+        import torch
+
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
     def forward(self, inputs: list[Any]) -> list[Any]:
         import torch
 
@@ -65,7 +96,8 @@ class CandidateSession:
                 sync(self.device)
             return rec, out
 
-        rec, out = self.call(run)
+        with self.gpu.hold("shared"), self.on_stream():
+            rec, out = self.call(run)
         items = list(out) if isinstance(out, (list, tuple)) else [out]
         self.guard.after_forward(rec, [t for t in items if isinstance(t, torch.Tensor)])
         return outputs_list(out)
@@ -76,6 +108,22 @@ class CandidateSession:
         kw["launches"] = [launch_dict(r) for r in self.guard.launches]
         kw["kernels"] = sorted({r["kernel"] for r in kw["launches"]})
         return kw
+
+
+def _with(fps: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
+    reply["fingerprints"] = fps
+    return reply
+
+
+def _stream(state: dict[str, Any], device: str) -> Any:
+    """The worker's evaluation stream (one per process, reused), or None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    if "stream" not in state:
+        state["stream"] = torch.cuda.Stream()
+    return state["stream"]
 
 
 def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs: list) -> dict[str, Any]:
@@ -95,10 +143,31 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     """Import the candidate, build ModelNew, copy weights, run each trial's inputs."""
     import torch
 
-    s = CandidateSession(msg, state["tmpdir"])
+    s = CandidateSession(msg, state["tmpdir"], state["gpu"], _stream(state, msg["device"]))
     state["candidate"] = s
+    # The task's data, built from the seeds before any candidate code exists in this process.
+    progress("inputs")
+    try:
+        module, init_inputs, ref_model = seeded_task(msg["task"], int(msg["seed"]), "kernelgym_task_inputs")
+        state_dict = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
+        all_inputs = [trial_inputs(module, int(ts)) for ts in msg["trial_seeds"]]
+        del module, ref_model
+    except BaseException as exc:  # noqa: BLE001 - the reference worker built these: report, don't crash
+        return {"status": "internal_error", "error": f"building the task inputs failed: {describe(exc)}",
+                "outputs": [], "findings": [], "launches": [], "kernels": []}
+    sys.modules.pop("kernelgym_task_inputs", None)
+    fps = {"init_inputs": fingerprint(init_inputs), "state_dict": fingerprint(state_dict),
+           "trials": [fingerprint(x) for x in all_inputs]}
+    n_check = int(msg["n_check"])
+    s.final_inputs = all_inputs[n_check] if len(all_inputs) > n_check else None
+    trials = all_inputs[:n_check]
+    del all_inputs
     s.guard.install()
     outputs: list[list[Any]] = []
+
+    def result(**kw: Any) -> dict[str, Any]:
+        return {**s.result(**kw), "fingerprints": fps}
+
     progress("import")
     with open(s.filename, "w", encoding="utf-8") as fh:
         fh.write(s.source)
@@ -111,47 +180,49 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         s.call(lambda: exec(code, module.__dict__))  # noqa: S102 - running the candidate is the point
         cls = module.__dict__.get("ModelNew")
         if not isinstance(cls, type):
-            return s.result(status="format_error", stage="import",
-                            error="ModelNew is not a class after running the module")
+            return result(status="format_error", stage="import",
+                          error="ModelNew is not a class after running the module")
     except BaseException as exc:  # noqa: BLE001 - any failure of candidate code is a verdict
-        return _failure(s, "import", exc, outputs)
+        return _with(fps, _failure(s, "import", exc, outputs))
 
     progress("construct")
-    init_inputs = msg["init_inputs"]
     try:
         inspect.signature(cls).bind(*init_inputs)
     except TypeError as exc:
-        return s.result(status="runtime_error", stage="construct",
-                        error=f"wrong constructor: ModelNew(*get_init_inputs()) with {len(init_inputs)} "
-                              f"argument(s) does not match the signature ModelNew{inspect.signature(cls)}: {exc}")
+        return result(status="runtime_error", stage="construct",
+                      error=f"wrong constructor: ModelNew(*get_init_inputs()) with {len(init_inputs)} "
+                            f"argument(s) does not match the signature ModelNew{inspect.signature(cls)}: {exc}")
     except ValueError:
         pass  # no introspectable signature; the call below reports any mismatch
     try:
         s.model = s.call(lambda: cls(*init_inputs))
     except BaseException as exc:  # noqa: BLE001
-        return _failure(s, "construct", exc, outputs)
+        return _with(fps, _failure(s, "construct", exc, outputs))
     if not isinstance(s.model, torch.nn.Module):
-        return s.result(status="runtime_error", stage="construct",
-                        error=f"ModelNew(...) returned {type(s.model).__name__}, not a torch.nn.Module")
+        return result(status="runtime_error", stage="construct",
+                      error=f"ModelNew(...) returned {type(s.model).__name__}, not a torch.nn.Module")
     try:
-        problem = _load_weights(s, msg["state_dict"])
+        problem = _load_weights(s, state_dict)
     except BaseException as exc:  # noqa: BLE001
-        return _failure(s, "construct", exc, outputs)
+        return _with(fps, _failure(s, "construct", exc, outputs))
     if problem:
-        return s.result(status="incorrect", stage="construct", error=problem, reasons=["check:state_dict_mismatch"])
+        return result(status="incorrect", stage="construct", error=problem, reasons=["check:state_dict_mismatch"])
     try:
-        s.call(lambda: s.model.to(s.device))
+        with s.gpu.hold("shared"):
+            s.call(lambda: s.model.to(s.device))
     except BaseException as exc:  # noqa: BLE001
-        return _failure(s, "construct", exc, outputs)
+        return _with(fps, _failure(s, "construct", exc, outputs))
 
-    s.inputs = [to_device(inp, s.device) for inp in msg["trials"]]
+    with s.gpu.hold("shared"):
+        s.inputs = [to_device(inp, s.device) for inp in trials]
+        sync(s.device)
     for t, inputs in enumerate(s.inputs):
         progress(f"trial {t}")
         try:
             outputs.append(s.forward(list(inputs)))
         except BaseException as exc:  # noqa: BLE001
-            return _failure(s, f"forward (trial {t})", exc, outputs)
-    return s.result(status="ran", stage="forward", outputs=outputs)
+            return _with(fps, _failure(s, f"forward (trial {t})", exc, outputs))
+    return result(status="ran", stage="forward", outputs=outputs)
 
 
 def _load_weights(s: CandidateSession, state_dict: dict[str, Any]) -> str:
@@ -175,10 +246,15 @@ def _load_weights(s: CandidateSession, state_dict: dict[str, Any]) -> str:
 
 
 def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """Time the candidate's forward over its trial inputs (GPU only; after correctness)."""
+    """Time the candidate's forward over its trial inputs (GPU only; after correctness).
+
+    A CUDA graph of the forward is captured and replayed (`timing.GraphBench`) under the exclusive
+    GPU lock; the forward whose outputs are kept for the post-timing check is ``keep`` (drawn by the
+    parent). A forward that cannot be captured is timed eagerly (`timing.EagerBench`).
+    """
     import torch
 
-    from kernelgym.evaluation.timing import bench
+    from kernelgym.evaluation.timing import EagerBench, GraphBench
 
     s: CandidateSession = state["candidate"]
     progress("timing")
@@ -187,22 +263,58 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
         with torch.no_grad():
             return s.model(*inputs)
 
+    sets = [list(x) for x in s.inputs]
+    opts = dict(msg.get("bench", {}))
+    graph_error = ""
     try:
-        stats = s.call(lambda: bench(fn, [list(x) for x in s.inputs], **msg.get("bench", {})))
+        with s.gpu.hold("exclusive"):
+            gb = GraphBench(fn, sets, stream=s.stream, keep=msg.get("keep"), wrap=s.call, **opts)
+            try:
+                stats = gb.run()
+                s.bench = gb
+            except BaseException as exc:  # not capturable: time it eagerly
+                if isinstance(exc, _Exited) or crash_kind(exc) is not None:
+                    raise
+                graph_error = describe(exc, s.filename)
+                gb.close()
+                with contextlib.suppress(Exception):
+                    torch.cuda.synchronize()
+                with s.on_stream():
+                    stats = s.call(lambda: EagerBench(fn, sets, **opts).run())
+                stats["graph_error"] = graph_error
     except BaseException as exc:  # noqa: BLE001
         return _failure(s, "timing", exc, [])
     return s.result(status="timed", stats=stats)
 
 
 def final_trial(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """One more forward on fresh inputs after timing (catches caching across timed runs)."""
+    """One more forward on fresh inputs after timing (catches caching across timed runs), and, when a
+    graph was timed, one replay of that graph on the same inputs: its kept forward's outputs come
+    back too, so the parent checks that what was timed computes the function."""
     s: CandidateSession = state["candidate"]
     progress("final trial")
+    if s.final_inputs is None:
+        return s.result(status="internal_error", error="no inputs for the final trial")
     try:
-        outputs = [s.forward(list(to_device(msg["inputs"], s.device)))]
+        with s.gpu.hold("shared"):
+            fresh = to_device(s.final_inputs, s.device)
+            sync(s.device)
+        outputs = [s.forward(list(fresh))]
     except BaseException as exc:  # noqa: BLE001
         return _failure(s, "forward (final trial)", exc, [])
-    return s.result(status="ran", outputs=outputs)
+    graph_checked = False
+    if s.bench is not None and s.bench.kept_index is not None:
+        progress("timed graph replay")
+        try:
+            with s.gpu.hold("shared"):
+                fresh = to_device(s.final_inputs, s.device)
+                kept = s.call(lambda: s.bench.replay_kept(list(fresh)))
+                outputs.append(outputs_list(kept))
+            graph_checked = True
+        except BaseException as exc:  # noqa: BLE001
+            return _failure(s, "timed graph replay", exc, [])
+    return s.result(status="ran", outputs=outputs, graph_checked=graph_checked,
+                    graph_forward=s.bench.kept_index if graph_checked else None)
 
 
 def _cuda_probe() -> bool:
@@ -229,8 +341,12 @@ def end_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         tainted = bool(s.guard.tainted)
     except BaseException as exc:  # noqa: BLE001 - a broken guard state means the worker is unsafe
         return {"status": "ended", "findings": [], "tainted": True, "error": describe(exc)}
+    if s.bench is not None:
+        s.bench.close()
+        s.bench = None
     out = s.result(status="ended", tainted=tainted, cuda_ok=_cuda_probe() if s.device.startswith("cuda") else None)
     sys.modules.pop(s.module_name, None)
     s.model = None
     s.inputs = []
+    s.final_inputs = None
     return out

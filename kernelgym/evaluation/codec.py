@@ -29,6 +29,23 @@ class CodecError(ValueError):
     """A message that cannot be encoded or is malformed."""
 
 
+class RawTensor:
+    """A tensor left as bytes by `decode(..., raw_tensors=True)`: relayed by `encode` without copying
+    into a torch tensor first (the parent passes candidate outputs on to a reference worker)."""
+
+    __slots__ = ("data", "dtype", "shape")
+
+    def __init__(self, dtype: str, shape: list[int], data: memoryview):
+        self.dtype, self.shape, self.data = dtype, list(shape), data
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return f"RawTensor({self.dtype}, {self.shape})"
+
+
 def _dtypes() -> dict[str, Any]:
     import torch
 
@@ -72,6 +89,9 @@ def encode(obj: Any) -> bytes:
                 raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
                 buffers.append(raw)
                 return {"__tensor__": len(buffers) - 1, "dtype": name, "shape": list(t.shape)}
+        if isinstance(x, RawTensor):
+            buffers.append(x.data)
+            return {"__tensor__": len(buffers) - 1, "dtype": _dtype_name(x.dtype), "shape": list(x.shape)}
         if mod == "numpy" and hasattr(x, "item") and getattr(x, "shape", None) == ():
             return enc(x.item(), depth)
         raise CodecError(f"cannot encode value of type {type(x).__name__}")
@@ -85,8 +105,10 @@ def encode(obj: Any) -> bytes:
     return b"".join([MAGIC, struct.pack("<Q", len(header)), header, *buffers])
 
 
-def decode(blob: bytes) -> Any:
-    """Inverse of `encode`; raises `CodecError` on anything malformed (never executes code)."""
+def decode(blob: bytes, raw_tensors: bool = False) -> Any:
+    """Inverse of `encode`; raises `CodecError` on anything malformed (never executes code).
+
+    With `raw_tensors`, tensors come back as `RawTensor` views of `blob` (checked, not copied)."""
     if len(blob) < 12 or blob[:4] != MAGIC:
         raise CodecError("not a kernelgym message")
     (hlen,) = struct.unpack("<Q", blob[4:12])
@@ -118,6 +140,8 @@ def decode(blob: bytes) -> Any:
             numel *= s
         if numel * dtype.itemsize != n:
             raise CodecError("tensor buffer size does not match its shape")
+        if raw_tensors:
+            return RawTensor(name, shape, data[start:start + n])
         if n == 0:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(bytearray(data[start:start + n]), dtype=torch.uint8).view(dtype).reshape(shape)

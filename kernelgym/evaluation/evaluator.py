@@ -1,9 +1,18 @@
 """The evaluation pipeline and the worker pools it runs on.
 
-parent: extract code -> format check -> static guards -> REFERENCE worker (seeded inputs, outputs,
-baselines) -> CANDIDATE worker (import, construct, weights, trials, runtime guards) -> compare here
--> sm_90 ptx check in a PTX worker (interpret backend) -> timing under the GPU's exclusive lock
-(cuda backend, only when correct) and a final fresh-input trial -> Verdict.
+parent: extract code -> format check -> static guards -> REFERENCE worker (seeded model, inputs and
+outputs, kept on the evaluation device; baselines) -> CANDIDATE worker (builds the same inputs from
+the seeds, then import, construct, weights, trials, runtime guards) -> the candidate's outputs go
+back to the same REFERENCE worker, which compares them on the device -> sm_90 ptx check in a PTX
+worker (interpret backend) -> timing of a CUDA graph of the forward under the GPU's exclusive lock
+(cuda backend, only when correct), a final fresh-input trial and a replay of the timed graph on
+the same inputs, compared again -> Verdict.
+
+Only metadata and the candidate's outputs cross process boundaries (the parent relays the output
+bytes without decoding them). On the cuda backend every GPU of the machine is used (`devices`):
+workers are pinned to one GPU each, an evaluation runs on the least loaded GPU, each GPU has its
+own lock (shared for correctness runs, exclusive for timing; workers hold it only around GPU
+work, never while compiling) and its own baseline cache.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -22,10 +32,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Union
 
-from kernelgym.evaluation.guards.static import check_source as static_check
-from kernelgym.evaluation.check import TrialResult, compare_trial, reference_problem
+from kernelgym.evaluation.check import TrialResult
 from kernelgym.evaluation.extract import FormatError, check_format, extract_code
-from kernelgym.evaluation.pool import Role, RolePool, Worker, WorkerFailure
+from kernelgym.evaluation.guards.static import check_source as static_check
+from kernelgym.evaluation.pool import GpuLock, Role, RolePool, Worker, WorkerFailure, split_counts
 from kernelgym.evaluation.reference import trial_seed
 from kernelgym.evaluation.tolerances import tolerance_for
 from kernelgym.evaluation.verdict import Verdict
@@ -33,51 +43,7 @@ from kernelgym.task import Task, TaskFormatError, check_source, source_hash
 
 BACKENDS = ("auto", "cuda", "interpret")
 MODES = ("strict", "lenient")
-Reference = Union[Task, str]
-
-
-class _RWLock:
-    """Many shared holders (correctness runs) or one exclusive holder (timing) per GPU."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    def acquire_exclusive(self) -> None:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-
-    def release_exclusive(self) -> None:
-        with self._cond:
-            self._writer = False
-            self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        self.acquire_exclusive()
-        try:
-            yield
-        finally:
-            self.release_exclusive()
+Reference = Union[Task, str]  # noqa: UP007 - a runtime alias, kept importable on Python 3.9 tools
 
 
 def cuda_available() -> bool:
@@ -87,6 +53,16 @@ def cuda_available() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:  # noqa: BLE001
         return False
+
+
+def cuda_device_count() -> int:
+    """GPUs this process sees (0 without CUDA)."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001
+        return 0
 
 
 def resolve_backend(backend: str) -> str:
@@ -112,19 +88,24 @@ class Evaluator:
     """Worker pools plus settings; `evaluate` / `evaluate_batch` run the pipeline on them.
 
     workers: candidate workers per backend (default min(cpu_count, 16)); reference_workers default
-    to a quarter of that and ptx_workers (interpreter only: an sm_90 compile costs about as much
-    as the interpreted run) to half (at least 1). memory_limit_mb: resident-memory limit
-    per candidate/ptx worker process tree, polled by the parent (over it: killed, verdict `crash`);
-    reference_memory_limit_mb the same for reference workers (default max(memory_limit_mb, 8192)). timeout:
-    wall seconds per phase (import, construct, each trial, timing). baseline_timeout: seconds for
-    the eager and torch.compile baselines. gpu_memory_fraction: per-worker
-    `torch.cuda.set_per_process_memory_fraction`. recycle_on_failure: on the cuda backend, after a
+    to half of that and ptx_workers (interpreter only: an sm_90 compile costs about as much as the
+    interpreted run) to half (at least 1). On the cuda backend both are spread over `devices` (GPU
+    indices as this process sees them; default every visible GPU), at least one of each per GPU.
+    memory_limit_mb: resident-memory limit per candidate/ptx worker process tree, polled by the
+    parent (over it: killed, verdict `crash`); reference_memory_limit_mb the same for reference
+    workers (default max(memory_limit_mb, 8192)). timeout: wall seconds per phase (import,
+    construct, each trial, timing). baseline_timeout: seconds for the eager and torch.compile
+    baselines. gpu_memory_fraction: per-worker `torch.cuda.set_per_process_memory_fraction`
+    (default 2 / candidate workers of its GPU). bench: timing budget (`timing.DEFAULT_BENCH` keys:
+    warmup_ms, rep_ms, min_reps, max_reps, replay_ms). reference_cache_mb: device memory a
+    reference worker may keep reference outputs in between an evaluation's reference job and its
+    comparisons (more is rebuilt from the seed). recycle_on_failure: on the cuda backend, after a
     non-ok verdict, "always" replaces the worker; "probe" (default) replaces it unless a probe
-    kernel and a device sync still succeed in it (sticky CUDA errors fail every later call, so
-    a context that passes is not poisoned); crashes, timeouts and tainted workers are always
-    replaced. skip_static_guards: run candidates the static
-    guards would reject -- only for testing the sandbox itself. Use as a context manager or call
-    `close()`; pools are also shut down at interpreter exit.
+    kernel and a device sync still succeed in it (sticky CUDA errors fail every later call, so a
+    context that passes is not poisoned); crashes, timeouts and tainted workers are always
+    replaced. skip_static_guards: run candidates the static guards would reject -- only for
+    testing the sandbox itself. Use as a context manager or call `close()`; pools are also shut
+    down at interpreter exit.
     """
 
     def __init__(self, workers: int | None = None, *, reference_workers: int | None = None,
@@ -133,10 +114,11 @@ class Evaluator:
                  gpu_memory_fraction: float | None = None, skip_static_guards: bool = False,
                  ptx_check: bool = True, bench: dict[str, Any] | None = None,
                  recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None,
-                 reference_cache_mb: float = 1024):
+                 reference_cache_mb: float = 2048, devices: Sequence[int] | None = None):
+        from kernelgym.evaluation.timing import _budget
+
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
-        quarter = max(1, self.workers // 4)
-        self.reference_workers = max(1, reference_workers or quarter)
+        self.reference_workers = max(1, reference_workers or self.workers // 2)
         self.ptx_workers = max(1, ptx_workers or self.workers // 2)
         self.memory_limit_mb = memory_limit_mb
         # References also hold torch.compile/inductor state and a CUDA context: more headroom.
@@ -144,40 +126,93 @@ class Evaluator:
             max(memory_limit_mb, 8192) if memory_limit_mb else None)
         self.timeout = float(timeout)
         self.baseline_timeout = float(baseline_timeout)
-        self.gpu_memory_fraction = gpu_memory_fraction or min(0.9, max(0.05, 2.0 / self.workers))
+        if gpu_memory_fraction is not None and not 0 < gpu_memory_fraction <= 1:
+            raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {gpu_memory_fraction}")
+        self.gpu_memory_fraction = gpu_memory_fraction
         self.skip_static_guards = skip_static_guards
         self.ptx_check = ptx_check
         self.bench = dict(bench or {})
+        _budget(self.bench)  # unknown keys fail here, not in the first timing
         if recycle_on_failure not in ("probe", "always"):
             raise ValueError("recycle_on_failure must be 'probe' or 'always'")
         self.recycle_on_failure = recycle_on_failure
+        if devices is not None:
+            devices = [int(d) for d in devices]
+            if not devices or len(set(devices)) != len(devices) or min(devices) < 0:
+                raise ValueError(f"devices must be distinct GPU indices >= 0, got {devices}")
+        self._devices: list[int] | None = list(devices) if devices is not None else None
         self._pools: dict[Role, RolePool] = {}
         self._lock = threading.Lock()
-        self._gpu = _RWLock()
+        self._gpu_locks: dict[int, GpuLock] = {}
+        self._inflight: dict[int, int] = {}
         self._baselines: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._baseline_locks: dict[tuple[str, str, str], threading.Lock] = {}
-        # Reference results per (task hash, seed, trials, device, want_ops): deterministic given
-        # the seed, so an evaluation that repeats a seed reuses them (single-flight per key).
         self.reference_cache_bytes = int(reference_cache_mb * 2**20)
-        self._ref_cache: OrderedDict[tuple, tuple[dict[str, Any], int]] = OrderedDict()
-        self._ref_cache_size = 0
-        self._ref_locks: dict[tuple, threading.Lock] = {}
         # sm_90 compile-check results per (candidate source, launch signatures, mode).
         self._ptx_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.stats = {"reference_cache_hits": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0}
+        self._keys = itertools.count()
+        self.stats = {"reference_recomputed": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0,
+                      "compare_elsewhere": 0}
         self.closed = False
         _LIVE.add(self)
 
+    # -- devices -----------------------------------------------------------------------------
+    @property
+    def devices(self) -> list[int]:
+        """GPU indices the cuda backend spreads over (resolved on first use)."""
+        with self._lock:
+            if self._devices is None:
+                n = cuda_device_count()
+                self._devices = list(range(n)) if n else [0]
+            return list(self._devices)
+
+    def _device_share(self, role: str, device: int | None) -> int:
+        """Pool size of `role` on `device` (None: the CPU pools)."""
+        total = {"candidate": self.workers, "reference": self.reference_workers, "ptx": self.ptx_workers}[role]
+        if device is None:
+            return total
+        devs = self.devices
+        return split_counts(total, len(devs))[devs.index(device)]
+
+    def gpu_lock(self, device: int) -> GpuLock:
+        """The lock of one GPU (shared for correctness runs, exclusive for timing)."""
+        with self._lock:
+            return self._gpu_locks.setdefault(device, GpuLock())
+
+    def _pick_device(self) -> int:
+        """The GPU with the fewest evaluations in flight (ties: the lowest index)."""
+        devs = self.devices
+        with self._lock:
+            d = min(devs, key=lambda x: (self._inflight.get(x, 0), devs.index(x)))
+            self._inflight[d] = self._inflight.get(d, 0) + 1
+            return d
+
+    def _done_device(self, device: int) -> None:
+        with self._lock:
+            self._inflight[device] = max(0, self._inflight.get(device, 0) - 1)
+
     # -- pools -------------------------------------------------------------------------------
-    def pool(self, role: str, backend: str) -> RolePool:
-        key = Role(role, backend)
+    def pool(self, role: str, backend: str, device: int | None = None) -> RolePool:
+        """The pool of `role` workers for `backend` (on the cuda backend: for GPU `device`, default the
+        first of `devices`)."""
+        if role not in ("candidate", "reference", "ptx"):
+            raise ValueError(f"unknown worker role {role!r}")
+        if backend == "cuda" and role != "ptx":
+            device = self.devices[0] if device is None else int(device)
+            if device not in self.devices:
+                raise ValueError(f"GPU {device} is not one of this evaluator's devices {self.devices}")
+        else:
+            device = None
+        key = Role(role, backend, device)
+        size = self._device_share(role, device)
         with self._lock:
             if self.closed:
                 raise RuntimeError("Evaluator is closed")
             if key not in self._pools:
-                size = {"candidate": self.workers, "reference": self.reference_workers,
-                        "ptx": self.ptx_workers}[role]
-                frac = self.gpu_memory_fraction if backend == "cuda" else None
+                frac = None
+                if backend == "cuda":
+                    per_gpu = self._device_share("candidate", device)
+                    frac = self.gpu_memory_fraction or min(0.9, max(0.05, 2.0 / per_gpu))
                 limit = self.reference_memory_limit_mb if role == "reference" else self.memory_limit_mb
                 self._pools[key] = RolePool(key, size, limit, frac)
             return self._pools[key]
@@ -186,42 +221,20 @@ class Evaluator:
         """Start every worker the backend uses now (otherwise they start on first use)."""
         backend = resolve_backend(backend)
         roles = ["reference", "candidate"] + (["ptx"] if backend == "interpret" and self.ptx_check else [])
-        with ThreadPoolExecutor(len(roles)) as ex:
-            list(ex.map(lambda r: self.pool(r, backend).warm(), roles))
+        devs: list[int | None] = list(self.devices) if backend == "cuda" else [None]
+        pools = [self.pool(r, backend, d) for r in roles for d in (devs if r != "ptx" else [None])]
+        with ThreadPoolExecutor(len(pools)) as ex:
+            list(ex.map(lambda p: p.warm(), pools))
 
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [pid for p in self._pools.values() for pid in p.pids()]
 
     def clear_caches(self) -> None:
-        """Forget cached references, baselines and ptx results (e.g. to re-time a baseline)."""
+        """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""
         with self._lock:
             self._baselines.clear()
-            self._ref_cache.clear()
-            self._ref_cache_size = 0
             self._ptx_cache.clear()
-
-    def _ref_cache_get(self, key: tuple) -> dict[str, Any] | None:
-        with self._lock:
-            hit = self._ref_cache.get(key)
-            if hit is None:
-                return None
-            self._ref_cache.move_to_end(key)
-            self.stats["reference_cache_hits"] += 1
-            return dict(hit[0])
-
-    def _ref_cache_put(self, key: tuple, reply: dict[str, Any]) -> None:
-        size = _tensor_bytes(reply)
-        if size > self.reference_cache_bytes // 4:
-            return
-        with self._lock:
-            if key in self._ref_cache:
-                return
-            self._ref_cache[key] = (dict(reply), size)
-            self._ref_cache_size += size
-            while self._ref_cache_size > self.reference_cache_bytes and self._ref_cache:
-                _, (_, old) = self._ref_cache.popitem(last=False)
-                self._ref_cache_size -= old
 
     def close(self) -> None:
         """Shut every worker down (idempotent); no worker process outlives this call."""
@@ -232,7 +245,7 @@ class Evaluator:
         for p in pools:
             p.shutdown()
 
-    def __enter__(self) -> Evaluator:
+    def __enter__(self) -> Evaluator:  # noqa: PYI034 - subclasses are not a use case
         return self
 
     # A pool of worker processes is a shared resource: copying it (gymnasium deep-copies env kwargs
@@ -243,7 +256,7 @@ class Evaluator:
     def __deepcopy__(self, memo: dict) -> Evaluator:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- API ---------------------------------------------------------------------------------
@@ -320,6 +333,7 @@ class _Run:
     def __init__(self, ev: Evaluator, backend: str, mode: str, seed: int, trials: int, timeout: float):
         self.ev, self.backend, self.mode, self.seed, self.trials, self.timeout = ev, backend, mode, seed, trials, timeout
         self.device = "cuda" if backend == "cuda" else "cpu"
+        self.gpu_index: int | None = None
         self.versions = _versions()
         self.device_name = ""
         self.notes: list[str] = []
@@ -329,6 +343,11 @@ class _Run:
         self.skip_static = ev.skip_static_guards
         self.phases: dict[str, float] = {}
         self.aliases_input = False
+        # The reference outputs of this evaluation live in one reference worker's store under `key`.
+        self.ref_src = ""
+        self.key = ""
+        self.ref_worker: Worker | None = None
+        self.dropped = False
 
     @contextlib.contextmanager
     def _ph(self, name: str) -> Iterator[None]:
@@ -339,14 +358,23 @@ class _Run:
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
 
-    def _req(self, w: Worker, msg: dict[str, Any], timeout: float, phase: str) -> dict[str, Any]:
-        """One worker request, timed as `phase`; transport time (encode, send, decode) also as 'ipc'."""
-        w.last_ipc_s = 0.0
-        with self._ph(phase):
-            try:
-                return w.request(msg, timeout)
-            finally:
-                self.phases["ipc"] = self.phases.get("ipc", 0.0) + w.last_ipc_s
+    def _add(self, name: str, seconds: float) -> None:
+        if seconds:
+            self.phases[name] = self.phases.get(name, 0.0) + seconds
+
+    def _req(self, w: Worker, msg: dict[str, Any], timeout: float, phase: str, raw: bool = False,
+             lock_phase: str = "gpu_lock_wait") -> dict[str, Any]:
+        """One worker request, timed as `phase`; transport time (encode, send, decode) also as 'ipc',
+        time spent waiting for the GPU lock as `lock_phase` (and not as `phase`)."""
+        w.last_ipc_s = w.lock_wait_s = 0.0
+        gpu = self.ev.gpu_lock(self.gpu_index) if self.gpu_index is not None else None
+        t = time.perf_counter()
+        try:
+            return w.request(msg, timeout, gpu=gpu, raw_tensors=raw)
+        finally:
+            self._add(phase, time.perf_counter() - t - w.lock_wait_s)
+            self._add(lock_phase, w.lock_wait_s)
+            self._add("ipc", w.last_ipc_s)
 
     def _start(self, w: Worker, phase: str) -> dict[str, Any]:
         with self._ph(phase):
@@ -388,95 +416,78 @@ class _Run:
                                     reasons=_unique(f.reason for f in findings), compiled=False)
         else:
             self.notes.append("static guards skipped (sandbox testing mode)")
-        return self._run(ref_src, code)
+        if self.backend != "cuda":
+            return self._run(ref_src, code)
+        self.gpu_index = self.ev._pick_device()
+        try:
+            return self._run(ref_src, code)
+        finally:
+            self.ev._done_device(self.gpu_index)
 
     # -- stages ------------------------------------------------------------------------------
-    def _gpu_shared(self) -> contextlib.AbstractContextManager:
-        return self.ev._gpu.shared() if self.backend == "cuda" else contextlib.nullcontext()
+    def _pool(self, role: str) -> RolePool:
+        return self.ev.pool(role, self.backend, self.gpu_index)
 
     def _run(self, ref_src: str, code: str) -> Verdict:
         n_ref = self.trials + (1 if self.backend == "cuda" else 0)  # +1: the post-timing trial
         # Cold pools: let the candidate (and ptx) workers import torch while the reference runs.
-        self.ev.pool("candidate", self.backend).prestart()
+        self._pool("candidate").prestart()
         if self.backend == "interpret" and self.ev.ptx_check:
             self.ev.pool("ptx", "interpret").prestart()
-        ref = self._reference(ref_src, n_ref)
-        if isinstance(ref, Verdict):
-            return ref
-        self.trial_seeds = [t["seed"] for t in ref["trials"]]
-        for tr in ref["trials"]:
-            for o in tr["outputs"]:
-                name = str(getattr(o, "dtype", "")).removeprefix("torch.")
-                if name:
-                    self.tolerances[name] = tolerance_for(name)
-        baseline = ref.pop("_baseline", None)
-        self.aliases_input = bool(ref.get("aliases_input"))
-
-        pool = self.ev.pool("candidate", self.backend)
-        with self._ph("candidate_wait"):
-            w = pool.acquire()
-        recycle = False
-        launches: list[dict[str, Any]] = []
+        self.ref_src = ref_src
+        self.key = f"{source_hash(ref_src)}:{self.seed}:{n_ref}:{self.mode}:{os.getpid()}:{next(self.ev._keys)}"
         try:
-            v, recycle, launches = self._candidate(w, code, ref, baseline)
-        except WorkerFailure as f:
-            v, recycle = self._failure_verdict(f), True
+            ref = self._reference_job(ref_src, n_ref)
+            if isinstance(ref, Verdict):
+                return ref
+            self.trial_seeds = list(ref["seeds"])
+            for outs in ref["outputs"]:
+                for o in outs:
+                    self.tolerances[o["dtype"]] = tolerance_for(o["dtype"])
+            baseline = ref.pop("_baseline", None)
+            self.aliases_input = bool(ref.get("aliases_input"))
+
+            pool = self._pool("candidate")
+            with self._ph("candidate_wait"):
+                w = pool.acquire()
+            recycle = False
+            launches: list[dict[str, Any]] = []
+            try:
+                v, recycle, launches = self._candidate(w, code, ref, baseline)
+            except WorkerFailure as f:
+                v, recycle = self._failure_verdict(f), True
+            finally:
+                with self._ph("worker_restart" if recycle or w.dead else "release"):
+                    pool.release(w, recycle=recycle or w.dead)
         finally:
-            with self._ph("worker_restart" if recycle or w.dead else "release"):
-                pool.release(w, recycle=recycle or w.dead)
+            self._forget_reference()
         if v.status in ("ok", "incorrect") and self.backend == "interpret" and self.ev.ptx_check and launches:
             v = self._ptx(code, v, launches)
         return v
 
-    def _reference(self, src: str, n: int) -> dict[str, Any] | Verdict:
-        key = (source_hash(src), self.seed, n, self.device, self.mode == "lenient")
-        with self.ev._lock:
-            lock = self.ev._ref_locks.setdefault(key, threading.Lock())
-        with self._ph("reference_wait"):
-            lock.acquire()  # single flight: a concurrent evaluation of the same (task, seed) waits
-        try:
-            hit = self.ev._ref_cache_get(key)
-            if hit is not None:
-                if self.backend != "cuda":
-                    self.versions.update(hit.pop("_versions", {}))
-                    return hit
-                bkey = hit.pop("_baseline_key", None)
-                if bkey in self.ev._baselines:
-                    self.versions.update(hit.pop("_versions", {}))
-                    hit["_baseline"] = self.ev._baselines[bkey]
-                    return hit
-            reply = self._reference_job(src, n)
-            if not isinstance(reply, Verdict):
-                cached = {k: v for k, v in reply.items() if k != "_baseline"}
-                cached["_versions"] = dict(self.versions)
-                self.ev._ref_cache_put(key, cached)
-            return reply
-        finally:
-            lock.release()
-            with self.ev._lock:
-                if not lock.locked():
-                    self.ev._ref_locks.pop(key, None)
+    def _ref_msg(self, n: int) -> dict[str, Any]:
+        return {"key": self.key, "source": self.ref_src, "seed": self.seed, "trials": n, "device": self.device,
+                "want_ops": self.mode == "lenient", "store_bytes": self.ev.reference_cache_bytes}
 
     def _reference_job(self, src: str, n: int) -> dict[str, Any] | Verdict:
-        pool = self.ev.pool("reference", self.backend)
+        pool = self._pool("reference")
         with self._ph("reference_wait"):
             w = pool.acquire()
         recycle = False
         try:
             self._start(w, "reference_worker_start")
-            with self._gpu_shared():
-                reply = self._req(w, {"op": "reference", "source": src, "seed": self.seed, "trials": n,
-                                      "device": self.device, "want_ops": self.mode == "lenient"}, self.timeout,
-                                  "reference")
+            reply = self._req(w, {"op": "reference", **self._ref_msg(n)}, self.timeout, "reference")
             self.versions.update(w.info.get("versions", {}) if w.info else {})
+            if reply.get("status") == "bad_output":
+                return self.verdict("invalid_task", reply.get("error", ""), reasons=["task:reference_output"])
             if reply.get("status") != "ok":
                 recycle = True
                 return self.verdict("invalid_task", f"reference failed in {reply.get('stage', '?')}: "
                                     f"{reply.get('error', '')}", reasons=["task:reference_error"])
-            outs = [o for tr in reply["trials"] for o in tr["outputs"]]
-            problem = reference_problem(outs)
-            if problem:
-                return self.verdict("invalid_task", problem, reasons=["task:reference_output"])
+            reply["_n"] = n
+            if reply.get("stored"):
+                self.ref_worker = w
+                w.claims += 1
             if self.backend == "cuda":
                 with self._ph("baseline"):
                     reply["_baseline"] = self._baselines(w, src, reply)
@@ -495,22 +506,68 @@ class _Run:
             with self._ph("worker_restart" if recycle else "release"):
                 pool.release(w, recycle=recycle)
 
+    def _compare(self, ref: dict[str, Any], items: list[tuple[int, Any]], drop: bool) -> list[TrialResult]:
+        """Candidate outputs judged against the reference in a reference worker (the one that stored
+        them when it is still there, else any: it rebuilds them from the seed)."""
+        pool = self._pool("reference")
+        w = None
+        with self._ph("compare_wait"):
+            if self.ref_worker is not None:
+                w = pool.acquire_worker(self.ref_worker, timeout=self.timeout)
+            if w is None:
+                self.ev.stats["compare_elsewhere"] += 1
+                w = pool.acquire()
+        recycle = False
+        try:
+            self._start(w, "reference_worker_start")
+            reply = self._req(w, {"op": "compare", **self._ref_msg(ref["_n"]), "items": [[t, o] for t, o in items],
+                                  "drop": drop}, self.timeout, "compare")
+        except WorkerFailure as f:
+            recycle = True
+            raise _CompareFailed(f"the reference worker failed while comparing the outputs: {f}") from None
+        finally:
+            if w is self.ref_worker and (drop or recycle):
+                self.ref_worker, self.dropped = None, True
+                w.claims = max(0, w.claims - 1)
+            pool.release(w, recycle=recycle or w.dead)
+        if reply.get("status") != "ok":
+            raise _CompareFailed(str(reply.get("error", "comparison failed")))
+        if reply.get("recomputed"):
+            self.ev.stats["reference_recomputed"] += 1
+        return [TrialResult(**r) for r in reply["results"]]
+
+    def _forget_reference(self) -> None:
+        """Drop the stored reference if nothing compared it with drop (a failure before the end)."""
+        w, self.ref_worker = self.ref_worker, None
+        if w is None or self.dropped:
+            return
+        w.claims = max(0, w.claims - 1)
+        pool = self._pool("reference")
+        got = pool.acquire_worker(w, timeout=0)
+        if got is None:
+            return  # busy or gone: its store's LRU bound frees it later
+        try:
+            self._req(got, {"op": "drop", "key": self.key}, self.timeout, "release")
+        except WorkerFailure:
+            pool.release(got, recycle=True)
+        else:
+            pool.release(got)
+
     def _baselines(self, w: Worker, src: str, ref: dict[str, Any]) -> dict[str, Any]:
-        device = (w.info or {}).get("device", "cuda")
-        dtype = next((str(x.dtype).removeprefix("torch.") for x in ref["trials"][0]["inputs"]
-                      if hasattr(x, "is_floating_point") and x.is_floating_point()), "none")
-        key = (source_hash(src), device, dtype)
-        reply = ref
-        reply["_baseline_key"] = key
+        name = (w.info or {}).get("device", "cuda")
+        dtype = (ref.get("input_dtypes") or ["none"])[0]
+        key = (source_hash(src), f"{self.gpu_index}:{name}", dtype)
+        ref["_baseline_key"] = key
         with self.ev._lock:
             lock = self.ev._baseline_locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self.ev._baselines:
                 try:
-                    with self._gpu_shared():  # compiling takes long: only the timing is exclusive
-                        w.request({"op": "prepare_baseline"}, self.ev.baseline_timeout)
-                    with self.ev._gpu.exclusive():
-                        res = w.request({"op": "baseline", "bench": self.ev.bench}, self.ev.baseline_timeout)
+                    # The worker holds the GPU lock itself: none while torch.compile compiles,
+                    # exclusive while timing.
+                    self._req(w, {"op": "prepare_baseline"}, self.ev.baseline_timeout, "baseline")
+                    res = self._req(w, {"op": "baseline", "bench": self.ev.bench}, self.ev.baseline_timeout,
+                                    "baseline", lock_phase="timing_wait")
                 except WorkerFailure as f:
                     res = {"status": "error", "error": f"baseline worker failed: {f}"}
                 if res.get("status") != "ok":
@@ -520,33 +577,52 @@ class _Run:
                 self.ev.stats["baseline_cache_hits"] += 1
             return self.ev._baselines[key]
 
+    def _check_inputs(self, ref: dict[str, Any], reply: dict[str, Any]) -> str:
+        """Why the candidate worker's seeded inputs differ from the reference's ('' when equal)."""
+        mine, theirs = ref.get("fingerprints") or {}, reply.get("fingerprints")
+        if theirs is None:
+            return ""
+        for part in ("init_inputs", "state_dict"):
+            if mine.get(part) != theirs.get(part):
+                return f"get_init_inputs() / Model weights differ between two builds from seed {self.seed}"
+        for t, (a, b) in enumerate(zip(mine.get("trials", []), theirs.get("trials", []))):
+            if a != b:
+                return f"get_inputs() gave different tensors for the same seed (trial {t})"
+        return ""
+
     def _candidate(self, w: Worker, code: str, ref: dict[str, Any],
                    baseline: dict | None) -> tuple[Verdict, bool, list[dict[str, Any]]]:
         info = self._start(w, "candidate_worker_start")
         self.device_name = info.get("device", "")
         self.versions.update(info.get("versions", {}))
-        trials = ref["trials"][: self.trials]
-        with self._gpu_shared():
-            reply = self._req(w, {
-                "op": "candidate", "source": code, "mode": self.mode, "device": self.device,
-                "init_inputs": ref["init_inputs"], "state_dict": ref["state_dict"],
-                "trials": [t["inputs"] for t in trials], "reference_ops": ref.get("ops"),
-                "reference_aliases_input": self.aliases_input,
-            }, self.timeout, "candidate")
+        reply = self._req(w, {
+            "op": "candidate", "source": code, "mode": self.mode, "device": self.device, "task": self.ref_src,
+            "seed": self.seed, "trial_seeds": self.trial_seeds, "n_check": self.trials,
+            "reference_ops": ref.get("ops"), "reference_aliases_input": self.aliases_input,
+        }, self.timeout, "candidate", raw=True)
         findings = list(reply.get("findings", []))
         kernels = list(reply.get("kernels", []))
         status = reply.get("status")
         results: list[TrialResult] = []
         reasons: list[str] = list(reply.get("reasons", []))
         error = str(reply.get("error", ""))
-        with self._ph("compare"):
-            for t, outs in enumerate(reply.get("outputs", [])[: len(trials)]):
-                results.append(compare_trial(t, trials[t]["seed"], trials[t]["outputs"], list(outs)))
+        outs = list(reply.get("outputs", []))[: self.trials]
+        problem = self._check_inputs(ref, reply)
+        if problem:
+            self._end(w)
+            return (self.verdict("invalid_task", f"the task's inputs are not a function of the seed: {problem}",
+                                 reasons=["task:nondeterministic_inputs"]), True, [])
+        if outs and status == "ran":
+            try:
+                results = self._compare(ref, list(enumerate(outs)), drop=False)
+            except _CompareFailed as exc:
+                status, error = "crash", str(exc)
+                reasons.append("sandbox:crash")
         timings: dict[str, Any] = {}
         speedup = speedup_c = None
         if status == "ran":
             bad = [r for r in results if not r.ok]
-            status = "incorrect" if bad or len(results) < len(trials) else "ok"
+            status = "incorrect" if bad or len(results) < self.trials else "ok"
             if bad:
                 reasons += _unique(r.reason for r in bad)
                 error = bad[0].message
@@ -578,26 +654,34 @@ class _Run:
 
     def _time(self, w: Worker, ref: dict[str, Any], baseline: dict | None,
               results: list[TrialResult]) -> tuple[str, str, dict, float | None, float | None, list[str]]:
-        with self._ph("timing_wait"):
-            self.ev._gpu.acquire_exclusive()
-        try:
-            reply = self._req(w, {"op": "time", "bench": self.ev.bench}, self.timeout, "timing")
-        finally:
-            self.ev._gpu.release_exclusive()
+        keep = random.SystemRandom().randrange(1 << 30)  # which captured forward the final check replays
+        reply = self._req(w, {"op": "time", "bench": self.ev.bench, "keep": keep}, self.timeout, "timing",
+                          lock_phase="timing_wait")
         if reply.get("status") != "timed":
             return reply.get("status", "runtime_error"), reply.get("error", ""), {}, None, None, []
         stats = reply["stats"]
-        final = ref["trials"][self.trials]
-        with self._gpu_shared():
-            rep2 = self._req(w, {"op": "final", "inputs": final["inputs"]}, self.timeout, "final_trial")
+        rep2 = self._req(w, {"op": "final"}, self.timeout, "final_trial", raw=True)
         if rep2.get("status") != "ran":
             return rep2.get("status", "runtime_error"), "final trial: " + rep2.get("error", ""), {}, None, None, []
-        with self._ph("compare"):
-            r = compare_trial(self.trials, final["seed"], final["outputs"], list(rep2["outputs"][0]))
+        outs = list(rep2.get("outputs", []))
+        try:
+            checked = self._compare(ref, [(self.trials, o) for o in outs[:2]], drop=True)
+        except _CompareFailed as exc:
+            return "crash", str(exc), {}, None, None, ["sandbox:crash"]
+        if not checked:
+            return "runtime_error", "final trial returned no outputs", {}, None, None, []
+        r = checked[0]
         results.append(r)
         if not r.ok:
             return "incorrect", f"after timing: {r.message}", {"candidate": stats}, None, None, [r.reason]
-        timings: dict[str, Any] = {"candidate": stats, "device": self.device_name}
+        if rep2.get("graph_checked"):
+            g = checked[1] if len(checked) > 1 else None
+            if g is None or not g.ok:
+                why = g.message if g is not None else "no outputs"
+                msg = (f"timing_inconsistent: captured forward #{rep2.get('graph_forward')} of the timed CUDA "
+                       f"graph, replayed on the final trial's inputs, is wrong: {why}")
+                return "hack_detected", msg, {"candidate": stats}, None, None, ["guard:timing_inconsistent"]
+        timings: dict[str, Any] = {"candidate": stats, "device": self.device_name, "gpu": self.gpu_index}
         speedup = speedup_c = None
         if baseline and "eager" in baseline:
             timings["eager"] = baseline["eager"]
@@ -676,20 +760,14 @@ class _Run:
         return res
 
 
+class _CompareFailed(Exception):
+    """The comparison itself could not be done (reference worker died, reference not rebuildable)."""
+
+
 def _hack(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Findings that make the verdict hack_detected: all of them, including early_exit (a SystemExit the
     sandbox caught; os._exit kills the worker instead and stays a crash)."""
     return list(findings)
-
-
-def _tensor_bytes(obj: Any) -> int:
-    if hasattr(obj, "element_size") and hasattr(obj, "numel"):
-        return int(obj.element_size() * obj.numel())
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
 
 
 def _unique(items: Any) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 MAX_CANDIDATE_BYTES = 1_000_000
 
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)
+_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.DOTALL | re.MULTILINE)
 _PY_LANGS = {"", "python", "py", "python3", "triton"}
 
 
@@ -38,7 +38,7 @@ def extract_code(text: str) -> Extracted:
     blocks = [(m.group(2).lower(), m.group(3)) for m in _FENCE.finditer(text)]
     if not blocks:
         # An unterminated opening fence (a truncated reply) still carries code after it.
-        m = re.match(r"\s*(`{3,}|~{3,})[ \t]*[A-Za-z0-9_+.-]*[^\n]*\n(.*)", text, re.S)
+        m = re.match(r"\s*(`{3,}|~{3,})[ \t]*[A-Za-z0-9_+.-]*[^\n]*\n(.*)", text, re.DOTALL)
         if m is None:
             return Extracted(text)
         blocks = [("", m.group(2))]
@@ -64,7 +64,7 @@ def check_format(code: str) -> None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(isinstance(t, ast.Name) and t.id == "ModelNew" for t in targets):
                 return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any((a.asname or a.name) == "ModelNew" for a in node.names):
-                return
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                (a.asname or a.name) == "ModelNew" for a in node.names):
+            return
     raise FormatError("no top-level `ModelNew` defined (the candidate must define class ModelNew)")

@@ -115,3 +115,138 @@ def sync(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------- seeded task data
+
+def seed_all(seed: int) -> None:
+    """Seed every generator a KernelBench `get_inputs` may draw from (torch, random, numpy)."""
+    import random
+    import sys
+
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed(seed & 0xFFFFFFFF)
+
+
+def seeded_task(source: str, seed: int, module_name: str) -> tuple[Any, list[Any], Any]:
+    """(task module, init inputs, Model) built from `seed` exactly as the reference worker builds them."""
+    from kernelgym import task as taskmod
+
+    module = taskmod.exec_source(source, module_name, filename="<reference>")
+    seed_all(seed)
+    init_inputs = list(module.get_init_inputs())
+    model = module.Model(*init_inputs)
+    return module, init_inputs, model
+
+
+def trial_inputs(module: Any, seed: int) -> list[Any]:
+    """A trial's inputs: `get_inputs()` after seeding every generator with the trial seed."""
+    seed_all(seed)
+    return list(module.get_inputs())
+
+
+def fingerprint(obj: Any) -> Any:
+    """A cheap exact summary of a nested value (tensor shape, dtype and a sum of its raw bits), so that
+    two processes can check they built the same inputs and weights from the same seeds."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous().reshape(-1)
+        raw = t.view(torch.uint8) if t.numel() else t
+        if raw.numel() % 4 == 0 and raw.numel():
+            bits = int(raw.view(torch.int32).sum(dtype=torch.int64))
+        else:
+            bits = int(raw.sum(dtype=torch.int64)) if raw.numel() else 0
+        return ["T", str(obj.dtype).removeprefix("torch."), list(obj.shape), bits]
+    if isinstance(obj, (list, tuple)):
+        return [fingerprint(v) for v in obj]
+    if isinstance(obj, dict):
+        return [[str(k), fingerprint(v)] for k, v in obj.items()]
+    if isinstance(obj, (bool, int, float, str)) or obj is None:
+        return obj
+    return f"<{type(obj).__name__}>"
+
+
+# ----------------------------------------------------------------------------- the GPU lock, worker side
+
+class GpuSections:
+    """The worker's side of the parent's per-GPU lock (see `pool.GpuLock`).
+
+    `hold(mode)` asks the parent for the lock and waits for the grant; on leaving, the device is
+    synchronised (nothing of ours may still run while someone times) and the lock released. Inside a
+    shared section, `released()` syncs, lets go while the host compiles, and takes it back.
+    Disabled (no-ops) on CPU workers.
+    """
+
+    def __init__(self, send: Any, recv: Any, enabled: bool):
+        self._send, self._recv, self.enabled = send, recv, enabled
+        self.mode: str | None = None
+
+    def _ask(self, mode: str) -> None:
+        from kernelgym.evaluation import codec
+
+        self._send(codec.encode({"type": "lock", "mode": mode}))
+        reply = codec.decode(self._recv())
+        if not isinstance(reply, dict) or reply.get("type") != "granted":
+            raise RuntimeError(f"unexpected reply to a GPU lock request: {reply!r}"[:200])
+        self.mode = mode
+
+    def _let_go(self) -> None:
+        from kernelgym.evaluation import codec
+
+        self.mode = None
+        self._send(codec.encode({"type": "lock", "mode": "release"}))
+
+    def acquire(self, mode: str) -> None:
+        if self.enabled and self.mode != mode:
+            if self.mode is not None:
+                self.release()
+            self._ask(mode)
+
+    def release(self) -> None:
+        if self.enabled and self.mode is not None:
+            try:
+                sync("cuda")
+            finally:
+                self._let_go()
+
+    def hold(self, mode: str = "shared") -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def section() -> Any:
+            outer = self.mode
+            if outer == "exclusive" or outer == mode:
+                yield  # already covered
+                return
+            self.acquire(mode)
+            try:
+                yield
+            finally:
+                self.release()
+                if outer is not None:
+                    self.acquire(outer)
+
+        return section()
+
+    def released(self) -> Any:
+        """Around host-only work (JIT compiles) inside a shared section."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def section() -> Any:
+            if not self.enabled or self.mode != "shared":
+                yield
+                return
+            self.release()
+            try:
+                yield
+            finally:
+                self.acquire("shared")
+
+        return section()

@@ -8,8 +8,8 @@ whole process group can be killed, and talks over a private socket, never stdout
 
 from __future__ import annotations
 
+import contextlib
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -42,10 +43,12 @@ class WorkerFailure(Exception):
 
 @dataclass(frozen=True)
 class Role:
-    """What a worker is for; decides its environment. `backend` is "cuda" or "interpret"."""
+    """What a worker is for; decides its environment. `backend` is "cuda" or "interpret"; `device`
+    the index (among the GPUs this process sees) a cuda worker is pinned to, None for CPU roles."""
 
     name: str  # "reference" | "candidate" | "ptx"
     backend: str
+    device: int | None = None
 
     def env(self, gpu_fraction: float | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -60,11 +63,91 @@ class Role:
         env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
         if self.backend == "interpret" or self.name == "ptx":
             env["CUDA_VISIBLE_DEVICES"] = ""
+        elif self.device is not None:
+            # Pinned: the worker sees one GPU, as cuda:0, so nothing in it can pick another.
+            env["CUDA_VISIBLE_DEVICES"] = physical_device(self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if self.backend == "interpret" and self.name == "candidate":
             env["TRITON_INTERPRET"] = "1"
         if self.backend == "cuda" and gpu_fraction:
             env["KERNELGYM_GPU_FRACTION"] = str(gpu_fraction)
         return env
+
+
+def physical_device(index: int, visible: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES entry for logical GPU `index` of a process started with `visible`.
+
+    Unset: the index itself. Otherwise the index-th entry of the list (ids, GPU-/MIG- UUIDs);
+    an index past the list is an error rather than a silent wrap-around.
+    """
+    if index < 0:
+        raise ValueError(f"GPU index must be >= 0, got {index}")
+    if visible is None:
+        return str(index)
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if index >= len(entries):
+        raise ValueError(f"GPU index {index} is not visible (CUDA_VISIBLE_DEVICES={visible!r})")
+    return entries[index]
+
+
+def split_counts(total: int, parts: int, minimum: int = 1) -> list[int]:
+    """`total` workers spread over `parts` devices as evenly as possible, at least `minimum` each."""
+    if parts < 1:
+        raise ValueError("need at least one device")
+    base, extra = divmod(max(total, 0), parts)
+    return [max(minimum, base + (1 if i < extra else 0)) for i in range(parts)]
+
+
+class GpuLock:
+    """One GPU's lock: many shared holders (correctness runs) or one exclusive holder (timing).
+
+    Writers are preferred: once a timing waits, new shared holders wait behind it. Workers take it
+    through `Worker.request` (their GPU sections only; compiling happens outside it).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    def acquire(self, mode: str) -> None:
+        with self._cond:
+            if mode == "shared":
+                while self._writer or self._waiting_writers:
+                    self._cond.wait()
+                self._readers += 1
+            elif mode == "exclusive":
+                self._waiting_writers += 1
+                try:
+                    while self._writer or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._waiting_writers -= 1
+                self._writer = True
+            else:
+                raise ValueError(f"unknown lock mode {mode!r}")
+
+    def release(self, mode: str) -> None:
+        with self._cond:
+            if mode == "shared":
+                self._readers = max(0, self._readers - 1)
+            else:
+                self._writer = False
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, mode: str) -> Iterator[None]:
+        self.acquire(mode)
+        try:
+            yield
+        finally:
+            self.release(mode)
+
+    @property
+    def state(self) -> tuple[int, bool, int]:
+        """(shared holders, exclusive held, exclusive waiting)."""
+        with self._cond:
+            return self._readers, self._writer, self._waiting_writers
 
 
 def _children(pid: int) -> list[int]:
@@ -109,7 +192,8 @@ class Worker:
         self.role = role
         self.memory_limit = int(memory_limit_mb * 2**20) if memory_limit_mb else None
         parent_sock, child_sock = socket.socketpair()
-        self._log = tempfile.NamedTemporaryFile(prefix="kernelgym-worker-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
+            prefix="kernelgym-worker-", suffix=".log", delete=False)
         self.log_path = self._log.name
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kernelgym.evaluation.worker", role.name, str(child_sock.fileno())],
@@ -122,6 +206,10 @@ class Worker:
         self.evaluations = 0
         self.dead = False
         self.last_ipc_s = 0.0  # wall time of the last request not spent in the worker's handler
+        self.lock_wait_s = 0.0  # seconds the last request waited for the GPU lock
+        self.claims = 0  # evaluations that will come back to this worker (its stored references)
+        self._gpu: Any = None
+        self._held: str | None = None
 
     @property
     def pid(self) -> int:
@@ -145,9 +233,48 @@ class Worker:
         except OSError:
             return ""
 
-    def request(self, msg: dict[str, Any], phase_timeout: float) -> dict[str, Any]:
-        """Send one request; wait for its result, restarting the deadline at each phase message."""
+    def request(self, msg: dict[str, Any], phase_timeout: float, gpu: Any = None,
+                raw_tensors: bool = False) -> dict[str, Any]:
+        """Send one request; wait for its result, restarting the deadline at each phase message.
+
+        gpu: the device's `GpuLock`; the worker asks for it (``{"type": "lock", "mode": ...}``)
+        around its GPU sections and the parent grants it here. Whatever the worker still holds when
+        the request ends (result, crash, timeout) is released. raw_tensors: leave the reply's
+        tensors as `codec.RawTensor` bytes (for relaying).
+        """
         self.wait_ready()
+        self._gpu, self.lock_wait_s = gpu, 0.0
+        try:
+            return self._request(msg, phase_timeout, raw_tensors)
+        finally:
+            self._release_gpu()
+            self._gpu = None
+
+    def _release_gpu(self) -> None:
+        if self._held is not None and self._gpu is not None:
+            self._gpu.release(self._held)
+        self._held = None
+
+    def _lock(self, mode: str) -> None:
+        """A lock message from the worker: grant (blocking here) or release; unknown modes kill it."""
+        if mode == "release":
+            self._release_gpu()
+            return
+        if mode not in ("shared", "exclusive"):
+            self.kill()
+            raise WorkerFailure("crash", f"worker asked for an unknown GPU lock mode {mode!r}")
+        self._release_gpu()  # never an upgrade while holding: that could deadlock
+        t = time.perf_counter()
+        if self._gpu is not None:
+            self._gpu.acquire(mode)
+            self._held = mode
+        self.lock_wait_s += time.perf_counter() - t
+        try:
+            self.conn.send_bytes(codec.encode({"type": "granted"}))
+        except OSError:
+            self._release_gpu()
+
+    def _request(self, msg: dict[str, Any], phase_timeout: float, raw_tensors: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             os.truncate(self.log_path, 0)  # stderr of this request only (the child appends)
@@ -158,13 +285,14 @@ class Worker:
         except OSError as exc:
             self.kill()
             raise WorkerFailure("crash", f"worker unreachable: {exc}", "send") from None
-        reply = self._receive(time.monotonic() + phase_timeout, "start", phase_timeout)
-        wall = time.perf_counter() - t0
+        reply = self._receive(time.monotonic() + phase_timeout, "start", phase_timeout, raw_tensors)
+        wall = time.perf_counter() - t0 - self.lock_wait_s
         worker_s = reply.pop("worker_s", None)
         self.last_ipc_s = max(0.0, wall - float(worker_s)) if isinstance(worker_s, (int, float)) else 0.0
         return reply
 
-    def _receive(self, deadline: float, phase: str, phase_timeout: float) -> dict[str, Any]:
+    def _receive(self, deadline: float, phase: str, phase_timeout: float,
+                 raw_tensors: bool = False) -> dict[str, Any]:
         hard_deadline = time.monotonic() + phase_timeout * 50  # forged phase messages cannot stall us
         while True:
             try:
@@ -173,7 +301,7 @@ class Worker:
                 ready = True
             if ready:
                 try:
-                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES))
+                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES), raw_tensors)
                 except (EOFError, OSError):
                     self._died(phase)
                 except codec.CodecError as exc:
@@ -185,6 +313,12 @@ class Worker:
                 if reply.get("type") == "phase":
                     phase = str(reply.get("phase", ""))[:100]
                     deadline = min(time.monotonic() + phase_timeout, hard_deadline)
+                    continue
+                if reply.get("type") == "lock":
+                    t = time.monotonic()
+                    self._lock(str(reply.get("mode", "")))
+                    waited = time.monotonic() - t  # waiting for the lock is not the worker's time
+                    deadline, hard_deadline = deadline + waited, hard_deadline + waited
                     continue
                 return reply
             if self.proc.poll() is not None:
@@ -270,63 +404,80 @@ class Worker:
 
 
 class RolePool:
-    """Up to `size` workers of one role; `acquire` starts one lazily or waits for a free one."""
+    """Up to `size` workers of one role; `acquire` starts one lazily or waits for a free one;
+    `acquire_worker` waits for one particular worker (the one that stored a reference)."""
 
     def __init__(self, role: Role, size: int, memory_limit_mb: float | None, gpu_fraction: float | None = None):
         self.role, self.size = role, max(1, size)
         self.memory_limit_mb, self.gpu_fraction = memory_limit_mb, gpu_fraction
-        self._idle: queue.LifoQueue[Worker] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(self.size)
-        self._lock = threading.Lock()
-        self._all: set[Worker] = set()
+        self._cond = threading.Condition()
+        self._idle: list[Worker] = []
+        self._busy: set[Worker] = set()
         self.closed = False
         self.started = 0
 
     def _spawn(self) -> Worker:
         w = Worker(self.role, self.memory_limit_mb, self.gpu_fraction)
-        with self._lock:
-            self._all.add(w)
-            self.started += 1
+        self.started += 1
         return w
 
     def acquire(self) -> Worker:
-        if self.closed:
-            raise RuntimeError("worker pool is shut down")
-        self._slots.acquire()
-        try:
-            try:
-                w = self._idle.get_nowait()
-            except queue.Empty:
-                w = self._spawn()
-            if w.dead or w.proc.poll() is not None:
-                self._forget(w)
-                w = self._spawn()
-            return w
-        except BaseException:
-            self._slots.release()
-            raise
+        """A free worker: the most recently used idle one with the fewest claims, or a new one."""
+        with self._cond:
+            while True:
+                if self.closed:
+                    raise RuntimeError("worker pool is shut down")
+                if self._idle:
+                    least = min(w.claims for w in self._idle)
+                    i = max(i for i, w in enumerate(self._idle) if w.claims == least)
+                    w = self._idle.pop(i)
+                    if w.dead or w.proc.poll() is not None:
+                        w.kill()
+                        w = self._spawn()
+                    self._busy.add(w)
+                    return w
+                if len(self._busy) < self.size:
+                    w = self._spawn()
+                    self._busy.add(w)
+                    return w
+                self._cond.wait()
+
+    def acquire_worker(self, w: Worker, timeout: float | None = None) -> Worker | None:
+        """Wait until `w` is idle and take it; None if it died or left the pool (or on timeout)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self.closed or w.dead:
+                    return None
+                if w in self._idle:
+                    self._idle.remove(w)
+                    self._busy.add(w)
+                    return w
+                if w not in self._busy:
+                    return None
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
 
     def release(self, w: Worker, recycle: bool = False) -> None:
         """Return a worker; a recycled (or dead) one is killed and a replacement started at once."""
-        if recycle or w.dead or self.closed:
-            w.kill()
-            self._forget(w)
-            if not self.closed:
-                self._idle.put(self._spawn())  # import torch now, not when the next job waits
-        else:
-            self._idle.put(w)
-        self._slots.release()
-
-    def _forget(self, w: Worker) -> None:
-        with self._lock:
-            self._all.discard(w)
+        with self._cond:
+            self._busy.discard(w)
+            if recycle or w.dead or self.closed:
+                w.kill()
+                if not self.closed:
+                    self._idle.append(self._spawn())  # import torch now, not when the next job waits
+            else:
+                self._idle.append(w)
+            self._cond.notify_all()
 
     def prestart(self) -> None:
         """Start one worker in the background if none is idle and there is room (no waiting)."""
-        with self._lock:
-            room = not self.closed and self._idle.empty() and len(self._all) < self.size
-        if room:
-            self._idle.put(self._spawn())
+        with self._cond:
+            if not self.closed and not self._idle and len(self._busy) < self.size:
+                self._idle.append(self._spawn())
+                self._cond.notify_all()
 
     def warm(self, n: int | None = None) -> None:
         """Start workers ahead of time (up to `n`, default the pool size) and wait until ready."""
@@ -340,13 +491,15 @@ class RolePool:
             self.release(w)
 
     def pids(self) -> list[int]:
-        with self._lock:
-            return [w.pid for w in self._all if not w.dead]
+        with self._cond:
+            return [w.pid for w in [*self._idle, *self._busy] if not w.dead]
 
     def shutdown(self) -> None:
-        self.closed = True
-        with self._lock:
-            workers = list(self._all)
-            self._all.clear()
+        with self._cond:
+            self.closed = True
+            workers = [*self._idle, *self._busy]
+            self._idle.clear()
+            self._busy.clear()
+            self._cond.notify_all()
         for w in workers:
             w.close()

@@ -10,7 +10,8 @@ interpreter accepts but the compiler rejects.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kernelgym.evaluation.jobs import describe
 

@@ -1,12 +1,31 @@
-"""The reference job, run in a REFERENCE worker (a process that never runs candidate code)."""
+"""The reference jobs, run in a REFERENCE worker (a process that never runs candidate code).
+
+`run_reference` builds the seeded model and each trial's inputs, computes the outputs on the
+evaluation device and keeps them there, in the worker's store, under the evaluation's key; the
+parent gets only metadata (op counts, output shapes and dtypes, fingerprints of the inputs and
+weights). `compare` judges a candidate's outputs against the stored ones on the same device (or
+rebuilds them from the seed when this worker no longer has them). `prepare_baselines` /
+`time_baselines` time the eager and torch.compile reference (see `timing`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
-from kernelgym.evaluation.jobs import clone_tree, describe, outputs_list, sync, to_device
+from kernelgym.evaluation.jobs import (
+    clone_tree,
+    describe,
+    fingerprint,
+    seeded_task,
+    sync,
+    to_device,
+    trial_inputs,
+)
 
 SEED_MASK = (1 << 63) - 1
+DEFAULT_STORE_BYTES = 2 << 30
 
 
 def trial_seed(seed: int, t: int) -> int:
@@ -14,50 +33,175 @@ def trial_seed(seed: int, t: int) -> int:
     return (seed * 6364136223846793005 + 1442695040888963407 * (t + 1)) & SEED_MASK
 
 
-def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """Seeded: init inputs and weights from `seed`, then each trial's inputs and outputs."""
+def _gpu(state: dict[str, Any]) -> Any:
+    return state["gpu"]
+
+
+def _nbytes(obj: Any) -> int:
+    if hasattr(obj, "element_size") and hasattr(obj, "numel"):
+        return int(obj.element_size() * obj.numel())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Model, inputs and outputs of every trial for (source, seed); raises on a broken reference."""
     import torch
 
-    from kernelgym import task as taskmod
     from kernelgym.evaluation.guards.runtime import record_torch_ops
 
-    state.pop("reference", None)
     device, seed, n = msg["device"], int(msg["seed"]), int(msg["trials"])
     progress("reference import")
     try:
-        module = taskmod.exec_source(msg["source"], "kernelgym_reference", filename="<reference>")
-        torch.manual_seed(seed)
-        init_inputs = list(module.get_init_inputs())
-        model = module.Model(*init_inputs)
+        module, init_inputs, model = seeded_task(msg["source"], seed, "kernelgym_reference")
         state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model = model.to(device).eval()
+        with _gpu(state).hold("shared"):
+            model = model.to(device).eval()
     except BaseException as exc:  # noqa: BLE001 - a broken reference is a verdict, not a worker crash
-        return {"status": "error", "stage": "reference init", "error": describe(exc)}
-    trials = []
-    ops = None
-    aliases = False
+        raise _RefError("reference init", describe(exc)) from None
+    trials, ops, aliases = [], None, False
     for t in range(n):
         progress(f"reference trial {t}")
         ts = trial_seed(seed, t)
         try:
-            torch.manual_seed(ts)
-            inputs = list(module.get_inputs())
-            sent = clone_tree(inputs)  # before forward: a reference may modify its inputs in place
-            dev_inputs = to_device(inputs, device)
-            with torch.no_grad():
-                if t == 0 and msg.get("want_ops"):
-                    out, counter = record_torch_ops(model, *dev_inputs)
-                    ops = {str(k): int(v) for k, v in counter.items()}
-                else:
-                    out = model(*dev_inputs)
-            sync(device)
+            inputs = trial_inputs(module, ts)
+            fp = fingerprint(inputs)  # of what the candidate worker will rebuild, before any forward
+            with _gpu(state).hold("shared"):
+                dev_inputs = to_device(inputs, device)
+                kept = clone_tree(dev_inputs)  # a reference may modify its inputs in place
+                with torch.no_grad():
+                    if t == 0 and msg.get("want_ops"):
+                        out, counter = record_torch_ops(model, *dev_inputs)
+                        ops = {str(k): int(v) for k, v in counter.items()}
+                    else:
+                        out = model(*dev_inputs)
+                sync(device)
             aliases = aliases or _shares_storage(out, dev_inputs)
         except BaseException as exc:  # noqa: BLE001
-            return {"status": "error", "stage": f"reference trial {t}", "error": describe(exc)}
-        trials.append({"seed": ts, "inputs": sent, "outputs": outputs_list(out)})
-    state["reference"] = {"model": model, "inputs": [to_device(tr["inputs"], device) for tr in trials]}
-    return {"status": "ok", "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops,
-            "aliases_input": aliases}
+            raise _RefError(f"reference trial {t}", describe(exc)) from None
+        items = list(out) if isinstance(out, (list, tuple)) else [out]
+        outputs = [o.detach().clone() if isinstance(o, torch.Tensor) else
+                   (torch.as_tensor(o) if isinstance(o, (bool, int, float)) else f"<{type(o).__name__}>")
+                   for o in items]
+        trials.append({"seed": ts, "inputs": kept, "outputs": outputs, "fingerprint": fp})
+    return {"model": model, "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops,
+            "aliases": aliases}
+
+
+class _RefError(Exception):
+    def __init__(self, stage: str, error: str):
+        super().__init__(error)
+        self.stage, self.error = stage, error
+
+
+def _store(state: dict[str, Any]) -> OrderedDict:
+    return state.setdefault("store", OrderedDict())
+
+
+def _put(state: dict[str, Any], key: str, outputs: list[list[Any]], limit: int) -> bool:
+    """Keep `outputs` under `key` (LRU by bytes); False when they alone exceed the limit."""
+    size = _nbytes(outputs)
+    store = _store(state)
+    store.pop(key, None)
+    if size > limit:
+        return False
+    store[key] = (outputs, size)
+    total = sum(s for _, s in store.values())
+    while total > limit and len(store) > 1:
+        _, (_, old) = store.popitem(last=False)
+        total -= old
+    return True
+
+
+def _output_problem(outputs: list[Any]) -> str | None:
+    import torch
+
+    for i, ref in enumerate(outputs):
+        if not isinstance(ref, torch.Tensor):
+            return f"reference output {i} is {ref if isinstance(ref, str) else type(ref).__name__}, not a tensor"
+        if (ref.is_floating_point() or ref.is_complex()) and bool(torch.isnan(ref).any()):
+            return f"reference output {i} contains NaN"
+    return None
+
+
+def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Seeded: init inputs and weights from `seed`, then each trial's inputs and outputs (kept here)."""
+    state.pop("reference", None)
+    try:
+        ref = _build(state, msg, progress)
+    except _RefError as exc:
+        return {"status": "error", "stage": exc.stage, "error": exc.error}
+    outputs = [tr["outputs"] for tr in ref["trials"]]
+    for t, outs in enumerate(outputs):
+        problem = _output_problem(outs)
+        if problem:
+            return {"status": "bad_output", "error": f"trial {t}: {problem}"}
+    stored = _put(state, msg["key"], outputs, int(msg.get("store_bytes", DEFAULT_STORE_BYTES)))
+    state["reference"] = {"model": ref["model"], "inputs": [tr["inputs"] for tr in ref["trials"]]}
+    return {
+        "status": "ok", "stored": stored, "ops": ref["ops"], "aliases_input": ref["aliases"],
+        "seeds": [tr["seed"] for tr in ref["trials"]],
+        "outputs": [[{"dtype": str(o.dtype).removeprefix("torch."), "shape": list(o.shape)} for o in outs]
+                    for outs in outputs],
+        "input_dtypes": sorted({str(x.dtype).removeprefix("torch.") for x in _flat(ref["trials"][0]["inputs"])
+                                if hasattr(x, "is_floating_point") and x.is_floating_point()}),
+        "fingerprints": {"init_inputs": fingerprint(ref["init_inputs"]),
+                         "state_dict": fingerprint(ref["state_dict"]),
+                         "trials": [tr["fingerprint"] for tr in ref["trials"]]},
+    }
+
+
+def _flat(obj: Any) -> list[Any]:
+    if isinstance(obj, (list, tuple)):
+        return [x for v in obj for x in _flat(v)]
+    return [obj]
+
+
+def compare(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Compare candidate outputs (``items``: [trial index, outputs]) with the stored reference outputs.
+
+    A worker that no longer holds the key rebuilds the reference from the seed first. ``drop``
+    forgets the key afterwards (the evaluation's last comparison).
+    """
+    import torch
+
+    from kernelgym.evaluation.check import compare_trial
+
+    store = _store(state)
+    hit = store.get(msg["key"])
+    recomputed = hit is None
+    if hit is None:
+        try:
+            ref = _build(state, msg, progress)
+        except _RefError as exc:
+            return {"status": "error", "error": f"reference rebuilt for comparison failed in {exc.stage}: "
+                                                f"{exc.error}"}
+        outputs = [tr["outputs"] for tr in ref["trials"]]
+        seeds = [tr["seed"] for tr in ref["trials"]]
+        del ref
+    else:
+        store.move_to_end(msg["key"])
+        outputs = hit[0]
+        seeds = [trial_seed(int(msg["seed"]), t) for t in range(len(outputs))]
+    progress("compare")
+    results = []
+    with _gpu(state).hold("shared"), torch.no_grad():
+        for t, cand in msg["items"]:
+            t = int(t)
+            if not 0 <= t < len(outputs):
+                return {"status": "error", "error": f"no reference trial {t}"}
+            ref_dev = outputs[t][0].device if outputs[t] and hasattr(outputs[t][0], "device") else "cpu"
+            got = [to_device(c, ref_dev) for c in (cand if isinstance(cand, (list, tuple)) else [cand])]
+            results.append(compare_trial(t, seeds[t], outputs[t], got).to_dict())
+    if msg.get("drop"):
+        store.pop(msg["key"], None)
+    return {"status": "ok", "results": results, "recomputed": recomputed}
+
+
+def drop(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    _store(state).pop(msg["key"], None)
+    return {"status": "ok"}
 
 
 def _shares_storage(out: Any, inputs: list[Any]) -> bool:
@@ -72,8 +216,20 @@ def _shares_storage(out: Any, inputs: list[Any]) -> bool:
     return bool(ptrs(out) & ptrs(inputs))
 
 
+def _stream(state: dict[str, Any]) -> Any:
+    import torch
+
+    if "stream" not in state:
+        state["stream"] = torch.cuda.Stream()
+    return state["stream"]
+
+
 def prepare_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """torch.compile the reference and run it once (slow; done outside the exclusive timing lock)."""
+    """torch.compile the reference and run it once (slow; done outside the exclusive timing lock).
+
+    The first compiled call compiles on the host and runs the forward in one go, so it holds no
+    GPU lock (a compile can take minutes); the second, a plain run, holds the shared one.
+    """
     import torch
 
     ref = state.get("reference")
@@ -84,7 +240,9 @@ def prepare_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Call
         compiled = torch.compile(ref["model"])
         with torch.no_grad():
             compiled(*ref["inputs"][0])
-        torch.cuda.synchronize()
+            torch.cuda.synchronize()
+            with _gpu(state).hold("shared"):
+                compiled(*ref["inputs"][0])
         ref["compiled"] = compiled
     except BaseException as exc:  # noqa: BLE001 - the eager baseline still stands
         ref["compile_error"] = describe(exc)
@@ -101,11 +259,12 @@ def time_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     if ref is None:
         return {"status": "error", "error": "no reference loaded"}
     model, inputs = ref["model"], [list(x) for x in ref["inputs"]]
+    opts = dict(msg.get("bench", {}))
     out: dict[str, Any] = {"status": "ok"}
     progress("baseline eager")
     try:
-        with torch.no_grad():
-            out["eager"] = bench(lambda ins: model(*ins), inputs, **msg.get("bench", {}))
+        with _gpu(state).hold("exclusive"), torch.no_grad():
+            out["eager"] = bench(lambda ins: model(*ins), inputs, stream=_stream(state), **opts)
     except BaseException as exc:  # noqa: BLE001
         return {"status": "error", "error": f"eager baseline failed: {describe(exc)}"}
     compiled = ref.get("compiled")
@@ -114,8 +273,8 @@ def time_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
         return out
     progress("baseline torch.compile timing")
     try:
-        with torch.no_grad():
-            out["compile"] = bench(lambda ins: compiled(*ins), inputs, **msg.get("bench", {}))
+        with _gpu(state).hold("exclusive"), torch.no_grad():
+            out["compile"] = bench(lambda ins: compiled(*ins), inputs, stream=_stream(state), **opts)
     except BaseException as exc:  # noqa: BLE001
         out["compile_error"] = describe(exc)
     return out

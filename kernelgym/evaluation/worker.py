@@ -28,6 +28,8 @@ def _handlers() -> dict[str, Any]:
         "prepare_baseline": reference.prepare_baselines,
         "baseline": reference.time_baselines,
         "end_reference": reference.end_reference,
+        "compare": reference.compare,
+        "drop": reference.drop,
         "candidate": candidate.run_candidate,
         "time": candidate.time_candidate,
         "final": candidate.final_trial,
@@ -63,20 +65,23 @@ def main(argv: list[str]) -> int:
     # Candidate prints must never reach a protocol stream; stdout joins the stderr log.
     os.dup2(2, 1)
     import torch
-    import triton
 
     # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
     # and loads code generators, which the runtime guards would rightly call patching.
-    import torch._dynamo  # noqa: F401
-    import torch.utils._python_dispatch  # noqa: F401
+    import torch._dynamo
+    import torch.utils._python_dispatch
+    import triton
 
     torch.set_num_threads(1)
     if torch.cuda.is_available() and os.environ.get("KERNELGYM_GPU_FRACTION"):
         torch.cuda.set_per_process_memory_fraction(float(os.environ["KERNELGYM_GPU_FRACTION"]))
     from kernelgym.evaluation import codec
+    from kernelgym.evaluation.jobs import GpuSections
 
     tmpdir = tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
-    state: dict[str, Any] = {"tmpdir": tmpdir, "role": role}
+    gpu = GpuSections(conn.send_bytes, lambda: conn.recv_bytes(MAX_REQUEST_BYTES),
+                      enabled=role != "ptx" and torch.cuda.is_available())
+    state: dict[str, Any] = {"tmpdir": tmpdir, "role": role, "gpu": gpu}
     handlers = _handlers()
     conn.send_bytes(codec.encode({
         "type": "ready", "pid": os.getpid(), "tmpdir": tmpdir, "device": _device_name(role),
@@ -98,10 +103,12 @@ def main(argv: list[str]) -> int:
         t_job = time.perf_counter()
         try:
             result = handlers[op](state, msg, progress)
+            gpu.release()  # a handler that failed inside a GPU section leaves it here
             blob = codec.encode({"type": "result", **result, "worker_s": time.perf_counter() - t_job})
         except BaseException as exc:  # noqa: BLE001 - report, the parent decides to recycle
             from kernelgym.evaluation.jobs import describe
 
+            gpu.mode = None  # the parent releases what this request held when the result arrives
             blob = codec.encode({"type": "result", "status": "internal_error", "error": describe(exc)})
         conn.send_bytes(blob)
 

@@ -14,7 +14,7 @@ GUARD_NAMES = (
     "reference_ops_in_torch", "try_except", "output_reused", "output_aliases_input", "input_mutated",
     "side_stream", "thread_started", "process_started", "patching", "code_generation", "file_access",
     "network", "subprocess", "introspection", "forbidden_import", "forbidden_call", "early_exit", "numpy",
-    "timing_inconsistent",
+    "timing_inconsistent", "timing_probe",
 )
 
 

@@ -34,9 +34,9 @@ import sys
 import sysconfig
 import threading
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -115,7 +115,7 @@ class _Recorder(TorchDispatchMode):
         self.in_launch = 0
         self.paused = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if self.paused:
             return out
@@ -225,7 +225,7 @@ def _tensors(v: Any) -> Iterator[torch.Tensor]:
     elif isinstance(v, (tuple, list)):
         for x in v:
             yield from _tensors(x)
-    elif hasattr(v, "base") and isinstance(getattr(v, "base"), torch.Tensor):  # TensorDescriptor
+    elif hasattr(v, "base") and isinstance(v.base, torch.Tensor):  # TensorDescriptor
         yield v.base
 
 
@@ -260,7 +260,7 @@ def _make_run(orig: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _launch_classes() -> list[type]:
-    import triton.runtime.jit as jit
+    from triton.runtime import jit
 
     classes: list[type] = [jit.JITFunction]
     try:
@@ -447,6 +447,13 @@ def _wrap_calls() -> None:
         (_thread, "start_new_thread", "thread_started", "_thread.start_new_thread"),
         (_thread, "start_new", "thread_started", "_thread.start_new"),
     ]
+    # Asking whether a CUDA graph is being captured tells a forward it is being timed.
+    targets += [(torch.cuda, "is_current_stream_capturing", "timing_probe", "torch.cuda.is_current_stream_capturing"),
+                (torch._C, "_cuda_isCurrentStreamCapturing", "timing_probe", "torch._C._cuda_isCurrentStreamCapturing")]
+    graphs = sys.modules.get("torch.cuda.graphs")
+    if graphs is not None:
+        targets.append((graphs, "is_current_stream_capturing", "timing_probe",
+                        "torch.cuda.graphs.is_current_stream_capturing"))
     dyn = sys.modules.get("torch._dynamo")
     if dyn is not None:
         targets.append((dyn, "optimize", "code_generation", "torch._dynamo.optimize"))
@@ -463,10 +470,11 @@ _GEN_MODULES = ("torch._dynamo", "torch._inductor", "torch.utils.cpp_extension",
 
 
 def _watched_owners() -> list[tuple[str, Any]]:
+    import time
+
     import triton
     import triton.language as tl
-    import triton.runtime.jit as jit
-    import time
+    from triton.runtime import jit
 
     owners: list[tuple[str, Any]] = [
         ("torch", torch), ("torch.nn.functional", torch.nn.functional), ("torch.nn", torch.nn),
@@ -567,6 +575,11 @@ class RuntimeGuard:
         self._modules: set[str] = set()
         self._tainted = False
         self._installed = False
+        # The one CUDA stream launches may use (the worker's evaluation stream; None: the default
+        # stream), and a context manager to run a first-time JIT compile in (outside the GPU lock).
+        self.stream: int | None = None
+        self.compile_section: Callable[[], Any] | None = None
+        self._warmed: set[tuple] = set()
 
     # -- bookkeeping
     def _add(self, f: Finding) -> None:
@@ -591,7 +604,7 @@ class RuntimeGuard:
     def install(self) -> None:
         """Wrap launches and code generators, arm the audit hook, snapshot what must not change."""
         global _ACTIVE
-        import triton  # noqa: F401 - the interpreter module must be loaded before we wrap it
+        import triton
 
         try:
             import triton.runtime.interpreter  # noqa: F401
@@ -614,7 +627,7 @@ class RuntimeGuard:
         self._installed = True
 
     @contextlib.contextmanager
-    def sandboxed(self, *, check: Callable[[RuntimeGuard], None] = None) -> Iterator[None]:  # type: ignore[assignment]
+    def sandboxed(self, *, check: Callable[[RuntimeGuard], None] | None = None) -> Iterator[None]:
         """Enforce the audit policy on candidate frames; SystemExit becomes Finding('early_exit')."""
         global _ENFORCE
         prev = _ENFORCE
@@ -712,14 +725,20 @@ class RuntimeGuard:
         cuda = [t for t in tensors if t.is_cuda]
         if cuda:
             dev = cuda[0].device
-            cur, default = torch.cuda.current_stream(dev), torch.cuda.default_stream(dev)
-            stream = int(cur.cuda_stream)
-            if cur.cuda_stream != default.cuda_stream:
-                self._add(Finding("side_stream", f"kernel {name} launched on non-default stream {stream:#x}"))
+            stream = int(torch.cuda.current_stream(dev).cuda_stream)
+            if stream != self._allowed_stream(dev):
+                self._add(Finding("side_stream", f"kernel {name} launched on stream {stream:#x}, not the "
+                                  "evaluation stream"))
         lr = LaunchRecord(name, signature, constexprs, grid_t, kwargs.get("num_warps"), kwargs.get("num_stages"), stream)
         key = (name, tuple(sorted(signature.items())), tuple(sorted((k, repr(v)) for k, v in constexprs.items())),
                lr.num_warps, lr.num_stages)
         self._launches.setdefault(key, lr)
+
+        if cuda and self.compile_section is not None and key not in self._warmed:
+            # First launch of this specialisation: compile it (host work) outside the GPU lock.
+            self._warmed.add(key)
+            with self.compile_section():
+                orig(kfn, *args, grid=grid_t, warmup=True, **kwargs)
 
         before: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if rec is not None:
@@ -743,6 +762,9 @@ class RuntimeGuard:
                     if not torch.equal(_storage_bytes(t), old):
                         rec.written.add(k)
         return result
+
+    def _allowed_stream(self, dev: torch.device) -> int:
+        return self.stream if self.stream is not None else int(torch.cuda.default_stream(dev).cuda_stream)
 
     def after_forward(self, record: ForwardRecord, outputs: Sequence[torch.Tensor] | torch.Tensor) -> None:
         """Checks right after forward returned (see the contract in /tmp/eval_contract.md)."""
@@ -788,8 +810,9 @@ class RuntimeGuard:
             self._add(Finding("side_stream", "; ".join(record.side_stream)))
         if torch.cuda.is_available() and self.device.startswith("cuda"):
             dev = torch.device(self.device)
-            if torch.cuda.current_stream(dev).cuda_stream != torch.cuda.default_stream(dev).cuda_stream:
-                self._add(Finding("side_stream", "forward returned with a non-default current stream"))
+            if torch.cuda.current_stream(dev).cuda_stream != self._allowed_stream(dev):
+                self._add(Finding("side_stream", "forward returned with another current stream than the "
+                                  "evaluation stream"))
         self._check_patching()
 
     def _check_patching(self) -> None:

@@ -54,6 +54,7 @@ _FORBIDDEN_PATHS = (
     ("torch.cuda.set_stream", "side_stream"), ("torch.cuda.StreamContext", "side_stream"),
     ("torch.cuda.graph", "side_stream"), ("torch.cuda.CUDAGraph", "side_stream"),
     ("torch.cuda.graphs", "side_stream"), ("torch.Stream", "side_stream"),
+    ("torch.cuda.is_current_stream_capturing", "timing_probe"),
     ("torch.multiprocessing", "process_started"), ("torch.distributed", "network"),
     ("torch.save", "file_access"), ("torch.load", "file_access"), ("torch.hub", "network"),
     ("torch.from_file", "file_access"), ("torch.utils", "forbidden_import"),
