@@ -343,7 +343,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     p.add_argument("--budget-evals", type=int, default=None,
-                   help="search: evaluations per task (default 4 under the interpreter, 12 on GPU)")
+                   help="search: evaluations per task (default 4 under the interpreter, 8 on GPU)")
     p.add_argument("--budget-s", type=float, default=None, help="search: wall seconds per task (default none)")
     p.add_argument("--model", default=None, help="llm: model name or path")
     p.add_argument("--base-url", default=None, help="llm: base URL of an OpenAI-compatible server")
@@ -383,7 +383,7 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
         if v is not None and v < 1:
             raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     sizes = args.sizes or ("bench" if backend == "cuda" else "tiny")
-    budget_evals = args.budget_evals or (12 if backend == "cuda" else 4)
+    budget_evals = args.budget_evals or (8 if backend == "cuda" else 4)
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     console = Console(stderr=True)
