@@ -399,6 +399,9 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
         policy_name = getattr(policy, "name", args.policy)
         if policy_name == "search":
             policy_name = f"search({getattr(getattr(policy, 'base', None), 'name', args.base)})"
+        if args.suite != "synthetic" and not Path(args.suite).is_dir():
+            raise RunError(f"--suite must be 'synthetic' or a directory of KernelBench-format files; "
+                           f"{args.suite!r} is not a directory")
         out = prepare_out(args.out, args.force)
         with console.status("sampling tasks" if args.suite == "synthetic" else "loading suite"):
             tasks = load_tasks(args.suite, args.difficulty, args.n, args.seed, sizes)
