@@ -89,6 +89,7 @@ class _Kernel:
     constexpr: set[str]
     defaults: dict[str, ast.expr]
     autotuned: bool
+    heuristic: set[str]       # parameters `@triton.heuristics` computes (launch values are overridden)
     axis_params: dict[int, set[str]]
 
 
@@ -253,7 +254,17 @@ def _kernel_info(fn: ast.FunctionDef) -> _Kernel | None:
     defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
     return _Kernel(fn.name, params, constexpr, defaults,
                    autotuned=any(n.split(".")[-1] == "autotune" for n in names),
+                   heuristic=_heuristic_params(fn),
                    axis_params=_axis_params(fn, constexpr))
+
+
+def _heuristic_params(fn: ast.FunctionDef) -> set[str]:
+    out: set[str] = set()
+    for d in fn.decorator_list:
+        if isinstance(d, ast.Call) and _dotted(d.func).split(".")[-1] == "heuristics" and d.args \
+                and isinstance(d.args[0], ast.Dict):
+            out.update(k.value for k in d.args[0].keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+    return out
 
 
 def _axis_params(fn: ast.FunctionDef, constexpr: set[str]) -> dict[int, set[str]]:
@@ -454,7 +465,7 @@ def _launch_occurrences(li: int, launch: _Launch, kernel: _Kernel, tree: ast.Mod
     given.update({k.arg: k.value for k in call.keywords if k.arg})
     out: list[_Occ] = []
     for p in kernel.params:
-        if p not in kernel.constexpr or not _BLOCK_NAME.search(p):
+        if p not in kernel.constexpr or p in kernel.heuristic or not _BLOCK_NAME.search(p):
             continue
         if p in given:
             found = _literal_sites(given[p], launch, tree, text)

@@ -138,6 +138,11 @@ def go(x, n):
     k[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, n)
 '''
     assert knobs(src) == {}
+    plain = src.replace('@triton.autotune(configs=[triton.Config({"BLOCK": 64}, num_warps=2)], key=["n"])\n', "")
+    plain = plain.replace("BLOCK: tl.constexpr)", "BLOCK: tl.constexpr = 64)")
+    assert knobs(plain) == {"k.BLOCK": 64, "k.num_warps": 4, "k.num_stages": 3}   # default: inserted at launch
+    heuristic = '@triton.heuristics({"BLOCK": lambda args: 128})\n' + plain.split("\n", 4)[4]
+    assert "@triton.jit" in heuristic and set(knobs(heuristic)) == {"k.num_warps", "k.num_stages"}
 
 
 def test_markdown_reply_and_variants():
