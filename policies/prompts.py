@@ -13,6 +13,7 @@ a reply without usable code still yields a string, which the evaluator judges `f
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,16 +194,31 @@ def _valid(code: str) -> bool:
 
 
 def _bare_code(text: str) -> str | None:
-    """Unfenced code with chatter around it: from the first code-looking line to the last line that parses."""
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
-    if start is None:
+    """Unfenced code among chatter: from a code-looking line to just before the prose that follows.
+
+    Each try cuts the text where the parser stopped, so a long reply costs a few parses, not one per line.
+    """
+    if "ModelNew" not in text:
         return None
-    # Trailing prose only; 40 lines of it is more than any model writes after its code.
-    for end in range(len(lines), max(start, len(lines) - 40), -1):
-        code = "\n".join(lines[start:end]) + "\n"
-        if _valid(code):
-            return code
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if _CODE_START.match(ln)][:8]   # a markdown '# Title' may come first
+    for start in starts:
+        end = len(lines)
+        for _ in range(8):
+            code = "\n".join(lines[start:end]) + "\n"
+            try:
+                ast.parse(code)
+            except SyntaxError as exc:
+                bad = (exc.lineno or 1) - 1   # the offending line, counted from `start`
+                if bad <= 0:
+                    break
+                end = start + bad
+                continue
+            except (ValueError, MemoryError, RecursionError):
+                break
+            if _valid(code):
+                return code
+            break
     return None
 
 

@@ -111,6 +111,7 @@ DRAFT = "class ModelNew:\n    x = 1\n"
     (f"<think>cut off while thinking\n```python\n{GOOD}```\nhmm, maybe", GOOD),
     (f"```python\n{GOOD}```\nA faster one:\n```python\n{GOOD}    def forward(self, x):\n        return (", GOOD),
     (f"Here is the code:\n{GOOD}\nIt should be fast.\nThanks", GOOD),
+    (f"# Solution\nHere is the code:\n{GOOD}\nIt should be fast.", GOOD),
 ])
 def test_extract_source_finds_the_final_module(reply, expect):
     src = extract_source(reply)
