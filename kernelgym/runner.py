@@ -301,11 +301,15 @@ def prepare_out(out: str | None, force: bool) -> Path:
     directory is refused unless `force` (then only the files this job writes are replaced)."""
     if out is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / stamp
-        k = 1
-        while path.exists():
-            k += 1
-            path = Path("runs") / f"{stamp}-{k}"
+        Path("runs").mkdir(exist_ok=True)
+        for k in range(1, 1000):
+            path = Path("runs") / (stamp if k == 1 else f"{stamp}-{k}")
+            try:
+                path.mkdir()   # atomic: two runs started in the same second get different directories
+                return path
+            except FileExistsError:
+                continue
+        raise RunError(f"could not make a fresh directory runs/{stamp}-N")
     else:
         path = Path(out)
         if path.exists() and not path.is_dir():
