@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,9 +64,13 @@ def precompile(reference: Any, candidate: str, arch: int, *, mode: str = "strict
     findings = static_check(code, mode)
     if findings:  # the GPU verdict will be hack_detected without running anything: nothing to compile
         return _report(t0, skipped="static_guards", error="; ".join(f.name for f in findings))
+    tmpdir = tempfile.mkdtemp(prefix="kernelgym-precompile-")  # made and removed here: a killed child leaves none
     msg = {"reference": ref_src, "candidate": code, "arch": int(arch), "warp_size": int(warp_size),
-           "mode": mode, "seed": int(seed)}
-    return _run_child(msg, t0, timeout, memory_limit_mb)
+           "mode": mode, "seed": int(seed), "tmpdir": tmpdir}
+    try:
+        return _run_child(msg, t0, timeout, memory_limit_mb)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _report(t0: float, **kw: Any) -> dict[str, Any]:
@@ -249,8 +254,7 @@ def _child(fd: int) -> int:
         init_inputs = list(ref.get_init_inputs())
         inputs = list(ref.get_inputs())
         source = msg["candidate"]
-        tmpdir = tempfile.mkdtemp(prefix="kernelgym-precompile-")
-        filename = os.path.join(tmpdir, f"candidate_{hashlib.sha256(source.encode()).hexdigest()[:16]}.py")
+        filename = os.path.join(msg["tmpdir"], f"candidate_{hashlib.sha256(source.encode()).hexdigest()[:16]}.py")
         with open(filename, "w", encoding="utf-8") as fh:
             fh.write(source)
         guard = RuntimeGuard(msg["mode"], collections.Counter(), filename, "cpu")

@@ -142,6 +142,13 @@ class EvalActor:
         return [os.getpid(), *self.ev.worker_pids()]
 
     def close(self) -> None:
+        """End the evaluator's workers now: the pool is going away, so no graceful exit (which
+        costs seconds a worker, one after another) and no waiting for a candidate that hangs."""
+        import signal
+
+        for pid in self.ev.worker_pids():
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)  # each worker leads its own process group
         self.ev.close()
 
 
