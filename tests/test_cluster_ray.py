@@ -104,22 +104,31 @@ def test_unreachable_address_is_a_clear_error() -> None:
 
 def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compile-ahead for sm_90 on this CPU: the kernels land in TRITON_CACHE_DIR, a second run hits them."""
-    from kernelgym.cluster.precompile import precompile
+    from kernelgym.cluster.precompile import Precompiler
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    first = precompile(REF_LINEAR, CAND_LINEAR, 90, seed=3)
-    assert first["ok"], first
-    assert [k["kernel"] for k in first["kernels"]] == ["scale_kernel"]
-    entries = set(os.listdir(tmp_path))
-    assert entries
-    cubins = [f for d in entries for f in os.listdir(tmp_path / d) if f.endswith(".cubin")]
-    assert cubins, "no cubin was written"
-    second = precompile(REF_LINEAR, CAND_LINEAR, 90, seed=4)
-    assert second["ok"] and second["kernels"][0]["hash"] == first["kernels"][0]["hash"]
-    assert set(os.listdir(tmp_path)) == entries  # a cache hit: nothing compiled again
-    # Rejected by the static guards: never executed.
-    hack = precompile(REF_ADD, CAND_ADD.replace("import torch\n", "import torch\nimport subprocess\n"), 90)
-    assert hack["skipped"] == "static_guards" and not hack["ok"]
+    pre = Precompiler(1, timeout=120)
+    try:
+        first = pre.precompile(REF_LINEAR, CAND_LINEAR, 90, seed=3)
+        assert first["ok"], first
+        assert [k["kernel"] for k in first["kernels"]] == ["scale_kernel"]
+        entries = set(os.listdir(tmp_path))
+        cubins = [f for d in entries for f in os.listdir(tmp_path / d) if f.endswith(".cubin")]
+        assert cubins, "no cubin was written"
+        pid = pre.pids()
+        second = pre.precompile(REF_LINEAR, CAND_LINEAR, 90, seed=4)
+        assert second["ok"] and second["kernels"][0]["hash"] == first["kernels"][0]["hash"]
+        assert set(os.listdir(tmp_path)) == entries  # a cache hit: nothing compiled again
+        assert pre.pids() == pid  # the same warm child
+        # Rejected by the static guards: never executed.
+        hack = pre.precompile(REF_ADD, CAND_ADD.replace("import torch\n", "import torch\nimport subprocess\n"), 90)
+        assert hack["skipped"] == "static_guards" and not hack["ok"]
+        # A forward that raises: reported, and that child is replaced.
+        bad = pre.precompile(REF_ADD, add_variant("        raise IndexError('bad index in forward')\n"), 90)
+        assert not bad["ok"] and "IndexError" in bad["error"] and pre.pids() == []
+    finally:
+        pre.close()
+    assert not [p for p in pid if _alive(p)]
 
 
 # ----------------------------------------------------------------------------- on a local Ray instance

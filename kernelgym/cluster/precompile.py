@@ -1,76 +1,47 @@
 """Compile a candidate's Triton kernels ahead of time on a CPU-only process, for a given GPU target.
 
-The Ray pool's CPU actors call `precompile` before a GPU actor evaluates the same candidate. It
-runs the candidate's ``forward`` once, in a sandboxed subprocess, on CPU tensors of the task's real
-shapes with Triton's active driver replaced by one that reports the GPU's target (e.g. sm_90) and
-with every launch turned into a warm-up: each ``JITFunction.run`` goes through Triton's own binder
-and compiler (the same specialisation -- dtypes, 16-byte alignment, integer values -- and the same
-options as on the GPU) and stops before launching. Triton writes each compiled kernel to its file
-cache (``TRITON_CACHE_DIR``) under a key that hashes the kernel source, the specialisation, the
-target and the options, so when the GPU worker on the same node launches the same kernel with the
-same arguments it loads the cubin instead of compiling it.
+The Ray pool's CPU actors call `Precompiler.precompile` before a GPU actor evaluates the same
+candidate. It runs the candidate's ``forward`` once, in a sandboxed child process, on CPU tensors
+of the task's real shapes with Triton's active driver replaced by one that reports the GPU's
+target (e.g. sm_90) and with every launch turned into a warm-up: each ``JITFunction.run`` goes
+through Triton's own binder and compiler (the same specialisation -- dtypes, 16-byte alignment,
+integer values -- and the same options as on the GPU) and stops before launching. Triton writes
+each compiled kernel to its file cache (``TRITON_CACHE_DIR``) under a key that hashes the kernel
+source, the specialisation, the target and the options, so when the GPU worker on the same node
+launches the same kernel with the same arguments it loads the cubin instead of compiling it.
 
 This is a hint, never a judgement: the GPU actor still runs the whole pipeline, and a candidate
 whose forward fails here (data-dependent control flow, hard-coded ``device="cuda"``, a kernel
 that does not compile) is simply compiled on the GPU as it would be without a cluster. Static
-guards run first (a rejected candidate is not executed at all), the import and forward run under
-the evaluator's `RuntimeGuard` in a subprocess of its own (own session, killed on timeout or over
-its memory limit), and only a small JSON report comes back.
+guards run first (a rejected candidate is not executed at all); the import and forward run under
+the evaluator's `RuntimeGuard` in a child process of its own session, killed on timeout or over
+its memory limit and replaced after any candidate that tripped a guard or failed; only a small
+JSON report comes back. Children are kept between candidates (importing torch costs seconds).
 
 Tested on CPU (the cache entries appear and a second run hits them); that a GPU worker then hits
-the same entries is by construction of Triton's cache key and has not been measured.
+the same entries follows from Triton's cache key and has not been measured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
 REPORT_LIMIT = 1 << 20
-POLL_S = 0.05
-
-
-def precompile(reference: Any, candidate: str, arch: int, *, mode: str = "strict", seed: int = 0,
-               timeout: float = 120.0, memory_limit_mb: float | None = 8192,
-               warp_size: int = 32) -> dict[str, Any]:
-    """Compile the kernels `candidate`'s forward launches for GPU target `("cuda", arch, warp_size)`.
-
-    reference: a `kernelgym.task.Task` or KernelBench-format source (for the init inputs and the
-    inputs' shapes). Returns ``{"ok", "kernels": [{"kernel", "hash", "seconds"}], "error",
-    "seconds", "skipped"}``; never raises for anything the candidate does.
-    """
-    from kernelgym.evaluation.extract import FormatError, check_format, extract_code
-    from kernelgym.evaluation.guards.static import check_source as static_check
-    from kernelgym.task import Task
-
-    t0 = time.perf_counter()
-    ref_src = reference.source if isinstance(reference, Task) else reference
-    if not isinstance(ref_src, str):
-        raise TypeError(f"reference must be a Task or source text, got {type(reference).__name__}")
-    if mode not in ("strict", "lenient"):
-        raise ValueError(f"unknown mode {mode!r}; expected 'strict' or 'lenient'")
-    try:
-        code = extract_code(candidate).code
-        check_format(code)
-    except FormatError as exc:
-        return _report(t0, skipped="format", error=str(exc))
-    findings = static_check(code, mode)
-    if findings:  # the GPU verdict will be hack_detected without running anything: nothing to compile
-        return _report(t0, skipped="static_guards", error="; ".join(f.name for f in findings))
-    tmpdir = tempfile.mkdtemp(prefix="kernelgym-precompile-")  # made and removed here: a killed child leaves none
-    msg = {"reference": ref_src, "candidate": code, "arch": int(arch), "warp_size": int(warp_size),
-           "mode": mode, "seed": int(seed), "tmpdir": tmpdir}
-    try:
-        return _run_child(msg, t0, timeout, memory_limit_mb)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+MAX_REQUESTS = 200  # per child, then a fresh one (compiled JIT functions accumulate in Triton's registry)
+_HEADER = struct.Struct(">I")
 
 
 def _report(t0: float, **kw: Any) -> dict[str, Any]:
@@ -90,87 +61,203 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_child(msg: dict[str, Any], t0: float, timeout: float, memory_limit_mb: float | None) -> dict[str, Any]:
-    from kernelgym.evaluation.pool import process_tree, tree_rss_bytes
+class _ChildFailure(Exception):
+    pass
 
-    read_fd, write_fd = os.pipe()
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; a file, not a pipe, so a chatty candidate cannot block
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kernelgym.cluster.precompile", str(write_fd)],
-            pass_fds=(write_fd,), env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=log, start_new_session=True, close_fds=True)
-    except OSError as exc:
-        os.close(read_fd)
-        os.close(write_fd)
-        log.close()
-        return _report(t0, error=f"could not start the precompile process: {exc}")
-    os.close(write_fd)
-    limit = int(memory_limit_mb * 2**20) if memory_limit_mb else None
-    chunks: list[bytes] = []
-    error = ""
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(msg).encode())
-        proc.stdin.close()
-        os.set_blocking(read_fd, False)
+
+class _Child:
+    """One compile-only process: requests on its stdin, reports on a private pipe."""
+
+    def __init__(self) -> None:
+        self.tmpdir = tempfile.mkdtemp(prefix="kernelgym-precompile-")
+        read_fd, write_fd = os.pipe()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill(); a file, so a chatty child cannot block
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kernelgym.cluster.precompile", str(write_fd), self.tmpdir],
+                pass_fds=(write_fd,), env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                stderr=self.log, start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(read_fd)
+            self.log.close()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            raise
+        finally:
+            os.close(write_fd)
+        self.rfd = read_fd
+        self.requests = 0
+        self.dead = False
+
+    def request(self, msg: dict[str, Any], timeout: float, memory_limit: int | None) -> dict[str, Any]:
+        from kernelgym.evaluation.pool import tree_rss_bytes
+
+        self.requests += 1
+        blob = json.dumps(msg).encode()
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(_HEADER.pack(len(blob)) + blob)
+            self.proc.stdin.flush()
+        except OSError as exc:
+            raise _ChildFailure(f"precompile process unreachable: {exc}") from None
         deadline = time.monotonic() + timeout
-        size = 0
+        buf = b""
+        need: int | None = None
         while True:
-            try:
-                data = os.read(read_fd, 65536)
-            except BlockingIOError:
-                data = None
-            if data:
-                size += len(data)
-                if size > REPORT_LIMIT:
-                    error = "report too large"
-                    break
-                chunks.append(data)
+            ready, _, _ = select.select([self.rfd], [], [], 0.05)
+            if ready:
+                data = os.read(self.rfd, 65536)
+                if not data:
+                    raise _ChildFailure(f"precompile process ended (exit {self.proc.poll()}): {self.stderr_tail()}")
+                buf += data
+                if need is None and len(buf) >= _HEADER.size:
+                    (need,) = _HEADER.unpack(buf[:_HEADER.size])
+                    if need > REPORT_LIMIT:
+                        raise _ChildFailure("precompile report too large")
+                if need is not None and len(buf) >= _HEADER.size + need:
+                    try:
+                        rep = json.loads(buf[_HEADER.size:_HEADER.size + need].decode())
+                    except (ValueError, UnicodeDecodeError):
+                        raise _ChildFailure("malformed precompile report") from None
+                    if not isinstance(rep, dict):
+                        raise _ChildFailure("malformed precompile report")
+                    return rep
                 continue
-            if data == b"" and proc.poll() is not None:
-                break
+            if self.proc.poll() is not None:
+                raise _ChildFailure(f"precompile process ended (exit {self.proc.returncode}): {self.stderr_tail()}")
             if time.monotonic() > deadline:
-                error = f"precompile exceeded {timeout:g} s"
-                break
-            if limit and tree_rss_bytes(proc.pid) > limit:
-                error = f"precompile exceeded its memory limit of {memory_limit_mb:g} MB"
-                break
-            time.sleep(POLL_S)
-    except OSError as exc:
-        error = f"precompile process failed: {exc}"
-    finally:
-        os.close(read_fd)
-        pids = process_tree(proc.pid) if proc.poll() is None else []
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+                raise _ChildFailure(f"precompile exceeded {timeout:g} s")
+            if memory_limit and tree_rss_bytes(self.proc.pid) > memory_limit:
+                raise _ChildFailure(f"precompile exceeded its memory limit of {memory_limit / 2**20:.0f} MB")
+
+    def stderr_tail(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            self.log.seek(0, os.SEEK_END)
+            self.log.seek(max(0, self.log.tell() - 800))
+            return self.log.read().decode("utf-8", "replace").strip()
+        return ""
+
+    def kill(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        from kernelgym.evaluation.pool import process_tree
+
+        pids = process_tree(self.proc.pid) if self.proc.poll() is None else []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         for p in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for f in (self.proc.stdin, self.log):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+        with contextlib.suppress(OSError):
+            os.close(self.rfd)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+class Precompiler:
+    """Up to `size` warm compile-only child processes; `precompile` may be called from threads."""
+
+    def __init__(self, size: int = 1, *, memory_limit_mb: float | None = 8192, timeout: float = 120.0):
+        self.size = max(1, int(size))
+        self.memory_limit = int(memory_limit_mb * 2**20) if memory_limit_mb else None
+        self.timeout = float(timeout)
+        self._idle: queue.LifoQueue[_Child] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(self.size)
+        self._lock = threading.Lock()
+        self._all: set[_Child] = set()
+        self.closed = False
+        self.started = 0
+
+    def precompile(self, reference: Any, candidate: str, arch: int, *, mode: str = "strict", seed: int = 0,
+                   timeout: float | None = None, warp_size: int = 32) -> dict[str, Any]:
+        """Compile the kernels `candidate`'s forward launches for GPU target ``("cuda", arch, warp_size)``.
+
+        reference: a `kernelgym.task.Task` or KernelBench-format source (for the init inputs and
+        the inputs' shapes). Returns ``{"ok", "kernels": [{"kernel", "hash", "seconds"}], "error",
+        "seconds", "skipped"}``; never raises for anything the candidate does.
+        """
+        from kernelgym.evaluation.extract import FormatError, check_format, extract_code
+        from kernelgym.evaluation.guards.static import check_source as static_check
+        from kernelgym.task import Task
+
+        t0 = time.perf_counter()
+        ref_src = reference.source if isinstance(reference, Task) else reference
+        if not isinstance(ref_src, str):
+            raise TypeError(f"reference must be a Task or source text, got {type(reference).__name__}")
+        if mode not in ("strict", "lenient"):
+            raise ValueError(f"unknown mode {mode!r}; expected 'strict' or 'lenient'")
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        log.seek(0, os.SEEK_END)
-        log.seek(max(0, log.tell() - 4000))
-        stderr = log.read()
-        log.close()
-    if error:
-        return _report(t0, error=error)
+            code = extract_code(candidate).code
+            check_format(code)
+        except FormatError as exc:
+            return _report(t0, skipped="format", error=str(exc))
+        findings = static_check(code, mode)
+        if findings:  # the GPU verdict will be hack_detected without running anything: nothing to compile
+            return _report(t0, skipped="static_guards", error="; ".join(f.name for f in findings))
+        msg = {"reference": ref_src, "candidate": code, "arch": int(arch), "warp_size": int(warp_size),
+               "mode": mode, "seed": int(seed)}
+        if self.closed:
+            raise RuntimeError("Precompiler is closed")
+        self._slots.acquire()
+        child: _Child | None = None
+        recycle = True
+        try:
+            try:
+                child = self._idle.get_nowait()
+            except queue.Empty:
+                child = _Child()
+                with self._lock:
+                    self._all.add(child)
+                    self.started += 1
+            rep = child.request(msg, float(timeout or self.timeout), self.memory_limit)
+            recycle = bool(rep.get("recycle")) or child.requests >= MAX_REQUESTS
+        except _ChildFailure as exc:
+            return _report(t0, error=str(exc))
+        except OSError as exc:
+            return _report(t0, error=f"could not start the precompile process: {exc}")
+        finally:
+            if child is not None:
+                if recycle or self.closed:
+                    child.kill()
+                    with self._lock:
+                        self._all.discard(child)
+                else:
+                    self._idle.put(child)
+            self._slots.release()
+        # The report comes from a process that ran candidate code: keep only plain fields of known names.
+        kernels = [{"kernel": str(k.get("kernel", ""))[:200], "hash": str(k.get("hash", ""))[:100],
+                    "seconds": float(k.get("seconds", 0.0))}
+                   for k in rep.get("kernels", []) if isinstance(k, dict)][:1000]
+        return _report(t0, ok=bool(rep.get("ok")) and bool(kernels), kernels=kernels,
+                       error=str(rep.get("error", ""))[:2000])
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [c.proc.pid for c in self._all if not c.dead]
+
+    def close(self) -> None:
+        """Kill every child (idempotent)."""
+        self.closed = True
+        with self._lock:
+            children = list(self._all)
+            self._all.clear()
+        for c in children:
+            c.kill()
+
+
+def precompile(reference: Any, candidate: str, arch: int, *, mode: str = "strict", seed: int = 0,
+               timeout: float = 120.0, memory_limit_mb: float | None = 8192, warp_size: int = 32) -> dict[str, Any]:
+    """One-off `Precompiler.precompile` in a fresh child process (see the module docstring)."""
+    p = Precompiler(1, memory_limit_mb=memory_limit_mb, timeout=timeout)
     try:
-        rep = json.loads(b"".join(chunks).decode())
-    except (ValueError, UnicodeDecodeError):
-        tail = (stderr or b"").decode("utf-8", "replace").strip()[-800:]
-        return _report(t0, error=f"precompile process ended without a report (exit {proc.returncode}): {tail}")
-    # The report comes from a process that ran candidate code: keep only plain fields of known names.
-    kernels = [{"kernel": str(k.get("kernel", ""))[:200], "hash": str(k.get("hash", ""))[:100],
-                "seconds": float(k.get("seconds", 0.0))}
-               for k in rep.get("kernels", []) if isinstance(k, dict)][:1000]
-    return _report(t0, ok=bool(rep.get("ok")) and bool(kernels), kernels=kernels, error=str(rep.get("error", ""))[:2000])
+        return p.precompile(reference, candidate, arch, mode=mode, seed=seed, warp_size=warp_size)
+    finally:
+        p.close()
 
 
 # ----------------------------------------------------------------------------- child process
@@ -203,21 +290,22 @@ class _TargetDriver:
         return torch.device("cpu")
 
 
-def _install_compile_only(arch: int, warp_size: int, compiled: list[dict[str, Any]]) -> None:
-    """Point Triton at the GPU target and make every launch a compile without a launch."""
-    from triton.backends.compiler import GPUTarget
+_COMPILED: list[dict[str, Any]] = []
+_TARGET: list[Any] = []
+
+
+def _install_compile_only() -> None:
+    """Make every launch a compile without a launch, for the target in `_TARGET` (set per request)."""
     from triton.runtime import autotuner
-    from triton.runtime.driver import driver
     from triton.runtime.jit import JITFunction
 
-    driver.set_active(_TargetDriver(GPUTarget("cuda", arch, warp_size)))
     orig_run = JITFunction.run
 
     def run(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
         t = time.perf_counter()
         kernel = orig_run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.append({"kernel": getattr(self, "__name__", "?"), "hash": str(getattr(kernel, "hash", "")),
-                         "seconds": round(time.perf_counter() - t, 4)})
+        _COMPILED.append({"kernel": getattr(self, "__name__", "?"), "hash": str(getattr(kernel, "hash", "")),
+                          "seconds": round(time.perf_counter() - t, 4)})
         return kernel
 
     JITFunction.run = run  # type: ignore[method-assign]
@@ -230,57 +318,87 @@ def _install_compile_only(arch: int, warp_size: int, compiled: list[dict[str, An
     autotuner.Autotuner.run = tune_run  # type: ignore[method-assign]
 
 
-def _child(fd: int) -> int:
+def _compile_one(msg: dict[str, Any], tmpdir: str) -> dict[str, Any]:
     import collections
     import hashlib
     import types
 
-    msg = json.loads(sys.stdin.read())
-    os.dup2(2, 1)  # candidate prints go to stderr, never into the report
     import torch
-    import torch._dynamo  # loaded before the guard snapshots, as in the workers
-    import torch.utils._python_dispatch
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
 
-    torch.set_num_threads(1)
-    compiled: list[dict[str, Any]] = []
-    out: dict[str, Any] = {"ok": False, "kernels": compiled, "error": ""}
+    from kernelgym.evaluation.guards.runtime import RuntimeGuard
+    from kernelgym.task import exec_source
+
+    target = GPUTarget("cuda", int(msg["arch"]), int(msg["warp_size"]))
+    if not _TARGET or _TARGET[0] != target:
+        _TARGET[:] = [target]
+        driver.set_active(_TargetDriver(target))
+    _COMPILED.clear()
+    out: dict[str, Any] = {"ok": False, "kernels": _COMPILED, "error": "", "recycle": False}
+    source = msg["candidate"]
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    filename = os.path.join(tmpdir, f"candidate_{digest}.py")
+    name = f"kernelgym_precompile_{digest}"
     try:
-        _install_compile_only(msg["arch"], msg["warp_size"], compiled)
-        from kernelgym.evaluation.guards.runtime import RuntimeGuard
-        from kernelgym.task import exec_source
-
         ref = exec_source(msg["reference"], "kernelgym_precompile_reference")
         torch.manual_seed(msg["seed"])
         init_inputs = list(ref.get_init_inputs())
         inputs = list(ref.get_inputs())
-        source = msg["candidate"]
-        filename = os.path.join(msg["tmpdir"], f"candidate_{hashlib.sha256(source.encode()).hexdigest()[:16]}.py")
         with open(filename, "w", encoding="utf-8") as fh:
             fh.write(source)
         guard = RuntimeGuard(msg["mode"], collections.Counter(), filename, "cpu")
         guard.install()
-        module = types.ModuleType("kernelgym_precompile_candidate")
+        module = types.ModuleType(name)
         module.__file__ = filename
-        sys.modules[module.__name__] = module
+        sys.modules[name] = module
         done = False
-        with guard.sandboxed():
-            exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102
-            model = module.ModelNew(*init_inputs)
-            with torch.no_grad():
-                model(*inputs)
-            done = True
-        guard.finish()
-        if not done or guard.findings:
+        try:
+            with guard.sandboxed():
+                exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102
+                model = module.ModelNew(*init_inputs)
+                with torch.no_grad():
+                    model(*inputs)
+                done = True
+        finally:
+            guard.finish()
+        if not done or guard.tainted:
+            out["recycle"] = True
             out["error"] = "candidate stopped early or tripped a runtime guard: " + "; ".join(
                 f.name for f in guard.findings)
         else:
             out["ok"] = True
     except BaseException as exc:  # noqa: BLE001 - partial compiles are still useful; report them
+        out["recycle"] = True  # whatever the candidate left behind goes with this process
         out["error"] = f"{type(exc).__name__}: {str(exc)[:1000]}"
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(out, default=str))
-    return 0
+    finally:
+        sys.modules.pop(name, None)
+        with contextlib.suppress(OSError):
+            os.unlink(filename)
+    return out
+
+
+def _child(fd: int, tmpdir: str) -> int:
+    stdin = sys.stdin.buffer
+    os.dup2(2, 1)  # candidate prints go to stderr, never into a report
+    import torch
+    import torch._dynamo  # loaded before the guard snapshots, as in the workers
+    import torch.utils._python_dispatch
+
+    torch.set_num_threads(1)
+    _install_compile_only()
+    out = os.fdopen(fd, "wb")
+    while True:
+        head = stdin.read(_HEADER.size)
+        if len(head) < _HEADER.size:
+            return 0
+        (n,) = _HEADER.unpack(head)
+        msg = json.loads(stdin.read(n).decode())
+        rep = _compile_one(msg, tmpdir)
+        blob = json.dumps(rep, default=str).encode()
+        out.write(_HEADER.pack(len(blob)) + blob)
+        out.flush()
 
 
 if __name__ == "__main__":
-    sys.exit(_child(int(sys.argv[1])))
+    sys.exit(_child(int(sys.argv[1]), sys.argv[2]))

@@ -105,6 +105,8 @@ class EvalActor:
         self.role = role
         self.options = dict(options)
         self.ev = Evaluator(**self.options)
+        self._pre: Any = None  # a Precompiler, started on the first precompile
+        self._pre_lock = threading.Lock()
 
     def info(self) -> dict[str, Any]:
         import socket
@@ -133,13 +135,17 @@ class EvalActor:
 
     def precompile(self, reference: Reference, candidate: str, arch: int, mode: str, seed: int,
                    timeout: float | None) -> dict[str, Any]:
-        from kernelgym.cluster.precompile import precompile
+        from kernelgym.cluster.precompile import Precompiler
 
-        return precompile(reference, candidate, arch, mode=mode, seed=seed,
-                          timeout=float(timeout or self.ev.timeout), memory_limit_mb=self.ev.memory_limit_mb)
+        with self._pre_lock:
+            if self._pre is None:
+                self._pre = Precompiler(self.ev.workers, memory_limit_mb=self.ev.memory_limit_mb,
+                                        timeout=self.ev.timeout)
+        return self._pre.precompile(reference, candidate, arch, mode=mode, seed=seed, timeout=timeout)
 
     def worker_pids(self) -> list[int]:
-        return [os.getpid(), *self.ev.worker_pids()]
+        """This actor's process, its evaluator's workers and its precompile processes."""
+        return [os.getpid(), *self.ev.worker_pids(), *(self._pre.pids() if self._pre else [])]
 
     def close(self) -> None:
         """End the evaluator's workers now: the pool is going away, so no graceful exit (which
@@ -150,6 +156,8 @@ class EvalActor:
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGKILL)  # each worker leads its own process group
         self.ev.close()
+        if self._pre is not None:
+            self._pre.close()
 
 
 # ----------------------------------------------------------------------------- the driver
