@@ -149,7 +149,8 @@ def ray_session():
 def pool(ray_session, evaluator):
     from kernelgym.cluster import RayPool, use_pool
 
-    p = RayPool(cpu_actors=2, evaluator=evaluator, actor_class=ChaosActor)
+    # One actor on both CPUs: an evaluator like the local one (2 candidate workers), fewer processes to start.
+    p = RayPool(cpu_actors=1, cpus_per_actor=2, evaluator=evaluator, actor_class=ChaosActor)
     use_pool(p)
     try:
         yield p
@@ -165,7 +166,7 @@ def test_ray_pool_matches_local_pool(pool, evaluator) -> None:
     for a, b in zip(remote, local):
         _same(a, b)
     assert len({s.info["node_id"] for s in pool._slots["cpu"] if s.info}) == 1  # one node here
-    assert len(pool.actors()["cpu"]) == 2
+    assert len(pool.actors()["cpu"]) == 1
 
 
 def test_env_var_routes_evaluate_batch_to_ray(pool, evaluator, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,7 +201,7 @@ def test_actor_killed_mid_batch_is_replaced(pool) -> None:
     assert [v.seeds[0] for v in verdicts] == [trial_seed(99, 1000 + i) for i in range(len(PAIRS) * 2)]
     assert pool.stats["actor_deaths"] == deaths + 1
     assert pool.stats["retries"] >= 1 and pool.stats["duplicates_ignored"] == 0
-    assert victim.dead and len(pool.actors()["cpu"]) == 2  # replaced
+    assert victim.dead and len(pool.actors()["cpu"]) == 1  # replaced
     # The dead actor's sandbox workers notice their parent is gone and exit.
     deadline = time.monotonic() + 30
     while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
@@ -216,7 +217,7 @@ def test_candidate_killing_its_actor_twice_gets_crash(pool) -> None:
     assert [v.status for v in vs] == ["crash", "format_error", "ok"]
     assert "cluster:actor_died" in vs[0].reasons and vs[0].reward_components["correct"] == 0.0
     assert pool.stats["crash_verdicts"] == crashes + 1
-    assert len(pool.actors()["cpu"]) == 2
+    assert len(pool.actors()["cpu"]) == 1
 
 
 def test_close_ends_actors_and_workers(pool) -> None:
