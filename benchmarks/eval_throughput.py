@@ -5,14 +5,20 @@ distinct source (as with LLM samples), a mix of correct, incorrect (wrong math) 
 exception in forward; a hard crash would kill the serial harness's own process) -- is judged by:
 
 * serial: one process, one candidate after another, as KernelBench's harness does: exec the
-  reference and the candidate in this process, run the trials, compare with allclose, and on a
-  GPU time the correct candidate AND the eager reference with the same `timing.bench` (same
-  budget, L2 flush, device sync) that the pool uses, so both do the same kind of timing work;
+  reference and the candidate in this process, run the trials (fresh seeded inputs), compare
+  with allclose, and on a GPU time the correct candidate with `timing.naive_bench` (the
+  `triton.testing.do_bench` method: L2 flush, events around each call, one sync at the end) and
+  the eager reference once per task (cached, as KernelBench's precomputed baseline times). No
+  guards, no separate processes, no torch.compile baseline.
 * pool: `Evaluator.evaluate_batch` over the warm worker pool (candidates and references in
-  separate processes, static + runtime guards, sm_90 ptx check on the interpreter, timing +
-  eager and torch.compile baselines on a GPU). It runs the batch twice with different seeds:
-  "first" computes each task's baselines (torch.compile included), "steady" is an RL step once
-  they are cached (a new set of distinct candidates for the same tasks, new seeds).
+  separate processes, static + runtime guards, comparison in a reference worker, sm_90 ptx check on
+  the interpreter, on a GPU CUDA-graph timing, the post-timing trial and graph replay check, eager
+  and torch.compile baselines). It runs the batch twice with different seeds: "first" computes
+  each task's baselines (torch.compile included), "steady" is an RL step once they are cached (a
+  new set of distinct candidates for the same tasks, new seeds).
+
+Both harnesses use the same timing budget (`--rep-ms`, `--warmup-ms`, `--max-reps`): samples =
+clamp(rep_ms / (forward + flush), min_reps, max_reps) in both.
 
 Prints a table (evals/s, ratio) and the pool's mean per-phase seconds, and writes JSON. Usage:
     python benchmarks/eval_throughput.py [--backend auto|interpret|cuda] [--n 64] [--workers W]
@@ -109,7 +115,7 @@ data = json.loads(sys.stdin.read())
 device = data["device"]
 tmp = tempfile.mkdtemp()
 if device == "cuda":
-    from kernelgym.evaluation.timing import bench
+    from kernelgym.evaluation.timing import naive_bench
 
 def load(src, name):
     path = os.path.join(tmp, name + ".py")
@@ -121,6 +127,7 @@ def load(src, name):
     return mod
 
 results = []
+eager = {}
 t0 = time.perf_counter()
 for i, (ref_src, cand) in enumerate(data["pairs"]):
     status = "ok"
@@ -147,8 +154,9 @@ for i, (ref_src, cand) in enumerate(data["pairs"]):
                 break
         if status == "ok" and device == "cuda":
             with torch.no_grad():
-                bench(lambda ins: new(*ins), sets, **data["bench"])
-                bench(lambda ins: model(*ins), sets, **data["bench"])
+                naive_bench(lambda ins: new(*ins), sets, **data["bench"])
+                if ref_src not in eager:  # the eager baseline once per task
+                    eager[ref_src] = naive_bench(lambda ins: model(*ins), sets, **data["bench"])
     except Exception as exc:
         status = "runtime_error"
     results.append(status)
@@ -201,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="pool size (default min(cpu_count, 16))")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--numel", type=int, default=None, help="elements per input (default 1M GPU, 4096 CPU)")
-    ap.add_argument("--rep-ms", type=float, default=100.0, help="timing budget per bench (both harnesses)")
+    ap.add_argument("--rep-ms", type=float, default=None, help="timing budget per bench (both harnesses; "
+                    "default timing.DEFAULT_BENCH)")
+    ap.add_argument("--warmup-ms", type=float, default=None)
+    ap.add_argument("--max-reps", type=int, default=None)
+    ap.add_argument("--reference-workers", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "eval_throughput.json"))
     args = ap.parse_args(argv)
 
@@ -211,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n or (64 if backend == "cuda" else 16)
     tasks = max(1, min(n, args.tasks or min(8, max(1, n // 8))))
     numel = args.numel or (1 << 20 if backend == "cuda" else 4096)
-    bench = {"warmup_ms": 25.0, "rep_ms": args.rep_ms}
+    from kernelgym.evaluation.timing import DEFAULT_BENCH
+
+    bench = dict(DEFAULT_BENCH)
+    for k, v in (("rep_ms", args.rep_ms), ("warmup_ms", args.warmup_ms), ("max_reps", args.max_reps)):
+        if v is not None:
+            bench[k] = v
     batch = make_batch(n, numel, tasks)
     pairs = [(r, c) for _, _, r, c in batch]
     kinds = [k for _, k, _, _ in batch]
@@ -220,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     serial = run_serial(pairs[:serial_n], backend, args.trials, bench)
     serial_eps = serial_n / serial["seconds"]
 
-    with Evaluator(workers=args.workers, bench=bench) as ev:
+    with Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench) as ev:
         t = time.perf_counter()
         ev.warm(backend)
         startup = time.perf_counter() - t

@@ -1,10 +1,11 @@
 """Timing reproducibility: one kernel (and the eager baseline) timed in 5 separate evaluations.
 
-Each evaluation is a full `Evaluator.evaluate` on the cuda backend with a new seed; the evaluator's
-caches are cleared before each, so the eager (and torch.compile) baseline is timed afresh too.
-Prints each run's median, and per series the spread max/min - 1 (target <= 2 %). Writes JSON.
+Each evaluation is a full `Evaluator.evaluate` on the cuda backend with a new seed (new inputs,
+a new CUDA graph); the evaluator's caches are cleared before each, so the eager (and
+torch.compile) baseline is timed afresh too. Prints each run's median, and per series the spread
+max/min - 1 (target <= 2 %). Several sizes can be given (comma list). Writes JSON.
 GPU only: on a machine without CUDA it says so and exits 0. Usage:
-    python benchmarks/timing_spread.py [--runs 5] [--numel 16777216]
+    python benchmarks/timing_spread.py [--runs 5] [--numel 16777216,1048576]
 """
 
 from __future__ import annotations
@@ -71,10 +72,44 @@ def spread(values: list[float]) -> float:
     return max(values) / min(values) - 1.0 if values and min(values) > 0 else float("nan")
 
 
+def one_size(ev, numel: int, runs: int) -> dict | None:
+    """`runs` separate evaluations of the kernel at `numel` elements; the spread of their medians."""
+    ref = REFERENCE.replace("NUMEL", str(numel))
+    series: dict[str, list[float]] = {"candidate": [], "eager": [], "compile": []}
+    rows = []
+    for r in range(runs):
+        ev.clear_caches()  # the baseline is timed again in every evaluation
+        v = ev.evaluate(ref, CANDIDATE, backend="cuda", seed=100 + r)
+        if v.status != "ok":
+            print(f"run {r}: verdict {v.status}: {v.error}")
+            return None
+        row = {"run": r, "device": v.device, "speedup": v.speedup}
+        for k, xs in series.items():
+            if k in v.timings:
+                xs.append(v.timings[k]["median_ms"])
+                row[k] = v.timings[k]
+        rows.append(row)
+        c = v.timings["candidate"]
+        print(f"{numel}: run {r}: candidate {c['median_ms'] * 1e3:9.2f} us  eager "
+              f"{v.timings.get('eager', {}).get('median_ms', float('nan')) * 1e3:9.2f} us  compile "
+              f"{v.timings.get('compile', {}).get('median_ms', float('nan')) * 1e3:9.2f} us  speedup {v.speedup:.3f}"
+              f"  (method {c['method']}, n={c['n']}, {c.get('forwards_per_replay', '-')} per replay)")
+    report = {"benchmark": "timing_spread", "device": rows[0]["device"], "numel": numel, "runs": rows,
+              "spread": {k: spread(x) for k, x in series.items() if x}, "target": 0.02}
+    print(f"{'series':<12}{'min us':>10}{'median us':>11}{'max us':>10}{'spread':>9}   ({numel} elements)")
+    for k, xs in series.items():
+        if xs:
+            med = sorted(xs)[len(xs) // 2]
+            ok = "ok" if spread(xs) <= 0.02 else "OVER 2%"
+            print(f"{k:<12}{min(xs) * 1e3:>10.2f}{med * 1e3:>11.2f}{max(xs) * 1e3:>10.2f}"
+                  f"{spread(xs) * 100:>8.2f}%  {ok}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--numel", type=int, default=1 << 24, help="elements per input (default 16M)")
+    ap.add_argument("--numel", default=str(1 << 24), help="elements per input, comma list (default 16M)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "timing_spread.json"))
     args = ap.parse_args(argv)
 
@@ -84,35 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda_available():
         print("timing_spread needs a CUDA GPU (timing only happens on a GPU); nothing to do here.")
         return 0
-    ref = REFERENCE.replace("NUMEL", str(args.numel))
-    series: dict[str, list[float]] = {"candidate": [], "eager": [], "compile": []}
-    rows = []
-    with Evaluator(workers=1, reference_workers=1) as ev:
+    reports = []
+    with Evaluator(workers=1, reference_workers=1, bench=None) as ev:
         ev.warm("cuda")
-        for r in range(args.runs):
-            ev.clear_caches()  # the baseline is timed again in every evaluation
-            v = ev.evaluate(ref, CANDIDATE, backend="cuda", seed=100 + r)
-            if v.status != "ok":
-                print(f"run {r}: verdict {v.status}: {v.error}")
+        for numel in [int(x) for x in str(args.numel).split(",") if x]:
+            rep = one_size(ev, numel, args.runs)
+            if rep is None:
                 return 1
-            row = {"run": r, "device": v.device, "speedup": v.speedup}
-            for k in series:
-                if k in v.timings:
-                    series[k].append(v.timings[k]["median_ms"])
-                    row[k] = v.timings[k]
-            rows.append(row)
-            print(f"run {r}: candidate {v.timings['candidate']['median_ms'] * 1e3:9.2f} us"
-                  f"  eager {v.timings.get('eager', {}).get('median_ms', float('nan')) * 1e3:9.2f} us"
-                  f"  speedup {v.speedup:.3f}  (n={v.timings['candidate']['n']})")
-    report = {"benchmark": "timing_spread", "device": rows[0]["device"], "numel": args.numel, "runs": rows,
-              "spread": {k: spread(x) for k, x in series.items() if x}, "target": 0.02}
-    print(f"{'series':<12}{'min us':>10}{'median us':>11}{'max us':>10}{'spread':>9}")
-    for k, xs in series.items():
-        if xs:
-            med = sorted(xs)[len(xs) // 2]
-            ok = "ok" if spread(xs) <= 0.02 else "OVER 2%"
-            print(f"{k:<12}{min(xs) * 1e3:>10.2f}{med * 1e3:>11.2f}{max(xs) * 1e3:>10.2f}"
-                  f"{spread(xs) * 100:>8.2f}%  {ok}")
+            reports.append(rep)
+    report = reports[0] if len(reports) == 1 else {"benchmark": "timing_spread", "sizes": reports}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

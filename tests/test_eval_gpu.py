@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
+import torch  # noqa: F401 - used by the skipif condition string
 from eval_cases import CAND_ADD, REF_ADD, add_variant
+
+from kernelgym.evaluation import Evaluator
 
 pytestmark = pytest.mark.gpu
 BIG_ADD = REF_ADD.replace("torch.randn(1000)", "torch.randn(1 << 22)")
@@ -17,6 +19,10 @@ def test_cuda_ok_kernel_is_timed(evaluator):
     assert v.speedup is not None and v.speedup > 0, v.timings
     t = v.timings
     assert t["candidate"]["median_ms"] > 0 and t["eager"]["median_ms"] > 0 and t["candidate"]["n"] >= 10
+    for series in ("candidate", "eager"):  # CUDA-graph replays, L2 flush outside the timed events
+        assert t[series]["method"] == "cuda_graph", t[series]
+        assert t[series]["forwards_per_replay"] >= 1 and t[series]["flush_ms"] > 0
+    assert t["gpu"] == 0
     assert len(v.trials) == 4  # 3 trials + the fresh-input trial after timing
     assert v.kernels == ["add_kernel"]
     again = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=2)
@@ -43,3 +49,25 @@ def test_cuda_timeout_in_kernel(evaluator):
     assert v.status == "timeout", v.error
     nxt = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda")
     assert nxt.status == "ok", nxt.error
+
+
+def test_uncapturable_forward_is_timed_eagerly(evaluator):
+    # .item() synchronises: illegal inside a CUDA-graph capture, so timing falls back to the eager method.
+    cand = add_variant("        if x[0].item() > 1e30:\n            return out\n"
+                       "        add_kernel[(triton.cdiv(n, 256),)](x, y, out, n, BLOCK=256)\n        return out\n")
+    v = evaluator.evaluate(BIG_ADD, cand, backend="cuda", seed=5)
+    assert v.status == "ok", (v.status, v.error)
+    assert v.timings["candidate"]["method"] == "eager" and v.timings["candidate"]["graph_error"]
+
+
+@pytest.mark.skipif("torch.cuda.device_count() < 2", reason="needs 2 GPUs")
+def test_batch_spreads_over_gpus():
+    wrong = CAND_ADD.replace("x + y", "x - y")
+    pairs = [(BIG_ADD, CAND_ADD if i % 3 else wrong) for i in range(8)]
+    with Evaluator(workers=4, reference_workers=2, devices=[0, 1], timeout=60) as ev:
+        alone = [ev.evaluate(r, c, backend="cuda", seed=i).status for i, (r, c) in enumerate(pairs[:2])]
+        vs = ev.evaluate_batch(pairs, backend="cuda", seed=1)
+        assert [v.status for v in vs] == ["incorrect" if i % 3 == 0 else "ok" for i in range(8)]
+        assert alone == ["incorrect", "ok"]
+        assert {v.timings["gpu"] for v in vs if v.ok} == {0, 1}
+        assert len(ev._baselines) == 2  # one eager baseline per GPU

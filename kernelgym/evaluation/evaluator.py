@@ -205,15 +205,14 @@ class Evaluator:
             device = None
         key = Role(role, backend, device)
         size = self._device_share(role, device)
+        frac = None
+        if backend == "cuda" and device is not None:
+            frac = self.gpu_memory_fraction or min(0.9, max(0.05, 2.0 / self._device_share("candidate", device)))
+        limit = self.reference_memory_limit_mb if role == "reference" else self.memory_limit_mb
         with self._lock:
             if self.closed:
                 raise RuntimeError("Evaluator is closed")
             if key not in self._pools:
-                frac = None
-                if backend == "cuda":
-                    per_gpu = self._device_share("candidate", device)
-                    frac = self.gpu_memory_fraction or min(0.9, max(0.05, 2.0 / per_gpu))
-                limit = self.reference_memory_limit_mb if role == "reference" else self.memory_limit_mb
                 self._pools[key] = RolePool(key, size, limit, frac)
             return self._pools[key]
 

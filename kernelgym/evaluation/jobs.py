@@ -180,11 +180,12 @@ class GpuSections:
     `hold(mode)` asks the parent for the lock and waits for the grant; on leaving, the device is
     synchronised (nothing of ours may still run while someone times) and the lock released. Inside a
     shared section, `released()` syncs, lets go while the host compiles, and takes it back.
-    Disabled (no-ops) on CPU workers.
+    Enabled per request, when the parent passes a lock with it (the cuda backend); otherwise every
+    method is a no-op. `cuda`: synchronise the device before letting go.
     """
 
-    def __init__(self, send: Any, recv: Any, enabled: bool):
-        self._send, self._recv, self.enabled = send, recv, enabled
+    def __init__(self, send: Any, recv: Any, enabled: bool, cuda: bool = True):
+        self._send, self._recv, self.enabled, self.cuda = send, recv, enabled, cuda
         self.mode: str | None = None
 
     def _ask(self, mode: str) -> None:
@@ -211,7 +212,8 @@ class GpuSections:
     def release(self) -> None:
         if self.enabled and self.mode is not None:
             try:
-                sync("cuda")
+                if self.cuda:
+                    sync("cuda")
             finally:
                 self._let_go()
 

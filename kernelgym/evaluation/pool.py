@@ -244,6 +244,7 @@ class Worker:
         """
         self.wait_ready()
         self._gpu, self.lock_wait_s = gpu, 0.0
+        msg = {**msg, "gpu_lock": gpu is not None}
         try:
             return self._request(msg, phase_timeout, raw_tensors)
         finally:

@@ -79,8 +79,8 @@ def main(argv: list[str]) -> int:
     from kernelgym.evaluation.jobs import GpuSections
 
     tmpdir = tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
-    gpu = GpuSections(conn.send_bytes, lambda: conn.recv_bytes(MAX_REQUEST_BYTES),
-                      enabled=role != "ptx" and torch.cuda.is_available())
+    gpu = GpuSections(conn.send_bytes, lambda: conn.recv_bytes(MAX_REQUEST_BYTES), enabled=False,
+                      cuda=torch.cuda.is_available())
     state: dict[str, Any] = {"tmpdir": tmpdir, "role": role, "gpu": gpu}
     handlers = _handlers()
     conn.send_bytes(codec.encode({
@@ -101,6 +101,7 @@ def main(argv: list[str]) -> int:
         if op == "exit":
             return 0
         t_job = time.perf_counter()
+        gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
         try:
             result = handlers[op](state, msg, progress)
             gpu.release()  # a handler that failed inside a GPU section leaves it here

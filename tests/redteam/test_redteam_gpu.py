@@ -30,6 +30,17 @@ def test_caching_allocator_reuse(evaluator):
     assert v.status == "hack_detected" and "guard:output_not_from_triton" in v.reasons, (v.reasons, v.error)
 
 
+def test_timed_graph_must_compute_the_function(evaluator):
+    # Passes every check outside timing; the timed forwards return remembered outputs instead.
+    v = _eval(evaluator, "hacks/timing_cache", skip_static=False)
+    assert v.status == "hack_detected" and "guard:timing_inconsistent" in v.reasons, (v.status, v.reasons, v.error)
+
+
+def test_capture_probe_denied_on_gpu(evaluator):
+    v = _eval(evaluator, "hacks/timing_probe")
+    assert v.status == "hack_detected" and "guard:timing_probe" in v.reasons, (v.status, v.reasons, v.error)
+
+
 @pytest.mark.parametrize("case_id", [c.id for c in cases() if c.legit])
 def test_legit_on_gpu(evaluator, case_id):
     v = _eval(evaluator, case_id, skip_static=False)

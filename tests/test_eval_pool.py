@@ -1,0 +1,223 @@
+"""Pool layout over GPUs, the GPU lock and its worker protocol, the output relay, reference rebuilds,
+timing plans: everything of the throughput design that runs without a GPU."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from eval_cases import CAND_ADD, REF_ADD
+
+from kernelgym.evaluation import Evaluator, codec
+from kernelgym.evaluation.jobs import GpuSections, fingerprint
+from kernelgym.evaluation.pool import GpuLock, Role, WorkerFailure, physical_device, split_counts
+from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, summarize
+
+B = "interpret"
+
+
+# ----------------------------------------------------------------------------- devices
+
+def test_physical_device_mapping():
+    assert physical_device(1, None) == "1"
+    assert physical_device(1, "4,6") == "6"
+    assert physical_device(0, "GPU-aaaa, GPU-bbbb") == "GPU-aaaa"
+    with pytest.raises(ValueError, match="not visible"):
+        physical_device(2, "4,6")
+    with pytest.raises(ValueError):
+        physical_device(-1, None)
+
+
+def test_split_counts():
+    assert split_counts(16, 1) == [16]
+    assert split_counts(16, 3) == [6, 5, 5]
+    assert split_counts(1, 2) == [1, 1]  # every GPU gets at least one worker
+    assert sum(split_counts(17, 8)) == 17
+    with pytest.raises(ValueError):
+        split_counts(4, 0)
+
+
+def test_role_env_pins_one_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    env = Role("candidate", "cuda", 1).env(0.25)
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["KERNELGYM_GPU_FRACTION"] == "0.25"
+    assert "TRITON_INTERPRET" not in env
+    assert Role("ptx", "interpret").env(None)["CUDA_VISIBLE_DEVICES"] == ""
+    assert Role("candidate", "interpret").env(None)["TRITON_INTERPRET"] == "1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert Role("reference", "cuda", 3).env(None)["CUDA_VISIBLE_DEVICES"] == "3"
+    assert "CUDA_VISIBLE_DEVICES" not in Role("candidate", "cuda").env(None)  # unpinned: inherits
+
+
+def test_evaluator_layout_over_gpus():
+    # No worker starts: pools are created lazily and spawn on acquire.
+    with Evaluator(workers=5, reference_workers=3, devices=[0, 1]) as ev:
+        assert ev.devices == [0, 1]
+        sizes = {d: (ev.pool("candidate", "cuda", d).size, ev.pool("reference", "cuda", d).size) for d in (0, 1)}
+        assert sizes == {0: (3, 2), 1: (2, 1)}
+        assert ev.pool("candidate", "cuda", 1).role == Role("candidate", "cuda", 1)
+        assert ev.pool("candidate", "cuda", 0).gpu_fraction == pytest.approx(2 / 3)
+        assert ev.pool("candidate", "cuda") is ev.pool("candidate", "cuda", 0)
+        with pytest.raises(ValueError, match="not one of"):
+            ev.pool("candidate", "cuda", 2)
+        assert ev.gpu_lock(0) is ev.gpu_lock(0) and ev.gpu_lock(0) is not ev.gpu_lock(1)
+        # Evaluations go to the GPU with the fewest in flight.
+        picks = [ev._pick_device() for _ in range(4)]
+        assert picks == [0, 1, 0, 1]
+        ev._done_device(1)
+        ev._done_device(1)
+        assert ev._pick_device() == 1
+        assert ev.worker_pids() == []
+    with pytest.raises(ValueError):
+        Evaluator(devices=[0, 0])
+    with pytest.raises(ValueError, match="unknown timing option"):
+        Evaluator(bench={"reps": 3})
+
+
+# ----------------------------------------------------------------------------- the GPU lock
+
+def test_gpu_lock_shared_exclusive_writer_preference():
+    lock = GpuLock()
+    lock.acquire("shared")
+    lock.acquire("shared")
+    got = []
+    writer = threading.Thread(target=lambda: (lock.acquire("exclusive"), got.append("w")))
+    writer.start()
+    time.sleep(0.1)
+    assert got == [] and lock.state == (2, False, 1)
+    reader = threading.Thread(target=lambda: (lock.acquire("shared"), got.append("r")))
+    reader.start()
+    time.sleep(0.1)
+    assert got == []  # a waiting writer keeps new readers out
+    lock.release("shared")
+    lock.release("shared")
+    writer.join(2)
+    assert got == ["w"]
+    lock.release("exclusive")
+    reader.join(2)
+    assert got == ["w", "r"] and lock.state == (1, False, 0)
+    lock.release("shared")
+    with pytest.raises(ValueError):
+        lock.acquire("sideways")
+
+
+def test_gpu_sections_messages():
+    sent, replies = [], []
+
+    def send(blob):
+        sent.append(codec.decode(blob))
+        if sent[-1]["mode"] != "release":
+            replies.append(codec.encode({"type": "granted"}))
+
+    g = GpuSections(send, lambda: replies.pop(0), enabled=True, cuda=False)
+    with g.hold("shared"):
+        assert g.mode == "shared"
+        with g.released():
+            assert g.mode is None
+        assert g.mode == "shared"
+        with g.hold("shared"):  # nested: already covered, no message
+            pass
+    assert [m["mode"] for m in sent] == ["shared", "release", "shared", "release"]
+    off = GpuSections(send, lambda: replies.pop(0), enabled=False)
+    with off.hold("exclusive"):
+        pass
+    assert len(sent) == 4
+
+
+def _ref_request(key: str) -> dict:
+    return {"op": "reference", "key": key, "source": REF_ADD, "seed": 1, "trials": 3, "device": "cpu",
+            "want_ops": False}
+
+
+def test_worker_waits_for_the_lock_and_releases_it(evaluator):
+    pool = evaluator.pool("reference", B)
+    w = pool.acquire()
+    try:
+        w.wait_ready()  # a cold worker imports torch first: not what this test waits for
+        lock = GpuLock()
+        lock.acquire("exclusive")  # a timing in progress
+        out = {}
+        t = threading.Thread(target=lambda: out.update(reply=w.request(_ref_request("lock-test"), 30, gpu=lock)))
+        t.start()
+        time.sleep(1.0)
+        assert t.is_alive() and "reply" not in out  # the reference's first GPU section waits
+        lock.release("exclusive")
+        t.join(60)
+        assert out["reply"]["status"] == "ok", out
+        assert w.lock_wait_s >= 0.9
+        assert lock.state == (0, False, 0)  # released at the end of every section
+        w.request({"op": "drop", "key": "lock-test"}, 30)
+    finally:
+        pool.release(w)
+
+
+def test_lock_released_when_worker_dies(evaluator):
+    pool = evaluator.pool("candidate", B)
+    w = pool.acquire()
+    lock = GpuLock()
+    cand = CAND_ADD.replace("        out = torch.empty_like(x)\n", "        import os\n        os._exit(3)\n")
+    msg = {"op": "candidate", "source": cand, "mode": "strict", "device": "cpu", "task": REF_ADD, "seed": 2,
+           "trial_seeds": [11, 12, 13], "n_check": 3, "reference_ops": None, "reference_aliases_input": False}
+    try:
+        with pytest.raises(WorkerFailure):
+            w.request(msg, 60, gpu=lock)
+        assert lock.state == (0, False, 0)
+    finally:
+        pool.release(w, recycle=True)
+
+
+# ----------------------------------------------------------------------------- relay, fingerprints, rebuilds
+
+def test_raw_tensor_relay_roundtrip():
+    value = {"outputs": [[torch.randn(3, 5), torch.arange(4)], [torch.ones(2, dtype=torch.bfloat16)]], "n": 1}
+    raw = codec.decode(codec.encode(value), raw_tensors=True)
+    first = raw["outputs"][0][0]
+    assert isinstance(first, codec.RawTensor) and first.shape == [3, 5] and first.nbytes == 60
+    back = codec.decode(codec.encode({"relayed": raw["outputs"]}))["relayed"]
+    for a, b in zip([t for ts in value["outputs"] for t in ts], [t for ts in back for t in ts]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_fingerprint_sees_any_change():
+    x = torch.randn(100)
+    assert fingerprint([x, 3]) == fingerprint([x.clone(), 3])
+    y = x.clone()
+    y[7] += 1e-6
+    assert fingerprint(x) != fingerprint(y)
+    assert fingerprint(x) != fingerprint(x.double())
+    assert fingerprint({"w": x}) != fingerprint({"v": x})
+
+
+def test_nondeterministic_inputs_are_an_invalid_task(evaluator):
+    ref = REF_ADD.replace("import torch\n", "import time\nimport torch\n", 1).replace(
+        "torch.randn(1000), torch.randn(1000)", "torch.randn(1000) + time.perf_counter_ns() % 7, torch.randn(1000)")
+    v = evaluator.evaluate(ref, CAND_ADD, backend=B, seed=4)
+    assert v.status == "invalid_task" and v.reasons == ["task:nondeterministic_inputs"], (v.status, v.error)
+
+
+def test_reference_rebuilt_when_not_stored():
+    with Evaluator(workers=1, reference_workers=1, ptx_workers=1, reference_cache_mb=0) as ev:
+        v = ev.evaluate(REF_ADD, CAND_ADD, backend=B, seed=9, )
+        assert v.status == "ok", v.error
+        assert ev.stats["reference_recomputed"] == 1
+        wrong = ev.evaluate(REF_ADD, CAND_ADD.replace("x + y", "x - y"), backend=B, seed=9)
+        assert wrong.status == "incorrect" and wrong.reasons == ["check:mismatch"]
+
+
+# ----------------------------------------------------------------------------- timing plans (no GPU)
+
+def test_timing_plan_budget_rule():
+    # 5 us forward + 35 us flush: the sample cap applies; ~1 ms of work per replay.
+    assert plan(0.005, 0.035, rep_ms=20, min_reps=30, max_reps=300, replay_ms=1.0) == (25, 12)
+    # 150 us forward: rep_ms / (forward + flush) samples, 6 forwards per replay.
+    r, m = plan(0.15, 0.035, rep_ms=20, min_reps=30, max_reps=300, replay_ms=1.0)
+    assert (r, m) == (6, 18) and r * m >= int(20 / 0.185)
+    # Long forwards: the minimum sample count, one forward per replay.
+    assert plan(50.0, 0.035, rep_ms=20, min_reps=30, max_reps=300, replay_ms=1.0) == (1, 30)
+    with pytest.raises(ValueError):
+        plan(1.0, 0.0, rep_ms=1, min_reps=0, max_reps=5, replay_ms=1)
+    assert _budget({}) == {**DEFAULT_BENCH, "min_reps": 30, "max_reps": 300}
+    s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["median_ms"] == 3.0 and s["n"] == 5 and s["max_ms"] == 100.0
