@@ -273,7 +273,7 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
                 stats = gb.run()
                 s.bench = gb
             except BaseException as exc:  # not capturable: time it eagerly
-                if isinstance(exc, _Exited) or crash_kind(exc) is not None:
+                if isinstance(exc, _Exited) or (crash_kind(exc) is not None and not _capture_error(exc)):
                     raise
                 graph_error = describe(exc, s.filename)
                 gb.close()
@@ -285,6 +285,13 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     except BaseException as exc:  # noqa: BLE001
         return _failure(s, "timing", exc, [])
     return s.result(status="timed", stats=stats)
+
+
+def _capture_error(exc: BaseException) -> bool:
+    """A CUDA error that only says the forward cannot be captured (not sticky: the context is fine)."""
+    from kernelgym.evaluation.jobs import exception_chain
+
+    return any("captur" in str(e).lower() for e in exception_chain(exc))
 
 
 def final_trial(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
