@@ -4,14 +4,15 @@ Both judge the same RL-shaped batch -- T tasks x C distinct candidates (correct,
 raising in forward, as in eval_throughput.py), interpreter-sized inputs -- with the same seed:
 
 * local: `Evaluator(workers=W)`'s pools, warmed first;
-* ray: a `RayPool` on a local Ray instance (`ray.init(num_cpus=W)`, or `--address`), W CPU
-  actors of 1 CPU each, each wrapping its own `Evaluator(workers=1)`, warmed first.
+* ray: a `RayPool` on a local Ray instance (`ray.init(num_cpus=W)`, or `--address`), A CPU
+  actors (`--actors`, default W) of W/A CPUs, each wrapping its own `Evaluator(workers=W/A)`
+  (so A reference and A ptx workers where the local pool has max(1, W/4) and max(1, W/2)), warmed first.
 
 Each harness runs a "first" batch (references computed) and a "steady" batch (new candidates for
 the same tasks, new seed). Start-up (Ray, actors, worker processes) is reported, not counted.
 Verdicts are checked against each candidate's kind and against each other (same seed, same
 verdict apart from wall times). Prints a table and writes JSON. Usage:
-    python benchmarks/ray_pool.py [--n 16] [--tasks 4] [--workers 2] [--numel 4096] [--address ray://...]
+    python benchmarks/ray_pool.py [--n 16] [--tasks 4] [--workers 2] [--actors A] [--numel 4096] [--address ray://...]
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16),
                     help="local pool candidate workers = Ray CPUs = Ray CPU actors")
     ap.add_argument("--numel", type=int, default=4096)
+    ap.add_argument("--actors", type=int, default=None,
+                    help="Ray CPU actors (default --workers, 1 CPU each); the workers are split among them")
     ap.add_argument("--address", default=None, help="an existing Ray cluster (default: a local instance)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "ray_pool.json"))
@@ -146,7 +149,10 @@ def main() -> int:
     else:
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     ray_up = time.perf_counter() - t
-    with RayPool(cpu_actors=args.workers if not args.address else None, cpus_per_actor=1) as pool:
+    actors = args.actors or args.workers
+    if args.workers % actors:
+        ap.error("--workers must be a multiple of --actors")
+    with RayPool(cpu_actors=actors if not args.address else None, cpus_per_actor=args.workers // actors) as pool:
         pool.warm("interpret")
         startup = time.perf_counter() - t
         rf = run(lambda p, s: pool.evaluate_batch(p, "interpret", seed=s), first, args.seed)

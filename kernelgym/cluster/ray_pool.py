@@ -116,6 +116,9 @@ class EvalActor:
         out: dict[str, Any] = {"role": self.role, "pid": os.getpid(), "host": socket.gethostname(),
                                "node_id": ray.get_runtime_context().get_node_id(),
                                "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR")}
+        ev = self.ev
+        ptx = getattr(ev, "ptx_workers", 0) if self.role == "cpu" and getattr(ev, "ptx_check", False) else 0
+        out["concurrency"] = ev.workers + getattr(ev, "reference_workers", 0) + ptx
         if self.role == "gpu":
             import torch
 
@@ -199,7 +202,8 @@ class RayPool:
     actor per GPU, one CPU actor per `cpus_per_actor` remaining CPUs). cpus_per_actor: CPUs a CPU
     actor reserves and candidate workers its evaluator runs. gpu_workers: candidate workers of a
     GPU actor's evaluator (they share the GPU; timing is exclusive). max_in_flight: calls queued
-    on an actor at once (default its workers + 1). max_deaths: actor deaths one evaluation may
+    on an actor at once (default: its evaluator's candidate + reference (+ ptx) workers, so each
+    pipeline stage has work as in a local batch, plus one). max_deaths: actor deaths one evaluation may
     cause before it gets a ``crash`` verdict. evaluator: an `Evaluator` whose limits, timeouts and
     checks the actors copy (or pass `evaluator_kwargs`). precompile: on a GPU run, compile on CPU
     actors first. triton_cache_dir: the cache directory every actor of a node uses (default: the
@@ -271,25 +275,25 @@ class RayPool:
         return {"cpu": max(0 if backend == "cuda" else 1, n_cpu), "gpu": n_gpu}
 
     def _spawn(self, role: str) -> _Slot:
-        if role == "gpu":
-            opts = {**self.options, "workers": self.gpu_workers}
-            actor = self._remote.options(num_gpus=1, num_cpus=1, max_concurrency=self._capacity(self.gpu_workers) + 2,
-                                         scheduling_strategy="SPREAD", max_restarts=0)
-            workers = self.gpu_workers
-        else:
-            opts = {**self.options, "workers": self.cpus_per_actor}
-            actor = self._remote.options(num_cpus=self.cpus_per_actor,
-                                         max_concurrency=self._capacity(self.cpus_per_actor) + 2,
-                                         scheduling_strategy="SPREAD", max_restarts=0)
-            workers = self.cpus_per_actor
-        handle = actor.remote(role, opts, self.triton_cache_dir)
-        slot = _Slot(role, handle, self._capacity(workers))
+        workers = self.gpu_workers if role == "gpu" else self.cpus_per_actor
+        resources = {"num_gpus": 1, "num_cpus": 1} if role == "gpu" else {"num_cpus": self.cpus_per_actor}
+        # Threads for every call the driver may queue plus info/close; calls beyond the capacity
+        # the actor reports never come (back-pressure is the driver's).
+        threads = max(self.max_in_flight or 0, 2 * workers + 4) + 2
+        actor = self._remote.options(**resources, max_concurrency=threads, scheduling_strategy="SPREAD",
+                                     max_restarts=0)
+        handle = actor.remote(role, {**self.options, "workers": workers}, self.triton_cache_dir)
+        slot = _Slot(role, handle, self.max_in_flight or workers + 1)
         self._slots[role].append(slot)
         self.stats["actors_started"] += 1
         return slot
 
-    def _capacity(self, workers: int) -> int:
-        return self.max_in_flight or workers + 1
+    def _set_info(self, slot: _Slot, info: dict[str, Any]) -> None:
+        slot.info = info
+        if not self.max_in_flight and info.get("concurrency"):
+            # Enough calls that each stage of the actor's pipeline (reference, candidate, ptx
+            # workers) has one to work on, as the local evaluate_batch keeps, plus one queued.
+            slot.capacity = int(info["concurrency"]) + 1
 
     def actors(self) -> dict[str, list[Any]]:
         """The live actor handles by role (for inspection and fault-injection tests)."""
@@ -306,7 +310,7 @@ class RayPool:
         slots = [s for ss in self._slots.values() for s in ss if not s.dead and s.info is None]
         for s, info in zip(slots, self.ray.get([s.handle.info.remote() for s in slots],
                                               timeout=self.actor_start_timeout)):
-            s.info = info
+            self._set_info(s, info)
 
     def _ensure(self, backend: str) -> None:
         want = self._wanted(backend)
@@ -474,7 +478,7 @@ class _Batch:
             self._actor_lost(slot, call, exc)
             return
         if call.kind == "info":
-            slot.info = value
+            self.pool._set_info(slot, value)
             self._learn_arch()
         elif call.kind == "precompile":
             call.item.precompiled = bool(value.get("ok"))
