@@ -137,7 +137,7 @@ def rewrite(source: str, changes: Mapping[str, int]) -> str:
     for start, end, _, new in sorted(edits, key=lambda e: (e[0], e[2]), reverse=True):
         text = text[:start] + new + text[end:]
     try:
-        ast.parse(text)
+        _parse(text)
     except SyntaxError as exc:  # a bug here, not in the input: say so plainly
         raise LaunchError(f"rewrite produced invalid Python (line {exc.lineno}: {exc.msg})") from None
     return text
@@ -198,6 +198,19 @@ def _code(source: str) -> str:
         except FormatError as exc:
             raise LaunchError(str(exc)) from None
     return source
+
+
+def _parse(code: str) -> ast.Module:
+    # CPython 3.11 can raise a spurious "AST constructor recursion depth mismatch" SystemError
+    # when threads build ASTs at once (gh-106905); the search runs beside evaluator threads that
+    # parse candidates, so retry before treating it as real.
+    for attempt in range(3):
+        try:
+            return ast.parse(code)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _check_value(knob: Knob, value: object) -> None:
@@ -437,7 +450,7 @@ def _choices(kind: str, value: int) -> tuple[int, ...]:
 
 def _analyse(code: str) -> tuple[str, list[tuple[Knob, list[_Site]]]]:
     try:
-        tree = ast.parse(code)
+        tree = _parse(code)
     except SyntaxError as exc:
         raise LaunchError(f"cannot parse source: syntax error at line {exc.lineno}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:

@@ -31,7 +31,7 @@ from typing import Any
 
 from kernelgym.task import Task
 from policies.base import Attempt, Policy
-from policies.launch import LaunchError, variants
+from policies.launch import variants
 
 
 @dataclass
@@ -291,8 +291,8 @@ class _Search:
                 try:
                     for var in variants(source, limit, kinds=kinds, exclude=self.seen):
                         self.add(var.source, "launch", var.changes, best)
-                except LaunchError as exc:
-                    self.policy_error("launch", {}, str(exc))
+                except Exception as exc:  # noqa: BLE001 - odd source (LaunchError) or a rewriter bug: log, go on
+                    self.policy_error("launch", {}, f"{type(exc).__name__}: {exc}")
         if self.refine_open:
             self.refine_rounds += 1
             attempts = [Attempt(self.sources[i], self.verdicts[i].to_dict()) for i in sorted(self.verdicts)[-4:]]
