@@ -233,6 +233,15 @@ def test_close_ends_actors_and_workers(pool) -> None:
     assert not alive
 
 
+def test_actor_that_cannot_start_is_a_clear_error(ray_session) -> None:
+    from kernelgym.cluster import ClusterError, RayPool
+
+    # A typo that the actors' Evaluator rejects: no replacement is started, the error says why.
+    with RayPool(cpu_actors=1, evaluator_kwargs={"wrokers": 2}) as bad, \
+            pytest.raises(ClusterError, match="actor failed to start.*wrokers"):
+        bad.evaluate_batch([(REF_ADD, CAND_ADD)], "interpret")
+
+
 def test_gpu_pipeline_precompiles_on_cpu_actors(ray_session, evaluator, tmp_path) -> None:
     """The cuda path's scheduling on a Ray instance that declares one (fake) GPU: the CPU actor
     compiles ahead into the node's cache, and the "GPU" actor finds the kernels there."""

@@ -510,6 +510,9 @@ class _Batch:
         self._store(call.item, v)
 
     def _actor_lost(self, slot: _Slot, call: _Call, exc: Exception) -> None:
+        if getattr(exc, "actor_init_failed", False):  # a replacement would fail the same way
+            slot.dead = True
+            raise ClusterError(f"a {slot.role} actor failed to start: {exc}") from exc
         if not slot.dead:
             slot.dead = True
             self.pool.stats["actor_deaths"] += 1
