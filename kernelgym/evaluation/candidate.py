@@ -98,9 +98,10 @@ class CandidateSession:
 
         with self.gpu.hold("shared"), self.on_stream():
             rec, out = self.call(run)
-        items = list(out) if isinstance(out, (list, tuple)) else [out]
-        self.guard.after_forward(rec, [t for t in items if isinstance(t, torch.Tensor)])
-        return outputs_list(out)
+            items = list(out) if isinstance(out, (list, tuple)) else [out]
+            # Still on the evaluation stream: the guard checks the forward left it current.
+            self.guard.after_forward(rec, [t for t in items if isinstance(t, torch.Tensor)])
+            return outputs_list(out)
 
     def result(self, **kw: Any) -> dict[str, Any]:
         kw.setdefault("outputs", [])

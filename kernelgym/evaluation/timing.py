@@ -15,7 +15,8 @@ Method (`GraphBench`, what `bench` uses):
    an empty graph by more than `TAIL_SLACK_MS` (work that outlives the forwards' events), the excess
    is charged to the forwards (``tail_charge_ms``).
 4. Statistics: median (and mean, p20, p80, min, max) over all R * M forward samples, where
-   R * M = clamp(rep_ms / (forward + flush), min_reps, max_reps).
+   R * M = clamp(rep_ms / (forward + flush), min_reps, max_reps), less the median interval of an
+   empty section (two consecutive event nodes: the instrument's own cost, ``event_overhead_ms``).
 
 A forward that cannot be captured (host syncs, CPU work on tensors, unsupported ops) is timed
 with `EagerBench` instead: per sample an L2 flush, a start event, the forward, a whole-device
@@ -178,6 +179,7 @@ class GraphBench:
         self.kept: Any = None
         self.kept_index: int | None = None
         self.forwards = 0
+        self._probe: list[Any] = []
 
     def _events(self, n: int) -> list[Any]:
         import torch
@@ -190,12 +192,17 @@ class GraphBench:
 
         g = torch.cuda.CUDAGraph()
         ev = self._events(2 * r + 1)
+        self._probe = self._events(2)
         k = len(self.input_sets)
         keep = None if self.keep is None else self.keep % r
         kept = None
         with torch.cuda.stream(self.stream):
             g.capture_begin()
             try:
+                # An empty section: what the two events of a sample cost by themselves.
+                cache.zero_()
+                self._probe[0].record(self.stream)
+                self._probe[1].record(self.stream)
                 for i in range(r):
                     cache.zero_()
                     ev[2 * i].record(self.stream)
@@ -279,6 +286,7 @@ class GraphBench:
         times: list[float] = []
         tails: list[float] = []
         spans: list[float] = []
+        probes: list[float] = []
         end = torch.cuda.Event(enable_timing=True)
         for _ in range(m):
             with torch.cuda.stream(s):
@@ -287,9 +295,12 @@ class GraphBench:
             end.record(s)
             end.synchronize()
             times += [ev[2 * i].elapsed_time(ev[2 * i + 1]) for i in range(r)]
+            probes.append(self._probe[0].elapsed_time(self._probe[1]))
             tails.append(ev[2 * r].elapsed_time(end))
             spans.append(ev[0].elapsed_time(end))
-        stats = summarize(times)
+        # The instrument's own cost (two back-to-back event nodes) is not the forward's.
+        event_ms = max(0.0, statistics.median(probes))
+        stats = summarize([max(t - event_ms, 0.0) for t in times])
         excess = statistics.median(tails) - empty_tail
         charge = excess / r if excess > TAIL_SLACK_MS else 0.0
         if charge:
@@ -297,7 +308,7 @@ class GraphBench:
                 stats[key] += charge
         return {**stats, "method": self.method, "forwards_per_replay": r, "replays": m, "warmup_runs": n_warm,
                 "input_sets": k, "flush_ms": flush_ms, "tail_ms": statistics.median(tails),
-                "empty_tail_ms": empty_tail, "tail_charge_ms": charge,
+                "empty_tail_ms": empty_tail, "tail_charge_ms": charge, "event_overhead_ms": event_ms,
                 "replay_span_ms": statistics.median(spans)}
 
     def replay_kept(self, fresh: list[Any]) -> Any:
