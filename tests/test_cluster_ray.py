@@ -238,7 +238,7 @@ def test_actor_that_cannot_start_is_a_clear_error(ray_session) -> None:
 
     # A typo that the actors' Evaluator rejects: no replacement is started, the error says why.
     with RayPool(cpu_actors=1, evaluator_kwargs={"wrokers": 2}) as bad, \
-            pytest.raises(ClusterError, match="actor failed to start.*wrokers"):
+            pytest.raises(ClusterError, match=r"(?s)actor failed to start.*wrokers"):
         bad.evaluate_batch([(REF_ADD, CAND_ADD)], "interpret")
 
 

@@ -19,6 +19,11 @@ candidate that kills its actor a second time gets a ``crash`` verdict instead of
 and a bystander that died beside it is judged normally. Results are stored by input index, once:
 no verdict is lost or duplicated. Actors are placed with the ``SPREAD`` strategy, so a multi-node
 cluster gets actors on every node.
+
+Known limits: an actor that dies abruptly cannot kill its sandbox workers (they run in sessions of
+their own); idle ones exit when their connection closes, but one busy with a candidate that never
+returns stays until that candidate ends. The GPU path has only run on CPU, with a Ray instance that
+declares a GPU.
 """
 
 from __future__ import annotations
