@@ -180,6 +180,7 @@ class GraphBench:
         self.kept_index: int | None = None
         self.forwards = 0
         self._probe: list[Any] = []
+        self._keep_alive: Any = None
 
     def _events(self, n: int) -> list[Any]:
         import torch
@@ -278,7 +279,9 @@ class GraphBench:
         r, m = plan(fwd_ms, flush_ms, rep_ms=b["rep_ms"], min_reps=b["min_reps"], max_reps=b["max_reps"],
                     replay_ms=b["replay_ms"])
         g, ev = self.wrap(lambda: self._capture(r, cache))
-        self.graph, self.forwards = g, r
+        # The graph's nodes refer to these events and write into the flush buffer: both must live as long
+        # as the graph (a later replay_kept), or a replay records into freed events / zeroes freed memory.
+        self.graph, self.forwards, self._keep_alive = g, r, (ev, cache)
         empty_tail = self._empty_tail(cache)
         with torch.cuda.stream(s):
             g.replay()  # first replay uploads the graph: not measured
@@ -336,9 +339,10 @@ class GraphBench:
         return self.kept
 
     def close(self) -> None:
-        """Free the graph and its memory pool."""
+        """Free the graph and its memory pool (then the events and buffer its nodes refer to)."""
         self.graph = None
         self.kept = None
+        self._keep_alive = None
 
 
 def bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, stream: Any = None,
