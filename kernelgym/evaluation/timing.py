@@ -14,9 +14,13 @@ Method (`GraphBench`, what `bench` uses):
    device. The "tail" (last forward's end -> device idle) is kept; if its median exceeds the tail of
    an empty graph by more than `TAIL_SLACK_MS` (work that outlives the forwards' events), the excess
    is charged to the forwards (``tail_charge_ms``).
-4. Statistics: median (and mean, p20, p80, min, max) over all R * M forward samples, where
-   R * M = clamp(rep_ms / (forward + flush), min_reps, max_reps), less the median interval of an
-   empty section (two consecutive event nodes: the instrument's own cost, ``event_overhead_ms``).
+4. Statistics: R * M = clamp(rep_ms / (forward + flush), min_reps, max_reps) forward samples (M
+   sized again from the forward's GPU time in a first measured replay). Event timestamps are
+   coarse next to a microsecond forward, so each replay's 10 %-trimmed mean over its R forwards
+   is one value and ``median_ms`` (and mean, p20, p80, min, max, spread) is taken over the M
+   replay values; ``forward_median_ms`` is the plain median over all samples. The median
+   interval of an empty section (two consecutive event nodes: the instrument's own cost,
+   ``event_overhead_ms``) is subtracted from every sample.
 
 A forward that cannot be captured (host syncs, CPU work on tensors, unsupported ops) is timed
 with `EagerBench` instead: per sample an L2 flush, a start event, the forward, a whole-device
@@ -83,6 +87,13 @@ def flush_bytes() -> int:
 
     l2 = int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or 0)
     return max(MIN_FLUSH_BYTES, 2 * l2)
+
+
+def _trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    """Mean without the lowest and highest `cut` fraction (none cut below 10 values)."""
+    v = sorted(values)
+    k = int(len(v) * cut)
+    return statistics.fmean(v[k:len(v) - k] if len(v) - 2 * k > 0 else v)
 
 
 def _budget(opts: dict[str, Any]) -> dict[str, float]:
@@ -283,27 +294,45 @@ class GraphBench:
         # as the graph (a later replay_kept), or a replay records into freed events / zeroes freed memory.
         self.graph, self.forwards, self._keep_alive = g, r, (ev, cache)
         empty_tail = self._empty_tail(cache)
-        with torch.cuda.stream(s):
-            g.replay()  # first replay uploads the graph: not measured
-        torch.cuda.synchronize()
-        times: list[float] = []
-        tails: list[float] = []
-        spans: list[float] = []
-        probes: list[float] = []
         end = torch.cuda.Event(enable_timing=True)
-        for _ in range(m):
+
+        def replay() -> tuple[list[float], float, float, float]:
             with torch.cuda.stream(s):
                 g.replay()
             torch.cuda.synchronize()  # the whole device, then the end of the replay's span
             end.record(s)
             end.synchronize()
-            times += [ev[2 * i].elapsed_time(ev[2 * i + 1]) for i in range(r)]
-            probes.append(self._probe[0].elapsed_time(self._probe[1]))
-            tails.append(ev[2 * r].elapsed_time(end))
-            spans.append(ev[0].elapsed_time(end))
+            return ([ev[2 * i].elapsed_time(ev[2 * i + 1]) for i in range(r)],
+                    self._probe[0].elapsed_time(self._probe[1]), ev[2 * r].elapsed_time(end),
+                    ev[0].elapsed_time(end))
+
+        # The first replay uploads the graph and is not measured; the second sizes the run with the
+        # forward's real GPU time (the eager estimate above includes host launch gaps).
+        replay()
+        first = replay()[0]
+        per = statistics.fmean(first) + flush_ms
+        samples = int(max(b["min_reps"], min(b["max_reps"], b["rep_ms"] / max(per, 1e-4))))
+        m = math.ceil(samples / r)
+        times: list[float] = []
+        means: list[float] = []
+        tails: list[float] = []
+        spans: list[float] = []
+        probes: list[float] = []
+        for _ in range(m):
+            fwd, probe, tail, span = replay()
+            times += fwd
+            means.append(_trimmed_mean(fwd))
+            probes.append(probe)
+            tails.append(tail)
+            spans.append(span)
         # The instrument's own cost (two back-to-back event nodes) is not the forward's.
         event_ms = max(0.0, statistics.median(probes))
-        stats = summarize([max(t - event_ms, 0.0) for t in times])
+        samples_stats = summarize([max(t - event_ms, 0.0) for t in times])
+        # Event timestamps are coarse next to a microsecond forward: each replay's (trimmed) mean over
+        # its R forwards is the sample the statistics are taken over, so that R forwards share one
+        # rounding error; min / max / percentiles / spread are over those replay means.
+        stats = summarize([max(x - event_ms, 0.0) for x in means])
+        stats["n"] = len(times)
         excess = statistics.median(tails) - empty_tail
         charge = excess / r if excess > TAIL_SLACK_MS else 0.0
         if charge:
@@ -312,6 +341,7 @@ class GraphBench:
         return {**stats, "method": self.method, "forwards_per_replay": r, "replays": m, "warmup_runs": n_warm,
                 "input_sets": k, "flush_ms": flush_ms, "tail_ms": statistics.median(tails),
                 "empty_tail_ms": empty_tail, "tail_charge_ms": charge, "event_overhead_ms": event_ms,
+                "forward_median_ms": samples_stats["median_ms"], "forward_spread": samples_stats["spread"],
                 "replay_span_ms": statistics.median(spans)}
 
     def replay_kept(self, fresh: list[Any]) -> Any:
