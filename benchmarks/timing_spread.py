@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--numel", default=str(1 << 24), help="elements per input, comma list (default 16M)")
+    ap.add_argument("--rep-ms", type=float, default=None, help="timing budget (default timing.DEFAULT_BENCH)")
+    ap.add_argument("--max-reps", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "timing_spread.json"))
     args = ap.parse_args(argv)
 
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         print("timing_spread needs a CUDA GPU (timing only happens on a GPU); nothing to do here.")
         return 0
     reports = []
-    with Evaluator(workers=1, reference_workers=1, bench=None) as ev:
+    bench = {k: v for k, v in (("rep_ms", args.rep_ms), ("max_reps", args.max_reps)) if v is not None}
+    with Evaluator(workers=1, reference_workers=1, bench=bench) as ev:
         ev.warm("cuda")
         for numel in [int(x) for x in str(args.numel).split(",") if x]:
             rep = one_size(ev, numel, args.runs)
