@@ -149,8 +149,8 @@ def ray_session():
 def pool(ray_session, evaluator):
     from kernelgym.cluster import RayPool, use_pool
 
-    # One actor on both CPUs: an evaluator like the local one (2 candidate workers), fewer processes to start.
-    p = RayPool(cpu_actors=1, cpus_per_actor=2, evaluator=evaluator, actor_class=ChaosActor)
+    # One actor with one candidate worker (plus its reference and ptx workers): few processes to start.
+    p = RayPool(cpu_actors=1, cpus_per_actor=1, evaluator=evaluator, actor_class=ChaosActor)
     use_pool(p)
     try:
         yield p
@@ -221,6 +221,8 @@ def test_candidate_killing_its_actor_twice_gets_crash(pool) -> None:
 
 
 def test_close_ends_actors_and_workers(pool) -> None:
+    # After the kills above, the live actor may not have needed its workers yet: make it start them.
+    assert [v.status for v in pool.evaluate_batch([(REF_ADD, CAND_ADD)], "interpret", seed=8)] == ["ok"]
     handles = pool.actors()["cpu"]
     pids = [pid for pids in pool.ray.get([h.worker_pids.remote() for h in handles]) for pid in pids]
     assert len(pids) > len(handles)  # the actors and their evaluators' worker processes
@@ -233,8 +235,10 @@ def test_close_ends_actors_and_workers(pool) -> None:
     assert not alive
 
 
-def test_actor_that_cannot_start_is_a_clear_error(ray_session) -> None:
+def test_actor_that_cannot_start_is_a_clear_error(ray_session, pool) -> None:
     from kernelgym.cluster import ClusterError, RayPool
+
+    pool.close()  # (closed already unless a test above failed) its CPUs are needed here
 
     # A typo that the actors' Evaluator rejects: no replacement is started, the error says why.
     with RayPool(cpu_actors=1, evaluator_kwargs={"wrokers": 2}) as bad, \
@@ -242,12 +246,12 @@ def test_actor_that_cannot_start_is_a_clear_error(ray_session) -> None:
         bad.evaluate_batch([(REF_ADD, CAND_ADD)], "interpret")
 
 
-def test_gpu_pipeline_precompiles_on_cpu_actors(ray_session, evaluator, tmp_path) -> None:
+def test_gpu_pipeline_precompiles_on_cpu_actors(ray_session, pool, evaluator, tmp_path) -> None:
     """The cuda path's scheduling on a Ray instance that declares one (fake) GPU: the CPU actor
     compiles ahead into the node's cache, and the "GPU" actor finds the kernels there."""
     from kernelgym.cluster import RayPool
 
-    # The module's pool is closed by now: its 2 CPUs go to this pool's CPU actor and GPU actor.
+    pool.close()  # its 2 CPUs go to this pool's CPU actor and GPU actor
     with RayPool(cpu_actors=1, gpu_workers=1, max_in_flight=1, evaluator=evaluator, actor_class=FakeGPUActor,
                  triton_cache_dir=str(tmp_path)) as gp:
         assert gp.resolve_backend("auto") == "cuda"
