@@ -386,6 +386,10 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    # Input errors first: a missing suite is reported whatever the policy (or its imports) does.
+    if args.suite != "synthetic" and not Path(args.suite).is_dir():
+        raise RunError(f"--suite must be 'synthetic' or a directory of KernelBench-format files; "
+                       f"{args.suite!r} is not a directory")
     sizes = args.sizes or ("bench" if backend == "cuda" else "tiny")
     budget_evals = args.budget_evals or (8 if backend == "cuda" else 4)
     started = datetime.now().isoformat(timespec="seconds")
@@ -403,9 +407,6 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
         policy_name = getattr(policy, "name", args.policy)
         if policy_name == "search":
             policy_name = f"search({getattr(getattr(policy, 'base', None), 'name', args.base)})"
-        if args.suite != "synthetic" and not Path(args.suite).is_dir():
-            raise RunError(f"--suite must be 'synthetic' or a directory of KernelBench-format files; "
-                           f"{args.suite!r} is not a directory")
         out = prepare_out(args.out, args.force)
         with console.status("sampling tasks" if args.suite == "synthetic" else "loading suite"):
             tasks = load_tasks(args.suite, args.difficulty, args.n, args.seed, sizes)

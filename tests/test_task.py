@@ -119,3 +119,6 @@ def test_run_rejects_a_missing_suite(capsys):
     # The main job itself is tested in tests/test_runner.py.
     assert cli_main(["run", "--suite", "somewhere"]) == 2
     assert "'somewhere' is not a directory" in capsys.readouterr().err
+    # Checked before the policy is built: an unloadable policy does not hide the bad suite.
+    assert cli_main(["run", "--suite", "somewhere", "--policy", "no_such_module:Policy"]) == 2
+    assert "'somewhere' is not a directory" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""The compiler policy: a task's graph -> a KernelBench-format action module of fused Triton kernels.
+
+``CompilerPolicy().compile(task)`` reads `Task.graph` (or, for a hand-written task without one,
+traces the reference with torch.fx: `graph_from_source`), splits the graph into fusion groups
+(`default_partition`: elementwise chains into their producer or consumer, prologues and
+epilogues into reductions, softmax / norm rows, scans, matmuls and convolutions) and writes one
+``@triton.jit`` kernel per group plus a `ModelNew` with the reference's constructor signature and
+state-dict names. `candidate_partitions` lists alternative valid fusions and `compile(...,
+partition=, config=)` builds any of them with any launch configuration, for the search policy.
+
+Modules: `ir` (op kinds, programs, partitions), `codegen` (coordinates and the pointwise value
+generator), `kernels` (kernel templates), `module` (the action module), `trace` (fx tracing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kernelgym.task import Task
+from policies.base import Attempt
+from policies.compiler.ir import (
+    SUPPORTED,
+    Analysis,
+    CompileError,
+    PartitionError,
+    Program,
+    candidate_partitions,
+    default_partition,
+    order_groups,
+    partition_problem,
+    program_from_graph,
+)
+from policies.compiler.module import check_config, render_module
+from policies.compiler.trace import TraceError, graph_from_source, program_from_source
+
+# Catalog ops the compiler writes in torch (lenient mode only): none left; kept as the switch for
+# ops added to the catalog before their lowering exists.
+TORCH_FALLBACK: frozenset[str] = frozenset()
+
+# Launch-config variants `propose(n > 1)` tries after the alternative partitions.
+CONFIG_VARIANTS: tuple[dict[str, int], ...] = (
+    {"num_warps": 8},
+    {"num_warps": 2},
+    {"BLOCK": 256, "BLOCK_R": 256},
+    {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8},
+    {"num_stages": 2},
+    {"num_stages": 4},
+)
+
+
+class CompilerPolicy:
+    """Policy that compiles a task's graph to fused Triton kernels (no model, deterministic).
+
+    mode: ``"strict"`` (everything in Triton; raises `CompileError` for an op without a Triton
+    lowering) or ``"lenient"`` (such ops run in torch, the rest in Triton). `torch_ops` adds ops
+    to compute in torch (lenient only). `config` is the default launch config (see `compile`).
+    """
+
+    name = "compiler"
+
+    def __init__(self, mode: str = "strict", config: Mapping[str, Any] | None = None,
+                 torch_ops: Iterable[str] = ()):
+        if mode not in ("strict", "lenient"):
+            raise ValueError(f"mode must be 'strict' or 'lenient', got {mode!r}")
+        self.mode = mode
+        self.config = check_config(config)
+        self.torch_ops = frozenset(TORCH_FALLBACK) | frozenset(torch_ops)
+        if self.torch_ops and mode == "strict" and frozenset(torch_ops):
+            raise ValueError("torch_ops needs mode='lenient' (strict mode computes everything in Triton)")
+        self._programs: dict[str, Program] = {}
+
+    default_partition = staticmethod(default_partition)
+    candidate_partitions = staticmethod(candidate_partitions)
+
+    # -- programs --------------------------------------------------------------------------------
+    def program(self, task: Task | str) -> Program:
+        """The task's graph plus state and constructor info (traced when the task has no graph)."""
+        task = _as_task(task)
+        key = task.hash
+        if key not in self._programs:
+            if task.graph is not None:
+                from kernelgym.sampler.graph import Graph
+
+                graph = task.graph if isinstance(task.graph, Graph) else Graph.from_dict(dict(task.graph))
+                prog = program_from_graph(graph, str(task.meta.get("dtype", "float32")), task.name or task.id)
+            else:
+                prog = program_from_source(task.source)
+                prog.name = task.name or task.id
+            self._programs[key] = prog
+        return self._programs[key]
+
+    def unsupported(self, task: Task | str) -> list[str]:
+        """Ops of the task the compiler would compute in torch (lenient fallback), sorted."""
+        prog = self.program(task)
+        return sorted({n.op for n in prog.graph.nodes if n.op not in SUPPORTED or n.op in self.torch_ops})
+
+    # -- compilation -----------------------------------------------------------------------------
+    def compile(self, task: Task | str, partition: Sequence[Iterable[int]] | None = None,
+                config: Mapping[str, Any] | None = None) -> str:
+        """The action module for `task`.
+
+        partition: groups of node indices, one kernel per group (None: `default_partition`);
+        raises `PartitionError` when a group cannot be one kernel. config: launch parameters
+        applied to every kernel that has them (``BLOCK`` for pointwise kernels, ``BLOCK_M`` /
+        ``BLOCK_R`` for row kernels, ``BLOCK_M`` / ``BLOCK_N`` / ``BLOCK_K`` for matmuls and
+        convolutions, ``num_warps``, ``num_stages``), with per-kernel overrides under
+        ``config["kernels"][index or name]``; merged over the policy's default config.
+        """
+        prog = self.program(task)
+        missing = self.unsupported(task)
+        unknown = sorted(set(missing) - set(self.torch_ops))
+        if unknown:
+            raise CompileError(f"no lowering for op(s) {', '.join(unknown)}")
+        if missing and self.mode == "strict":
+            raise CompileError(f"strict mode: op(s) {', '.join(missing)} have no Triton lowering yet "
+                               "(use mode='lenient' to compute them in torch)")
+        cfg = {**self.config, **check_config(config)}
+        if "kernels" in self.config and "kernels" in cfg:
+            cfg["kernels"] = {**self.config["kernels"], **cfg["kernels"]}
+        if partition is None:
+            partition = default_partition(prog.graph, torch_ops=self.torch_ops)
+        groups = order_groups(prog.graph, partition, torch_ops=self.torch_ops)
+        an = Analysis(prog.graph, self.torch_ops)
+        stored = [sorted(an.stored(set(g))) for g in groups]
+        return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name)
+
+    def variants(self, task: Task | str, limit: int = 8) -> list[tuple[list[list[int]], dict[str, Any]]]:
+        """(partition, config) pairs `propose` draws from: the default first, then alternative
+        partitions, then launch-config variants of the default partition."""
+        prog = self.program(task)
+        parts = candidate_partitions(prog.graph, limit=max(limit, 1), torch_ops=self.torch_ops)
+        out: list[tuple[list[list[int]], dict[str, Any]]] = [(p, {}) for p in parts]
+        out += [(parts[0], dict(c)) for c in CONFIG_VARIANTS]
+        return out
+
+    def propose(self, task: Task, n: int = 1, history: Sequence[Attempt] = ()) -> list[str]:
+        """Up to `n` distinct candidates: the default compilation, then alternative partitions and
+        launch configs. Sources already in `history` are skipped (the compiler cannot learn from
+        verdicts, but it need not repeat itself)."""
+        if n < 1:
+            return []
+        seen = {a.source for a in history}
+        out: list[str] = []
+        for partition, config in self.variants(task, limit=max(8, n)):
+            src = self.compile(task, partition=partition, config=config)
+            if src not in seen:
+                seen.add(src)
+                out.append(src)
+            if len(out) >= n:
+                break
+        return out
+
+
+def _as_task(task: Task | str) -> Task:
+    if isinstance(task, Task):
+        return task
+    if isinstance(task, str):
+        return Task.from_source(task)
+    raise TypeError(f"expected a Task or KernelBench-format source, got {type(task).__name__}")
+
+
+__all__ = [
+    "TORCH_FALLBACK",
+    "CompileError",
+    "CompilerPolicy",
+    "PartitionError",
+    "Program",
+    "TraceError",
+    "candidate_partitions",
+    "default_partition",
+    "graph_from_source",
+    "partition_problem",
+]

@@ -1,0 +1,603 @@
+"""One Triton kernel per fusion group: pointwise, row (reduction / softmax / norm / scan), matmul
+and convolution templates, each inlining the group's pointwise members through `KernelWriter`.
+
+Shapes are baked into the kernel as literals (a task has fixed shapes, and constant sizes let
+Triton fold the index arithmetic); block sizes are ``tl.constexpr`` parameters given by keyword
+at the launch, and grids are ``lambda meta: ...`` of those block sizes, so a launch-parameter
+search can rewrite them without touching the kernel. Every kernel is correct for any
+power-of-two block size (loops over rows, K and reduction chunks, masks on every edge).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, broadcast, lit, paren
+from policies.compiler.ir import NORMALIZE, REDUCE, CompileError, Program, numel
+
+NEG_INF = '-float("inf")'
+
+
+@dataclass
+class Kernel:
+    """A generated kernel and how forward launches it."""
+
+    name: str
+    kind: str                         # pointwise | row | matmul | conv
+    nodes: list[int]
+    params: list[tuple[str, str]]     # (pointer parameter, forward expression)
+    blocks: dict[str, int]            # constexpr block sizes (launch keywords)
+    options: dict[str, int]           # num_warps, num_stages
+    grid: str                         # grid callable text (of meta)
+    body: list[str]
+    stored: list[int]
+    helpers: set[str] = field(default_factory=set)
+    comment: str = ""
+
+    def source(self) -> str:
+        sig = ", ".join([p for p, _ in self.params] + [f"{b}: tl.constexpr" for b in self.blocks])
+        lines = ["@triton.jit", f"def {self.name}({sig}):"]
+        if self.comment:
+            lines.append(f'    """{self.comment}"""')
+        return "\n".join(lines + self.body) + "\n"
+
+    def launch(self) -> list[str]:
+        args = [e for _, e in self.params] + [f"{b}={v}" for b, v in self.blocks.items()]
+        args += [f"{k}={v}" for k, v in self.options.items()]
+        return [f"grid = {self.grid}  # noqa: E731", f"{self.name}[grid]({', '.join(args)})"]
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def clamp_pow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, next_pow2(n)))
+
+
+def _view(e: Expr, suffix: str) -> Expr:
+    """`e` indexed into a larger tile (``[:, None]``, ``[None, :]``)."""
+    if e.is_zero:
+        return ZERO
+    return Expr(None, e.axes, lambda: f"{paren(e)}{suffix}")
+
+
+def _reserve(w: KernelWriter, *names: str) -> None:
+    w.names.update(names)
+
+
+# ---- pointwise -------------------------------------------------------------------------------------
+
+
+def pointwise_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], name: str) -> Kernel:
+    """One program per BLOCK elements of the stored values' common shape."""
+    shape = tuple(prog.graph.nodes[stored[0]].shape)
+    n = numel(shape)
+    w = KernelWriter(prog, set(nodes))
+    _reserve(w, "pid", "offs", "mask")
+    w.emit("pid = tl.program_id(0)")
+    w.emit("offs = pid * BLOCK + tl.arange(0, BLOCK)")
+    w.emit(f"mask = offs < {n}")
+    axes = frozenset({"i"})
+    with w.tile(["i"], "mask", ["BLOCK"]):
+        c = Coords(shape, w.decompose("offs", shape, axes, "i"), w.new_key(), "offs", axes)
+        for j in stored:
+            w.store(j, c)
+    return Kernel(name, "pointwise", list(nodes), w.params, {"BLOCK": clamp_pow2(n, 16, 1024)},
+                  {"num_warps": 4}, f'lambda meta: (triton.cdiv({n}, meta["BLOCK"]),)', w.body_lines(),
+                  w.stored, w.helpers)
+
+
+# ---- rows: reductions, softmax, norms, scans -------------------------------------------------------
+
+
+@dataclass
+class RowPlan:
+    """How a row op views its input: M rows of R elements (kept and reduced dims)."""
+
+    kept: tuple[int, ...]
+    red: tuple[int, ...]
+    # input coordinates from (kept coords, reduced coords), both already shaped for the 2-D tile
+    coords: Callable[[list[Expr], list[Expr]], list[Expr]]
+    contiguous_rows: bool  # a row is R consecutive elements (flat index = row * R + r)
+    kept_axes: tuple[int, ...] = ()  # input axes that survive a reduction (keepdim keeps the rest as 1)
+    weight_coords: Callable[[list[Expr], list[Expr]], list[Expr]] | None = None
+
+
+def row_plan(prog: Program, a: int) -> RowPlan:
+    node = prog.graph.nodes[a]
+    op, p = node.op, node.params
+    x = prog.shape(node.args[0])
+    rank = len(x)
+    if op == "group_norm":
+        g = int(p["groups"])
+        n, ch, sp = x[0], x[1], tuple(x[2:])
+        cg = ch // g
+
+        def gn_coords(k: list[Expr], r: list[Expr]) -> list[Expr]:
+            chan = Expr(None, k[1].axes | r[0].axes, lambda: _chan(k[1], r[0], cg))
+            return [k[0], chan, *r[1:]]
+
+        return RowPlan((n, g), (cg, *sp), gn_coords, True,
+                       weight_coords=lambda k, r: [Expr(None, k[1].axes | r[0].axes, lambda: _chan(k[1], r[0], cg))])
+    if op in ("layer_norm", "rms_norm"):
+        nd = int(p.get("ndims", 1))
+        red_axes = list(range(rank - nd, rank))
+    elif op == "instance_norm":
+        red_axes = list(range(2, rank))
+    elif op == "adaptive_avg_pool2d":
+        red_axes = [rank - 2, rank - 1]
+    elif "axes" in p:
+        red_axes = sorted(int(a) for a in p["axes"])
+    else:
+        d = int(p["dim"])
+        if not 1 <= d <= rank:
+            raise CompileError(f"node {a}: dim {d} (from the right) out of range for rank {rank}")
+        red_axes = [rank - d]
+    kept_axes = [i for i in range(rank) if i not in red_axes]
+
+    def coords(k: list[Expr], r: list[Expr]) -> list[Expr]:
+        out: list[Expr] = [ZERO] * rank
+        for i, e in zip(kept_axes, k):
+            out[i] = e
+        for i, e in zip(red_axes, r):
+            out[i] = e
+        return out
+
+    contiguous = red_axes == list(range(rank - len(red_axes), rank))
+    return RowPlan(tuple(x[i] for i in kept_axes), tuple(x[i] for i in red_axes), coords, contiguous,
+                   tuple(kept_axes), weight_coords=lambda k, r: list(r))
+
+
+def _chan(g: Expr, cg_coord: Expr, cg: int) -> str:
+    if g.is_zero:
+        return str(cg_coord)
+    if cg_coord.is_zero:
+        return f"{paren(g)} * {cg}"
+    return f"{paren(g)} * {cg} + {paren(cg_coord)}"
+
+
+def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
+    node = prog.graph.nodes[anchor]
+    op, p = node.op, node.params
+    x_ref = node.args[0]
+    x_shape = prog.shape(x_ref)
+    plan = row_plan(prog, anchor)
+    m, r = numel(plan.kept), numel(plan.red)
+    w = KernelWriter(prog, set(nodes), anchor)
+    _reserve(w, "pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
+             "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
+             "xz", "chunk_max")
+    w.emit("pid = tl.program_id(0)")
+    w.emit("rm = pid * BLOCK_M + tl.arange(0, BLOCK_M)")
+    w.emit(f"row_mask = rm < {m}")
+    am, ar = frozenset({"m"}), frozenset({"r"})
+    kept1 = w.decompose("rm", plan.kept, am, "k")
+    kept2 = [_view(e, "[:, None]") for e in kept1]
+
+    def x_coords() -> Coords:
+        """Input coordinates for the current chunk (call inside a chunk loop)."""
+        w.emit("rr = r0 + tl.arange(0, BLOCK_R)")
+        w.emit(f"mask = row_mask[:, None] & (rr[None, :] < {r})")
+        red1 = w.decompose("rr", plan.red, ar, "q")
+        red2 = [_view(e, "[None, :]") for e in red1]
+        flat = f"rm[:, None] * {r} + rr[None, :]" if plan.contiguous_rows else None
+        dims = plan.coords(kept2, red2)
+        c = Coords(x_shape, dims, w.new_key(), flat, am | ar if flat else frozenset())
+        c.red2 = red2  # type: ignore[attr-defined]
+        return c
+
+    loop = f"for r0 in range(0, {r}, BLOCK_R):"
+    f32 = "dtype=tl.float32"
+    with w.tile(["m", "r"], "mask", ["BLOCK_M", "BLOCK_R"]):
+        if op in REDUCE or op in NORMALIZE:
+            stats = _row_stats(w, op, p, loop, x_coords, x_ref, r, f32)
+        if op in NORMALIZE:
+            _norm_prelude(w, op, p, r)
+        if op in REDUCE:
+            res = _reduce_result(w, op, p, stats, r)
+        elif op in NORMALIZE:
+            with w.block(loop):
+                c = x_coords()
+                xv = w.value(x_ref, c, "mask")
+                y = _normalize(w, op, p, anchor, stats, xv, plan, kept2, c)
+                w.provided[c.key] = y
+                for j in stored:
+                    w.store(j, c)
+        else:
+            _scan(w, op, loop, x_coords, x_ref, anchor, stored, f32)
+    if op in REDUCE:
+        out_shape = tuple(node.shape)
+        if len(out_shape) == len(x_shape):  # keepdim: reduced dims stay as size 1
+            dims = [ZERO] * len(out_shape)
+            for i, e in zip(plan.kept_axes, kept1):
+                dims[i] = e
+        else:
+            dims = list(kept1)
+        oc = Coords(out_shape, dims, w.new_key(), "rm", am)
+        w.provided[oc.key] = res
+        with w.tile(["m"], "row_mask", ["BLOCK_M"]):
+            for j in stored:
+                w.store(j, oc)
+    block_r = clamp_pow2(r, 1, 1024 if plan.contiguous_rows else 32)
+    block_m = clamp_pow2(m, 1, max(1, (1024 if plan.contiguous_rows else 2048) // block_r))
+    warps = 8 if block_m * block_r >= 4096 else 4
+    return Kernel(name, "row", list(nodes), w.params, {"BLOCK_M": block_m, "BLOCK_R": block_r},
+                  {"num_warps": warps}, f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]),)', w.body_lines(),
+                  w.stored, w.helpers)
+
+
+def _row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords: Callable[[], Coords],
+               x_ref: Any, r: int, f32: str) -> dict[str, str]:
+    """First pass over each row: running statistics the result or the normalisation needs."""
+    if op in ("sum", "mean", "adaptive_avg_pool2d", "norm", "rms_norm"):
+        w.emit(f"acc = tl.zeros([BLOCK_M], {f32})")
+        with w.block(loop):
+            xv = w.value(x_ref, x_coords(), "mask")
+            term = f"{xv} * {xv}" if op in ("norm", "rms_norm") else xv
+            w.emit(f"acc += tl.sum(tl.where(mask, {term}, 0.0), axis=1)")
+        return {"acc": "acc"}
+    if op in ("amax", "amin"):
+        fn, init = ("maximum", NEG_INF) if op == "amax" else ("minimum", 'float("inf")')
+        red = "tl.max" if op == "amax" else "tl.min"
+        w.emit(f"acc = tl.full([BLOCK_M], {init}, {f32})")
+        with w.block(loop):
+            xv = w.value(x_ref, x_coords(), "mask")
+            w.emit(f"acc = tl.{fn}(acc, {red}(tl.where(mask, {xv}, {init}), axis=1))")
+        return {"acc": "acc"}
+    if op in ("logsumexp", "softmax", "log_softmax"):
+        w.emit(f"run_max = tl.full([BLOCK_M], {NEG_INF}, {f32})")
+        w.emit(f"run_sum = tl.zeros([BLOCK_M], {f32})")
+        with w.block(loop):
+            xv = w.value(x_ref, x_coords(), "mask")
+            w.emit(f"xm = tl.where(mask, {xv}, {NEG_INF})")
+            w.emit("new_max = tl.maximum(run_max, tl.max(xm, axis=1))")
+            w.emit("# a row with no finite value yet keeps an offset of 0 (no inf - inf)")
+            w.emit(f"safe_max = tl.where(new_max == {NEG_INF}, 0.0, new_max)")
+            w.emit("run_sum = run_sum * tl.exp(run_max - safe_max) + tl.sum(tl.exp(xm - safe_max[:, None]), axis=1)")
+            w.emit("run_max = new_max")
+        w.emit("lse = run_max + tl.log(run_sum)")
+        return {"lse": "lse", "max": "run_max", "sum": "run_sum"}
+    if op in ("var", "std", "layer_norm", "group_norm", "instance_norm"):
+        w.emit("# Welford statistics merged chunk by chunk (exact for any BLOCK_R)")
+        w.emit(f"cnt = tl.zeros([BLOCK_M], {f32})")
+        w.emit(f"mean = tl.zeros([BLOCK_M], {f32})")
+        w.emit(f"m2 = tl.zeros([BLOCK_M], {f32})")
+        with w.block(loop):
+            xv = w.value(x_ref, x_coords(), "mask")
+            w.emit("n_c = tl.sum(mask.to(tl.float32), axis=1)")
+            w.emit(f"mean_c = tl.sum(tl.where(mask, {xv}, 0.0), axis=1) / tl.maximum(n_c, 1.0)")
+            w.emit(f"dev = tl.where(mask, {xv} - mean_c[:, None], 0.0)")
+            w.emit("n_new = cnt + n_c")
+            w.emit("delta = mean_c - mean")
+            w.emit("frac = n_c / tl.maximum(n_new, 1.0)")
+            w.emit("mean = mean + delta * frac")
+            w.emit("m2 = m2 + tl.sum(dev * dev, axis=1) + delta * delta * cnt * frac")
+            w.emit("cnt = n_new")
+        return {"mean": "mean", "m2": "m2"}
+    raise CompileError(f"no row statistics for {op!r}")
+
+
+def _reduce_result(w: KernelWriter, op: str, p: dict[str, Any], stats: dict[str, str], r: int) -> str:
+    if op in ("sum", "amax", "amin"):
+        return stats["acc"]
+    if op in ("mean", "adaptive_avg_pool2d"):
+        return w.assign("res", f"acc / {r}")
+    if op == "norm":
+        return w.assign("res", "tl.sqrt(acc)")
+    if op == "logsumexp":
+        return stats["lse"]
+    if op in ("var", "std"):
+        corr = int(p.get("correction", 1))
+        var = w.assign("var", f"m2 / {max(r - corr, 0)}" if r - corr > 0 else 'm2 * float("nan")')
+        return var if op == "var" else w.assign("res", f"tl.sqrt({var})")
+    raise CompileError(f"no reduction result for {op!r}")
+
+
+def _normalize(w: KernelWriter, op: str, p: dict[str, Any], anchor: int, stats: dict[str, str], xv: str,
+               plan: RowPlan, kept2: list[Expr], c: Coords) -> str:
+    if op == "softmax":
+        return f"tl.exp({xv} - run_max[:, None]) / run_sum[:, None]"
+    if op == "log_softmax":
+        return f"{xv} - lse[:, None]"
+    red2 = c.red2  # type: ignore[attr-defined]
+    if op == "rms_norm":
+        if "rstd" not in w.names:
+            raise AssertionError("rms_norm statistics missing")
+        y = f"{xv} * rstd[:, None]"
+    else:
+        y = f"({xv} - mean[:, None]) * rstd[:, None]"
+    wc = plan.weight_coords(kept2, red2) if plan.weight_coords else red2
+    for role, fmt in (("weight", "{y} * {v}"), ("bias", "{y} + {v}")):
+        ref = w.weight_ref(anchor, role)
+        if ref is None:
+            continue
+        wshape = w.prog.state_by_key[ref[1]].shape
+        v = w.load(ref, Coords(tuple(wshape), wc, ("wc", c.key, role)), "mask", name=f"n{anchor}_{role[0]}")
+        y = fmt.format(y=paren(y) if role == "weight" else y, v=v)
+    return y
+
+
+def _scan(w: KernelWriter, op: str, loop: str, x_coords: Callable[[], Coords], x_ref: Any, anchor: int,
+          stored: Sequence[int], f32: str) -> None:
+    init = "tl.zeros([BLOCK_M], dtype=tl.float32)" if op == "cumsum" else f"tl.full([BLOCK_M], {NEG_INF}, {f32})"
+    w.emit(f"carry = {init}  # the scan of the previous chunks")
+    with w.block(loop):
+        c = x_coords()
+        xv = w.value(x_ref, c, "mask")
+        if op == "cumsum":
+            w.emit(f"xz = tl.where(mask, {xv}, 0.0)")
+            y = w.assign("scan", "tl.cumsum(xz, axis=1) + carry[:, None]")
+            w.emit("carry = carry + tl.sum(xz, axis=1)")
+        elif op == "cummax":
+            w.helpers.add("_max_fn")
+            w.emit(f"xm = tl.where(mask, {xv}, {NEG_INF})")
+            y = w.assign("scan", "tl.maximum(tl.associative_scan(xm, 1, _max_fn), carry[:, None])")
+            w.emit("carry = tl.maximum(carry, tl.max(xm, axis=1))")
+        elif op == "logcumsumexp":
+            w.helpers.add("_lse_fn")
+            w.emit(f"xm = tl.where(mask, {xv}, {NEG_INF})")
+            y = w.assign("scan", "_lse_fn(tl.associative_scan(xm, 1, _lse_fn), carry[:, None])")
+            w.emit("chunk_max = tl.max(xm, axis=1)")
+            w.emit(f"safe_max = tl.where(chunk_max == {NEG_INF}, 0.0, chunk_max)")
+            w.emit("carry = _lse_fn(carry, safe_max + tl.log(tl.sum(tl.exp(xm - safe_max[:, None]), axis=1)))")
+        else:
+            raise CompileError(f"no scan for {op!r}")
+        w.provided[c.key] = y
+        for j in stored:
+            w.store(j, c)
+
+
+def _norm_prelude(w: KernelWriter, op: str, p: dict[str, Any], r: int) -> None:
+    eps = lit(p.get("eps", 1e-6 if op == "rms_norm" else 1e-5))
+    if op == "rms_norm":
+        w.emit(f"rstd = 1.0 / tl.sqrt(acc / {r} + {eps})")
+        w.names.add("rstd")
+    elif op in ("layer_norm", "group_norm", "instance_norm"):
+        w.emit(f"rstd = 1.0 / tl.sqrt(m2 / {r} + {eps})")
+        w.names.add("rstd")
+
+
+# ---- matmul ----------------------------------------------------------------------------------------
+
+
+def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
+    node = prog.graph.nodes[anchor]
+    op = node.op
+    out_shape = tuple(node.shape)
+    w = KernelWriter(prog, set(nodes), anchor)
+    _reserve(w, "pid_m", "pid_n", "pid_b", "rm", "rn", "rk", "k0", "acc", "a_mask", "b_mask", "out_mask")
+    if op == "linear":
+        a_ref = node.args[0]
+        a_shape = prog.shape(a_ref)
+        k = a_shape[-1]
+        n = out_shape[-1]
+        m = numel(a_shape[:-1])
+        batch = 1
+        b_ref = w.weight_ref(anchor, "weight")
+        if b_ref is None:
+            raise CompileError(f"node {anchor}: linear without a weight")
+        b_shape = (n, k)
+    elif op in ("matmul", "addmm"):
+        a_ref, b_ref = node.args[-2], node.args[-1]
+        a_shape, b_shape = prog.shape(a_ref), prog.shape(b_ref)
+        m, k = a_shape
+        n = b_shape[1]
+        batch = 1
+    elif op == "bmm":
+        a_ref, b_ref = node.args
+        a_shape, b_shape = prog.shape(a_ref), prog.shape(b_ref)
+        batch, m, k = a_shape
+        n = b_shape[2]
+    else:
+        raise CompileError(f"no matmul lowering for {op!r}")
+    am, an_, ak = frozenset({"m"}), frozenset({"n"}), frozenset({"k"})
+    w.emit("pid_m = tl.program_id(0)")
+    w.emit("pid_n = tl.program_id(1)")
+    batched = op == "bmm"
+    if batched:
+        w.emit("pid_b = tl.program_id(2)")
+    w.emit("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    w.emit("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+    lead = tuple(a_shape[:-1]) if op == "linear" else ()
+    lead1 = w.decompose("rm", lead, am, "m") if op == "linear" else []
+    lead2 = [_view(e, "[:, None]") for e in lead1]
+    pb = Expr("pid_b") if batched and batch > 1 else ZERO
+    rm2, rn2 = Expr("rm[:, None]", am), Expr("rn[None, :]", an_)
+    w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
+    with w.block(f"for k0 in range(0, {k}, BLOCK_K):"):
+        w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
+        w.emit(f"a_mask = (rm[:, None] < {m}) & (rk[None, :] < {k})")
+        w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
+        rk_row, rk_col = Expr("rk[None, :]", ak), Expr("rk[:, None]", ak)
+        with w.tile(["m", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
+            if op == "linear":
+                dims = lead2 + [rk_row]
+                flat = f"rm[:, None] * {k} + rk[None, :]"
+            elif batched:
+                dims = [pb, rm2, rk_row]
+                flat = f"{_bofs(batched and batch > 1, m * k)}rm[:, None] * {k} + rk[None, :]"
+            else:
+                dims = [rm2, rk_row]
+                flat = f"rm[:, None] * {k} + rk[None, :]"
+            a = _operand(w, a_ref, Coords(tuple(a_shape), dims, w.new_key(), flat, am | ak), "a_mask", "a")
+        with w.tile(["k", "n"], "b_mask", ["BLOCK_K", "BLOCK_N"]):
+            if op == "linear":
+                bc = Coords(b_shape, [rn2, rk_col], w.new_key())
+            elif batched:
+                bc = Coords(tuple(b_shape), [pb, rk_col, rn2], w.new_key(),
+                            f"{_bofs(batch > 1, k * n)}rk[:, None] * {n} + rn[None, :]", ak | an_)
+            else:
+                bc = Coords(tuple(b_shape), [rk_col, rn2], w.new_key(), f"rk[:, None] * {n} + rn[None, :]", ak | an_)
+            b = _operand(w, b_ref, bc, "b_mask", "b")
+        w.emit(f"acc += tl.dot({_dot_cast(w, a)}, {_dot_cast(w, b)})")
+    w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
+    with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
+        if op == "linear":
+            oc = Coords(out_shape, lead2 + [rn2], w.new_key(), f"rm[:, None] * {n} + rn[None, :]", am | an_)
+        elif batched:
+            oc = Coords(out_shape, [pb, rm2, rn2], w.new_key(), f"{_bofs(batch > 1, m * n)}rm[:, None] * {n} + rn[None, :]",
+                        am | an_)
+        else:
+            oc = Coords(out_shape, [rm2, rn2], w.new_key(), f"rm[:, None] * {n} + rn[None, :]", am | an_)
+        res = "acc"
+        if op == "linear":
+            bias = w.weight_ref(anchor, "bias")
+            if bias is not None:
+                bv = w.load(bias, Coords((n,), [rn2], ("bias", oc.key)), name=f"n{anchor}_b")
+                res = w.assign("res", f"acc + {bv}")
+        elif op == "addmm":
+            bias_ref = node.args[0]
+            bv = w.value(bias_ref, broadcast(oc, prog.shape(bias_ref)))
+            res = w.assign("res", f"acc + {bv}")
+        w.provided[oc.key] = res
+        for j in stored:
+            w.store(j, oc)
+    blocks = {"BLOCK_M": clamp_pow2(m, 16, 64), "BLOCK_N": clamp_pow2(n, 16, 64), "BLOCK_K": clamp_pow2(k, 16, 32)}
+    grid = f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]), triton.cdiv({n}, meta["BLOCK_N"]), {batch})'
+    return Kernel(name, "matmul", list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
+                  w.body_lines(), w.stored, w.helpers)
+
+
+def _bofs(on: bool, size: int) -> str:
+    return f"pid_b * {size} + " if on else ""
+
+
+def _operand(w: KernelWriter, ref: Any, c: Coords, mask: str, name: str) -> str:
+    """A tl.dot operand tile: zero outside the mask even when a fused prologue computed it."""
+    v = w.value(ref, c, mask)
+    if ref[0] == "node" and ref[1] in w.group:
+        v = w.assign(name, f"tl.where({mask}, {v}, 0.0)")
+    return v
+
+
+def _dot_cast(w: KernelWriter, v: str) -> str:
+    # fp16/bf16 tasks feed tensor cores in their own dtype; fp32 goes through TF32 (tl.dot default)
+    return f"{v}.to({w.float_dtype})" if w.float_dtype else v
+
+
+# ---- convolution -----------------------------------------------------------------------------------
+
+
+def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
+    """Implicit GEMM: rows are output positions (batch x spatial), columns output channels, the
+    reduction runs over input channels x kernel window; padding and stride become load masks."""
+    node = prog.graph.nodes[anchor]
+    op, p = node.op, node.params
+    transposed = op.startswith("conv_transpose")
+    x_ref = node.args[0]
+    x_shape = prog.shape(x_ref)
+    out_shape = tuple(node.shape)
+    spatial = len(x_shape) - 2
+    nb, ci = x_shape[0], x_shape[1]
+    co = out_shape[1]
+    ins, outs = x_shape[2:], out_shape[2:]
+    ks = _per_dim(p["kernel"], spatial)
+    st = _per_dim(p.get("stride", 1), spatial)
+    pad = _per_dim(p.get("padding", 0), spatial)
+    kk = numel(ks)
+    pos = nb * numel(outs)
+    kr = ci * kk
+    w = KernelWriter(prog, set(nodes), anchor)
+    wref = w.weight_ref(anchor, "weight")
+    if wref is None:
+        raise CompileError(f"node {anchor}: {op} without a weight")
+    _reserve(w, "pid_p", "pid_c", "rp", "rc", "rk", "k0", "acc", "a_mask", "w_mask", "out_mask", "valid")
+    ap, ac, ak = frozenset({"p"}), frozenset({"c"}), frozenset({"k"})
+    w.emit("pid_p = tl.program_id(0)")
+    w.emit("pid_c = tl.program_id(1)")
+    w.emit("rp = pid_p * BLOCK_M + tl.arange(0, BLOCK_M)  # output positions (batch, spatial...)")
+    w.emit("rc = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels")
+    pos1 = w.decompose("rp", (nb, *outs), ap, "o")
+    pos2 = [_view(e, "[:, None]") for e in pos1]
+    w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
+    with w.block(f"for k0 in range(0, {kr}, BLOCK_K):"):
+        w.emit("rk = k0 + tl.arange(0, BLOCK_K)  # (input channel, kernel offsets...)")
+        red1 = w.decompose("rk", (ci, *ks), ak, "r")
+        red2 = [_view(e, "[None, :]") for e in red1]
+        conds = [f"(rp[:, None] < {pos})", f"(rk[None, :] < {kr})"]
+        in_dims: list[Expr] = []
+        for d in range(spatial):
+            o, kd = pos2[1 + d], red2[1 + d]
+            if transposed:
+                num = _lin(o, 1, kd, -1, pad[d])
+                t = w.assign(f"t{d}", num)
+                if st[d] > 1:
+                    conds += [f"({t} >= 0)", f"({t} % {st[d]} == 0)", f"({t} < {ins[d] * st[d]})"]
+                    idx = w.assign(f"i{d}", f"{t} // {st[d]}")
+                else:
+                    conds += [f"({t} >= 0)", f"({t} < {ins[d]})"]
+                    idx = t
+            else:
+                idx = w.assign(f"i{d}", _lin(o, st[d], kd, 1, -pad[d]))
+                if pad[d]:
+                    conds += [f"({idx} >= 0)", f"({idx} < {ins[d]})"]
+            in_dims.append(Expr(idx, ap | ak))
+        w.emit(f"a_mask = {' & '.join(conds)}")
+        with w.tile(["p", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
+            xc = Coords(tuple(x_shape), [pos2[0], red2[0], *in_dims], w.new_key())
+            a = _operand(w, x_ref, xc, "a_mask", "a")
+        w.emit(f"w_mask = (rk[:, None] < {kr}) & (rc[None, :] < {co})")
+        with w.tile(["k", "c"], "w_mask", ["BLOCK_K", "BLOCK_N"]):
+            wshape = w.prog.state_by_key[wref[1]].shape
+            if transposed:  # weight (C_in, C_out, *k)
+                ci_col = _view(red1[0], "[:, None]")
+                k_flat = f"rk[:, None] % {kk}" if kk > 1 else None
+                terms = [f"{paren(ci_col)} * {co * kk}" if not ci_col.is_zero else None,
+                         f"rc[None, :] * {kk}" if kk > 1 else "rc[None, :]", k_flat]
+                flat = " + ".join(t for t in terms if t)
+            else:  # weight (C_out, C_in, *k): row-major over (C_in, *k) is exactly rk
+                flat = f"rc[None, :] * {kr} + rk[:, None]"
+            wc = Coords(tuple(wshape), [ZERO] * len(wshape), w.new_key(), flat, ak | ac)
+            b = w.load(wref, wc, name="wt")
+        w.emit(f"acc += tl.dot({_dot_cast(w, a)}, {_dot_cast(w, b)})")
+    w.emit(f"out_mask = (rp[:, None] < {pos}) & (rc[None, :] < {co})")
+    with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
+        oc = Coords(out_shape, [pos2[0], Expr("rc[None, :]", ac), *pos2[1:]], w.new_key())
+        res = "acc"
+        bias = w.weight_ref(anchor, "bias")
+        if bias is not None:
+            bv = w.load(bias, Coords((co,), [Expr("rc[None, :]", ac)], ("bias", oc.key)), name=f"n{anchor}_b")
+            res = w.assign("res", f"acc + {bv}")
+        w.provided[oc.key] = res
+        for j in stored:
+            w.store(j, oc)
+    blocks = {"BLOCK_M": clamp_pow2(pos, 16, 64), "BLOCK_N": clamp_pow2(co, 16, 64), "BLOCK_K": clamp_pow2(kr, 16, 32)}
+    grid = f'lambda meta: (triton.cdiv({pos}, meta["BLOCK_M"]), triton.cdiv({co}, meta["BLOCK_N"]))'
+    return Kernel(name, "conv", list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
+                  w.body_lines(), w.stored, w.helpers)
+
+
+def _per_dim(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        if len(v) != n:
+            raise CompileError(f"expected {n} values, got {v!r}")
+        return tuple(int(x) for x in v)
+    return (int(v),) * n
+
+
+def _lin(a: Expr, sa: int, b: Expr, sb: int, c: int) -> str:
+    """Text of a*sa + b*sb + c with trivial terms dropped."""
+    parts = []
+    for e, s in ((a, sa), (b, sb)):
+        if e.is_zero:
+            continue
+        t = paren(e) if s != 1 else str(e)
+        if s == 1:
+            parts.append(f"+ {t}")
+        elif s == -1:
+            parts.append(f"- {paren(e)}")
+        else:
+            parts.append(f"+ {t} * {s}" if s > 0 else f"- {t} * {-s}")
+    if c:
+        parts.append(f"+ {c}" if c > 0 else f"- {-c}")
+    text = " ".join(parts) or "0"
+    if text.startswith("+ "):
+        text = text[2:]
+    elif text.startswith("- "):
+        text = "-" + text[2:]
+    return text
+
+
