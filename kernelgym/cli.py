@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", choices=["tiny", "bench"], default="tiny", help="size profile (default tiny)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--force", action="store_true", help="overwrite task files that already exist in --out")
+    p.add_argument("--pairs", action="store_true",
+                   help="also write a solution per task (solutions/<id>.py) when the evaluator accepts "
+                        "the policy's kernel: supervised warm-up pairs")
+    p.add_argument("--policy", default="compiler",
+                   help="policy that writes the solutions with --pairs: a name or MODULE:ATTR (default compiler)")
+    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto",
+                   help="backend that judges the solutions with --pairs (default auto)")
 
     p = sub.add_parser("eval", help="judge one candidate against a reference")
     p.add_argument("reference", help="KernelBench-format reference file")

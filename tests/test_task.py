@@ -122,3 +122,60 @@ def test_run_rejects_a_missing_suite(capsys):
     # Checked before the policy is built: an unloadable policy does not hide the bad suite.
     assert cli_main(["run", "--suite", "somewhere", "--policy", "no_such_module:Policy"]) == 2
     assert "'somewhere' is not a directory" in capsys.readouterr().err
+
+
+TORCH_POLICY = '''
+SOURCE = """
+import torch
+
+class ModelNew(torch.nn.Module):
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, *xs):
+        raise RuntimeError("no kernel here")
+"""
+
+
+class FailingPolicy:
+    name = "failing"
+
+    def propose(self, task, n=1, history=()):
+        return [SOURCE]
+'''
+
+
+def test_sample_pairs_writes_accepted_solutions_only(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("policies.compiler")
+    from kernelgym.evaluation import evaluate
+
+    out = tmp_path / "pairs"
+    assert cli_main(["sample", "-d", "1,2", "-n", "1", "--seed", "3", "--out", str(out), "--pairs",
+                     "--backend", "interpret"]) == 0
+    assert "2/2 solution(s) accepted" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [r["solution_status"] for r in rows] == ["ok", "ok"]
+    for r in rows:   # each pair really is a (task, accepted kernel) pair
+        solution = (out / r["solution"]).read_text()
+        assert "@triton.jit" in solution
+        assert evaluate((out / r["file"]).read_text(), solution, backend="interpret").status == "ok"
+    assert len(load_suite(out)) == 2 and not load_suite(out).errors   # solutions/ is not read as tasks
+
+    # A policy whose kernel is rejected leaves no solution, and a stale one from before is removed.
+    (tmp_path / "failing_policy.py").write_text(TORCH_POLICY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli_main(["sample", "-d", "1", "-n", "1", "--seed", "3", "--out", str(out), "--pairs", "--force",
+                     "--backend", "interpret", "--policy", "failing_policy:FailingPolicy"]) == 0
+    assert "0/1 solution(s) accepted" in capsys.readouterr().out
+    row = json.loads((out / "index.jsonl").read_text().splitlines()[0])
+    assert row["solution"] is None and row["solution_status"] == "hack_detected"
+    assert any(r.startswith("guard:no_triton") for r in row["solution_reasons"]), row
+    assert "no @triton.jit function" in row["solution_error"]
+    assert not (out / "solutions" / f"{row['id']}.py").exists()
+
+    # An unknown policy is a usage error, and nothing is written.
+    before = sorted(p.name for p in out.iterdir())
+    assert cli_main(["sample", "-d", "1", "-n", "1", "--seed", "9", "--out", str(out), "--pairs",
+                     "--policy", "no_such_module:Policy"]) == 2
+    assert "no_such_module" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
