@@ -92,3 +92,41 @@ def test_reference_problem_and_tolerances():
     assert tolerance_for(torch.int32) == {"atol": 0.0, "rtol": 0.0}
     assert tolerance_for("bfloat16")["atol"] > tolerance_for("float16")["atol"]
     assert "float32" in table()
+
+
+class _FakeCuda:
+    def __init__(self, reserved: int, allocated: int, initialized: bool = True):
+        self.reserved, self.allocated, self.initialized, self.emptied = reserved, allocated, initialized, 0
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def memory_reserved(self) -> int:
+        return self.reserved
+
+    def memory_allocated(self) -> int:
+        return self.allocated
+
+    def empty_cache(self) -> None:
+        self.emptied += 1
+        self.reserved = self.allocated
+
+
+def test_workers_give_cached_gpu_memory_back_beyond_the_keep_limit():
+    from kernelgym.evaluation.worker import trim_gpu_cache
+
+    gib = 1 << 30
+    busy = _FakeCuda(reserved=9 * gib, allocated=2 * gib)   # 7 GiB cached but unused (seen on an H200)
+    assert trim_gpu_cache(gib, busy) and busy.emptied == 1 and busy.reserved == 2 * gib
+    assert not trim_gpu_cache(gib, busy) and busy.emptied == 1   # nothing cached any more
+    small = _FakeCuda(reserved=gib + 100, allocated=200)   # under the limit: the cache is kept (speed)
+    assert not trim_gpu_cache(gib, small) and small.emptied == 0
+    cold = _FakeCuda(reserved=9 * gib, allocated=0, initialized=False)   # never touched CUDA
+    assert not trim_gpu_cache(0, cold) and cold.emptied == 0
+    import torch
+
+    if not torch.cuda.is_available():
+        assert not trim_gpu_cache(0)   # a CPU machine: nothing to do, and no error

@@ -9,6 +9,7 @@ restarts at each) and then one ``{"type": "result"}``. Messages use `codec` in b
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -36,6 +37,30 @@ def _handlers() -> dict[str, Any]:
         "end_candidate": candidate.end_candidate,
         "ptx": ptx.run_ptx_check,
     }
+
+
+# Cached-but-unused GPU memory a worker may keep between requests (KERNELGYM_GPU_CACHE_MB).
+DEFAULT_GPU_CACHE_MB = 1024
+
+
+def trim_gpu_cache(keep_bytes: int, cuda: Any = None) -> bool:
+    """Give cached-but-unused GPU memory back to the driver when more than `keep_bytes` is cached.
+
+    Two dozen workers share one GPU, and torch's caching allocator keeps what a finished request
+    freed: on an H200 with bench-size tasks the workers together held the whole GPU, so a correct
+    candidate failed with out of memory because of its neighbours. Live tensors (stored reference
+    outputs, a running evaluation's state) are untouched. `cuda`: the torch.cuda module (tests).
+    """
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda
+    if not cuda.is_available() or not cuda.is_initialized():
+        return False
+    if cuda.memory_reserved() - cuda.memory_allocated() <= keep_bytes:
+        return False
+    cuda.empty_cache()
+    return True
 
 
 def _harden() -> None:
@@ -92,6 +117,8 @@ def main(argv: list[str]) -> int:
     def progress(phase: str) -> None:
         conn.send_bytes(codec.encode({"type": "phase", "phase": phase}))
 
+    keep_bytes = int(float(os.environ.get("KERNELGYM_GPU_CACHE_MB", DEFAULT_GPU_CACHE_MB)) * (1 << 20))
+
     while True:
         try:
             msg = codec.decode(conn.recv_bytes(MAX_REQUEST_BYTES))
@@ -112,6 +139,10 @@ def main(argv: list[str]) -> int:
             gpu.mode = None  # the parent releases what this request held when the result arrives
             blob = codec.encode({"type": "result", "status": "internal_error", "error": describe(exc)})
         conn.send_bytes(blob)
+        if role != "ptx":
+            # A poisoned context is the next request's failure to report, not this one's.
+            with contextlib.suppress(Exception):
+                trim_gpu_cache(keep_bytes)
 
 
 if __name__ == "__main__":
