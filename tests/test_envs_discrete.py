@@ -66,3 +66,21 @@ def test_sb3_ppo_trains(evaluator, suite_dir):
     assert env.evaluations <= 12  # 3 tasks x 4 candidates, each judged once
     action, _ = model.predict(env.reset(seed=1)[0], deterministic=True)
     assert 0 <= int(action) < 4
+
+
+def test_prefetch_judges_every_pair_once_in_one_batch(evaluator, suite_dir):
+    from kernelgym.task import load_suite
+
+    env = make(evaluator, suite_dir)
+    tasks = list(load_suite(suite_dir))
+    assert env.prefetch(tasks, seed=3) == 3 * 4 and env.evaluations == 12
+    assert env.prefetch(tasks, seed=3) == 0   # all cached
+    statuses = {}
+    for task in tasks:
+        env.reset(options={"task": task})
+        for a in range(4):
+            env.reset(options={"task": task})
+            _, reward, *_ = env.step(a)
+            statuses.setdefault(a, set()).add(env.base.last_verdict["status"])
+    assert env.evaluations == 12   # the steps were lookups
+    assert statuses[0] == statuses[2] == {"ok"} and "ok" not in statuses[1] | statuses[3]

@@ -150,6 +150,11 @@ def tune(*, backend: str = "auto", steps: int = 2000, n_tasks: int = 8, k: int =
             inner = gym.make("KernelGym/Suite-v0", path=tmp, shuffle=True, backend=backend, evaluator=ev)
             env = DiscreteChoiceEnv(inner, provider, k=k)
             env.reset(seed=seed)
+            # All K x tasks pairs judged up front in parallel; PPO's steps then read the cache.
+            t1 = time.perf_counter()
+            judged = env.prefetch(tasks, seed=seed)
+            print(f"judged {judged} (task, candidate) pairs in {time.perf_counter() - t1:.1f} s; training PPO "
+                  f"for {steps} steps", file=sys.stderr, flush=True)
             model = PPO("MlpPolicy", env, n_steps=n_steps, batch_size=min(32, n_steps), n_epochs=4, seed=seed,
                         device="cpu", verbose=0)
             model.learn(total_timesteps=steps)

@@ -100,5 +100,27 @@ class DiscreteChoiceEnv(gym.Env):
         _, reward, terminated, truncated, info = self.env.step(source)
         return task_features(self.base.task), reward, terminated, truncated, {**info, "choice": int(action)}
 
+    def prefetch(self, tasks: list[Task], seed: int = 0) -> int:
+        """Judge every (task, candidate) pair not cached yet in one parallel batch, so that the
+        steps that later choose them are lookups (serial steps would judge one pair at a time).
+        Returns the number of pairs judged."""
+        base = self.base
+        todo: dict[tuple[str, str], tuple[Task, str]] = {}
+        for task in tasks:
+            cands = list(self.provider(task))[: self.k]
+            for source in cands + [""] * (self.k - len(cands)):
+                key = (task.hash, _h(source))
+                if key not in self.cache:
+                    todo.setdefault(key, (task, source))
+        if not todo:
+            return 0
+        verdicts = base.evaluator.evaluate_batch(list(todo.values()), base.backend, base.mode, seed=seed,
+                                                 timeout=base.timeout)
+        for (key, (task, _)), verdict in zip(todo.items(), verdicts):
+            verdict.task_id = verdict.task_id or task.id
+            self.cache[key] = verdict
+        self.evaluations += len(todo)
+        return len(todo)
+
     def render(self) -> str | None:
         return self.base.render()
