@@ -6,8 +6,9 @@ its winner is judged once more with fresh inputs when timed, because the best of
 timings overstates its speedup; both reported verdicts are single fresh evaluations.
 
 Per difficulty: share ok for each, tasks the search rescued (base not ok, search ok), and when
-timed (GPU) the median speedups and the median / geometric-mean gain (search speedup / base
-speedup over tasks where both are ok). Under the interpreter nothing is timed: the share ok is
+timed (GPU) the median speedups, the median / geometric-mean gain (search speedup / base
+speedup over tasks where both are ok) and, for each, the share of all tasks that are correct and
+faster than eager and than torch.compile (KernelBench's fast_1). Under the interpreter nothing is timed: the share ok is
 the figure. Prints a table and writes JSON. Usage:
     python benchmarks/search_gain.py [--difficulty 1-3] [-n 10] [--seed 0] [--sizes tiny|bench]
         [--backend auto|interpret|cuda] [--budget-evals 8] [--budget-s S] [--workers W] [--jobs J]
@@ -58,9 +59,19 @@ def one_task(task: Any, base: Any, search: Any, evaluator: Any, backend: str, mo
             "base_status": base_status, "base_speedup": bv.speedup if bv is not None and bv.ok else None,
             "search_status": sv.status if sv is not None else "no_candidate",
             "search_speedup": sv.speedup if sv is not None and sv.ok else None,
+            "base_vs_compile": bv.speedup_vs_compile if bv is not None and bv.ok else None,
+            "search_vs_compile": sv.speedup_vs_compile if sv is not None and sv.ok else None,
+            # Why a reported verdict is not ok (the JSON keeps it; the table only counts).
+            "base_error": _why(bv), "search_error": _why(sv),
             "search_evaluations": result.evaluations, "search_stopped": result.stopped,
             "search_best_origin": best.get("origin"), "search_best_changes": best.get("changes"),
             "base_s": round(t_base, 3), "search_s": round(t_search, 3)}
+
+
+def _why(v: Any) -> str | None:
+    if v is None or v.ok:
+        return None
+    return f"{v.status}: {', '.join(v.reasons)}: {v.error}"[:600]
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -79,6 +90,10 @@ def summarize(rows: list[dict]) -> dict:
         "base_median_speedup": _median([r["base_speedup"] for r in base_ok if r["base_speedup"] is not None]),
         "search_median_speedup": _median([r["search_speedup"] for r in search_ok if r["search_speedup"] is not None]),
         "median_gain": _median(gains), "geomean_gain": _geomean(gains),
+        # KernelBench's fast_1 against each baseline: correct and faster, over all tasks.
+        **{f"{who}_faster_than_{base}": (sum((r[f"{who}_{key}"] or 0) > 1 for r in rows) / n
+                                         if any(r[f"{who}_{key}"] is not None for r in rows) else None)
+           for who in ("base", "search") for base, key in (("eager", "speedup"), ("compile", "vs_compile"))},
         "mean_search_evaluations": statistics.fmean(r["search_evaluations"] for r in rows) if rows else None,
         "mean_base_s": statistics.fmean(r["base_s"] for r in rows) if rows else None,
         "mean_search_s": statistics.fmean(r["search_s"] for r in rows) if rows else None,
@@ -136,13 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     by_d = {str(d): summarize([r for r in rows if r["difficulty"] == d]) for d in args.difficulty}
     total = summarize(rows)
     cols = ["difficulty", "tasks", "base ok", "search ok", "rescued", "lost", "base med x", "search med x",
-            "median gain", "geomean gain", "evals/task", "search s/task"]
+            "median gain", "geomean gain", "base>eager", "search>eager", "base>compile", "search>compile",
+            "evals/task", "search s/task"]
     print()
     print(" | ".join(cols))
     for name, s in [*by_d.items(), ("all", total)]:
         print(" | ".join([name, str(s["tasks"]), _fmt(s["base_ok_share"], True), _fmt(s["search_ok_share"], True),
                           str(s["rescued"]), str(s["lost"]), _fmt(s["base_median_speedup"]),
                           _fmt(s["search_median_speedup"]), _fmt(s["median_gain"]), _fmt(s["geomean_gain"]),
+                          *(_fmt(s[f"{w}_faster_than_{b}"], True) for b in ("eager", "compile")
+                            for w in ("base", "search")),
                           _fmt(s["mean_search_evaluations"]), _fmt(s["mean_search_s"])]))
     import kernelgym
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
+# then run the named steps, each under its own time limit, writing everything under $OUT.
+#   bash benchmarks/device_batch.sh STEP...     steps: env search_gain smoke sb3 gpu_tests throughput
+# The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
+# stable-baselines3 travel as wheels (see README "Running on a GPU").
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+
+step() {  # step NAME SECONDS COMMAND...: run, keep the log, never stop the batch
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s) $(date +%T)"
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name rc=$rc in $((SECONDS - t0))s"
+  tail -n 25 "$OUT/$name.log"
+}
+
+for s in "$@"; do
+  case $s in
+    env) step env 60 bash -c 'nvidia-smi; python3 -c "import sys, torch, triton; print(sys.version); print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"; nproc' ;;
+    search_gain) step search_gain 260 python3 benchmarks/search_gain.py --sizes bench -d 1-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
+    smoke) step smoke 110 python3 -m train.smoke_gpu --out "$OUT/smoke.jsonl" --steps 6 --tasks 2 --group 4 --backend cuda --workers 4 ;;
+    sb3) step sb3 150 python3 -m train.sb3_tuning --backend cuda --steps 600 --tasks 6 --k 6 --out "$OUT/sb3.json" ;;
+    gpu_tests) step gpu_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
+    throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 ;;
+    *) echo "unknown step $s" ;;
+  esac
+done
