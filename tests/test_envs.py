@@ -84,7 +84,10 @@ def test_suite_order_and_shuffle(sev, suite_dir):
     ids = [env.reset(seed=0 if i == 0 else None)[0]["task_id"] for i in range(4)]
     assert ids == ["d1_tiny_s0", "d1_tiny_s1", "d1_tiny_s2", "d1_tiny_s0"]
     sh = make("KernelGym/Suite-v0", sev, path=str(suite_dir), backend="interpret", shuffle=True)
-    order = lambda: [sh.reset(seed=7 if i == 0 else None)[0]["task_id"] for i in range(3)]
+
+    def order():
+        return [sh.reset(seed=7 if i == 0 else None)[0]["task_id"] for i in range(3)]
+
     first = order()
     assert sorted(first) == sorted(ids[:3]) and order() == first
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from eval_cases import CAND_ADD, REF_ADD, add_variant
+
 from kernelgym.evaluation import Evaluator
 
 B = "interpret"

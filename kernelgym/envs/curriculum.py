@@ -9,10 +9,10 @@ from typing import Any
 
 import gymnasium as gym
 
-log = logging.getLogger(__name__)
-
-from kernelgym.evaluation import Verdict
 from kernelgym.envs.single import MAX_DIFFICULTY, check_difficulty
+from kernelgym.evaluation import Verdict
+
+log = logging.getLogger(__name__)
 
 
 class Curriculum:
