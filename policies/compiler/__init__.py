@@ -116,9 +116,7 @@ class CompilerPolicy:
         if missing and self.mode == "strict":
             raise CompileError(f"strict mode: op(s) {', '.join(missing)} have no Triton lowering yet "
                                "(use mode='lenient' to compute them in torch)")
-        cfg = {**self.config, **check_config(config)}
-        if "kernels" in self.config and "kernels" in cfg:
-            cfg["kernels"] = {**self.config["kernels"], **cfg["kernels"]}
+        cfg = merge_configs(self.config, check_config(config))
         if partition is None:
             partition = default_partition(prog.graph, torch_ops=self.torch_ops)
         groups = order_groups(prog.graph, partition, torch_ops=self.torch_ops)
@@ -151,6 +149,18 @@ class CompilerPolicy:
             if len(out) >= n:
                 break
         return out
+
+
+def merge_configs(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base` (both checked configs); per-kernel overrides merge key by key, so a
+    call's ``{"kernels": {"0": {"BLOCK_N": 32}}}`` keeps the policy's ``BLOCK_M`` for kernel 0."""
+    out = {**base, **over}
+    if "kernels" in base and "kernels" in over:
+        kernels = {k: dict(v) for k, v in base["kernels"].items()}
+        for k, v in over["kernels"].items():
+            kernels[k] = {**kernels.get(k, {}), **v}
+        out["kernels"] = kernels
+    return out
 
 
 def _as_task(task: Task | str) -> Task:

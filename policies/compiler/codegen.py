@@ -447,7 +447,7 @@ class KernelWriter:
             hit = self.provided.get(c.key)
             if hit is None:
                 raise CompileError(f"node {j} (the kernel's anchor) is read where it is not computed")
-            return hit
+            return hit if hit.isidentifier() else paren(hit)
         key = ("node", j, c.key, mask)
         hit = self._cached(key)
         if hit:

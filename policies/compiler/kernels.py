@@ -202,7 +202,8 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
             with w.block(loop):
                 c = x_coords()
                 xv = w.value(x_ref, c, "mask")
-                y = _normalize(w, op, p, anchor, stats, xv, plan, kept2, c)
+                # a variable, not an expression: epilogue formulas substitute it unparenthesised
+                y = w.assign("y", _normalize(w, op, p, anchor, stats, xv, plan, kept2, c))
                 w.provided[c.key] = y
                 for j in stored:
                     w.store(j, c)

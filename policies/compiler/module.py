@@ -172,6 +172,8 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
         "",
     ]
     head[2] = head[2].format(mode=mode)
+    if any(isinstance(item, int) for item in items):  # fallback lines call torch.nn.functional
+        head.insert(head.index("import torch.nn as nn") + 1, "import torch.nn.functional as F")
     body: list[str] = []
     for h in HELPER_ORDER:
         if h in helpers:

@@ -188,7 +188,12 @@ class _Mapper:
     def run(self) -> TracedGraph:
         in_specs: list[InputSpec] = []
         outputs: list[int] = []
+        failed: set[Any] = set()  # fx nodes already reported, directly or through an input
         for n in self.gm.graph.nodes:
+            if any(u in failed for u in n.all_input_nodes):
+                failed.add(n)  # reported once, at the unsupported call it depends on
+                self.env[n] = None
+                continue
             try:
                 if n.op == "placeholder":
                     t = self.inputs[len(in_specs)]
@@ -213,11 +218,13 @@ class _Mapper:
             except _Unsupported as exc:
                 self.errors.append(f"{_where(n)}: {exc}")
                 self.env[n] = None
+                failed.add(n)
             except TraceError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a mapping bug must still name the call
                 self.errors.append(f"{_where(n)}: {type(exc).__name__}: {exc}")
                 self.env[n] = None
+                failed.add(n)
         for n, v in self.env.items():
             if isinstance(v, (_Cmp, _Multi)) and any(self.env.get(u) is not None and u.op != "output"
                                                      for u in n.users) and not _only_pattern_users(n, self.env):
