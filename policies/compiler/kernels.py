@@ -433,7 +433,7 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
             else:
                 bc = Coords(tuple(b_shape), [rk_col, rn2], w.new_key(), f"rk[:, None] * {n} + rn[None, :]", ak | an_)
             b = _operand(w, b_ref, bc, "b_mask", "b")
-        w.emit(f"acc += tl.dot({_dot_cast(w, a)}, {_dot_cast(w, b)})")
+        w.emit(f"acc += {_dot(w, a, b)}")
     w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
     with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
         if op == "linear":
@@ -474,9 +474,13 @@ def _operand(w: KernelWriter, ref: Any, c: Coords, mask: str, name: str) -> str:
     return v
 
 
-def _dot_cast(w: KernelWriter, v: str) -> str:
-    # fp16/bf16 tasks feed tensor cores in their own dtype; fp32 goes through TF32 (tl.dot default)
-    return f"{v}.to({w.float_dtype})" if w.float_dtype else v
+def _dot(w: KernelWriter, a: str, b: str) -> str:
+    """``tl.dot`` of two operand tiles. fp16/bf16 tasks feed tensor cores in their own dtype; fp32
+    asks for IEEE products, because tl.dot's TF32 default (10-bit mantissa) misses the fp32
+    tolerance on long reductions (seen on an H200: addmm / linear / matmul tasks at bench sizes)."""
+    if w.float_dtype:
+        return f"tl.dot({a}.to({w.float_dtype}), {b}.to({w.float_dtype}))"
+    return f'tl.dot({a}, {b}, input_precision="ieee")'
 
 
 # ---- convolution -----------------------------------------------------------------------------------
@@ -553,7 +557,7 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
                 flat = f"rc[None, :] * {kr} + rk[:, None]"
             wc = Coords(tuple(wshape), [ZERO] * len(wshape), w.new_key(), flat, ak | ac)
             b = w.load(wref, wc, name="wt")
-        w.emit(f"acc += tl.dot({_dot_cast(w, a)}, {_dot_cast(w, b)})")
+        w.emit(f"acc += {_dot(w, a, b)}")
     w.emit(f"out_mask = (rp[:, None] < {pos}) & (rc[None, :] < {co})")
     with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
         oc = Coords(out_shape, [pos2[0], Expr("rc[None, :]", ac), *pos2[1:]], w.new_key())
