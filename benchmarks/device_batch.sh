@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
 # then run the named steps, each under its own time limit, writing everything under $OUT.
-#   bash benchmarks/device_batch.sh STEP...     steps: env search_gain smoke sb3 gpu_tests throughput
+#   bash benchmarks/device_batch.sh STEP...     steps: env search_gain smoke sb3 gpu_tests throughput scaling
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
 set -u
@@ -29,6 +29,9 @@ for s in "$@"; do
     sb3) step sb3 150 python3 -m train.sb3_tuning --backend cuda --steps 600 --tasks 6 --k 6 --out "$OUT/sb3.json" ;;
     gpu_tests) step gpu_tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests ;;
     throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 ;;
+    scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two
+      step scaling_1gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
+      step scaling_2gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -214,8 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-ms", type=float, default=None)
     ap.add_argument("--max-reps", type=int, default=None)
     ap.add_argument("--reference-workers", type=int, default=None)
+    ap.add_argument("--devices", default=None,
+                    help="GPUs for the pool, e.g. 0 or 0,1 (default all visible); run once with each for "
+                         "the multi-GPU scaling of the same batch (--serial-n 8 keeps the baseline short)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "eval_throughput.json"))
     args = ap.parse_args(argv)
+    devices = None
+    if args.devices is not None:
+        try:
+            devices = [int(d) for d in args.devices.split(",") if d.strip()]
+        except ValueError:
+            ap.error(f"--devices must be comma-separated GPU indices, got {args.devices!r}")
 
     from kernelgym.evaluation import Evaluator, resolve_backend
 
@@ -237,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     serial = run_serial(pairs[:serial_n], backend, args.trials, bench)
     serial_eps = serial_n / serial["seconds"]
 
-    with Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench) as ev:
+    with Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench,
+                   devices=devices) as ev:
         t = time.perf_counter()
         ev.warm(backend)
         startup = time.perf_counter() - t
@@ -246,17 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         pairs2 = [(r, c) for _, _, r, c in make_batch(n, numel, tasks, offset=n)]
         steady = pool_batch(ev, pairs2, kinds, backend, 1, args.trials)
         workers, ref_workers, stats = ev.workers, ev.reference_workers, dict(ev.stats)
+        used_devices = ev.devices if backend == "cuda" else []
     report = {
         "benchmark": "eval_throughput", "backend": backend, "device": first["device"],
         "n": n, "tasks": tasks, "numel": numel, "trials": args.trials, "bench": bench, "workers": workers,
-        "reference_workers": ref_workers, "cpu_count": os.cpu_count(),
+        "reference_workers": ref_workers, "cpu_count": os.cpu_count(), "devices": used_devices,
         "serial": {"n": serial_n, "seconds": serial["seconds"], "evals_per_s": serial_eps,
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},
         "pool_first": first, "pool_steady": steady, "pool_startup_s": startup, "cache_stats": stats,
         "speedup_first": first["evals_per_s"] / serial_eps, "speedup_steady": steady["evals_per_s"] / serial_eps,
     }
     print(f"eval throughput on {report['device']} ({backend}), {n} candidates over {tasks} tasks, "
-          f"{args.trials} trials, {os.cpu_count()} CPUs")
+          f"{args.trials} trials, {os.cpu_count()} CPUs" + (f", GPUs {used_devices}" if used_devices else ""))
     print(f"{'harness':<34}{'evals':>7}{'seconds':>10}{'evals/s':>10}{'vs serial':>11}")
     print(f"{'serial in-process':<34}{serial_n:>7}{serial['seconds']:>10.2f}{serial_eps:>10.2f}{1.0:>10.2f}x")
     for name, r in ((f"pool first batch ({workers} workers)", first), (f"pool steady ({workers} workers)", steady)):
