@@ -3,10 +3,11 @@ refinement with verdict feedback; candidates judged in parallel by the batched e
 
 The search runs in rounds under a budget of evaluations and wall time:
 
-1. seeds: the base policy's default proposal and, when the base exposes ``compile(task,
-   partition=...)`` and the task has a graph, one candidate per alternative fusion partition
-   (which neighbouring ops share a kernel); a base without ``compile`` is asked for several
-   proposals instead;
+1. seeds: the base policy's default proposal, one candidate per config the base suggests
+   (``seed_configs(task)``, compiled with ``compile(task, config=...)``: the compiler offers
+   3xTF32 dots for fp32 matmuls) and, when the base exposes ``compile(task, partition=...)`` and
+   the task has a graph, one candidate per alternative fusion partition (which neighbouring ops
+   share a kernel); a base without ``compile`` is asked for several proposals instead;
 2. then, repeatedly: launch-parameter neighbours of the best candidate so far (block sizes,
    num_warps, num_stages rewritten in the source by `policies.launch`, so LLM output works too;
    hill climbing, since each round starts from the current best), block-size variants of a
@@ -38,7 +39,7 @@ from policies.launch import variants
 class SearchResult:
     """The chosen candidate, its verdict and the log of every judged candidate.
 
-    `log[i]` describes `sources[i]`: origin (default, partition, propose, launch, refine),
+    `log[i]` describes `sources[i]`: origin (default, config, partition, propose, launch, refine),
     changes, parent (log index it was derived from), status, correct, speedup,
     speedup_vs_compile, error. Policy failures appear with status ``policy_error`` and no source.
     """
@@ -244,6 +245,13 @@ class _Search:
         n0 = 1 if api is not None else max(1, min(self.batch(), self.evals_left()))
         for s in self.ask("default", {}, base.propose, task, n=n0, history=self.history):
             self.add(s, "default" if not self.pending else "propose", {})
+        # Configs the base itself suggests (the compiler: 3xTF32 dots), one candidate each.
+        seed_configs = getattr(base, "seed_configs", None)
+        if api is not None and callable(seed_configs):
+            for cfg in self.ask("config", {}, seed_configs, task):
+                if isinstance(cfg, dict):
+                    for s in self.ask("config", {"config": cfg}, base.compile, task, config=cfg)[:1]:
+                        self.add(s, "config", {"config": cfg})
         if api is None or self.p.partitions < 1:
             return
         try:

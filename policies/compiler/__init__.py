@@ -39,7 +39,8 @@ from policies.compiler.trace import TraceError, graph_from_source, program_from_
 TORCH_FALLBACK: frozenset[str] = frozenset()
 
 # Launch-config variants `propose(n > 1)` tries after the alternative partitions.
-CONFIG_VARIANTS: tuple[dict[str, int], ...] = (
+CONFIG_VARIANTS: tuple[dict[str, Any], ...] = (
+    {"dot_precision": "tf32x3"},
     {"num_warps": 8},
     {"num_warps": 2},
     {"BLOCK": 256, "BLOCK_R": 256},
@@ -132,6 +133,12 @@ class CompilerPolicy:
         out: list[tuple[list[list[int]], dict[str, Any]]] = [(p, {}) for p in parts]
         out += [(parts[0], dict(c)) for c in CONFIG_VARIANTS]
         return out
+
+    def seed_configs(self, task: Task | str) -> list[dict[str, Any]]:
+        """Configs besides the default that a search should try once each (`SearchPolicy` seeds):
+        3xTF32 products for fp32 ``tl.dot`` (tensor cores at about fp32 accuracy, where the
+        default IEEE products run on CUDA cores); whether it passes is the evaluator's call."""
+        return [{"dot_precision": "tf32x3"}] if 'input_precision="ieee"' in self.compile(task) else []
 
     def propose(self, task: Task, n: int = 1, history: Sequence[Attempt] = ()) -> list[str]:
         """Up to `n` distinct candidates: the default compilation, then alternative partitions and

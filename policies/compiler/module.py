@@ -13,12 +13,16 @@ from policies.compiler.kernels import Kernel, conv_kernel, matmul_kernel, pointw
 
 BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R")
 OPTION_KEYS = ("num_warps", "num_stages")
+# fp32 tl.dot precisions worth trying: IEEE (the default) and 3xTF32 (tensor cores, about fp32
+# accuracy). Plain TF32 is left out: it missed the fp32 tolerance at bench sizes.
+DOT_PRECISIONS = ("ieee", "tf32x3")
 _TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 
 
 def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Validate a launch config: block sizes (powers of two), num_warps, num_stages, and
-    optional per-kernel overrides under ``"kernels"`` (kernel index or name -> the same keys)."""
+    """Validate a launch config: block sizes (powers of two), num_warps, num_stages,
+    ``dot_precision`` (fp32 ``tl.dot``: "ieee" or "tf32x3") and optional per-kernel overrides
+    under ``"kernels"`` (kernel index or name -> the same keys)."""
     if config is None:
         return {}
     if not isinstance(config, Mapping):
@@ -32,9 +36,15 @@ def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
             if any("kernels" in v for v in out["kernels"].values()):
                 raise CompileError("per-kernel configs cannot nest 'kernels'")
             continue
+        if key == "dot_precision":
+            if value not in DOT_PRECISIONS:
+                raise CompileError(f"config['dot_precision'] must be one of {', '.join(DOT_PRECISIONS)}, "
+                                   f"got {value!r}")
+            out[key] = value
+            continue
         if key not in BLOCK_KEYS and key not in OPTION_KEYS:
-            raise CompileError(f"unknown config key {key!r}; expected {', '.join(BLOCK_KEYS + OPTION_KEYS)}"
-                               " or 'kernels'")
+            raise CompileError(f"unknown config key {key!r}; expected {', '.join(BLOCK_KEYS + OPTION_KEYS)},"
+                               " dot_precision or 'kernels'")
         if not isinstance(value, int) or isinstance(value, bool):
             raise CompileError(f"config[{key!r}] must be an int, got {value!r}")
         if key in BLOCK_KEYS and (value < 1 or value & (value - 1) or value > 1 << 16):
@@ -60,6 +70,8 @@ def _apply_config(kernels: list[Kernel], config: dict[str, Any]) -> None:
                 k.blocks[key] = v
             elif key in OPTION_KEYS:
                 k.options[key] = v
+            elif key == "dot_precision":   # fp32 dots only: half-precision ones carry no precision
+                k.body = [line.replace('input_precision="ieee"', f'input_precision="{v}"') for line in k.body]
 
 
 def _describe(prog: Program, nodes: Sequence[int]) -> str:

@@ -25,3 +25,19 @@ def test_half_precision_dots_keep_their_dtype():
     src = compiler.CompilerPolicy().compile(task)
     dots = [line for line in src.splitlines() if "tl.dot(" in line]
     assert dots and all("tl.float16" in line and "input_precision" not in line for line in dots), dots
+
+
+def test_dot_precision_config_switches_fp32_dots_and_is_validated():
+    task = TaskSampler("tiny", "float32").sample(1, 0, ops=["linear"])
+    policy = compiler.CompilerPolicy()
+    assert policy.seed_configs(task) == [{"dot_precision": "tf32x3"}]
+    src = policy.compile(task, config={"dot_precision": "tf32x3"})
+    dots = [line for line in src.splitlines() if "tl.dot(" in line]
+    assert dots and all('input_precision="tf32x3"' in line for line in dots), dots
+    assert evaluate(task, src, backend="interpret").status == "ok"
+    with pytest.raises(compiler.CompileError, match="dot_precision.*ieee, tf32x3.*'tf32'"):
+        policy.compile(task, config={"dot_precision": "tf32"})   # plain TF32 misses fp32 tolerance
+    # No fp32 dot, nothing to suggest; the config is then a no-op.
+    relu = TaskSampler("tiny", "float32").sample(1, 0, ops=["relu"])
+    assert policy.seed_configs(relu) == []
+    assert policy.compile(relu, config={"dot_precision": "tf32x3"}) == policy.compile(relu)

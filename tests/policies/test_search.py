@@ -402,6 +402,30 @@ def test_search_over_the_compiler_partitions_and_launch_knobs():
     assert r.evaluations == ev.count <= 12
 
 
+@pytest.mark.parametrize("tf32x3_passes", [True, False])
+def test_search_tries_the_compilers_3xtf32_dots_and_keeps_them_only_when_correct(tf32x3_passes):
+    """An fp32 matmul task: the compiler suggests 3xTF32 dots as a seed config; the search keeps
+    that kernel when it is correct and faster, and falls back to IEEE dots when it is judged
+    incorrect (the evaluator, not the policy, decides whether the precision is enough)."""
+    compiler = pytest.importorskip("policies.compiler")
+    from kernelgym.sampler import TaskSampler
+
+    task = TaskSampler("tiny", "float32").sample(1, 0, ops=["addmm"])
+    assert compiler.CompilerPolicy().seed_configs(task) == [{"dot_precision": "tf32x3"}]
+
+    def judge(src):
+        if 'input_precision="tf32x3"' in src:
+            return ("ok", 3.0) if tf32x3_passes else ("incorrect", None)
+        return "ok", 1.0
+
+    ev = FakeEvaluator(judge, workers=4)
+    r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=6, evaluator=ev, backend="cuda").search(task)
+    seeds = [e for e in r.log if e["origin"] == "config"]
+    assert len(seeds) == 1 and seeds[0]["changes"] == {"config": {"dot_precision": "tf32x3"}}
+    assert ('input_precision="tf32x3"' in r.best_source) == tf32x3_passes
+    assert r.best_verdict.status == "ok"
+
+
 def test_real_search_with_the_compiler_under_the_interpreter(evaluator):
     compiler = pytest.importorskip("policies.compiler")
     from kernelgym.sampler import sample_task
