@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections import Counter
@@ -77,11 +78,16 @@ def judge(ev: Any, tasks: list[Any], srcs: list[str | None], mode: str, seed: in
     return out
 
 
+def kernel_count(src: str) -> int:
+    """Kernels the module launches (jit helpers such as ``_tanh`` are not kernels)."""
+    return len(re.findall(r"^\s+k\d+_\w+\[grid\]\(", src, re.MULTILINE))
+
+
 def row(task: Any, src: str | None, error: str, v: Any) -> dict[str, Any]:
     status = "policy_error" if v is None else v.status
     reason = error.split(":")[0] if v is None else (v.reasons[0] if v.reasons else "")
     return {"task_id": task.id, "difficulty": task.difficulty, "ops": list(task.ops), "compiled": src is not None,
-            "kernels": None if src is None else src.count("@triton.jit"), "status": status, "reason": reason,
+            "kernels": None if src is None else kernel_count(src), "status": status, "reason": reason,
             "error": error if v is None else (v.error or "")[:500], "eval_s": None if v is None else v.duration_s}
 
 
@@ -187,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         if r["status"] != "ok":
             console.print(f"  {r['task_id']}: {r['status']} {r['reason']} ops={r['ops']} {r['error'][:200]}",
                           markup=False)
-    kernels = [r["kernels"] for r in rows if r["kernels"] is not None]
-    print(f"kernels per task: mean {sum(kernels) / max(1, len(kernels)):.2f}; ops per task: mean "
-          f"{sum(len(r['ops']) for r in rows) / max(1, len(rows)):.2f}")
+    for d in args.difficulties:
+        part = [r for r in rows if r["difficulty"] == d and r["kernels"] is not None]
+        by_d[d]["kernels_per_task"] = sum(r["kernels"] for r in part) / max(1, len(part))
+        by_d[d]["ops_per_task"] = sum(len(r["ops"]) for r in part) / max(1, len(part))
+    print("kernels per task (ops per task): " + ", ".join(
+        f"d{d} {s['kernels_per_task']:.2f} ({s['ops_per_task']:.2f})" for d, s in by_d.items()))
     print(f"wall: sampling {t_sample:.1f} s, compiling {t_compile:.2f} s, pool start {t_warm:.1f} s, "
           f"judging {len(tasks)} tasks {t_eval:.1f} s ({workers} candidate workers)")
     if retried:

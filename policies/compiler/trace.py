@@ -1,9 +1,12 @@
 """Graphs for hand-written KernelBench files: trace `Model` with torch.fx and map each call to a
 catalog op (with concrete shapes from running the traced graph on `get_inputs()`).
 
-Calls the catalog has no op for (``x.view(a, b, c)`` that splits a dim, ``torch.max`` with
-indices, data-dependent control flow, ...) raise `TraceError` naming every unsupported call
-and where it is, rather than being guessed. The reference runs here (it is the task's own code,
+Tracing (`shape_trace`) runs the model on the example inputs as it goes, so sizes are numbers
+(``x.view(x.shape[0], -1)``, ``b, c, h, w = x.shape``, loops over ``range(x.shape[0])`` trace);
+values are never branched on. Calls the catalog has no op for (``x.view(a, b, c)`` that splits a
+dim, the indices of ``torch.max``, ``torch.fft``, control flow on tensor values, ...) raise
+`TraceError` naming every unsupported call and where it is (once: calls that only depend on it
+are not listed), rather than being guessed. The reference runs here (it is the task's own code,
 as in `kernelgym.task.exec_source`); nothing of the candidate does.
 """
 
@@ -73,7 +76,7 @@ def graph_from_source(source: str) -> TracedGraph:
     except Exception as exc:  # noqa: BLE001 - any failure of task code is reported, not raised raw
         raise TraceError(f"running the reference failed: {type(exc).__name__}: {exc}") from None
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = shape_trace(model, inputs)
     except Exception as exc:  # noqa: BLE001
         raise TraceError(f"torch.fx cannot trace Model.forward: {type(exc).__name__}: {exc}") from None
     try:
@@ -82,6 +85,118 @@ def graph_from_source(source: str) -> TracedGraph:
     except Exception as exc:  # noqa: BLE001
         raise TraceError(f"running the traced graph failed: {type(exc).__name__}: {exc}") from None
     return _Mapper(gm, model, inputs, _init_params(source)).run()
+
+
+def shape_trace(model: Any, inputs: list[Any]) -> Any:
+    """`torch.fx.symbolic_trace` with concrete sizes: every proxy carries the real value of its node,
+    computed on (copies of) the example inputs as tracing goes, so ``x.shape``, ``x.size(d)``,
+    ``x.dim()``, ``x.ndim``, ``x.numel()`` and ``len(x)`` are numbers -- as they are for a task with
+    fixed shapes -- and ``x.view(x.shape[0], -1)``, ``b, c, h, w = x.shape`` or
+    ``x.permute(0, *range(2, x.dim()), 1)`` trace to calls with constant arguments. Only sizes are
+    made concrete: Python control flow on tensor *values* still fails to trace, as in plain fx."""
+    import torch
+    import torch.fx
+    from torch.fx.node import map_aggregate
+
+    class ShapeProxy(torch.fx.Proxy):
+        value: Any = None  # a class attribute, so reading it never reaches Proxy.__getattr__
+
+        def _known(self) -> Any:
+            v = self.value
+            return v if isinstance(v, torch.Tensor) else None
+
+        @property
+        def shape(self) -> Any:
+            t = self._known()
+            return t.shape if t is not None else torch.fx.Proxy.__getattr__(self, "shape")
+
+        @property
+        def ndim(self) -> Any:
+            t = self._known()
+            return t.ndim if t is not None else torch.fx.Proxy.__getattr__(self, "ndim")
+
+        def size(self, *dim: Any) -> Any:
+            t = self._known()
+            if t is None:
+                return self.tracer.create_proxy("call_method", "size", (self, *dim), {})
+            return t.size(*dim)
+
+        def dim(self) -> Any:
+            t = self._known()
+            return t.dim() if t is not None else self.tracer.create_proxy("call_method", "dim", (self,), {})
+
+        def numel(self) -> Any:
+            t = self._known()
+            return t.numel() if t is not None else self.tracer.create_proxy("call_method", "numel", (self,), {})
+
+        def __len__(self) -> int:
+            t = self._known()
+            return len(t) if t is not None else super().__len__()
+
+    class ShapeTracer(torch.fx.Tracer):
+        def __init__(self, example: list[Any]):
+            super().__init__()
+            self.example = [t.clone() if isinstance(t, torch.Tensor) else t for t in example]
+            self.placeholders = 0
+            self.computing = False  # running real code: parameters and modules are not traced
+
+        def proxy(self, node: Any) -> Any:
+            return ShapeProxy(node, self)
+
+        def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+            if self.computing:
+                return attr_val
+            return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+        def call_module(self, m: Any, forward: Any, args: Any, kwargs: Any) -> Any:
+            if self.computing:
+                return forward(*args, **kwargs)
+            return super().call_module(m, forward, args, kwargs)
+
+        def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, name: Any = None,
+                         type_expr: Any = None, proxy_factory_fn: Any = None) -> Any:
+            rv = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+            if isinstance(rv, ShapeProxy):
+                rv.value = self.real_value(kind, target, args, kwargs)
+            return rv
+
+        def real_value(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
+            if kind == "placeholder":
+                self.placeholders += 1
+                return self.example[self.placeholders - 1] if self.placeholders <= len(self.example) else None
+
+            def real(a: Any) -> Any:
+                if isinstance(a, torch.fx.Proxy):
+                    v = a.__dict__.get("value")
+                    if v is None:
+                        raise LookupError("no value")
+                    return v
+                return a
+
+            try:
+                a, k = map_aggregate(args, real), map_aggregate(kwargs, real)
+                self.computing = True
+                with torch.no_grad():
+                    if kind == "call_function":
+                        return target(*a, **k)
+                    if kind == "call_method":
+                        return getattr(a[0], target)(*a[1:], **k)
+                    if kind == "call_module":
+                        return self.root.get_submodule(target)(*a, **k)
+                    if kind == "get_attr":
+                        obj = self.root
+                        for atom in target.split("."):
+                            obj = getattr(obj, atom)
+                        return obj
+                    return None
+            except Exception:  # noqa: BLE001 - no value: sizes of this node stay symbolic, as in plain fx
+                return None
+            finally:
+                self.computing = False
+
+    tracer = ShapeTracer(inputs)
+    graph = tracer.trace(model)
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _init_params(source: str) -> str:
@@ -312,7 +427,7 @@ _UNARY_FUNCS = {
     "logsigmoid": "logsigmoid", "hardsigmoid": "hardsigmoid", "hardswish": "hardswish", "softsign": "softsign",
     "tanh": "tanh", "exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p", "sqrt": "sqrt",
     "rsqrt": "rsqrt", "reciprocal": "reciprocal", "abs": "abs", "neg": "neg", "negative": "neg",
-    "square": "square", "sin": "sin", "cos": "cos", "erf": "erf", "absolute": "abs",
+    "square": "square", "sin": "sin", "cos": "cos", "erf": "erf", "absolute": "abs", "log_sigmoid": "logsigmoid",
 }
 
 
@@ -401,11 +516,22 @@ def _h_arith(kind: str) -> Callable[[_Mapper, Any], Any]:
 
 
 def _h_minmax(kind: str) -> Callable[[_Mapper, Any], Any]:
+    """torch.maximum / minimum of two tensors; torch.max / min(x, dim) as amax / amin when only its
+    values are used (``[0]`` or ``.values``; the indices have no catalog op)."""
+    reduce_op = "amax" if kind == "maximum" else "amin"
+
     def handler(m: _Mapper, n: Any) -> Any:
-        a, b = n.args[0], m.arg(n, 1, "other")
-        if not (m.is_tensor(a) and m.is_tensor(b)):
-            raise _Unsupported(f"torch.{kind} over a dim (returns indices) or with a number; use amax / amin")
-        return m.add(kind, {}, [a, b], m.shape_of(n))
+        a = n.args[0]
+        b = n.args[1] if len(n.args) > 1 else n.kwargs.get("other", n.kwargs.get("dim"))
+        if m.is_tensor(a) and m.is_tensor(b):
+            return m.add(kind, {}, [a, b], m.shape_of(n))
+        if m.is_tensor(a) and isinstance(b, int) and not isinstance(b, bool):
+            keepdim = bool(m.arg(n, 2, "keepdim", False))
+            meta = n.meta.get("tensor_meta")
+            shape = tuple(int(x) for x in meta[0].shape)
+            return _Multi(m.add(reduce_op, {"dim": m.dim_from_right(a, b), "keepdim": keepdim}, [a], shape))
+        raise _Unsupported(f"{_fn_name(n.target) if callable(n.target) else n.target} of the whole tensor or "
+                           "with a number; use amax / amin with a dim")
 
     return handler
 
@@ -503,7 +629,8 @@ def _h_getitem(m: _Mapper, n: Any) -> Any:
     src = m.env.get(n.args[0])
     if isinstance(src, _Multi) and (n.args[1] == 0 or n.args[1] == "values"):
         return src.values
-    raise _Unsupported("indexing or slicing has no catalog op (only cummax(...)[0] / .values)")
+    raise _Unsupported("indexing or slicing has no catalog op (only the values of cummax / max / min: [0] or "
+                       ".values)")
 
 
 def _h_state_fn(op: str, roles: tuple[str, ...]) -> Callable[[_Mapper, Any], Any]:
@@ -532,9 +659,16 @@ def _state_call(m: _Mapper, n: Any, op: str, roles: tuple[str, ...]) -> Any:
     if op == "linear":
         st = _state_keys(m, n, {"weight": m.arg(n, 1, "weight"), "bias": m.arg(n, 2, "bias")})
         return m.add("linear", {}, [x], shape, st)
-    if op in ("conv1d", "conv2d"):
-        if m.arg(n, 5, "dilation", 1) not in (1, (1,), (1, 1)) or m.arg(n, 6, "groups", 1) != 1:
+    if op in ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"):
+        # F.conv*d(x, w, b, stride, padding, dilation, groups);
+        # F.conv_transpose*d(x, w, b, stride, padding, output_padding, groups, dilation)
+        transposed = op.startswith("conv_transpose")
+        dil, groups = (m.arg(n, 7, "dilation", 1), m.arg(n, 6, "groups", 1)) if transposed else \
+            (m.arg(n, 5, "dilation", 1), m.arg(n, 6, "groups", 1))
+        if not _all_equal(dil, 1) or groups != 1:
             raise _Unsupported(f"{op} with dilation or groups")
+        if transposed and not _all_equal(m.arg(n, 5, "output_padding", 0), 0):
+            raise _Unsupported(f"{op} with output_padding")
         st = _state_keys(m, n, {"weight": m.arg(n, 1, "weight"), "bias": m.arg(n, 2, "bias")})
         w = m.state[m.state_index[st["weight"]]].shape
         pad = m.arg(n, 4, "padding", 0)
@@ -571,6 +705,11 @@ def _eps(m: _Mapper, eps: Any) -> float:
     import torch
 
     return float(eps) if eps is not None else float(torch.finfo(getattr(torch, m.dtype)).eps)
+
+
+def _all_equal(v: Any, value: int) -> bool:
+    """An int or a tuple / list of ints, all equal to `value`."""
+    return all(int(x) == value for x in (v if isinstance(v, (tuple, list)) else (v,)))
 
 
 def _tup(v: Any) -> tuple[int, ...] | int:
@@ -715,6 +854,11 @@ def _h_getattr(m: _Mapper, n: Any) -> Any:
     src = m.env.get(n.args[0])
     if isinstance(src, _Multi) and n.args[1] == "values":
         return src.values
+    if n.args[1] in ("T", "mT") and m.is_tensor(n.args[0]):  # x.T (2-D), x.mT: swap the last two dims
+        r = m.rank(n.args[0])
+        if r < 2 or (n.args[1] == "T" and r != 2):
+            raise _Unsupported(f".{n.args[1]} of a rank-{r} tensor")
+        return m.add("transpose", {"dims": (r - 2, r - 1)}, [n.args[0]], m.shape_of(n))
     raise _Unsupported(f"attribute .{n.args[1]} of a tensor")
 
 
@@ -736,6 +880,7 @@ _FUNCTIONS.update({
     "cumsum": _h_scan("cumsum"), "cummax": _h_scan("cummax"), "logcumsumexp": _h_scan("logcumsumexp"),
     "getitem": _h_getitem, "getattr": _h_getattr,
     "linear": _h_state_fn("linear", ()), "conv1d": _h_state_fn("conv1d", ()), "conv2d": _h_state_fn("conv2d", ()),
+    "conv_transpose1d": _h_state_fn("conv_transpose1d", ()), "conv_transpose2d": _h_state_fn("conv_transpose2d", ()),
     "layer_norm": _h_state_fn("layer_norm", ()), "rms_norm": _h_state_fn("rms_norm", ()),
     "group_norm": _h_state_fn("group_norm", ()), "batch_norm": _h_state_fn("batch_norm", ()),
     "embedding": _h_state_fn("embedding", ()), "instance_norm": _h_instance_norm,
@@ -762,7 +907,7 @@ def _h_flatten(m: _Mapper, n: Any) -> Any:
 
 
 _FUNCTIONS["flatten"] = _h_flatten
-# torch.max / torch.min over a dim return (values, indices): not mapped (see _h_minmax)
+# torch.max / torch.min over a dim return (values, indices): the values map to amax / amin (_h_minmax)
 _METHODS = dict(_FUNCTIONS)
 
 
@@ -782,7 +927,7 @@ def _function_handler(fn: Any) -> Callable[[_Mapper, Any], Any] | None:
     module = getattr(fn, "__module__", "") or ""
     if not (module.startswith("torch") or fn in vars(torch).values()):
         return None
-    if name == "vector_norm":
+    if name in ("vector_norm", "linalg_vector_norm"):  # torch.linalg.vector_norm is torch._C._linalg's
         return _FUNCTIONS["norm"]
     return _FUNCTIONS.get(name) if name else None
 
