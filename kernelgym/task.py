@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernelgym.pyast import parse
+
 REQUIRED_NAMES = ("Model", "get_inputs", "get_init_inputs")
 MAX_SOURCE_BYTES = 1_000_000
 
@@ -42,7 +44,7 @@ def check_source(source: str, where: str = "<task>") -> None:
     if len(source.encode()) > MAX_SOURCE_BYTES:
         raise TaskFormatError(where, f"source is larger than {MAX_SOURCE_BYTES} bytes")
     try:
-        tree = ast.parse(source, filename=where)
+        tree = parse(source, filename=where)
     except SyntaxError as exc:
         raise TaskFormatError(where, f"syntax error at line {exc.lineno}: {exc.msg}") from None
     defined: dict[str, str] = {}

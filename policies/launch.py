@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kernelgym.pyast import parse
+
 _BLOCK_NAME = re.compile(r"(?i)block|tile|^b_?[mnk]$")
 KINDS = ("block", "num_warps", "num_stages")
 WARPS = (1, 2, 4, 8, 16)
@@ -201,16 +203,8 @@ def _code(source: str) -> str:
 
 
 def _parse(code: str) -> ast.Module:
-    # CPython 3.11 can raise a spurious "AST constructor recursion depth mismatch" SystemError
-    # when threads build ASTs at once (gh-106905); the search runs beside evaluator threads that
-    # parse candidates, so retry before treating it as real.
-    for attempt in range(3):
-        try:
-            return ast.parse(code)
-        except SystemError as exc:
-            if "recursion depth mismatch" not in str(exc) or attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    # Thread-safe on CPython 3.11 (gh-106905): the search runs beside evaluator threads that parse.
+    return parse(code)
 
 
 def _check_value(knob: Knob, value: object) -> None:

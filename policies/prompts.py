@@ -13,7 +13,6 @@ a reply without usable code still yields a string, which the evaluator judges `f
 
 from __future__ import annotations
 
-import ast
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from kernelgym.envs.prompts import build_prompt, feedback
 from kernelgym.evaluation.extract import FormatError, check_format, extract_code
+from kernelgym.pyast import parse
 from kernelgym.task import Task
 from policies.base import Attempt
 
@@ -207,7 +207,7 @@ def _bare_code(text: str) -> str | None:
         for _ in range(8):
             code = "\n".join(lines[start:end]) + "\n"
             try:
-                ast.parse(code)
+                parse(code)
             except SyntaxError as exc:
                 bad = (exc.lineno or 1) - 1   # the offending line, counted from `start`
                 if bad <= 0:

@@ -11,6 +11,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from kernelgym.pyast import parse
+
 MAX_CANDIDATE_BYTES = 1_000_000
 
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -52,7 +54,7 @@ def extract_code(text: str) -> Extracted:
 def check_format(code: str) -> None:
     """Raise `FormatError` unless `code` parses and defines `ModelNew` at top level."""
     try:
-        tree = ast.parse(code, filename="<candidate>")
+        tree = parse(code, filename="<candidate>")
     except SyntaxError as exc:
         raise FormatError(f"not valid Python: syntax error at line {exc.lineno}: {exc.msg}") from None
     except (ValueError, MemoryError, RecursionError) as exc:

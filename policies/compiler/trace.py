@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kernelgym.pyast import parse
 from kernelgym.sampler.graph import Graph, InputSpec, Node
 from policies.compiler.ir import CompileError, Program, StateEntry
 
@@ -201,7 +202,7 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
 
 def _init_params(source: str) -> str:
     """Text of Model.__init__'s parameters after self (ModelNew repeats it)."""
-    tree = ast.parse(source)
+    tree = parse(source)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "Model":
             for item in node.body:

@@ -75,13 +75,7 @@ def torch_compute_calls(src: str) -> list[str]:
 
 
 def judge(evaluator, pairs, mode="strict", seed=0):
-    verdicts = evaluator.evaluate_batch(pairs, "interpret", mode, "local", seed=seed)
-    for i, v in enumerate(verdicts):
-        # CPython 3.11's spurious "AST constructor recursion depth mismatch" SystemError when the
-        # evaluator's threads parse at once (gh-106905) is an evaluator error: judge that one alone
-        if "internal:error" in v.reasons and "recursion depth mismatch" in v.error:
-            verdicts[i] = evaluator.evaluate(*pairs[i], "interpret", mode, seed=seed)
-    return verdicts
+    return evaluator.evaluate_batch(pairs, "interpret", mode, "local", seed=seed)
 
 
 def failures(names, verdicts) -> dict[str, str]:

@@ -12,6 +12,7 @@ import ast
 from collections.abc import Iterable
 
 from kernelgym.evaluation.guards import Finding
+from kernelgym.pyast import parse
 
 # Modules a candidate may import (and their submodules where marked by a trailing ".").
 ALLOWED_IMPORTS = (
@@ -100,7 +101,7 @@ def check_source(source: str, mode: str = "strict") -> list[Finding]:
     """AST checks before anything runs. Empty list = passes; a syntax error yields no finding
     (the format check reports it)."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError:
         return []
     checker = _Checker(mode)

@@ -1,0 +1,28 @@
+"""`parse`: ``ast.parse`` that is safe to call from several threads on CPython 3.11.
+
+CPython 3.11 tracks the AST constructor's recursion depth in shared state, so threads that build
+ASTs at once can fail with a spurious ``SystemError: AST constructor recursion depth mismatch``
+(gh-106905, fixed in 3.12). The evaluator parses candidates on many threads (static guards, code
+extraction) beside policies that parse too; a spurious failure there became an ``internal:error``
+verdict. Our own parses take one lock, and a mismatch caused by someone else's parse is retried.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+
+_LOCK = threading.Lock()
+_ATTEMPTS = 5
+
+
+def parse(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse(source, filename)``, serialised and retried on the spurious 3.11 error."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            with _LOCK:
+                return ast.parse(source, filename=filename)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc) or attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
