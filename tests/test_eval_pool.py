@@ -10,7 +10,7 @@ import pytest
 import torch
 from eval_cases import CAND_ADD, REF_ADD
 
-from kernelgym.evaluation import Evaluator, codec
+from kernelgym.evaluation import Evaluator, Verdict, codec
 from kernelgym.evaluation.jobs import GpuSections, fingerprint
 from kernelgym.evaluation.pool import GpuLock, Role, WorkerFailure, physical_device, split_counts
 from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, summarize
@@ -221,3 +221,57 @@ def test_timing_plan_budget_rule():
     assert _budget({}) == {**DEFAULT_BENCH, "min_reps": 30, "max_reps": 300}
     s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
     assert s["median_ms"] == 3.0 and s["n"] == 5 and s["max_ms"] == 100.0
+
+
+H200_OOM = ("out of memory in forward (trial 0): OutOfMemoryError: CUDA out of memory. Tried to allocate "
+            "80.00 MiB. GPU 0 has a total capacity of 139.80 GiB of which 46.75 MiB is free. Process 511 has "
+            "8.20 GiB memory in use.")
+
+
+def test_which_gpu_out_of_memory_failures_are_judged_again_alone():
+    from kernelgym.evaluation.evaluator import _oom_beside_others
+
+    def v(status, error, backend="cuda", reasons=()):
+        return Verdict(status=status, error=error, backend=backend, reasons=list(reasons))
+
+    assert _oom_beside_others(v("crash", H200_OOM))   # seen on an H200: neighbours held the memory
+    assert _oom_beside_others(v("runtime_error", "candidate result could not be returned: AcceleratorError: "
+                                                 "CUDA error: out of memory"))   # size not stated
+    own = H200_OOM.replace("80.00 MiB", "4.00 TiB")
+    assert not _oom_beside_others(v("crash", own))   # the candidate's own huge allocation
+    assert not _oom_beside_others(v("crash", H200_OOM.replace("80.00 MiB", "40.00 GiB")))   # > 1/4 of the GPU
+    assert not _oom_beside_others(v("crash", H200_OOM, backend="interpret"))
+    assert not _oom_beside_others(v("crash", "host memory limit", reasons=["sandbox:memory"]))
+    assert not _oom_beside_others(v("incorrect", H200_OOM))
+    assert not _oom_beside_others(v("crash", "illegal memory access"))
+
+
+def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
+    """The retry takes the evaluator's lock exclusively (no other GPU evaluation runs meanwhile),
+    uses the same seed, and says so in the verdict; a second failure stands."""
+    from kernelgym.evaluation import evaluator as evmod
+
+    monkeypatch.setattr(evmod, "resolve_backend", lambda b: b)   # "cuda" on this CPU machine
+    calls = []
+
+    def fake_go(run, reference, candidate, task_id):
+        calls.append((run.seed, run.ev._alone.state))
+        if candidate == "always" or len(calls) == 1:
+            return Verdict(status="crash", error=H200_OOM, backend=run.backend, reasons=["sandbox:crash"])
+        return Verdict(status="ok", correct=True, backend=run.backend)
+
+    monkeypatch.setattr(evmod._Run, "go", fake_go)
+    ev = evmod.Evaluator(workers=1)
+    try:
+        v = ev.evaluate("ref", "cand", backend="cuda", seed=7)
+        assert v.status == "ok" and "judged again alone" in v.notes[-1] and ev.stats["rejudged_alone"] == 1
+        assert calls == [(7, (1, False, 0)), (7, (0, True, 0))]   # shared, then exclusive, same seed
+        assert ev._alone.state == (0, False, 0)
+        calls.clear()
+        v = ev.evaluate("ref", "always", backend="cuda", seed=8)
+        assert v.status == "crash" and len(calls) == 2 and "judged again alone" in v.notes[-1]
+        calls.clear()
+        ev.evaluate("ref", "cand", backend="interpret", seed=9)   # no GPU: no lock, no retry
+        assert calls == [(9, (0, False, 0))]
+    finally:
+        ev.close()

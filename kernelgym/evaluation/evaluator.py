@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import random
+import re
 import threading
 import time
 import weakref
@@ -152,7 +153,10 @@ class Evaluator:
         self._ptx_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._keys = itertools.count()
         self.stats = {"reference_recomputed": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0,
-                      "compare_elsewhere": 0}
+                      "compare_elsewhere": 0, "rejudged_alone": 0}
+        # GPU evaluations share this; one judged again alone after running out of GPU memory
+        # beside the others takes it exclusively (see `_oom_beside_others`).
+        self._alone = GpuLock()
         self.closed = False
         _LIVE.add(self)
 
@@ -272,22 +276,41 @@ class Evaluator:
         backend = resolve_backend(backend)
         trials = max(3, int(trials))
         seed = random.SystemRandom().getrandbits(62) if seed is None else int(seed)
-        run = _Run(self, backend, mode, seed, trials, float(timeout or self.timeout))
-        if skip_static_guards is not None:
-            run.skip_static = skip_static_guards
+
+        def new_run() -> _Run:
+            r = _Run(self, backend, mode, seed, trials, float(timeout or self.timeout))
+            if skip_static_guards is not None:
+                r.skip_static = skip_static_guards
+            return r
+
+        run = new_run()
+        v = self._go(run, reference, candidate, task_id, "shared")
+        if _oom_beside_others(v):
+            # Other evaluations' memory may be why: judge it again with the GPU to itself (same
+            # seed), so a neighbour's footprint never becomes this candidate's verdict.
+            first, run = v, new_run()
+            v = self._go(run, reference, candidate, task_id, "exclusive")
+            self.stats["rejudged_alone"] += 1
+            v.notes.append("judged again alone: the first run ran out of GPU memory beside other evaluations "
+                           f"({first.error[:200]})")
+        v.duration_s = round(time.perf_counter() - t0, 4)
+        phases = {k: round(x, 4) for k, x in run.phases.items()}
+        phases["total"] = v.duration_s
+        v.timings = {**(v.timings or {}), "phases_s": phases}
+        return v.refresh_components()
+
+    def _go(self, run: _Run, reference: Reference, candidate: str, task_id: str | None, alone: str) -> Verdict:
+        hold = self._alone.hold(alone) if run.backend == "cuda" else contextlib.nullcontext()
         try:
-            v = run.go(reference, candidate, task_id)
+            with hold:
+                return run.go(reference, candidate, task_id)
         except Exception as exc:  # noqa: BLE001 - a pipeline bug still yields a verdict
             import traceback
 
             v = run.verdict("runtime_error", f"internal evaluator error: {type(exc).__name__}: {exc}")
             v.reasons.append("internal:error")
             v.notes.append(traceback.format_exc(limit=5)[-1500:])
-        v.duration_s = round(time.perf_counter() - t0, 4)
-        phases = {k: round(x, 4) for k, x in run.phases.items()}
-        phases["total"] = v.duration_s
-        v.timings = {**(v.timings or {}), "phases_s": phases}
-        return v.refresh_components()
+            return v
 
     def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
                        cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
@@ -315,6 +338,26 @@ class Evaluator:
 
         with ThreadPoolExecutor(n_threads, thread_name_prefix="kernelgym-eval") as ex:
             return list(ex.map(one, range(len(pairs))))
+
+
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_TRIED = re.compile(r"Tried to allocate ([\d.]+) (B|KiB|MiB|GiB|TiB)")
+_TOTAL = re.compile(r"total capacity of ([\d.]+) (B|KiB|MiB|GiB|TiB)")
+
+
+def _oom_beside_others(v: Verdict) -> bool:
+    """A GPU run that failed for lack of GPU memory where the allocation asked for was modest
+    (under a quarter of the GPU, or not stated): other processes' memory may be the cause. A
+    candidate asking for more than that (a 4 TB ``torch.empty``) keeps its verdict at once."""
+    if v.backend != "cuda" or v.status not in ("crash", "runtime_error") or "sandbox:memory" in v.reasons:
+        return False
+    text = v.error or ""
+    if "out of memory" not in text.lower() and "cudaErrorMemoryAllocation" not in text:
+        return False
+    tried, total = _TRIED.search(text), _TOTAL.search(text)
+    if tried and total:
+        return float(tried[1]) * _UNITS[tried[2]] < 0.25 * float(total[1]) * _UNITS[total[2]]
+    return not tried or float(tried[1]) * _UNITS[tried[2]] < 2**34   # 16 GiB when the total is not stated
 
 
 _LIVE: weakref.WeakSet[Evaluator] = weakref.WeakSet()
