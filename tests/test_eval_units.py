@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -124,6 +125,15 @@ def test_workers_give_cached_gpu_memory_back_beyond_the_keep_limit():
     assert not trim_gpu_cache(gib, busy) and busy.emptied == 1   # nothing cached any more
     small = _FakeCuda(reserved=gib + 100, allocated=200)   # under the limit: the cache is kept (speed)
     assert not trim_gpu_cache(gib, small) and small.emptied == 0
+    held = []
+
+    @contextlib.contextmanager
+    def hold(mode):
+        held.append(mode)
+        yield
+
+    again = _FakeCuda(reserved=3 * gib, allocated=0)
+    assert trim_gpu_cache(gib, again, hold=hold) and held == ["shared"]   # freed under the GPU lock
     cold = _FakeCuda(reserved=9 * gib, allocated=0, initialized=False)   # never touched CUDA
     assert not trim_gpu_cache(0, cold) and cold.emptied == 0
     import torch

@@ -43,13 +43,15 @@ def _handlers() -> dict[str, Any]:
 DEFAULT_GPU_CACHE_MB = 1024
 
 
-def trim_gpu_cache(keep_bytes: int, cuda: Any = None) -> bool:
+def trim_gpu_cache(keep_bytes: int, cuda: Any = None, hold: Any = None) -> bool:
     """Give cached-but-unused GPU memory back to the driver when more than `keep_bytes` is cached.
 
     Two dozen workers share one GPU, and torch's caching allocator keeps what a finished request
     freed: on an H200 with bench-size tasks the workers together held the whole GPU, so a correct
     candidate failed with out of memory because of its neighbours. Live tensors (stored reference
-    outputs, a running evaluation's state) are untouched. `cuda`: the torch.cuda module (tests).
+    outputs, a running evaluation's state) are untouched. `hold`: the worker's GPU-lock section
+    (``GpuSections.hold``), so freeing never overlaps another worker's timing. `cuda`: the
+    torch.cuda module (tests).
     """
     if cuda is None:
         import torch
@@ -59,7 +61,8 @@ def trim_gpu_cache(keep_bytes: int, cuda: Any = None) -> bool:
         return False
     if cuda.memory_reserved() - cuda.memory_allocated() <= keep_bytes:
         return False
-    cuda.empty_cache()
+    with hold("shared") if hold is not None else contextlib.nullcontext():
+        cuda.empty_cache()
     return True
 
 
@@ -131,6 +134,11 @@ def main(argv: list[str]) -> int:
         gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
         try:
             result = handlers[op](state, msg, progress)
+            if role != "ptx":
+                # Before the reply, under the request's GPU lock: a trim never overlaps a timing.
+                # A poisoned context is the next request's failure to report, not this one's.
+                with contextlib.suppress(Exception):
+                    trim_gpu_cache(keep_bytes, hold=gpu.hold)
             gpu.release()  # a handler that failed inside a GPU section leaves it here
             blob = codec.encode({"type": "result", **result, "worker_s": time.perf_counter() - t_job})
         except BaseException as exc:  # noqa: BLE001 - report, the parent decides to recycle
@@ -139,10 +147,6 @@ def main(argv: list[str]) -> int:
             gpu.mode = None  # the parent releases what this request held when the result arrives
             blob = codec.encode({"type": "result", "status": "internal_error", "error": describe(exc)})
         conn.send_bytes(blob)
-        if role != "ptx":
-            # A poisoned context is the next request's failure to report, not this one's.
-            with contextlib.suppress(Exception):
-                trim_gpu_cache(keep_bytes)
 
 
 if __name__ == "__main__":
