@@ -351,7 +351,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-s", type=float, default=None, help="search: wall seconds per task (default none)")
     p.add_argument("--model", default=None, help="llm: model name or path")
     p.add_argument("--base-url", default=None, help="llm: base URL of an OpenAI-compatible server")
-    p.add_argument("--jobs", type=int, default=None, help="tasks in flight at once (default: evaluator workers)")
+    p.add_argument("--jobs", type=int, default=None, help="tasks in flight at once (default: evaluator workers, at least 2)")
     p.add_argument("--workers", type=int, default=None, help="candidate evaluation workers (default: CPU count, <= 16)")
     p.add_argument("--timeout", type=float, default=None, help="evaluation wall-time limit per phase, seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
