@@ -3,8 +3,9 @@
 Difficulty d is a program of d catalog operators (the DRTriton curriculum): 1 is a single op
 (≈ KernelBench level 1), 2–3 are chains (≈ level 2: each op prefers to consume the previous one),
 4–5 are compositions with branches (fan-out and multi-input ops consuming earlier nodes), and
-6–16 (`MAX_DIFFICULTY`) are longer programs with the same rules and looser caps. Structure preferences are soft
-(dropped when they conflict with the ops drawn); the caps below are hard constraints.
+6–16 (`MAX_DIFFICULTY`) are longer programs with the same rules and looser caps. Structure
+preferences are soft (dropped when they conflict with the ops drawn); the caps below are hard
+constraints.
 """
 
 from __future__ import annotations
