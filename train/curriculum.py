@@ -2,9 +2,10 @@
 
 Two hooks, both driven by a `Curriculum` (moving success rate -> difficulty) and updated from verdicts:
 - `CurriculumSampler`: a torch `Sampler` over the rows of a built dataset (each row's difficulty
-  known), drawing each index at the curriculum's current difficulty. verl uses it through
-  `train.verl.register.KernelGymCurriculumSampler` (``data.sampler.class_path``), and calls
-  `update(batch)` after every training step.
+  known), drawing each index at the curriculum's current difficulty, and `update(batch)` after
+  every training step. verl uses it through `train.verl.register.KernelGymCurriculumDataset`
+  (``data.custom_cls``; verl >= 0.9 calls its ``on_batch_end``) or, on older verl,
+  `KernelGymCurriculumSampler` (``data.sampler.class_path``).
 - `CurriculumTaskStream`: fresh sampler tasks at the current difficulty (for loops that sample
   tasks live, such as `train.smoke_gpu`).
 

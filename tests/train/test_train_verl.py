@@ -32,9 +32,11 @@ def test_configs_reference_real_objects():
     from train.verl.reward import _OPTIONS
 
     assert set(crf["reward_kwargs"]) <= _OPTIONS
-    assert grpo["data"]["sampler"]["class_name"] == "KernelGymCurriculumSampler"
-    assert "class KernelGymCurriculumSampler" in (CONFIGS.parent / "verl" / "register.py").read_text()
-    assert grpo["data"]["dataloader_num_workers"] == 0  # verl requires it with a curriculum sampler
+    assert grpo["data"]["custom_cls"] == {"path": "pkg://train.verl.register", "name": "KernelGymCurriculumDataset"}
+    assert "class KernelGymCurriculumDataset" in (CONFIGS.parent / "verl" / "register.py").read_text()
+    assert set(grpo["data"]["curriculum"]) <= {"start", "window", "promote", "demote", "min_difficulty",
+                                               "max_difficulty", "group_threshold"}
+    assert grpo["data"]["dataloader_num_workers"] == 0  # the curriculum state lives in the trainer
     drpo = _load("kernelgym_7b_drpo.yaml")
     assert drpo["algorithm"]["adv_estimator"] == "kernelgym_drpo" and set(drpo["algorithm"]["drpo"]) <= set(DRPO_DEFAULTS)
     assert drpo["algorithm"]["use_kl_in_reward"] is False
@@ -66,6 +68,55 @@ def test_registration_with_verl():
     from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
 
     assert reg.AGENT_LOOP in _agent_loop_registry
-    sampler = reg.KernelGymCurriculumSampler({"extra_info": [{"difficulty": 2}, {"difficulty": 1}]},
-                                             {"train_batch_size": 4, "sampler": {"curriculum": {"start": 1}}})
-    assert list(sampler) == [1, 1] and sampler.curriculum.window == 4
+    if hasattr(reg, "KernelGymCurriculumSampler"):   # verl < 0.9's sampler hook
+        sampler = reg.KernelGymCurriculumSampler({"extra_info": [{"difficulty": 2}, {"difficulty": 1}]},
+                                                 {"train_batch_size": 4, "sampler": {"curriculum": {"start": 1}}})
+        assert list(sampler) == [1, 1] and sampler.curriculum.window == 4
+
+
+class _Batch:
+    """What `on_batch_end` reads of a verl DataProto: the reward extras and the group ids."""
+
+    def __init__(self, correct, uid):
+        self.non_tensor_batch = {"correct": np.asarray(correct, dtype=float), "uid": np.asarray(uid)}
+        self.batch = None
+
+
+def test_curriculum_dataset_with_verl(tmp_path):
+    """verl's own RLHFDataset under the curriculum: rows come at the current difficulty, and a
+    batch of solved prompts (verl's on_batch_end) moves the next rows up a level."""
+    pytest.importorskip("verl")
+    from omegaconf import OmegaConf
+
+    import train.verl.register as reg
+    from train.build_dataset import sampled_tasks, task_row, write_parquet
+
+    tasks = sampled_tasks([1, 2], n=3, seed=0)
+    path = write_parquet([task_row(t, i, "train") for i, t in enumerate(tasks)], tmp_path / "train.parquet")
+    config = OmegaConf.create({"filter_overlong_prompts": False, "train_batch_size": 2, "cache_dir": str(tmp_path),
+                               "curriculum": {"start": 1, "promote": 0.5, "demote": 0.0}})
+    ds = reg.KernelGymCurriculumDataset(str(path), None, config)
+    assert len(ds) == 6 and {ds[i]["extra_info"]["difficulty"] for i in range(10)} == {1}
+    assert ds[0]["raw_prompt"][-1]["role"] == "user"
+    ds.on_batch_end(_Batch([1, 1, 1, 1], ["a", "a", "b", "b"]))   # two prompts, both solved
+    assert ds.curriculum.curriculum.difficulty == 2
+    assert {ds[i]["extra_info"]["difficulty"] for i in range(10)} == {2}
+
+
+class _TemplateTokenizer:
+    """apply_chat_template with a system prefix every conversation starts with (as Qwen's)."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=True, **kw):
+        ids = [1, 2]   # the system prompt templates prepend
+        for m in messages:
+            if m:
+                ids += [3] + [ord(c) for c in m["content"]] + [4]
+        return {"input_ids": ids + ([5] if add_generation_prompt else [])}
+
+
+def test_follow_up_turn_ids_drop_the_system_prefix():
+    pytest.importorskip("verl")
+    from train.verl.register import _follow_up_ids
+
+    ids = _follow_up_ids(_TemplateTokenizer(), [{"role": "user", "content": "ab"}], {})
+    assert ids == [3, ord("a"), ord("b"), 4, 5]

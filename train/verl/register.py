@@ -8,9 +8,15 @@ the listed modules on ``import verl``). Then:
   ``algorithm.adv_estimator=grpo`` is plain GRPO on the summed reward, for comparison.
 - ``actor_rollout_ref.rollout.agent.default_agent_loop=kernelgym_multiturn`` (or the dataset's
   ``agent_name`` column) runs multi-turn refinement on MultiTurn-v0; options under ``kernelgym.multiturn``.
-- ``data.sampler.class_path=pkg://train.verl.register data.sampler.class_name=KernelGymCurriculumSampler``
-  draws prompts by curriculum difficulty (``data.sampler.curriculum`` holds Curriculum parameters;
-  verl requires ``data.dataloader_num_workers=0`` with it).
+- ``data.custom_cls.path=pkg://train.verl.register data.custom_cls.name=KernelGymCurriculumDataset``
+  draws prompts by curriculum difficulty (verl >= 0.9: the dataset picks each row and learns from
+  every batch through verl's ``on_batch_end`` hook; ``data.curriculum`` holds Curriculum
+  parameters; needs ``data.dataloader_num_workers=0`` so the state lives in the trainer).
+  Older verl (with ``verl.experimental.dataset.sampler``) can use the sampler hook instead:
+  ``data.sampler.class_path=pkg://train.verl.register
+  data.sampler.class_name=KernelGymCurriculumSampler`` with ``data.sampler.curriculum``.
+
+Checked against verl 0.9.1 (imports, the agent-loop and advantage-estimator signatures).
 """
 
 from __future__ import annotations
@@ -20,8 +26,13 @@ import uuid
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
-from verl.experimental.dataset.sampler import AbstractCurriculumSampler
 from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
+from verl.utils.dataset.rl_dataset import RLHFDataset
+
+try:  # verl < 0.9 had a sampler hook; 0.9 dropped it (the dataset below works on both)
+    from verl.experimental.dataset.sampler import AbstractCurriculumSampler
+except ImportError:
+    AbstractCurriculumSampler = None
 
 from train.curriculum import CurriculumSampler
 from train.verl.drpo import drpo_outcome_advantage
@@ -62,7 +73,12 @@ class KernelGymAgentLoop(AgentLoopBase):
             return list(out.token_ids)
 
         async def encode(messages: list[dict[str, Any]], continuation: bool) -> list[int]:
-            return await self.apply_chat_template(messages, remove_system_prompt=continuation)
+            if hasattr(self, "apply_chat_template"):   # verl < 0.9
+                return await self.apply_chat_template(messages, remove_system_prompt=continuation)
+            if not continuation:   # verl >= 0.9 builds prompts with its Continuous Token builder
+                return list(await self.ct_build_initial_tokens(messages))
+            return await asyncio.to_thread(_follow_up_ids, self.tokenizer, messages,
+                                           dict(getattr(self, "apply_chat_template_kwargs", {}) or {}))
 
         def decode(ids: list[int]) -> str:
             return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -78,23 +94,65 @@ class KernelGymAgentLoop(AgentLoopBase):
                                extra_fields={"reward_extra_info": res.scores, "turn_scores": res.turn_rewards})
 
 
-class KernelGymCurriculumSampler(CurriculumSampler, AbstractCurriculumSampler):
-    """verl curriculum sampler over a KernelGym parquet: difficulty from each row's extra_info.
+def _follow_up_ids(tokenizer: Any, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> list[int]:
+    """Chat-template ids of follow-up turns without the system prompt that templates prepend:
+    the ids of `messages` minus those of an empty conversation's prefix (what verl < 0.9 did)."""
+    def ids(msgs: list[dict[str, Any]], gen: bool) -> list[int]:
+        out = tokenizer.apply_chat_template(msgs, add_generation_prompt=gen, tokenize=True, **kwargs)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
 
-    ``data.sampler.curriculum`` takes `Curriculum` parameters (start, window, promote, demote,
-    min/max_difficulty) and ``group_threshold``; the window defaults to ``data.train_batch_size``
-    (one decision per step at most). verl calls `update(batch)` after each step.
+    full, prefix = ids(messages, True), ids([{}], False)
+    return full[len(prefix):] if full[:len(prefix)] == prefix else full
+
+
+def _curriculum_sampler(frame: Any, data_config: Any, params: Any) -> CurriculumSampler:
+    """A `CurriculumSampler` over a KernelGym parquet: difficulty from each row's extra_info.
+    `params`: `Curriculum` parameters (start, window, promote, demote, min/max_difficulty) and
+    ``group_threshold``; the window defaults to ``data.train_batch_size`` (one move per step)."""
+    difficulties = [(info or {}).get("difficulty") for info in frame["extra_info"]]
+    params = dict(params or {})
+    params.setdefault("window", int(_get(data_config, "train_batch_size", 20) or 20))
+    threshold = float(params.pop("group_threshold", 0.5))
+    seed = _get(data_config, "seed", 0)
+    return CurriculumSampler(difficulties, seed=int(seed or 0), group_threshold=threshold, **params)
+
+
+class KernelGymCurriculumDataset(RLHFDataset):
+    """verl's RL dataset over a KernelGym parquet whose rows come at the curriculum's difficulty.
+
+    The loader's index only paces the epoch: each item is a row drawn at the current difficulty,
+    and `on_batch_end` (called by verl's trainer after every step) feeds the batch's results to
+    the curriculum. ``data.curriculum`` takes the `Curriculum` parameters and ``group_threshold``.
     """
 
-    def __init__(self, data_source: Any, data_config: Any) -> None:
-        frame = getattr(data_source, "dataframe", data_source)
-        infos = frame["extra_info"]
-        difficulties = [(info or {}).get("difficulty") for info in infos]
-        params = dict(_get(_get(data_config, "sampler", {}), "curriculum", {}) or {})
-        params.setdefault("window", int(_get(data_config, "train_batch_size", 20) or 20))
-        threshold = float(params.pop("group_threshold", 0.5))
-        seed = _get(data_config, "seed", 0)
-        super().__init__(difficulties, seed=int(seed or 0), group_threshold=threshold, **params)
+    def __init__(self, data_files: Any, tokenizer: Any, config: Any, processor: Any = None, **kwargs: Any):
+        super().__init__(data_files, tokenizer, config, processor, **kwargs)
+        self.curriculum = _curriculum_sampler(self.dataframe, config, _get(config, "curriculum", {}))
+        self._draws = iter(self.curriculum)
+
+    def __getitem__(self, item: int) -> Any:
+        try:
+            row = next(self._draws)
+        except StopIteration:   # one pass of the curriculum is len(rows) draws; start another
+            self._draws = iter(self.curriculum)
+            row = next(self._draws)
+        return super().__getitem__(row)
+
+    def on_batch_end(self, batch: Any) -> None:
+        self.curriculum.update(batch)
 
 
-__all__ = ["ADV_ESTIMATOR", "AGENT_LOOP", "KernelGymAgentLoop", "KernelGymCurriculumSampler"]
+if AbstractCurriculumSampler is not None:
+
+    class KernelGymCurriculumSampler(CurriculumSampler, AbstractCurriculumSampler):
+        """verl < 0.9's curriculum sampler hook over a KernelGym parquet (``data.sampler``); verl
+        calls `update(batch)` after each step. Parameters as `KernelGymCurriculumDataset`'s, under
+        ``data.sampler.curriculum``."""
+
+        def __init__(self, data_source: Any, data_config: Any) -> None:
+            frame = getattr(data_source, "dataframe", data_source)
+            made = _curriculum_sampler(frame, data_config, _get(_get(data_config, "sampler", {}), "curriculum", {}))
+            self.__dict__.update(made.__dict__)
+
+
+__all__ = ["ADV_ESTIMATOR", "AGENT_LOOP", "KernelGymAgentLoop", "KernelGymCurriculumDataset"]
