@@ -33,7 +33,7 @@ case "$RUN" in
             "$PY" -m train.build_dataset --difficulties "${KG_DIFFICULTIES:-1-5}" --n "${KG_N:-200}" \
                 --sizes "${KG_SIZES:-tiny}" --sft --policy "${KG_SFT_POLICY:-compiler}" --out "$DATA"
         fi
-        exec torchrun --standalone --nnodes=1 --nproc_per_node="${NPROC:-8}" -m verl.trainer.fsdp_sft_trainer \
+        exec torchrun --standalone --nnodes=1 --nproc_per_node="${NPROC:-8}" -m verl.trainer.sft_trainer \
             --config-path "$ROOT/train/configs" --config-name sft_7b \
             data.train_files="$DATA/sft_train.parquet" data.val_files="$DATA/sft_train.parquet" "$@" ;;
     *) echo "usage: $0 tiny|grpo|drpo|multiturn|sft [hydra overrides...]" >&2; exit 2 ;;

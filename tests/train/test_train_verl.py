@@ -23,10 +23,21 @@ def _obj(path: str, name: str):
     return getattr(importlib.import_module(path.removeprefix("pkg://")), name)
 
 
+PRIMARIES = ["kernelgym_7b_grpo", "kernelgym_7b_drpo", "kernelgym_7b_multiturn", "kernelgym_tiny_1gpu"]
+
+
 def test_configs_reference_real_objects():
-    grpo = _load("kernelgym_7b_grpo.yaml")
+    # Hydra takes hydra.searchpath from the primary config only: shared bodies must not carry it.
+    for name in PRIMARIES + ["sft_7b"]:
+        assert _load(f"{name}.yaml")["hydra"]["searchpath"] == ["pkg://verl.trainer.config"], name
+    for name in ("kernelgym_7b_base", "kernelgym_drpo"):
+        assert "hydra" not in _load(f"{name}.yaml"), name
+    assert _load("kernelgym_7b_grpo.yaml")["defaults"] == ["kernelgym_7b_base", "_self_"]
+    assert _load("kernelgym_7b_drpo.yaml")["defaults"] == ["kernelgym_7b_base", "kernelgym_drpo", "_self_"]
+    grpo = _load("kernelgym_7b_base.yaml")
     assert grpo["defaults"] == ["ppo_trainer", "_self_"] and grpo["algorithm"]["adv_estimator"] == "grpo"
-    crf = grpo["custom_reward_function"]
+    assert "custom_reward_function" not in grpo   # verl 0.9's main_ppo reads reward.custom_reward_function
+    crf = grpo["reward"]["custom_reward_function"]
     fn = _obj(crf["path"], crf["name"])
     assert callable(fn)
     from train.verl.reward import _OPTIONS
@@ -37,18 +48,38 @@ def test_configs_reference_real_objects():
     assert set(grpo["data"]["curriculum"]) <= {"start", "window", "promote", "demote", "min_difficulty",
                                                "max_difficulty", "group_threshold"}
     assert grpo["data"]["dataloader_num_workers"] == 0  # the curriculum state lives in the trainer
-    drpo = _load("kernelgym_7b_drpo.yaml")
+    drpo = _load("kernelgym_drpo.yaml")
     assert drpo["algorithm"]["adv_estimator"] == "kernelgym_drpo" and set(drpo["algorithm"]["drpo"]) <= set(DRPO_DEFAULTS)
     assert drpo["algorithm"]["use_kl_in_reward"] is False
     tiny = _load("kernelgym_tiny_1gpu.yaml")
-    assert tiny["trainer"]["n_gpus_per_node"] == 1 and tiny["defaults"][0] == "kernelgym_7b_grpo"
+    assert tiny["trainer"]["n_gpus_per_node"] == 1 and tiny["defaults"][0] == "kernelgym_7b_base"
     assert _load("kernelgym_7b_multiturn.yaml")["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] \
         == "kernelgym_multiturn"
     inter = _load("interaction.yaml")["interaction"][0]
     module, cls = inter["class_name"].rsplit(".", 1)
     klass = _obj(module, cls)
     klass(inter["config"])  # options accepted
-    assert _load("sft_7b.yaml")["data"]["response_key"] == "response"
+    sft = _load("sft_7b.yaml")
+    assert sft["defaults"][0] == "sft_trainer_engine" and sft["data"]["messages_key"] == "messages"
+
+
+def test_configs_compose_with_verls_own():
+    """Hydra composes every config over verl's installed config tree, and verl's loader finds the
+    reward function (needs verl and hydra: skipped where they are not installed)."""
+    pytest.importorskip("verl")
+    hydra = pytest.importorskip("hydra")
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    with hydra.initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        for name in PRIMARIES:
+            cfg = hydra.compose(config_name=name)
+            assert cfg.data.custom_cls.name == "KernelGymCurriculumDataset", name
+            assert callable(get_custom_reward_fn(cfg)), name
+        assert hydra.compose(config_name="kernelgym_7b_drpo").algorithm.adv_estimator == "kernelgym_drpo"
+        multi = hydra.compose(config_name="kernelgym_7b_multiturn")
+        assert multi.actor_rollout_ref.rollout.agent.default_agent_loop == "kernelgym_multiturn"
+        assert hydra.compose(config_name="kernelgym_tiny_1gpu").trainer.n_gpus_per_node == 1
+        assert hydra.compose(config_name="sft_7b").data.messages_key == "messages"
 
 
 def test_registration_with_verl():
