@@ -10,9 +10,9 @@ reward) and every reward component (verl logs each key; every dict has the same 
 ``format, compiled, correct, speedup, speedup_vs_compile, hack`` from the verdict, the reward's
 parts as ``reward/<part>``, ``speed_valid`` and ``difficulty``.
 
-Point verl at them with ``custom_reward_function.path=<this file>``,
-``custom_reward_function.name=compute_score`` (or ``compute_score_batch`` with
-``reward_model.reward_manager=batch``); ``custom_reward_function.reward_kwargs`` sets the options:
+Point verl (>= 0.9) at them with ``reward.custom_reward_function.path=<this file>``,
+``reward.custom_reward_function.name=compute_score`` (or ``compute_score_batch`` with
+``reward.reward_manager.name=batch``); ``reward.custom_reward_function.reward_kwargs`` sets the options:
 backend, mode, reward (+ reward_params), cluster, timeout, trials, workers.
 
 The default reward is the decoupled one with ``speed_min = -0.5`` (kernels more than 1.41x slower
