@@ -151,3 +151,64 @@ def test_follow_up_turn_ids_drop_the_system_prefix():
 
     ids = _follow_up_ids(_TemplateTokenizer(), [{"role": "user", "content": "ab"}], {})
     assert ids == [3, ord("a"), ord("b"), 4, 5]
+
+
+def _byte_tokenizer():
+    """A real HF fast tokenizer over bytes (no download) with a plain chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(["<eos>", "<pad>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<pad>")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return tok
+
+
+def test_multiturn_agent_loop_inside_verl():
+    """verl's own AgentLoopBase machinery (Continuous Token prompt building, output validation)
+    around KernelGym's loop, with a fake rollout server: a first reply without Triton is judged
+    hack_detected and its feedback comes back as a masked user turn; the compiler's kernel in the
+    second reply ends the episode with reward 1."""
+    pytest.importorskip("verl")
+    compiler = pytest.importorskip("policies.compiler")
+    import asyncio
+
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop.agent_loop import DictConfigWrap
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+    from verl.workers.rollout.replica import TokenOutput
+
+    import train.verl.register as reg
+    from train.build_dataset import sampled_tasks, task_row
+
+    tok = _byte_tokenizer()
+    task = sampled_tasks([1], 1, seed=2)[0]
+    row = task_row(task, 0, "train", multi_turn=True)
+    replies = ["```python\nimport torch\nclass ModelNew(torch.nn.Module):\n    pass\n```",
+               "```python\n" + compiler.CompilerPolicy().compile(task) + "\n```"]
+    prompts = []
+
+    class Server:
+        async def generate(self, request_id, prompt_ids, sampling_params, **kw):
+            prompts.append(tok.decode(prompt_ids))
+            return TokenOutput(token_ids=tok.encode(replies[len(prompts) - 1], add_special_tokens=False))
+
+    cfg = OmegaConf.create({"actor_rollout_ref": {"rollout": {"prompt_length": 4096, "response_length": 8192}},
+                            "kernelgym": {"multiturn": {"max_turns": 3, "backend": "interpret", "workers": 1}}})
+
+    async def main():   # verl's loop binds the running event loop when it is built
+        loop = reg.KernelGymAgentLoop(DictConfigWrap(cfg), Server(), tok, None, RLHFDataset,
+                                      DictConfigWrap(OmegaConf.create({})))
+        return await loop.run({"temperature": 1.0}, raw_prompt=row["prompt"], reward_model=row["reward_model"],
+                              extra_info=row["extra_info"])
+
+    out = asyncio.run(main())
+    assert out.reward_score == 1.0 and out.extra_fields["turn_scores"] == [-1.0, 1.0]
+    assert len(prompts) == 2 and "guard:no_triton_kernel" in prompts[1] and prompts[1].endswith("<assistant>")
+    feedback = len(out.response_ids) - sum(out.response_mask)
+    assert feedback > 0 and out.response_mask[0] == 1 and out.response_mask[-1] == 1   # feedback masked out
+    assert tok.decode(out.prompt_ids).startswith("<user>")
