@@ -14,7 +14,7 @@ from kernelgym.evaluation import Evaluator
 from kernelgym.evaluation.worker import DEFAULT_GPU_CACHE_MB
 
 pytestmark = pytest.mark.gpu
-HUGE_ADD = REF_ADD.replace("torch.randn(1000)", "torch.randn(1 << 28)")   # 1 GiB a tensor
+HUGE_ADD = REF_ADD.replace("torch.randn(1000)", "torch.randn(1 << 27)")   # 512 MiB a tensor
 
 
 def gpu_mb_by_pid() -> dict[int, int]:
