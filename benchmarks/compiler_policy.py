@@ -3,9 +3,8 @@
 Samples `--n` tiny tasks per difficulty (default 100 at difficulties 1-3, seeds seed..seed+n-1),
 compiles each with `policies.compiler.CompilerPolicy` (strict: every op in Triton) and judges all
 of them under the Triton interpreter through one `Evaluator` pool in parallel
-(`evaluate_batch`, one batch per difficulty, evaluation seeds derived from `--seed`; a verdict that
-is CPython 3.11's spurious concurrent-AST SystemError inside the evaluator is judged again alone
-and listed). Also (unless `--no-catalog`) compiles and judges one
+(`evaluate_batch`, one batch per difficulty, evaluation seeds derived from `--seed`). Also (unless
+`--no-catalog`) compiles and judges one
 single-op task per catalog op, strict, for the coverage figure. Per difficulty it prints tasks,
 compiled, ok, share ok and the failures by status and first reason; then the coverage: catalog
 ops seen in the sampled tasks, ops the compiler would compute in torch (its lenient fallback),
@@ -55,25 +54,12 @@ def compile_all(policy: Any, tasks: list[Any]) -> tuple[list[str | None], list[s
     return srcs, errors
 
 
-def spurious(v: Any) -> bool:
-    """CPython 3.11's spurious "AST constructor recursion depth mismatch" SystemError (gh-106905),
-    raised when the evaluator's threads parse candidates at once: an evaluator error, not a verdict
-    on the candidate."""
-    return "internal:error" in v.reasons and "recursion depth mismatch" in v.error
-
-
-def judge(ev: Any, tasks: list[Any], srcs: list[str | None], mode: str, seed: int,
-          retried: list[str] | None = None) -> list[Any]:
-    """Verdicts for the compiled tasks (None where the policy raised), in task order; a verdict
-    that is the spurious evaluator error is judged again alone (its task id goes to `retried`)."""
+def judge(ev: Any, tasks: list[Any], srcs: list[str | None], mode: str, seed: int) -> list[Any]:
+    """Verdicts for the compiled tasks (None where the policy raised), in task order."""
     idx = [i for i, s in enumerate(srcs) if s is not None]
     verdicts = ev.evaluate_batch([(tasks[i], srcs[i]) for i in idx], "interpret", mode, "local", seed=seed)
     out: list[Any] = [None] * len(tasks)
     for i, v in zip(idx, verdicts):
-        if spurious(v):
-            if retried is not None:
-                retried.append(tasks[i].id)
-            v = ev.evaluate(tasks[i], srcs[i], "interpret", mode, seed=seed)
         out[i] = v
     return out
 
@@ -147,16 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         ev.warm("interpret")
         t_warm = time.perf_counter() - t0
         t1 = time.perf_counter()
-        retried: list[str] = []
         verdicts: list[Any] = []
         for d in args.difficulties:  # one batch per difficulty, for progress lines
             part = [i for i, t in enumerate(tasks) if t.difficulty == d]
-            verdicts += judge(ev, [tasks[i] for i in part], [srcs[i] for i in part], args.mode, args.seed + d,
-                              retried)
+            verdicts += judge(ev, [tasks[i] for i in part], [srcs[i] for i in part], args.mode, args.seed + d)
             ok = sum(v is not None and v.ok for v in verdicts[-len(part):])
             print(f"  difficulty {d}: {ok} / {len(part)} ok ({time.perf_counter() - t1:.0f} s)", flush=True)
         t_eval = time.perf_counter() - t1
-        cat_verdicts = judge(ev, cat_tasks, cat_srcs, args.mode, args.seed, retried) if cat_tasks else []
+        cat_verdicts = judge(ev, cat_tasks, cat_srcs, args.mode, args.seed) if cat_tasks else []
         workers = ev.workers
     rows = [row(t, s, e, v) for t, s, e, v in zip(tasks, srcs, errors, verdicts)]
     cat_rows = [{"op": op, **row(t, s, e, v)}
@@ -201,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         f"d{d} {s['kernels_per_task']:.2f} ({s['ops_per_task']:.2f})" for d, s in by_d.items()))
     print(f"wall: sampling {t_sample:.1f} s, compiling {t_compile:.2f} s, pool start {t_warm:.1f} s, "
           f"judging {len(tasks)} tasks {t_eval:.1f} s ({workers} candidate workers)")
-    if retried:
-        print(f"judged again after the evaluator's spurious AST SystemError (gh-106905): {', '.join(retried)}")
 
     failed_target = [d for d, s in by_d.items() if s["share_ok"] < args.target]
     passed = not failed_target and not cat_bad
@@ -215,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "coverage": {"catalog": len(CATALOG), "seen": seen, "fallback": fallback,
                          "failing_ops": dict(failing_ops), "single_op_ok": cat_ok, "single_op_not_ok": cat_bad},
             "wall_s": {"sample": t_sample, "compile": t_compile, "pool_start": t_warm, "judge": t_eval},
-            "target": args.target, "passed": passed, "retried_spurious_evaluator_error": retried,
-            "tasks": rows, "single_op": cat_rows,
+            "target": args.target, "passed": passed, "tasks": rows, "single_op": cat_rows,
         }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
