@@ -93,11 +93,15 @@ class CurriculumSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
+    def draw(self) -> int:
+        """One row index at the current difficulty."""
+        level = self.level()
+        self.drawn[level] += 1
+        return self.rng.choice(self.by_difficulty[level])
+
     def __iter__(self) -> Iterator[int]:
         for _ in range(self.num_samples):
-            level = self.level()
-            self.drawn[level] += 1
-            yield self.rng.choice(self.by_difficulty[level])
+            yield self.draw()
 
     def update_results(self, results: Sequence[Any], groups: Sequence[Hashable] | None = None) -> int:
         """Feed results (verdicts, verdict dicts, bools or scores > 0 = correct), reduced to one per

@@ -105,16 +105,17 @@ def _follow_up_ids(tokenizer: Any, messages: list[dict[str, Any]], kwargs: dict[
     return full[len(prefix):] if full[:len(prefix)] == prefix else full
 
 
-def _curriculum_sampler(frame: Any, data_config: Any, params: Any) -> CurriculumSampler:
-    """A `CurriculumSampler` over a KernelGym parquet: difficulty from each row's extra_info.
-    `params`: `Curriculum` parameters (start, window, promote, demote, min/max_difficulty) and
-    ``group_threshold``; the window defaults to ``data.train_batch_size`` (one move per step)."""
+def _curriculum_args(frame: Any, data_config: Any, params: Any) -> tuple[list[Any], dict[str, Any]]:
+    """`CurriculumSampler` arguments for a KernelGym parquet: each row's difficulty (from its
+    extra_info) and the keywords. `params`: `Curriculum` parameters (start, window, promote,
+    demote, min/max_difficulty) and ``group_threshold``; the window defaults to
+    ``data.train_batch_size`` (one move per step)."""
     difficulties = [(info or {}).get("difficulty") for info in frame["extra_info"]]
     params = dict(params or {})
     params.setdefault("window", int(_get(data_config, "train_batch_size", 20) or 20))
     threshold = float(params.pop("group_threshold", 0.5))
     seed = _get(data_config, "seed", 0)
-    return CurriculumSampler(difficulties, seed=int(seed or 0), group_threshold=threshold, **params)
+    return difficulties, {"seed": int(seed or 0), "group_threshold": threshold, **params}
 
 
 class KernelGymCurriculumDataset(RLHFDataset):
@@ -127,16 +128,11 @@ class KernelGymCurriculumDataset(RLHFDataset):
 
     def __init__(self, data_files: Any, tokenizer: Any, config: Any, processor: Any = None, **kwargs: Any):
         super().__init__(data_files, tokenizer, config, processor, **kwargs)
-        self.curriculum = _curriculum_sampler(self.dataframe, config, _get(config, "curriculum", {}))
-        self._draws = iter(self.curriculum)
+        difficulties, kw = _curriculum_args(self.dataframe, config, _get(config, "curriculum", {}))
+        self.curriculum = CurriculumSampler(difficulties, **kw)
 
     def __getitem__(self, item: int) -> Any:
-        try:
-            row = next(self._draws)
-        except StopIteration:   # one pass of the curriculum is len(rows) draws; start another
-            self._draws = iter(self.curriculum)
-            row = next(self._draws)
-        return super().__getitem__(row)
+        return super().__getitem__(self.curriculum.draw())
 
     def on_batch_end(self, batch: Any) -> None:
         self.curriculum.update(batch)
@@ -151,8 +147,9 @@ if AbstractCurriculumSampler is not None:
 
         def __init__(self, data_source: Any, data_config: Any) -> None:
             frame = getattr(data_source, "dataframe", data_source)
-            made = _curriculum_sampler(frame, data_config, _get(_get(data_config, "sampler", {}), "curriculum", {}))
-            self.__dict__.update(made.__dict__)
+            difficulties, kw = _curriculum_args(frame, data_config,
+                                                _get(_get(data_config, "sampler", {}), "curriculum", {}))
+            CurriculumSampler.__init__(self, difficulties, **kw)
 
 
 __all__ = ["ADV_ESTIMATOR", "AGENT_LOOP", "KernelGymAgentLoop", "KernelGymCurriculumDataset"]
