@@ -49,8 +49,9 @@ def task_features(task: Task) -> np.ndarray:
     return np.clip(np.asarray(values, dtype=np.float32), 0.0, FEATURE_MAX)
 
 
-def _h(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _key(task: Task, source: str) -> tuple[str, str]:
+    """The verdict cache key: (task hash, candidate hash)."""
+    return task.hash, hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
 class DiscreteChoiceEnv(gym.Env):
@@ -81,17 +82,21 @@ class DiscreteChoiceEnv(gym.Env):
         super().reset(seed=seed)
         _, info = self.env.reset(seed=seed, options=options)
         task = self.base.task
+        self.candidates = self._candidates(task)
+        return task_features(task), info
+
+    def _candidates(self, task: Task) -> list[str]:
+        """The provider's first k programs for `task`, padded with empty ones to exactly k."""
         cands = list(self.provider(task))[: self.k]
         if not all(isinstance(c, str) for c in cands):
             raise TypeError("provider must return a list of source strings")
-        self.candidates = cands + [""] * (self.k - len(cands))
-        return task_features(task), info
+        return cands + [""] * (self.k - len(cands))
 
     def step(self, action: Any):
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an int in [0, {self.k}), got {action!r}")
         source = self.candidates[int(action)]
-        key = (self.base.task.hash, _h(source))
+        key = _key(self.base.task, source)
         if key not in self.cache:
             _, _, seed = self.base.prepare(source)
             self.cache[key] = self.base.evaluate(source, seed)
@@ -107,9 +112,8 @@ class DiscreteChoiceEnv(gym.Env):
         base = self.base
         todo: dict[tuple[str, str], tuple[Task, str]] = {}
         for task in tasks:
-            cands = list(self.provider(task))[: self.k]
-            for source in cands + [""] * (self.k - len(cands)):
-                key = (task.hash, _h(source))
+            for source in self._candidates(task):
+                key = _key(task, source)
                 if key not in self.cache:
                     todo.setdefault(key, (task, source))
         if not todo:
