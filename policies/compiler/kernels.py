@@ -219,10 +219,8 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         else:
             dims = list(kept1)
         oc = Coords(out_shape, dims, w.new_key(), "rm", am)
-        w.provided[oc.key] = res
         with w.tile(["m"], "row_mask", ["BLOCK_M"]):
-            for j in stored:
-                w.store(j, oc)
+            _store_result(w, oc, res, stored)
     if plan.contiguous_rows:
         block_r = clamp_pow2(r, 1, 1024)
         block_m = clamp_pow2(m, 1, max(1, 1024 // block_r))
@@ -463,12 +461,24 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
             bias_ref = node.args[0]
             bv = w.value(bias_ref, broadcast(oc, prog.shape(bias_ref)))
             res = w.assign("res", f"acc + {bv}")
-        w.provided[oc.key] = res
-        for j in stored:
-            w.store(j, oc)
+        _store_result(w, oc, res, stored)
+    return _dot_kernel(w, name, "matmul", nodes, m, n, k, f", {batch}")
+
+
+def _store_result(w: KernelWriter, oc: Coords, res: str, stored: Sequence[int]) -> None:
+    """The output tile's value is `res` (epilogues read it); store every node the group keeps."""
+    w.provided[oc.key] = res
+    for j in stored:
+        w.store(j, oc)
+
+
+def _dot_kernel(w: KernelWriter, name: str, kind: str, nodes: Sequence[int], m: int, n: int, k: int,
+                grid_z: str = "") -> Kernel:
+    """A tiled tl.dot kernel (matmul, or a convolution as implicit GEMM) over an m x n output with
+    a k-long reduction; `grid_z`: a third grid axis (", batch") when batched."""
     blocks = {"BLOCK_M": clamp_pow2(m, 16, 64), "BLOCK_N": clamp_pow2(n, 16, 64), "BLOCK_K": clamp_pow2(k, 16, 32)}
-    grid = f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]), triton.cdiv({n}, meta["BLOCK_N"]), {batch})'
-    return Kernel(name, "matmul", list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
+    grid = f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]), triton.cdiv({n}, meta["BLOCK_N"]){grid_z})'
+    return Kernel(name, kind, list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
                   w.body_lines(), w.stored, w.helpers)
 
 
@@ -576,13 +586,8 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
         if bias is not None:
             bv = w.load(bias, Coords((co,), [Expr("rc[None, :]", ac)], ("bias", oc.key)), name=f"n{anchor}_b")
             res = w.assign("res", f"acc + {bv}")
-        w.provided[oc.key] = res
-        for j in stored:
-            w.store(j, oc)
-    blocks = {"BLOCK_M": clamp_pow2(pos, 16, 64), "BLOCK_N": clamp_pow2(co, 16, 64), "BLOCK_K": clamp_pow2(kr, 16, 32)}
-    grid = f'lambda meta: (triton.cdiv({pos}, meta["BLOCK_M"]), triton.cdiv({co}, meta["BLOCK_N"]))'
-    return Kernel(name, "conv", list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
-                  w.body_lines(), w.stored, w.helpers)
+        _store_result(w, oc, res, stored)
+    return _dot_kernel(w, name, "conv", nodes, pos, co, kr)
 
 
 def _per_dim(v: Any, n: int) -> tuple[int, ...]:
