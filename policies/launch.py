@@ -139,7 +139,7 @@ def rewrite(source: str, changes: Mapping[str, int]) -> str:
     for start, end, _, new in sorted(edits, key=lambda e: (e[0], e[2]), reverse=True):
         text = text[:start] + new + text[end:]
     try:
-        _parse(text)
+        parse(text)   # kernelgym.pyast: safe beside the evaluator's parsing threads (gh-106905)
     except SyntaxError as exc:  # a bug here, not in the input: say so plainly
         raise LaunchError(f"rewrite produced invalid Python (line {exc.lineno}: {exc.msg})") from None
     return text
@@ -200,11 +200,6 @@ def _code(source: str) -> str:
         except FormatError as exc:
             raise LaunchError(str(exc)) from None
     return source
-
-
-def _parse(code: str) -> ast.Module:
-    # Thread-safe on CPython 3.11 (gh-106905): the search runs beside evaluator threads that parse.
-    return parse(code)
 
 
 def _check_value(knob: Knob, value: object) -> None:
@@ -444,7 +439,7 @@ def _choices(kind: str, value: int) -> tuple[int, ...]:
 
 def _analyse(code: str) -> tuple[str, list[tuple[Knob, list[_Site]]]]:
     try:
-        tree = _parse(code)
+        tree = parse(code)
     except SyntaxError as exc:
         raise LaunchError(f"cannot parse source: syntax error at line {exc.lineno}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError) as exc:
