@@ -65,6 +65,7 @@ def one_task(task: Any, base: Any, search: Any, evaluator: Any, backend: str, mo
             "base_error": _why(bv), "search_error": _why(sv),
             "search_evaluations": result.evaluations, "search_stopped": result.stopped,
             "search_best_origin": best.get("origin"), "search_best_changes": best.get("changes"),
+            "search_log": [{k: e.get(k) for k in ("origin", "changes", "status", "speedup")} for e in result.log],
             "base_s": round(t_base, 3), "search_s": round(t_search, 3)}
 
 

@@ -8,8 +8,9 @@ A provider offers K candidate programs per task (the compiler policy's K proposa
 for sampled ReLU tasks); the action picks one and the real evaluator judges it (the env caches each
 (task, candidate) verdict, so each pair is compiled, checked and timed once). The reward is the
 decoupled one: correctness plus the clipped log2 speedup when timed. After training, the policy's
-deterministic choice on every task is compared with a fixed default choice: on a GPU (`--backend
-cuda`) the table shows each one's speedup over eager and the geometric mean of chosen / default.
+deterministic choice on every task is compared with a fixed default choice and with the best of the
+K in hindsight: on a GPU (`--backend cuda`) the table shows each one's speedup over eager and the
+geometric means of chosen / default and best / default.
 """
 
 from __future__ import annotations
@@ -110,21 +111,25 @@ def write_suite(directory: Path, n: int, difficulty: int, sizes: str, seed: int,
 
 
 def compare(env: DiscreteChoiceEnv, model: Any, tasks: Sequence[Task], default: int) -> list[dict[str, Any]]:
-    """Per task: the policy's deterministic choice vs `default`, with rewards and speedups (the
-    env's verdict cache makes choices already judged during training a lookup)."""
+    """Per task: the policy's deterministic choice vs `default` and vs the best choice in hindsight
+    (the highest reward among all k), with rewards and speedups (the env's verdict cache makes
+    choices judged during training or by `prefetch` a lookup)."""
     rows = []
     for task in tasks:
         obs, _ = env.reset(options={"task": task})
         action = int(model.predict(obs, deterministic=True)[0])
-        _, r_chosen, *_ = env.step(action)
-        v_chosen = env.base.last_verdict
-        env.reset(options={"task": task})
-        _, r_default, *_ = env.step(default)
-        v_default = env.base.last_verdict
-        rows.append({"task": task.id, "chosen": action, "default": default, "reward_chosen": float(r_chosen),
-                     "reward_default": float(r_default), "status_chosen": v_chosen["status"],
-                     "status_default": v_default["status"], "speedup_chosen": v_chosen.get("speedup"),
-                     "speedup_default": v_default.get("speedup")})
+        judged = []
+        for a in range(env.k):
+            env.reset(options={"task": task})
+            _, reward, *_ = env.step(a)
+            judged.append((float(reward), env.base.last_verdict))
+        best = max(range(env.k), key=lambda a: (judged[a][0], -a))
+        row: dict[str, Any] = {"task": task.id, "chosen": action, "default": default, "best": best}
+        for who, a in (("chosen", action), ("default", default), ("best", best)):
+            reward, verdict = judged[a]
+            row.update({f"reward_{who}": reward, f"status_{who}": verdict["status"],
+                        f"speedup_{who}": verdict.get("speedup")})
+        rows.append(row)
     return rows
 
 
@@ -163,26 +168,33 @@ def tune(*, backend: str = "auto", steps: int = 2000, n_tasks: int = 8, k: int =
     finally:
         if own:
             ev.close()
-    ratios = [r["speedup_chosen"] / r["speedup_default"] for r in rows
-              if r["speedup_chosen"] and r["speedup_default"]]
+    def geomean_over_default(who: str) -> float | None:
+        ratios = [r[f"speedup_{who}"] / r["speedup_default"] for r in rows
+                  if r[f"speedup_{who}"] and r["speedup_default"]]
+        return float(math.exp(np.mean(np.log(ratios)))) if ratios else None
+
     return {"backend": backend, "sizes": sizes, "steps": steps, "tasks": n_tasks, "k": k, "default": default,
             "evaluations": evaluations, "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
             "mean_reward_chosen": float(np.mean([r["reward_chosen"] for r in rows])),
             "mean_reward_default": float(np.mean([r["reward_default"] for r in rows])),
-            "geomean_chosen_over_default": (float(math.exp(np.mean(np.log(ratios)))) if ratios else None)}
+            "mean_reward_best": float(np.mean([r["reward_best"] for r in rows])),
+            "geomean_chosen_over_default": geomean_over_default("chosen"),
+            "geomean_best_over_default": geomean_over_default("best")}
 
 
 def print_table(summary: dict[str, Any]) -> None:
     def f(x: Any) -> str:
         return f"{x:.2f}x" if isinstance(x, (int, float)) else "-"
 
-    print(f"{'task':<22} {'chosen':>6} {'speedup':>9} {'status':<14} {'default':>7} {'speedup':>9} {'status':<14}")
+    who = ("chosen", "default", "best")
+    print(f"{'task':<22} " + " ".join(f"{w:>7} {'speedup':>9} {'status':<14}" for w in who))
     for r in summary["rows"]:
-        print(f"{r['task']:<22} {r['chosen']:>6} {f(r['speedup_chosen']):>9} {r['status_chosen']:<14} "
-              f"{r['default']:>7} {f(r['speedup_default']):>9} {r['status_default']:<14}")
-    g = summary["geomean_chosen_over_default"]
-    print(f"mean reward: chosen {summary['mean_reward_chosen']:.3f}, default {summary['mean_reward_default']:.3f}; "
-          f"chosen / default speedup (geomean): {f(g) if g is not None else 'n/a (untimed backend)'}; "
+        print(f"{r['task']:<22} " + " ".join(f"{r[w]:>7} {f(r[f'speedup_{w}']):>9} {r[f'status_{w}']:<14}"
+                                             for w in who))
+    g, b = summary["geomean_chosen_over_default"], summary["geomean_best_over_default"]
+    print(f"mean reward: chosen {summary['mean_reward_chosen']:.3f}, default {summary['mean_reward_default']:.3f}, "
+          f"best {summary['mean_reward_best']:.3f}; speedup over the default (geomean): chosen "
+          f"{f(g) if g is not None else 'n/a (untimed backend)'}, best {f(b) if b is not None else 'n/a'}; "
           f"{summary['evaluations']} evaluations, {summary['seconds']}s")
 
 

@@ -39,7 +39,11 @@ def test_sb3_ppo_learns_to_avoid_wrong_choices(evaluator):
     assert summary["evaluations"] <= 12  # each (task, candidate) judged once
     assert all(r["status_chosen"] == "ok" and r["chosen"] in (0, 2) for r in summary["rows"])
     assert summary["mean_reward_chosen"] > summary["mean_reward_default"]
+    # the best choice in hindsight is a correct one, and the policy's reward reaches it
+    assert all(r["best"] in (0, 2) and r["status_best"] == "ok" for r in summary["rows"])
+    assert summary["mean_reward_best"] == pytest.approx(summary["mean_reward_chosen"])
     assert summary["geomean_chosen_over_default"] is None  # no timing on the interpreter
+    assert summary["geomean_best_over_default"] is None
     sb3_tuning.print_table(summary)
 
 
