@@ -5,7 +5,7 @@ config) before a default is changed. Tasks are sampled ids (`d3_bench_s4`: diffi
 sizes, seed 4). Every config is `CompilerPolicy.compile(task, config=...)`; "{}" is the default.
 Prints a table (rows: tasks, columns: configs) and writes JSON. Usage:
     python benchmarks/compiler_variants.py --tasks d3_bench_s4,d3_bench_s1 \\
-        [--configs '[{}, {"dot_precision": "tf32x3"}]'] [--backend auto] [--workers W] [--out F]
+        [--configs '[{}, {"dot_precision": "ieee"}]'] [--backend auto] [--workers W] [--out F]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 DEFAULT_CONFIGS: list[dict[str, Any]] = [
     {},
-    {"dot_precision": "tf32x3"},
+    {"dot_precision": "ieee"},
     {"BLOCK_K": 16},
-    {"dot_precision": "tf32x3", "BLOCK_K": 16},
-    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16, "num_warps": 8},
-    {"dot_precision": "tf32x3", "BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8},
-    {"dot_precision": "tf32x3", "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8},
+    {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8},
     {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 16, "num_warps": 4},
+    {"num_stages": 4},
 ]
 _TASK_ID = re.compile(r"^d(\d+)_(tiny|bench)_s(\d+)$")
 
@@ -83,35 +83,41 @@ def main(argv: list[str] | None = None) -> int:
     samplers: dict[str, TaskSampler] = {}
     tasks = [samplers.setdefault(s, TaskSampler(s)).sample(d, seed) for d, s, seed in ids]
     policy = CompilerPolicy()
-    pairs, where, rows = [], [], []
+    n = len(args.configs)
+    rows: list[dict[str, Any]] = []
     for task in tasks:
-        for ci, cfg in enumerate(args.configs):
-            row = {"task_id": task.id, "ops": list(task.ops), "config": cfg, "status": None, "speedup": None,
-                   "vs_compile": None, "error": None}
-            try:
-                src = policy.compile(task, config=cfg)
-            except CompileError as exc:   # a config that does not apply (e.g. tl.dot block < 16)
-                row.update(status="compile_error", error=str(exc))
-            else:
-                pairs.append((task, src))
-                where.append(len(rows))
-            rows.append(row)
-    t0 = time.perf_counter()
-    with Evaluator(workers=args.workers) as ev:
-        verdicts = ev.evaluate_batch(pairs, backend=backend, seed=args.seed)
-    wall = time.perf_counter() - t0
-    for i, v in zip(where, verdicts):
-        rows[i].update(status=v.status, speedup=v.speedup, vs_compile=v.speedup_vs_compile,
-                       error=None if v.ok else f"{', '.join(v.reasons)}: {v.error}"[:400])
+        for cfg in args.configs:
+            rows.append({"task_id": task.id, "ops": list(task.ops), "config": cfg, "status": None, "speedup": None,
+                         "vs_compile": None, "error": None})
 
-    print(f"backend {backend}; {len(pairs)} evaluations in {wall:.1f} s; cell: speedup vs eager (vs torch.compile)")
+    def judge_task(ti: int, ev: Any) -> None:
+        """Every config of one task in one batch (rows ti*n .. ti*n+n-1 filled in place)."""
+        task, pairs, where = tasks[ti], [], []
+        for ci, cfg in enumerate(args.configs):
+            try:
+                pairs.append((task, policy.compile(task, config=cfg)))
+                where.append(ti * n + ci)
+            except CompileError as exc:   # a config that does not apply (e.g. tl.dot block < 16)
+                rows[ti * n + ci].update(status="compile_error", error=str(exc))
+        for i, v in zip(where, ev.evaluate_batch(pairs, backend=backend, seed=args.seed)):
+            rows[i].update(status=v.status, speedup=v.speedup, vs_compile=v.speedup_vs_compile,
+                           error=None if v.ok else f"{', '.join(v.reasons)}: {v.error}"[:400])
+
+    print(f"backend {backend}; cell: speedup vs eager (vs torch.compile)")
     for ci, cfg in enumerate(args.configs):
         print(f"  c{ci} = {json.dumps(cfg)}")
-    print(" | ".join(["task", "ops", *(f"c{ci}" for ci in range(len(args.configs)))]))
-    n = len(args.configs)
-    for ti, task in enumerate(tasks):
-        cells = [_cell(rows[ti * n + ci]) for ci in range(n)]
-        print(" | ".join([task.id, "+".join(task.ops), *cells]))
+    print(" | ".join(["task", "ops", *(f"c{ci}" for ci in range(n))]), flush=True)
+    t0 = time.perf_counter()
+    # Rows print as tasks finish, so a run cut short by a time limit still shows what it measured.
+    with Evaluator(workers=args.workers) as ev, ThreadPoolExecutor(len(tasks)) as pool:
+        futs = {pool.submit(judge_task, ti, ev): ti for ti in range(len(tasks))}
+        for fut in as_completed(futs):
+            fut.result()
+            ti = futs[fut]
+            print(" | ".join([tasks[ti].id, "+".join(tasks[ti].ops), *(_cell(rows[ti * n + ci]) for ci in range(n))]),
+                  flush=True)
+    wall = time.perf_counter() - t0
+    print(f"{sum(r['status'] != 'compile_error' for r in rows)} evaluations in {wall:.1f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"backend": backend, "wall_s": round(wall, 2), "configs": args.configs,

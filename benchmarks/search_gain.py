@@ -66,7 +66,15 @@ def one_task(task: Any, base: Any, search: Any, evaluator: Any, backend: str, mo
             "search_evaluations": result.evaluations, "search_stopped": result.stopped,
             "search_best_origin": best.get("origin"), "search_best_changes": best.get("changes"),
             "search_log": [{k: e.get(k) for k in ("origin", "changes", "status", "speedup")} for e in result.log],
+            # Median ms and method (cuda_graph, or eager when the forward could not be captured).
+            "base_timings": _timings(bv), "search_timings": _timings(sv),
             "base_s": round(t_base, 3), "search_s": round(t_search, 3)}
+
+
+def _timings(v: Any) -> dict[str, Any] | None:
+    series = {who: {"median_ms": t.get("median_ms"), "method": t.get("method")}
+              for who, t in (v.timings if v is not None else {}).items() if isinstance(t, dict) and "median_ms" in t}
+    return series or None
 
 
 def _why(v: Any) -> str | None:

@@ -40,7 +40,7 @@ TORCH_FALLBACK: frozenset[str] = frozenset()
 
 # Launch-config variants `propose(n > 1)` tries after the alternative partitions.
 CONFIG_VARIANTS: tuple[dict[str, Any], ...] = (
-    {"dot_precision": "tf32x3"},
+    {"dot_precision": "ieee"},
     {"num_warps": 8},
     {"num_warps": 2},
     {"BLOCK": 256, "BLOCK_R": 256},
@@ -136,9 +136,9 @@ class CompilerPolicy:
 
     def seed_configs(self, task: Task | str) -> list[dict[str, Any]]:
         """Configs besides the default that a search should try once each (`SearchPolicy` seeds):
-        3xTF32 products for fp32 ``tl.dot`` (tensor cores at about fp32 accuracy, where the
-        default IEEE products run on CUDA cores); whether it passes is the evaluator's call."""
-        return [{"dot_precision": "tf32x3"}] if 'input_precision="ieee"' in self.compile(task) else []
+        IEEE products for fp32 ``tl.dot`` (CUDA cores, exact fp32 products) beside the default
+        3xTF32 ones, for a task whose tolerance or shapes favour them; the evaluator decides."""
+        return [{"dot_precision": "ieee"}] if 'input_precision="tf32x3"' in self.compile(task) else []
 
     def propose(self, task: Task, n: int = 1, history: Sequence[Attempt] = ()) -> list[str]:
         """Up to `n` distinct candidates: the default compilation, then alternative partitions and

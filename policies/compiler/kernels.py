@@ -20,6 +20,10 @@ from policies.compiler.ir import NORMALIZE, REDUCE, CompileError, Program, numel
 NEG_INF = '-float("inf")'
 # Output positions an image needs for convolution tiles of its own (below, images share tiles).
 CONV_TILE_MIN = 64
+# fp32 tl.dot products. Measured on an H200 (benchmarks/NOTES.md): 3xTF32 was judged correct on
+# every bench task tried and ran 1.02-2.9x faster than IEEE products on the four matmul /
+# convolution tasks of a bench run (plain TF32, tl.dot's own default, missed fp32 tolerance).
+DEFAULT_DOT_PRECISION = "tf32x3"
 
 
 @dataclass
@@ -507,11 +511,11 @@ def _operand(w: KernelWriter, ref: Any, c: Coords, mask: str, name: str) -> str:
 
 def _dot(w: KernelWriter, a: str, b: str) -> str:
     """``tl.dot`` of two operand tiles. fp16/bf16 tasks feed tensor cores in their own dtype; fp32
-    asks for IEEE products, because tl.dot's TF32 default (10-bit mantissa) misses the fp32
-    tolerance on long reductions (seen on an H200: addmm / linear / matmul tasks at bench sizes)."""
+    asks for 3xTF32 products (`DEFAULT_DOT_PRECISION`), because tl.dot's TF32 default (10-bit
+    mantissa) misses the fp32 tolerance on long reductions, and IEEE products run on CUDA cores."""
     if w.float_dtype:
         return f"tl.dot({a}.to({w.float_dtype}), {b}.to({w.float_dtype}))"
-    return f'tl.dot({a}, {b}, input_precision="ieee")'
+    return f'tl.dot({a}, {b}, input_precision="{DEFAULT_DOT_PRECISION}")'
 
 
 # ---- convolution -----------------------------------------------------------------------------------

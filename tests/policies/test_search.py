@@ -403,15 +403,16 @@ def test_search_over_the_compiler_partitions_and_launch_knobs():
 
 
 @pytest.mark.parametrize("tf32x3_passes", [True, False])
-def test_search_tries_the_compilers_3xtf32_dots_and_keeps_them_only_when_correct(tf32x3_passes):
-    """An fp32 matmul task: the compiler suggests 3xTF32 dots as a seed config; the search keeps
-    that kernel when it is correct and faster, and falls back to IEEE dots when it is judged
-    incorrect (the evaluator, not the policy, decides whether the precision is enough)."""
+def test_search_tries_the_compilers_ieee_dots_and_keeps_3xtf32_only_when_correct(tf32x3_passes):
+    """An fp32 matmul task: the compiler's default dots are 3xTF32 and it suggests IEEE dots as a
+    seed config; the search keeps the 3xTF32 kernel when it is correct and faster, and the IEEE one
+    when 3xTF32 is judged incorrect (the evaluator, not the policy, decides whether the precision
+    is enough)."""
     compiler = pytest.importorskip("policies.compiler")
     from kernelgym.sampler import TaskSampler
 
     task = TaskSampler("tiny", "float32").sample(1, 0, ops=["addmm"])
-    assert compiler.CompilerPolicy().seed_configs(task) == [{"dot_precision": "tf32x3"}]
+    assert compiler.CompilerPolicy().seed_configs(task) == [{"dot_precision": "ieee"}]
 
     def judge(src):
         if 'input_precision="tf32x3"' in src:
@@ -421,7 +422,7 @@ def test_search_tries_the_compilers_3xtf32_dots_and_keeps_them_only_when_correct
     ev = FakeEvaluator(judge, workers=4)
     r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=6, evaluator=ev, backend="cuda").search(task)
     seeds = [e for e in r.log if e["origin"] == "config"]
-    assert len(seeds) == 1 and seeds[0]["changes"] == {"config": {"dot_precision": "tf32x3"}}
+    assert len(seeds) == 1 and seeds[0]["changes"] == {"config": {"dot_precision": "ieee"}}
     assert ('input_precision="tf32x3"' in r.best_source) == tf32x3_passes
     assert r.best_verdict.status == "ok"
 

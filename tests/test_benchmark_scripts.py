@@ -1,0 +1,56 @@
+"""The policy benchmark scripts run end to end on tiny tasks under the interpreter and write the
+JSON their notes are made from; bad arguments fail with a message naming them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("policies.compiler")
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compiler_variants_table_and_json(tmp_path, capsys):
+    cv = load("compiler_variants")
+    out = tmp_path / "cv.json"
+    configs = [{}, {"num_warps": 2}, {"BLOCK_M": 8}]
+    assert cv.main(["--tasks", "d1_tiny_s0", "--configs", json.dumps(configs), "--backend", "interpret",
+                    "--workers", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["backend"] == "interpret" and report["configs"] == configs
+    assert [r["task_id"] for r in report["rows"]] == ["d1_tiny_s0"] * 3
+    assert all(r["status"] == "ok" and r["speedup"] is None for r in report["rows"])  # untimed
+    assert "d1_tiny_s0 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "d1_huge_s0"], "d1_huge_s0"),
+    (["--tasks", "d1_tiny_s0", "--configs", "{"], "not JSON"),
+    (["--tasks", "d1_tiny_s0", "--configs", '{"a": 1}'], "JSON list of objects"),
+])
+def test_compiler_variants_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        load("compiler_variants").main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_search_gain_keeps_the_search_log(tmp_path):
+    sg = load("search_gain")
+    out = tmp_path / "sg.json"
+    assert sg.main(["-d", "1", "-n", "1", "--sizes", "tiny", "--backend", "interpret", "--budget-evals", "2",
+                    "--workers", "1", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["tasks"][0]
+    assert row["base_status"] == row["search_status"] == "ok"
+    assert row["search_log"] and row["search_log"][0]["origin"] == "default"
+    assert row["search_log"][0]["status"] == "ok"
+    assert row["base_timings"] is None   # the interpreter times nothing
