@@ -160,6 +160,26 @@ def test_markdown_reply_and_variants():
     assert neighbours(warps)[:2] == [8, 2]
 
 
+def test_variants_move_the_heaviest_kernels_knobs_first():
+    """A dot kernel's knobs come before a looping kernel's, which come before an elementwise
+    kernel's, whatever their order in the source (the compiler emits kernels in launch order)."""
+    compiler = pytest.importorskip("policies.compiler")
+    from kernelgym.sampler import TaskSampler
+    from policies.launch import kernel_weights
+
+    task = TaskSampler("tiny", "float32").sample(2, 2, ops=["relu", "matmul"])
+    assert task.ops == ("relu", "matmul")
+    src = compiler.CompilerPolicy().compile(task, partition=[[0], [1]])
+    weights = kernel_weights(src)
+    assert sorted(weights.values()) == [0, 2], weights
+    names = [k.params[0].split(".")[0] for k in find_knobs(src)]
+    assert weights[names[0]] == 0   # the elementwise kernel comes first in the source
+    firsts = [next(iter(v.changes)).split(".")[0] for v in variants(src, limit=6)]
+    dot = next(n for n, w in weights.items() if w == 2)
+    assert firsts[:4] == [dot] * 4, firsts   # BLOCK_M, BLOCK_N, BLOCK_K, num_warps of the dot kernel
+    assert kernel_weights(RELU_ADD) == {"relu_add_kernel": 0}
+
+
 @pytest.mark.parametrize("source, changes, message", [
     ("def f(:\n", {}, "syntax error at line 1"),
     (RELU_ADD, {"nope.BLOCK": 64}, "unknown launch knob 'nope.BLOCK'; this source has: relu_add_kernel.BLOCK"),
