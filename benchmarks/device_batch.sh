@@ -29,7 +29,7 @@ for s in "$@"; do
     search_gain23) step search_gain 200 python3 benchmarks/search_gain.py --sizes bench -d 2-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
     variants) step variants 180 python3 benchmarks/compiler_variants.py --tasks "${VARIANT_TASKS:-d3_bench_s4,d3_bench_s1,d2_bench_s3,d1_bench_s5,d1_bench_s7,d2_bench_s4,d2_bench_s5}" --out "$OUT/variants.json" ;;
     smoke) step smoke 110 python3 -m train.smoke_gpu --out "$OUT/smoke.jsonl" --steps 6 --tasks 2 --group 4 --backend cuda --workers 4 ;;
-    sb3) step sb3 160 python3 -m train.sb3_tuning --backend cuda --steps 600 --tasks 6 --k 6 --difficulty 2 --out "$OUT/sb3.json" ;;
+    sb3) step sb3 420 python3 -m train.sb3_tuning --backend cuda --steps 6000 --tasks 6 --k 6 --difficulty 2 --out "$OUT/sb3.json" ;;
     gpu_tests) step gpu_tests 400 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=150 tests ;;
     gpu_tests_runner) step gpu_tests_runner 120 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=100 tests/test_runner.py ;;
     throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 ;;

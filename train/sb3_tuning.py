@@ -1,6 +1,6 @@
 """PPO (stable-baselines3) choosing launch configurations per task on `DiscreteChoiceEnv`.
 
-    python -m train.sb3_tuning [--backend auto|cuda|interpret] [--steps 2000] [--tasks 8] [--k 6]
+    python -m train.sb3_tuning [--backend auto|cuda|interpret] [--steps 6000] [--tasks 8] [--k 6]
                                [--provider auto|compiler|relu] [--default 0] [--out result.json]
 
 A provider offers K candidate programs per task (the compiler policy's K proposals when
@@ -133,7 +133,7 @@ def compare(env: DiscreteChoiceEnv, model: Any, tasks: Sequence[Task], default: 
     return rows
 
 
-def tune(*, backend: str = "auto", steps: int = 2000, n_tasks: int = 8, k: int = 6, difficulty: int = 1,
+def tune(*, backend: str = "auto", steps: int = 6000, n_tasks: int = 8, k: int = 6, difficulty: int = 1,
          sizes: str | None = None, provider: Provider | None = None, provider_name: str = "auto",
          ops: list[str] | None = None, default: int = 0, seed: int = 0, evaluator: Evaluator | None = None,
          n_steps: int = 64) -> dict[str, Any]:
@@ -201,7 +201,8 @@ def print_table(summary: dict[str, Any]) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.sb3_tuning", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="auto", choices=["auto", "cuda", "interpret"])
-    p.add_argument("--steps", type=int, default=2000, help="PPO environment steps")
+    p.add_argument("--steps", type=int, default=6000,
+                   help="PPO environment steps (per-task choices took about 1000 a task on a CPU test)")
     p.add_argument("--tasks", type=int, default=8)
     p.add_argument("--k", type=int, default=6, help="candidates per task")
     p.add_argument("--difficulty", type=int, default=1)

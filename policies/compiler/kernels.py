@@ -20,6 +20,9 @@ from policies.compiler.ir import NORMALIZE, REDUCE, CompileError, Program, numel
 NEG_INF = '-float("inf")'
 # Output positions an image needs for convolution tiles of its own (below, images share tiles).
 CONV_TILE_MIN = 64
+# Programs a memory-bound kernel aims for (about 4 per SM of a 132-SM H100/H200): row kernels over
+# non-contiguous rows and skinny tl.dot products shrink their tiles towards it.
+PROGRAMS_MIN = 512
 # fp32 tl.dot products. Measured on an H200 (benchmarks/NOTES.md): 3xTF32 was judged correct on
 # every bench task tried and ran 1.02-2.9x faster than IEEE products on the four matmul /
 # convolution tasks of a bench run (plain TF32, tl.dot's own default, missed fp32 tolerance).
@@ -245,6 +248,11 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         # rest, unless it is short: then more rows fill the tile (2048 elements).
         block_r = clamp_pow2(r, 1, 1024 if plan.inner < 32 else 64)
         block_m = clamp_pow2(m, 1, max(min(next_pow2(plan.inner), 32), 2048 // block_r))
+        # Enough programs to keep every SM streaming: fewer rows a tile, down to 16 (64-byte fp32
+        # pieces). On an H200 a norm over [2048, 8192] dim -2 ran 1.02x eager with 32 rows a tile
+        # (256 programs) and 1.24x with 16 (512).
+        while block_m > 16 and -(-m // block_m) < PROGRAMS_MIN:
+            block_m //= 2
     warps = 8 if block_m * block_r >= 4096 else 4
     return Kernel(name, "row", list(nodes), w.params, {"BLOCK_M": block_m, "BLOCK_R": block_r},
                   {"num_warps": warps}, f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]),)', w.body_lines(),
@@ -475,7 +483,7 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
             bv = w.value(bias_ref, broadcast(oc, prog.shape(bias_ref)))
             res = w.assign("res", f"acc + {bv}")
         _store_result(w, oc, res, stored)
-    return _dot_kernel(w, name, "matmul", nodes, m, n, k, f", {batch}")
+    return _dot_kernel(w, name, "matmul", nodes, m, n, k, batch)
 
 
 def _store_result(w: KernelWriter, oc: Coords, res: str, stored: Sequence[int]) -> None:
@@ -486,13 +494,20 @@ def _store_result(w: KernelWriter, oc: Coords, res: str, stored: Sequence[int]) 
 
 
 def _dot_kernel(w: KernelWriter, name: str, kind: str, nodes: Sequence[int], m: int, n: int, k: int,
-                grid_z: str = "", groups: int = 1) -> Kernel:
+                grid_z: int | None = None, groups: int = 1) -> Kernel:
     """A tiled tl.dot kernel (matmul, or a convolution as implicit GEMM) over an m x n output with
-    a k-long reduction; `grid_z`: a third grid axis (", batch") when batched; `groups`: that many
-    m-long row ranges share the first grid axis (a convolution's images)."""
+    a k-long reduction; `grid_z`: the size of a third grid axis (a matmul's batch); `groups`: that
+    many m-long row ranges share the first grid axis (a convolution's images)."""
     blocks = {"BLOCK_M": clamp_pow2(m, 16, 64), "BLOCK_N": clamp_pow2(n, 16, 64), "BLOCK_K": dot_block_k(k)}
+    # A skinny product (all of m in one row block: a GEMV, a convolution of few positions) streams
+    # the other operand once and does little arithmetic: narrower column blocks give it the
+    # programs to use every SM (m = 1, n = 8192 launched 128 programs with 64 columns each).
+    if blocks["BLOCK_M"] >= m:
+        while blocks["BLOCK_N"] > 16 and -(-n // blocks["BLOCK_N"]) * groups * (grid_z or 1) < PROGRAMS_MIN:
+            blocks["BLOCK_N"] //= 2
     rows = f'triton.cdiv({m}, meta["BLOCK_M"])' + (f" * {groups}" if groups > 1 else "")
-    grid = f'lambda meta: ({rows}, triton.cdiv({n}, meta["BLOCK_N"]){grid_z})'
+    z = f", {grid_z}" if grid_z is not None else ""
+    grid = f'lambda meta: ({rows}, triton.cdiv({n}, meta["BLOCK_N"]){z})'
     return Kernel(name, kind, list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
                   w.body_lines(), w.stored, w.helpers)
 

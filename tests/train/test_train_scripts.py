@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 
 import pytest
@@ -45,6 +46,37 @@ def test_sb3_ppo_learns_to_avoid_wrong_choices(evaluator):
     assert summary["geomean_chosen_over_default"] is None  # no timing on the interpreter
     assert summary["geomean_best_over_default"] is None
     sb3_tuning.print_table(summary)
+
+
+class TimedTable:
+    """An evaluator whose verdicts are all ok with a fixed speedup per (task, candidate), drawn
+    from a hash: each task has its own best candidate, as on a GPU, without one."""
+
+    workers = 2
+
+    def evaluate_batch(self, pairs, backend="auto", mode="strict", **kw):
+        from kernelgym.evaluation.verdict import Verdict
+
+        out = []
+        for task, src in pairs:
+            h = int(hashlib.sha256(f"{task.hash}|{src}".encode()).hexdigest()[:8], 16)
+            out.append(Verdict(status="ok", correct=True, compiled=True, speedup=0.5 + (h % 1000) / 500))
+        return out
+
+
+def test_sb3_ppo_learns_per_task_choices_from_speed():
+    """With timed verdicts PPO must learn which candidate is fastest for each task, not one choice
+    for all (600 steps on the GPU chose the default everywhere, 2000 here one choice for all; 6000,
+    the default, reach per-task choices)."""
+    pytest.importorskip("stable_baselines3")
+    pytest.importorskip("policies.compiler")
+    summary = sb3_tuning.tune(backend="interpret", steps=6000, n_tasks=6, k=6, difficulty=2, seed=0,
+                              evaluator=TimedTable())
+    rows = summary["rows"]
+    assert summary["evaluations"] == 36 and all(r["status_chosen"] == "ok" for r in rows)
+    assert len({r["chosen"] for r in rows}) > 1 or len({r["best"] for r in rows}) == 1
+    assert summary["geomean_best_over_default"] > 1.3   # the table leaves something to learn
+    assert summary["geomean_chosen_over_default"] >= 0.9 * summary["geomean_best_over_default"]
 
 
 def test_relu_provider_and_errors():
