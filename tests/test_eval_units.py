@@ -140,3 +140,19 @@ def test_workers_give_cached_gpu_memory_back_beyond_the_keep_limit():
 
     if not torch.cuda.is_available():
         assert not trim_gpu_cache(0)   # a CPU machine: nothing to do, and no error
+
+
+def test_timing_method_notes_flag_unlike_timings():
+    """A speedup from a CUDA-graph timing over an eager one (a forward that could not be captured)
+    says so in the verdict's notes, with the capture error; like-for-like timings add nothing."""
+    from kernelgym.evaluation.evaluator import timing_method_notes
+
+    graph = {"median_ms": 0.1, "method": "cuda_graph"}
+    eager = {"median_ms": 0.3, "method": "eager", "graph_error": "RuntimeError: capture failed"}
+    assert timing_method_notes({"candidate": graph, "eager": graph, "compile": graph}) == []
+    assert timing_method_notes({"candidate": graph}) == []
+    notes = timing_method_notes({"candidate": graph, "eager": eager, "compile": graph})
+    assert notes == ["timing methods differ: candidate cuda_graph, eager baseline eager "
+                     "(capture failed, eager: RuntimeError: capture failed)"]
+    notes = timing_method_notes({"candidate": {**eager, "graph_error": "x"}, "eager": graph, "compile": graph})
+    assert len(notes) == 2 and all("candidate eager" in n and "candidate: x" in n for n in notes)

@@ -66,6 +66,21 @@ def cuda_device_count() -> int:
         return 0
 
 
+def timing_method_notes(timings: dict[str, Any]) -> list[str]:
+    """Notes for a speedup whose two timings used different methods: a forward that could not be
+    captured in a CUDA graph is timed eagerly, host launch gaps included, so its ratio to a graph
+    timing is not like for like (the note carries the capture error)."""
+    c = timings.get("candidate") or {}
+    notes = []
+    for who in ("eager", "compile"):
+        b = timings.get(who) or {}
+        if c.get("method") and b.get("method") and b["method"] != c["method"]:
+            errors = [f"{name}: {t['graph_error']}" for name, t in (("candidate", c), (who, b)) if t.get("graph_error")]
+            why = f" (capture failed, {'; '.join(errors)})" if errors else ""
+            notes.append(f"timing methods differ: candidate {c['method']}, {who} baseline {b['method']}{why}")
+    return notes
+
+
 def resolve_backend(backend: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'interpret'."""
     if backend not in BACKENDS:
@@ -735,6 +750,7 @@ class _Run:
             timings["compile_error"] = baseline["compile_error"]
         if baseline and baseline.get("error"):
             timings["baseline_error"] = baseline["error"]
+        self.notes += timing_method_notes(timings)
         return "ok", "", timings, speedup, speedup_c, []
 
     def _end(self, w: Worker) -> dict[str, Any]:
