@@ -566,26 +566,29 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
     # A tile of positions inside one image: its output rows are then provably contiguous, so
     # Triton coalesces the stores (positions across images cannot be: an image boundary breaks the
     # run, and the output stride between channels is the image's size). Small images share tiles.
-    per_image = nb > 1 and numel(outs) >= CONV_TILE_MIN
-    if per_image:
-        size = numel(outs)
-        w.emit(f"pid_b = pid_p // (({size} + BLOCK_M - 1) // BLOCK_M)  # image")
-        w.emit(f"rp = pid_p % (({size} + BLOCK_M - 1) // BLOCK_M) * BLOCK_M + tl.arange(0, BLOCK_M)"
-               "  # output positions in the image")
-        pos2 = [Expr("pid_b"), *(_view(e, "[:, None]") for e in w.decompose("rp", outs, ap, "o"))]
-        tiles, groups = size, nb
-        out_flat = f"pid_b * {co * size} + rc[None, :] * {size} + rp[:, None]"
+    # `span`: the positions rp runs over (one image's, or all images' when they share tiles).
+    if numel(outs) >= CONV_TILE_MIN:
+        span, groups = numel(outs), nb
+        if nb > 1:
+            w.emit(f"pid_b = pid_p // (({span} + BLOCK_M - 1) // BLOCK_M)  # image")
+            w.emit(f"rp = pid_p % (({span} + BLOCK_M - 1) // BLOCK_M) * BLOCK_M + tl.arange(0, BLOCK_M)"
+                   "  # output positions in the image")
+        else:
+            w.emit("rp = pid_p * BLOCK_M + tl.arange(0, BLOCK_M)  # output positions")
+        image = Expr("pid_b") if nb > 1 else ZERO
+        pos2 = [image, *(_view(e, "[:, None]") for e in w.decompose("rp", outs, ap, "o"))]
+        out_flat = f"{_bofs(nb > 1, co * span)}rc[None, :] * {span} + rp[:, None]"
     else:
         w.emit("rp = pid_p * BLOCK_M + tl.arange(0, BLOCK_M)  # output positions (batch, spatial...)")
         pos2 = [_view(e, "[:, None]") for e in w.decompose("rp", (nb, *outs), ap, "o")]
-        tiles, groups, out_flat = pos, 1, None
+        span, groups, out_flat = pos, 1, None
     w.emit("rc = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels")
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
     with w.block(f"for k0 in range(0, {kr}, BLOCK_K):"):
         w.emit("rk = k0 + tl.arange(0, BLOCK_K)  # (input channel, kernel offsets...)")
         red1 = w.decompose("rk", (ci, *ks), ak, "r")
         red2 = [_view(e, "[None, :]") for e in red1]
-        conds = [f"(rp[:, None] < {tiles})", f"(rk[None, :] < {kr})"]
+        conds = [f"(rp[:, None] < {span})", f"(rk[None, :] < {kr})"]
         in_dims: list[Expr] = []
         for d in range(spatial):
             o, kd = pos2[1 + d], red2[1 + d]
@@ -621,7 +624,7 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
             wc = Coords(tuple(wshape), [ZERO] * len(wshape), w.new_key(), flat, ak | ac)
             b = w.load(wref, wc, name="wt")
         w.emit(f"acc += {_dot(w, a, b)}")
-    w.emit(f"out_mask = (rp[:, None] < {tiles}) & (rc[None, :] < {co})")
+    w.emit(f"out_mask = (rp[:, None] < {span}) & (rc[None, :] < {co})")
     with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
         oc = Coords(out_shape, [pos2[0], Expr("rc[None, :]", ac), *pos2[1:]], w.new_key(), out_flat, ap | ac)
         res = "acc"
@@ -630,7 +633,7 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
             bv = w.load(bias, Coords((co,), [Expr("rc[None, :]", ac)], ("bias", oc.key)), name=f"n{anchor}_b")
             res = w.assign("res", f"acc + {bv}")
         _store_result(w, oc, res, stored)
-    return _dot_kernel(w, name, "conv", nodes, tiles, co, kr, groups=groups)
+    return _dot_kernel(w, name, "conv", nodes, span, co, kr, groups=groups)
 
 
 def _per_dim(v: Any, n: int) -> tuple[int, ...]:

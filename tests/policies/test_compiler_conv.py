@@ -41,6 +41,7 @@ CASES = {
     "conv2d_pad_stride": ("Conv2d", "2, 4, kernel_size=3, stride=2, padding=1", "3, 2, 17, 17", 81),
     "conv_transpose2d": ("ConvTranspose2d", "2, 3, kernel_size=3, stride=2", "2, 2, 5, 5", 121),
     "conv2d_small_images": ("Conv2d", "2, 4, kernel_size=3", "3, 2, 6, 6", 16),
+    "conv2d_one_image": ("Conv2d", "2, 4, kernel_size=3", "1, 2, 10, 10", 64),
 }
 
 
@@ -55,9 +56,10 @@ def test_conv_tiles_and_verdicts(evaluator, name):
     per_image = CASES[name][3] >= CONV_TILE_MIN
     policy = compiler.CompilerPolicy()
     src = policy.compile(task)
-    assert ("pid_b = pid_p //" in src) == per_image, src
-    if per_image:   # the output offset is the image's base plus a contiguous run of positions
-        assert "rc[None, :] * %d + rp[:, None]" % CASES[name][3] in src, src
+    batched = int(CASES[name][2].split(",")[0]) > 1
+    assert ("pid_b = pid_p //" in src) == (per_image and batched), src
+    # with tiles of its own, an image's output offset is its base plus a contiguous run of positions
+    assert ("rc[None, :] * %d + rp[:, None]" % CASES[name][3] in src) == per_image, src
     small = policy.compile(task, config={"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16})
     verdicts = evaluator.evaluate_batch([(task, src), (task, small)], backend="interpret", seed=4)
     assert [v.status for v in verdicts] == ["ok", "ok"], [(v.status, v.error[:400]) for v in verdicts]
