@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
-from _kernels import RELU, WRONG_RELU
-from eval_cases import CAND_ADD, CAND_LINEAR, REF_ADD, REF_LINEAR, add_variant
 
 from kernelgym.cluster import parse_cluster
 from kernelgym.cluster.ray_pool import EvalActor
 from kernelgym.evaluation.reference import trial_seed
+from tests._kernels import RELU, WRONG_RELU
+from tests.eval_cases import CAND_ADD, CAND_LINEAR, REF_ADD, REF_LINEAR, add_variant
 
 KILL_MARK = "# KILL_THE_ACTOR"
 

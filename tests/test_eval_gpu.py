@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch  # noqa: F401 - used by the skipif condition string
-from eval_cases import CAND_ADD, REF_ADD, add_variant
 
 from kernelgym.evaluation import Evaluator
+from tests.eval_cases import CAND_ADD, REF_ADD, add_variant
 
 pytestmark = pytest.mark.gpu
 BIG_ADD = REF_ADD.replace("torch.randn(1000)", "torch.randn(1 << 22)")

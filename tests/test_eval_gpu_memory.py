@@ -8,10 +8,10 @@ import shutil
 import subprocess
 
 import pytest
-from eval_cases import CAND_ADD, REF_ADD
 
 from kernelgym.evaluation import Evaluator
 from kernelgym.evaluation.worker import DEFAULT_GPU_CACHE_MB
+from tests.eval_cases import CAND_ADD, REF_ADD
 
 pytestmark = pytest.mark.gpu
 HUGE_ADD = REF_ADD.replace("torch.randn(1000)", "torch.randn(1 << 27)")   # 512 MiB a tensor

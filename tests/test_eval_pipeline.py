@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_cases import CAND_ADD, CAND_LINEAR, DATA, REF_ADD, REF_LINEAR, add_variant
 
 from kernelgym.evaluation import Verdict, evaluate
 from kernelgym.task import Task
+from tests.eval_cases import CAND_ADD, CAND_LINEAR, DATA, REF_ADD, REF_LINEAR, add_variant
 
 B = "interpret"
 

@@ -8,12 +8,12 @@ import time
 
 import pytest
 import torch
-from eval_cases import CAND_ADD, REF_ADD
 
 from kernelgym.evaluation import Evaluator, Verdict, codec
 from kernelgym.evaluation.jobs import GpuSections, fingerprint
 from kernelgym.evaluation.pool import GpuLock, Role, WorkerFailure, physical_device, split_counts
 from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, summarize
+from tests.eval_cases import CAND_ADD, REF_ADD
 
 B = "interpret"
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eval_cases import CAND_ADD, REF_ADD, add_variant
-
 from kernelgym.evaluation import Evaluator
+from tests.eval_cases import CAND_ADD, REF_ADD, add_variant
 
 B = "interpret"
 

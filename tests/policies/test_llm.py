@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import string
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from kernelgym.task import Task
 from policies.base import Attempt, Policy
 from policies.llm import HFPolicy, LLMPolicy, LLMServerError, OpenAIPolicy, Reply, VLLMPolicy, make_llm_policy
 from policies.prompts import PromptOptions, build_messages, extract_source, render_plain, split_reasoning
+from tests._tokenizer import char_tokenizer
 
 REDTEAM = Path(__file__).resolve().parents[1] / "redteam"
 TASK = Task.from_source((REDTEAM / "tasks" / "relu_add.py").read_text(), id="relu_add")
@@ -195,27 +195,14 @@ def test_base_policy_bad_input():
 # ------------------------------------------------------------------------------------------------
 # Hugging Face transformers: a tiny random Llama and a character tokenizer, built here
 # ------------------------------------------------------------------------------------------------
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 # The scripted reply: reasoning, chatter, then the kernel; its lines are whole tokens so that
 # forcing it takes a few dozen decoding steps, not a thousand.
 SCRIPT = f"<think>relu(x + y) in one pass.\n```python\n{DRAFT}```\n</think>\n{CHAT}"
 
 
 def _tokenizer(chat: bool = True):
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    specials = ["<unk>", "<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(set(string.printable)))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        additional_special_tokens=specials[4:], chat_template=TEMPLATE if chat else None)
-    tok.add_tokens(sorted({line + "\n" for line in SCRIPT.splitlines() if len(line) > 1}))
-    return tok
+    pytest.importorskip("transformers")
+    return char_tokenizer(chat, extra_tokens=(line + "\n" for line in SCRIPT.splitlines() if len(line) > 1))
 
 
 def _model(tok, seed: int = 0):

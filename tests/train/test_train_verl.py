@@ -212,3 +212,40 @@ def test_multiturn_agent_loop_inside_verl():
     feedback = len(out.response_ids) - sum(out.response_mask)
     assert feedback > 0 and out.response_mask[0] == 1 and out.response_mask[-1] == 1   # feedback masked out
     assert tok.decode(out.prompt_ids).startswith("<user>")
+
+
+def test_sft_parquet_reads_in_verls_sft_dataset(evaluator, tmp_path):
+    """The warm-up SFT parquet (`build_dataset --sft`) goes through verl's own SFT dataset with the
+    data config of `sft_7b.yaml`: the assistant turn, the accepted kernel, is what the loss sees.
+    Needs a verl whose SFT dataset imports beside the installed transformers."""
+    pytest.importorskip("pandas")
+    hydra = pytest.importorskip("hydra")
+    try:
+        from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+    except ImportError as exc:   # verl absent, or verl 0.9.1 beside transformers >= 5.11
+        pytest.skip(f"verl's SFT dataset does not import here: {exc}")
+    from tests._kernels import RELU
+    from tests._tokenizer import char_tokenizer
+    from train.build_dataset import sft_rows, write_parquet
+
+    class KnownGood:
+        def propose(self, task, n=1, history=()):
+            return [RELU]
+
+    from kernelgym.sampler import TaskSampler
+
+    tasks = [TaskSampler("tiny").sample(1, s, ops=["relu"]) for s in range(2)]
+    rows, stats = sft_rows(tasks, KnownGood(), n=1, backend="interpret", evaluator=evaluator)
+    assert stats["tasks_with_solution"] == 2
+    path = write_parquet(rows, tmp_path / "sft_train.parquet")
+    with hydra.initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        data = hydra.compose(config_name="sft_7b").data
+    tok = char_tokenizer()
+    ds = MultiTurnSFTDataset(parquet_files=str(path), tokenizer=tok, config=data)
+    assert len(ds) == 2
+    item = ds[0]
+    ids, mask = item["input_ids"], item["loss_mask"]
+    assert ids.shape == mask.shape and 0 < len(ids) < data.max_length   # whole, not truncated
+    learned = tok.decode(ids[mask.bool()])
+    assert "class ModelNew" in learned and "@triton.jit" in learned
+    assert rows[0]["extra_info"]["task_id"] not in learned and "Model(nn.Module)" not in learned
