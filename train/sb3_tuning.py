@@ -27,6 +27,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 import kernelgym  # noqa: F401  (registers the env ids)
 from kernelgym.envs.discrete import DiscreteChoiceEnv
@@ -79,12 +80,17 @@ def compiler_provider(k: int) -> Provider:
     from policies.compiler import CompilerPolicy
 
     policy = CompilerPolicy()
+    cache: dict[str, list[str]] = {}
 
     def provide(task: Task) -> list[str]:
-        try:
-            return list(policy.propose(task, k))
-        except Exception:  # noqa: BLE001 - no lowering for an op: every choice is an empty program
-            return []
+        # The compiler is deterministic: compile each task's K candidates once, not at every reset
+        # (recompiling was most of an env step's cost).
+        if task.hash not in cache:
+            try:
+                cache[task.hash] = list(policy.propose(task, k))
+            except Exception:  # noqa: BLE001 - no lowering for an op: every choice is an empty program
+                cache[task.hash] = []
+        return list(cache[task.hash])
 
     return provide
 
@@ -162,7 +168,14 @@ def tune(*, backend: str = "auto", steps: int = 6000, n_tasks: int = 8, k: int =
                   f"for {steps} steps", file=sys.stderr, flush=True)
             model = PPO("MlpPolicy", env, n_steps=n_steps, batch_size=min(32, n_steps), n_epochs=4, seed=seed,
                         device="cpu", verbose=0)
-            model.learn(total_timesteps=steps)
+            # A 64-unit MLP gains nothing from threads, and on a GPU host they contend with the
+            # evaluator's workers.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                model.learn(total_timesteps=steps)
+            finally:
+                torch.set_num_threads(threads)
             rows = compare(env, model, tasks, default)
             evaluations = env.evaluations
     finally:

@@ -79,6 +79,23 @@ def test_sb3_ppo_learns_per_task_choices_from_speed():
     assert summary["geomean_chosen_over_default"] >= 0.9 * summary["geomean_best_over_default"]
 
 
+def test_compiler_provider_compiles_each_task_once(monkeypatch):
+    compiler = pytest.importorskip("policies.compiler")
+    from kernelgym.sampler import TaskSampler
+
+    calls = []
+    real = compiler.CompilerPolicy.propose
+    monkeypatch.setattr(compiler.CompilerPolicy, "propose",
+                        lambda self, task, n=1, history=(): calls.append(task.id) or real(self, task, n, history))
+    provide = sb3_tuning.compiler_provider(3)
+    a, b = (TaskSampler("tiny").sample(2, s) for s in (0, 1))
+    first = provide(a)
+    assert len(first) >= 1 and provide(a) == first and provide(b) and provide(a) == first
+    assert calls == [a.id, b.id]
+    provide(a).clear()   # callers get copies: the cache stays whole
+    assert provide(a) == first
+
+
 def test_relu_provider_and_errors():
     sources = sb3_tuning.relu_provider(3)(None)
     assert len(sources) == 3 and "BLOCK=32" in sources[0] and "num_warps=4" in sources[1]
