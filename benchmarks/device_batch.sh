@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
 # then run the named steps, each under its own time limit, writing everything under $OUT.
-#   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 variants smoke sb3 gpu_tests gpu_tests_runner
+#   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants smoke sb3 gpu_tests gpu_tests_runner
 #       throughput scaling
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
@@ -27,6 +27,7 @@ for s in "$@"; do
     env) step env 60 bash -c 'nvidia-smi; python3 -c "import sys, torch, triton; print(sys.version); print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"; nproc' ;;
     search_gain) step search_gain 260 python3 benchmarks/search_gain.py --sizes bench -d 1-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
     search_gain23) step search_gain 200 python3 benchmarks/search_gain.py --sizes bench -d 2-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
+    run_bench) step run_bench 300 python3 -m kernelgym run --sizes bench --no-progress --out "$OUT/run_bench" ;;
     variants) step variants 180 python3 benchmarks/compiler_variants.py --tasks "${VARIANT_TASKS:-d3_bench_s4,d3_bench_s1,d2_bench_s3,d1_bench_s5,d1_bench_s7,d2_bench_s4,d2_bench_s5}" --out "$OUT/variants.json" ;;
     smoke) step smoke 110 python3 -m train.smoke_gpu --out "$OUT/smoke.jsonl" --steps 6 --tasks 2 --group 4 --backend cuda --workers 4 ;;
     sb3) step sb3 420 python3 -m train.sb3_tuning --backend cuda --steps 6000 --tasks 6 --k 6 --difficulty 2 --out "$OUT/sb3.json" ;;
