@@ -4,10 +4,11 @@ refinement with verdict feedback; candidates judged in parallel by the batched e
 The search runs in rounds under a budget of evaluations and wall time:
 
 1. seeds: the base policy's default proposal, one candidate per config the base suggests
-   (``seed_configs(task)``, compiled with ``compile(task, config=...)``: the compiler offers
-   3xTF32 dots for fp32 matmuls) and, when the base exposes ``compile(task, partition=...)`` and
-   the task has a graph, one candidate per alternative fusion partition (which neighbouring ops
-   share a kernel); a base without ``compile`` is asked for several proposals instead;
+   (``seed_configs(task)``, compiled with ``compile(task, config=...)``: the compiler offers IEEE
+   dots beside its default 3xTF32 ones for fp32 matmuls) and, when the base exposes
+   ``compile(task, partition=...)`` and the task has a graph, one candidate per alternative fusion
+   partition (which neighbouring ops share a kernel); a base without ``compile`` is asked for
+   several proposals instead;
 2. then, repeatedly: launch-parameter neighbours of the best candidate so far (block sizes,
    num_warps, num_stages rewritten in the source by `policies.launch`, so LLM output works too;
    hill climbing, since each round starts from the current best), block-size variants of a
@@ -245,7 +246,7 @@ class _Search:
         n0 = 1 if api is not None else max(1, min(self.batch(), self.evals_left()))
         for s in self.ask("default", {}, base.propose, task, n=n0, history=self.history):
             self.add(s, "default" if not self.pending else "propose", {})
-        # Configs the base itself suggests (the compiler: 3xTF32 dots), one candidate each.
+        # Configs the base itself suggests (the compiler: IEEE dots), one candidate each.
         seed_configs = getattr(base, "seed_configs", None)
         if api is not None and callable(seed_configs):
             for cfg in self.ask("config", {}, seed_configs, task):

@@ -181,6 +181,7 @@ def tune(*, backend: str = "auto", steps: int = 6000, n_tasks: int = 8, k: int =
     finally:
         if own:
             ev.close()
+
     def geomean_over_default(who: str) -> float | None:
         ratios = [r[f"speedup_{who}"] / r["speedup_default"] for r in rows
                   if r[f"speedup_{who}"] and r["speedup_default"]]

@@ -73,6 +73,14 @@ def dot_block_k(k: int) -> int:
     return 16 if -(-k // 32) * 32 * 8 > -(-k // 16) * 16 * 9 else 32
 
 
+def fill_block(block: int, size: int, copies: int = 1) -> int:
+    """`block` halved (not below 16, a 64-byte fp32 piece) until ``cdiv(size, block) * copies``
+    programs reach `PROGRAMS_MIN`: memory-bound kernels need programs on every SM."""
+    while block > 16 and -(-size // block) * copies < PROGRAMS_MIN:
+        block //= 2
+    return block
+
+
 def _view(e: Expr, suffix: str) -> Expr:
     """`e` indexed into a larger tile (``[:, None]``, ``[None, :]``)."""
     if e.is_zero:
@@ -248,11 +256,9 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         # rest, unless it is short: then more rows fill the tile (2048 elements).
         block_r = clamp_pow2(r, 1, 1024 if plan.inner < 32 else 64)
         block_m = clamp_pow2(m, 1, max(min(next_pow2(plan.inner), 32), 2048 // block_r))
-        # Enough programs to keep every SM streaming: fewer rows a tile, down to 16 (64-byte fp32
-        # pieces). On an H200 a norm over [2048, 8192] dim -2 ran 1.02x eager with 32 rows a tile
-        # (256 programs) and 1.24x with 16 (512).
-        while block_m > 16 and -(-m // block_m) < PROGRAMS_MIN:
-            block_m //= 2
+        # Enough programs to keep every SM streaming. On an H200 a norm over [2048, 8192] dim -2
+        # ran 1.02x eager with 32 rows a tile (256 programs) and 1.24x with 16 (512).
+        block_m = fill_block(block_m, m)
     warps = 8 if block_m * block_r >= 4096 else 4
     return Kernel(name, "row", list(nodes), w.params, {"BLOCK_M": block_m, "BLOCK_R": block_r},
                   {"num_warps": warps}, f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]),)', w.body_lines(),
@@ -503,8 +509,7 @@ def _dot_kernel(w: KernelWriter, name: str, kind: str, nodes: Sequence[int], m: 
     # the other operand once and does little arithmetic: narrower column blocks give it the
     # programs to use every SM (m = 1, n = 8192 launched 128 programs with 64 columns each).
     if blocks["BLOCK_M"] >= m:
-        while blocks["BLOCK_N"] > 16 and -(-n // blocks["BLOCK_N"]) * groups * (grid_z or 1) < PROGRAMS_MIN:
-            blocks["BLOCK_N"] //= 2
+        blocks["BLOCK_N"] = fill_block(blocks["BLOCK_N"], n, groups * (grid_z or 1))
     rows = f'triton.cdiv({m}, meta["BLOCK_M"])' + (f" * {groups}" if groups > 1 else "")
     z = f", {grid_z}" if grid_z is not None else ""
     grid = f'lambda meta: ({rows}, triton.cdiv({n}, meta["BLOCK_N"]){z})'
