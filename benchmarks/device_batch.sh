@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
 # then run the named steps, each under its own time limit, writing everything under $OUT.
-#   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants smoke sb3 gpu_tests gpu_tests_runner
-#       throughput scaling
+#   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
+#       gpu_tests gpu_tests_runner throughput scaling
+# (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
+# sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests)
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
 set -u
@@ -30,9 +32,11 @@ for s in "$@"; do
     run_bench) step run_bench 300 python3 -m kernelgym run --sizes bench --no-progress --out "$OUT/run_bench" ;;
     variants) step variants 180 python3 benchmarks/compiler_variants.py --tasks "${VARIANT_TASKS:-d3_bench_s4,d3_bench_s1,d2_bench_s3,d1_bench_s5,d1_bench_s7,d2_bench_s4,d2_bench_s5}" --out "$OUT/variants.json" ;;
     smoke) step smoke 110 python3 -m train.smoke_gpu --out "$OUT/smoke.jsonl" --steps 6 --tasks 2 --group 4 --backend cuda --workers 4 ;;
-    sb3) step sb3 420 python3 -m train.sb3_tuning --backend cuda --steps 6000 --tasks 6 --k 6 --difficulty 2 --out "$OUT/sb3.json" ;;
-    gpu_tests) step gpu_tests 400 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=150 tests ;;
+    sb3) step sb3 "${SB3_LIMIT:-420}" python3 -m train.sb3_tuning --backend cuda --steps 6000 --tasks 6 --k 6 --difficulty 2 --out "$OUT/sb3.json" ;;
+    gpu_tests) step gpu_tests "${GPU_TESTS_LIMIT:-400}" python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=150 ${GPU_TESTS:-tests} ;;
     gpu_tests_runner) step gpu_tests_runner 120 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=100 tests/test_runner.py ;;
+    profile) step "profile${PROFILE_TAG:-}" 240 python3 benchmarks/kernel_profile.py --tasks "${PROFILE_TASKS:-d3_bench_s4,d2_bench_s3}" \
+      --configs "${PROFILE_CONFIGS:-[{\}]}" --out "$OUT/profile${PROFILE_TAG:-}.json" ${PROFILE_EXTRA:-} ;;
     throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 ;;
     scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two
       step scaling_1gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"

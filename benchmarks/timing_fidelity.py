@@ -145,9 +145,10 @@ def _flush_kernel():
     return kernelgym_l2_flush
 
 
-def profiler_ms(model, input_sets: list, forwards: int) -> tuple[float, float, float, int]:
-    """Per forward, from CUPTI kernel records: (median sum of kernel durations ms, median span from the
-    first kernel's start to the last kernel's end ms, median kernel count, forwards seen)."""
+def profile_forwards(model, input_sets: list, forwards: int) -> list[list[tuple[float, float, str]]]:
+    """CUPTI kernel records of `forwards` calls of `model`, each preceded by an L2 flush (a Triton
+    kernel of its own name, which also splits the records): per forward, its kernels as (start us,
+    duration us, name) in launch order (copies and memsets left out)."""
     import torch
     import triton
     from torch.profiler import ProfilerActivity, profile
@@ -174,19 +175,26 @@ def profiler_ms(model, input_sets: list, forwards: int) -> tuple[float, float, f
         if str(getattr(e, "device_type", "")).endswith("CUDA") and e.time_range.elapsed_us() >= 0:
             kernels.append((e.time_range.start, e.time_range.elapsed_us(), e.name))
     kernels.sort()
-    groups: list[list[tuple[float, float]]] = []
-    current: list[tuple[float, float]] | None = None
+    groups: list[list[tuple[float, float, str]]] = []
+    current: list[tuple[float, float, str]] | None = None
     for start, dur, name in kernels:
         if "kernelgym_l2_flush" in name:
             if current is not None:
                 groups.append(current)
             current = []
         elif current is not None and "Memcpy" not in name and "Memset" not in name:
-            current.append((start, dur))
+            current.append((start, dur, name))
     groups = [g for g in groups if g]
     if not groups:
         raise RuntimeError("the profiler recorded no kernels between flushes")
-    sums = [sum(d for _, d in g) / 1000.0 for g in groups]
+    return groups
+
+
+def profiler_ms(model, input_sets: list, forwards: int) -> tuple[float, float, float, int]:
+    """Per forward, from CUPTI kernel records: (median sum of kernel durations ms, median span from the
+    first kernel's start to the last kernel's end ms, median kernel count, forwards seen)."""
+    groups = profile_forwards(model, input_sets, forwards)
+    sums = [sum(d for _, d, _ in g) / 1000.0 for g in groups]
     spans = [(g[-1][0] + g[-1][1] - g[0][0]) / 1000.0 for g in groups]
     return (statistics.median(sums), statistics.median(spans), statistics.median(len(g) for g in groups),
             len(groups))

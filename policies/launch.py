@@ -169,10 +169,13 @@ def neighbours(knob: Knob) -> list[int]:
 
 
 def variants(source: str, limit: int = 8, kinds: Iterable[str] = KINDS,
-             exclude: Iterable[str] = ()) -> list[Variant]:
+             exclude: Iterable[str] = (), weights: Mapping[str, float] | None = None) -> list[Variant]:
     """Up to `limit` distinct rewrites of `source`: single-knob moves to the nearest choices first
-    (round-robin over knobs), then pairs of single moves. `kinds` restricts the knob kinds (e.g.
-    ``("block",)`` where num_warps cannot matter); sources in `exclude` are skipped."""
+    (round-robin over knobs, the heaviest kernels' first), then pairs of single moves. `kinds`
+    restricts the knob kinds (e.g. ``("block",)`` where num_warps cannot matter); sources in
+    `exclude` are skipped. `weights`: kernel name -> cost, from a policy that knows its kernels
+    (`CompilerPolicy.kernel_costs`); kernels it does not name rank below those it does, in
+    `kernel_weights` order."""
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
@@ -180,10 +183,15 @@ def variants(source: str, limit: int = 8, kinds: Iterable[str] = KINDS,
     if limit <= 0:
         return []
     code = _code(source)
-    weight = kernel_weights(code)
+    static = kernel_weights(code)
+    given = dict(weights or {})
+
+    def weight(kernel: str) -> tuple[int, float, int]:
+        return (kernel in given, given.get(kernel, 0.0), static.get(kernel, 0))
+
     # Heaviest kernels' knobs first (stable): with a small budget, the moves that can matter most.
     knobs = sorted((k for k in find_knobs(code) if k.kind in kinds),
-                   key=lambda k: -max(weight.get(p.split(".")[0], 0) for p in k.params))
+                   key=lambda k: max(weight(p.split(".")[0]) for p in k.params), reverse=True)
     seen = {code, *exclude}
     out: list[Variant] = []
 

@@ -298,7 +298,7 @@ class _Search:
                 kinds = ("block",)   # e.g. a block too small for a row: launch knobs can fix that
             if kinds is not None and source is not None:
                 try:
-                    for var in variants(source, limit, kinds=kinds, exclude=self.seen):
+                    for var in variants(source, limit, kinds=kinds, exclude=self.seen, weights=self.costs(best)):
                         self.add(var.source, "launch", var.changes, best)
                 except Exception as exc:  # noqa: BLE001 - odd source (LaunchError) or a rewriter bug: log, go on
                     self.policy_error("launch", {}, f"{type(exc).__name__}: {exc}")
@@ -312,6 +312,22 @@ class _Search:
             added = sum(self.add(s, "refine", {"refine": self.refine_rounds}, best) for s in got)
             if not added:
                 self.refine_open = False
+
+    def costs(self, i: int) -> dict[str, float] | None:
+        """The base policy's cost of each kernel of candidate `i` (`kernel_costs`, the compiler's),
+        for the partition it was built with; None when the base has none to give."""
+        kernel_costs = getattr(self.p.base, "kernel_costs", None)
+        if not callable(kernel_costs):
+            return None
+        partition = None
+        j: int | None = i
+        while j is not None and 0 <= j < len(self.log):
+            if self.log[j]["origin"] == "partition":
+                partition = self.log[j]["changes"].get("partition")
+                break
+            j = self.log[j]["parent"]
+        got = self.ask("costs", {}, kernel_costs, self.task, partition)
+        return got[0] if got and isinstance(got[0], dict) else None
 
     def evaluate(self, cands: list[_Cand]) -> None:
         pairs = [(self.task, c.source) for c in cands]

@@ -54,3 +54,25 @@ def test_search_gain_keeps_the_search_log(tmp_path):
     assert row["search_log"] and row["search_log"][0]["origin"] == "default"
     assert row["search_log"][0]["status"] == "ok"
     assert row["base_timings"] is None   # the interpreter times nothing
+
+
+def test_kernel_profile_breakdown_and_cpu_exit(capsys):
+    kp = load("kernel_profile")
+    fw = [[(0.0, 10.0, "a"), (12.0, 5.0, "b"), (20.0, 1.0, "a")],
+          [(0.0, 12.0, "a"), (14.0, 7.0, "b")],
+          [(0.0, 8.0, "a"), (9.0, 6.0, "b"), (16.0, 2.0, "a")]]
+    got = kp.breakdown(fw)
+    assert got["total_us"] == 16.0 and got["span_us"] == 21.0
+    assert got["kernels"] == [{"name": "a", "us": 11.0}, {"name": "b", "us": 6.0}]
+    with pytest.raises(ValueError):
+        kp.breakdown([])
+    text = kp.table([{"task_id": "d1_bench_s0", "model": "eager", **got},
+                     {"task_id": "d1_bench_s0", "model": "c0", "error": "RuntimeError: boom"}])
+    assert "a" in text and "69%" in text and "ERROR RuntimeError: boom" in text
+    with pytest.raises(SystemExit):
+        kp.main(["--tasks", "d1_bad"])
+    assert "d1_bad" in capsys.readouterr().err
+    import torch
+    if not torch.cuda.is_available():
+        assert kp.main(["--tasks", "d1_bench_s0"]) == 0
+        assert "needs a CUDA GPU" in capsys.readouterr().out

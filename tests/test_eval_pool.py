@@ -103,6 +103,35 @@ def test_gpu_lock_shared_exclusive_writer_preference():
         lock.acquire("sideways")
 
 
+def test_gpu_lock_background_keeps_timings_out_but_not_correctness_runs():
+    lock = GpuLock()
+    lock.acquire("background")   # a torch.compile baseline's first call
+    got = []
+    writer = threading.Thread(target=lambda: (lock.acquire("exclusive"), got.append("w")))
+    writer.start()
+    time.sleep(0.1)
+    assert got == [] and lock.state == (0, False, 1)  # a timing waits for the background section
+    reader = threading.Thread(target=lambda: (lock.acquire("shared"), got.append("r")))
+    reader.start()
+    reader.join(2)
+    assert got == ["r"]  # ... but correctness runs still go: the timing could not start anyway
+    late = threading.Thread(target=lambda: (lock.acquire("background"), got.append("b")))
+    late.start()
+    time.sleep(0.1)
+    assert got == ["r"]  # a new background section queues behind the waiting timing
+    lock.release("shared")
+    time.sleep(0.1)
+    assert got == ["r"]  # the first background section still runs
+    lock.release("background")
+    writer.join(2)
+    assert got == ["r", "w"] and lock.background == 0
+    lock.release("exclusive")
+    late.join(2)
+    assert got == ["r", "w", "b"] and lock.background == 1
+    lock.release("background")
+    assert lock.state == (0, False, 0) and lock.background == 0
+
+
 def test_gpu_sections_messages():
     sent, replies = [], []
 

@@ -156,3 +156,36 @@ def test_timing_method_notes_flag_unlike_timings():
                      "(capture failed, eager: RuntimeError: capture failed)"]
     notes = timing_method_notes({"candidate": {**eager, "graph_error": "x"}, "eager": graph, "compile": graph})
     assert len(notes) == 2 and all("candidate eager" in n and "candidate: x" in n for n in notes)
+
+
+def test_baselines_are_the_best_of_spaced_repeats(monkeypatch):
+    """A disturbed timing is only ever slower: each baseline is the least of several medians, eager
+    and compiled taking turns, with every median kept; a compile failure keeps the eager one."""
+    from kernelgym.evaluation import reference, timing
+    from kernelgym.evaluation.jobs import GpuSections
+
+    medians = iter([0.50, 0.07, 0.21, 0.09, 0.20, 0.08])   # eager, compile, eager, compile, ...
+    calls = []
+
+    def fake_bench(fn, inputs, stream=None, **opts):
+        calls.append(fn)
+        return {"median_ms": next(medians), "method": "cuda_graph"}
+
+    monkeypatch.setattr(timing, "bench", fake_bench)
+    monkeypatch.setattr(reference, "_stream", lambda state: None)
+    monkeypatch.setattr(reference, "BASELINE_GAP_S", 0.0)
+    state = {"gpu": GpuSections(None, None, enabled=False),
+             "reference": {"model": lambda *a: None, "inputs": [[1]], "compiled": lambda *a: None}}
+    out = reference.time_baselines(state, {"bench": {}}, lambda phase: None)
+    assert out["eager"]["median_ms"] == 0.20 and out["eager"]["repeat_medians_ms"] == [0.50, 0.21, 0.20]
+    assert out["compile"]["median_ms"] == 0.07 and out["compile"]["repeat_medians_ms"] == [0.07, 0.09, 0.08]
+    assert len(calls) == 2 * reference.BASELINE_REPEATS
+
+    medians = iter([0.3, 0.2])
+    state["reference"]["compiled"] = None
+    state["reference"]["compile_error"] = "BackendCompilerFailed: boom"
+    out = reference.time_baselines(state, {"bench": {}, "repeats": 2}, lambda phase: None)
+    assert out["eager"]["median_ms"] == 0.2 and out["compile_error"] == "BackendCompilerFailed: boom"
+    assert "compile" not in out
+    with pytest.raises(ValueError):
+        reference.best_of([])

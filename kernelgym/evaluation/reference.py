@@ -227,8 +227,10 @@ def _stream(state: dict[str, Any]) -> Any:
 def prepare_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
     """torch.compile the reference and run it once (slow; done outside the exclusive timing lock).
 
-    The first compiled call compiles on the host and runs the forward in one go, so it holds no
-    GPU lock (a compile can take minutes); the second, a plain run, holds the shared one.
+    The first compiled call compiles on the host (seconds to minutes), then autotunes and runs
+    its kernels on the GPU, in one go: it holds the lock in "background" mode, which keeps timings
+    out but lets correctness runs go on (see `pool.GpuLock`). The second, a plain run, holds the
+    shared one.
     """
     import torch
 
@@ -239,8 +241,8 @@ def prepare_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Call
     try:
         compiled = torch.compile(ref["model"])
         with torch.no_grad():
-            compiled(*ref["inputs"][0])
-            torch.cuda.synchronize()
+            with _gpu(state).hold("background"):
+                compiled(*ref["inputs"][0])
             with _gpu(state).hold("shared"):
                 compiled(*ref["inputs"][0])
         ref["compiled"] = compiled
@@ -249,34 +251,66 @@ def prepare_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Call
     return {"status": "ok"}
 
 
+# Baselines are timed once per (task, GPU, dtype) and cached, so one disturbed measurement would
+# skew every verdict of the task: on an H200 the same eager baseline read 0.52, 0.26 and 0.20 ms in
+# three runs while candidates timed within 2 %. Each is timed this many times, spaced by
+# BASELINE_GAP_S with the lock let go in between, and the least median kept: interference only
+# ever slows a timing down.
+BASELINE_REPEATS = 3
+BASELINE_GAP_S = 0.05
+
+
+def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The timing with the least median, plus every run's median (``repeat_medians_ms``)."""
+    if not runs:
+        raise ValueError("best_of() needs at least one timing")
+    best = dict(min(runs, key=lambda r: r["median_ms"]))
+    best["repeat_medians_ms"] = [r["median_ms"] for r in runs]
+    return best
+
+
 def time_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """Eager and torch.compile timings of the reference model (cached by the parent)."""
+    """Eager and torch.compile timings of the reference model (cached by the parent): each the best
+    of ``msg["repeats"]`` (default `BASELINE_REPEATS`) separate timings, eager and compiled taking
+    turns."""
+    import time
+
     import torch
 
-    from kernelgym.evaluation.timing import bench
+    from kernelgym.evaluation import timing
 
     ref = state.get("reference")
     if ref is None:
         return {"status": "error", "error": "no reference loaded"}
     model, inputs = ref["model"], [list(x) for x in ref["inputs"]]
     opts = dict(msg.get("bench", {}))
-    out: dict[str, Any] = {"status": "ok"}
-    progress("baseline eager")
-    try:
-        with _gpu(state).hold("exclusive"), torch.no_grad():
-            out["eager"] = bench(lambda ins: model(*ins), inputs, stream=_stream(state), **opts)
-    except BaseException as exc:  # noqa: BLE001
-        return {"status": "error", "error": f"eager baseline failed: {describe(exc)}"}
+    repeats = max(1, int(msg.get("repeats", BASELINE_REPEATS)))
     compiled = ref.get("compiled")
-    if compiled is None:
-        out["compile_error"] = ref.get("compile_error", "torch.compile baseline not prepared")
-        return out
-    progress("baseline torch.compile timing")
-    try:
-        with _gpu(state).hold("exclusive"), torch.no_grad():
-            out["compile"] = bench(lambda ins: compiled(*ins), inputs, stream=_stream(state), **opts)
-    except BaseException as exc:  # noqa: BLE001
-        out["compile_error"] = describe(exc)
+    eager: list[dict[str, Any]] = []
+    comp: list[dict[str, Any]] = []
+    compile_error = None if compiled is not None else ref.get("compile_error", "torch.compile baseline not prepared")
+    for i in range(repeats):
+        if i:
+            time.sleep(BASELINE_GAP_S)   # the lock is let go: whatever disturbed the last one may end
+        progress("baseline eager")
+        try:
+            with _gpu(state).hold("exclusive"), torch.no_grad():
+                eager.append(timing.bench(lambda ins: model(*ins), inputs, stream=_stream(state), **opts))
+        except BaseException as exc:  # noqa: BLE001
+            return {"status": "error", "error": f"eager baseline failed: {describe(exc)}"}
+        if compile_error is not None:
+            continue
+        progress("baseline torch.compile timing")
+        try:
+            with _gpu(state).hold("exclusive"), torch.no_grad():
+                comp.append(timing.bench(lambda ins: compiled(*ins), inputs, stream=_stream(state), **opts))
+        except BaseException as exc:  # noqa: BLE001 - the eager baseline still stands
+            compile_error = describe(exc)
+    out: dict[str, Any] = {"status": "ok", "eager": best_of(eager)}
+    if comp:
+        out["compile"] = best_of(comp)
+    else:
+        out["compile_error"] = compile_error
     return out
 
 

@@ -27,11 +27,13 @@ from policies.compiler.ir import (
     Program,
     candidate_partitions,
     default_partition,
+    kind,
+    numel,
     order_groups,
     partition_problem,
     program_from_graph,
 )
-from policies.compiler.module import check_config, render_module
+from policies.compiler.module import build_kernels, check_config, render_module
 from policies.compiler.trace import TraceError, graph_from_source, program_from_source
 
 # Catalog ops the compiler writes in torch (lenient mode only): none left; kept as the switch for
@@ -118,12 +120,48 @@ class CompilerPolicy:
             raise CompileError(f"strict mode: op(s) {', '.join(missing)} have no Triton lowering yet "
                                "(use mode='lenient' to compute them in torch)")
         cfg = merge_configs(self.config, check_config(config))
+        groups, stored = self._groups(prog, partition)
+        return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name)
+
+    def _groups(self, prog: Program, partition: Sequence[Iterable[int]] | None
+                ) -> tuple[list[list[int]], list[list[int]]]:
         if partition is None:
             partition = default_partition(prog.graph, torch_ops=self.torch_ops)
         groups = order_groups(prog.graph, partition, torch_ops=self.torch_ops)
         an = Analysis(prog.graph, self.torch_ops)
-        stored = [sorted(an.stored(set(g))) for g in groups]
-        return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name)
+        return groups, [sorted(an.stored(set(g))) for g in groups]
+
+    def kernel_costs(self, task: Task | str, partition: Sequence[Iterable[int]] | None = None) -> dict[str, float]:
+        """A rough cost (us on an H100-class GPU) of each kernel of ``compile(task, partition)``:
+        the bytes its group reads and writes at 3 TB/s plus its products' 2*m*n*k flops at 50
+        TFLOP/s. `SearchPolicy` spends launch moves on the costliest kernels first: on an H200 a
+        static guess (`policies.launch.kernel_weights`) put a 3 us convolution before a 34 us GEMV."""
+        prog = self.program(task)
+        groups, stored = self._groups(prog, partition)
+        esize = 2 if prog.dtype in ("float16", "bfloat16") else 4
+        out: dict[str, float] = {}
+        for k in build_kernels(prog, groups, stored, self.torch_ops):
+            if isinstance(k, int):   # an op left to torch: not a kernel
+                continue
+            group = set(k.nodes)
+            reads: set[tuple[str, int]] = set()
+            flops = 0
+            for j in k.nodes:
+                node = prog.graph.nodes[j]
+                reads |= {tuple(a) for a in node.args if not (a[0] == "node" and a[1] in group)}
+                keys = prog.weights.get(j, {}).values()
+                reads |= {("state", i) for i, e in enumerate(prog.state) if e.key in keys}
+                if kind(node.op) in ("matmul", "conv"):
+                    red = [prog.shape(a)[-1] for a in node.args[-2:-1]] if node.op != "linear" else []
+                    wkey = prog.weights.get(j, {}).get("weight")
+                    if wkey is not None:
+                        wshape = prog.state_by_key[wkey].shape
+                        red = [numel(wshape) // max(1, wshape[0])]
+                    flops += 2 * numel(node.shape) * (red[0] if red else 1)
+            nbytes = esize * (sum(numel(prog.shape(r)) for r in reads) + sum(numel(prog.graph.nodes[j].shape)
+                                                                            for j in k.stored))
+            out[k.name] = nbytes / 3e6 + flops / 5e7
+        return out
 
     def variants(self, task: Task | str, limit: int = 8) -> list[tuple[list[list[int]], dict[str, Any]]]:
         """(partition, config) pairs `propose` draws from: the default first, then alternative

@@ -428,11 +428,16 @@ class KernelWriter:
             return hit[0]
         return None
 
-    def store(self, node: int, c: Coords, mask: str | None = None) -> None:
+    def store(self, node: int, c: Coords, mask: str | None = None, atomic: bool = False) -> None:
+        """Store node's value at `c`; `atomic` adds it into the (zeroed) output instead: split-K
+        programs each add a partial sum."""
         mask = mask or self.tiles[-1].mask
         val = self.value(("node", node), c, mask)
         ptr = self.ptr(("node", node))
-        self.emit(f"tl.store({ptr} + {self.offset(c)}, {val}, mask={mask})")
+        if atomic:
+            self.emit(f'tl.atomic_add({ptr} + {self.offset(c)}, {val}, mask={mask}, sem="relaxed")')
+        else:
+            self.emit(f"tl.store({ptr} + {self.offset(c)}, {val}, mask={mask})")
         if node not in self.stored:
             self.stored.append(node)
 

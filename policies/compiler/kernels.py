@@ -21,8 +21,16 @@ NEG_INF = '-float("inf")'
 # Output positions an image needs for convolution tiles of its own (below, images share tiles).
 CONV_TILE_MIN = 64
 # Programs a memory-bound kernel aims for (about 4 per SM of a 132-SM H100/H200): row kernels over
-# non-contiguous rows and skinny tl.dot products shrink their tiles towards it.
+# non-contiguous rows shrink their tiles towards it, and products with few tiles split k.
 PROGRAMS_MIN = 512
+# Largest default row tile of a tl.dot kernel (see `_dot_kernel`).
+DOT_BLOCK_M = 128
+# Least reduction length a split-K program keeps (shorter runs spend more on the atomic adds).
+SPLIT_K_MIN = 256
+# Programs a one-row product (GEMV) aims for. On an H200 the bench GEMV (1 x 3253 @ 3253 x 8192,
+# fp32) took 98.6 / 56.6 / 34.0 us with 256 / 512 / 1024 programs of 4 warps (cuBLAS: 32.5 us):
+# streaming at full bandwidth needs about 32 warps' loads in flight on every SM.
+GEMV_PROGRAMS = 1024
 # fp32 tl.dot products. Measured on an H200 (benchmarks/NOTES.md): 3xTF32 was judged correct on
 # every bench task tried and ran 1.02-2.9x faster than IEEE products on the four matmul /
 # convolution tasks of a bench run (plain TF32, tl.dot's own default, missed fp32 tolerance).
@@ -44,6 +52,7 @@ class Kernel:
     stored: list[int]
     helpers: set[str] = field(default_factory=set)
     comment: str = ""
+    zero_init: bool = False           # outputs must be zeroed first (split-K adds partial sums)
 
     def source(self) -> str:
         sig = ", ".join([p for p, _ in self.params] + [f"{b}: tl.constexpr" for b in self.blocks])
@@ -71,6 +80,20 @@ def dot_block_k(k: int) -> int:
     eighth more. A convolution's k (channels x window) is often just over a power of two: k = 39
     runs 48 products a row with 16, 64 with 32; a long k hardly pads and gains from fewer steps."""
     return 16 if -(-k // 32) * 32 * 8 > -(-k // 16) * 16 * 9 else 32
+
+
+def split_k(tiles: int, k: int, programs: int = PROGRAMS_MIN) -> int:
+    """How many programs share each output tile's k-long reduction (a power of two; 1: no split),
+    for a product launching `tiles` output tiles. With fewer tiles than an H100/H200 has SMs and a
+    long reduction (a GEMV: m = 1, n = 8192, k = 3253) most SMs would idle while a few programs
+    stream k; the tiles split k until the launch reaches `programs` programs, keeping at least
+    `SPLIT_K_MIN` of k each."""
+    if tiles * 4 > programs:  # about a wave of tiles or more: every SM already has one
+        return 1
+    split = 1
+    while tiles * split * 2 <= programs and k // (split * 2) >= SPLIT_K_MIN:
+        split *= 2
+    return split
 
 
 def fill_block(block: int, size: int, copies: int = 1) -> int:
@@ -399,41 +422,60 @@ def _norm_prelude(w: KernelWriter, op: str, p: dict[str, Any], r: int) -> None:
 # ---- matmul ----------------------------------------------------------------------------------------
 
 
+def _product(prog: Program, w: KernelWriter, anchor: int) -> tuple[Any, tuple, Any, tuple, int, int, int, int]:
+    """(a_ref, a_shape, b_ref, b_shape, m, n, k, batch) of a matmul-kind node; linear's b is its
+    (n, k) weight, the other ops' b is (k, n) (bmm: (batch, k, n))."""
+    node = prog.graph.nodes[anchor]
+    op = node.op
+    if op == "linear":
+        a_ref = node.args[0]
+        a_shape = tuple(prog.shape(a_ref))
+        k, n = a_shape[-1], tuple(node.shape)[-1]
+        b_ref = w.weight_ref(anchor, "weight")
+        if b_ref is None:
+            raise CompileError(f"node {anchor}: linear without a weight")
+        return a_ref, a_shape, b_ref, (n, k), numel(a_shape[:-1]), n, k, 1
+    if op in ("matmul", "addmm"):
+        a_ref, b_ref = node.args[-2], node.args[-1]
+        a_shape, b_shape = tuple(prog.shape(a_ref)), tuple(prog.shape(b_ref))
+        return a_ref, a_shape, b_ref, b_shape, a_shape[0], b_shape[1], a_shape[1], 1
+    if op == "bmm":
+        a_ref, b_ref = node.args
+        a_shape, b_shape = tuple(prog.shape(a_ref)), tuple(prog.shape(b_ref))
+        return a_ref, a_shape, b_ref, b_shape, a_shape[1], b_shape[2], a_shape[2], a_shape[0]
+    raise CompileError(f"no matmul lowering for {op!r}")
+
+
+def _splittable(w: KernelWriter, nodes: Sequence[int], stored: Sequence[int], anchor: int) -> bool:
+    """Split-K adds partial products into a zeroed output, so only fp32 products whose group ends
+    at the product (a prologue, no epilogue: an epilogue needs the whole sum) can split."""
+    return w.float_dtype is None and list(stored) == [anchor] and max(nodes) == anchor
+
+
 def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
     node = prog.graph.nodes[anchor]
     op = node.op
     out_shape = tuple(node.shape)
     w = KernelWriter(prog, set(nodes), anchor)
     _reserve(w, "pid_m", "pid_n", "pid_b", "rm", "rn", "rk", "k0", "acc", "a_mask", "b_mask", "out_mask")
-    if op == "linear":
-        a_ref = node.args[0]
-        a_shape = prog.shape(a_ref)
-        k = a_shape[-1]
-        n = out_shape[-1]
-        m = numel(a_shape[:-1])
-        batch = 1
-        b_ref = w.weight_ref(anchor, "weight")
-        if b_ref is None:
-            raise CompileError(f"node {anchor}: linear without a weight")
-        b_shape = (n, k)
-    elif op in ("matmul", "addmm"):
-        a_ref, b_ref = node.args[-2], node.args[-1]
-        a_shape, b_shape = prog.shape(a_ref), prog.shape(b_ref)
-        m, k = a_shape
-        n = b_shape[1]
-        batch = 1
-    elif op == "bmm":
-        a_ref, b_ref = node.args
-        a_shape, b_shape = prog.shape(a_ref), prog.shape(b_ref)
-        batch, m, k = a_shape
-        n = b_shape[2]
-    else:
-        raise CompileError(f"no matmul lowering for {op!r}")
+    a_ref, a_shape, b_ref, b_shape, m, n, k, batch = _product(prog, w, anchor)
+    if m == 1:
+        return _gemv_kernel(prog, w, nodes, stored, anchor, name)
     am, an_, ak = frozenset({"m"}), frozenset({"n"}), frozenset({"k"})
+    batched = op == "bmm"
+    split = 1
+    if _splittable(w, nodes, stored, anchor):
+        split = split_k(-(-m // clamp_pow2(m, 16, DOT_BLOCK_M)) * -(-n // clamp_pow2(n, 16, 64)) * batch, k)
+    _reserve(w, "pid_k", "pid_z", "k_lo")
     w.emit("pid_m = tl.program_id(0)")
     w.emit("pid_n = tl.program_id(1)")
-    batched = op == "bmm"
-    if batched:
+    if split > 1 and batched:
+        w.emit("pid_z = tl.program_id(2)")
+        w.emit("pid_b = pid_z // SPLIT_K")
+        w.emit("pid_k = pid_z % SPLIT_K")
+    elif split > 1:
+        w.emit("pid_k = tl.program_id(2)")
+    elif batched:
         w.emit("pid_b = tl.program_id(2)")
     w.emit("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     w.emit("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
@@ -443,7 +485,12 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
     pb = Expr("pid_b") if batched and batch > 1 else ZERO
     rm2, rn2 = Expr("rm[:, None]", am), Expr("rn[None, :]", an_)
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
-    with w.block(f"for k0 in range(0, {k}, BLOCK_K):"):
+    loop = f"for k0 in range(0, {k}, BLOCK_K):"
+    if split > 1:  # each program reduces its own span of whole BLOCK_K steps; masks cut the tail
+        span = f"(({k} + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K)) * BLOCK_K"
+        w.emit(f"k_lo = pid_k * {span}")
+        loop = f"for k0 in range(k_lo, k_lo + {span}, BLOCK_K):"
+    with w.block(loop):
         w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
         w.emit(f"a_mask = (rm[:, None] < {m}) & (rk[None, :] < {k})")
         w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
@@ -478,43 +525,137 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
                         am | an_)
         else:
             oc = Coords(out_shape, [rm2, rn2], w.new_key(), f"rm[:, None] * {n} + rn[None, :]", am | an_)
-        res = "acc"
-        if op == "linear":
-            bias = w.weight_ref(anchor, "bias")
-            if bias is not None:
-                bv = w.load(bias, Coords((n,), [rn2], ("bias", oc.key)), name=f"n{anchor}_b")
-                res = w.assign("res", f"acc + {bv}")
-        elif op == "addmm":
-            bias_ref = node.args[0]
-            bv = w.value(bias_ref, broadcast(oc, prog.shape(bias_ref)))
-            res = w.assign("res", f"acc + {bv}")
-        _store_result(w, oc, res, stored)
-    return _dot_kernel(w, name, "matmul", nodes, m, n, k, batch)
+        _store_result(w, oc, _with_bias(prog, w, anchor, oc, rn2, "acc", split), stored, atomic=split > 1)
+    return _dot_kernel(w, name, "matmul", nodes, m, n, k, batch, split=split)
 
 
-def _store_result(w: KernelWriter, oc: Coords, res: str, stored: Sequence[int]) -> None:
+def _with_bias(prog: Program, w: KernelWriter, anchor: int, oc: Coords, n_coord: Expr, acc: str, split: int) -> str:
+    """The product's value on the output tile: `acc` plus linear's or addmm's bias (with split-K,
+    only the first span's program adds it)."""
+    node = prog.graph.nodes[anchor]
+    bv = None
+    if node.op == "linear":
+        bias = w.weight_ref(anchor, "bias")
+        if bias is not None:
+            bv = w.load(bias, Coords((node.shape[-1],), [n_coord], ("bias", oc.key)), name=f"n{anchor}_b")
+    elif node.op == "addmm":
+        bias_ref = node.args[0]
+        bv = w.value(bias_ref, broadcast(oc, prog.shape(bias_ref)))
+    if bv is None:
+        return acc
+    return w.assign("res", f"{acc} + {bv}" if split == 1 else f"tl.where(pid_k == 0, {acc} + {bv}, {acc})")
+
+
+def _gemv_kernel(prog: Program, w: KernelWriter, nodes: Sequence[int], stored: Sequence[int], anchor: int,
+                 name: str) -> Kernel:
+    """A product with one row (m = 1: a GEMV, per batch for bmm) streams its other operand once
+    and is memory-bound: instead of tl.dot on a row padded to 16, each program multiplies a
+    [BLOCK_K, BLOCK_N] tile of that operand by the row's BLOCK_K values and sums over k at the end
+    (CUDA-core FMAs on full-width loads), and programs split k when there are few column tiles."""
+    node = prog.graph.nodes[anchor]
+    op = node.op
+    out_shape = tuple(node.shape)
+    a_ref, a_shape, b_ref, b_shape, _, n, k, batch = _product(prog, w, anchor)
+    batched = op == "bmm"
+    an_, ak = frozenset({"n"}), frozenset({"k"})
+    # linear's weight (n, k) is contiguous along k: its tiles are wide along k. The others' b (k, n)
+    # is contiguous along n; on an H200 the bench GEMV ran at 34.0 us with 64 x 64 tiles (1024
+    # programs), 56.6 us with 32 x 128 ones (512 programs; 35.8 us with 8 warps each).
+    k_major = op == "linear"
+    blocks = {"BLOCK_N": clamp_pow2(n, 16, 32 if k_major else 64), "BLOCK_K": clamp_pow2(k, 16, 128 if k_major else 64)}
+    tiles = -(-n // blocks["BLOCK_N"]) * batch
+    split = split_k(tiles, k, GEMV_PROGRAMS) if _splittable(w, nodes, stored, anchor) else 1
+    _reserve(w, "pid_k", "pid_z", "k_lo")
+    w.emit("pid_n = tl.program_id(0)")
+    if split > 1 and batched and batch > 1:
+        w.emit("pid_z = tl.program_id(1)")
+        w.emit("pid_b = pid_z // SPLIT_K")
+        w.emit("pid_k = pid_z % SPLIT_K")
+    elif split > 1:
+        w.emit("pid_k = tl.program_id(1)")
+    elif batched and batch > 1:
+        w.emit("pid_b = tl.program_id(1)")
+    pb = Expr("pid_b") if batched and batch > 1 else ZERO
+    w.emit("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+    w.emit("acc = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)")
+    loop = f"for k0 in range(0, {k}, BLOCK_K):"
+    if split > 1:
+        span = f"(({k} + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K)) * BLOCK_K"
+        w.emit(f"k_lo = pid_k * {span}")
+        loop = f"for k0 in range(k_lo, k_lo + {span}, BLOCK_K):"
+    rk, rk_col, rn2 = Expr("rk", ak), Expr("rk[:, None]", ak), Expr("rn[None, :]", an_)
+    with w.block(loop):
+        w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
+        w.emit(f"a_mask = rk < {k}")
+        w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
+        with w.tile(["k"], "a_mask", ["BLOCK_K"]):
+            lead = [ZERO] * (len(a_shape) - 1)
+            if batched:
+                lead = [pb, ZERO]
+            ac = Coords(a_shape, lead + [rk], w.new_key(), f"{_bofs(batched and batch > 1, k)}rk", ak)
+            a = _operand(w, a_ref, ac, "a_mask", "a")
+        with w.tile(["k", "n"], "b_mask", ["BLOCK_K", "BLOCK_N"]):
+            if k_major:
+                bc = Coords(b_shape, [rn2, rk_col], w.new_key())
+            else:
+                bc = Coords(b_shape, ([pb] if batched else []) + [rk_col, rn2], w.new_key(),
+                            f"{_bofs(batched and batch > 1, k * n)}rk[:, None] * {n} + rn[None, :]", ak | an_)
+            b = _operand(w, b_ref, bc, "b_mask", "b")
+        w.emit(f"acc += {_subscriptable(a)}[:, None].to(tl.float32) * {_subscriptable(b)}.to(tl.float32)")
+    w.emit(f"out_mask = rn < {n}")
+    with w.tile(["n"], "out_mask", ["BLOCK_N"]):
+        rn = Expr("rn", an_)
+        dims = [ZERO] * (len(out_shape) - 1) + [rn]
+        if batched:
+            dims = [pb, ZERO, rn]
+        oc = Coords(out_shape, dims, w.new_key(), f"{_bofs(batched and batch > 1, n)}rn", an_)
+        total = w.assign("dot", "tl.sum(acc, axis=0)")
+        _store_result(w, oc, _with_bias(prog, w, anchor, oc, rn, total, split), stored, atomic=split > 1)
+    axis1 = batch if batched and batch > 1 else None
+    if split > 1:
+        blocks["SPLIT_K"] = split
+        second = f', {axis1} * meta["SPLIT_K"]' if axis1 else ', meta["SPLIT_K"]'
+    else:
+        second = f", {axis1}" if axis1 else ""
+    grid = f'lambda meta: (triton.cdiv({n}, meta["BLOCK_N"]){second})'
+    return Kernel(name, "matmul", list(nodes), w.params, blocks, {"num_warps": 4}, grid, w.body_lines(),
+                  w.stored, w.helpers, zero_init=split > 1)
+
+
+def _subscriptable(v: str) -> str:
+    """`v` ready to be subscripted: a name as is, anything else in parentheses."""
+    return v if v.isidentifier() else f"({v})"
+
+
+def _store_result(w: KernelWriter, oc: Coords, res: str, stored: Sequence[int], atomic: bool = False) -> None:
     """The output tile's value is `res` (epilogues read it); store every node the group keeps."""
     w.provided[oc.key] = res
     for j in stored:
-        w.store(j, oc)
+        w.store(j, oc, atomic=atomic)
 
 
 def _dot_kernel(w: KernelWriter, name: str, kind: str, nodes: Sequence[int], m: int, n: int, k: int,
-                grid_z: int | None = None, groups: int = 1) -> Kernel:
+                grid_z: int | None = None, groups: int = 1, split: int = 1) -> Kernel:
     """A tiled tl.dot kernel (matmul, or a convolution as implicit GEMM) over an m x n output with
     a k-long reduction; `grid_z`: the size of a third grid axis (a matmul's batch); `groups`: that
-    many m-long row ranges share the first grid axis (a convolution's images)."""
-    blocks = {"BLOCK_M": clamp_pow2(m, 16, 64), "BLOCK_N": clamp_pow2(n, 16, 64), "BLOCK_K": dot_block_k(k)}
-    # A skinny product (all of m in one row block: a GEMV, a convolution of few positions) streams
-    # the other operand once and does little arithmetic: narrower column blocks give it the
-    # programs to use every SM (m = 1, n = 8192 launched 128 programs with 64 columns each).
-    if blocks["BLOCK_M"] >= m:
-        blocks["BLOCK_N"] = fill_block(blocks["BLOCK_N"], n, groups * (grid_z or 1))
+    many m-long row ranges share the first grid axis (a convolution's images); `split` > 1: the
+    kernel splits k over ``SPLIT_K`` programs on the third axis, adding into a zeroed output."""
+    # Column blocks stay 64 wide for skinny products too: on an H200 a GEMV (m = 1, n = 8192,
+    # k = 3253) ran 0.59x / 0.53x / 0.36x eager with 64 / 32 / 16 columns a tile, so narrow tiles
+    # (short row pieces of the streamed operand) lose more than their extra programs gain; such a
+    # product gets its programs from split-K instead (`split_k`). Rows: up to 128 a tile; in the
+    # H200 search logs of session 5, BLOCK_M 128 (from 64) was the best launch move of all four
+    # bench tasks with a large product (a matmul, a linear, a conv1d, a conv_transpose2d).
+    blocks = {"BLOCK_M": clamp_pow2(m, 16, DOT_BLOCK_M), "BLOCK_N": clamp_pow2(n, 16, 64), "BLOCK_K": dot_block_k(k)}
     rows = f'triton.cdiv({m}, meta["BLOCK_M"])' + (f" * {groups}" if groups > 1 else "")
-    z = f", {grid_z}" if grid_z is not None else ""
+    if split > 1:
+        blocks["SPLIT_K"] = split
+        z = f', {grid_z} * meta["SPLIT_K"]' if grid_z not in (None, 1) else ', meta["SPLIT_K"]'
+    else:
+        z = f", {grid_z}" if grid_z is not None else ""
     grid = f'lambda meta: ({rows}, triton.cdiv({n}, meta["BLOCK_N"]){z})'
     return Kernel(name, kind, list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
-                  w.body_lines(), w.stored, w.helpers)
+                  w.body_lines(), w.stored, w.helpers, zero_init=split > 1)
 
 
 def _bofs(on: bool, size: int) -> str:

@@ -18,7 +18,7 @@ from policies.compiler.kernels import (
     row_kernel,
 )
 
-BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R")
+BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K")
 OPTION_KEYS = ("num_warps", "num_stages")
 # fp32 tl.dot precisions worth trying: 3xTF32 (the default: tensor cores at about fp32 accuracy)
 # and IEEE (CUDA-core products). Plain TF32 is left out: it missed the fp32 tolerance at bench sizes.
@@ -72,7 +72,7 @@ def _apply_config(kernels: list[Kernel], config: dict[str, Any]) -> None:
         over.update(per.get(k.name, {}))
         for key, v in over.items():
             if key in k.blocks:
-                if k.kind in ("matmul", "conv") and v < 16:
+                if k.kind in ("matmul", "conv") and key != "SPLIT_K" and v < 16:
                     raise CompileError(f"{k.name}: {key}={v}; tl.dot needs blocks of at least 16")
                 k.blocks[key] = v
             elif key in OPTION_KEYS:
@@ -210,9 +210,10 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
         if isinstance(item, int):
             fwd.append(_fallback_line(prog, item))
             continue
+        alloc = "torch.zeros" if item.zero_init else "torch.empty"
         for j in item.stored:
             shape = tuple(g.nodes[j].shape)
-            fwd.append(f"v{j} = torch.empty({shape!r}, device={dev}, dtype=DTYPE)")
+            fwd.append(f"v{j} = {alloc}({shape!r}, device={dev}, dtype=DTYPE)")
         fwd += item.launch()
     outs = ", ".join(f"v{o}" for o in g.outputs)
     fwd.append(f"return {outs}")

@@ -259,7 +259,8 @@ def test_every_catalog_op_has_a_triton_lowering_or_is_documented():
 
 def test_every_catalog_op_compiles_to_triton_kernels_only(catalog_sources):
     """Static checks on all ops: a parsing module, at least one generated kernel launched in
-    order, no torch compute in forward, tl.dot for matmuls and convolutions."""
+    order, no torch compute in forward, tl.dot for matmuls and convolutions (a one-row product, a
+    GEMV, sums FMAs instead)."""
     policy = CompilerPolicy()
     for op, (task, src) in catalog_sources.items():
         ast.parse(src)
@@ -269,7 +270,7 @@ def test_every_catalog_op_compiles_to_triton_kernels_only(catalog_sources):
         assert torch_compute_calls(src) == [], (op, torch_compute_calls(src))
         assert policy.unsupported(task) == [], op
         if op in MATMUL | CONV:
-            assert "tl.dot(" in src, op
+            assert "tl.dot(" in src or "tl.sum(acc, axis=0)" in src, op
 
 
 def test_every_catalog_op_is_judged_ok_in_strict_mode(evaluator, catalog_sources):

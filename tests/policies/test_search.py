@@ -180,6 +180,33 @@ def test_variants_move_the_heaviest_kernels_knobs_first():
     assert kernel_weights(RELU_ADD) == {"relu_add_kernel": 0}
 
 
+def test_variants_follow_given_kernel_costs_before_the_static_guess():
+    """A policy that knows its kernels (the compiler's `kernel_costs`) overrides the static guess:
+    a GEMV (no tl.dot) that streams 100 MB outranks a tiny convolution on tl.dot."""
+    compiler = pytest.importorskip("policies.compiler")
+    from policies.launch import kernel_weights
+
+    src = compiler.CompilerPolicy().compile(GEMV_CONV)
+    costs = compiler.CompilerPolicy().kernel_costs(GEMV_CONV)
+    conv, gemv = sorted(costs)   # k0_conv1d, k1_addmm
+    assert costs[gemv] > 10 * costs[conv] > 0, costs
+    assert kernel_weights(src)[conv] > kernel_weights(src)[gemv]   # the static guess prefers the dot
+    firsts = [next(iter(v.changes)).split(".")[0] for v in variants(src, limit=4, weights=costs)]
+    assert firsts == [gemv] * 4, firsts
+    assert [next(iter(v.changes)).split(".")[0] for v in variants(src, limit=4)][:3] == [conv] * 3
+    # kernels the weights do not name rank below those they do
+    firsts = [next(iter(v.changes)).split(".")[0] for v in variants(src, limit=4, weights={conv: 1.0})]
+    assert firsts[:3] == [conv] * 3
+
+
+def test_search_spends_launch_moves_on_the_costliest_kernel():
+    compiler = pytest.importorskip("policies.compiler")
+    ev = FakeEvaluator(lambda src: ("ok", 1.0), workers=2)
+    r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=4, evaluator=ev, backend="cuda").search(GEMV_CONV)
+    moves = [e["changes"] for e in r.log if e["origin"] == "launch"]
+    assert moves and all(next(iter(m)).startswith("k1_addmm.") for m in moves), r.log
+
+
 @pytest.mark.parametrize("source, changes, message", [
     ("def f(:\n", {}, "syntax error at line 1"),
     (RELU_ADD, {"nope.BLOCK": 64}, "unknown launch knob 'nope.BLOCK'; this source has: relu_add_kernel.BLOCK"),
@@ -203,6 +230,30 @@ def test_no_kernels_no_knobs_and_noop_rewrite():
 
 # -- search with injected verdicts ----------------------------------------------------------------
 RELU_TASK = Task.from_source((REDTEAM / "tasks" / "relu_add.py").read_text(), id="relu_add")
+
+
+GEMV_CONV = Task.from_source('''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 3, 1))
+
+    def forward(self, x, b, a, w):
+        return F.conv1d(x, self.weight), torch.addmm(b, a, w)
+
+
+def get_inputs():
+    return [torch.randn(2, 3, 4), torch.randn(4096), torch.randn(1, 4096), torch.randn(4096, 4096)]
+
+
+def get_init_inputs():
+    return []
+''', id="gemv_conv")
 
 
 class FakeEvaluator:
@@ -431,7 +482,7 @@ def test_search_tries_the_compilers_ieee_dots_and_keeps_3xtf32_only_when_correct
     compiler = pytest.importorskip("policies.compiler")
     from kernelgym.sampler import TaskSampler
 
-    task = TaskSampler("tiny", "float32").sample(1, 0, ops=["addmm"])
+    task = TaskSampler("tiny", "float32").sample(1, 1, ops=["addmm"])   # 16 x 16 @ 16 x 16: tl.dot
     assert compiler.CompilerPolicy().seed_configs(task) == [{"dot_precision": "ieee"}]
 
     def judge(src):
