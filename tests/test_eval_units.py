@@ -189,3 +189,42 @@ def test_baselines_are_the_best_of_spaced_repeats(monkeypatch):
     assert "compile" not in out
     with pytest.raises(ValueError):
         reference.best_of([])
+
+
+def test_inductor_autotuning_of_the_compiled_baseline_is_exclusive():
+    """Inductor times each config of a compiled kernel at its first launch: that runs under the
+    exclusive GPU lock (from inside the background section of the first compiled call), and the
+    patch is undone afterwards."""
+    from kernelgym.evaluation import codec
+    from kernelgym.evaluation.jobs import GpuSections
+    from kernelgym.evaluation.reference import autotune_exclusive
+
+    sent, replies = [], []
+
+    def send(blob):
+        sent.append(codec.decode(blob)["mode"])
+        if sent[-1] != "release":
+            replies.append(codec.encode({"type": "granted"}))
+
+    gpu = GpuSections(send, lambda: replies.pop(0), enabled=True, cuda=False)
+
+    class Autotuner:
+        def benchmark_all_configs(self, *args):
+            return {"modes": list(sent), "args": args}
+
+    original = Autotuner.benchmark_all_configs
+    with gpu.hold("background"), autotune_exclusive(gpu, Autotuner):
+        got = Autotuner().benchmark_all_configs(1, 2)
+    assert got == {"modes": ["background", "release", "exclusive"], "args": (1, 2)}
+    assert sent == ["background", "release", "exclusive", "release", "background", "release"]
+    assert Autotuner.benchmark_all_configs is original
+    with autotune_exclusive(gpu, object()):   # no autotuner to patch: nothing happens
+        pass
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    except Exception:  # noqa: BLE001
+        return
+    before = CachingAutotuner.benchmark_all_configs
+    with autotune_exclusive(gpu):
+        assert CachingAutotuner.benchmark_all_configs is not before
+    assert CachingAutotuner.benchmark_all_configs is before
