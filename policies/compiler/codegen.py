@@ -264,6 +264,7 @@ class KernelWriter:
         self.cache: dict[Hashable, tuple[str, Block]] = {}
         self.names: set[str] = set()
         self.provided: dict[Hashable, str] = {}
+        self.given: dict[tuple[int, Hashable], str] = {}
         self._ptr: dict[Hashable, str] = {}
         self._ids = itertools.count()
         self.float_dtype = {"float32": None, "float16": "tl.float16", "bfloat16": "tl.bfloat16"}[self.prog.dtype]
@@ -448,6 +449,8 @@ class KernelWriter:
         kind, j = ref
         if kind != "node" or j not in self.group:
             return self.load(ref, c, mask, index=self.prog.is_index(ref))
+        if (j, c.key) in self.given:   # a value the template computed itself (a row's tail reduction)
+            return self.given[(j, c.key)]
         if j == self.anchor:
             hit = self.provided.get(c.key)
             if hit is None:

@@ -7,7 +7,9 @@ convolution); every other member is *pointwise*: its value at an output coordina
 expression of its arguments at derived coordinates, so the code generator can inline it anywhere.
 Members that are ancestors of the anchor form its *prologue* (computed where the anchor reads
 its input), members after it its *epilogue* (computed where the anchor writes), and members that
-are neither are *side* values (computed where someone reads them).
+are neither are *side* values (computed where someone reads them). One exception to "one
+anchor": a normalising row (softmax, a norm) may end in a *tail*, a reduction over the same rows
+of its (epilogue's) value, accumulated while the normalised values are written (`TAIL_REDUCE`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "n
 NORMALIZE = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "group_norm", "instance_norm"})
 SCAN = frozenset({"cumsum", "cummax", "logcumsumexp"})
 ROW = REDUCE | NORMALIZE | SCAN
+# Reductions that can close a normalising row's kernel (a *tail*): accumulated chunk by chunk in
+# the pass that writes the normalised values, over the same rows, so the normalised tensor is
+# never written out and read back (layer_norm -> amax: one kernel, as torch.compile does).
+TAIL_REDUCE = frozenset({"sum", "mean", "amax", "amin", "norm"})
 MATMUL = frozenset({"linear", "matmul", "bmm", "addmm"})
 CONV = frozenset({"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
 ANCHORS = ROW | MATMUL | CONV
@@ -192,6 +198,45 @@ class Analysis:
         return {i for i in group if i in self.outputs or self.consumers[i] - group}
 
 
+def reduced_axes(graph: Graph, i: int) -> tuple[int, ...] | None:
+    """The input axes a row op reduces (softmax and norms: the axes each statistic spans), or
+    None when they are not plain axes (group_norm's channel groups) or the op is no row op."""
+    node = graph.nodes[i]
+    op, p = node.op, node.params
+    if not node.args:
+        return None
+    rank = len(graph.arg_shape(node.args[0]))
+    if op in ("layer_norm", "rms_norm"):
+        return tuple(range(rank - int(p.get("ndims", 1)), rank))
+    if op == "instance_norm":
+        return tuple(range(2, rank))
+    if op == "adaptive_avg_pool2d":
+        return (rank - 2, rank - 1)
+    if op not in ROW or op == "group_norm":
+        return None
+    if "axes" in p:
+        return tuple(sorted(int(a) for a in p["axes"]))
+    if "dim" in p:
+        return (rank - int(p["dim"]),)
+    return None
+
+
+def _tail_problem(an: Analysis, group: set[int], a: int, t: int) -> str | None:
+    """Why reduction `t` cannot be the tail of normalising row `a`'s kernel (None when it can)."""
+    g = an.graph
+    if g.nodes[a].op not in NORMALIZE or g.nodes[t].op not in TAIL_REDUCE or t not in an.desc[a]:
+        return f"nodes {a} and {t} both need their own loop structure"
+    axes = reduced_axes(g, a)
+    if axes is None or reduced_axes(g, t) != axes:
+        return f"node {t} ({g.nodes[t].op}) does not reduce the rows node {a} ({g.nodes[a].op}) normalises"
+    if tuple(g.arg_shape(g.nodes[t].args[0])) != tuple(g.nodes[a].shape):
+        return f"node {t} reduces a value of another shape than node {a}'s"
+    after = sorted(an.desc[t] & group)
+    if after:
+        return f"node {after[0]} comes after the tail reduction {t}"
+    return None
+
+
 def group_problem(an: Analysis, group: set[int]) -> str | None:
     """Why one kernel cannot compute `group` (None when it can); ignores the other groups."""
     g = an.graph
@@ -209,8 +254,14 @@ def group_problem(an: Analysis, group: set[int]) -> str | None:
     if in_torch:
         return None
     anchors = sorted(i for i in group if an.kind(i) != "pointwise")
-    if len(anchors) > 1:
+    tail: set[int] = set()
+    if len(anchors) > 2:
         return f"nodes {anchors[0]} and {anchors[1]} both need their own loop structure"
+    if len(anchors) == 2:
+        problem = _tail_problem(an, group, *anchors)
+        if problem:
+            return problem
+        tail = {anchors.pop()}
     # convexity: a path that leaves the group and comes back would need the group's output first
     for i in group:
         for c in an.consumers[i] - group:
@@ -226,12 +277,12 @@ def group_problem(an: Analysis, group: set[int]) -> str | None:
     out_shape = tuple(g.nodes[a].shape)
     prologue = {i for i in group if a in an.desc[i]}
     epilogue = {i for i in group if i in an.desc[a]}
-    for i in sorted(stored - {a}):
+    for i in sorted(stored - {a} - tail):
         if i in prologue:
             return f"node {i} feeds the anchor {a} and is needed outside the kernel"
         if tuple(g.nodes[i].shape) != out_shape:
             return f"stored node {i} has shape {tuple(g.nodes[i].shape)}, not the anchor's {out_shape}"
-    for i in sorted(epilogue):
+    for i in sorted(epilogue - tail):
         node = g.nodes[i]
         if node.op not in ELEMENTWISE:
             return f"node {i} ({node.op}) after the anchor is not elementwise"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, broadcast, lit, paren
-from policies.compiler.ir import NORMALIZE, REDUCE, CompileError, Program, numel
+from policies.compiler.ir import NORMALIZE, REDUCE, CompileError, Program, kind, numel
 
 NEG_INF = '-float("inf")'
 # Output positions an image needs for convolution tiles of its own (below, images share tiles).
@@ -154,6 +154,16 @@ class RowPlan:
     inner: int = 1  # elements after the last reduced axis: consecutive rows are this contiguous
 
 
+# A tail reduction's accumulator: (update of `acc` by a masked chunk `x`, the masked lanes' value).
+_TAIL_ACC = {
+    "sum": ("{acc} + tl.sum({x}, axis=1)", "0.0"),
+    "mean": ("{acc} + tl.sum({x}, axis=1)", "0.0"),
+    "norm": ("{acc} + tl.sum({x}, axis=1)", "0.0"),
+    "amax": ("tl.maximum({acc}, tl.max({x}, axis=1))", NEG_INF),
+    "amin": ("tl.minimum({acc}, tl.min({x}, axis=1))", 'float("inf")'),
+}
+
+
 def row_plan(prog: Program, a: int) -> RowPlan:
     node = prog.graph.nodes[a]
     op, p = node.op, node.params
@@ -215,9 +225,12 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
     plan = row_plan(prog, anchor)
     m, r = numel(plan.kept), numel(plan.red)
     w = KernelWriter(prog, set(nodes), anchor)
+    # A normalising row's tail reduction over the same rows (`ir.TAIL_REDUCE`), if the group has one.
+    tail = next((j for j in nodes if j != anchor and kind(prog.graph.nodes[j].op) != "pointwise"), None)
+    tail_op = ""
     _reserve(w, "pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
              "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
-             "xz", "chunk_max")
+             "xz", "chunk_max", "tail")
     w.emit("pid = tl.program_id(0)")
     w.emit("rm = pid * BLOCK_M + tl.arange(0, BLOCK_M)")
     w.emit(f"row_mask = rm < {m}")
@@ -247,6 +260,10 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         if op in REDUCE:
             res = _reduce_result(w, op, p, stats, r)
         elif op in NORMALIZE:
+            if tail is not None:
+                tail_op = prog.graph.nodes[tail].op
+                fn, init = _TAIL_ACC[tail_op]
+                w.emit(f"tail = tl.full([BLOCK_M], {init}, {f32})")
             with w.block(loop):
                 c = x_coords()
                 xv = w.value(x_ref, c, "mask")
@@ -254,11 +271,17 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                 y = w.assign("y", _normalize(w, op, p, anchor, stats, xv, plan, kept2, c))
                 w.provided[c.key] = y
                 for j in stored:
-                    w.store(j, c)
+                    if j != tail:
+                        w.store(j, c)
+                if tail is not None:
+                    tv = w.value(prog.graph.nodes[tail].args[0], c, "mask")
+                    term = f"{tv} * {tv}" if tail_op == "norm" else tv
+                    w.emit(f"tail = {fn.format(acc='tail', x=f'tl.where(mask, {term}, {init})')}")
         else:
             _scan(w, op, loop, x_coords, x_ref, anchor, stored, f32)
-    if op in REDUCE:
-        out_shape = tuple(node.shape)
+    if op in REDUCE or tail is not None:
+        j = anchor if op in REDUCE else tail
+        out_shape = tuple(prog.graph.nodes[j].shape)
         if len(out_shape) == len(x_shape):  # keepdim: reduced dims stay as size 1
             dims = [ZERO] * len(out_shape)
             for i, e in zip(plan.kept_axes, kept1):
@@ -267,7 +290,12 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
             dims = list(kept1)
         oc = Coords(out_shape, dims, w.new_key(), "rm", am)
         with w.tile(["m"], "row_mask", ["BLOCK_M"]):
-            _store_result(w, oc, res, stored)
+            if op in REDUCE:
+                _store_result(w, oc, res, stored)
+            else:
+                tail_res = {"mean": f"tail / {r}", "norm": "tl.sqrt(tail)"}.get(tail_op, "tail")
+                w.given[(tail, oc.key)] = w.assign("tail_res", tail_res) if tail_res != "tail" else "tail"
+                w.store(tail, oc)
     if plan.contiguous_rows:
         block_r = clamp_pow2(r, 1, 1024)
         block_m = clamp_pow2(m, 1, max(1, 1024 // block_r))

@@ -51,3 +51,103 @@ def get_init_inputs():
     return []
 '''
     assert launch_blocks(compiler.CompilerPolicy().compile(src)) == blocks
+
+
+TAIL_TEMPLATE = '''
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm({r})
+
+    def forward(self, x):
+        return {expr}
+
+
+def get_inputs():
+    return [torch.randn({shape})]
+
+
+def get_init_inputs():
+    return []
+'''
+
+TAILS = {  # name: (forward expression, input shape, normalised length)
+    "layer_norm_amax": ("torch.amax(self.ln(x), dim=-1)", "6, 40", 40),
+    "softmax_relu_scaled_sum_keepdim": ("torch.sum(torch.relu(torch.softmax(x, dim=-1)) * 2.0, dim=-1, keepdim=True)",
+                                        "3, 5, 33", 33),
+    "log_softmax_mean_middle_axis": ("torch.mean(torch.log_softmax(x, dim=1), dim=1)", "4, 70, 3", 3),
+    "layer_norm_norm_and_side_output": ("(y := self.ln(x), torch.linalg.vector_norm(y, dim=-1))", "5, 24", 24),
+    "softmax_amin": ("torch.amin(torch.softmax(x, dim=-1), dim=-1)", "7, 300", 300),
+}
+
+
+def kernel_count(src: str) -> int:
+    return src.count("@triton.jit")
+
+
+@pytest.mark.parametrize("name", sorted(TAILS))
+def test_a_normalised_row_and_its_reduction_are_one_kernel(evaluator, name):
+    """softmax / norm -> (elementwise ->) a reduction over the same rows: the reduction is a tail
+    of the row kernel, accumulated in the pass that writes the normalised values, so the
+    normalised tensor is not written out and read back (unless it is an output itself)."""
+    from kernelgym.task import Task
+
+    expr, shape, r = TAILS[name]
+    task = Task.from_source(TAIL_TEMPLATE.format(expr=expr, shape=shape, r=r))
+    policy = compiler.CompilerPolicy()
+    src = policy.compile(task)
+    assert kernel_count(src) == 1 and "tail = " in src, src
+    small = policy.compile(task, config={"BLOCK_R": 16, "BLOCK_M": 2})   # several chunks a row
+    verdicts = evaluator.evaluate_batch([(task, src), (task, small)], backend="interpret", seed=2)
+    assert [v.status for v in verdicts] == ["ok", "ok"], [(v.status, v.error[:300]) for v in verdicts]
+
+
+@pytest.mark.parametrize("expr, shape, message", [
+    ("torch.amax(self.ln(x), dim=0)", "6, 40", "does not reduce the rows"),                 # other axis
+    ("torch.relu(torch.amax(self.ln(x), dim=-1))", "6, 40", "comes after the tail reduction"),
+    ("torch.amax(torch.sum(x, dim=-1, keepdim=True), dim=-1)", "6, 40", "both need their own loop"),
+    ("torch.std(self.ln(x), dim=-1)", "6, 40", "both need their own loop"),                  # not a tail op
+])
+def test_reductions_that_cannot_be_a_tail(expr, shape, message):
+    from kernelgym.task import Task
+
+    task = Task.from_source(TAIL_TEMPLATE.format(expr=expr, shape=shape, r=40))
+    policy = compiler.CompilerPolicy()
+    assert kernel_count(policy.compile(task)) == 2
+    with pytest.raises(compiler.PartitionError, match=message):
+        policy.compile(task, partition=[list(range(len(policy.program(task).graph.nodes)))])
+
+
+NORMS = {  # normalising row over the last axis of x: (expression, input shape)
+    "softmax": ("torch.softmax(x, dim=-1)", "4, 37"),
+    "log_softmax": ("torch.log_softmax(x, dim=-1)", "4, 37"),
+    "layer_norm": ("F.layer_norm(x, (37,))", "4, 37"),
+    "rms_norm": ("F.rms_norm(x, (37,))", "4, 37"),
+    "instance_norm": ("F.instance_norm(x)", "2, 3, 37"),
+}
+TAIL_OPS = {"sum": "torch.sum({y}, dim=-1)", "mean": "torch.mean({y}, dim=-1)", "amax": "torch.amax({y}, dim=-1)",
+            "amin": "torch.amin({y}, dim=-1)", "norm": "torch.linalg.vector_norm({y}, dim=-1)"}
+
+
+def test_every_normalising_row_takes_every_tail_reduction(evaluator):
+    from kernelgym.task import Task
+    from policies.compiler.ir import TAIL_REDUCE
+
+    assert set(TAIL_OPS) == TAIL_REDUCE
+    policy = compiler.CompilerPolicy()
+    pairs = []
+    for norm, (y, shape) in sorted(NORMS.items()):
+        for tail, fmt in sorted(TAIL_OPS.items()):
+            task = Task.from_source(TAIL_TEMPLATE.format(expr=fmt.format(y=y), shape=shape, r=37))
+            src = policy.compile(task)
+            assert kernel_count(src) == 1 and "tail = " in src, (norm, tail)
+            pairs.append((task, src))
+    verdicts = evaluator.evaluate_batch(pairs, backend="interpret", seed=9)
+    bad = [(p[0].source.split("return ")[1].split("\n")[0], v.status, v.error[:200])
+           for p, v in zip(pairs, verdicts) if v.status != "ok"]
+    assert not bad, bad
