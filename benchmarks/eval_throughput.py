@@ -20,7 +20,8 @@ exception in forward; a hard crash would kill the serial harness's own process) 
 Both harnesses use the same timing budget (`--rep-ms`, `--warmup-ms`, `--max-reps`): samples =
 clamp(rep_ms / (forward + flush), min_reps, max_reps) in both.
 
-Prints a table (evals/s, ratio) and the pool's mean per-phase seconds, and writes JSON. Usage:
+Prints a table (evals/s, ratio, CPU seconds an evaluation) and the pool's mean per-phase seconds, and
+writes JSON. Usage:
     python benchmarks/eval_throughput.py [--backend auto|interpret|cuda] [--n 64] [--workers W]
 """
 
@@ -107,7 +108,7 @@ def make_batch(n: int, numel: int, tasks: int, offset: int = 0) -> list[tuple[in
 
 
 SERIAL = r'''
-import importlib.util, json, os, sys, tempfile, time
+import importlib.util, json, os, resource, sys, tempfile, time
 import torch
 import triton
 
@@ -126,8 +127,13 @@ def load(src, name):
     spec.loader.exec_module(mod)
     return mod
 
+def cpu():
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
 results = []
 eager = {}
+c0 = cpu()
 t0 = time.perf_counter()
 for i, (ref_src, cand) in enumerate(data["pairs"]):
     status = "ok"
@@ -160,7 +166,7 @@ for i, (ref_src, cand) in enumerate(data["pairs"]):
     except Exception as exc:
         status = "runtime_error"
     results.append(status)
-print(json.dumps({"seconds": time.perf_counter() - t0, "statuses": results}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "statuses": results, "cpu_s": cpu() - c0}))
 '''
 
 
@@ -175,7 +181,7 @@ def run_serial(pairs: list[tuple[str, str]], backend: str, trials: int, bench: d
                           "device": "cuda" if backend == "cuda" else "cpu"})
     out = subprocess.run([sys.executable, "-c", SERIAL], input=payload, capture_output=True, text=True, env=env,
                          check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])   # cpu_s: its loop's, compiler subprocesses included
 
 
 def phase_means(verdicts: list) -> dict[str, float]:
@@ -188,15 +194,22 @@ def phase_means(verdicts: list) -> dict[str, float]:
 
 
 def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str, seed: int, trials: int) -> dict:
+    """One batch through the pool: throughput, verdict kinds, phase means, and the CPU seconds each
+    role's workers (and this parent process) spent on it: the host cost of an evaluation."""
+    cpu0, parent0 = ev.cpu_seconds(), time.process_time()
     t = time.perf_counter()
     verdicts = ev.evaluate_batch(pairs, backend=backend, seed=seed, trials=trials)
     secs = time.perf_counter() - t
+    cpu1 = ev.cpu_seconds()
+    cpu = {role: max(0.0, cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) for role in cpu1}
+    cpu["parent"] = time.process_time() - parent0
     statuses: dict[str, dict[str, int]] = {}
     for kind, v in zip(kinds, verdicts):
         statuses.setdefault(kind, {}).setdefault(v.status, 0)
         statuses[kind][v.status] += 1
     return {"n": len(pairs), "seconds": secs, "evals_per_s": len(pairs) / secs, "statuses_by_kind": statuses,
-            "phases_mean_s": phase_means(verdicts), "device": verdicts[0].device if verdicts else ""}
+            "phases_mean_s": phase_means(verdicts), "device": verdicts[0].device if verdicts else "",
+            "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,17 +275,22 @@ def main(argv: list[str] | None = None) -> int:
         "n": n, "tasks": tasks, "numel": numel, "trials": args.trials, "bench": bench, "workers": workers,
         "reference_workers": ref_workers, "cpu_count": os.cpu_count(), "devices": used_devices,
         "serial": {"n": serial_n, "seconds": serial["seconds"], "evals_per_s": serial_eps,
+                   "cpu_s": serial["cpu_s"], "cpu_s_per_eval": serial["cpu_s"] / serial_n,
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},
         "pool_first": first, "pool_steady": steady, "pool_startup_s": startup, "cache_stats": stats,
         "speedup_first": first["evals_per_s"] / serial_eps, "speedup_steady": steady["evals_per_s"] / serial_eps,
     }
     print(f"eval throughput on {report['device']} ({backend}), {n} candidates over {tasks} tasks, "
           f"{args.trials} trials, {os.cpu_count()} CPUs" + (f", GPUs {used_devices}" if used_devices else ""))
-    print(f"{'harness':<34}{'evals':>7}{'seconds':>10}{'evals/s':>10}{'vs serial':>11}")
-    print(f"{'serial in-process':<34}{serial_n:>7}{serial['seconds']:>10.2f}{serial_eps:>10.2f}{1.0:>10.2f}x")
+    print(f"{'harness':<34}{'evals':>7}{'seconds':>10}{'evals/s':>10}{'vs serial':>11}{'CPU s/eval':>12}")
+    print(f"{'serial in-process':<34}{serial_n:>7}{serial['seconds']:>10.2f}{serial_eps:>10.2f}{1.0:>10.2f}x"
+          f"{report['serial']['cpu_s_per_eval']:>12.3f}")
     for name, r in ((f"pool first batch ({workers} workers)", first), (f"pool steady ({workers} workers)", steady)):
         print(f"{name:<34}{n:>7}{r['seconds']:>10.2f}{r['evals_per_s']:>10.2f}"
-              f"{r['evals_per_s'] / serial_eps:>10.2f}x")
+              f"{r['evals_per_s'] / serial_eps:>10.2f}x{r['cpu_s_per_eval']:>12.3f}")
+    print("CPU seconds per evaluation by process role (steady batch): "
+          + ", ".join(f"{k} {v / n:.3f}" for k, v in sorted(steady["cpu_s"].items(), key=lambda kv: -kv[1]))
+          + " (both harnesses count compiler subprocesses)")
     print(f"pool startup {startup:.1f} s (not counted); caches: {json.dumps(stats)}")
     print("pool mean seconds per evaluation by phase (concurrent evaluations overlap):")
     print(f"  {'phase':<26}{'first':>9}{'steady':>9}")

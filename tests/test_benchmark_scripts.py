@@ -76,3 +76,17 @@ def test_kernel_profile_breakdown_and_cpu_exit(capsys):
     if not torch.cuda.is_available():
         assert kp.main(["--tasks", "d1_bench_s0"]) == 0
         assert "needs a CUDA GPU" in capsys.readouterr().out
+
+
+def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
+    """The throughput benchmark runs both harnesses under the interpreter and reports each one's
+    host cost: CPU seconds an evaluation (the pool's split by worker role)."""
+    et = load("eval_throughput")
+    out = tmp_path / "et.json"
+    assert et.main(["--backend", "interpret", "--n", "4", "--workers", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["serial"]["cpu_s_per_eval"] > 0 and r["pool_steady"]["cpu_s_per_eval"] > 0
+    assert {"candidate", "reference", "parent"} <= set(r["pool_steady"]["cpu_s"])
+    assert r["pool_steady"]["cpu_s"]["candidate"] > 0
+    assert r["pool_steady"]["statuses_by_kind"]["correct"] == {"ok": sum(r["pool_steady"]["statuses_by_kind"]
+                                                                          ["correct"].values())}

@@ -304,3 +304,24 @@ def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
         assert calls == [(9, (0, False, 0))]
     finally:
         ev.close()
+
+
+def test_tree_cpu_seconds_counts_a_busy_process_and_its_children():
+    import subprocess
+    import sys
+
+    from kernelgym.evaluation.pool import tree_cpu_seconds
+
+    code = ("import subprocess, sys, time\n"
+            "subprocess.run([sys.executable, '-c', 'import time\\nt=time.process_time()\\n"
+            "while time.process_time() - t < 0.3: pass'])\n"
+            "t = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+            "sys.stdout.write('done\\n'); sys.stdout.flush(); time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "done\n"
+        assert tree_cpu_seconds(p.pid) >= 0.5   # its own 0.3 s and its reaped child's 0.3 s
+    finally:
+        p.kill()
+        p.wait()
+    assert tree_cpu_seconds(p.pid) == 0.0   # gone: nothing to read

@@ -36,7 +36,7 @@ from typing import Any, Union
 from kernelgym.evaluation.check import TrialResult
 from kernelgym.evaluation.extract import FormatError, check_format, extract_code
 from kernelgym.evaluation.guards.static import check_source as static_check
-from kernelgym.evaluation.pool import GpuLock, Role, RolePool, Worker, WorkerFailure, split_counts
+from kernelgym.evaluation.pool import GpuLock, Role, RolePool, Worker, WorkerFailure, split_counts, tree_cpu_seconds
 from kernelgym.evaluation.reference import trial_seed
 from kernelgym.evaluation.tolerances import tolerance_for
 from kernelgym.evaluation.verdict import Verdict
@@ -247,6 +247,16 @@ class Evaluator:
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [pid for p in self._pools.values() for pid in p.pids()]
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by the live workers of each role ("candidate", "reference",
+        "ptx"), their subprocesses included; a worker replaced since takes its share with it."""
+        with self._lock:
+            pools = list(self._pools.items())
+        out: dict[str, float] = {}
+        for role, pool in pools:
+            out[role.name] = out.get(role.name, 0.0) + sum(tree_cpu_seconds(pid) for pid in pool.pids())
+        return out
 
     def clear_caches(self) -> None:
         """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""

@@ -196,6 +196,20 @@ def process_tree(pid: int) -> list[int]:
     return seen
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, with reaped children's, such as compiler subprocesses) used so
+    far by `pid` and its live descendants (Linux /proc; 0 for what cannot be read)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])   # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / tick
+
+
 def tree_rss_bytes(pid: int) -> int:
     total = 0
     for p in process_tree(pid):
