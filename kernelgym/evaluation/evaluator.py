@@ -36,7 +36,15 @@ from typing import Any, Union
 from kernelgym.evaluation.check import TrialResult
 from kernelgym.evaluation.extract import FormatError, check_format, extract_code
 from kernelgym.evaluation.guards.static import check_source as static_check
-from kernelgym.evaluation.pool import GpuLock, Role, RolePool, Worker, WorkerFailure, split_counts, tree_cpu_seconds
+from kernelgym.evaluation.pool import (
+    GpuLock,
+    Role,
+    RolePool,
+    Worker,
+    WorkerFailure,
+    split_counts,
+    tree_cpu_seconds,
+)
 from kernelgym.evaluation.reference import trial_seed
 from kernelgym.evaluation.tolerances import tolerance_for
 from kernelgym.evaluation.verdict import Verdict
