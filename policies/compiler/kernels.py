@@ -297,15 +297,19 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                 w.given[(tail, oc.key)] = w.assign("tail_res", tail_res) if tail_res != "tail" else "tail"
                 w.store(tail, oc)
     if plan.contiguous_rows:
-        block_r = clamp_pow2(r, 1, 1024)
+        # Chunks of up to 2048: in three H200 search runs a layer_norm over rows of 8192 ran
+        # 1.34x eager with 2048 a chunk against 1.24x with 1024.
+        block_r = clamp_pow2(r, 1, 2048)
         block_m = clamp_pow2(m, 1, max(1, 1024 // block_r))
     else:
         # Reducing a non-innermost axis: only `inner` consecutive rows are contiguous, and Triton
         # lays threads along the rows first, so a tile of many rows reads one short piece of each
         # (an H200 ran log_softmax over a [.., 6045, 2] axis at 0.21x eager with 64 x 32 tiles).
         # Rows per tile stop at the contiguous run (at most 32) and the reduced axis takes the
-        # rest, unless it is short: then more rows fill the tile (2048 elements).
-        block_r = clamp_pow2(r, 1, 1024 if plan.inner < 32 else 64)
+        # rest, unless it is short: then more rows fill the tile (2048 elements). 128 of the
+        # reduced axis a chunk: in four H200 search runs a norm over dim -2 of [2048, 8192] ran
+        # 1.52x eager with 128 against 1.22x with 64.
+        block_r = clamp_pow2(r, 1, 1024 if plan.inner < 32 else 128)
         block_m = clamp_pow2(m, 1, max(min(next_pow2(plan.inner), 32), 2048 // block_r))
         # Enough programs to keep every SM streaming. On an H200 a norm over [2048, 8192] dim -2
         # ran 1.02x eager with 32 rows a tile (256 programs) and 1.24x with 16 (512).

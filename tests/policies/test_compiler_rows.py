@@ -24,11 +24,12 @@ def test_non_innermost_reduction_tiles_follow_the_contiguous_run():
 
 
 @pytest.mark.parametrize("shape,dim,blocks", [
-    ((4, 100, 64), 2, {"BLOCK_M": 16, "BLOCK_R": 64}),     # 64 contiguous rows, 256 in all: 16 a tile
-    ((4, 100, 8192), 2, {"BLOCK_M": 32, "BLOCK_R": 64}),   # 32 contiguous rows a tile, 1024 programs
-    ((2048, 8192), 2, {"BLOCK_M": 16, "BLOCK_R": 64}),     # 32 a tile would launch only 256 programs
+    ((4, 100, 64), 2, {"BLOCK_M": 16, "BLOCK_R": 128}),    # 64 contiguous rows, 256 in all: 16 a tile
+    ((4, 100, 8192), 2, {"BLOCK_M": 32, "BLOCK_R": 128}),  # 32 contiguous rows a tile, 1024 programs
+    ((2048, 8192), 2, {"BLOCK_M": 16, "BLOCK_R": 128}),    # 32 a tile would launch only 256 programs
     ((4, 100, 3), 2, {"BLOCK_M": 16, "BLOCK_R": 128}),     # a short reduced axis: rows fill the tile
-    ((8, 4096), 1, {"BLOCK_M": 1, "BLOCK_R": 1024}),       # rows are contiguous: unchanged rule
+    ((8, 4096), 1, {"BLOCK_M": 1, "BLOCK_R": 2048}),       # contiguous rows: chunks of up to 2048
+    ((64, 300), 1, {"BLOCK_M": 2, "BLOCK_R": 512}),        # short contiguous rows share a tile
 ])
 def test_row_tile_rule(shape, dim, blocks):
     src = f'''import torch
