@@ -143,24 +143,20 @@ class CompilerPolicy:
         for k in build_kernels(prog, groups, stored, self.torch_ops):
             if isinstance(k, int):   # an op left to torch: not a kernel
                 continue
-            group = set(k.nodes)
-            reads: set[tuple[str, int]] = set()
+            shapes: dict[Any, tuple[int, ...]] = {}   # what the kernel reads, by ref or state key
             flops = 0
             for j in k.nodes:
                 node = prog.graph.nodes[j]
-                reads |= {tuple(a) for a in node.args if not (a[0] == "node" and a[1] in group)}
-                keys = prog.weights.get(j, {}).values()
-                reads |= {("state", i) for i, e in enumerate(prog.state) if e.key in keys}
+                shapes |= {tuple(a): prog.shape(a) for a in node.args if not (a[0] == "node" and a[1] in k.nodes)}
+                weights = prog.weights.get(j, {})
+                shapes |= {key: tuple(prog.state_by_key[key].shape) for key in weights.values()}
                 if kind(node.op) in ("matmul", "conv"):
-                    red = [prog.shape(a)[-1] for a in node.args[-2:-1]] if node.op != "linear" else []
-                    wkey = prog.weights.get(j, {}).get("weight")
-                    if wkey is not None:
-                        wshape = prog.state_by_key[wkey].shape
-                        red = [numel(wshape) // max(1, wshape[0])]
-                    flops += 2 * numel(node.shape) * (red[0] if red else 1)
-            nbytes = esize * (sum(numel(prog.shape(r)) for r in reads) + sum(numel(prog.graph.nodes[j].shape)
-                                                                            for j in k.stored))
-            out[k.name] = nbytes / 3e6 + flops / 5e7
+                    # the reduction length: a weight's elements per output channel, else a's last dim
+                    w = shapes.get(weights.get("weight"))
+                    red = numel(w) // max(1, w[0]) if w else prog.shape(node.args[-2])[-1]
+                    flops += 2 * numel(node.shape) * red
+            written = sum(numel(prog.graph.nodes[j].shape) for j in k.stored)
+            out[k.name] = esize * (sum(map(numel, shapes.values())) + written) / 3e6 + flops / 5e7
         return out
 
     def variants(self, task: Task | str, limit: int = 8) -> list[tuple[list[list[int]], dict[str, Any]]]:

@@ -263,8 +263,9 @@ class KernelWriter:
         self.tiles: list[Tile] = []
         self.cache: dict[Hashable, tuple[str, Block]] = {}
         self.names: set[str] = set()
-        self.provided: dict[Hashable, str] = {}
-        self.given: dict[tuple[int, Hashable], str] = {}
+        # (node, coordinates key) -> its value there, computed by the template itself (the
+        # anchor's result; a row's tail reduction), not by `_node_expr`
+        self.provided: dict[tuple[int, Hashable], str] = {}
         self._ptr: dict[Hashable, str] = {}
         self._ids = itertools.count()
         self.float_dtype = {"float32": None, "float16": "tl.float16", "bfloat16": "tl.bfloat16"}[self.prog.dtype]
@@ -449,13 +450,11 @@ class KernelWriter:
         kind, j = ref
         if kind != "node" or j not in self.group:
             return self.load(ref, c, mask, index=self.prog.is_index(ref))
-        if (j, c.key) in self.given:   # a value the template computed itself (a row's tail reduction)
-            return self.given[(j, c.key)]
-        if j == self.anchor:
-            hit = self.provided.get(c.key)
-            if hit is None:
-                raise CompileError(f"node {j} (the kernel's anchor) is read where it is not computed")
+        hit = self.provided.get((j, c.key))
+        if hit is not None:
             return hit if hit.isidentifier() else paren(hit)
+        if j == self.anchor:
+            raise CompileError(f"node {j} (the kernel's anchor) is read where it is not computed")
         key = ("node", j, c.key, mask)
         hit = self._cached(key)
         if hit:

@@ -18,6 +18,7 @@ from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, broadcas
 from policies.compiler.ir import NORMALIZE, REDUCE, CompileError, Program, kind, numel
 
 NEG_INF = '-float("inf")'
+POS_INF = 'float("inf")'
 # Output positions an image needs for convolution tiles of its own (below, images share tiles).
 CONV_TILE_MIN = 64
 # Programs a memory-bound kernel aims for (about 4 per SM of a 132-SM H100/H200): row kernels over
@@ -154,16 +155,6 @@ class RowPlan:
     inner: int = 1  # elements after the last reduced axis: consecutive rows are this contiguous
 
 
-# A tail reduction's accumulator: (update of `acc` by a masked chunk `x`, the masked lanes' value).
-_TAIL_ACC = {
-    "sum": ("{acc} + tl.sum({x}, axis=1)", "0.0"),
-    "mean": ("{acc} + tl.sum({x}, axis=1)", "0.0"),
-    "norm": ("{acc} + tl.sum({x}, axis=1)", "0.0"),
-    "amax": ("tl.maximum({acc}, tl.max({x}, axis=1))", NEG_INF),
-    "amin": ("tl.minimum({acc}, tl.min({x}, axis=1))", 'float("inf")'),
-}
-
-
 def row_plan(prog: Program, a: int) -> RowPlan:
     node = prog.graph.nodes[a]
     op, p = node.op, node.params
@@ -227,7 +218,7 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
     w = KernelWriter(prog, set(nodes), anchor)
     # A normalising row's tail reduction over the same rows (`ir.TAIL_REDUCE`), if the group has one.
     tail = next((j for j in nodes if j != anchor and kind(prog.graph.nodes[j].op) != "pointwise"), None)
-    tail_op = ""
+    tail_op = prog.graph.nodes[tail].op if tail is not None else ""
     _reserve(w, "pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
              "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
              "xz", "chunk_max", "tail")
@@ -261,22 +252,18 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
             res = _reduce_result(w, op, p, stats, r)
         elif op in NORMALIZE:
             if tail is not None:
-                tail_op = prog.graph.nodes[tail].op
-                fn, init = _TAIL_ACC[tail_op]
-                w.emit(f"tail = tl.full([BLOCK_M], {init}, {f32})")
+                w.emit(_fold_init(tail_op, "tail", f32))
             with w.block(loop):
                 c = x_coords()
                 xv = w.value(x_ref, c, "mask")
                 # a variable, not an expression: epilogue formulas substitute it unparenthesised
                 y = w.assign("y", _normalize(w, op, p, anchor, stats, xv, plan, kept2, c))
-                w.provided[c.key] = y
+                w.provided[(anchor, c.key)] = y
                 for j in stored:
                     if j != tail:
                         w.store(j, c)
                 if tail is not None:
-                    tv = w.value(prog.graph.nodes[tail].args[0], c, "mask")
-                    term = f"{tv} * {tv}" if tail_op == "norm" else tv
-                    w.emit(f"tail = {fn.format(acc='tail', x=f'tl.where(mask, {term}, {init})')}")
+                    w.emit(_fold_step(tail_op, "tail", w.value(prog.graph.nodes[tail].args[0], c, "mask")))
         else:
             _scan(w, op, loop, x_coords, x_ref, anchor, stored, f32)
     if op in REDUCE or tail is not None:
@@ -293,8 +280,7 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
             if op in REDUCE:
                 _store_result(w, oc, res, stored)
             else:
-                tail_res = {"mean": f"tail / {r}", "norm": "tl.sqrt(tail)"}.get(tail_op, "tail")
-                w.given[(tail, oc.key)] = w.assign("tail_res", tail_res) if tail_res != "tail" else "tail"
+                w.provided[(tail, oc.key)] = _reduce_result(w, tail_op, {}, {"acc": "tail"}, r)
                 w.store(tail, oc)
     if plan.contiguous_rows:
         # Chunks of up to 2048: in three H200 search runs a layer_norm over rows of 8192 ran
@@ -323,20 +309,10 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
 def _row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords: Callable[[], Coords],
                x_ref: Any, r: int, f32: str) -> dict[str, str]:
     """First pass over each row: running statistics the result or the normalisation needs."""
-    if op in ("sum", "mean", "adaptive_avg_pool2d", "norm", "rms_norm"):
-        w.emit(f"acc = tl.zeros([BLOCK_M], {f32})")
+    if op in FOLDS:
+        w.emit(_fold_init(op, "acc", f32))
         with w.block(loop):
-            xv = w.value(x_ref, x_coords(), "mask")
-            term = f"{xv} * {xv}" if op in ("norm", "rms_norm") else xv
-            w.emit(f"acc += tl.sum(tl.where(mask, {term}, 0.0), axis=1)")
-        return {"acc": "acc"}
-    if op in ("amax", "amin"):
-        fn, init = ("maximum", NEG_INF) if op == "amax" else ("minimum", 'float("inf")')
-        red = "tl.max" if op == "amax" else "tl.min"
-        w.emit(f"acc = tl.full([BLOCK_M], {init}, {f32})")
-        with w.block(loop):
-            xv = w.value(x_ref, x_coords(), "mask")
-            w.emit(f"acc = tl.{fn}(acc, {red}(tl.where(mask, {xv}, {init}), axis=1))")
+            w.emit(_fold_step(op, "acc", w.value(x_ref, x_coords(), "mask")))
         return {"acc": "acc"}
     if op in ("logsumexp", "softmax", "log_softmax"):
         w.emit(f"run_max = tl.full([BLOCK_M], {NEG_INF}, {f32})")
@@ -372,13 +348,37 @@ def _row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords:
     raise CompileError(f"no row statistics for {op!r}")
 
 
+# Row ops whose statistic is one running fold of the row's masked chunks (`_fold_init`, `_fold_step`):
+# a sum, a sum of squares, a max or a min. A normalising row's tail reduction is one of them too.
+FOLDS = frozenset({"sum", "mean", "adaptive_avg_pool2d", "norm", "rms_norm", "amax", "amin"})
+
+
+# The masked lanes' value and the combining function of a max / min fold.
+_EXTREMES = {"amax": (NEG_INF, "maximum", "max"), "amin": (POS_INF, "minimum", "min")}
+
+
+def _fold_init(op: str, acc: str, f32: str) -> str:
+    if op in _EXTREMES:
+        return f"{acc} = tl.full([BLOCK_M], {_EXTREMES[op][0]}, {f32})"
+    return f"{acc} = tl.zeros([BLOCK_M], {f32})"
+
+
+def _fold_step(op: str, acc: str, xv: str) -> str:
+    """Fold the current masked chunk's values `xv` into the running `acc`."""
+    if op in _EXTREMES:
+        init, fn, red = _EXTREMES[op]
+        return f"{acc} = tl.{fn}({acc}, tl.{red}(tl.where(mask, {xv}, {init}), axis=1))"
+    term = f"{xv} * {xv}" if op in ("norm", "rms_norm") else xv
+    return f"{acc} += tl.sum(tl.where(mask, {term}, 0.0), axis=1)"
+
+
 def _reduce_result(w: KernelWriter, op: str, p: dict[str, Any], stats: dict[str, str], r: int) -> str:
     if op in ("sum", "amax", "amin"):
         return stats["acc"]
     if op in ("mean", "adaptive_avg_pool2d"):
-        return w.assign("res", f"acc / {r}")
+        return w.assign("res", f"{stats['acc']} / {r}")
     if op == "norm":
-        return w.assign("res", "tl.sqrt(acc)")
+        return w.assign("res", f"tl.sqrt({stats['acc']})")
     if op == "logsumexp":
         return stats["lse"]
     if op in ("var", "std"):
@@ -437,7 +437,7 @@ def _scan(w: KernelWriter, op: str, loop: str, x_coords: Callable[[], Coords], x
             w.emit("carry = _lse_fn(carry, safe_max + tl.log(tl.sum(tl.exp(xm - safe_max[:, None]), axis=1)))")
         else:
             raise CompileError(f"no scan for {op!r}")
-        w.provided[c.key] = y
+        w.provided[(anchor, c.key)] = y
         for j in stored:
             w.store(j, c)
 
@@ -496,20 +496,13 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
         return _gemv_kernel(prog, w, nodes, stored, anchor, name)
     am, an_, ak = frozenset({"m"}), frozenset({"n"}), frozenset({"k"})
     batched = op == "bmm"
+    blocks = _dot_blocks(m, n, k)
     split = 1
     if _splittable(w, nodes, stored, anchor):
-        split = split_k(-(-m // clamp_pow2(m, 16, DOT_BLOCK_M)) * -(-n // clamp_pow2(n, 16, 64)) * batch, k)
-    _reserve(w, "pid_k", "pid_z", "k_lo")
+        split = split_k(-(-m // blocks["BLOCK_M"]) * -(-n // blocks["BLOCK_N"]) * batch, k)
     w.emit("pid_m = tl.program_id(0)")
     w.emit("pid_n = tl.program_id(1)")
-    if split > 1 and batched:
-        w.emit("pid_z = tl.program_id(2)")
-        w.emit("pid_b = pid_z // SPLIT_K")
-        w.emit("pid_k = pid_z % SPLIT_K")
-    elif split > 1:
-        w.emit("pid_k = tl.program_id(2)")
-    elif batched:
-        w.emit("pid_b = tl.program_id(2)")
+    _batch_and_split_ids(w, 2, batched, split)
     w.emit("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     w.emit("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
     lead = tuple(a_shape[:-1]) if op == "linear" else ()
@@ -518,12 +511,7 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
     pb = Expr("pid_b") if batched and batch > 1 else ZERO
     rm2, rn2 = Expr("rm[:, None]", am), Expr("rn[None, :]", an_)
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
-    loop = f"for k0 in range(0, {k}, BLOCK_K):"
-    if split > 1:  # each program reduces its own span of whole BLOCK_K steps; masks cut the tail
-        span = f"(({k} + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K)) * BLOCK_K"
-        w.emit(f"k_lo = pid_k * {span}")
-        loop = f"for k0 in range(k_lo, k_lo + {span}, BLOCK_K):"
-    with w.block(loop):
+    with w.block(_k_loop(w, k, split)):
         w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
         w.emit(f"a_mask = (rm[:, None] < {m}) & (rk[None, :] < {k})")
         w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
@@ -559,7 +547,39 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
         else:
             oc = Coords(out_shape, [rm2, rn2], w.new_key(), f"rm[:, None] * {n} + rn[None, :]", am | an_)
         _store_result(w, oc, _with_bias(prog, w, anchor, oc, rn2, "acc", split), stored, atomic=split > 1)
-    return _dot_kernel(w, name, "matmul", nodes, m, n, k, batch, split=split)
+    return _dot_kernel(w, name, "matmul", nodes, m, n, k, batch, split=split, blocks=blocks)
+
+
+def _batch_and_split_ids(w: KernelWriter, axis: int, batched: bool, split: int) -> None:
+    """The program ids of a product's grid `axis` after its tile axes: the batch (``pid_b``) when
+    `batched`, the k span (``pid_k``) when split, both (batch-major) when both."""
+    _reserve(w, "pid_k", "pid_z", "k_lo")
+    if split > 1 and batched:
+        w.emit(f"pid_z = tl.program_id({axis})")
+        w.emit("pid_b = pid_z // SPLIT_K")
+        w.emit("pid_k = pid_z % SPLIT_K")
+    elif split > 1:
+        w.emit(f"pid_k = tl.program_id({axis})")
+    elif batched:
+        w.emit(f"pid_b = tl.program_id({axis})")
+
+
+def _k_loop(w: KernelWriter, k: int, split: int) -> str:
+    """The header of a product's loop over k in BLOCK_K steps; with split-K, over this program's
+    span of whole steps (masks cut the tail)."""
+    if split == 1:
+        return f"for k0 in range(0, {k}, BLOCK_K):"
+    span = f"(({k} + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K)) * BLOCK_K"
+    w.emit(f"k_lo = pid_k * {span}")
+    return f"for k0 in range(k_lo, k_lo + {span}, BLOCK_K):"
+
+
+def _grid_axis(extent: int | None, split: int) -> str:
+    """The grid text after a product's tile axes: `extent` programs (a batch; None: no such
+    axis), times ``SPLIT_K`` when split."""
+    if split > 1:
+        return f', {extent} * meta["SPLIT_K"]' if extent not in (None, 1) else ', meta["SPLIT_K"]'
+    return f", {extent}" if extent is not None else ""
 
 
 def _with_bias(prog: Program, w: KernelWriter, anchor: int, oc: Coords, n_coord: Expr, acc: str, split: int) -> str:
@@ -598,26 +618,13 @@ def _gemv_kernel(prog: Program, w: KernelWriter, nodes: Sequence[int], stored: S
     blocks = {"BLOCK_N": clamp_pow2(n, 16, 32 if k_major else 64), "BLOCK_K": clamp_pow2(k, 16, 128 if k_major else 64)}
     tiles = -(-n // blocks["BLOCK_N"]) * batch
     split = split_k(tiles, k, GEMV_PROGRAMS) if _splittable(w, nodes, stored, anchor) else 1
-    _reserve(w, "pid_k", "pid_z", "k_lo")
     w.emit("pid_n = tl.program_id(0)")
-    if split > 1 and batched and batch > 1:
-        w.emit("pid_z = tl.program_id(1)")
-        w.emit("pid_b = pid_z // SPLIT_K")
-        w.emit("pid_k = pid_z % SPLIT_K")
-    elif split > 1:
-        w.emit("pid_k = tl.program_id(1)")
-    elif batched and batch > 1:
-        w.emit("pid_b = tl.program_id(1)")
+    _batch_and_split_ids(w, 1, batched and batch > 1, split)
     pb = Expr("pid_b") if batched and batch > 1 else ZERO
     w.emit("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
     w.emit("acc = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)")
-    loop = f"for k0 in range(0, {k}, BLOCK_K):"
-    if split > 1:
-        span = f"(({k} + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K)) * BLOCK_K"
-        w.emit(f"k_lo = pid_k * {span}")
-        loop = f"for k0 in range(k_lo, k_lo + {span}, BLOCK_K):"
     rk, rk_col, rn2 = Expr("rk", ak), Expr("rk[:, None]", ak), Expr("rn[None, :]", an_)
-    with w.block(loop):
+    with w.block(_k_loop(w, k, split)):
         w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
         w.emit(f"a_mask = rk < {k}")
         w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
@@ -644,13 +651,10 @@ def _gemv_kernel(prog: Program, w: KernelWriter, nodes: Sequence[int], stored: S
         oc = Coords(out_shape, dims, w.new_key(), f"{_bofs(batched and batch > 1, n)}rn", an_)
         total = w.assign("dot", "tl.sum(acc, axis=0)")
         _store_result(w, oc, _with_bias(prog, w, anchor, oc, rn, total, split), stored, atomic=split > 1)
-    axis1 = batch if batched and batch > 1 else None
     if split > 1:
         blocks["SPLIT_K"] = split
-        second = f', {axis1} * meta["SPLIT_K"]' if axis1 else ', meta["SPLIT_K"]'
-    else:
-        second = f", {axis1}" if axis1 else ""
-    grid = f'lambda meta: (triton.cdiv({n}, meta["BLOCK_N"]){second})'
+    axis = _grid_axis(batch if batched and batch > 1 else None, split)
+    grid = f'lambda meta: (triton.cdiv({n}, meta["BLOCK_N"]){axis})'
     return Kernel(name, "matmul", list(nodes), w.params, blocks, {"num_warps": 4}, grid, w.body_lines(),
                   w.stored, w.helpers, zero_init=split > 1)
 
@@ -662,31 +666,36 @@ def _subscriptable(v: str) -> str:
 
 def _store_result(w: KernelWriter, oc: Coords, res: str, stored: Sequence[int], atomic: bool = False) -> None:
     """The output tile's value is `res` (epilogues read it); store every node the group keeps."""
-    w.provided[oc.key] = res
+    w.provided[(w.anchor, oc.key)] = res
     for j in stored:
         w.store(j, oc, atomic=atomic)
 
 
+def _dot_blocks(m: int, n: int, k: int) -> dict[str, int]:
+    """Default tiles of a tl.dot kernel over an m x n output with a k-long reduction.
+
+    Column blocks stay 64 wide for skinny products too: on an H200 a GEMV (m = 1, n = 8192,
+    k = 3253) ran 0.59x / 0.53x / 0.36x eager with 64 / 32 / 16 columns a tile, so narrow tiles
+    (short row pieces of the streamed operand) lose more than their extra programs gain; such a
+    product gets its programs from split-K instead (`split_k`). Rows: up to 128 a tile; in the
+    H200 search logs of session 5, BLOCK_M 128 (from 64) was the best launch move of all four
+    bench tasks with a large product (a matmul, a linear, a conv1d, a conv_transpose2d)."""
+    return {"BLOCK_M": clamp_pow2(m, 16, DOT_BLOCK_M), "BLOCK_N": clamp_pow2(n, 16, 64), "BLOCK_K": dot_block_k(k)}
+
+
 def _dot_kernel(w: KernelWriter, name: str, kind: str, nodes: Sequence[int], m: int, n: int, k: int,
-                grid_z: int | None = None, groups: int = 1, split: int = 1) -> Kernel:
+                grid_z: int | None = None, groups: int = 1, split: int = 1,
+                blocks: dict[str, int] | None = None) -> Kernel:
     """A tiled tl.dot kernel (matmul, or a convolution as implicit GEMM) over an m x n output with
     a k-long reduction; `grid_z`: the size of a third grid axis (a matmul's batch); `groups`: that
     many m-long row ranges share the first grid axis (a convolution's images); `split` > 1: the
-    kernel splits k over ``SPLIT_K`` programs on the third axis, adding into a zeroed output."""
-    # Column blocks stay 64 wide for skinny products too: on an H200 a GEMV (m = 1, n = 8192,
-    # k = 3253) ran 0.59x / 0.53x / 0.36x eager with 64 / 32 / 16 columns a tile, so narrow tiles
-    # (short row pieces of the streamed operand) lose more than their extra programs gain; such a
-    # product gets its programs from split-K instead (`split_k`). Rows: up to 128 a tile; in the
-    # H200 search logs of session 5, BLOCK_M 128 (from 64) was the best launch move of all four
-    # bench tasks with a large product (a matmul, a linear, a conv1d, a conv_transpose2d).
-    blocks = {"BLOCK_M": clamp_pow2(m, 16, DOT_BLOCK_M), "BLOCK_N": clamp_pow2(n, 16, 64), "BLOCK_K": dot_block_k(k)}
+    kernel splits k over ``SPLIT_K`` programs on the third axis, adding into a zeroed output;
+    `blocks`: its default tiles when already chosen (`_dot_blocks`)."""
+    blocks = dict(blocks or _dot_blocks(m, n, k))
     rows = f'triton.cdiv({m}, meta["BLOCK_M"])' + (f" * {groups}" if groups > 1 else "")
     if split > 1:
         blocks["SPLIT_K"] = split
-        z = f', {grid_z} * meta["SPLIT_K"]' if grid_z not in (None, 1) else ', meta["SPLIT_K"]'
-    else:
-        z = f", {grid_z}" if grid_z is not None else ""
-    grid = f'lambda meta: ({rows}, triton.cdiv({n}, meta["BLOCK_N"]){z})'
+    grid = f'lambda meta: ({rows}, triton.cdiv({n}, meta["BLOCK_N"]){_grid_axis(grid_z, split)})'
     return Kernel(name, kind, list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 3}, grid,
                   w.body_lines(), w.stored, w.helpers, zero_init=split > 1)
 
