@@ -42,6 +42,22 @@ def parse_task_id(text: str) -> tuple[int, str, int]:
     return int(m[1]), m[2], int(m[3])
 
 
+def parse_task_ids(text: str) -> list[tuple[int, str, int]]:
+    """`--tasks`: comma-separated sampled task ids, at least one (see `parse_task_id`)."""
+    ids = [parse_task_id(t) for t in text.split(",") if t.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("--tasks names no task id")
+    return ids
+
+
+def sample_tasks(ids: list[tuple[int, str, int]]) -> list[Any]:
+    """The sampled tasks of parsed ids (one sampler per sizes)."""
+    from kernelgym.sampler import TaskSampler
+
+    samplers: dict[str, TaskSampler] = {}
+    return [samplers.setdefault(s, TaskSampler(s)).sample(d, seed) for d, s, seed in ids]
+
+
 def parse_configs(text: str) -> list[dict[str, Any]]:
     try:
         configs = json.loads(text)
@@ -63,25 +79,19 @@ def _cell(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from kernelgym.evaluation import Evaluator, resolve_backend
-    from kernelgym.sampler import TaskSampler
     from policies.compiler import CompileError, CompilerPolicy
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", required=True, help="comma-separated sampled task ids, e.g. d3_bench_s4")
+    ap.add_argument("--tasks", required=True, type=parse_task_ids,
+                    help="comma-separated sampled task ids, e.g. d3_bench_s4")
     ap.add_argument("--configs", type=parse_configs, default=DEFAULT_CONFIGS, help="JSON list of configs")
     ap.add_argument("--backend", choices=["auto", "interpret", "cuda"], default="auto")
     ap.add_argument("--seed", type=int, default=11, help="evaluation seed (inputs)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "compiler_variants.json"))
     args = ap.parse_args(argv)
-    try:
-        ids = [parse_task_id(t) for t in args.tasks.split(",") if t.strip()]
-    except argparse.ArgumentTypeError as exc:
-        ap.error(str(exc))
     backend = resolve_backend(args.backend)
-
-    samplers: dict[str, TaskSampler] = {}
-    tasks = [samplers.setdefault(s, TaskSampler(s)).sample(d, seed) for d, s, seed in ids]
+    tasks = sample_tasks(args.tasks)
     policy = CompilerPolicy()
     n = len(args.configs)
     rows: list[dict[str, Any]] = []

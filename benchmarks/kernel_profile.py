@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.compiler_variants import parse_configs, parse_task_id  # noqa: E402
+from benchmarks.compiler_variants import parse_configs, parse_task_ids, sample_tasks  # noqa: E402
 
 
 def breakdown(forwards: Sequence[Sequence[tuple[float, float, str]]]) -> dict[str, Any]:
@@ -61,16 +61,15 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _models(task: Any, configs: list[dict[str, Any]], with_compile: bool) -> list[tuple[str, Any]]:
-    """(label, zero-argument builder of a CUDA model) for every model profiled on `task`."""
+def _models(task: Any, init_inputs: list[Any], reference: Any, configs: list[dict[str, Any]],
+            with_compile: bool) -> list[tuple[str, Any]]:
+    """(label, zero-argument builder of a CUDA model) for every model profiled on `task`, whose
+    reference model (on the GPU) was built from `init_inputs`."""
     import torch
 
     from kernelgym import task as taskmod
-    from kernelgym.evaluation.jobs import seeded_task
     from policies.compiler import CompilerPolicy
 
-    module, init_inputs, reference = seeded_task(task.source, 0, f"profile_{task.id}")
-    reference = reference.cuda().eval()
     policy = CompilerPolicy()
     out: list[tuple[str, Any]] = [("eager", lambda: reference)]
     if with_compile:
@@ -90,16 +89,13 @@ def _models(task: Any, configs: list[dict[str, Any]], with_compile: bool) -> lis
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", required=True, help="comma-separated sampled task ids, e.g. d3_bench_s4")
+    ap.add_argument("--tasks", required=True, type=parse_task_ids,
+                    help="comma-separated sampled task ids, e.g. d3_bench_s4")
     ap.add_argument("--configs", type=parse_configs, default=[{}], help="JSON list of compiler configs")
     ap.add_argument("--forwards", type=int, default=30, help="profiled forwards per model")
     ap.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "kernel_profile.json"))
     args = ap.parse_args(argv)
-    try:
-        ids = [parse_task_id(t) for t in args.tasks.split(",") if t.strip()]
-    except argparse.ArgumentTypeError as exc:
-        ap.error(str(exc))
     if args.forwards < 1:
         ap.error(f"--forwards must be at least 1, got {args.forwards}")
 
@@ -113,15 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.timing_fidelity import profile_forwards
     from kernelgym.evaluation.jobs import seeded_task, to_device, trial_inputs
     from kernelgym.evaluation.reference import trial_seed
-    from kernelgym.sampler import TaskSampler
 
-    samplers: dict[str, TaskSampler] = {}
     rows: list[dict[str, Any]] = []
-    for d, sizes, seed in ids:
-        task = samplers.setdefault(sizes, TaskSampler(sizes)).sample(d, seed)
-        module, _, _ = seeded_task(task.source, 0, f"inputs_{task.id}")
+    for task in sample_tasks(args.tasks):
+        module, init_inputs, reference = seeded_task(task.source, 0, f"profile_{task.id}")
         sets = [to_device(trial_inputs(module, trial_seed(0, t)), "cuda") for t in range(3)]
-        for label, build in _models(task, args.configs, not args.no_compile):
+        models = _models(task, init_inputs, reference.cuda().eval(), args.configs, not args.no_compile)
+        for label, build in models:
             row: dict[str, Any] = {"task_id": task.id, "ops": list(task.ops), "model": label}
             try:
                 row |= breakdown(profile_forwards(build(), sets, args.forwards))

@@ -35,6 +35,7 @@ def test_compiler_variants_table_and_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "d1_huge_s0"], "d1_huge_s0"),
+    (["--tasks", " , "], "names no task id"),
     (["--tasks", "d1_tiny_s0", "--configs", "{"], "not JSON"),
     (["--tasks", "d1_tiny_s0", "--configs", '{"a": 1}'], "JSON list of objects"),
 ])

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -196,28 +196,30 @@ def process_tree(pid: int) -> list[int]:
     return seen
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system, with reaped children's, such as compiler subprocesses) used so
-    far by `pid` and its live descendants (Linux /proc; 0 for what cannot be read)."""
-    tick = os.sysconf("SC_CLK_TCK")
+def _tree_sum(pid: int, read: Callable[[int], int]) -> int:
+    """`read(p)` summed over `pid` and its live descendants (what cannot be read counts 0)."""
     total = 0
     for p in process_tree(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])   # utime stime cutime cstime
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / tick
-
-
-def tree_rss_bytes(pid: int) -> int:
-    total = 0
-    for p in process_tree(pid):
-        try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE
+            total += read(p)
         except (OSError, ValueError, IndexError):
             pass
     return total
+
+
+def _cpu_ticks(p: int) -> int:
+    fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15])   # utime stime cutime cstime
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, with reaped children's, such as compiler subprocesses) used so
+    far by `pid` and its live descendants (Linux /proc; 0 for what cannot be read)."""
+    return _tree_sum(pid, _cpu_ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss_bytes(pid: int) -> int:
+    return _tree_sum(pid, lambda p: int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE)
 
 
 class Worker:

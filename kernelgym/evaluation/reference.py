@@ -320,21 +320,24 @@ def time_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     eager: list[dict[str, Any]] = []
     comp: list[dict[str, Any]] = []
     compile_error = None if compiled is not None else ref.get("compile_error", "torch.compile baseline not prepared")
+
+    def timed(fn: Callable[..., Any]) -> dict[str, Any]:
+        with _gpu(state).hold("exclusive"), torch.no_grad():
+            return timing.bench(lambda ins: fn(*ins), inputs, stream=_stream(state), **opts)
+
     for i in range(repeats):
         if i:
             time.sleep(BASELINE_GAP_S)   # the lock is let go: whatever disturbed the last one may end
         progress("baseline eager")
         try:
-            with _gpu(state).hold("exclusive"), torch.no_grad():
-                eager.append(timing.bench(lambda ins: model(*ins), inputs, stream=_stream(state), **opts))
+            eager.append(timed(model))
         except BaseException as exc:  # noqa: BLE001
             return {"status": "error", "error": f"eager baseline failed: {describe(exc)}"}
         if compile_error is not None:
             continue
         progress("baseline torch.compile timing")
         try:
-            with _gpu(state).hold("exclusive"), torch.no_grad():
-                comp.append(timing.bench(lambda ins: compiled(*ins), inputs, stream=_stream(state), **opts))
+            comp.append(timed(compiled))
         except BaseException as exc:  # noqa: BLE001 - the eager baseline still stands
             compile_error = describe(exc)
     out: dict[str, Any] = {"status": "ok", "eager": best_of(eager)}
