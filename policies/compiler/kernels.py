@@ -28,6 +28,17 @@ PROGRAMS_MIN = 512
 DOT_BLOCK_M = 128
 # Least reduction length a split-K program keeps (shorter runs spend more on the atomic adds).
 SPLIT_K_MIN = 256
+# Contiguous rows of up to SHORT_ROW elements share tiles of SHORT_ROW_TILE elements, one warp a
+# tile: on an H200 a std over rows of 97 (65536 rows) took 15.3 us with 4 rows and 1 warp a
+# program, 18.3 with 8 rows and 2 warps, 24.1 with 8 rows and 4 warps (torch.compile: 18.0).
+SHORT_ROW, SHORT_ROW_TILE = 128, 512
+# Longest chunk of a contiguous row a row kernel loads at once.
+ROW_CHUNK_MAX = 4096
+# Row reductions that fold a sum (sum, mean, norm) split a long reduced axis over this many programs
+# at most when there are few row tiles, each program folding at least ROW_SPLIT_CHUNKS chunks.
+ROW_SPLIT_PROGRAMS = 1024
+ROW_SPLIT_CHUNKS = 4
+SPLIT_FOLDS = frozenset({"sum", "mean", "adaptive_avg_pool2d", "norm"})
 # Programs a one-row product (GEMV) aims for. On an H200 the bench GEMV (1 x 3253 @ 3253 x 8192,
 # fp32) took 98.6 / 56.6 / 34.0 us with 256 / 512 / 1024 programs of 4 warps (cuBLAS: 32.5 us):
 # streaming at full bandwidth needs about 32 warps' loads in flight on every SM.
@@ -54,6 +65,7 @@ class Kernel:
     helpers: set[str] = field(default_factory=set)
     comment: str = ""
     zero_init: bool = False           # outputs must be zeroed first (split-K adds partial sums)
+    scratch: dict[str, str] = field(default_factory=dict)  # forward variable -> its allocation (zeroed)
 
     def source(self) -> str:
         sig = ", ".join([p for p, _ in self.params] + [f"{b}: tl.constexpr" for b in self.blocks])
@@ -219,10 +231,13 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
     # A normalising row's tail reduction over the same rows (`ir.TAIL_REDUCE`), if the group has one.
     tail = next((j for j in nodes if j != anchor and kind(prog.graph.nodes[j].op) != "pointwise"), None)
     tail_op = prog.graph.nodes[tail].op if tail is not None else ""
+    block_m, block_r, split = _row_blocks(plan, m, r, op in SPLIT_FOLDS)
     _reserve(w, "pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
              "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
-             "xz", "chunk_max", "tail")
+             "xz", "chunk_max", "tail", "pid_r", "r_lo", "done", "total", "ws_ptr", "cnt_ptr")
     w.emit("pid = tl.program_id(0)")
+    if split > 1:
+        w.emit("pid_r = tl.program_id(1)")
     w.emit("rm = pid * BLOCK_M + tl.arange(0, BLOCK_M)")
     w.emit(f"row_mask = rm < {m}")
     am, ar = frozenset({"m"}), frozenset({"r"})
@@ -242,13 +257,18 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         return c
 
     loop = f"for r0 in range(0, {r}, BLOCK_R):"
+    if split > 1:
+        # this program's span of whole chunks (masks cut the tail)
+        span = f"(({r} + SPLIT_R * BLOCK_R - 1) // (SPLIT_R * BLOCK_R)) * BLOCK_R"
+        w.emit(f"r_lo = pid_r * {span}")
+        loop = f"for r0 in range(r_lo, r_lo + {span}, BLOCK_R):"
     f32 = "dtype=tl.float32"
     with w.tile(["m", "r"], "mask", ["BLOCK_M", "BLOCK_R"]):
         if op in REDUCE or op in NORMALIZE:
             stats = _row_stats(w, op, p, loop, x_coords, x_ref, r, f32)
         if op in NORMALIZE:
             _norm_prelude(w, op, p, r)
-        if op in REDUCE:
+        if op in REDUCE and split == 1:
             res = _reduce_result(w, op, p, stats, r)
         elif op in NORMALIZE:
             if tail is not None:
@@ -264,7 +284,7 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                         w.store(j, c)
                 if tail is not None:
                     w.emit(_fold_step(tail_op, "tail", w.value(prog.graph.nodes[tail].args[0], c, "mask")))
-        else:
+        elif op not in REDUCE:
             _scan(w, op, loop, x_coords, x_ref, anchor, stored, f32)
     if op in REDUCE or tail is not None:
         j = anchor if op in REDUCE else tail
@@ -277,33 +297,82 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
             dims = list(kept1)
         oc = Coords(out_shape, dims, w.new_key(), "rm", am)
         with w.tile(["m"], "row_mask", ["BLOCK_M"]):
-            if op in REDUCE:
+            if op in REDUCE and split > 1:
+                _split_finish(w, op, p, r, oc, stored, name)
+            elif op in REDUCE:
                 _store_result(w, oc, res, stored)
             else:
                 w.provided[(tail, oc.key)] = _reduce_result(w, tail_op, {}, {"acc": "tail"}, r)
                 w.store(tail, oc)
-    if plan.contiguous_rows:
-        # Chunks of up to 2048: in three H200 search runs a layer_norm over rows of 8192 ran
-        # 1.34x eager with 2048 a chunk against 1.24x with 1024.
-        block_r = clamp_pow2(r, 1, 2048)
-        block_m = clamp_pow2(m, 1, max(1, 1024 // block_r))
-    else:
-        # Reducing a non-innermost axis: only `inner` consecutive rows are contiguous, and Triton
-        # lays threads along the rows first, so a tile of many rows reads one short piece of each
-        # (an H200 ran log_softmax over a [.., 6045, 2] axis at 0.21x eager with 64 x 32 tiles).
-        # Rows per tile stop at the contiguous run (at most 32) and the reduced axis takes the
-        # rest, unless it is short: then more rows fill the tile (2048 elements). 128 of the
-        # reduced axis a chunk: in four H200 search runs a norm over dim -2 of [2048, 8192] ran
-        # 1.52x eager with 128 against 1.22x with 64.
-        block_r = clamp_pow2(r, 1, 1024 if plan.inner < 32 else 128)
-        block_m = clamp_pow2(m, 1, max(min(next_pow2(plan.inner), 32), 2048 // block_r))
-        # Enough programs to keep every SM streaming. On an H200 a norm over [2048, 8192] dim -2
-        # ran 1.02x eager with 32 rows a tile (256 programs) and 1.24x with 16 (512).
-        block_m = fill_block(block_m, m)
     warps = 8 if block_m * block_r >= 4096 else 4
-    return Kernel(name, "row", list(nodes), w.params, {"BLOCK_M": block_m, "BLOCK_R": block_r},
-                  {"num_warps": warps}, f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]),)', w.body_lines(),
-                  w.stored, w.helpers)
+    if plan.contiguous_rows and block_r <= SHORT_ROW:
+        warps = 1
+    blocks = {"BLOCK_M": block_m, "BLOCK_R": block_r} | ({"SPLIT_R": split} if split > 1 else {})
+    axis = ', meta["SPLIT_R"]' if split > 1 else ""
+    scratch = {f"{name}_ws": f"torch.zeros(({m},), device={{dev}}, dtype=torch.float32)",
+               f"{name}_cnt": f"torch.zeros(({m},), device={{dev}}, dtype=torch.int32)"} if split > 1 else {}
+    return Kernel(name, "row", list(nodes), w.params, blocks, {"num_warps": warps},
+                  f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]){axis})', w.body_lines(), w.stored, w.helpers,
+                  scratch=scratch)
+
+
+def _row_blocks(plan: RowPlan, m: int, r: int, splittable: bool) -> tuple[int, int, int]:
+    """Default (BLOCK_M, BLOCK_R, SPLIT_R) of a row kernel over m rows of r elements."""
+    if plan.contiguous_rows:
+        # Chunks of up to 4096: in H200 search runs a layer_norm over rows of 8192 ran 1.24x /
+        # 1.34x / 1.49x eager with 1024 / 2048 / 4096 a chunk, and a logsumexp over rows of 8192
+        # was fastest with 4096 too. Short rows: tiles of 512 elements (below, one warp each).
+        block_r = clamp_pow2(r, 1, ROW_CHUNK_MAX)
+        block_m = clamp_pow2(m, 1, max(1, (SHORT_ROW_TILE if block_r <= SHORT_ROW else 1024) // block_r))
+        split = split_rows(-(-m // block_m), r, block_r) if splittable else 1
+        return block_m, block_r, split
+    if splittable and plan.inner >= 32:
+        # A fold over a non-innermost axis with few wide row tiles: tiles keep 64 consecutive rows
+        # (256-byte pieces of each reduced step) and the reduced axis splits over programs instead
+        # of the tiles narrowing to 16 rows.
+        block_m, block_r = clamp_pow2(m, 1, 64), clamp_pow2(r, 1, 64)
+        split = split_rows(-(-m // block_m), r, block_r)
+        if split > 1:
+            return block_m, block_r, split
+    # Reducing a non-innermost axis: only `inner` consecutive rows are contiguous, and Triton
+    # lays threads along the rows first, so a tile of many rows reads one short piece of each
+    # (an H200 ran log_softmax over a [.., 6045, 2] axis at 0.21x eager with 64 x 32 tiles).
+    # Rows per tile stop at the contiguous run (at most 32) and the reduced axis takes the
+    # rest, unless it is short: then more rows fill the tile (2048 elements). 128 of the
+    # reduced axis a chunk: in four H200 search runs a norm over dim -2 of [2048, 8192] ran
+    # 1.52x eager with 128 against 1.22x with 64.
+    block_r = clamp_pow2(r, 1, 1024 if plan.inner < 32 else 128)
+    block_m = clamp_pow2(m, 1, max(min(next_pow2(plan.inner), 32), 2048 // block_r))
+    # Enough programs to keep every SM streaming. On an H200 a norm over [2048, 8192] dim -2
+    # ran 1.02x eager with 32 rows a tile (256 programs) and 1.24x with 16 (512).
+    return fill_block(block_m, m), block_r, 1
+
+
+def split_rows(tiles: int, r: int, block_r: int) -> int:
+    """How many programs share each row tile's r-long fold (a power of two; 1: no split): with
+    about a wave of row tiles or more, none; else doubling towards `ROW_SPLIT_PROGRAMS` programs
+    while each keeps at least `ROW_SPLIT_CHUNKS` chunks of `block_r`."""
+    if tiles * 4 > PROGRAMS_MIN:
+        return 1
+    split = 1
+    while tiles * split * 2 <= ROW_SPLIT_PROGRAMS and r >= split * 2 * block_r * ROW_SPLIT_CHUNKS:
+        split *= 2
+    return split
+
+
+def _split_finish(w: KernelWriter, op: str, p: dict[str, Any], r: int, oc: Coords, stored: Sequence[int],
+                  name: str) -> None:
+    """The end of a split fold: every program adds its partial fold into a zeroed fp32 buffer; the
+    last of a row tile's SPLIT_R programs to arrive (an acq_rel counter per tile, after a barrier so
+    that all of its threads' adds come first) reads the totals and finishes the rows (the result,
+    epilogues, stores), so a fold with a non-linear finish (norm's sqrt) or an epilogue can split."""
+    w.params += [("ws_ptr", f"{name}_ws"), ("cnt_ptr", f"{name}_cnt")]
+    w.emit('tl.atomic_add(ws_ptr + rm, acc, mask=row_mask, sem="relaxed")')
+    w.emit("tl.debug_barrier()")
+    w.emit('done = tl.atomic_add(cnt_ptr + pid, 1, sem="acq_rel")')
+    with w.block("if done == SPLIT_R - 1:"):
+        w.emit("total = tl.load(ws_ptr + rm, mask=row_mask, other=0.0, volatile=True)")
+        _store_result(w, oc, _reduce_result(w, op, p, {"acc": "total"}, r), stored)
 
 
 def _row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords: Callable[[], Coords],

@@ -18,7 +18,7 @@ from policies.compiler.kernels import (
     row_kernel,
 )
 
-BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K")
+BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K", "SPLIT_R")
 OPTION_KEYS = ("num_warps", "num_stages")
 # fp32 tl.dot precisions worth trying: 3xTF32 (the default: tensor cores at about fp32 accuracy)
 # and IEEE (CUDA-core products). Plain TF32 is left out: it missed the fp32 tolerance at bench sizes.
@@ -214,6 +214,7 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
         for j in item.stored:
             shape = tuple(g.nodes[j].shape)
             fwd.append(f"v{j} = {alloc}({shape!r}, device={dev}, dtype=DTYPE)")
+        fwd += [f"{var} = {alloc.format(dev=dev)}" for var, alloc in item.scratch.items()]
         fwd += item.launch()
     outs = ", ".join(f"v{o}" for o in g.outputs)
     fwd.append(f"return {outs}")

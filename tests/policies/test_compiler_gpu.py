@@ -32,3 +32,16 @@ def test_bench_gemv_with_split_k_atomics_is_correct_on_the_gpu(evaluator, config
     # the baselines are the best of separate timings, all kept
     assert len(v.timings["eager"]["repeat_medians_ms"]) == 3
     assert v.timings["eager"]["median_ms"] == min(v.timings["eager"]["repeat_medians_ms"])
+
+
+@pytest.mark.parametrize("config", [None, {"SPLIT_R": 16}, {"SPLIT_R": 1}])
+def test_bench_column_norm_with_split_rows_is_correct_on_the_gpu(evaluator, config):
+    """sin -> norm over dim -2 of [2048, 8192]: few wide row tiles split the reduced axis; the last
+    program of each tile (an acq_rel counter) finishes from the atomically summed partials."""
+    task = TaskSampler("bench").sample(2, 4)
+    assert task.ops == ("sin", "norm")
+    src = compiler.CompilerPolicy().compile(task, config=config)
+    assert "SPLIT_R" in src and "tl.atomic_add(cnt_ptr + pid, 1" in src
+    v = evaluator.evaluate(task, src, backend="cuda", seed=5)
+    assert v.status == "ok", (v.status, v.error[:500])
+    assert v.speedup is not None

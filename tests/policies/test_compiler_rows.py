@@ -28,7 +28,10 @@ def test_non_innermost_reduction_tiles_follow_the_contiguous_run():
     ((4, 100, 8192), 2, {"BLOCK_M": 32, "BLOCK_R": 128}),  # 32 contiguous rows a tile, 1024 programs
     ((2048, 8192), 2, {"BLOCK_M": 16, "BLOCK_R": 128}),    # 32 a tile would launch only 256 programs
     ((4, 100, 3), 2, {"BLOCK_M": 16, "BLOCK_R": 128}),     # a short reduced axis: rows fill the tile
-    ((8, 4096), 1, {"BLOCK_M": 1, "BLOCK_R": 2048}),       # contiguous rows: chunks of up to 2048
+    ((8, 4096), 1, {"BLOCK_M": 1, "BLOCK_R": 4096}),       # contiguous rows: chunks of up to 4096
+    ((8, 8192), 1, {"BLOCK_M": 1, "BLOCK_R": 4096}),
+    ((1000, 97), 1, {"BLOCK_M": 4, "BLOCK_R": 128}),       # short rows: tiles of 512 elements
+    ((1000, 16), 1, {"BLOCK_M": 32, "BLOCK_R": 16}),
     ((64, 300), 1, {"BLOCK_M": 2, "BLOCK_R": 512}),        # short contiguous rows share a tile
 ])
 def test_row_tile_rule(shape, dim, blocks):
@@ -52,6 +55,34 @@ def get_init_inputs():
     return []
 '''
     assert launch_blocks(compiler.CompilerPolicy().compile(src)) == blocks
+
+
+def test_short_contiguous_rows_take_one_warp_a_tile():
+    """Rows of up to 128 elements: 512-element tiles of one warp (an H200 ran a std over rows of 97
+    in 15.3 us so, 24.1 us with 8 rows and 4 warps a tile); longer rows keep 4 or 8 warps."""
+    warps = {}
+    for r in (97, 300, 8192):
+        src = f'''import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        return torch.std(x, dim=-1)
+
+
+def get_inputs():
+    return [torch.randn(1000, {r})]
+
+
+def get_init_inputs():
+    return []
+'''
+        warps[r] = int(re.search(r"num_warps=(\d+)", compiler.CompilerPolicy().compile(src)).group(1))
+    assert warps == {97: 1, 300: 4, 8192: 8}
 
 
 TAIL_TEMPLATE = '''
@@ -152,3 +183,71 @@ def test_every_normalising_row_takes_every_tail_reduction(evaluator):
     bad = [(p[0].source.split("return ")[1].split("\n")[0], v.status, v.error[:200])
            for p, v in zip(pairs, verdicts) if v.status != "ok"]
     assert not bad, bad
+
+
+SPLIT_TEMPLATE = '''
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        return {expr}
+
+
+def get_inputs():
+    return [torch.randn({shape})]
+
+
+def get_init_inputs():
+    return []
+'''
+
+SPLITS = {  # name: (forward expression, input shape); few row tiles and a long reduced axis
+    "norm_over_rows": ("torch.linalg.vector_norm(torch.sin(x), dim=0)", "2048, 64"),
+    "sum_over_middle_axis_keepdim": ("torch.sum(x, dim=1, keepdim=True)", "2, 1024, 32"),
+    "mean_with_epilogue": ("torch.relu(torch.mean(x, dim=0) - 0.01) * 2.0", "1536, 64"),
+    "contiguous_sum": ("torch.sum(x * x, dim=-1)", "3, 40000"),
+    "contiguous_norm": ("torch.linalg.vector_norm(x, dim=-1, keepdim=True)", "2, 50000"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPLITS))
+def test_sum_folds_with_few_row_tiles_split_the_reduced_axis(evaluator, name):
+    """A sum, mean or norm with few row tiles and a long reduced axis splits that axis over
+    SPLIT_R programs; the last program of a tile to finish reads the summed partials and finishes
+    the rows (norm's sqrt, epilogues). Correct for any SPLIT_R, spans that do not divide r included."""
+    from kernelgym.task import Task
+
+    expr, shape = SPLITS[name]
+    task = Task.from_source(SPLIT_TEMPLATE.format(expr=expr, shape=shape))
+    policy = compiler.CompilerPolicy()
+    src = policy.compile(task)
+    assert kernel_count(src) == 1 and re.search(r"SPLIT_R=([2-9]|\d\d+)", src), src
+    assert "tl.atomic_add(cnt_ptr + pid, 1" in src and "torch.zeros" in src
+    variants = [src] + [policy.compile(task, config={"SPLIT_R": s}) for s in (1, 16)]
+    verdicts = evaluator.evaluate_batch([(task, v) for v in variants], backend="interpret", seed=4)
+    assert [v.status for v in verdicts] == ["ok"] * 3, [(v.status, v.error[:300]) for v in verdicts]
+
+
+@pytest.mark.parametrize("expr", ["torch.amax(x, dim=0)", "torch.std(x, dim=0)", "torch.sum(x, dim=0)"])
+def test_other_row_kernels_do_not_split(expr):
+    """Max / min and Welford folds do not split; nor does a fold with enough row tiles."""
+    from kernelgym.task import Task
+
+    shape = "2048, 64" if "sum" not in expr else "64, 65536"
+    src = compiler.CompilerPolicy().compile(Task.from_source(SPLIT_TEMPLATE.format(expr=expr, shape=shape)))
+    assert "SPLIT_R" not in src and "atomic" not in src
+
+
+def test_split_rows_rule():
+    from policies.compiler.kernels import PROGRAMS_MIN, ROW_SPLIT_PROGRAMS, split_rows
+
+    assert split_rows(PROGRAMS_MIN, 1 << 20, 64) == 1            # a wave of tiles already
+    assert split_rows(128, 2048, 64) == 8                        # 1024 programs, 4 chunks each
+    assert split_rows(1, 2048, 64) == 8                          # stops at 4 chunks a program
+    assert split_rows(1, 255, 64) == 1                           # under 2 x 4 chunks: no split
+    assert split_rows(4, 1 << 24, 2048) * 4 == ROW_SPLIT_PROGRAMS
