@@ -37,7 +37,7 @@ for s in "$@"; do
     gpu_tests_runner) step gpu_tests_runner 120 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=100 tests/test_runner.py ;;
     profile) step "profile${PROFILE_TAG:-}" 240 python3 benchmarks/kernel_profile.py --tasks "${PROFILE_TASKS:-d3_bench_s4,d2_bench_s3}" \
       --configs "${PROFILE_CONFIGS:-[{\}]}" --out "$OUT/profile${PROFILE_TAG:-}.json" ${PROFILE_EXTRA:-} ;;
-    throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 ;;
+    throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --out "$OUT/eval_throughput.json" ;;
     scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two
       step scaling_1gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
       step scaling_2gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
