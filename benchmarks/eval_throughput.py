@@ -212,6 +212,30 @@ def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str,
             "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs))}
 
 
+def profile_summary(directory: Path, evals: int, top: int = 25) -> str:
+    """Each worker role's profiled CPU seconds per evaluation, by function (own time, then time
+    including callees), from the `<role>-<pid>.prof` files the workers wrote."""
+    import io
+    import pstats
+
+    by_role: dict[str, list[str]] = {}
+    for f in sorted(directory.glob("*.prof")):
+        by_role.setdefault(f.name.split("-")[0], []).append(str(f))
+    if not by_role:
+        return f"no worker profiles in {directory}"
+    parts = [f"worker CPU profiles of the steady batch ({evals} evaluations; cProfile, process CPU time)"]
+    for role, files in sorted(by_role.items()):
+        stats = pstats.Stats(*files, stream=io.StringIO())
+        parts.append(f"\n== {role}: {len(files)} workers, {stats.total_tt / max(1, evals):.4f} CPU s an evaluation")
+        for key in ("tottime", "cumulative"):
+            buf = io.StringIO()
+            stats.stream = buf
+            stats.sort_stats(key).print_stats(top)
+            body = buf.getvalue()
+            parts.append(f"-- by {key}:\n" + body[body.find("   ncalls"):].rstrip())
+    return "\n".join(parts) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=["auto", "interpret", "cuda"], default="auto")
@@ -230,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", default=None,
                     help="GPUs for the pool, e.g. 0 or 0,1 (default all visible); run once with each for "
                          "the multi-GPU scaling of the same batch (--serial-n 8 keeps the baseline short)")
+    ap.add_argument("--profile-workers", metavar="DIR", default=None,
+                    help="cProfile the workers' requests during the steady batch (CPU time) and print "
+                         "each role's costliest functions (its CPU figures then include the profiler's cost)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "eval_throughput.json"))
     args = ap.parse_args(argv)
     devices = None
@@ -257,6 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     serial_n = min(args.serial_n or n, n)
 
     serial = run_serial(pairs[:serial_n], backend, args.trials, bench)
+    prof_dir = None
+    if args.profile_workers:
+        from kernelgym.evaluation.worker import PROFILE_ENV
+
+        prof_dir = Path(args.profile_workers)
+        prof_dir.mkdir(parents=True, exist_ok=True)
+        for f in [*prof_dir.glob("*.prof"), prof_dir / "on"]:
+            f.unlink(missing_ok=True)
+        os.environ[PROFILE_ENV] = str(prof_dir)   # the workers inherit it
     serial_eps = serial_n / serial["seconds"]
 
     with Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench,
@@ -267,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         first = pool_batch(ev, pairs, kinds, backend, 0, args.trials)
         # A new RL step: same tasks, new candidates (distinct sources: no ptx-cache hits), new seeds.
         pairs2 = [(r, c) for _, _, r, c in make_batch(n, numel, tasks, offset=n)]
+        if prof_dir is not None:
+            (prof_dir / "on").touch()
         steady = pool_batch(ev, pairs2, kinds, backend, 1, args.trials)
+        if prof_dir is not None:
+            (prof_dir / "on").unlink()
         workers, ref_workers, stats = ev.workers, ev.reference_workers, dict(ev.stats)
         used_devices = ev.devices if backend == "cuda" else []
     report = {
@@ -298,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {k:<26}{first['phases_mean_s'].get(k, 0.0):>9.4f}{steady['phases_mean_s'].get(k, 0.0):>9.4f}")
     print(f"serial statuses: {json.dumps(report['serial']['statuses'])}")
     print(f"pool verdicts by kind: {json.dumps(steady['statuses_by_kind'])}")
+    if prof_dir is not None:   # the workers wrote their profiles when the pool closed
+        os.environ.pop(PROFILE_ENV, None)
+        text = profile_summary(prof_dir, n)
+        (prof_dir / "summary.txt").write_text(text)
+        print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,13 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
     """The throughput benchmark runs both harnesses under the interpreter and reports each one's
     host cost: CPU seconds an evaluation (the pool's split by worker role)."""
     et = load("eval_throughput")
-    out = tmp_path / "et.json"
-    assert et.main(["--backend", "interpret", "--n", "4", "--workers", "1", "--out", str(out)]) == 0
+    out, prof = tmp_path / "et.json", tmp_path / "prof"
+    assert et.main(["--backend", "interpret", "--n", "4", "--workers", "1", "--out", str(out),
+                    "--profile-workers", str(prof)]) == 0
+    # --profile-workers: each role's CPU profile of the steady batch, verdicts unchanged by it
+    summary = (prof / "summary.txt").read_text()
+    assert "== candidate: 1 workers" in summary and "run_candidate" in summary and "== reference" in summary
+    assert "KERNELGYM_WORKER_PROFILE" not in os.environ
     r = json.loads(out.read_text())
     assert r["serial"]["cpu_s_per_eval"] > 0 and r["pool_steady"]["cpu_s_per_eval"] > 0
     assert {"candidate", "reference", "parent"} <= set(r["pool_steady"]["cpu_s"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch  # noqa: F401 - used by the skipif condition string
+import torch
 
 from kernelgym.evaluation import Evaluator
 from tests.eval_cases import CAND_ADD, REF_ADD, add_variant
@@ -71,3 +71,15 @@ def test_batch_spreads_over_gpus():
         assert alone == ["incorrect", "ok"]
         assert {v.timings["gpu"] for v in vs if v.ok} == {0, 1}
         assert len(ev._baselines) == 2  # one eager baseline per GPU
+
+
+def test_fingerprints_are_the_same_on_the_gpu_and_the_host():
+    """Workers fingerprint seeded inputs where they live (no copy to the host): the sums must not
+    depend on the device, for every dtype and layout an input can have."""
+    from kernelgym.evaluation.jobs import fingerprint
+
+    g = torch.Generator().manual_seed(0)
+    values = [torch.randn(1001, generator=g), torch.randn(7, 3, generator=g).half(), torch.randn(5, 4, generator=g).t(),
+              torch.randint(0, 9, (13,), generator=g), torch.rand(9, generator=g) > 0.5,
+              torch.randn(6, generator=g).bfloat16(), torch.empty(0)]
+    assert fingerprint([v.cuda() for v in values]) == fingerprint(values)

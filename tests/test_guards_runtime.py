@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from kernelgym.evaluation.guards.runtime import _Recorder, classify_op, record_torch_ops
 from tests.redteam.manifest import cases
@@ -88,3 +90,29 @@ def test_recorder_poisons_fresh_allocations():
     assert torch.isnan(f).all()
     assert (i == torch.iinfo(torch.int32).min).all()
     assert (z == 0).all()  # fills keep their meaning
+
+
+@triton.jit
+def add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) + tl.load(y_ptr + offs, mask=offs < n),
+             mask=offs < n)
+
+
+def test_the_launch_gets_the_grid_the_candidate_gave():
+    """The guard resolves a grid lambda itself (to record the launch) but hands Triton what the
+    lambda returned: a tuple as ints, an int unchanged, so that a launch Triton's own launcher
+    rejects (Triton 3.6 on a GPU: "object of type 'int' has no len()") is not repaired here."""
+    from kernelgym.evaluation.guards.runtime import RuntimeGuard
+
+    guard = RuntimeGuard("strict", None, "<test>", "cpu")
+    seen = []
+
+    def orig(kfn, *args, grid, warmup, **kwargs):
+        seen.append(grid)
+
+    x = torch.zeros(8)
+    guard._launch(orig, add_kernel, (x, x, x, 8), lambda meta: (2,), {"BLOCK": 4})
+    guard._launch(orig, add_kernel, (x, x, x, 8), lambda meta: 2, {"BLOCK": 4})
+    assert seen == [(2,), 2]
+    assert [r.grid for r in guard.launches] == [(2,)]   # one specialisation, recorded as a tuple

@@ -84,6 +84,40 @@ def _device_name(role: str) -> str:
     return "cpu"
 
 
+PROFILE_ENV = "KERNELGYM_WORKER_PROFILE"
+
+
+class WorkerProfiler:
+    """CPU profile of a worker's requests, for benchmarks: with ``KERNELGYM_WORKER_PROFILE=DIR`` set,
+    requests handled while the file ``DIR/on`` exists run under cProfile (process CPU time, so
+    waits for the GPU lock or the GPU cost nothing), and the worker writes ``DIR/<role>-<pid>.prof``
+    when it exits (see benchmarks/eval_throughput.py --profile-workers). A no-op otherwise."""
+
+    def __init__(self, directory: str, role: str):
+        self.directory, self.role = directory, role
+        self.profile: Any = None
+        if directory:
+            import cProfile
+
+            self.profile = cProfile.Profile(time.process_time)
+
+    @contextlib.contextmanager
+    def request(self) -> Any:
+        on = self.profile is not None and os.path.exists(os.path.join(self.directory, "on"))
+        if on:
+            self.profile.enable()
+        try:
+            yield
+        finally:
+            if on:
+                self.profile.disable()
+
+    def dump(self) -> None:
+        if self.profile is not None:
+            with contextlib.suppress(OSError):
+                self.profile.dump_stats(os.path.join(self.directory, f"{self.role}-{os.getpid()}.prof"))
+
+
 def main(argv: list[str]) -> int:
     role, fd = argv[0], int(argv[1])
     _harden()
@@ -121,19 +155,23 @@ def main(argv: list[str]) -> int:
         conn.send_bytes(codec.encode({"type": "phase", "phase": phase}))
 
     keep_bytes = int(float(os.environ.get("KERNELGYM_GPU_CACHE_MB", DEFAULT_GPU_CACHE_MB)) * (1 << 20))
+    profiler = WorkerProfiler(os.environ.get(PROFILE_ENV, ""), role)
 
     while True:
         try:
             msg = codec.decode(conn.recv_bytes(MAX_REQUEST_BYTES))
         except EOFError:
+            profiler.dump()
             return 0
         op = msg.get("op")
         if op == "exit":
+            profiler.dump()
             return 0
         t_job = time.perf_counter()
         gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
         try:
-            result = handlers[op](state, msg, progress)
+            with profiler.request():
+                result = handlers[op](state, msg, progress)
             if role != "ptx":
                 # Before the reply, under the request's GPU lock: a trim never overlaps a timing.
                 # A poisoned context is the next request's failure to report, not this one's.

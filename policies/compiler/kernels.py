@@ -304,11 +304,11 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
             else:
                 w.provided[(tail, oc.key)] = _reduce_result(w, tail_op, {}, {"acc": "tail"}, r)
                 w.store(tail, oc)
-    warps = 8 if block_m * block_r >= 4096 else 4
+    warps = 8 if block_m * block_r >= 4096 and split == 1 else 4
     if plan.contiguous_rows and block_r <= SHORT_ROW:
         warps = 1
     blocks = {"BLOCK_M": block_m, "BLOCK_R": block_r} | ({"SPLIT_R": split} if split > 1 else {})
-    axis = ', meta["SPLIT_R"]' if split > 1 else ""
+    axis = ', meta["SPLIT_R"]' if split > 1 else ","  # a tuple either way
     scratch = {f"{name}_ws": f"torch.zeros(({m},), device={{dev}}, dtype=torch.float32)",
                f"{name}_cnt": f"torch.zeros(({m},), device={{dev}}, dtype=torch.int32)"} if split > 1 else {}
     return Kernel(name, "row", list(nodes), w.params, blocks, {"num_warps": warps},
@@ -723,7 +723,7 @@ def _gemv_kernel(prog: Program, w: KernelWriter, nodes: Sequence[int], stored: S
     if split > 1:
         blocks["SPLIT_K"] = split
     axis = _grid_axis(batch if batched and batch > 1 else None, split)
-    grid = f'lambda meta: (triton.cdiv({n}, meta["BLOCK_N"]){axis})'
+    grid = f'lambda meta: (triton.cdiv({n}, meta["BLOCK_N"]){axis or ","})'
     return Kernel(name, "matmul", list(nodes), w.params, blocks, {"num_warps": 4}, grid, w.body_lines(),
                   w.stored, w.helpers, zero_init=split > 1)
 

@@ -715,9 +715,10 @@ class RuntimeGuard:
             meta = dict(values)
             meta.update({k: v for k, v in kwargs.items() if k not in meta})
             grid = grid(meta)
-        if not isinstance(grid, (tuple, list)):
-            grid = (grid,)
-        grid_t = tuple(int(g) for g in grid)
+        grid_t = tuple(int(g) for g in (grid if isinstance(grid, (tuple, list)) else (grid,)))
+        # Triton gets the resolved grid as it came (a tuple made of ints; anything else unchanged), so
+        # a grid its launcher rejects (Triton 3.6 wants a sequence, not an int) fails here too.
+        launch_grid = grid_t if isinstance(grid, (tuple, list)) else grid
         signature = {k: ("constexpr" if k in consts else _type_str(v)) for k, v in values.items()}
         constexprs = {k: _plain(v) for k, v in values.items() if k in consts or v is None}
         tensors = [t for v in [*args, *kwargs.values()] for t in _tensors(v)]
@@ -738,7 +739,7 @@ class RuntimeGuard:
             # First launch of this specialisation: compile it (host work) outside the GPU lock.
             self._warmed.add(key)
             with self.compile_section():
-                orig(kfn, *args, grid=grid_t, warmup=True, **kwargs)
+                orig(kfn, *args, grid=launch_grid, warmup=True, **kwargs)
 
         before: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if rec is not None:
@@ -752,7 +753,7 @@ class RuntimeGuard:
         if recorder is not None:
             recorder.in_launch += 1
         try:
-            result = orig(kfn, *args, grid=grid_t, warmup=False, **kwargs)
+            result = orig(kfn, *args, grid=launch_grid, warmup=False, **kwargs)
         finally:
             if recorder is not None:
                 recorder.in_launch -= 1
