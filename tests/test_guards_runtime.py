@@ -116,3 +116,27 @@ def test_the_launch_gets_the_grid_the_candidate_gave():
     guard._launch(orig, add_kernel, (x, x, x, 8), lambda meta: 2, {"BLOCK": 4})
     assert seen == [(2,), 2]
     assert [r.grid for r in guard.launches] == [(2,)]   # one specialisation, recorded as a tuple
+
+
+def test_patching_diff_sees_replaced_deleted_and_added_attributes(monkeypatch):
+    """The snapshot diff that runs after every sandboxed block: a replaced, a deleted and an added
+    callable are named; an added submodule is not (imports add those); and a candidate that
+    replaces builtins.vars cannot hide its changes (the diff bound its builtins at import)."""
+    import builtins
+    import types
+
+    from kernelgym.evaluation.guards import runtime
+
+    snap = runtime._snapshot()
+    assert runtime._diff(snap) == []
+    monkeypatch.setattr(torch.nn.functional, "relu", lambda x: x)
+    monkeypatch.delattr(torch.nn.functional, "gelu")
+    monkeypatch.setattr(torch, "kernelgym_test_added", lambda: 0, raising=False)
+    monkeypatch.setattr(torch, "kernelgym_test_module", types.ModuleType("m"), raising=False)
+    real_vars = builtins.vars
+    monkeypatch.setattr(builtins, "vars", lambda o=None: {k: v for k, v in real_vars(o).items()
+                                                          if not k.startswith("kernelgym_test")})
+    changed = runtime._diff(snap)
+    assert {"torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.kernelgym_test_added (added)",
+            "builtins.vars"} <= set(changed), changed
+    assert not any("kernelgym_test_module" in c for c in changed)

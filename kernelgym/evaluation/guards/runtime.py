@@ -29,6 +29,7 @@ import collections
 import contextlib
 import inspect
 import math
+import operator
 import os
 import sys
 import sysconfig
@@ -36,7 +37,7 @@ import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -502,27 +503,41 @@ def _watchable(v: Any) -> bool:
     return callable(v) or isinstance(v, (types.ModuleType, property, classmethod, staticmethod))
 
 
-def _snapshot() -> dict[str, tuple[Any, dict[str, Any]]]:
-    snap: dict[str, tuple[Any, dict[str, Any]]] = {}
+class _Owned(NamedTuple):
+    """One watched owner at snapshot time: its watched attributes (as a dict, and as parallel key
+    and value tuples for the fast comparison) and every attribute name it had."""
+
+    owner: Any
+    before: dict[str, Any]
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]
+    known: frozenset[str]
+
+
+def _snapshot() -> dict[str, _Owned]:
+    snap: dict[str, _Owned] = {}
     for name, owner in _watched_owners():
         try:
             items = dict(vars(owner))
         except TypeError:
             continue
-        snap[name] = (owner, {k: v for k, v in items.items() if _watchable(v)})
+        before = {k: v for k, v in items.items() if _watchable(v)}
+        snap[name] = _Owned(owner, before, tuple(before), tuple(before.values()), frozenset(items))
     return snap
 
 
-def _diff(snap: dict[str, tuple[Any, dict[str, Any]]]) -> list[str]:
+def _diff(snap: dict[str, _Owned], vars: Callable[[Any], Any] = vars, any: Callable[..., bool] = any,
+          map: type = map, is_not: Callable[[Any, Any], bool] = operator.is_not) -> list[str]:
+    """Watched attributes replaced, deleted or added since the snapshot. Runs after every
+    sandboxed block, so the common case (nothing changed) compares identities in C (`map`, `any`)
+    rather than attribute by attribute in Python; the builtins it uses are bound at import."""
     changed: list[str] = []
-    for name, (owner, before) in snap.items():
-        now = vars(owner)
-        for k, v in before.items():
-            if now.get(k, _MISSING) is not v:
-                changed.append(f"{name}.{k}")
-        for k, v in list(now.items()):
-            if k not in before and _watchable(v) and not isinstance(v, types.ModuleType):
-                changed.append(f"{name}.{k} (added)")
+    for name, o in snap.items():
+        now = vars(o.owner)
+        if any(map(is_not, map(now.get, o.keys), o.values)):
+            changed += [f"{name}.{k}" for k, v in o.before.items() if now.get(k, _MISSING) is not v]
+        changed += [f"{name}.{k} (added)" for k in now.keys() - o.known
+                    if _watchable(now[k]) and not isinstance(now[k], types.ModuleType)]
     return changed
 
 
@@ -569,7 +584,7 @@ class RuntimeGuard:
         self._fwd: ForwardRecord | None = None
         self._recorder: _Recorder | None = None
         self._prev_outputs: list[torch.Tensor] = []   # kept alive so their storage cannot be recycled
-        self._snap: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._snap: dict[str, _Owned] = {}
         self._threads: set[threading.Thread] = set()
         self._tids: set[int] = set()
         self._modules: set[str] = set()
