@@ -83,3 +83,16 @@ def test_fingerprints_are_the_same_on_the_gpu_and_the_host():
               torch.randint(0, 9, (13,), generator=g), torch.rand(9, generator=g) > 0.5,
               torch.randn(6, generator=g).bfloat16(), torch.empty(0)]
     assert fingerprint([v.cuda() for v in values]) == fingerprint(values)
+
+
+@pytest.mark.parametrize("host_only", [False, True])
+def test_inputs_drawn_on_the_gpu_or_on_the_host_give_the_same_verdict(evaluator, host_only):
+    """On the cuda backend both workers draw get_inputs() on the GPU; a get_inputs() that needs host
+    tensors (.numpy()) falls back to the CPU in both. Either way the fingerprints agree and the
+    candidate is judged ok."""
+    ref = BIG_ADD
+    if host_only:
+        ref = ref.replace("torch.randn(1 << 22)", "torch.from_numpy(torch.randn(1 << 22).numpy())")
+        assert "numpy()" in ref
+    v = evaluator.evaluate(ref, CAND_ADD, backend="cuda", seed=4)
+    assert v.status == "ok", (v.status, v.error[:500])

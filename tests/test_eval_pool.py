@@ -325,3 +325,18 @@ def test_tree_cpu_seconds_counts_a_busy_process_and_its_children():
         p.kill()
         p.wait()
     assert tree_cpu_seconds(p.pid) == 0.0   # gone: nothing to read
+
+
+def test_trial_inputs_are_drawn_on_the_evaluation_device():
+    """On a device, get_inputs() runs with it as torch's default device (inputs drawn there, not
+    on the host); one that cannot (it needs host tensors) runs again on the CPU from the same seed."""
+    import types
+
+    from kernelgym.evaluation.jobs import trial_inputs
+
+    mod = types.SimpleNamespace(get_inputs=lambda: [torch.randn(4, 3), 2])
+    (x, k), (y, _) = trial_inputs(mod, 7, "meta"), trial_inputs(mod, 7)
+    assert x.device.type == "meta" and y.device.type == "cpu" and k == 2 and x.shape == y.shape
+    host = types.SimpleNamespace(get_inputs=lambda: [torch.from_numpy(torch.randn(5).numpy())])
+    (a,), (b,) = trial_inputs(host, 3, "meta"), trial_inputs(host, 3)
+    assert a.device.type == "cpu" and torch.equal(a, b)   # the fallback reseeds first

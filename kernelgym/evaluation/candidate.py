@@ -151,14 +151,15 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     try:
         module, init_inputs, ref_model = seeded_task(msg["task"], int(msg["seed"]), "kernelgym_task_inputs")
         state_dict = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
-        all_inputs = [trial_inputs(module, int(ts)) for ts in msg["trial_seeds"]]
+        with s.gpu.hold("shared"):   # drawn on the device (see `trial_inputs`)
+            all_inputs = [trial_inputs(module, int(ts), s.device) for ts in msg["trial_seeds"]]
+            trial_fps = [fingerprint(x) for x in all_inputs]
         del module, ref_model
     except BaseException as exc:  # noqa: BLE001 - the reference worker built these: report, don't crash
         return {"status": "internal_error", "error": f"building the task inputs failed: {describe(exc)}",
                 "outputs": [], "findings": [], "launches": [], "kernels": []}
     sys.modules.pop("kernelgym_task_inputs", None)
-    fps = {"init_inputs": fingerprint(init_inputs), "state_dict": fingerprint(state_dict),
-           "trials": [fingerprint(x) for x in all_inputs]}
+    fps = {"init_inputs": fingerprint(init_inputs), "state_dict": fingerprint(state_dict), "trials": trial_fps}
     n_check = int(msg["n_check"])
     s.final_inputs = all_inputs[n_check] if len(all_inputs) > n_check else None
     trials = all_inputs[:n_check]

@@ -144,9 +144,23 @@ def seeded_task(source: str, seed: int, module_name: str) -> tuple[Any, list[Any
     return module, init_inputs, model
 
 
-def trial_inputs(module: Any, seed: int) -> list[Any]:
-    """A trial's inputs: `get_inputs()` after seeding every generator with the trial seed."""
+def trial_inputs(module: Any, seed: int, device: str = "cpu") -> list[Any]:
+    """A trial's inputs: `get_inputs()` after seeding every generator with the trial seed.
+
+    On a device other than the CPU, `get_inputs()` runs with that device as torch's default, so
+    its tensors are drawn there (on an H200 the pool's workers spent about a quarter of their host
+    time drawing 1M-element inputs on the CPU); one that fails so is run again on the CPU. Both
+    workers of an evaluation build inputs this way on the same device, so they get the same values.
+    """
     seed_all(seed)
+    if device != "cpu":
+        import torch
+
+        try:
+            with torch.device(device):
+                return list(module.get_inputs())
+        except Exception:  # noqa: BLE001 - e.g. a get_inputs() that needs host tensors (.numpy())
+            seed_all(seed)
     return list(module.get_inputs())
 
 

@@ -66,9 +66,9 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
         progress(f"reference trial {t}")
         ts = trial_seed(seed, t)
         try:
-            inputs = trial_inputs(module, ts)
-            fp = fingerprint(inputs)  # of what the candidate worker will rebuild, before any forward
             with _gpu(state).hold("shared"):
+                inputs = trial_inputs(module, ts, device)
+                fp = fingerprint(inputs)  # of what the candidate worker will rebuild, before any forward
                 dev_inputs = to_device(inputs, device)
                 kept = clone_tree(dev_inputs)  # a reference may modify its inputs in place
                 with torch.no_grad():
