@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import types
 
 import pytest
 import torch
@@ -218,6 +219,24 @@ def test_inductor_autotuning_of_the_compiled_baseline_is_exclusive():
     assert got == {"modes": ["background", "release", "exclusive"], "args": (1, 2)}
     assert sent == ["background", "release", "exclusive", "release", "background", "release"]
     assert Autotuner.benchmark_all_configs is original
+
+    # What Inductor timed and kept, per kernel, goes to the record (the fastest config is kept).
+    class Launcher:
+        def __init__(self, config):
+            self.config = config
+
+    class Tuner:
+        def __init__(self):
+            self.fn = types.SimpleNamespace(__name__="triton_red_fused_std_0")   # Inductor: a JITFunction
+
+        def benchmark_all_configs(self, *args):
+            return {Launcher("XBLOCK: 1, RBLOCK: 2048"): 0.8, Launcher("XBLOCK: 64, RBLOCK: 8"): 0.07}
+
+    record: list = []
+    with autotune_exclusive(gpu, Tuner, record=record):
+        Tuner().benchmark_all_configs()
+    assert record == [{"kernel": "triton_red_fused_std_0", "chosen": "XBLOCK: 64, RBLOCK: 8",
+                       "configs_ms": {"XBLOCK: 64, RBLOCK: 8": 0.07, "XBLOCK: 1, RBLOCK: 2048": 0.8}}]
     with autotune_exclusive(gpu, object()):   # no autotuner to patch: nothing happens
         pass
     try:

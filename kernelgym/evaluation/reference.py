@@ -225,14 +225,32 @@ def _stream(state: dict[str, Any]) -> Any:
     return state["stream"]
 
 
+AUTOTUNE_RECORD_MAX = 32  # kernels whose config timings a baseline keeps
+
+
+def _autotune_entry(tuner: Any, timings: Any) -> dict[str, Any]:
+    """One kernel's autotuning as Inductor saw it: each config's time (ms) and the one it keeps
+    (the fastest)."""
+    meta = getattr(tuner, "inductor_meta", None)
+    name = ((meta.get("kernel_name") if isinstance(meta, dict) else None)
+            or getattr(getattr(tuner, "fn", None), "__name__", None) or type(tuner).__name__)
+    per = sorted(((str(getattr(launcher, "config", launcher)), float(ms)) for launcher, ms in timings.items()),
+                 key=lambda kv: kv[1]) if isinstance(timings, dict) else []
+    return {"kernel": str(name), "configs_ms": dict(per), "chosen": per[0][0] if per else None}
+
+
 @contextlib.contextmanager
-def autotune_exclusive(gpu: Any, autotuner: Any = None) -> Iterator[None]:
+def autotune_exclusive(gpu: Any, autotuner: Any = None, record: list[dict[str, Any]] | None = None
+                       ) -> Iterator[None]:
     """While active, Inductor's autotuning of a compiled kernel (it times every config of the
     kernel at its first launch, `CachingAutotuner.benchmark_all_configs`) holds the GPU lock
     exclusively, like any timing: a correctness run beside it can make it keep a slower config
     for good, and the torch.compile baseline with it (on an H200 the same task's compiled
-    baseline read 0.019 ms in three runs and 0.041 ms in a fourth). Without Inductor's autotuner
-    (another torch version) it does nothing. `autotuner`: the class to patch (tests)."""
+    baseline read 0.019 ms in three runs and 0.041 ms in a fourth). Each kernel's config timings
+    and choice go to `record` when given (`timings.compile.autotune` in verdicts: the compiled
+    baselines still moved between runs with this lock, and the record says whether Inductor chose
+    differently). Without Inductor's autotuner (another torch version) it does nothing.
+    `autotuner`: the class to patch (tests)."""
     if autotuner is None:
         try:
             from torch._inductor.runtime.triton_heuristics import CachingAutotuner as autotuner
@@ -245,7 +263,11 @@ def autotune_exclusive(gpu: Any, autotuner: Any = None) -> Iterator[None]:
 
     def benchmark_all_configs(self: Any, *args: Any, **kwargs: Any) -> Any:
         with gpu.hold("exclusive"):
-            return original(self, *args, **kwargs)
+            timings = original(self, *args, **kwargs)
+        if record is not None and len(record) < AUTOTUNE_RECORD_MAX:
+            with contextlib.suppress(Exception):   # a record is a diagnostic: never fail the baseline
+                record.append(_autotune_entry(self, timings))
+        return timings
 
     autotuner.benchmark_all_configs = benchmark_all_configs
     try:
@@ -271,8 +293,9 @@ def prepare_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Call
     progress("baseline torch.compile")
     try:
         compiled = torch.compile(ref["model"])
+        ref["autotune"] = []
         with torch.no_grad():
-            with _gpu(state).hold("background"), autotune_exclusive(_gpu(state)):
+            with _gpu(state).hold("background"), autotune_exclusive(_gpu(state), record=ref["autotune"]):
                 compiled(*ref["inputs"][0])
             with _gpu(state).hold("shared"):
                 compiled(*ref["inputs"][0])
@@ -343,6 +366,7 @@ def time_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     out: dict[str, Any] = {"status": "ok", "eager": best_of(eager)}
     if comp:
         out["compile"] = best_of(comp)
+        out["compile"]["autotune"] = list(ref.get("autotune", []))
     else:
         out["compile_error"] = compile_error
     return out
