@@ -33,6 +33,7 @@ from policies.compiler import (
 )
 from policies.compiler.ir import CONV, MATMUL, SUPPORTED
 from policies.compiler.module import check_config
+from tests.policies._tasks import expr_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -273,24 +274,6 @@ def test_every_catalog_op_compiles_to_triton_kernels_only(catalog_sources):
             assert "tl.dot(" in src or "tl.sum(acc, axis=0)" in src, op
 
 
-ROW_TASK = '''import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def forward(self, x):
-        return {expr}
-
-
-def get_inputs():
-    return [torch.randn({shape})]
-
-
-def get_init_inputs():
-    return []
-'''
-
-
 def test_every_launch_grid_is_a_tuple(catalog_sources):
     """Regression: a one-axis row-kernel grid returned an int (`(cdiv(m, BLOCK_M))`), which the
     interpreter accepts and Triton 3.6's launcher on a GPU rejects ("object of type 'int' has no
@@ -308,8 +291,7 @@ def test_every_launch_grid_is_a_tuple(catalog_sources):
                         ("torch.sum(x, dim=-1)", "3, 40000"),                # split contiguous rows
                         ("torch.std(x, dim=-1)", "100, 97"),                 # short rows
                         ("torch.softmax(x, dim=-2)", "64, 300, 2")]:         # non-innermost rows
-        src = ROW_TASK.format(expr=expr, shape=shape)
-        sources.append(policy.compile(Task.from_source(src)))
+        sources.append(policy.compile(Task.from_source(expr_task(expr, shape))))
     assert any("SPLIT_R=" in s for s in sources) and any("SPLIT_K=" not in s for s in sources)
     grids = [line.split("=", 1)[1].split("#")[0] for src in sources for line in src.splitlines()
              if line.strip().startswith("grid = lambda meta:")]

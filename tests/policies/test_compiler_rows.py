@@ -8,6 +8,7 @@ import re
 import pytest
 
 from kernelgym.sampler import TaskSampler
+from tests.policies._tasks import expr_task
 
 compiler = pytest.importorskip("policies.compiler")
 
@@ -35,25 +36,7 @@ def test_non_innermost_reduction_tiles_follow_the_contiguous_run():
     ((64, 300), 1, {"BLOCK_M": 2, "BLOCK_R": 512}),        # short contiguous rows share a tile
 ])
 def test_row_tile_rule(shape, dim, blocks):
-    src = f'''import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x):
-        return torch.softmax(x, dim={-dim})
-
-
-def get_inputs():
-    return [torch.randn{shape}]
-
-
-def get_init_inputs():
-    return []
-'''
+    src = expr_task(f"torch.softmax(x, dim={-dim})", shape)
     assert launch_blocks(compiler.CompilerPolicy().compile(src)) == blocks
 
 
@@ -62,25 +45,7 @@ def test_short_contiguous_rows_take_one_warp_a_tile():
     in 15.3 us so, 24.1 us with 8 rows and 4 warps a tile); longer rows keep 4 or 8 warps."""
     warps = {}
     for r in (97, 300, 8192):
-        src = f'''import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x):
-        return torch.std(x, dim=-1)
-
-
-def get_inputs():
-    return [torch.randn(1000, {r})]
-
-
-def get_init_inputs():
-    return []
-'''
+        src = expr_task("torch.std(x, dim=-1)", f"1000, {r}")
         warps[r] = int(re.search(r"num_warps=(\d+)", compiler.CompilerPolicy().compile(src)).group(1))
     assert warps == {97: 1, 300: 4, 8192: 8}
 
@@ -185,27 +150,6 @@ def test_every_normalising_row_takes_every_tail_reduction(evaluator):
     assert not bad, bad
 
 
-SPLIT_TEMPLATE = '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x):
-        return {expr}
-
-
-def get_inputs():
-    return [torch.randn({shape})]
-
-
-def get_init_inputs():
-    return []
-'''
-
 SPLITS = {  # name: (forward expression, input shape); few row tiles and a long reduced axis
     "norm_over_rows": ("torch.linalg.vector_norm(torch.sin(x), dim=0)", "2048, 64"),
     "sum_over_middle_axis_keepdim": ("torch.sum(x, dim=1, keepdim=True)", "2, 1024, 32"),
@@ -223,7 +167,7 @@ def test_sum_folds_with_few_row_tiles_split_the_reduced_axis(evaluator, name):
     from kernelgym.task import Task
 
     expr, shape = SPLITS[name]
-    task = Task.from_source(SPLIT_TEMPLATE.format(expr=expr, shape=shape))
+    task = Task.from_source(expr_task(expr, shape))
     policy = compiler.CompilerPolicy()
     src = policy.compile(task)
     assert kernel_count(src) == 1 and re.search(r"SPLIT_R=([2-9]|\d\d+)", src), src
@@ -239,7 +183,7 @@ def test_other_row_kernels_do_not_split(expr):
     from kernelgym.task import Task
 
     shape = "2048, 64" if "sum" not in expr else "64, 65536"
-    src = compiler.CompilerPolicy().compile(Task.from_source(SPLIT_TEMPLATE.format(expr=expr, shape=shape)))
+    src = compiler.CompilerPolicy().compile(Task.from_source(expr_task(expr, shape)))
     assert "SPLIT_R" not in src and "atomic" not in src
 
 
