@@ -193,9 +193,11 @@ def phase_means(verdicts: list) -> dict[str, float]:
     return {k: x / max(1, len(verdicts)) for k, x in sorted(tot.items(), key=lambda kv: -kv[1])}
 
 
-def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str, seed: int, trials: int) -> dict:
+def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str, seed: int,
+               trials: int) -> tuple[dict, list]:
     """One batch through the pool: throughput, verdict kinds, phase means, and the CPU seconds each
-    role's workers (and this parent process) spent on it: the host cost of an evaluation."""
+    role's workers (and this parent process) spent on it: the host cost of an evaluation; and the
+    verdicts."""
     cpu0, parent0 = ev.cpu_seconds(), time.process_time()
     t = time.perf_counter()
     verdicts = ev.evaluate_batch(pairs, backend=backend, seed=seed, trials=trials)
@@ -209,7 +211,24 @@ def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str,
         statuses[kind][v.status] += 1
     return {"n": len(pairs), "seconds": secs, "evals_per_s": len(pairs) / secs, "statuses_by_kind": statuses,
             "phases_mean_s": phase_means(verdicts), "device": verdicts[0].device if verdicts else "",
-            "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs))}
+            "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs))}, verdicts
+
+
+def load_check(ev, pairs: list[tuple[str, str]], verdicts: list, backend: str, seed: int, trials: int,
+               k: int) -> list[dict]:
+    """Timing under load vs alone: the first k timed candidates of a batch evaluated again one at a
+    time (same seeds, idle pool). Exclusive timing should make the two medians agree."""
+    from kernelgym.evaluation.reference import trial_seed
+
+    rows = []
+    for i in [i for i, v in enumerate(verdicts) if v.ok and v.timings and "candidate" in v.timings][:k]:
+        alone = ev.evaluate(*pairs[i], backend, seed=trial_seed(seed, 1000 + i), trials=trials)
+        if not (alone.ok and "candidate" in (alone.timings or {})):
+            rows.append({"index": i, "error": f"alone: {alone.status} {alone.error[:200]}"})
+            continue
+        batch_ms, alone_ms = verdicts[i].timings["candidate"]["median_ms"], alone.timings["candidate"]["median_ms"]
+        rows.append({"index": i, "batch_ms": batch_ms, "alone_ms": alone_ms, "ratio": batch_ms / alone_ms})
+    return rows
 
 
 def profile_summary(directory: Path, evals: int, top: int = 25) -> str:
@@ -257,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-workers", metavar="DIR", default=None,
                     help="cProfile the workers' requests during the steady batch (CPU time) and print "
                          "each role's costliest functions (its CPU figures then include the profiler's cost)")
+    ap.add_argument("--load-check", type=int, default=4, metavar="K",
+                    help="on a GPU, time the steady batch's first K timed candidates again alone and print "
+                         "batch / alone medians (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "eval_throughput.json"))
     args = ap.parse_args(argv)
     devices = None
@@ -300,14 +322,16 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         ev.warm(backend)
         startup = time.perf_counter() - t
-        first = pool_batch(ev, pairs, kinds, backend, 0, args.trials)
+        first, _ = pool_batch(ev, pairs, kinds, backend, 0, args.trials)
         # A new RL step: same tasks, new candidates (distinct sources: no ptx-cache hits), new seeds.
         pairs2 = [(r, c) for _, _, r, c in make_batch(n, numel, tasks, offset=n)]
         if prof_dir is not None:
             (prof_dir / "on").touch()
-        steady = pool_batch(ev, pairs2, kinds, backend, 1, args.trials)
+        steady, steady_verdicts = pool_batch(ev, pairs2, kinds, backend, 1, args.trials)
         if prof_dir is not None:
             (prof_dir / "on").unlink()
+        loaded = load_check(ev, pairs2, steady_verdicts, backend, 1, args.trials, args.load_check) \
+            if backend == "cuda" else []
         workers, ref_workers, stats = ev.workers, ev.reference_workers, dict(ev.stats)
         used_devices = ev.devices if backend == "cuda" else []
     report = {
@@ -319,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},
         "pool_first": first, "pool_steady": steady, "pool_startup_s": startup, "cache_stats": stats,
         "speedup_first": first["evals_per_s"] / serial_eps, "speedup_steady": steady["evals_per_s"] / serial_eps,
+        "timing_under_load": loaded,
     }
     print(f"eval throughput on {report['device']} ({backend}), {n} candidates over {tasks} tasks, "
           f"{args.trials} trials, {os.cpu_count()} CPUs" + (f", GPUs {used_devices}" if used_devices else ""))
@@ -336,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'phase':<26}{'first':>9}{'steady':>9}")
     for k in dict.fromkeys([*first["phases_mean_s"], *steady["phases_mean_s"]]):
         print(f"  {k:<26}{first['phases_mean_s'].get(k, 0.0):>9.4f}{steady['phases_mean_s'].get(k, 0.0):>9.4f}")
+    if loaded:
+        print("candidate timing in the steady batch vs alone (same seed, idle pool):")
+        for row in loaded:
+            print(f"  #{row['index']}: " + (row["error"] if "error" in row else
+                  f"batch {row['batch_ms'] * 1000:.2f} us, alone {row['alone_ms'] * 1000:.2f} us, "
+                  f"ratio {row['ratio']:.3f}"))
     print(f"serial statuses: {json.dumps(report['serial']['statuses'])}")
     print(f"pool verdicts by kind: {json.dumps(steady['statuses_by_kind'])}")
     if prof_dir is not None:   # the workers wrote their profiles when the pool closed

@@ -250,9 +250,10 @@ def _load_weights(s: CandidateSession, state_dict: dict[str, Any]) -> str:
 def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
     """Time the candidate's forward over its trial inputs (GPU only; after correctness).
 
-    A CUDA graph of the forward is captured and replayed (`timing.GraphBench`) under the exclusive
-    GPU lock; the forward whose outputs are kept for the post-timing check is ``keep`` (drawn by the
-    parent). A forward that cannot be captured is timed eagerly (`timing.EagerBench`).
+    A CUDA graph of the forward is captured and warmed up under the shared GPU lock, then its timed
+    replays run under the exclusive lock (`timing.GraphBench`); the forward whose outputs are kept
+    for the post-timing check is ``keep`` (drawn by the parent). A forward that cannot be captured
+    is timed eagerly (`timing.EagerBench`), under the exclusive lock.
     """
     import torch
 
@@ -269,21 +270,24 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     opts = dict(msg.get("bench", {}))
     graph_error = ""
     try:
-        with s.gpu.hold("exclusive"):
-            gb = GraphBench(fn, sets, stream=s.stream, keep=msg.get("keep"), wrap=s.call, **opts)
-            try:
-                stats = gb.run()
-                s.bench = gb
-            except BaseException as exc:  # not capturable: time it eagerly
-                if isinstance(exc, _Exited) or (crash_kind(exc) is not None and not _capture_error(exc)):
-                    raise
-                graph_error = describe(exc, s.filename)
-                gb.close()
-                with contextlib.suppress(Exception):
-                    torch.cuda.synchronize()
-                with s.on_stream():
-                    stats = s.call(lambda: EagerBench(fn, sets, **opts).run())
-                stats["graph_error"] = graph_error
+        gb = GraphBench(fn, sets, stream=s.stream, keep=msg.get("keep"), wrap=s.call, **opts)
+        try:
+            # Estimate, capture and warm-up may share the GPU; only the measured replays need it alone.
+            with s.gpu.hold("shared"):
+                gb.prepare()
+            with s.gpu.hold("exclusive"):
+                stats = gb.measure()
+            s.bench = gb
+        except BaseException as exc:  # not capturable: time it eagerly
+            if isinstance(exc, _Exited) or (crash_kind(exc) is not None and not _capture_error(exc)):
+                raise
+            graph_error = describe(exc, s.filename)
+            gb.close()
+            with contextlib.suppress(Exception):
+                torch.cuda.synchronize()
+            with s.gpu.hold("exclusive"), s.on_stream():
+                stats = s.call(lambda: EagerBench(fn, sets, **opts).run())
+            stats["graph_error"] = graph_error
     except BaseException as exc:  # noqa: BLE001
         return _failure(s, "timing", exc, [])
     return s.result(status="timed", stats=stats)

@@ -345,8 +345,8 @@ def time_baselines(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     compile_error = None if compiled is not None else ref.get("compile_error", "torch.compile baseline not prepared")
 
     def timed(fn: Callable[..., Any]) -> dict[str, Any]:
-        with _gpu(state).hold("exclusive"), torch.no_grad():
-            return timing.bench(lambda ins: fn(*ins), inputs, stream=_stream(state), **opts)
+        with torch.no_grad():
+            return timing.bench(lambda ins: fn(*ins), inputs, stream=_stream(state), hold=_gpu(state).hold, **opts)
 
     for i in range(repeats):
         if i:

@@ -2,22 +2,24 @@
 
 Method (`GraphBench`, what `bench` uses):
 
-1. Warm-up: the forward runs eagerly on the evaluation stream over the input sets (`warmup_ms`
-   of GPU time), then one forward and one L2 flush are timed with events to size the graph.
-2. Capture: one CUDA graph holds R forwards, each preceded by an L2 flush (zeroing a buffer of
-   twice the device's L2, at least 64 MB) and bracketed by timing events recorded *inside* the
-   graph (``torch.cuda.Event(external=True)``), so a sample is one forward's GPU time and excludes
-   the flush and all host-side launch cost. Inputs rotate through the input sets (fixed tensors).
-   R is chosen so that a replay holds about `replay_ms` of work.
-3. Measure: the graph is replayed M times; after every replay the WHOLE device is synchronised
-   and an end event recorded, so each replay's span covers all the work it left anywhere on the
-   device. The "tail" (last forward's end -> device idle) is kept; if its median exceeds the tail of
-   an empty graph by more than `TAIL_SLACK_MS` (work that outlives the forwards' events), the excess
-   is charged to the forwards (``tail_charge_ms``).
-4. Statistics: R * M = clamp(rep_ms / (forward + flush), min_reps, max_reps) forward samples (M
-   sized again from the forward's GPU time in a first measured replay). Event timestamps are
-   coarse next to a microsecond forward, so each replay's 10 %-trimmed mean over its R forwards
-   is one value and ``median_ms`` (and mean, p20, p80, min, max, spread) is taken over the M
+1. Prepare (`GraphBench.prepare`; the GPU may be shared): one eager pass over the input sets
+   on the evaluation stream sizes the graph (forward and L2-flush times from events), then one
+   CUDA graph is captured with R forwards, each preceded by an L2 flush (zeroing a buffer of twice
+   the device's L2, at least 64 MB) and bracketed by timing events recorded *inside* the graph
+   (``torch.cuda.Event(external=True)``), so a sample is one forward's GPU time and excludes the
+   flush and all host-side launch cost. Inputs rotate through the input sets (fixed tensors). R is
+   chosen so that a replay holds about `replay_ms` of work. The graph is uploaded and replayed for
+   `warmup_ms` of GPU time (warm-up that costs the host almost nothing).
+2. Measure (`GraphBench.measure`; needs the GPU alone, the evaluator holds its exclusive lock
+   only here): one replay settles the GPU, one sizes the run from the forward's and the flush's
+   GPU times inside the graph, then the graph is replayed M times; after every replay the WHOLE
+   device is synchronised and an end event recorded, so each replay's span covers all the work it
+   left anywhere on the device. The "tail" (last forward's end -> device idle) is kept; if its
+   median exceeds the tail of an empty graph by more than `TAIL_SLACK_MS` (work that outlives the
+   forwards' events), the excess is charged to the forwards (``tail_charge_ms``).
+3. Statistics: R * M = clamp(rep_ms / (forward + flush), min_reps, max_reps) forward samples.
+   Event timestamps are coarse next to a microsecond forward, so each replay's 10 %-trimmed mean
+   over its R forwards is one value and ``median_ms`` (and mean, p20, p80, min, max, spread) is taken over the M
    replay values; ``forward_median_ms`` is the plain median over all samples. The median
    interval of an empty section (two consecutive event nodes: the instrument's own cost,
    ``event_overhead_ms``) is subtracted from every sample.
@@ -46,6 +48,7 @@ TAIL_SLACK_MS = 0.05
 DEFAULT_BENCH: dict[str, float] = {"warmup_ms": 10.0, "rep_ms": 20.0, "min_reps": 30, "max_reps": 300,
                                    "replay_ms": 1.0}
 MAX_FORWARDS_PER_GRAPH = 200
+MAX_WARMUP_REPLAYS = 50
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -191,7 +194,10 @@ class GraphBench:
         self.kept_index: int | None = None
         self.forwards = 0
         self._probe: list[Any] = []
+        self._events_of: list[Any] = []
+        self._cache: Any = None
         self._keep_alive: Any = None
+        self.warmup_replays = 0
 
     def _events(self, n: int) -> list[Any]:
         import torch
@@ -256,8 +262,8 @@ class GraphBench:
             tails.append(ev[1].elapsed_time(end))
         return statistics.median(tails[1:])
 
-    def _warm(self, cache: Any) -> tuple[float, float, int]:
-        """Eager warm-up on the evaluation stream: (forward ms, flush ms, warm-up runs)."""
+    def _estimate(self, cache: Any) -> tuple[float, float]:
+        """One eager pass over the input sets on the evaluation stream: (forward ms, flush ms)."""
         import torch
 
         k, s = len(self.input_sets), self.stream
@@ -270,46 +276,67 @@ class GraphBench:
             cache.zero_()
             e2.record(s)
         torch.cuda.synchronize()
-        fwd_ms = max(e0.elapsed_time(e1) / k, 1e-4)
-        flush_ms = e1.elapsed_time(e2)
-        n_warm = int(max(1, min(1000, self.opts["warmup_ms"] / fwd_ms)))
-        with torch.cuda.stream(s):
-            for i in range(n_warm):
-                self.fn(self.input_sets[i % k])
-        torch.cuda.synchronize()
-        return fwd_ms, flush_ms, n_warm
+        return max(e0.elapsed_time(e1) / k, 1e-4), e1.elapsed_time(e2)
 
-    def run(self) -> dict[str, Any]:
+    def _replay(self) -> None:
         import torch
 
-        b, k = self.opts, len(self.input_sets)
+        with torch.cuda.stream(self.stream):
+            self.graph.replay()
+
+    def prepare(self) -> None:
+        """The part that may share the GPU: estimate, capture, warm-up replays.
+
+        A forward's first runs (lazy init, the estimate) and the capture run the candidate's Python
+        (under `wrap`); the warm-up is `warmup_ms` of GPU time as replays of the captured graph,
+        which cost the host almost nothing. None of it is measured, so other work on the GPU may
+        run beside it; `measure` needs the GPU alone.
+        """
+        import torch
+
+        b = self.opts
         cache = torch.empty(flush_bytes() // 4, dtype=torch.int32, device="cuda")
-        s = self.stream
         torch.cuda.synchronize()
-        fwd_ms, flush_ms, n_warm = self.wrap(lambda: self._warm(cache))
-        r, m = plan(fwd_ms, flush_ms, rep_ms=b["rep_ms"], min_reps=b["min_reps"], max_reps=b["max_reps"],
+        fwd_ms, flush_ms = self.wrap(lambda: self._estimate(cache))
+        r, _ = plan(fwd_ms, flush_ms, rep_ms=b["rep_ms"], min_reps=b["min_reps"], max_reps=b["max_reps"],
                     replay_ms=b["replay_ms"])
         g, ev = self.wrap(lambda: self._capture(r, cache))
         # The graph's nodes refer to these events and write into the flush buffer: both must live as long
         # as the graph (a later replay_kept), or a replay records into freed events / zeroes freed memory.
-        self.graph, self.forwards, self._keep_alive = g, r, (ev, cache)
-        empty_tail = self._empty_tail(cache)
+        self.graph, self.forwards, self._events_of, self._keep_alive = g, r, ev, (ev, cache)
+        self._cache = cache
+        # The first replay uploads the graph; then warm-up replays worth warmup_ms of GPU time.
+        self.warmup_replays = int(min(MAX_WARMUP_REPLAYS, 1 + math.ceil(b["warmup_ms"] / (r * (fwd_ms + flush_ms)))))
+        for _ in range(self.warmup_replays):
+            self._replay()
+        torch.cuda.synchronize()
+
+    def measure(self) -> dict[str, Any]:
+        """The part that needs the GPU alone: replays of the prepared graph, timed (see module docstring)."""
+        import torch
+
+        if self.graph is None:
+            raise RuntimeError("measure() before prepare()")
+        b, k, s, r, ev = self.opts, len(self.input_sets), self.stream, self.forwards, self._events_of
+        torch.cuda.synchronize()
+        empty_tail = self._empty_tail(self._cache)
         end = torch.cuda.Event(enable_timing=True)
 
-        def replay() -> tuple[list[float], float, float, float]:
-            with torch.cuda.stream(s):
-                g.replay()
+        def replay() -> tuple[list[float], list[float], float, float, float]:
+            self._replay()
             torch.cuda.synchronize()  # the whole device, then the end of the replay's span
             end.record(s)
             end.synchronize()
             return ([ev[2 * i].elapsed_time(ev[2 * i + 1]) for i in range(r)],
+                    [ev[2 * i + 1].elapsed_time(ev[2 * i + 2]) for i in range(r)],
                     self._probe[0].elapsed_time(self._probe[1]), ev[2 * r].elapsed_time(end),
                     ev[0].elapsed_time(end))
 
-        # The first replay uploads the graph and is not measured; the second sizes the run with the
-        # forward's real GPU time (the eager estimate above includes host launch gaps).
+        # A first replay settles the GPU now that it is ours (not measured); the next sizes the run
+        # from the forward's and the flush's GPU times inside the graph.
         replay()
-        first = replay()[0]
+        first, flushes = replay()[:2]
+        flush_ms = statistics.median(flushes)
         per = statistics.fmean(first) + flush_ms
         samples = int(max(b["min_reps"], min(b["max_reps"], b["rep_ms"] / max(per, 1e-4))))
         m = math.ceil(samples / r)
@@ -319,7 +346,7 @@ class GraphBench:
         spans: list[float] = []
         probes: list[float] = []
         for _ in range(m):
-            fwd, probe, tail, span = replay()
+            fwd, _, probe, tail, span = replay()
             times += fwd
             means.append(_trimmed_mean(fwd))
             probes.append(probe)
@@ -338,11 +365,16 @@ class GraphBench:
         if charge:
             for key in ("median_ms", "mean_ms", "min_ms", "max_ms", "p20_ms", "p80_ms"):
                 stats[key] += charge
-        return {**stats, "method": self.method, "forwards_per_replay": r, "replays": m, "warmup_runs": n_warm,
-                "input_sets": k, "flush_ms": flush_ms, "tail_ms": statistics.median(tails),
-                "empty_tail_ms": empty_tail, "tail_charge_ms": charge, "event_overhead_ms": event_ms,
-                "forward_median_ms": samples_stats["median_ms"], "forward_spread": samples_stats["spread"],
-                "replay_span_ms": statistics.median(spans)}
+        return {**stats, "method": self.method, "forwards_per_replay": r, "replays": m,
+                "warmup_replays": self.warmup_replays, "input_sets": k, "flush_ms": flush_ms,
+                "tail_ms": statistics.median(tails), "empty_tail_ms": empty_tail, "tail_charge_ms": charge,
+                "event_overhead_ms": event_ms, "forward_median_ms": samples_stats["median_ms"],
+                "forward_spread": samples_stats["spread"], "replay_span_ms": statistics.median(spans)}
+
+    def run(self) -> dict[str, Any]:
+        """`prepare` then `measure`, with whatever lock the caller holds around both."""
+        self.prepare()
+        return self.measure()
 
     def replay_kept(self, fresh: list[Any]) -> Any:
         """Copy `fresh` into every input set, replay the graph once, return the kept forward's outputs.
@@ -373,33 +405,38 @@ class GraphBench:
         self.graph = None
         self.kept = None
         self._keep_alive = None
+        self._events_of, self._cache = [], None
 
 
 def bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, stream: Any = None,
-          graph: bool = True, **opts: Any) -> dict[str, Any]:
+          graph: bool = True, hold: Callable[[str], Any] | None = None, **opts: Any) -> dict[str, Any]:
     """Time `fn(inputs)` on the current CUDA device; returns statistics in ms (see module docstring).
 
     With `graph` (default) a CUDA graph is used when the forward can be captured, else the eager
-    method; `stream` is the non-default stream to run on (a fresh one when None).
+    method; `stream` is the non-default stream to run on (a fresh one when None). `hold(mode)`, a
+    context manager of the GPU's lock: the graph is prepared under ``hold("shared")`` and measured
+    (or the forward timed eagerly) under ``hold("exclusive")``; None: the caller's lock covers all.
     """
     import torch
 
     if not torch.cuda.is_available():
         raise RuntimeError("timing needs a CUDA device")
+    section = hold or (lambda mode: contextlib.nullcontext())
+    note = ""
     if graph:
-        s = stream if stream is not None else torch.cuda.Stream()
-        gb = GraphBench(fn, input_sets, stream=s, **opts)
+        gb = GraphBench(fn, input_sets, stream=stream if stream is not None else torch.cuda.Stream(), **opts)
         try:
-            return gb.run()
+            with section("shared"):
+                gb.prepare()
+            with section("exclusive"):
+                return gb.measure()
         except Exception as exc:  # noqa: BLE001 - not capturable: time it eagerly instead
             note = f"{type(exc).__name__}: {str(exc)[:300]}"
-            gb.close()
             _recover()
-        else:
+        finally:
             gb.close()
-    else:
-        note = ""
-    stats = EagerBench(fn, input_sets, **opts).run()
+    with section("exclusive"):
+        stats = EagerBench(fn, input_sets, **opts).run()
     if note:
         stats["graph_error"] = note
     return stats
