@@ -198,11 +198,17 @@ def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str,
     """One batch through the pool: throughput, verdict kinds, phase means, and the CPU seconds each
     role's workers (and this parent process) spent on it: the host cost of an evaluation; and the
     verdicts."""
-    cpu0, parent0 = ev.cpu_seconds(), time.process_time()
+    cpu0, parent0, occ0 = ev.cpu_seconds(), time.process_time(), ev.gpu_occupancy()
     t = time.perf_counter()
     verdicts = ev.evaluate_batch(pairs, backend=backend, seed=seed, trials=trials)
     secs = time.perf_counter() - t
-    cpu1 = ev.cpu_seconds()
+    cpu1, occ1 = ev.cpu_seconds(), ev.gpu_occupancy()
+    # Where the GPU lock's time went during the batch (summed over GPUs): exclusive (timing), draining
+    # (a timing waits for shared holders to leave), shared only, idle.
+    lock_s: dict[str, float] = {}
+    for d, after in occ1.items():
+        for k, x in after.items():
+            lock_s[k] = lock_s.get(k, 0.0) + x - occ0.get(d, {}).get(k, 0.0)
     cpu = {role: max(0.0, cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) for role in cpu1}
     cpu["parent"] = time.process_time() - parent0
     statuses: dict[str, dict[str, int]] = {}
@@ -211,7 +217,7 @@ def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str,
         statuses[kind][v.status] += 1
     return {"n": len(pairs), "seconds": secs, "evals_per_s": len(pairs) / secs, "statuses_by_kind": statuses,
             "phases_mean_s": phase_means(verdicts), "device": verdicts[0].device if verdicts else "",
-            "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs))}, verdicts
+            "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs)), "gpu_lock_s": lock_s}, verdicts
 
 
 def load_check(ev, pairs: list[tuple[str, str]], verdicts: list, backend: str, seed: int, trials: int,
@@ -356,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     print("CPU seconds per evaluation by process role (steady batch): "
           + ", ".join(f"{k} {v / n:.3f}" for k, v in sorted(steady["cpu_s"].items(), key=lambda kv: -kv[1]))
           + " (both harnesses count compiler subprocesses)")
+    if steady["gpu_lock_s"]:
+        print("GPU lock, steady batch: " + ", ".join(f"{k} {x:.2f} s ({x / steady['seconds']:.0%})"
+                                                      for k, x in steady["gpu_lock_s"].items())
+              + f" of {steady['seconds']:.2f} s")
     print(f"pool startup {startup:.1f} s (not counted); caches: {json.dumps(stats)}")
     print("pool mean seconds per evaluation by phase (concurrent evaluations overlap):")
     print(f"  {'phase':<26}{'first':>9}{'steady':>9}")

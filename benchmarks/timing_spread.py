@@ -4,19 +4,33 @@ Each evaluation is a full `Evaluator.evaluate` on the cuda backend with a new se
 a new CUDA graph); the evaluator's caches are cleared before each, so the eager (and
 torch.compile) baseline is timed afresh too. Prints each run's median, and per series the spread
 max/min - 1 (target <= 2 %). Several sizes can be given (comma list). Writes JSON.
+
+`--tasks d3_bench_s2,...` does the same for sampled tasks, with the compiler policy's kernel as the
+candidate. `--fresh-compile` gives every run a new pool and an empty Inductor cache
+(TORCHINDUCTOR_CACHE_DIR), so torch.compile compiles and autotunes afresh each time, as on a new
+machine; each run's Inductor autotuning (`timings.compile.autotune`: configs timed, config kept)
+is printed, which tells whether a drifting torch.compile baseline comes from Inductor's choices.
 GPU only: on a machine without CUDA it says so and exits 0. Usage:
-    python benchmarks/timing_spread.py [--runs 5] [--numel 16777216,1048576]
+    python benchmarks/timing_spread.py [--runs 5] [--numel 16777216,1048576] [--tasks ID,...]
+        [--fresh-compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.compiler_variants import parse_task_ids, sample_tasks  # noqa: E402
 
 REFERENCE = '''
 import torch
@@ -68,20 +82,48 @@ class ModelNew(nn.Module):
 '''
 
 
+def parse_numels(text: str) -> str:
+    """`--numel`: a comma list of positive element counts."""
+    try:
+        ok = all(int(x) > 0 for x in text.split(",")) and bool(text.strip())
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"--numel needs positive integers separated by commas, got {text!r}")
+    return text
+
+
 def spread(values: list[float]) -> float:
     return max(values) / min(values) - 1.0 if values and min(values) > 0 else float("nan")
 
 
-def one_size(ev, numel: int, runs: int) -> dict | None:
-    """`runs` separate evaluations of the kernel at `numel` elements; the spread of their medians."""
-    ref = REFERENCE.replace("NUMEL", str(numel))
+def autotune_summary(compile_timing: dict[str, Any]) -> str:
+    """One line per Inductor kernel that autotuned: the config it kept and its time against the others."""
+    parts = []
+    for rec in compile_timing.get("autotune") or []:
+        times = rec.get("configs_ms") or {}
+        kept = times.get(rec.get("chosen"))
+        others = sorted(t for c, t in times.items() if c != rec.get("chosen"))
+        parts.append(f"{rec.get('kernel', '?')}: kept {rec.get('chosen', '?')}"
+                     + (f" {kept * 1e3:.2f} us" if kept is not None else "")
+                     + (f", next best {others[0] * 1e3:.2f} us of {len(times)} configs" if others else ""))
+    return "; ".join(parts)
+
+
+def spread_runs(label: str, reference: Any, candidate: str, runs: int,
+                evaluator: Callable[[], contextlib.AbstractContextManager]) -> dict | None:
+    """`runs` separate evaluations of `candidate` against `reference`; the spread of their medians.
+
+    evaluator(): a context manager giving the Evaluator of one run (the same one each time, or a
+    fresh pool for --fresh-compile)."""
     series: dict[str, list[float]] = {"candidate": [], "eager": [], "compile": []}
     rows = []
     for r in range(runs):
-        ev.clear_caches()  # the baseline is timed again in every evaluation
-        v = ev.evaluate(ref, CANDIDATE, backend="cuda", seed=100 + r)
+        with evaluator() as ev:
+            ev.clear_caches()  # the baseline is timed again in every evaluation
+            v = ev.evaluate(reference, candidate, backend="cuda", seed=100 + r)
         if v.status != "ok":
-            print(f"run {r}: verdict {v.status}: {v.error}")
+            print(f"{label}: run {r}: verdict {v.status}: {v.error[:500]}")
             return None
         row = {"run": r, "device": v.device, "speedup": v.speedup}
         for k, xs in series.items():
@@ -90,13 +132,16 @@ def one_size(ev, numel: int, runs: int) -> dict | None:
                 row[k] = v.timings[k]
         rows.append(row)
         c = v.timings["candidate"]
-        print(f"{numel}: run {r}: candidate {c['median_ms'] * 1e3:9.2f} us  eager "
+        print(f"{label}: run {r}: candidate {c['median_ms'] * 1e3:9.2f} us  eager "
               f"{v.timings.get('eager', {}).get('median_ms', float('nan')) * 1e3:9.2f} us  compile "
               f"{v.timings.get('compile', {}).get('median_ms', float('nan')) * 1e3:9.2f} us  speedup {v.speedup:.3f}"
               f"  (method {c['method']}, n={c['n']}, {c.get('forwards_per_replay', '-')} per replay)")
-    report = {"benchmark": "timing_spread", "device": rows[0]["device"], "numel": numel, "runs": rows,
+        tuned = autotune_summary(v.timings.get("compile", {}))
+        if tuned:
+            print(f"    compile autotune: {tuned}")
+    report = {"benchmark": "timing_spread", "device": rows[0]["device"], "label": label, "runs": rows,
               "spread": {k: spread(x) for k, x in series.items() if x}, "target": 0.02}
-    print(f"{'series':<12}{'min us':>10}{'median us':>11}{'max us':>10}{'spread':>9}   ({numel} elements)")
+    print(f"{'series':<12}{'min us':>10}{'median us':>11}{'max us':>10}{'spread':>9}   ({label})")
     for k, xs in series.items():
         if xs:
             med = sorted(xs)[len(xs) // 2]
@@ -106,10 +151,33 @@ def one_size(ev, numel: int, runs: int) -> dict | None:
     return report
 
 
+@contextlib.contextmanager
+def fresh_compile_evaluator(bench: dict[str, float]) -> Iterator[Any]:
+    """A new pool whose workers see an empty Inductor cache: torch.compile starts from nothing."""
+    from kernelgym.evaluation import Evaluator
+
+    with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
+        old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache   # the workers inherit it
+        try:
+            with Evaluator(workers=1, reference_workers=1, bench=bench) as ev:
+                yield ev
+        finally:
+            if old is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--numel", default=str(1 << 24), help="elements per input, comma list (default 16M)")
+    ap.add_argument("--numel", type=parse_numels, default=None, help="elements per input, comma list (default 16M; "
+                    "none with --tasks unless given)")
+    ap.add_argument("--tasks", type=parse_task_ids, default=None,
+                    help="sampled task ids (d3_bench_s2,...): their compiler-policy kernel and baselines")
+    ap.add_argument("--fresh-compile", action="store_true",
+                    help="a new pool and an empty Inductor cache for every run (torch.compile autotunes afresh)")
     ap.add_argument("--rep-ms", type=float, default=None, help="timing budget (default timing.DEFAULT_BENCH)")
     ap.add_argument("--max-reps", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "timing_spread.json"))
@@ -123,10 +191,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reports = []
     bench = {k: v for k, v in (("rep_ms", args.rep_ms), ("max_reps", args.max_reps)) if v is not None}
-    with Evaluator(workers=1, reference_workers=1, bench=bench) as ev:
-        ev.warm("cuda")
-        for numel in [int(x) for x in str(args.numel).split(",") if x]:
-            rep = one_size(ev, numel, args.runs)
+    numels = args.numel if args.numel is not None else ("" if args.tasks else str(1 << 24))
+    jobs: list[tuple[str, Any, str]] = [(f"{n} elements", REFERENCE.replace("NUMEL", str(int(n))), CANDIDATE)
+                                        for n in numels.split(",") if n]
+    if args.tasks:
+        from policies.compiler import CompilerPolicy
+
+        for task in sample_tasks(args.tasks):
+            jobs.append((task.id, task, CompilerPolicy().propose(task, n=1)[0]))
+    with contextlib.ExitStack() as stack:
+        if args.fresh_compile:
+            def evaluator() -> contextlib.AbstractContextManager:
+                return fresh_compile_evaluator(bench)
+        else:
+            shared = stack.enter_context(Evaluator(workers=1, reference_workers=1, bench=bench))
+            shared.warm("cuda")
+
+            def evaluator() -> contextlib.AbstractContextManager:
+                return contextlib.nullcontext(shared)
+        for label, reference, candidate in jobs:
+            rep = spread_runs(label, reference, candidate, args.runs, evaluator)
             if rep is None:
                 return 1
             reports.append(rep)

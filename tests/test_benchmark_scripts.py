@@ -97,3 +97,20 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
     assert r["pool_steady"]["cpu_s"]["candidate"] > 0
     assert r["pool_steady"]["statuses_by_kind"]["correct"] == {"ok": sum(r["pool_steady"]["statuses_by_kind"]
                                                                           ["correct"].values())}
+    assert r["timing_under_load"] == []  # nothing is timed under the interpreter
+
+
+def test_timing_spread_names_inductor_choices_and_rejects_bad_arguments(capsys):
+    ts = load("timing_spread")
+    line = ts.autotune_summary({"autotune": [
+        {"kernel": "triton_red_fused_0", "configs_ms": {"XBLOCK: 1, R0_BLOCK: 2048": 0.0121,
+                                                        "XBLOCK: 64, R0_BLOCK: 8": 0.0402},
+         "chosen": "XBLOCK: 1, R0_BLOCK: 2048"}]})
+    assert line == "triton_red_fused_0: kept XBLOCK: 1, R0_BLOCK: 2048 12.10 us, next best 40.20 us of 2 configs"
+    assert ts.autotune_summary({}) == ""
+    with pytest.raises(SystemExit):
+        ts.main(["--tasks", "d3_s2"])
+    assert "not of the form d<difficulty>_<tiny|bench>_s<seed>" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ts.main(["--numel", "16M"])
+    assert "--numel needs positive integers" in capsys.readouterr().err

@@ -96,3 +96,24 @@ def test_inputs_drawn_on_the_gpu_or_on_the_host_give_the_same_verdict(evaluator,
         assert "numpy()" in ref
     v = evaluator.evaluate(ref, CAND_ADD, backend="cuda", seed=4)
     assert v.status == "ok", (v.status, v.error[:500])
+
+
+def test_a_failed_capture_leaves_the_worker_able_to_draw_inputs():
+    """A forward that fails inside the timing graph's capture used to leave torch's CUDA generator in
+    capture mode, so the same worker's next seeded get_inputs() on the GPU failed, fell back to the
+    host and no longer matched the reference worker's: the next task was judged invalid. Same for a
+    reference whose baseline cannot be captured. One worker of each role, so the next evaluation
+    reuses them."""
+    uncapturable = add_variant("        if x[0].item() > 1e30:\n            return out\n"
+                               "        add_kernel[(triton.cdiv(n, 256),)](x, y, out, n, BLOCK=256)\n"
+                               "        return out\n")
+    ref_uncapturable = BIG_ADD.replace("return x + y", "return x + y if x[0].item() < 1e30 else y")
+    assert ref_uncapturable != BIG_ADD
+    with Evaluator(workers=1, reference_workers=1, timeout=120) as ev:
+        first = ev.evaluate(ref_uncapturable, uncapturable, backend="cuda", seed=5)
+        assert first.status == "ok", (first.status, first.error[:500])
+        assert first.timings["candidate"]["method"] == "eager"
+        assert first.timings["eager"]["method"] == "eager"
+        for seed in (6, 7):
+            v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=seed)
+            assert v.status == "ok", (v.status, v.error[:500])

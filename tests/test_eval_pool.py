@@ -132,6 +132,29 @@ def test_gpu_lock_background_keeps_timings_out_but_not_correctness_runs():
     assert lock.state == (0, False, 0) and lock.background == 0
 
 
+def test_gpu_lock_occupancy_charges_each_state(monkeypatch):
+    """occupancy(): seconds exclusive, draining (a timing waits for shared holders), shared, idle."""
+    import kernelgym.evaluation.pool as pool_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(pool_mod.time, "perf_counter", lambda: clock[0])
+    lock = GpuLock()
+    clock[0] += 1.0                      # idle 1
+    lock.acquire("shared")
+    clock[0] += 2.0                      # shared 2
+    writer = threading.Thread(target=lock.acquire, args=("exclusive",))
+    writer.start()
+    while lock.state[2] == 0:            # the timing now waits
+        time.sleep(0.001)
+    clock[0] += 3.0                      # draining 3
+    lock.release("shared")
+    writer.join(2)
+    clock[0] += 4.0                      # exclusive 4
+    lock.release("exclusive")
+    clock[0] += 0.5                      # idle 0.5
+    assert lock.occupancy() == {"exclusive": 4.0, "draining": 3.0, "shared": 2.0, "idle": 1.5}
+
+
 def test_gpu_sections_messages():
     sent, replies = [], []
 

@@ -81,8 +81,6 @@ class CandidateSession:
 
     def on_stream(self) -> Any:
         """The evaluation stream as the current stream (a no-op on the CPU)."""
-        import contextlib
-
         import torch
 
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
@@ -257,7 +255,7 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     """
     import torch
 
-    from kernelgym.evaluation.timing import EagerBench, GraphBench
+    from kernelgym.evaluation.timing import EagerBench, GraphBench, reset_capture_state
 
     s: CandidateSession = state["candidate"]
     progress("timing")
@@ -283,8 +281,7 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
                 raise
             graph_error = describe(exc, s.filename)
             gb.close()
-            with contextlib.suppress(Exception):
-                torch.cuda.synchronize()
+            reset_capture_state()
             with s.gpu.hold("exclusive"), s.on_stream():
                 stats = s.call(lambda: EagerBench(fn, sets, **opts).run())
             stats["graph_error"] = graph_error
@@ -331,13 +328,16 @@ def final_trial(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[
 
 
 def _cuda_probe() -> bool:
-    """True if the CUDA context still works (a sticky error makes every later call fail)."""
+    """True if the CUDA context still works (a sticky error makes every later call fail) and its
+    random generator still draws."""
     import torch
 
     try:
         torch.cuda.synchronize()
         x = torch.arange(1024, device="cuda", dtype=torch.float32)
         ok = float((x * 2).sum().item()) == 1023.0 * 1024.0
+        # The generator too: the next evaluation draws its seeded inputs on this GPU.
+        ok = ok and bool(torch.isfinite(torch.randn(8, device="cuda")).all())
         torch.cuda.synchronize()
         return ok
     except BaseException:  # noqa: BLE001

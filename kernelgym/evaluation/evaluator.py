@@ -266,6 +266,13 @@ class Evaluator:
             out[role.name] = out.get(role.name, 0.0) + sum(tree_cpu_seconds(pid) for pid in pool.pids())
         return out
 
+    def gpu_occupancy(self) -> dict[int, dict[str, float]]:
+        """Per GPU, the seconds its lock has spent exclusive (timing), draining (a timing waits for
+        shared holders), shared and idle since it was made (`GpuLock.occupancy`)."""
+        with self._lock:
+            locks = dict(self._gpu_locks)
+        return {d: lock.occupancy() for d, lock in sorted(locks.items())}
+
     def clear_caches(self) -> None:
         """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""
         with self._lock:
@@ -724,6 +731,8 @@ class _Run:
         failed_gpu = self.backend == "cuda" and status != "ok"
         if failed_gpu and self.ev.recycle_on_failure == "probe" and not ended.get("_dead"):
             failed_gpu = not ended.get("cuda_ok", False)
+        # A worker whose probe fails is retired whatever the verdict (e.g. its RNG left unusable).
+        failed_gpu = failed_gpu or ended.get("cuda_ok") is False
         recycle = tainted or status == "crash" or failed_gpu or w.dead or w.has_descendants()
         return v, recycle, list(reply.get("launches", []))
 

@@ -112,29 +112,56 @@ class GpuLock:
 
     MODES = ("shared", "exclusive", "background")
 
+    STATES = ("exclusive", "draining", "shared", "idle")
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
         self._background = 0
+        self._seconds = dict.fromkeys(self.STATES, 0.0)
+        self._since = time.perf_counter()
+
+    def _tick(self) -> None:
+        """Charge the time since the last change to the state the lock was in (under `_cond`)."""
+        now = time.perf_counter()
+        if self._writer:
+            state = "exclusive"
+        elif self._readers or self._background:
+            state = "draining" if self._waiting_writers else "shared"
+        else:
+            state = "idle"
+        self._seconds[state] += now - self._since
+        self._since = now
+
+    def occupancy(self) -> dict[str, float]:
+        """Seconds the lock has spent held exclusively (timing), draining (a timing waits for shared
+        holders to leave), shared only, and idle: where a batch's GPU time went."""
+        with self._cond:
+            self._tick()
+            return dict(self._seconds)
 
     def acquire(self, mode: str) -> None:
         with self._cond:
             if mode == "shared":
                 while self._writer or (self._waiting_writers and not self._background):
                     self._cond.wait()
+                self._tick()
                 self._readers += 1
             elif mode == "background":
                 while self._writer or self._waiting_writers:
                     self._cond.wait()
+                self._tick()
                 self._background += 1
             elif mode == "exclusive":
+                self._tick()
                 self._waiting_writers += 1
                 try:
                     while self._writer or self._readers or self._background:
                         self._cond.wait()
                 finally:
+                    self._tick()
                     self._waiting_writers -= 1
                 self._writer = True
             else:
@@ -142,6 +169,7 @@ class GpuLock:
 
     def release(self, mode: str) -> None:
         with self._cond:
+            self._tick()
             if mode == "shared":
                 self._readers = max(0, self._readers - 1)
             elif mode == "background":

@@ -432,7 +432,7 @@ def bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, stream
                 return gb.measure()
         except Exception as exc:  # noqa: BLE001 - not capturable: time it eagerly instead
             note = f"{type(exc).__name__}: {str(exc)[:300]}"
-            _recover()
+            reset_capture_state()
         finally:
             gb.close()
     with section("exclusive"):
@@ -442,12 +442,29 @@ def bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, stream
     return stats
 
 
-def _recover() -> None:
-    """After a failed capture: end any capture left open on this thread and drain the device."""
+def reset_capture_state() -> None:
+    """After a failed capture: drain the device and undo the capture state torch leaves behind.
+
+    When a capture fails inside ``CUDAGraph.capture_end``, torch skips the epilogue that ends its
+    CUDA generators' capture mode, and every later random draw outside a capture fails in that
+    process (so a worker's next seeded ``get_inputs()`` would not match the other worker's). An
+    empty capture runs the prologue and epilogue again and ends it.
+    """
     import torch
 
     with contextlib.suppress(Exception):  # a capture error is not sticky; a real fault shows up later
         torch.cuda.synchronize()
+    with contextlib.suppress(Exception):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(torch.cuda.Stream()):
+            g.capture_begin()
+            try:
+                torch.empty(1, device="cuda").zero_()  # not an empty graph (torch warns on those)
+            finally:
+                g.capture_end()
+        del g
+        torch.cuda.synchronize()
+
 
 
 def naive_bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], **opts: Any) -> dict[str, Any]:

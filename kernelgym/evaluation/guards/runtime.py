@@ -499,8 +499,11 @@ def _watched_owners() -> list[tuple[str, Any]]:
     return owners
 
 
+_WATCHED_TYPES = (types.ModuleType, property, classmethod, staticmethod)
+
+
 def _watchable(v: Any) -> bool:
-    return callable(v) or isinstance(v, (types.ModuleType, property, classmethod, staticmethod))
+    return callable(v) or isinstance(v, _WATCHED_TYPES)
 
 
 class _Owned(NamedTuple):
@@ -521,7 +524,7 @@ def _snapshot() -> dict[str, _Owned]:
             items = dict(vars(owner))
         except TypeError:
             continue
-        before = {k: v for k, v in items.items() if _watchable(v)}
+        before = {k: v for k, v in items.items() if callable(v) or isinstance(v, _WATCHED_TYPES)}
         snap[name] = _Owned(owner, before, tuple(before), tuple(before.values()), frozenset(items))
     return snap
 
@@ -536,8 +539,9 @@ def _diff(snap: dict[str, _Owned], vars: Callable[[Any], Any] = vars, any: Calla
         now = vars(o.owner)
         if any(map(is_not, map(now.get, o.keys), o.values)):
             changed += [f"{name}.{k}" for k, v in o.before.items() if now.get(k, _MISSING) is not v]
-        changed += [f"{name}.{k} (added)" for k in now.keys() - o.known
-                    if _watchable(now[k]) and not isinstance(now[k], types.ModuleType)]
+        if not o.known.issuperset(now):  # in C, without building a set of every name
+            changed += [f"{name}.{k} (added)" for k in now.keys() - o.known
+                        if _watchable(now[k]) and not isinstance(now[k], types.ModuleType)]
     return changed
 
 
