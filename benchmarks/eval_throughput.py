@@ -248,10 +248,12 @@ def profile_summary(directory: Path, evals: int, top: int = 25) -> str:
         by_role.setdefault(f.name.split("-")[0], []).append(str(f))
     if not by_role:
         return f"no worker profiles in {directory}"
-    parts = [f"worker CPU profiles of the steady batch ({evals} evaluations; cProfile, process CPU time)"]
+    parts = [f"CPU profiles of the steady batch ({evals} evaluations; cProfile: workers' process CPU time, the "
+             "parent's evaluation threads' own CPU time)"]
     for role, files in sorted(by_role.items()):
         stats = pstats.Stats(*files, stream=io.StringIO())
-        parts.append(f"\n== {role}: {len(files)} workers, {stats.total_tt / max(1, evals):.4f} CPU s an evaluation")
+        who = "evaluation threads" if role == "parent" else "workers"
+        parts.append(f"\n== {role}: {len(files)} {who}, {stats.total_tt / max(1, evals):.4f} CPU s an evaluation")
         for key in ("tottime", "cumulative"):
             buf = io.StringIO()
             stats.stream = buf
@@ -280,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="GPUs for the pool, e.g. 0 or 0,1 (default all visible); run once with each for "
                          "the multi-GPU scaling of the same batch (--serial-n 8 keeps the baseline short)")
     ap.add_argument("--profile-workers", metavar="DIR", default=None,
-                    help="cProfile the workers' requests during the steady batch (CPU time) and print "
-                         "each role's costliest functions (its CPU figures then include the profiler's cost)")
+                    help="cProfile the workers' requests and the parent's evaluation threads during the steady "
+                         "batch (CPU time) and print each role's costliest functions (its CPU figures then "
+                         "include the profiler's cost)")
     ap.add_argument("--load-check", type=int, default=4, metavar="K",
                     help="on a GPU, time the steady batch's first K timed candidates again alone and print "
                          "batch / alone medians (0: skip)")

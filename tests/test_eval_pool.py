@@ -3,6 +3,7 @@ timing plans: everything of the throughput design that runs without a GPU."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -132,6 +133,26 @@ def test_gpu_lock_background_keeps_timings_out_but_not_correctness_runs():
     assert lock.state == (0, False, 0) and lock.background == 0
 
 
+def test_resident_memory_of_a_worker_and_of_its_tree():
+    import subprocess
+    import sys
+
+    from kernelgym.evaluation.pool import rss_bytes, tree_rss_bytes
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(64 << 20); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while rss_bytes(child.pid) < 64 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own = rss_bytes(os.getpid())
+        assert rss_bytes(child.pid) >= 64 << 20
+        assert tree_rss_bytes(os.getpid()) >= own + (64 << 20)   # the child's memory counts in the tree
+    finally:
+        child.kill()
+        child.wait()
+    assert rss_bytes(child.pid) == 0   # gone: nothing to read
+
+
 def test_gpu_lock_occupancy_charges_each_state(monkeypatch):
     """occupancy(): seconds exclusive, draining (a timing waits for shared holders), shared, idle."""
     import kernelgym.evaluation.pool as pool_mod
@@ -230,6 +251,60 @@ def test_raw_tensor_relay_roundtrip():
     back = codec.decode(codec.encode({"relayed": raw["outputs"]}))["relayed"]
     for a, b in zip([t for ts in value["outputs"] for t in ts], [t for ts in back for t in ts]):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_spilled_outputs_relay_through_a_file_the_parent_named(tmp_path):
+    """A candidate worker writes its outputs to the file the parent named; the parent relays a
+    reference to it; only a trusted message may name a file to read."""
+    value = {"outputs": [[torch.randn(300, 5), torch.arange(4)], [torch.ones(2, dtype=torch.bfloat16)]], "n": 1}
+    spill = str(tmp_path / "0.bin")
+    blob = codec.encode(value, spill=spill)
+    assert len(blob) < 1000 and os.path.getsize(spill) == 300 * 5 * 4 + 4 * 8 + 2 * 2
+    with pytest.raises(codec.CodecError, match="none was named"):
+        codec.decode(blob)                                       # the parent names the file, never the worker
+    raw = codec.decode(blob, raw_tensors=True, spill=spill)
+    first = raw["outputs"][0][0]
+    assert first.data is None and first.file == spill and first.nbytes == 6000
+    relay = codec.encode({"relayed": raw["outputs"]})            # what the parent sends the reference worker
+    assert len(relay) < 1000
+    with pytest.raises(codec.CodecError, match="not trusted"):
+        codec.decode(relay)                                      # e.g. a worker's reply naming a file
+    back = codec.decode(relay, trust_file=True)["relayed"]
+    for a, b in zip([t for ts in value["outputs"] for t in ts], [t for ts in back for t in ts]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    with pytest.raises(codec.CodecError, match="one spill file and nothing else"):
+        codec.encode({"a": raw["outputs"][0][0], "b": torch.ones(3)})
+    assert codec.decode(codec.encode({"n": 1}, spill=str(tmp_path / "none.bin"))) == {"n": 1}
+    assert not (tmp_path / "none.bin").exists()                  # no tensors: no file
+
+
+def test_spill_file_that_does_not_hold_its_buffers_is_refused(tmp_path):
+    spill = tmp_path / "0.bin"
+    blob = codec.encode({"x": torch.randn(1000)}, spill=str(spill))
+    spill.write_bytes(spill.read_bytes()[:100])                   # truncated after the fact
+    with pytest.raises(codec.CodecError, match="holding every buffer"):
+        codec.decode(blob, spill=str(spill))
+    link = tmp_path / "link.bin"
+    link.symlink_to(tmp_path / "elsewhere.bin")
+    (tmp_path / "elsewhere.bin").write_bytes(b"\0" * 4000)
+    with pytest.raises(codec.CodecError, match="regular file"):
+        codec.decode(codec.encode({"x": torch.randn(1000)}, spill=str(tmp_path / "1.bin")), spill=str(link))
+    with pytest.raises(codec.CodecError, match="unreadable"):
+        codec.decode(blob, spill=str(tmp_path / "missing.bin"))
+
+
+def test_evaluations_remove_their_output_files(evaluator):
+    from tests.eval_cases import CAND_ADD, REF_ADD
+
+    v = evaluator.evaluate(REF_ADD, CAND_ADD, backend="interpret", seed=3)
+    assert v.ok, v.error
+    folder = evaluator._spill_dir
+    assert folder is not None and os.path.isdir(folder) and os.listdir(folder) == []
+    ev = Evaluator(workers=1)
+    path = ev.spill_path()                                       # no worker needed to name a file
+    assert path is not None and os.path.isdir(os.path.dirname(path))
+    ev.close()
+    assert not os.path.exists(os.path.dirname(path))             # the folder goes with the evaluator
 
 
 def test_fingerprint_sees_any_change():

@@ -8,8 +8,9 @@ worker (interpret backend) -> timing of a CUDA graph of the forward under the GP
 (cuda backend, only when correct), a final fresh-input trial and a replay of the timed graph on
 the same inputs, compared again -> Verdict.
 
-Only metadata and the candidate's outputs cross process boundaries (the parent relays the output
-bytes without decoding them). On the cuda backend every GPU of the machine is used (`devices`):
+Only metadata and the candidate's outputs cross process boundaries; the outputs go from the
+candidate worker to the reference worker through a file the parent named (`codec`, "spill"), so
+the parent relays a reference to them, never their bytes. On the cuda backend every GPU of the machine is used (`devices`):
 workers are pinned to one GPU each, an evaluation runs on the least loaded GPU, each GPU has its
 own lock (shared for correctness runs, exclusive for timing; workers hold it only around GPU
 work, never while compiling) and its own baseline cache.
@@ -25,6 +26,8 @@ import json
 import os
 import random
 import re
+import shutil
+import tempfile
 import threading
 import time
 import weakref
@@ -180,8 +183,22 @@ class Evaluator:
         # GPU evaluations share this; one judged again alone after running out of GPU memory
         # beside the others takes it exclusively (see `_oom_beside_others`).
         self._alone = GpuLock()
+        self._spill_dir: str | None = None
+        self._spills = itertools.count()
         self.closed = False
         _LIVE.add(self)
+
+    def spill_path(self) -> str | None:
+        """A fresh file name for a candidate worker's outputs (see `codec`): in a private folder, on
+        /dev/shm where there is one; None (outputs travel inline) if no folder can be made."""
+        with self._lock:
+            if self._spill_dir is None:
+                base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+                try:
+                    self._spill_dir = tempfile.mkdtemp(prefix="kernelgym-outputs-", dir=base)
+                except OSError:
+                    return None
+            return os.path.join(self._spill_dir, f"{next(self._spills)}.bin")
 
     # -- devices -----------------------------------------------------------------------------
     @property
@@ -287,6 +304,10 @@ class Evaluator:
             self._pools.clear()
         for p in pools:
             p.shutdown()
+        with self._lock:
+            spill, self._spill_dir = self._spill_dir, None
+        if spill:
+            shutil.rmtree(spill, ignore_errors=True)
 
     def __enter__(self) -> Evaluator:  # noqa: PYI034 - subclasses are not a use case
         return self
@@ -324,7 +345,8 @@ class Evaluator:
             return r
 
         run = new_run()
-        v = self._go(run, reference, candidate, task_id, "shared")
+        with _parent_profile():
+            v = self._go(run, reference, candidate, task_id, "shared")
         if _oom_beside_others(v):
             # Other evaluations' memory may be why: judge it again with the GPU to itself (same
             # seed), so a neighbour's footprint never becomes this candidate's verdict.
@@ -385,6 +407,32 @@ _TRIED = re.compile(r"Tried to allocate ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 _TOTAL = re.compile(r"total capacity of ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 
 
+_profile_files = itertools.count()
+
+
+@contextlib.contextmanager
+def _parent_profile() -> Iterator[None]:
+    """With ``KERNELGYM_WORKER_PROFILE=DIR`` set and ``DIR/on`` present (benchmarks/eval_throughput.py
+    --profile-workers), the evaluation's own thread runs under cProfile (its thread's CPU time) and
+    writes ``DIR/parent-<pid>-<n>.prof``: the parent's host cost next to the workers'."""
+    from kernelgym.evaluation.worker import PROFILE_ENV
+
+    directory = os.environ.get(PROFILE_ENV, "")
+    if not directory or not os.path.exists(os.path.join(directory, "on")):
+        yield
+        return
+    import cProfile
+
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    try:
+        yield
+    finally:
+        prof.disable()
+        with contextlib.suppress(OSError):
+            prof.dump_stats(os.path.join(directory, f"parent-{os.getpid()}-{next(_profile_files)}.prof"))
+
+
 def _oom_beside_others(v: Verdict) -> bool:
     """A GPU run that failed for lack of GPU memory where the allocation asked for was modest
     (under a quarter of the GPU, or not stated): other processes' memory may be the cause. A
@@ -430,6 +478,15 @@ class _Run:
         self.key = ""
         self.ref_worker: Worker | None = None
         self.dropped = False
+        self.spills: list[str] = []   # the output files of this evaluation, removed at its end
+
+    def _spill(self) -> dict[str, str]:
+        """The request field naming a new file for the candidate worker's outputs (or none)."""
+        path = self.ev.spill_path()
+        if path is None:
+            return {}
+        self.spills.append(path)
+        return {"spill": path}
 
     @contextlib.contextmanager
     def _ph(self, name: str) -> Iterator[None]:
@@ -447,12 +504,15 @@ class _Run:
     def _req(self, w: Worker, msg: dict[str, Any], timeout: float, phase: str, raw: bool = False,
              lock_phase: str = "gpu_lock_wait") -> dict[str, Any]:
         """One worker request, timed as `phase`; transport time (encode, send, decode) also as 'ipc',
-        time spent waiting for the GPU lock as `lock_phase` (and not as `phase`)."""
+        time spent waiting for the GPU lock as `lock_phase` (and not as `phase`). With `raw`, the
+        reply's tensors stay bytes for relaying, written to a spill file when one can be made."""
         w.last_ipc_s = w.lock_wait_s = 0.0
         gpu = self.ev.gpu_lock(self.gpu_index) if self.gpu_index is not None else None
+        if raw:
+            msg = {**msg, **self._spill()}
         t = time.perf_counter()
         try:
-            return w.request(msg, timeout, gpu=gpu, raw_tensors=raw)
+            return w.request(msg, timeout, gpu=gpu, raw_tensors=raw, spill=msg.get("spill"))
         finally:
             self._add(phase, time.perf_counter() - t - w.lock_wait_s)
             self._add(lock_phase, w.lock_wait_s)
@@ -543,6 +603,9 @@ class _Run:
                     pool.release(w, recycle=recycle or w.dead)
         finally:
             self._forget_reference()
+            for path in self.spills:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         if v.status in ("ok", "incorrect") and self.backend == "interpret" and self.ev.ptx_check and launches:
             v = self._ptx(code, v, launches)
         return v

@@ -27,6 +27,11 @@ from kernelgym.evaluation import codec
 
 MAX_REPLY_BYTES = 4 << 30
 POLL_S = 0.02
+# How often a waiting request checks the worker's resident memory, and that of the worker with its
+# descendants (a walk over every thread's children in /proc: ~1 ms for a CUDA worker, which, done by
+# every evaluation thread at each poll, kept the parent's one core busy).
+MEMORY_CHECK_S = 0.05
+TREE_CHECK_S = 0.5
 STDERR_TAIL = 1500
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -246,8 +251,18 @@ def tree_cpu_seconds(pid: int) -> float:
     return _tree_sum(pid, _cpu_ticks) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident bytes of one process (0 if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def tree_rss_bytes(pid: int) -> int:
-    return _tree_sum(pid, lambda p: int(Path(f"/proc/{p}/statm").read_text().split()[1]) * _PAGE)
+    """Resident bytes of `pid` and its live descendants."""
+    return _tree_sum(pid, rss_bytes)
 
 
 class Worker:
@@ -299,19 +314,20 @@ class Worker:
             return ""
 
     def request(self, msg: dict[str, Any], phase_timeout: float, gpu: Any = None,
-                raw_tensors: bool = False) -> dict[str, Any]:
+                raw_tensors: bool = False, spill: str | None = None) -> dict[str, Any]:
         """Send one request; wait for its result, restarting the deadline at each phase message.
 
         gpu: the device's `GpuLock`; the worker asks for it (``{"type": "lock", "mode": ...}``)
         around its GPU sections and the parent grants it here. Whatever the worker still holds when
         the request ends (result, crash, timeout) is released. raw_tensors: leave the reply's
-        tensors as `codec.RawTensor` bytes (for relaying).
+        tensors as `codec.RawTensor` bytes (for relaying). spill: the file the request told the worker
+        to write its tensors to (``msg["spill"]``), the only one its reply may refer to.
         """
         self.wait_ready()
         self._gpu, self.lock_wait_s = gpu, 0.0
         msg = {**msg, "gpu_lock": gpu is not None}
         try:
-            return self._request(msg, phase_timeout, raw_tensors)
+            return self._request(msg, phase_timeout, raw_tensors, spill)
         finally:
             self._release_gpu()
             self._gpu = None
@@ -340,7 +356,8 @@ class Worker:
         except OSError:
             self._release_gpu()
 
-    def _request(self, msg: dict[str, Any], phase_timeout: float, raw_tensors: bool) -> dict[str, Any]:
+    def _request(self, msg: dict[str, Any], phase_timeout: float, raw_tensors: bool,
+                 spill: str | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             os.truncate(self.log_path, 0)  # stderr of this request only (the child appends)
@@ -351,15 +368,16 @@ class Worker:
         except OSError as exc:
             self.kill()
             raise WorkerFailure("crash", f"worker unreachable: {exc}", "send") from None
-        reply = self._receive(time.monotonic() + phase_timeout, "start", phase_timeout, raw_tensors)
+        reply = self._receive(time.monotonic() + phase_timeout, "start", phase_timeout, raw_tensors, spill)
         wall = time.perf_counter() - t0 - self.lock_wait_s
         worker_s = reply.pop("worker_s", None)
         self.last_ipc_s = max(0.0, wall - float(worker_s)) if isinstance(worker_s, (int, float)) else 0.0
         return reply
 
     def _receive(self, deadline: float, phase: str, phase_timeout: float,
-                 raw_tensors: bool = False) -> dict[str, Any]:
+                 raw_tensors: bool = False, spill: str | None = None) -> dict[str, Any]:
         hard_deadline = time.monotonic() + phase_timeout * 50  # forged phase messages cannot stall us
+        next_memory = next_tree = 0.0
         while True:
             try:
                 ready = self.conn.poll(POLL_S)
@@ -367,7 +385,8 @@ class Worker:
                 ready = True
             if ready:
                 try:
-                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES), raw_tensors)
+                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES), raw_tensors, spill=spill,
+                                         max_spill_bytes=MAX_REPLY_BYTES)
                 except (EOFError, OSError):
                     self._died(phase)
                 except codec.CodecError as exc:
@@ -394,8 +413,13 @@ class Worker:
                 self.kill()
                 raise WorkerFailure("timeout", f"exceeded the {phase_timeout:g} s time limit in phase "
                                     f"'{phase}'", phase)
-            if self.memory_limit:
-                rss = tree_rss_bytes(self.proc.pid)
+            if self.memory_limit and now >= next_memory:
+                next_memory = now + MEMORY_CHECK_S
+                if now >= next_tree:
+                    next_tree = now + TREE_CHECK_S
+                    rss = tree_rss_bytes(self.proc.pid)
+                else:
+                    rss = rss_bytes(self.proc.pid)
                 if rss > self.memory_limit:
                     self.kill()
                     raise WorkerFailure("memory", f"memory limit of {self.memory_limit / 2**20:.0f} MB exceeded "

@@ -159,7 +159,7 @@ def main(argv: list[str]) -> int:
 
     while True:
         try:
-            msg = codec.decode(conn.recv_bytes(MAX_REQUEST_BYTES))
+            msg = codec.decode(conn.recv_bytes(MAX_REQUEST_BYTES), trust_file=True)  # from the parent
         except EOFError:
             profiler.dump()
             return 0
@@ -178,7 +178,8 @@ def main(argv: list[str]) -> int:
                 with contextlib.suppress(Exception):
                     trim_gpu_cache(keep_bytes, hold=gpu.hold)
             gpu.release()  # a handler that failed inside a GPU section leaves it here
-            blob = codec.encode({"type": "result", **result, "worker_s": time.perf_counter() - t_job})
+            spill = msg.get("spill") if isinstance(msg.get("spill"), str) else None
+            blob = codec.encode({"type": "result", **result, "worker_s": time.perf_counter() - t_job}, spill=spill)
         except BaseException as exc:  # noqa: BLE001 - report, the parent decides to recycle
             from kernelgym.evaluation.jobs import describe
 

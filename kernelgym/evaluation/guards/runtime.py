@@ -170,6 +170,9 @@ class ForwardRecord:
     input_keys: set = field(default_factory=set)
     snapshots: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     side_stream: list[str] = field(default_factory=list)
+    # (storage key, 0-dim bool tensor: did the launch change it), resolved in after_forward with one
+    # transfer: a host read per launched tensor is a device sync, and syncs are slow on a busy GPU.
+    pending_writes: list[tuple[tuple, torch.Tensor]] = field(default_factory=list)
 
 
 _DTYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
@@ -181,6 +184,25 @@ for _n, _s in (("float8_e4m3fn", "fp8e4nv"), ("float8_e5m2", "fp8e5")):
 
 _LAUNCH_OPTIONS = {"num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_cooperative_grid",
                    "debug", "extern_libs", "launch_pdl", "instrumentation_mode", "fpsan_homomorphic_casts"}
+
+
+def _changed(now: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor on the tensors' device: do two byte views differ (no host sync)."""
+    if now.shape != old.shape:
+        return torch.ones((), dtype=torch.bool, device=now.device)
+    return torch.ne(now, old).any()
+
+
+def _read_flags(flags: list[torch.Tensor]) -> list[bool]:
+    """The values of 0-dim bool tensors, with one transfer per device."""
+    out: dict[int, bool] = {}
+    by_device: dict[Any, list[int]] = collections.defaultdict(list)
+    for i, f in enumerate(flags):
+        by_device[f.device].append(i)
+    for idx in by_device.values():
+        for i, v in zip(idx, torch.stack([flags[i] for i in idx]).tolist()):
+            out[i] = bool(v)
+    return [out[i] for i in range(len(flags))]
 
 
 def _storage_key(t: torch.Tensor) -> tuple | None:
@@ -779,8 +801,8 @@ class RuntimeGuard:
         if rec is not None:
             with _disable_current_modes():
                 for k, (t, old) in before.items():
-                    if not torch.equal(_storage_bytes(t), old):
-                        rec.written.add(k)
+                    # queued right behind the launch on this stream; read in after_forward
+                    rec.pending_writes.append((k, _changed(_storage_bytes(t), old)))
         return result
 
     def _allowed_stream(self, dev: torch.device) -> int:
@@ -789,6 +811,11 @@ class RuntimeGuard:
     def after_forward(self, record: ForwardRecord, outputs: Sequence[torch.Tensor] | torch.Tensor) -> None:
         """Checks right after forward returned (see the contract in /tmp/eval_contract.md)."""
         outs = [outputs] if isinstance(outputs, torch.Tensor) else [o for o in outputs if isinstance(o, torch.Tensor)]
+        with _disable_current_modes():
+            mutated = [_changed(_storage_bytes(t), old) for _, t, old in record.snapshots]
+            flags = _read_flags([f for _, f in record.pending_writes] + mutated)
+        record.written.update(k for (k, _), changed in zip(record.pending_writes, flags) if changed)
+        record.pending_writes.clear()
         if not record.launches:
             self._add(Finding("no_triton_launch", "forward launched no Triton kernel"))
         elif not record.written:
@@ -805,10 +832,9 @@ class RuntimeGuard:
                 self._add(Finding("output_aliases_input", f"output {i} shares storage with an input or parameter"))
             if key in prev_keys or any(o is p for p in self._prev_outputs):
                 self._add(Finding("output_reused", f"output {i} reuses the storage of an earlier call's output"))
-        with _disable_current_modes():
-            for what, t, old in record.snapshots:
-                if not torch.equal(_storage_bytes(t), old):
-                    self._add(Finding("input_mutated", f"{what} was modified by forward"))
+        for (what, _, _), changed in zip(record.snapshots, flags[len(flags) - len(mutated):]):
+            if changed:
+                self._add(Finding("input_mutated", f"{what} was modified by forward"))
         record.snapshots.clear()  # free the copies
         self._prev_outputs.extend(outs)
         if record.launch_ops:
