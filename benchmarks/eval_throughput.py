@@ -211,13 +211,17 @@ def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str,
             lock_s[k] = lock_s.get(k, 0.0) + x - occ0.get(d, {}).get(k, 0.0)
     cpu = {role: max(0.0, cpu1.get(role, 0.0) - cpu0.get(role, 0.0)) for role in cpu1}
     cpu["parent"] = time.process_time() - parent0
+    # host wall time of each timing's measured replays (the exclusive part of a timing)
+    measured = [v.timings["candidate"]["measure_ms"] for v in verdicts
+                if "measure_ms" in ((v.timings or {}).get("candidate") or {})]
     statuses: dict[str, dict[str, int]] = {}
     for kind, v in zip(kinds, verdicts):
         statuses.setdefault(kind, {}).setdefault(v.status, 0)
         statuses[kind][v.status] += 1
     return {"n": len(pairs), "seconds": secs, "evals_per_s": len(pairs) / secs, "statuses_by_kind": statuses,
             "phases_mean_s": phase_means(verdicts), "device": verdicts[0].device if verdicts else "",
-            "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs)), "gpu_lock_s": lock_s}, verdicts
+            "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs)), "gpu_lock_s": lock_s,
+            "timed": len(measured), "measure_ms_mean": sum(measured) / len(measured) if measured else None}, verdicts
 
 
 def load_check(ev, pairs: list[tuple[str, str]], verdicts: list, backend: str, seed: int, trials: int,
@@ -248,12 +252,10 @@ def profile_summary(directory: Path, evals: int, top: int = 25) -> str:
         by_role.setdefault(f.name.split("-")[0], []).append(str(f))
     if not by_role:
         return f"no worker profiles in {directory}"
-    parts = [f"CPU profiles of the steady batch ({evals} evaluations; cProfile: workers' process CPU time, the "
-             "parent's evaluation threads' own CPU time)"]
+    parts = [f"worker CPU profiles of the steady batch ({evals} evaluations; cProfile, process CPU time)"]
     for role, files in sorted(by_role.items()):
         stats = pstats.Stats(*files, stream=io.StringIO())
-        who = "evaluation threads" if role == "parent" else "workers"
-        parts.append(f"\n== {role}: {len(files)} {who}, {stats.total_tt / max(1, evals):.4f} CPU s an evaluation")
+        parts.append(f"\n== {role}: {len(files)} workers, {stats.total_tt / max(1, evals):.4f} CPU s an evaluation")
         for key in ("tottime", "cumulative"):
             buf = io.StringIO()
             stats.stream = buf
@@ -282,9 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="GPUs for the pool, e.g. 0 or 0,1 (default all visible); run once with each for "
                          "the multi-GPU scaling of the same batch (--serial-n 8 keeps the baseline short)")
     ap.add_argument("--profile-workers", metavar="DIR", default=None,
-                    help="cProfile the workers' requests and the parent's evaluation threads during the steady "
-                         "batch (CPU time) and print each role's costliest functions (its CPU figures then "
-                         "include the profiler's cost)")
+                    help="cProfile the workers' requests during the steady batch (CPU time) and print "
+                         "each role's costliest functions (its CPU figures then include the profiler's cost)")
     ap.add_argument("--load-check", type=int, default=4, metavar="K",
                     help="on a GPU, time the steady batch's first K timed candidates again alone and print "
                          "batch / alone medians (0: skip)")
@@ -369,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         print("GPU lock, steady batch: " + ", ".join(f"{k} {x:.2f} s ({x / steady['seconds']:.0%})"
                                                       for k, x in steady["gpu_lock_s"].items())
               + f" of {steady['seconds']:.2f} s")
+    if steady["timed"]:
+        print(f"timings in the steady batch: {steady['timed']}, measuring {steady['measure_ms_mean']:.1f} ms each "
+              f"(exclusive lock held {1000 * steady['gpu_lock_s'].get('exclusive', 0.0) / steady['timed']:.1f} ms "
+              "a timing, hand-offs included)")
     print(f"pool startup {startup:.1f} s (not counted); caches: {json.dumps(stats)}")
     print("pool mean seconds per evaluation by phase (concurrent evaluations overlap):")
     print(f"  {'phase':<26}{'first':>9}{'steady':>9}")

@@ -90,7 +90,6 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
     # --profile-workers: each role's CPU profile of the steady batch, verdicts unchanged by it
     summary = (prof / "summary.txt").read_text()
     assert "== candidate: 1 workers" in summary and "run_candidate" in summary and "== reference" in summary
-    assert "== parent: " in summary and "evaluation threads" in summary   # the parent's own host cost
     assert "KERNELGYM_WORKER_PROFILE" not in os.environ
     r = json.loads(out.read_text())
     assert r["serial"]["cpu_s_per_eval"] > 0 and r["pool_steady"]["cpu_s_per_eval"] > 0

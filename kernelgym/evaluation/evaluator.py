@@ -345,8 +345,7 @@ class Evaluator:
             return r
 
         run = new_run()
-        with _parent_profile():
-            v = self._go(run, reference, candidate, task_id, "shared")
+        v = self._go(run, reference, candidate, task_id, "shared")
         if _oom_beside_others(v):
             # Other evaluations' memory may be why: judge it again with the GPU to itself (same
             # seed), so a neighbour's footprint never becomes this candidate's verdict.
@@ -405,32 +404,6 @@ class Evaluator:
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _TRIED = re.compile(r"Tried to allocate ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 _TOTAL = re.compile(r"total capacity of ([\d.]+) (B|KiB|MiB|GiB|TiB)")
-
-
-_profile_files = itertools.count()
-
-
-@contextlib.contextmanager
-def _parent_profile() -> Iterator[None]:
-    """With ``KERNELGYM_WORKER_PROFILE=DIR`` set and ``DIR/on`` present (benchmarks/eval_throughput.py
-    --profile-workers), the evaluation's own thread runs under cProfile (its thread's CPU time) and
-    writes ``DIR/parent-<pid>-<n>.prof``: the parent's host cost next to the workers'."""
-    from kernelgym.evaluation.worker import PROFILE_ENV
-
-    directory = os.environ.get(PROFILE_ENV, "")
-    if not directory or not os.path.exists(os.path.join(directory, "on")):
-        yield
-        return
-    import cProfile
-
-    prof = cProfile.Profile(time.thread_time)
-    prof.enable()
-    try:
-        yield
-    finally:
-        prof.disable()
-        with contextlib.suppress(OSError):
-            prof.dump_stats(os.path.join(directory, f"parent-{os.getpid()}-{next(_profile_files)}.prof"))
 
 
 def _oom_beside_others(v: Verdict) -> bool:
