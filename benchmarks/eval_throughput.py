@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-workers", metavar="DIR", default=None,
                     help="cProfile the workers' requests during the steady batch (CPU time) and print "
                          "each role's costliest functions (its CPU figures then include the profiler's cost)")
+    ap.add_argument("--lock-policy", default="phase_fair", choices=["phase_fair", "writers_first"],
+                    help="how correctness runs and timings share a GPU (Evaluator(gpu_lock_policy=...))")
     ap.add_argument("--load-check", type=int, default=4, metavar="K",
                     help="on a GPU, time the steady batch's first K timed candidates again alone and print "
                          "batch / alone medians (0: skip)")
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     serial_eps = serial_n / serial["seconds"]
 
     with Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench,
-                   devices=devices) as ev:
+                   devices=devices, gpu_lock_policy=args.lock_policy) as ev:
         t = time.perf_counter()
         ev.warm(backend)
         startup = time.perf_counter() - t
@@ -348,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "eval_throughput", "backend": backend, "device": first["device"],
         "n": n, "tasks": tasks, "numel": numel, "trials": args.trials, "bench": bench, "workers": workers,
         "reference_workers": ref_workers, "cpu_count": os.cpu_count(), "devices": used_devices,
+        "lock_policy": args.lock_policy,
         "serial": {"n": serial_n, "seconds": serial["seconds"], "evals_per_s": serial_eps,
                    "cpu_s": serial["cpu_s"], "cpu_s_per_eval": serial["cpu_s"] / serial_n,
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},
@@ -356,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         "timing_under_load": loaded,
     }
     print(f"eval throughput on {report['device']} ({backend}), {n} candidates over {tasks} tasks, "
-          f"{args.trials} trials, {os.cpu_count()} CPUs" + (f", GPUs {used_devices}" if used_devices else ""))
+          f"{args.trials} trials, {os.cpu_count()} CPUs" + (f", GPUs {used_devices}" if used_devices else "")
+          + (f", GPU lock {args.lock_policy}" if backend == "cuda" else ""))
     print(f"{'harness':<34}{'evals':>7}{'seconds':>10}{'evals/s':>10}{'vs serial':>11}{'CPU s/eval':>12}")
     print(f"{'serial in-process':<34}{serial_n:>7}{serial['seconds']:>10.2f}{serial_eps:>10.2f}{1.0:>10.2f}x"
           f"{report['serial']['cpu_s_per_eval']:>12.3f}")

@@ -75,6 +75,8 @@ def test_evaluator_layout_over_gpus():
         Evaluator(devices=[0, 0])
     with pytest.raises(ValueError, match="unknown timing option"):
         Evaluator(bench={"reps": 3})
+    with pytest.raises(ValueError, match="unknown GPU lock policy"):
+        Evaluator(gpu_lock_policy="fifo")
 
 
 # ----------------------------------------------------------------------------- the GPU lock
@@ -102,6 +104,84 @@ def test_gpu_lock_shared_exclusive_writer_preference():
     lock.release("shared")
     with pytest.raises(ValueError):
         lock.acquire("sideways")
+
+
+@pytest.mark.parametrize("policy", ["phase_fair", "writers_first"])
+def test_gpu_lock_policy_orders_a_queue_of_timings(policy):
+    """Two timings queued while a correctness run waits: phase_fair lets the run in between them,
+    writers_first only after both."""
+    lock = GpuLock(policy)
+    got, lock_log = [], threading.Lock()
+
+    def take(mode, name):
+        lock.acquire(mode)
+        with lock_log:
+            got.append(name)
+
+    lock.acquire("exclusive")                                    # a timing runs
+    w2 = threading.Thread(target=take, args=("exclusive", "w2"))
+    w2.start()
+    while lock.state[2] < 1:
+        time.sleep(0.001)
+    r = threading.Thread(target=take, args=("shared", "r"))
+    r.start()
+    time.sleep(0.1)
+    assert got == []
+    lock.release("exclusive")                                    # the first timing ends
+    time.sleep(0.1)
+    if policy == "phase_fair":
+        assert got == ["r"] and lock.state == (1, False, 1)      # the run goes first; the next timing waits for it
+        r.join(2)
+        lock.release("shared")
+        w2.join(2)
+        assert got == ["r", "w2"]
+        late = threading.Thread(target=take, args=("shared", "late"))
+        late.start()
+        time.sleep(0.1)
+        assert got == ["r", "w2"]                                # one that comes during a timing waits for its end
+        lock.release("exclusive")
+        late.join(2)
+        lock.release("shared")
+    else:
+        assert got == ["w2"]
+        w2.join(2)
+        lock.release("exclusive")
+        r.join(2)
+        assert got == ["w2", "r"]
+        lock.release("shared")
+    assert lock.state == (0, False, 0)
+    with pytest.raises(ValueError, match="unknown GPU lock policy"):
+        GpuLock("fifo")
+
+
+@pytest.mark.parametrize("policy", ["phase_fair", "writers_first"])
+def test_gpu_lock_never_mixes_timings_with_other_work_and_never_stalls(policy):
+    import random
+
+    lock, inside, errors = GpuLock(policy), {"shared": 0, "exclusive": 0, "background": 0}, []
+    guard = threading.Lock()
+
+    def worker(seed):
+        rng = random.Random(seed)
+        for _ in range(150):
+            mode = rng.choice(["shared", "shared", "shared", "exclusive", "background"])
+            lock.acquire(mode)
+            with guard:
+                inside[mode] += 1
+                if inside["exclusive"] and (inside["exclusive"] > 1 or inside["shared"] or inside["background"]):
+                    errors.append(dict(inside))
+            time.sleep(rng.random() * 0.0005)
+            with guard:
+                inside[mode] -= 1
+            lock.release(mode)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "the lock stalled"
+    assert errors == [] and lock.state == (0, False, 0) and lock.background == 0
 
 
 def test_gpu_lock_background_keeps_timings_out_but_not_correctness_runs():

@@ -131,8 +131,9 @@ class Evaluator:
     kernel and a device sync still succeed in it (sticky CUDA errors fail every later call, so a
     context that passes is not poisoned); crashes, timeouts and tainted workers are always
     replaced. skip_static_guards: run candidates the static guards would reject -- only for
-    testing the sandbox itself. Use as a context manager or call `close()`; pools are also shut
-    down at interpreter exit.
+    testing the sandbox itself. gpu_lock_policy: how correctness runs and timings share a GPU
+    (`pool.GpuLock`): "phase_fair" (default) or "writers_first". Use as a context manager or call
+    `close()`; pools are also shut down at interpreter exit.
     """
 
     def __init__(self, workers: int | None = None, *, reference_workers: int | None = None,
@@ -141,7 +142,8 @@ class Evaluator:
                  gpu_memory_fraction: float | None = None, skip_static_guards: bool = False,
                  ptx_check: bool = True, bench: dict[str, Any] | None = None,
                  recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None,
-                 reference_cache_mb: float = 2048, devices: Sequence[int] | None = None):
+                 reference_cache_mb: float = 2048, devices: Sequence[int] | None = None,
+                 gpu_lock_policy: str = "phase_fair"):
         from kernelgym.evaluation.timing import _budget
 
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
@@ -168,6 +170,8 @@ class Evaluator:
             if not devices or len(set(devices)) != len(devices) or min(devices) < 0:
                 raise ValueError(f"devices must be distinct GPU indices >= 0, got {devices}")
         self._devices: list[int] | None = list(devices) if devices is not None else None
+        GpuLock(gpu_lock_policy)  # an unknown policy fails here
+        self.gpu_lock_policy = gpu_lock_policy
         self._pools: dict[Role, RolePool] = {}
         self._lock = threading.Lock()
         self._gpu_locks: dict[int, GpuLock] = {}
@@ -221,7 +225,9 @@ class Evaluator:
     def gpu_lock(self, device: int) -> GpuLock:
         """The lock of one GPU (shared for correctness runs, exclusive for timing)."""
         with self._lock:
-            return self._gpu_locks.setdefault(device, GpuLock())
+            if device not in self._gpu_locks:
+                self._gpu_locks[device] = GpuLock(self.gpu_lock_policy)
+            return self._gpu_locks[device]
 
     def _pick_device(self) -> int:
         """The GPU with the fewest evaluations in flight (ties: the lowest index)."""

@@ -105,8 +105,12 @@ def split_counts(total: int, parts: int, minimum: int = 1) -> list[int]:
 class GpuLock:
     """One GPU's lock: many shared holders (correctness runs) or one exclusive holder (timing).
 
-    Writers are preferred: once a timing waits, new shared holders wait behind it. Workers take it
-    through `Worker.request` (their GPU sections only; compiling happens outside it).
+    Once a timing waits, new shared holders wait behind it. Policy "phase_fair" (default): a shared
+    holder that came while a timing waited or ran enters when that timing ends, before the next
+    timing, so correctness runs, comparisons and final trials keep flowing between timings.
+    "writers_first": shared holders wait until no timing waits at all (a queue of timings stalls
+    every correctness run behind it). Workers take the lock through `Worker.request` (their GPU
+    sections only; compiling happens outside it).
 
     A third mode, "background", is for GPU work that cannot be told apart from a long host
     compile: the first call of a ``torch.compile``d baseline compiles for seconds on the host, then
@@ -116,15 +120,21 @@ class GpuLock:
     """
 
     MODES = ("shared", "exclusive", "background")
-
+    POLICIES = ("phase_fair", "writers_first")
     STATES = ("exclusive", "draining", "shared", "idle")
 
-    def __init__(self) -> None:
+    def __init__(self, policy: str = "phase_fair") -> None:
+        if policy not in self.POLICIES:
+            raise ValueError(f"unknown GPU lock policy {policy!r}; expected one of {self.POLICIES}")
+        self.policy = policy
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
         self._waiting_writers = 0
         self._background = 0
+        self._ends = 0        # exclusive sections ended so far
+        self._admitted = 0    # shared holders let in by the last timing's end, not yet entered
+        self._shared_waiting = 0
         self._seconds = dict.fromkeys(self.STATES, 0.0)
         self._since = time.perf_counter()
 
@@ -150,8 +160,20 @@ class GpuLock:
     def acquire(self, mode: str) -> None:
         with self._cond:
             if mode == "shared":
-                while self._writer or (self._waiting_writers and not self._background):
-                    self._cond.wait()
+                blocked = self._writer or (self._waiting_writers and not self._background)
+                if blocked and self.policy == "phase_fair":
+                    came = self._ends
+                    self._shared_waiting += 1
+                    try:
+                        while self._writer or (self._waiting_writers and not self._background and self._ends == came):
+                            self._cond.wait()
+                    finally:
+                        self._shared_waiting -= 1
+                        if self._ends != came:   # let in by a timing's end (counted in _admitted then)
+                            self._admitted = max(0, self._admitted - 1)
+                elif blocked:
+                    while self._writer or (self._waiting_writers and not self._background):
+                        self._cond.wait()
                 self._tick()
                 self._readers += 1
             elif mode == "background":
@@ -163,7 +185,7 @@ class GpuLock:
                 self._tick()
                 self._waiting_writers += 1
                 try:
-                    while self._writer or self._readers or self._background:
+                    while self._writer or self._readers or self._background or self._admitted > 0:
                         self._cond.wait()
                 finally:
                     self._tick()
@@ -181,6 +203,9 @@ class GpuLock:
                 self._background = max(0, self._background - 1)
             else:
                 self._writer = False
+                self._ends += 1
+                if self.policy == "phase_fair":   # everyone who waited for this timing goes next
+                    self._admitted = self._shared_waiting
             self._cond.notify_all()
 
     @contextlib.contextmanager
