@@ -28,11 +28,14 @@ writes JSON. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,7 +268,32 @@ def profile_summary(directory: Path, evals: int, top: int = 25) -> str:
     return "\n".join(parts) + "\n"
 
 
+@contextlib.contextmanager
+def fresh_triton_cache(keep: bool) -> Iterator[str]:
+    """Both harnesses (and every worker) compile into a new, empty Triton cache, so a run never
+    finds an earlier run's kernels compiled (the batch's sources are the same each run)."""
+    if keep:
+        yield os.environ.get("TRITON_CACHE_DIR", "")
+        return
+    old = os.environ.get("TRITON_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="kernelgym-bench-triton-") as d:
+        os.environ["TRITON_CACHE_DIR"] = d
+        try:
+            yield d
+        finally:
+            if old is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = old
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    with fresh_triton_cache(args.keep_triton_cache):
+        return _main(args)
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=["auto", "interpret", "cuda"], default="auto")
     ap.add_argument("--n", type=int, default=None, help="candidates (default 64 on a GPU, 16 on CPU)")
@@ -286,13 +314,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-workers", metavar="DIR", default=None,
                     help="cProfile the workers' requests during the steady batch (CPU time) and print "
                          "each role's costliest functions (its CPU figures then include the profiler's cost)")
-    ap.add_argument("--lock-policy", default="phase_fair", choices=["phase_fair", "writers_first"],
+    ap.add_argument("--lock-policy", default="writers_first", choices=["writers_first", "phase_fair"],
                     help="how correctness runs and timings share a GPU (Evaluator(gpu_lock_policy=...))")
     ap.add_argument("--load-check", type=int, default=4, metavar="K",
                     help="on a GPU, time the steady batch's first K timed candidates again alone and print "
                          "batch / alone medians (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "eval_throughput.json"))
-    args = ap.parse_args(argv)
+    ap.add_argument("--keep-triton-cache", action="store_true",
+                    help="use the usual Triton cache (default: a fresh one, so that no run finds an earlier "
+                         "run's kernels compiled)")
+    return ap
+
+
+def _main(args: argparse.Namespace) -> int:
+    ap = _parser()
     devices = None
     if args.devices is not None:
         try:
@@ -351,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": n, "tasks": tasks, "numel": numel, "trials": args.trials, "bench": bench, "workers": workers,
         "reference_workers": ref_workers, "cpu_count": os.cpu_count(), "devices": used_devices,
         "lock_policy": args.lock_policy,
+        "triton_cache": "kept" if args.keep_triton_cache else "fresh",
         "serial": {"n": serial_n, "seconds": serial["seconds"], "evals_per_s": serial_eps,
                    "cpu_s": serial["cpu_s"], "cpu_s_per_eval": serial["cpu_s"] / serial_n,
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},

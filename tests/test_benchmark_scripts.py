@@ -85,6 +85,7 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
     host cost: CPU seconds an evaluation (the pool's split by worker role)."""
     et = load("eval_throughput")
     out, prof = tmp_path / "et.json", tmp_path / "prof"
+    before_cache = os.environ.get("TRITON_CACHE_DIR")   # a fresh cache for the run, then restored
     assert et.main(["--backend", "interpret", "--n", "4", "--workers", "1", "--out", str(out),
                     "--profile-workers", str(prof)]) == 0
     # --profile-workers: each role's CPU profile of the steady batch, verdicts unchanged by it
@@ -98,6 +99,7 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
     assert r["pool_steady"]["statuses_by_kind"]["correct"] == {"ok": sum(r["pool_steady"]["statuses_by_kind"]
                                                                           ["correct"].values())}
     assert r["timing_under_load"] == []  # nothing is timed under the interpreter
+    assert r["triton_cache"] == "fresh" and os.environ.get("TRITON_CACHE_DIR") == before_cache
 
 
 def test_timing_spread_names_inductor_choices_and_rejects_bad_arguments(capsys):

@@ -132,7 +132,7 @@ class Evaluator:
     context that passes is not poisoned); crashes, timeouts and tainted workers are always
     replaced. skip_static_guards: run candidates the static guards would reject -- only for
     testing the sandbox itself. gpu_lock_policy: how correctness runs and timings share a GPU
-    (`pool.GpuLock`): "phase_fair" (default) or "writers_first". Use as a context manager or call
+    (`pool.GpuLock`): "writers_first" (default) or "phase_fair". Use as a context manager or call
     `close()`; pools are also shut down at interpreter exit.
     """
 
@@ -143,7 +143,7 @@ class Evaluator:
                  ptx_check: bool = True, bench: dict[str, Any] | None = None,
                  recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None,
                  reference_cache_mb: float = 2048, devices: Sequence[int] | None = None,
-                 gpu_lock_policy: str = "phase_fair"):
+                 gpu_lock_policy: str = "writers_first"):
         from kernelgym.evaluation.timing import _budget
 
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))

@@ -105,11 +105,12 @@ def split_counts(total: int, parts: int, minimum: int = 1) -> list[int]:
 class GpuLock:
     """One GPU's lock: many shared holders (correctness runs) or one exclusive holder (timing).
 
-    Once a timing waits, new shared holders wait behind it. Policy "phase_fair" (default): a shared
-    holder that came while a timing waited or ran enters when that timing ends, before the next
-    timing, so correctness runs, comparisons and final trials keep flowing between timings.
-    "writers_first": shared holders wait until no timing waits at all (a queue of timings stalls
-    every correctness run behind it). Workers take the lock through `Worker.request` (their GPU
+    Once a timing waits, new shared holders wait behind it. Policy "writers_first" (default):
+    shared holders wait until no timing waits at all, so a queue of timings runs back to back.
+    "phase_fair": a shared holder that came while a timing waited or ran enters when that timing
+    ends, before the next one, so correctness runs keep flowing between timings (on an H200 it did
+    not raise throughput: timings then wait longer for the shared holders to leave; see
+    benchmarks/NOTES.md). Workers take the lock through `Worker.request` (their GPU
     sections only; compiling happens outside it).
 
     A third mode, "background", is for GPU work that cannot be told apart from a long host
@@ -123,7 +124,7 @@ class GpuLock:
     POLICIES = ("phase_fair", "writers_first")
     STATES = ("exclusive", "draining", "shared", "idle")
 
-    def __init__(self, policy: str = "phase_fair") -> None:
+    def __init__(self, policy: str = "writers_first") -> None:
         if policy not in self.POLICIES:
             raise ValueError(f"unknown GPU lock policy {policy!r}; expected one of {self.POLICIES}")
         self.policy = policy
