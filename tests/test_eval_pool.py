@@ -382,9 +382,50 @@ def test_evaluations_remove_their_output_files(evaluator):
     assert folder is not None and os.path.isdir(folder) and os.listdir(folder) == []
     ev = Evaluator(workers=1)
     path = ev.spill_path()                                       # no worker needed to name a file
+    assert os.path.basename(os.path.dirname(path)).startswith(f"kernelgym-outputs-{os.getpid()}-")
     assert path is not None and os.path.isdir(os.path.dirname(path))
     ev.close()
     assert not os.path.exists(os.path.dirname(path))             # the folder goes with the evaluator
+
+
+def test_output_folders_of_dead_evaluators_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from kernelgym.evaluation.evaluator import remove_stale_spill_dirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"kernelgym-outputs-{dead.pid}-abc").mkdir()
+    (tmp_path / f"kernelgym-outputs-{dead.pid}-abc" / "0.bin").write_bytes(b"x" * 10)
+    (tmp_path / f"kernelgym-outputs-{os.getpid()}-def").mkdir()   # a live evaluator's
+    (tmp_path / "kernelgym-outputs-notapid").mkdir()
+    (tmp_path / "unrelated").mkdir()
+    assert remove_stale_spill_dirs(str(tmp_path)) == [f"kernelgym-outputs-{dead.pid}-abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"kernelgym-outputs-{os.getpid()}-def", "kernelgym-outputs-notapid", "unrelated"])
+    assert remove_stale_spill_dirs(str(tmp_path / "missing")) == []
+
+
+def test_seed_all_draws_what_torch_manual_seed_draws():
+    """seed_all skips torch.manual_seed's per-backend bookkeeping, not its effect."""
+    import random
+
+    from kernelgym.evaluation.jobs import seed_all
+
+    torch.manual_seed(123)
+    expected = (torch.randn(5), torch.randint(0, 100, (5,)))
+    seed_all(123)
+    got = (torch.randn(5), torch.randint(0, 100, (5,)))
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    first = random.random()
+    seed_all(123)
+    assert random.random() == first
+    if torch.cuda.is_available():
+        torch.manual_seed(7)
+        on_gpu = torch.randn(5, device="cuda")
+        seed_all(7)
+        assert torch.equal(on_gpu, torch.randn(5, device="cuda"))
 
 
 def test_fingerprint_sees_any_change():

@@ -198,8 +198,9 @@ class Evaluator:
         with self._lock:
             if self._spill_dir is None:
                 base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+                remove_stale_spill_dirs(base or tempfile.gettempdir())
                 try:
-                    self._spill_dir = tempfile.mkdtemp(prefix="kernelgym-outputs-", dir=base)
+                    self._spill_dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=base)
                 except OSError:
                     return None
             return os.path.join(self._spill_dir, f"{next(self._spills)}.bin")
@@ -410,6 +411,35 @@ class Evaluator:
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _TRIED = re.compile(r"Tried to allocate ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 _TOTAL = re.compile(r"total capacity of ([\d.]+) (B|KiB|MiB|GiB|TiB)")
+
+
+SPILL_PREFIX = "kernelgym-outputs-"
+
+
+def remove_stale_spill_dirs(base: str) -> list[str]:
+    """Remove output folders (`Evaluator.spill_path`) left in `base` by evaluator processes that are
+    gone (killed before they could clean up; on /dev/shm they hold memory until a reboot)."""
+    removed = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(SPILL_PREFIX):
+            continue
+        pid = name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                      # its process still runs
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue                      # someone else's live process
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def _oom_beside_others(v: Verdict) -> bool:
