@@ -8,7 +8,9 @@ Method (`GraphBench`, what `bench` uses):
    the device's L2, at least 64 MB) and bracketed by timing events recorded *inside* the graph
    (``torch.cuda.Event(external=True)``), so a sample is one forward's GPU time and excludes the
    flush and all host-side launch cost. Inputs rotate through the input sets (fixed tensors). R is
-   chosen so that a replay holds about `replay_ms` of work. The graph is uploaded and replayed for
+   chosen so that a replay holds about `replay_ms` of work by the eager pass's times, which
+   include host launch gaps: for a forward of a few microseconds R comes out several times
+   smaller, and the measurement takes that many more replays (benchmarks/NOTES.md). The graph is uploaded and replayed for
    `warmup_ms` of GPU time (warm-up that costs the host almost nothing).
 2. Measure (`GraphBench.measure`; needs the GPU alone, the evaluator holds its exclusive lock
    only here): one replay settles the GPU, one sizes the run from the forward's and the flush's
@@ -19,8 +21,9 @@ Method (`GraphBench`, what `bench` uses):
    forwards' events), the excess is charged to the forwards (``tail_charge_ms``).
 3. Statistics: R * M = clamp(rep_ms / (forward + flush), min_reps, max_reps) forward samples.
    Event timestamps are coarse next to a microsecond forward, so each replay's 10 %-trimmed mean
-   over its R forwards is one value and ``median_ms`` (and mean, p20, p80, min, max, spread) is taken over the M
-   replay values; ``forward_median_ms`` is the plain median over all samples. The median
+   over its R forwards is one value and ``median_ms`` (and mean, p20, p80, min, max, spread) is
+   taken over the M replay values; ``forward_median_ms`` is the plain median over all samples.
+   ``measure_ms`` is the host's wall time of step 2 (what a timing holds the GPU for). The median
    interval of an empty section (two consecutive event nodes: the instrument's own cost,
    ``event_overhead_ms``) is subtracted from every sample.
 
