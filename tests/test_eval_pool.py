@@ -386,6 +386,13 @@ def test_evaluations_remove_their_output_files(evaluator):
     assert path is not None and os.path.isdir(os.path.dirname(path))
     ev.close()
     assert not os.path.exists(os.path.dirname(path))             # the folder goes with the evaluator
+    import gc
+
+    dropped = Evaluator(workers=1)
+    folder = os.path.dirname(dropped.spill_path())
+    del dropped
+    gc.collect()
+    assert not os.path.exists(folder)                            # also when dropped without close()
 
 
 def test_output_folders_of_dead_evaluators_are_removed(tmp_path):

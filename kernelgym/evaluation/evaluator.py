@@ -203,6 +203,8 @@ class Evaluator:
                     self._spill_dir = tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=base)
                 except OSError:
                     return None
+                # also when the evaluator is dropped without close(), or at exit
+                weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
             return os.path.join(self._spill_dir, f"{next(self._spills)}.bin")
 
     # -- devices -----------------------------------------------------------------------------
