@@ -269,27 +269,28 @@ def profile_summary(directory: Path, evals: int, top: int = 25) -> str:
 
 
 @contextlib.contextmanager
-def fresh_triton_cache(keep: bool) -> Iterator[str]:
-    """Both harnesses (and every worker) compile into a new, empty Triton cache, so a run never
-    finds an earlier run's kernels compiled (the batch's sources are the same each run)."""
-    if keep:
-        yield os.environ.get("TRITON_CACHE_DIR", "")
-        return
-    old = os.environ.get("TRITON_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="kernelgym-bench-triton-") as d:
-        os.environ["TRITON_CACHE_DIR"] = d
+def fresh_dir_env(var: str, prefix: str) -> Iterator[str]:
+    """Environment variable `var` set to a new empty folder (the workers started meanwhile inherit
+    it), restored and the folder removed afterwards."""
+    old = os.environ.get(var)
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        os.environ[var] = d
         try:
             yield d
         finally:
             if old is None:
-                os.environ.pop("TRITON_CACHE_DIR", None)
+                os.environ.pop(var, None)
             else:
-                os.environ["TRITON_CACHE_DIR"] = old
+                os.environ[var] = old
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with fresh_triton_cache(args.keep_triton_cache):
+    if args.keep_triton_cache:
+        return _main(args)
+    # Both harnesses (and every worker) compile into an empty Triton cache, so a run never finds an
+    # earlier run's kernels compiled (the batch's sources are the same each run).
+    with fresh_dir_env("TRITON_CACHE_DIR", "kernelgym-bench-triton-"):
         return _main(args)
 
 

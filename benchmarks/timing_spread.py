@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.compiler_variants import parse_task_ids, sample_tasks  # noqa: E402
+from benchmarks.eval_throughput import fresh_dir_env  # noqa: E402
 
 REFERENCE = '''
 import torch
@@ -156,17 +155,9 @@ def fresh_compile_evaluator(bench: dict[str, float]) -> Iterator[Any]:
     """A new pool whose workers see an empty Inductor cache: torch.compile starts from nothing."""
     from kernelgym.evaluation import Evaluator
 
-    with tempfile.TemporaryDirectory(prefix="inductor-") as cache:
-        old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache   # the workers inherit it
-        try:
-            with Evaluator(workers=1, reference_workers=1, bench=bench) as ev:
-                yield ev
-        finally:
-            if old is None:
-                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+    with fresh_dir_env("TORCHINDUCTOR_CACHE_DIR", "inductor-"), \
+            Evaluator(workers=1, reference_workers=1, bench=bench) as ev:
+        yield ev
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,3 +116,15 @@ def test_timing_spread_names_inductor_choices_and_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         ts.main(["--numel", "16M"])
     assert "--numel needs positive integers" in capsys.readouterr().err
+
+
+def test_fresh_dir_env_sets_a_new_folder_and_restores_the_variable(monkeypatch):
+    et = load("eval_throughput")
+    monkeypatch.setenv("KERNELGYM_TEST_DIR", "before")
+    with et.fresh_dir_env("KERNELGYM_TEST_DIR", "kg-test-") as d:
+        assert os.environ["KERNELGYM_TEST_DIR"] == d and os.path.isdir(d) and os.listdir(d) == []
+    assert os.environ["KERNELGYM_TEST_DIR"] == "before" and not os.path.exists(d)
+    monkeypatch.delenv("KERNELGYM_TEST_DIR")
+    with et.fresh_dir_env("KERNELGYM_TEST_DIR", "kg-test-"):
+        pass
+    assert "KERNELGYM_TEST_DIR" not in os.environ

@@ -10,8 +10,8 @@ the same inputs, compared again -> Verdict.
 
 Only metadata and the candidate's outputs cross process boundaries; the outputs go from the
 candidate worker to the reference worker through a file the parent named (`codec`, "spill"), so
-the parent relays a reference to them, never their bytes. On the cuda backend every GPU of the machine is used (`devices`):
-workers are pinned to one GPU each, an evaluation runs on the least loaded GPU, each GPU has its
+the parent relays a reference to them, never their bytes. On the cuda backend every GPU of the
+machine is used (`devices`): workers are pinned to one GPU each, an evaluation runs on the least loaded GPU, each GPU has its
 own lock (shared for correctness runs, exclusive for timing; workers hold it only around GPU
 work, never while compiling) and its own baseline cache.
 """

@@ -10,8 +10,8 @@ Method (`GraphBench`, what `bench` uses):
    flush and all host-side launch cost. Inputs rotate through the input sets (fixed tensors). R is
    chosen so that a replay holds about `replay_ms` of work by the eager pass's times, which
    include host launch gaps: for a forward of a few microseconds R comes out several times
-   smaller, and the measurement takes that many more replays (benchmarks/NOTES.md). The graph is uploaded and replayed for
-   `warmup_ms` of GPU time (warm-up that costs the host almost nothing).
+   smaller, and the measurement takes that many more replays (benchmarks/NOTES.md). The graph is
+   uploaded and replayed for `warmup_ms` of GPU time (warm-up that costs the host almost nothing).
 2. Measure (`GraphBench.measure`; needs the GPU alone, the evaluator holds its exclusive lock
    only here): one replay settles the GPU, one sizes the run from the forward's and the flush's
    GPU times inside the graph, then the graph is replayed M times; after every replay the WHOLE
@@ -199,7 +199,6 @@ class GraphBench:
         self._probe: list[Any] = []
         self._events_of: list[Any] = []
         self._cache: Any = None
-        self._keep_alive: Any = None
         self.warmup_replays = 0
 
     def _events(self, n: int) -> list[Any]:
@@ -306,8 +305,7 @@ class GraphBench:
         g, ev = self.wrap(lambda: self._capture(r, cache))
         # The graph's nodes refer to these events and write into the flush buffer: both must live as long
         # as the graph (a later replay_kept), or a replay records into freed events / zeroes freed memory.
-        self.graph, self.forwards, self._events_of, self._keep_alive = g, r, ev, (ev, cache)
-        self._cache = cache
+        self.graph, self.forwards, self._events_of, self._cache = g, r, ev, cache
         # The first replay uploads the graph; then warm-up replays worth warmup_ms of GPU time.
         self.warmup_replays = int(min(MAX_WARMUP_REPLAYS, 1 + math.ceil(b["warmup_ms"] / (r * (fwd_ms + flush_ms)))))
         for _ in range(self.warmup_replays):
@@ -410,7 +408,6 @@ class GraphBench:
         """Free the graph and its memory pool (then the events and buffer its nodes refer to)."""
         self.graph = None
         self.kept = None
-        self._keep_alive = None
         self._events_of, self._cache = [], None
 
 

@@ -195,14 +195,14 @@ def _changed(now: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 
 def _read_flags(flags: list[torch.Tensor]) -> list[bool]:
     """The values of 0-dim bool tensors, with one transfer per device."""
-    out: dict[int, bool] = {}
+    out = [False] * len(flags)
     by_device: dict[Any, list[int]] = collections.defaultdict(list)
     for i, f in enumerate(flags):
         by_device[f.device].append(i)
     for idx in by_device.values():
         for i, v in zip(idx, torch.stack([flags[i] for i in idx]).tolist()):
             out[i] = bool(v)
-    return [out[i] for i in range(len(flags))]
+    return out
 
 
 def _storage_key(t: torch.Tensor) -> tuple | None:
