@@ -13,7 +13,7 @@ import torch
 from kernelgym.evaluation import Evaluator, Verdict, codec
 from kernelgym.evaluation.jobs import GpuSections, fingerprint
 from kernelgym.evaluation.pool import GpuLock, Role, WorkerFailure, physical_device, split_counts
-from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, summarize
+from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, replan, summarize
 from tests.eval_cases import CAND_ADD, REF_ADD
 
 B = "interpret"
@@ -476,6 +476,18 @@ def test_timing_plan_budget_rule():
     assert _budget({}) == {**DEFAULT_BENCH, "min_reps": 30, "max_reps": 300}
     s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
     assert s["median_ms"] == 3.0 and s["n"] == 5 and s["max_ms"] == 100.0
+
+
+def test_timing_replan_only_for_a_much_larger_graph():
+    budget = {"rep_ms": 20, "min_reps": 30, "max_reps": 300, "replay_ms": 1.0}
+    # The eager pass saw 0.15 ms a forward (host launch gaps) and planned 6; in the graph the forward
+    # takes 5 us: 25 forwards fill a replay, worth a second capture.
+    assert plan(0.15, 0.035, **budget)[0] == 6
+    assert replan(6, 0.005, 0.035, **budget) == 25
+    # Close to the captured R (or smaller, as under a busy GPU): keep the graph.
+    assert replan(6, 0.12, 0.035, **budget) is None
+    assert replan(6, 1.0, 0.035, **budget) is None
+    assert replan(13, 0.005, 0.035, **budget) is None
 
 
 H200_OOM = ("out of memory in forward (trial 0): OutOfMemoryError: CUDA out of memory. Tried to allocate "

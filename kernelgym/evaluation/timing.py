@@ -3,17 +3,20 @@
 Method (`GraphBench`, what `bench` uses):
 
 1. Prepare (`GraphBench.prepare`; the GPU may be shared): one eager pass over the input sets
-   on the evaluation stream sizes the graph (forward and L2-flush times from events), then one
-   CUDA graph is captured with R forwards, each preceded by an L2 flush (zeroing a buffer of twice
-   the device's L2, at least 64 MB) and bracketed by timing events recorded *inside* the graph
-   (``torch.cuda.Event(external=True)``), so a sample is one forward's GPU time and excludes the
-   flush and all host-side launch cost. Inputs rotate through the input sets (fixed tensors). R is
-   chosen so that a replay holds about `replay_ms` of work by the eager pass's times, which
-   include host launch gaps: for a forward of a few microseconds R comes out several times
-   smaller, and the measurement takes that many more replays (benchmarks/NOTES.md). The graph is
-   uploaded and replayed for `warmup_ms` of GPU time (warm-up that costs the host almost nothing).
+   on the evaluation stream gives a first estimate of the forward's and the L2 flush's times, then
+   one CUDA graph is captured with R forwards, each preceded by an L2 flush (zeroing a buffer of
+   twice the device's L2, at least 64 MB) and bracketed by timing events recorded *inside* the
+   graph (``torch.cuda.Event(external=True)``), so a sample is one forward's GPU time and excludes
+   the flush and all host-side launch cost. Inputs rotate through the input sets (fixed tensors).
+   R is chosen so that a replay holds about `replay_ms` of work. The eager estimate includes the
+   host's launch gaps, several times a forward of a few microseconds, so the first replay (which
+   also uploads the graph) reads the forward's and the flush's GPU times from the graph's events
+   and, when those call for at least twice as many forwards (`replan`), the graph is captured again
+   with the larger R: fewer replays, so fewer host round trips while the GPU is held alone
+   (benchmarks/NOTES.md). The graph is then replayed for `warmup_ms` of GPU time (warm-up that
+   costs the host almost nothing).
 2. Measure (`GraphBench.measure`; needs the GPU alone, the evaluator holds its exclusive lock
-   only here): one replay settles the GPU, one sizes the run from the forward's and the flush's
+   only here): a first replay settles the GPU and sizes the run from the forward's and the flush's
    GPU times inside the graph, then the graph is replayed M times; after every replay the WHOLE
    device is synchronised and an end event recorded, so each replay's span covers all the work it
    left anywhere on the device. The "tail" (last forward's end -> device idle) is kept; if its
@@ -85,6 +88,19 @@ def plan(forward_ms: float, flush_ms: float, *, rep_ms: float, min_reps: int, ma
     samples = int(max(min_reps, min(max_reps, rep_ms / per)))
     r = int(max(1, min(samples, MAX_FORWARDS_PER_GRAPH, math.ceil(replay_ms / per))))
     return r, math.ceil(samples / r)
+
+
+def replan(r: int, forward_ms: float, flush_ms: float, *, rep_ms: float, min_reps: int, max_reps: int,
+           replay_ms: float) -> int | None:
+    """A larger R for a graph captured with `r` forwards, from in-graph GPU times; None to keep `r`.
+
+    Only a plan of at least twice `r` forwards is worth a second capture (the candidate's Python
+    runs again for each forward): the eager estimate that chose `r` includes host launch gaps, so it
+    errs towards too few forwards, and in-graph times read while other work shares the GPU err the
+    same way, so a smaller R is never taken.
+    """
+    new, _ = plan(forward_ms, flush_ms, rep_ms=rep_ms, min_reps=min_reps, max_reps=max_reps, replay_ms=replay_ms)
+    return new if new >= 2 * r else None
 
 
 def flush_bytes() -> int:
@@ -200,6 +216,7 @@ class GraphBench:
         self._events_of: list[Any] = []
         self._cache: Any = None
         self.warmup_replays = 0
+        self.eager_forwards = 0   # R as the eager estimate planned it (before any second capture)
 
     def _events(self, n: int) -> list[Any]:
         import torch
@@ -286,8 +303,25 @@ class GraphBench:
         with torch.cuda.stream(self.stream):
             self.graph.replay()
 
+    def _in_graph(self) -> tuple[float, float]:
+        """(mean forward ms, median flush ms) of the last replay, read from the graph's events."""
+        ev, r = self._events_of, self.forwards
+        fwd = statistics.fmean(ev[2 * i].elapsed_time(ev[2 * i + 1]) for i in range(r))
+        return fwd, statistics.median(ev[2 * i + 1].elapsed_time(ev[2 * i + 2]) for i in range(r))
+
+    def _install(self, r: int, cache: Any) -> None:
+        """Capture a graph of r forwards, upload it with a first replay and wait for it."""
+        import torch
+
+        g, ev = self.wrap(lambda: self._capture(r, cache))
+        # The graph's nodes refer to these events and write into the flush buffer: both must live as long
+        # as the graph (a later replay_kept), or a replay records into freed events / zeroes freed memory.
+        self.graph, self.forwards, self._events_of, self._cache = g, r, ev, cache
+        self._replay()
+        torch.cuda.synchronize()
+
     def prepare(self) -> None:
-        """The part that may share the GPU: estimate, capture, warm-up replays.
+        """The part that may share the GPU: estimate, capture (again when R was far off), warm-up.
 
         A forward's first runs (lazy init, the estimate) and the capture run the candidate's Python
         (under `wrap`); the warm-up is `warmup_ms` of GPU time as replays of the captured graph,
@@ -297,18 +331,22 @@ class GraphBench:
         import torch
 
         b = self.opts
+        budget = {k: b[k] for k in ("rep_ms", "min_reps", "max_reps", "replay_ms")}
         cache = torch.empty(flush_bytes() // 4, dtype=torch.int32, device="cuda")
         torch.cuda.synchronize()
         fwd_ms, flush_ms = self.wrap(lambda: self._estimate(cache))
-        r, _ = plan(fwd_ms, flush_ms, rep_ms=b["rep_ms"], min_reps=b["min_reps"], max_reps=b["max_reps"],
-                    replay_ms=b["replay_ms"])
-        g, ev = self.wrap(lambda: self._capture(r, cache))
-        # The graph's nodes refer to these events and write into the flush buffer: both must live as long
-        # as the graph (a later replay_kept), or a replay records into freed events / zeroes freed memory.
-        self.graph, self.forwards, self._events_of, self._cache = g, r, ev, cache
-        # The first replay uploads the graph; then warm-up replays worth warmup_ms of GPU time.
-        self.warmup_replays = int(min(MAX_WARMUP_REPLAYS, 1 + math.ceil(b["warmup_ms"] / (r * (fwd_ms + flush_ms)))))
-        for _ in range(self.warmup_replays):
+        self._install(plan(fwd_ms, flush_ms, **budget)[0], cache)
+        fwd_ms, flush_ms = self._in_graph()
+        self.eager_forwards = self.forwards
+        r = replan(self.forwards, fwd_ms, flush_ms, **budget)
+        if r is not None:
+            self.release_graph()    # its memory pool goes before the next capture takes one
+            self._install(r, cache)
+            fwd_ms, flush_ms = self._in_graph()
+        # Warm-up replays worth warmup_ms of GPU time (the uploading replay counts as one).
+        self.warmup_replays = int(min(MAX_WARMUP_REPLAYS,
+                                      1 + math.ceil(b["warmup_ms"] / (self.forwards * (fwd_ms + flush_ms)))))
+        for _ in range(self.warmup_replays - 1):
             self._replay()
         torch.cuda.synchronize()
 
@@ -334,12 +372,11 @@ class GraphBench:
             return ([a.elapsed_time(b) for a, b in pairs], self._probe[0].elapsed_time(self._probe[1]),
                     ev[2 * r].elapsed_time(end), ev[0].elapsed_time(end))
 
-        # A first replay settles the GPU now that it is ours (not measured); the next sizes the run
-        # from the forward's and the flush's GPU times inside the graph.
+        # A first replay settles the GPU now that it is ours (not measured) and sizes the run from the
+        # forward's and the flush's GPU times inside the graph.
         replay()
-        first = replay()[0]
-        flush_ms = statistics.median(ev[2 * i + 1].elapsed_time(ev[2 * i + 2]) for i in range(r))
-        per = statistics.fmean(first) + flush_ms
+        fwd_ms, flush_ms = self._in_graph()
+        per = fwd_ms + flush_ms
         samples = int(max(b["min_reps"], min(b["max_reps"], b["rep_ms"] / max(per, 1e-4))))
         m = math.ceil(samples / r)
         times: list[float] = []
@@ -368,6 +405,7 @@ class GraphBench:
             for key in ("median_ms", "mean_ms", "min_ms", "max_ms", "p20_ms", "p80_ms"):
                 stats[key] += charge
         return {**stats, "method": self.method, "forwards_per_replay": r, "replays": m,
+                "eager_plan_forwards": self.eager_forwards,
                 "warmup_replays": self.warmup_replays, "input_sets": k, "flush_ms": flush_ms,
                 "tail_ms": statistics.median(tails), "empty_tail_ms": empty_tail, "tail_charge_ms": charge,
                 "event_overhead_ms": event_ms, "forward_median_ms": samples_stats["median_ms"],
@@ -404,10 +442,15 @@ class GraphBench:
         torch.cuda.synchronize()
         return self.kept
 
-    def close(self) -> None:
-        """Free the graph and its memory pool (then the events and buffer its nodes refer to)."""
+    def release_graph(self) -> None:
+        """Free the graph and its memory pool (its events and flush buffer stay for a new capture)."""
         self.graph = None
         self.kept = None
+        self.kept_index = None
+
+    def close(self) -> None:
+        """Free the graph and its memory pool (then the events and buffer its nodes refer to)."""
+        self.release_graph()
         self._events_of, self._cache = [], None
 
 
