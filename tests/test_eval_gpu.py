@@ -26,6 +26,8 @@ def test_cuda_ok_kernel_is_timed(evaluator):
         # ~50 us forwards + flushes holds about replay_ms (1 ms) of work, or all the samples.
         per = t[series]["forwards_per_replay"] * (t[series]["forward_median_ms"] + t[series]["flush_ms"])
         assert per >= 0.5 or t[series]["replays"] == 1 or t[series]["forwards_per_replay"] >= 200, t[series]
+        # the events' own cost, measured before every forward and subtracted: microseconds, not the kernel
+        assert 0 < t[series]["event_overhead_ms"] < 0.01, t[series]
     assert t["gpu"] == 0
     assert len(v.trials) == 4  # 3 trials + the fresh-input trial after timing
     assert v.kernels == ["add_kernel"]

@@ -26,9 +26,11 @@ Method (`GraphBench`, what `bench` uses):
    Event timestamps are coarse next to a microsecond forward, so each replay's 10 %-trimmed mean
    over its R forwards is one value and ``median_ms`` (and mean, p20, p80, min, max, spread) is
    taken over the M replay values; ``forward_median_ms`` is the plain median over all samples.
-   ``measure_ms`` is the host's wall time of step 2 (what a timing holds the GPU for). The median
-   interval of an empty section (two consecutive event nodes: the instrument's own cost,
-   ``event_overhead_ms``) is subtracted from every sample.
+   ``measure_ms`` is the host's wall time of step 2 (what a timing holds the GPU for). Each
+   forward's start event is preceded by one more event: that empty section (two consecutive event
+   nodes, the instrument's own cost: about 2 us on an H100, a third of a 5 us kernel) is measured
+   R * M times, and its median (``event_overhead_ms``) is subtracted from every sample. One such
+   section per replay was too few: its median moved by 0.5 us between runs (benchmarks/NOTES.md).
 
 A forward that cannot be captured (host syncs, CPU work on tensors, unsupported ops) is timed
 with `EagerBench` instead: per sample an L2 flush, a start event, the forward, a whole-device
@@ -224,24 +226,24 @@ class GraphBench:
         return [torch.cuda.Event(enable_timing=True, external=True) for _ in range(n)]
 
     def _capture(self, r: int, cache: Any) -> tuple[Any, list[Any]]:
-        """Graph of r x (flush, event, forward, event); events[2i+1]..events[2i+2] is forward i."""
+        """Graph of r x (flush, probe event, event, forward, event); events[2i]..events[2i+1] is forward i,
+        probes[i]..events[2i] the empty section just before it (the instrument's own cost)."""
         import torch
 
         g = torch.cuda.CUDAGraph()
         ev = self._events(2 * r + 1)
-        self._probe = self._events(2)
+        self._probe = self._events(r)
         k = len(self.input_sets)
         keep = None if self.keep is None else self.keep % r
         kept = None
         with torch.cuda.stream(self.stream):
             g.capture_begin()
             try:
-                # An empty section: what the two events of a sample cost by themselves.
-                cache.zero_()
-                self._probe[0].record(self.stream)
-                self._probe[1].record(self.stream)
                 for i in range(r):
                     cache.zero_()
+                    # An empty section right before each forward: what a sample's two events cost by
+                    # themselves, measured R x M times so that its median is steady (see `measure`).
+                    self._probe[i].record(self.stream)
                     ev[2 * i].record(self.stream)
                     out = self.fn(self.input_sets[i % k])
                     ev[2 * i + 1].record(self.stream)
@@ -364,13 +366,13 @@ class GraphBench:
 
         pairs = [(ev[2 * i], ev[2 * i + 1]) for i in range(r)]
 
-        def replay() -> tuple[list[float], float, float, float]:
+        def replay() -> tuple[list[float], list[float], float, float]:
             self._replay()
             torch.cuda.synchronize()  # the whole device, then the end of the replay's span
             end.record(s)
             end.synchronize()
-            return ([a.elapsed_time(b) for a, b in pairs], self._probe[0].elapsed_time(self._probe[1]),
-                    ev[2 * r].elapsed_time(end), ev[0].elapsed_time(end))
+            return ([a.elapsed_time(b) for a, b in pairs], [p.elapsed_time(a) for p, (a, _) in zip(self._probe, pairs)],
+                    ev[2 * r].elapsed_time(end), self._probe[0].elapsed_time(end))
 
         # A first replay settles the GPU now that it is ours (not measured) and sizes the run from the
         # forward's and the flush's GPU times inside the graph.
@@ -388,7 +390,7 @@ class GraphBench:
             fwd, probe, tail, span = replay()
             times += fwd
             means.append(_trimmed_mean(fwd))
-            probes.append(probe)
+            probes += probe
             tails.append(tail)
             spans.append(span)
         # The instrument's own cost (two back-to-back event nodes) is not the forward's.
