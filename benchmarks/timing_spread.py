@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a new pool and an empty Inductor cache for every run (torch.compile autotunes afresh)")
     ap.add_argument("--rep-ms", type=float, default=None, help="timing budget (default timing.DEFAULT_BENCH)")
     ap.add_argument("--max-reps", type=int, default=None)
+    ap.add_argument("--warmup-ms", type=float, default=None, help="warm-up budget (default timing.DEFAULT_BENCH)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "timing_spread.json"))
     args = ap.parse_args(argv)
 
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         print("timing_spread needs a CUDA GPU (timing only happens on a GPU); nothing to do here.")
         return 0
     reports = []
-    bench = {k: v for k, v in (("rep_ms", args.rep_ms), ("max_reps", args.max_reps)) if v is not None}
+    given = (("rep_ms", args.rep_ms), ("max_reps", args.max_reps), ("warmup_ms", args.warmup_ms))
+    bench = {k: v for k, v in given if v is not None}
     numels = args.numel if args.numel is not None else ("" if args.tasks else str(1 << 24))
     jobs: list[tuple[str, Any, str]] = [(f"{n} elements", REFERENCE.replace("NUMEL", str(int(n))), CANDIDATE)
                                         for n in numels.split(",") if n]
