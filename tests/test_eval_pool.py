@@ -279,6 +279,56 @@ def test_gpu_sections_messages():
     assert len(sent) == 4
 
 
+LOCK_SECTIONS = r"""
+import json, os, sys, tempfile
+os.environ["TRITON_INTERPRET"] = "1"
+from kernelgym.evaluation import candidate, codec, reference
+from kernelgym.evaluation.jobs import GpuSections
+from tests.eval_cases import CAND_ADD, REF_ADD
+
+sent, replies = [], []
+
+def send(blob):
+    mode = codec.decode(blob)["mode"]
+    sent.append(mode)
+    if mode != "release":
+        replies.append(codec.encode({"type": "granted"}))
+
+state = {"gpu": GpuSections(send, lambda: replies.pop(0), enabled=True, cuda=False), "tmpdir": tempfile.mkdtemp()}
+steps = {}
+ref = reference.run_reference(state, {"key": "k", "source": REF_ADD, "seed": 1, "trials": 4, "device": "cpu",
+                                      "want_ops": False}, lambda p: None)
+steps["reference"], sent[:] = list(sent), []
+msg = {"source": CAND_ADD, "mode": "strict", "device": "cpu", "task": REF_ADD, "seed": 1,
+       "trial_seeds": ref["seeds"], "n_check": 3, "reference_ops": None, "reference_aliases_input": False}
+out = candidate.run_candidate(state, msg, lambda p: None)
+steps["candidate"], sent[:] = list(sent), []
+fin = candidate.final_trial(state, {}, lambda p: None)
+steps["final"] = list(sent)
+print(json.dumps({"steps": steps, "statuses": [ref["status"], out["status"], fin["status"]]}))
+"""
+
+
+def test_jobs_take_the_gpu_lock_in_few_sections():
+    """Each GPU-lock section is a round trip to the parent that may wait behind queued timings: the
+    reference build is one section, the candidate job two (its inputs; weights, inputs and every
+    trial), the final trial and graph replay one. Run in a child: the candidate job installs the
+    runtime guard in its process."""
+    import json
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, "-c", LOCK_SECTIONS], capture_output=True, text=True, env=env, cwd=root,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["statuses"] == ["ok", "ran", "ran"]
+    section = ["shared", "release"]
+    assert got["steps"] == {"reference": section, "candidate": section * 2, "final": section}
+
+
 def _ref_request(key: str) -> dict:
     return {"op": "reference", "key": key, "source": REF_ADD, "seed": 1, "trials": 3, "device": "cpu",
             "want_ops": False}

@@ -207,21 +207,21 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         return _with(fps, _failure(s, "construct", exc, outputs))
     if problem:
         return result(status="incorrect", stage="construct", error=problem, reasons=["check:state_dict_mismatch"])
-    try:
-        with s.gpu.hold("shared"):
-            s.call(lambda: s.model.to(s.device))
-    except BaseException as exc:  # noqa: BLE001
-        return _with(fps, _failure(s, "construct", exc, outputs))
-
+    # One shared section from here to the last trial (Triton compiles inside it let the lock go):
+    # each section is a round trip to the parent and may wait behind queued timings.
     with s.gpu.hold("shared"):
+        try:
+            s.call(lambda: s.model.to(s.device))
+        except BaseException as exc:  # noqa: BLE001
+            return _with(fps, _failure(s, "construct", exc, outputs))
         s.inputs = [to_device(inp, s.device) for inp in trials]
         sync(s.device)
-    for t, inputs in enumerate(s.inputs):
-        progress(f"trial {t}")
-        try:
-            outputs.append(s.forward(list(inputs)))
-        except BaseException as exc:  # noqa: BLE001
-            return _with(fps, _failure(s, f"forward (trial {t})", exc, outputs))
+        for t, inputs in enumerate(s.inputs):
+            progress(f"trial {t}")
+            try:
+                outputs.append(s.forward(list(inputs)))
+            except BaseException as exc:  # noqa: BLE001
+                return _with(fps, _failure(s, f"forward (trial {t})", exc, outputs))
     return result(status="ran", stage="forward", outputs=outputs)
 
 
@@ -305,24 +305,23 @@ def final_trial(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[
     progress("final trial")
     if s.final_inputs is None:
         return s.result(status="internal_error", error="no inputs for the final trial")
-    try:
-        with s.gpu.hold("shared"):
+    graph_checked = False
+    with s.gpu.hold("shared"):   # one section for both (see run_candidate)
+        try:
             fresh = to_device(s.final_inputs, s.device)
             sync(s.device)
-        outputs = [s.forward(list(fresh))]
-    except BaseException as exc:  # noqa: BLE001
-        return _failure(s, "forward (final trial)", exc, [])
-    graph_checked = False
-    if s.bench is not None and s.bench.kept_index is not None:
-        progress("timed graph replay")
-        try:
-            with s.gpu.hold("shared"):
+            outputs = [s.forward(list(fresh))]
+        except BaseException as exc:  # noqa: BLE001
+            return _failure(s, "forward (final trial)", exc, [])
+        if s.bench is not None and s.bench.kept_index is not None:
+            progress("timed graph replay")
+            try:
                 fresh = to_device(s.final_inputs, s.device)
                 kept = s.call(lambda: s.bench.replay_kept(list(fresh)))
                 outputs.append(outputs_list(kept))
-            graph_checked = True
-        except BaseException as exc:  # noqa: BLE001
-            return _failure(s, "timed graph replay", exc, [])
+                graph_checked = True
+            except BaseException as exc:  # noqa: BLE001
+                return _failure(s, "timed graph replay", exc, [])
     return s.result(status="ran", outputs=outputs, graph_checked=graph_checked,
                     graph_forward=s.bench.kept_index if graph_checked else None)
 

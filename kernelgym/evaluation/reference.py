@@ -57,16 +57,20 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
     try:
         module, init_inputs, model = seeded_task(msg["source"], seed, "kernelgym_reference")
         state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        with _gpu(state).hold("shared"):
-            model = model.to(device).eval()
     except BaseException as exc:  # noqa: BLE001 - a broken reference is a verdict, not a worker crash
         raise _RefError("reference init", describe(exc)) from None
     trials, ops, aliases = [], None, False
-    for t in range(n):
-        progress(f"reference trial {t}")
-        ts = trial_seed(seed, t)
+    # One shared GPU section for the whole build: each section is a round trip to the parent and may
+    # wait behind queued timings.
+    with _gpu(state).hold("shared"):
         try:
-            with _gpu(state).hold("shared"):
+            model = model.to(device).eval()
+        except BaseException as exc:  # noqa: BLE001
+            raise _RefError("reference init", describe(exc)) from None
+        for t in range(n):
+            progress(f"reference trial {t}")
+            ts = trial_seed(seed, t)
+            try:
                 inputs = trial_inputs(module, ts, device)
                 fp = fingerprint(inputs)  # of what the candidate worker will rebuild, before any forward
                 dev_inputs = to_device(inputs, device)
@@ -78,14 +82,14 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
                     else:
                         out = model(*dev_inputs)
                 sync(device)
-            aliases = aliases or _shares_storage(out, dev_inputs)
-        except BaseException as exc:  # noqa: BLE001
-            raise _RefError(f"reference trial {t}", describe(exc)) from None
-        items = list(out) if isinstance(out, (list, tuple)) else [out]
-        outputs = [o.detach().clone() if isinstance(o, torch.Tensor) else
-                   (torch.as_tensor(o) if isinstance(o, (bool, int, float)) else f"<{type(o).__name__}>")
-                   for o in items]
-        trials.append({"seed": ts, "inputs": kept, "outputs": outputs, "fingerprint": fp})
+                aliases = aliases or _shares_storage(out, dev_inputs)
+            except BaseException as exc:  # noqa: BLE001
+                raise _RefError(f"reference trial {t}", describe(exc)) from None
+            items = list(out) if isinstance(out, (list, tuple)) else [out]
+            outputs = [o.detach().clone() if isinstance(o, torch.Tensor) else
+                       (torch.as_tensor(o) if isinstance(o, (bool, int, float)) else f"<{type(o).__name__}>")
+                       for o in items]
+            trials.append({"seed": ts, "inputs": kept, "outputs": outputs, "fingerprint": fp})
     return {"model": model, "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops,
             "aliases": aliases}
 

@@ -220,6 +220,7 @@ class GraphBench:
         self._probe: list[Any] = []
         self._events_of: list[Any] = []
         self._cache: Any = None
+        self._empty: Any = None   # (graph, events) with no forward: the reference tail
         self.warmup_replays = 0
         self.eager_forwards = 0   # R as the eager estimate planned it (before any second capture)
 
@@ -261,8 +262,8 @@ class GraphBench:
         self.kept, self.kept_index = kept, keep
         return g, ev
 
-    def _empty_tail(self, cache: Any, reps: int = 5) -> float:
-        """Median tail of a graph with no forward: host sync + end-event latency of this machine."""
+    def _capture_empty(self, cache: Any) -> None:
+        """The graph with no forward whose tail `_empty_tail` measures (captured while preparing)."""
         import torch
 
         g = torch.cuda.CUDAGraph()
@@ -275,6 +276,13 @@ class GraphBench:
                 ev[1].record(self.stream)
             finally:
                 g.capture_end()
+        self._empty = (g, ev)
+
+    def _empty_tail(self, reps: int = 5) -> float:
+        """Median tail of a graph with no forward: host sync + end-event latency of this machine."""
+        import torch
+
+        g, ev = self._empty
         tails = []
         end = torch.cuda.Event(enable_timing=True)
         for _ in range(reps + 1):
@@ -340,6 +348,7 @@ class GraphBench:
         cache = torch.empty(flush_bytes() // 4, dtype=torch.int32, device="cuda")
         torch.cuda.synchronize()
         fwd_ms, flush_ms = self.wrap(lambda: self._estimate(cache))
+        self._capture_empty(cache)
         self._install(plan(fwd_ms, flush_ms, **budget)[0], cache)
         fwd_ms, flush_ms = self._in_graph()
         self.eager_forwards = self.forwards
@@ -364,7 +373,7 @@ class GraphBench:
             raise RuntimeError("measure() before prepare()")
         b, k, s, r, ev = self.opts, len(self.input_sets), self.stream, self.forwards, self._events_of
         torch.cuda.synchronize()
-        empty_tail = self._empty_tail(self._cache)
+        empty_tail = self._empty_tail()
         end = torch.cuda.Event(enable_timing=True)
 
         pairs = [(ev[2 * i], ev[2 * i + 1]) for i in range(r)]
@@ -456,6 +465,7 @@ class GraphBench:
     def close(self) -> None:
         """Free the graph and its memory pool (then the events and buffer its nodes refer to)."""
         self.release_graph()
+        self._empty = None
         self._events_of, self._cache = [], None
 
 
