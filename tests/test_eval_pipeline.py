@@ -124,7 +124,8 @@ def test_invalid_reference(evaluator):
     assert v.status == "invalid_task" and "reference broke" in v.error
     nan = REF_ADD.replace("return x + y", "return (x + y) * float('nan')")
     v = evaluator.evaluate(nan, CAND_ADD, backend=B)
-    assert v.status == "invalid_task" and "NaN" in v.error
+    assert v.status == "invalid_task" and v.reasons == ["task:reference_output"]
+    assert "trial 0: reference output 0 contains NaN" in v.error
     v = evaluator.evaluate("def nothing(): pass\n", CAND_ADD, backend=B)
     assert v.status == "invalid_task"
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kernelgym.evaluation import Evaluator, Verdict, codec
-from kernelgym.evaluation.jobs import GpuSections, fingerprint
+from kernelgym.evaluation.jobs import Fingerprints, GpuSections, fingerprint
 from kernelgym.evaluation.pool import GpuLock, Role, WorkerFailure, physical_device, split_counts
 from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, replan, summarize
 from tests.eval_cases import CAND_ADD, REF_ADD
@@ -256,6 +256,32 @@ def test_gpu_lock_occupancy_charges_each_state(monkeypatch):
     assert lock.occupancy() == {"exclusive": 4.0, "draining": 3.0, "shared": 2.0, "idle": 1.5}
 
 
+def test_gpu_section_lets_go_when_its_sync_meets_a_faulted_context(monkeypatch):
+    """A kernel fault makes every later CUDA call fail: the section's closing sync must not replace
+    what the section returned (the job's `crash` result), and the lock must still be let go."""
+    from kernelgym.evaluation import jobs
+
+    sent, replies = [], []
+
+    def send(blob):
+        sent.append(codec.decode(blob)["mode"])
+        if sent[-1] != "release":
+            replies.append(codec.encode({"type": "granted"}))
+
+    def faulted(device):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(jobs, "sync", faulted)
+    g = GpuSections(send, lambda: replies.pop(0), enabled=True, cuda=True)
+
+    def job():
+        with g.hold("shared"):
+            return {"status": "crash"}
+
+    assert job() == {"status": "crash"}
+    assert sent == ["shared", "release"] and g.mode is None and "illegal memory access" in g.fault
+
+
 def test_gpu_sections_messages():
     sent, replies = [], []
 
@@ -493,6 +519,23 @@ def test_fingerprint_sees_any_change():
     assert fingerprint(x) != fingerprint(y)
     assert fingerprint(x) != fingerprint(x.double())
     assert fingerprint({"w": x}) != fingerprint({"v": x})
+
+
+def test_fingerprints_are_taken_when_added_and_read_at_once():
+    x, odd, empty = torch.randn(100), torch.arange(7, dtype=torch.uint8), torch.empty(0, 3)
+    # The sums of a tensor's raw bits, as one tensor at a time would read them.
+    by_hand = ["T", "float32", [100], int(x.view(torch.int32).sum(dtype=torch.int64))]
+    assert fingerprint(x) == by_hand
+    assert fingerprint(odd) == ["T", "uint8", [7], 21] and fingerprint(empty) == ["T", "float32", [0, 3], 0]
+    fps = Fingerprints()
+    first = fps.add([x, {"n": 3, "odd": odd}])
+    x.add_(1.0)                          # after `add`: the value as it was counts
+    second = fps.add((x, None, "s", empty))
+    got = fps.read()
+    assert (first, second) == (0, 1)
+    assert got[0] == [by_hand, [["n", 3], ["odd", ["T", "uint8", [7], 21]]]]
+    assert got[1] == [fingerprint(x), None, "s", ["T", "float32", [0, 3], 0]] and got[1][0] != by_hand
+    assert Fingerprints().read() == []
 
 
 def test_nondeterministic_inputs_are_an_invalid_task(evaluator):

@@ -88,8 +88,11 @@ def test_compare_trial_reasons():
 
 
 def test_reference_problem_and_tolerances():
-    assert reference_problem([torch.ones(2)]) is None
-    assert "NaN" in reference_problem([torch.tensor([1.0, float("nan")])])
+    assert reference_problem([[torch.ones(2)], [torch.ones(2), torch.arange(3)]]) is None
+    nan = torch.tensor([1.0, float("nan")])
+    assert reference_problem([[torch.ones(2)], [torch.arange(3), nan]]) == "trial 1: reference output 1 contains NaN"
+    assert reference_problem([[nan], ["<dict>"]]) == "trial 1: reference output 0 is <dict>, not a tensor"
+    assert reference_problem([[3.0]]) == "trial 0: reference output 0 is float, not a tensor"
     assert tolerance_for(torch.float32) == {"atol": 1e-2, "rtol": 1e-2}
     assert tolerance_for(torch.int32) == {"atol": 0.0, "rtol": 0.0}
     assert tolerance_for("bfloat16")["atol"] > tolerance_for("float16")["atol"]

@@ -151,7 +151,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         state_dict = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
         with s.gpu.hold("shared"):   # drawn on the device (see `trial_inputs`)
             all_inputs = [trial_inputs(module, int(ts), s.device) for ts in msg["trial_seeds"]]
-            trial_fps = [fingerprint(x) for x in all_inputs]
+            trial_fps = fingerprint(all_inputs)   # one list per trial, read with one transfer
         del module, ref_model
     except BaseException as exc:  # noqa: BLE001 - the reference worker built these: report, don't crash
         return {"status": "internal_error", "error": f"building the task inputs failed: {describe(exc)}",

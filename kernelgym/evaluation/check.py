@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from kernelgym.evaluation.jobs import read_scalars
 from kernelgym.evaluation.tolerances import tolerance_for
 
 
@@ -110,11 +111,21 @@ def compare_trial(trial: int, seed: int, reference: list[Any], candidate: list[A
     return res
 
 
-def reference_problem(outputs: list[Any]) -> str | None:
-    """Why a reference's outputs are unusable (non-tensor, NaN), or None if they are fine."""
-    for i, ref in enumerate(outputs):
-        if not isinstance(ref, torch.Tensor):
-            return f"reference output {i} is {type(ref).__name__}, not a tensor"
-        if (ref.is_floating_point() or ref.is_complex()) and bool(torch.isnan(ref).any()):
-            return f"reference output {i} contains NaN"
+def reference_problem(trials: list[list[Any]]) -> str | None:
+    """Why a reference's outputs are unusable (not a tensor, NaN), or None if they are fine.
+
+    `trials`: each trial's outputs. The NaN checks of all of them are read back at once.
+    """
+    flags, where = [], []
+    for t, outputs in enumerate(trials):
+        for i, ref in enumerate(outputs):
+            if not isinstance(ref, torch.Tensor):
+                what = ref if isinstance(ref, str) else type(ref).__name__
+                return f"trial {t}: reference output {i} is {what}, not a tensor"
+            if ref.is_floating_point() or ref.is_complex():
+                flags.append(torch.isnan(ref).any())
+                where.append((t, i))
+    for (t, i), nan in zip(where, read_scalars(flags)):
+        if nan:
+            return f"trial {t}: reference output {i} contains NaN"
     return None

@@ -169,27 +169,86 @@ def trial_inputs(module: Any, seed: int, device: str = "cpu") -> list[Any]:
     return list(module.get_inputs())
 
 
+def read_scalars(values: list[Any]) -> list[Any]:
+    """The Python values of 0-dim tensors, read with one host transfer per device (not one sync each)."""
+    import torch
+
+    by_device: dict[Any, list[int]] = {}
+    for i, t in enumerate(values):
+        by_device.setdefault(t.device, []).append(i)
+    out: list[Any] = [None] * len(values)
+    for idx in by_device.values():
+        for i, v in zip(idx, torch.stack([values[i] for i in idx]).tolist()):
+            out[i] = v
+    return out
+
+
+class _Sum:
+    """A tensor's bit sum, queued where the tensor lives and not read yet (see `Fingerprints`)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+class Fingerprints:
+    """Fingerprints (`fingerprint`) of several values, read back with one host transfer per device.
+
+    `add(obj)` queues each tensor's bit sum where the tensor lives, so what counts is the value at
+    that moment (a later in-place change does not), and returns the value's index; `read()` returns
+    every value's fingerprint. One sync instead of one per tensor: under a busy GPU each sync waits
+    its turn (in the pool a sync costs about a millisecond).
+    """
+
+    def __init__(self) -> None:
+        self._sums: list[Any] = []
+        self._trees: list[Any] = []
+
+    def add(self, obj: Any) -> int:
+        self._trees.append(self._walk(obj))
+        return len(self._trees) - 1
+
+    def _walk(self, obj: Any) -> Any:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            # summed where the tensor lives: only the sum crosses to the host, not every input's bytes
+            t = obj.detach().contiguous().reshape(-1)
+            head = ["T", str(obj.dtype).removeprefix("torch."), list(obj.shape)]
+            if not t.numel():
+                return [*head, 0]
+            raw = t.view(torch.uint8)
+            raw = raw.view(torch.int32) if raw.numel() % 4 == 0 else raw
+            self._sums.append(raw.sum(dtype=torch.int64))
+            return [*head, _Sum(len(self._sums) - 1)]
+        if isinstance(obj, (list, tuple)):
+            return [self._walk(v) for v in obj]
+        if isinstance(obj, dict):
+            return [[str(k), self._walk(v)] for k, v in obj.items()]
+        if isinstance(obj, (bool, int, float, str)) or obj is None:
+            return obj
+        return f"<{type(obj).__name__}>"
+
+    def read(self) -> list[Any]:
+        values = [int(v) for v in read_scalars(self._sums)]
+
+        def fill(node: Any) -> Any:
+            if isinstance(node, _Sum):
+                return values[node.index]
+            if isinstance(node, list):
+                return [fill(x) for x in node]
+            return node
+
+        return [fill(tree) for tree in self._trees]
+
+
 def fingerprint(obj: Any) -> Any:
     """A cheap exact summary of a nested value (tensor shape, dtype and a sum of its raw bits), so that
     two processes can check they built the same inputs and weights from the same seeds."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        # summed where the tensor lives: only the sum crosses to the host, not every input's bytes
-        t = obj.detach().contiguous().reshape(-1)
-        raw = t.view(torch.uint8) if t.numel() else t
-        if raw.numel() % 4 == 0 and raw.numel():
-            bits = int(raw.view(torch.int32).sum(dtype=torch.int64))
-        else:
-            bits = int(raw.sum(dtype=torch.int64)) if raw.numel() else 0
-        return ["T", str(obj.dtype).removeprefix("torch."), list(obj.shape), bits]
-    if isinstance(obj, (list, tuple)):
-        return [fingerprint(v) for v in obj]
-    if isinstance(obj, dict):
-        return [[str(k), fingerprint(v)] for k, v in obj.items()]
-    if isinstance(obj, (bool, int, float, str)) or obj is None:
-        return obj
-    return f"<{type(obj).__name__}>"
+    fps = Fingerprints()
+    fps.add(obj)
+    return fps.read()[0]
 
 
 # ----------------------------------------------------------------------------- the GPU lock, worker side
@@ -207,6 +266,7 @@ class GpuSections:
     def __init__(self, send: Any, recv: Any, enabled: bool, cuda: bool = True):
         self._send, self._recv, self.enabled, self.cuda = send, recv, enabled, cuda
         self.mode: str | None = None
+        self.fault = ""   # the CUDA error a release's sync met, if any
 
     def _ask(self, mode: str) -> None:
         from kernelgym.evaluation import codec
@@ -234,6 +294,12 @@ class GpuSections:
             try:
                 if self.cuda:
                     sync("cuda")
+            except Exception as exc:  # noqa: BLE001
+                # A sticky CUDA error (a kernel faulted): the context is lost, so nothing of ours still
+                # runs and the lock can go. Raising here would replace what the section returned (a
+                # `crash` result); the error stays on every later CUDA call, and the worker's
+                # end-of-candidate probe replaces it.
+                self.fault = f"{type(exc).__name__}: {exc}"[:500]
             finally:
                 self._let_go()
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kernelgym.evaluation.jobs import (
+    Fingerprints,
     clone_tree,
     describe,
     fingerprint,
@@ -50,6 +51,7 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
     """Model, inputs and outputs of every trial for (source, seed); raises on a broken reference."""
     import torch
 
+    from kernelgym.evaluation.check import reference_problem
     from kernelgym.evaluation.guards.runtime import record_torch_ops
 
     device, seed, n = msg["device"], int(msg["seed"]), int(msg["trials"])
@@ -60,6 +62,7 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
     except BaseException as exc:  # noqa: BLE001 - a broken reference is a verdict, not a worker crash
         raise _RefError("reference init", describe(exc)) from None
     trials, ops, aliases = [], None, False
+    fps = Fingerprints()
     # One shared GPU section for the whole build: each section is a round trip to the parent and may
     # wait behind queued timings.
     with _gpu(state).hold("shared"):
@@ -72,7 +75,7 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
             ts = trial_seed(seed, t)
             try:
                 inputs = trial_inputs(module, ts, device)
-                fp = fingerprint(inputs)  # of what the candidate worker will rebuild, before any forward
+                fp = fps.add(inputs)  # of what the candidate worker will rebuild, before any forward
                 dev_inputs = to_device(inputs, device)
                 kept = clone_tree(dev_inputs)  # a reference may modify its inputs in place
                 with torch.no_grad():
@@ -90,8 +93,11 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
                        (torch.as_tensor(o) if isinstance(o, (bool, int, float)) else f"<{type(o).__name__}>")
                        for o in items]
             trials.append({"seed": ts, "inputs": kept, "outputs": outputs, "fingerprint": fp})
+        for tr, value in zip(trials, fps.read()):
+            tr["fingerprint"] = value
+        problem = reference_problem([tr["outputs"] for tr in trials])
     return {"model": model, "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops,
-            "aliases": aliases}
+            "aliases": aliases, "problem": problem}
 
 
 class _RefError(Exception):
@@ -119,17 +125,6 @@ def _put(state: dict[str, Any], key: str, outputs: list[list[Any]], limit: int) 
     return True
 
 
-def _output_problem(outputs: list[Any]) -> str | None:
-    import torch
-
-    for i, ref in enumerate(outputs):
-        if not isinstance(ref, torch.Tensor):
-            return f"reference output {i} is {ref if isinstance(ref, str) else type(ref).__name__}, not a tensor"
-        if (ref.is_floating_point() or ref.is_complex()) and bool(torch.isnan(ref).any()):
-            return f"reference output {i} contains NaN"
-    return None
-
-
 def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
     """Seeded: init inputs and weights from `seed`, then each trial's inputs and outputs (kept here)."""
     state.pop("reference", None)
@@ -138,10 +133,8 @@ def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     except _RefError as exc:
         return {"status": "error", "stage": exc.stage, "error": exc.error}
     outputs = [tr["outputs"] for tr in ref["trials"]]
-    for t, outs in enumerate(outputs):
-        problem = _output_problem(outs)
-        if problem:
-            return {"status": "bad_output", "error": f"trial {t}: {problem}"}
+    if ref["problem"]:
+        return {"status": "bad_output", "error": ref["problem"]}
     stored = _put(state, msg["key"], outputs, int(msg.get("store_bytes", DEFAULT_STORE_BYTES)))
     state["reference"] = {"model": ref["model"], "inputs": [tr["inputs"] for tr in ref["trials"]]}
     return {
