@@ -28,7 +28,7 @@ Method (`GraphBench`, what `bench` uses):
    taken over the M replay values; ``forward_median_ms`` is the plain median over all samples.
    ``measure_ms`` is the host's wall time of step 2 (what a timing holds the GPU for). Each
    forward's start event is preceded by one more event: that empty section (two consecutive event
-   nodes, the instrument's own cost: about 2 us on an H100, a third of a 5 us kernel) is measured
+   nodes, the instrument's own cost: about 1.3 us on an H200, a fifth of a 6 us kernel) is measured
    R * M times, and its median (``event_overhead_ms``) is subtracted from every sample. One such
    section per replay was too few: its median moved by 0.5 us between runs (benchmarks/NOTES.md).
 
