@@ -2,10 +2,10 @@
 # One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
 # then run the named steps, each under its own time limit, writing everything under $OUT.
 #   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
-#       gpu_tests gpu_tests_runner throughput scaling
+#       gpu_tests gpu_tests_runner spread throughput scaling
 # (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
-# THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof")
+# THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100")
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
 set -u
@@ -38,6 +38,7 @@ for s in "$@"; do
     gpu_tests_runner) step gpu_tests_runner 120 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=100 tests/test_runner.py ;;
     profile) step "profile${PROFILE_TAG:-}" 240 python3 benchmarks/kernel_profile.py --tasks "${PROFILE_TASKS:-d3_bench_s4,d2_bench_s3}" \
       --configs "${PROFILE_CONFIGS:-[{\}]}" --out "$OUT/profile${PROFILE_TAG:-}.json" ${PROFILE_EXTRA:-} ;;
+    spread) step spread 200 python3 benchmarks/timing_spread.py --numel 16777216,1048576 --out "$OUT/spread.json" ${SPREAD_EXTRA:-} ;;
     throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --out "$OUT/eval_throughput.json" ${THROUGHPUT_EXTRA:-} ;;
     scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two
       step scaling_1gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
