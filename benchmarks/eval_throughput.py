@@ -196,6 +196,22 @@ def phase_means(verdicts: list) -> dict[str, float]:
     return {k: x / max(1, len(verdicts)) for k, x in sorted(tot.items(), key=lambda kv: -kv[1])}
 
 
+def timeline(spans_by_gpu: dict[int, list[tuple[float, float]]], start: float, end: float) -> dict[str, float] | None:
+    """Where a batch's timings fell (`Evaluator.gpu_exclusive_spans`): seconds from the batch's start
+    to its first timing (the ramp: nothing was ready to time), from its last timing's end to the
+    batch's end (the tail), and the gaps between one GPU's consecutive timings (summed over GPUs,
+    and the longest): no timing ready, or one waiting for shared holders to leave. None without
+    timings."""
+    spans = {d: sorted(s for s in per if s[1] >= start) for d, per in spans_by_gpu.items()}
+    spans = {d: per for d, per in spans.items() if per}
+    if not spans:
+        return None
+    gaps = [b[0] - a[1] for per in spans.values() for a, b in zip(per, per[1:])]
+    return {"first_timing_s": min(per[0][0] for per in spans.values()) - start,
+            "after_last_timing_s": end - max(per[-1][1] for per in spans.values()),
+            "gaps_s": sum(gaps), "longest_gap_s": max(gaps, default=0.0)}
+
+
 def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str, seed: int,
                trials: int) -> tuple[dict, list]:
     """One batch through the pool: throughput, verdict kinds, phase means, and the CPU seconds each
@@ -205,6 +221,7 @@ def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str,
     t = time.perf_counter()
     verdicts = ev.evaluate_batch(pairs, backend=backend, seed=seed, trials=trials)
     secs = time.perf_counter() - t
+    spans = timeline(ev.gpu_exclusive_spans(t), t, t + secs)
     cpu1, occ1 = ev.cpu_seconds(), ev.gpu_occupancy()
     # Where the GPU lock's time went during the batch (summed over GPUs): exclusive (timing), draining
     # (a timing waits for shared holders to leave), shared only, idle.
@@ -224,7 +241,8 @@ def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str,
     return {"n": len(pairs), "seconds": secs, "evals_per_s": len(pairs) / secs, "statuses_by_kind": statuses,
             "phases_mean_s": phase_means(verdicts), "device": verdicts[0].device if verdicts else "",
             "cpu_s": cpu, "cpu_s_per_eval": sum(cpu.values()) / max(1, len(pairs)), "gpu_lock_s": lock_s,
-            "timed": len(measured), "measure_ms_mean": sum(measured) / len(measured) if measured else None}, verdicts
+            "timed": len(measured), "measure_ms_mean": sum(measured) / len(measured) if measured else None,
+            "timeline": spans}, verdicts
 
 
 def load_check(ev, pairs: list[tuple[str, str]], verdicts: list, backend: str, seed: int, trials: int,
@@ -415,6 +433,11 @@ def _main(args: argparse.Namespace) -> int:
         print(f"timings in the steady batch: {steady['timed']}, measuring {steady['measure_ms_mean']:.1f} ms each "
               f"(exclusive lock held {1000 * steady['gpu_lock_s'].get('exclusive', 0.0) / steady['timed']:.1f} ms "
               "a timing, hand-offs included)")
+    tl = steady.get("timeline")
+    if tl:
+        print(f"timings' timeline, steady batch: the first began {tl['first_timing_s']:.2f} s after the batch "
+              f"started, the last ended {tl['after_last_timing_s']:.2f} s before it ended; gaps between "
+              f"timings {tl['gaps_s']:.2f} s (longest {tl['longest_gap_s']:.3f} s)")
     print(f"pool startup {startup:.1f} s (not counted); caches: {json.dumps(stats)}")
     print("pool mean seconds per evaluation by phase (concurrent evaluations overlap):")
     print(f"  {'phase':<26}{'first':>9}{'steady':>9}")

@@ -118,6 +118,15 @@ def test_timing_spread_names_inductor_choices_and_rejects_bad_arguments(capsys):
     assert "--numel needs positive integers" in capsys.readouterr().err
 
 
+def test_eval_throughput_timeline_of_the_timings():
+    tp = load("eval_throughput")
+    spans = {0: [(10.5, 10.6), (10.7, 10.8), (9.0, 9.5)], 1: [(10.3, 10.4)], 2: []}
+    got = tp.timeline(spans, 10.0, 11.0)    # the span that ended before the batch is not its own
+    assert got["first_timing_s"] == pytest.approx(0.3) and got["after_last_timing_s"] == pytest.approx(0.2)
+    assert got["gaps_s"] == pytest.approx(0.1) and got["longest_gap_s"] == pytest.approx(0.1)
+    assert tp.timeline({0: [(9.0, 9.5)]}, 10.0, 11.0) is None and tp.timeline({}, 0.0, 1.0) is None
+
+
 def test_fresh_dir_env_sets_a_new_folder_and_restores_the_variable(monkeypatch):
     et = load("eval_throughput")
     monkeypatch.setenv("KERNELGYM_TEST_DIR", "before")

@@ -254,6 +254,15 @@ def test_gpu_lock_occupancy_charges_each_state(monkeypatch):
     lock.release("exclusive")
     clock[0] += 0.5                      # idle 0.5
     assert lock.occupancy() == {"exclusive": 4.0, "draining": 3.0, "shared": 2.0, "idle": 1.5}
+    # The timing's hold: from the end of the drain to its release, in perf_counter time.
+    assert lock.exclusive_spans() == [(106.0, 110.0)]
+    assert lock.exclusive_spans(since=110.5) == []
+    lock.acquire("exclusive")
+    clock[0] += 1.0
+    lock.release("exclusive")
+    assert lock.exclusive_spans(since=110.5) == [(110.5, 111.5)]
+    lock.release("exclusive")            # a stray release records nothing
+    assert len(lock.exclusive_spans()) == 2
 
 
 def test_gpu_section_lets_go_when_its_sync_meets_a_faulted_context(monkeypatch):

@@ -299,6 +299,13 @@ class Evaluator:
             locks = dict(self._gpu_locks)
         return {d: lock.occupancy() for d, lock in sorted(locks.items())}
 
+    def gpu_exclusive_spans(self, since: float = 0.0) -> dict[int, list[tuple[float, float]]]:
+        """Per GPU, the (start, end) `time.perf_counter` seconds of its timings' exclusive holds that
+        ended after `since` (`GpuLock.exclusive_spans`)."""
+        with self._lock:
+            locks = dict(self._gpu_locks)
+        return {d: lock.exclusive_spans(since) for d, lock in sorted(locks.items())}
+
     def clear_caches(self) -> None:
         """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""
         with self._lock:

@@ -8,6 +8,7 @@ whole process group can be killed, and talks over a private socket, never stdout
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -121,6 +122,7 @@ class GpuLock:
     """
 
     MODES = ("shared", "exclusive", "background")
+    MAX_SPANS = 4096   # exclusive holds remembered for `exclusive_spans`
     POLICIES = ("phase_fair", "writers_first")
     STATES = ("exclusive", "draining", "shared", "idle")
 
@@ -138,6 +140,8 @@ class GpuLock:
         self._shared_waiting = 0
         self._seconds = dict.fromkeys(self.STATES, 0.0)
         self._since = time.perf_counter()
+        self._spans: collections.deque[tuple[float, float]] = collections.deque(maxlen=self.MAX_SPANS)
+        self._held_since = 0.0
 
     def _tick(self) -> None:
         """Charge the time since the last change to the state the lock was in (under `_cond`)."""
@@ -157,6 +161,13 @@ class GpuLock:
         with self._cond:
             self._tick()
             return dict(self._seconds)
+
+    def exclusive_spans(self, since: float = 0.0) -> list[tuple[float, float]]:
+        """(start, end) of the exclusive holds (timings) that ended after `since`, oldest first, in
+        `time.perf_counter` seconds (the last `MAX_SPANS`): when a batch's first timing could start,
+        and the gaps in which no timing was ready."""
+        with self._cond:
+            return [span for span in self._spans if span[1] >= since]
 
     def acquire(self, mode: str) -> None:
         with self._cond:
@@ -192,6 +203,7 @@ class GpuLock:
                     self._tick()
                     self._waiting_writers -= 1
                 self._writer = True
+                self._held_since = self._since
             else:
                 raise ValueError(f"unknown lock mode {mode!r}")
 
@@ -203,6 +215,8 @@ class GpuLock:
             elif mode == "background":
                 self._background = max(0, self._background - 1)
             else:
+                if self._writer:
+                    self._spans.append((self._held_since, self._since))
                 self._writer = False
                 self._ends += 1
                 if self.policy == "phase_fair":   # everyone who waited for this timing goes next
