@@ -292,19 +292,19 @@ class Evaluator:
             out[role.name] = out.get(role.name, 0.0) + sum(tree_cpu_seconds(pid) for pid in pool.pids())
         return out
 
+    def _locks_by_gpu(self) -> list[tuple[int, GpuLock]]:
+        with self._lock:
+            return sorted(self._gpu_locks.items())
+
     def gpu_occupancy(self) -> dict[int, dict[str, float]]:
         """Per GPU, the seconds its lock has spent exclusive (timing), draining (a timing waits for
         shared holders), shared and idle since it was made (`GpuLock.occupancy`)."""
-        with self._lock:
-            locks = dict(self._gpu_locks)
-        return {d: lock.occupancy() for d, lock in sorted(locks.items())}
+        return {d: lock.occupancy() for d, lock in self._locks_by_gpu()}
 
     def gpu_exclusive_spans(self, since: float = 0.0) -> dict[int, list[tuple[float, float]]]:
         """Per GPU, the (start, end) `time.perf_counter` seconds of its timings' exclusive holds that
         ended after `since` (`GpuLock.exclusive_spans`)."""
-        with self._lock:
-            locks = dict(self._gpu_locks)
-        return {d: lock.exclusive_spans(since) for d, lock in sorted(locks.items())}
+        return {d: lock.exclusive_spans(since) for d, lock in self._locks_by_gpu()}
 
     def clear_caches(self) -> None:
         """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""

@@ -75,7 +75,7 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
             ts = trial_seed(seed, t)
             try:
                 inputs = trial_inputs(module, ts, device)
-                fp = fps.add(inputs)  # of what the candidate worker will rebuild, before any forward
+                fps.add(inputs)  # of what the candidate worker will rebuild, before any forward
                 dev_inputs = to_device(inputs, device)
                 kept = clone_tree(dev_inputs)  # a reference may modify its inputs in place
                 with torch.no_grad():
@@ -92,9 +92,9 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
             outputs = [o.detach().clone() if isinstance(o, torch.Tensor) else
                        (torch.as_tensor(o) if isinstance(o, (bool, int, float)) else f"<{type(o).__name__}>")
                        for o in items]
-            trials.append({"seed": ts, "inputs": kept, "outputs": outputs, "fingerprint": fp})
-        for tr, value in zip(trials, fps.read()):
-            tr["fingerprint"] = value
+            trials.append({"seed": ts, "inputs": kept, "outputs": outputs})
+        for tr, fp in zip(trials, fps.read()):   # one per trial, in order
+            tr["fingerprint"] = fp
         problem = reference_problem([tr["outputs"] for tr in trials])
     return {"model": model, "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops,
             "aliases": aliases, "problem": problem}

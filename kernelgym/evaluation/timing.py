@@ -527,7 +527,6 @@ def reset_capture_state() -> None:
         torch.cuda.synchronize()
 
 
-
 def naive_bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], **opts: Any) -> dict[str, Any]:
     """`triton.testing.do_bench`-style timing for the serial harness (same budget rule as `plan`).
 

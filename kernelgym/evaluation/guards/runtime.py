@@ -44,6 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 from kernelgym.evaluation.guards import Finding
 from kernelgym.evaluation.guards import static as _static
+from kernelgym.evaluation.jobs import read_scalars
 
 __all__ = ["Finding", "ForwardRecord", "LaunchRecord", "RuntimeGuard", "classify_op", "record_torch_ops"]
 
@@ -191,18 +192,6 @@ def _changed(now: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     if now.shape != old.shape:
         return torch.ones((), dtype=torch.bool, device=now.device)
     return torch.ne(now, old).any()
-
-
-def _read_flags(flags: list[torch.Tensor]) -> list[bool]:
-    """The values of 0-dim bool tensors, with one transfer per device."""
-    out = [False] * len(flags)
-    by_device: dict[Any, list[int]] = collections.defaultdict(list)
-    for i, f in enumerate(flags):
-        by_device[f.device].append(i)
-    for idx in by_device.values():
-        for i, v in zip(idx, torch.stack([flags[i] for i in idx]).tolist()):
-            out[i] = bool(v)
-    return out
 
 
 def _storage_key(t: torch.Tensor) -> tuple | None:
@@ -813,7 +802,7 @@ class RuntimeGuard:
         outs = [outputs] if isinstance(outputs, torch.Tensor) else [o for o in outputs if isinstance(o, torch.Tensor)]
         with _disable_current_modes():
             mutated = [_changed(_storage_bytes(t), old) for _, t, old in record.snapshots]
-            flags = _read_flags([f for _, f in record.pending_writes] + mutated)
+            flags = [bool(v) for v in read_scalars([f for _, f in record.pending_writes] + mutated)]
         record.written.update(k for (k, _), changed in zip(record.pending_writes, flags) if changed)
         record.pending_writes.clear()
         if not record.launches:
