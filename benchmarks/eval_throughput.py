@@ -302,6 +302,21 @@ def fresh_dir_env(var: str, prefix: str) -> Iterator[str]:
                 os.environ[var] = old
 
 
+@contextlib.contextmanager
+def set_env(var: str, value: str | None) -> Iterator[None]:
+    """`var` = `value` inside the block (None: left as it is), then as it was."""
+    before = os.environ.get(var)
+    if value is not None:
+        os.environ[var] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.keep_triton_cache:
@@ -335,6 +350,14 @@ def _parser() -> argparse.ArgumentParser:
                          "each role's costliest functions (its CPU figures then include the profiler's cost)")
     ap.add_argument("--lock-policy", default="writers_first", choices=["writers_first", "phase_fair"],
                     help="how correctness runs and timings share a GPU (Evaluator(gpu_lock_policy=...))")
+    ap.add_argument("--cuda-sync", choices=["auto", "spin", "yield", "block"], default=None,
+                    help="how the pool's GPU workers wait for the GPU (KERNELGYM_CUDA_SYNC; default: the "
+                         "environment's, else the workers' default); the serial harness is left as it is")
+    ap.add_argument("--precompile", type=int, default=0, metavar="P",
+                    help="on a GPU, P CPU processes compile each candidate's kernels ahead while its reference "
+                         "job runs (Evaluator(precompile_workers=P); default 0: off)")
+    ap.add_argument("--steady", type=int, default=3, metavar="K",
+                    help="steady batches (each new candidates and seeds); the median one is reported")
     ap.add_argument("--load-check", type=int, default=4, metavar="K",
                     help="on a GPU, time the steady batch's first K timed candidates again alone and print "
                          "batch / alone medians (0: skip)")
@@ -382,21 +405,29 @@ def _main(args: argparse.Namespace) -> int:
             f.unlink(missing_ok=True)
         os.environ[PROFILE_ENV] = str(prof_dir)   # the workers inherit it
     serial_eps = serial_n / serial["seconds"]
+    from kernelgym.evaluation.worker import SYNC_ENV
 
-    with Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench,
-                   devices=devices, gpu_lock_policy=args.lock_policy) as ev:
+
+    if args.steady < 1:
+        ap.error("--steady must be >= 1")
+    with set_env(SYNC_ENV, args.cuda_sync), \
+            Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench, devices=devices,
+                      gpu_lock_policy=args.lock_policy, precompile_workers=args.precompile) as ev:
         t = time.perf_counter()
         ev.warm(backend)
         startup = time.perf_counter() - t
         first, _ = pool_batch(ev, pairs, kinds, backend, 0, args.trials)
-        # A new RL step: same tasks, new candidates (distinct sources: no ptx-cache hits), new seeds.
-        pairs2 = [(r, c) for _, _, r, c in make_batch(n, numel, tasks, offset=n)]
+        # New RL steps: same tasks, new candidates (distinct sources: no ptx-cache hits), new seeds.
         if prof_dir is not None:
             (prof_dir / "on").touch()
-        steady, steady_verdicts = pool_batch(ev, pairs2, kinds, backend, 1, args.trials)
+        runs = []
+        for k in range(1, args.steady + 1):
+            batch_k = [(r, c) for _, _, r, c in make_batch(n, numel, tasks, offset=n * k)]
+            runs.append((*pool_batch(ev, batch_k, kinds, backend, k, args.trials), batch_k, k))
         if prof_dir is not None:
             (prof_dir / "on").unlink()
-        loaded = load_check(ev, pairs2, steady_verdicts, backend, 1, args.trials, args.load_check) \
+        steady, steady_verdicts, pairs2, seed2 = sorted(runs, key=lambda r: r[0]["evals_per_s"])[len(runs) // 2]
+        loaded = load_check(ev, pairs2, steady_verdicts, backend, seed2, args.trials, args.load_check) \
             if backend == "cuda" else []
         workers, ref_workers, stats = ev.workers, ev.reference_workers, dict(ev.stats)
         used_devices = ev.devices if backend == "cuda" else []
@@ -404,24 +435,29 @@ def _main(args: argparse.Namespace) -> int:
         "benchmark": "eval_throughput", "backend": backend, "device": first["device"],
         "n": n, "tasks": tasks, "numel": numel, "trials": args.trials, "bench": bench, "workers": workers,
         "reference_workers": ref_workers, "cpu_count": os.cpu_count(), "devices": used_devices,
-        "lock_policy": args.lock_policy,
+        "lock_policy": args.lock_policy, "cuda_sync": args.cuda_sync or os.environ.get(SYNC_ENV, "default"),
         "triton_cache": "kept" if args.keep_triton_cache else "fresh",
         "serial": {"n": serial_n, "seconds": serial["seconds"], "evals_per_s": serial_eps,
                    "cpu_s": serial["cpu_s"], "cpu_s_per_eval": serial["cpu_s"] / serial_n,
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},
+        "precompile_workers": args.precompile,
         "pool_first": first, "pool_steady": steady, "pool_startup_s": startup, "cache_stats": stats,
+        "pool_steady_evals_per_s": [r[0]["evals_per_s"] for r in runs],
         "speedup_first": first["evals_per_s"] / serial_eps, "speedup_steady": steady["evals_per_s"] / serial_eps,
         "timing_under_load": loaded,
     }
     print(f"eval throughput on {report['device']} ({backend}), {n} candidates over {tasks} tasks, "
           f"{args.trials} trials, {os.cpu_count()} CPUs" + (f", GPUs {used_devices}" if used_devices else "")
-          + (f", GPU lock {args.lock_policy}" if backend == "cuda" else ""))
+          + (f", GPU lock {args.lock_policy}, CUDA sync {report['cuda_sync']}" if backend == "cuda" else ""))
     print(f"{'harness':<34}{'evals':>7}{'seconds':>10}{'evals/s':>10}{'vs serial':>11}{'CPU s/eval':>12}")
     print(f"{'serial in-process':<34}{serial_n:>7}{serial['seconds']:>10.2f}{serial_eps:>10.2f}{1.0:>10.2f}x"
           f"{report['serial']['cpu_s_per_eval']:>12.3f}")
     for name, r in ((f"pool first batch ({workers} workers)", first), (f"pool steady ({workers} workers)", steady)):
         print(f"{name:<34}{n:>7}{r['seconds']:>10.2f}{r['evals_per_s']:>10.2f}"
               f"{r['evals_per_s'] / serial_eps:>10.2f}x{r['cpu_s_per_eval']:>12.3f}")
+    if len(runs) > 1:
+        rates = ", ".join(f"{x:.1f}" for x in report["pool_steady_evals_per_s"])
+        print(f"steady batches: {rates} evals/s (the median one is reported here)")
     print("CPU seconds per evaluation by process role (steady batch): "
           + ", ".join(f"{k} {v / n:.3f}" for k, v in sorted(steady["cpu_s"].items(), key=lambda kv: -kv[1]))
           + " (both harnesses count compiler subprocesses)")

@@ -87,7 +87,7 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
     out, prof = tmp_path / "et.json", tmp_path / "prof"
     before_cache = os.environ.get("TRITON_CACHE_DIR")   # a fresh cache for the run, then restored
     assert et.main(["--backend", "interpret", "--n", "4", "--workers", "1", "--out", str(out),
-                    "--profile-workers", str(prof)]) == 0
+                    "--profile-workers", str(prof), "--steady", "2", "--cuda-sync", "block"]) == 0
     # --profile-workers: each role's CPU profile of the steady batch, verdicts unchanged by it
     summary = (prof / "summary.txt").read_text()
     assert "== candidate: 1 workers" in summary and "run_candidate" in summary and "== reference" in summary
@@ -100,6 +100,22 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
                                                                           ["correct"].values())}
     assert r["timing_under_load"] == []  # nothing is timed under the interpreter
     assert r["triton_cache"] == "fresh" and os.environ.get("TRITON_CACHE_DIR") == before_cache
+    assert len(r["pool_steady_evals_per_s"]) == 2 and r["pool_steady"]["evals_per_s"] in r["pool_steady_evals_per_s"]
+    assert r["cuda_sync"] == "block" and "KERNELGYM_CUDA_SYNC" not in os.environ   # set for the pool only
+
+
+def test_set_env_restores_the_variable(monkeypatch):
+    et = load("eval_throughput")
+    monkeypatch.setenv("KERNELGYM_TEST_VAR", "before")
+    with et.set_env("KERNELGYM_TEST_VAR", "inside"):
+        assert os.environ["KERNELGYM_TEST_VAR"] == "inside"
+    assert os.environ["KERNELGYM_TEST_VAR"] == "before"
+    with et.set_env("KERNELGYM_TEST_VAR", None):   # None: left as it is
+        assert os.environ["KERNELGYM_TEST_VAR"] == "before"
+    monkeypatch.delenv("KERNELGYM_TEST_VAR")
+    with et.set_env("KERNELGYM_TEST_VAR", "inside"):
+        pass
+    assert "KERNELGYM_TEST_VAR" not in os.environ
 
 
 def test_timing_spread_names_inductor_choices_and_rejects_bad_arguments(capsys):

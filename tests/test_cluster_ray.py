@@ -104,7 +104,7 @@ def test_unreachable_address_is_a_clear_error() -> None:
 
 def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Compile-ahead for sm_90 on this CPU: the kernels land in TRITON_CACHE_DIR, a second run hits them."""
-    from kernelgym.cluster.precompile import Precompiler
+    from kernelgym.evaluation.precompile import Precompiler
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     pre = Precompiler(1, timeout=120)

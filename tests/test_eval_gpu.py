@@ -123,3 +123,40 @@ def test_a_failed_capture_leaves_the_worker_able_to_draw_inputs():
         for seed in (6, 7):
             v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=seed)
             assert v.status == "ok", (v.status, v.error[:500])
+
+
+def test_workers_wait_for_the_gpu_as_told(monkeypatch):
+    """KERNELGYM_CUDA_SYNC sets the primary context's scheduling flag before torch makes the
+    context (read back from the driver), and a whole evaluation runs under it."""
+    import subprocess
+    import sys
+
+    probe = ("import ctypes, torch\n"
+             "from kernelgym.evaluation.worker import set_sync_schedule\n"
+             "assert set_sync_schedule('block')\n"
+             "torch.zeros(1, device='cuda'); torch.cuda.synchronize()\n"
+             "flags = ctypes.c_uint(0)\n"
+             "assert ctypes.CDLL('libcuda.so.1').cuCtxGetFlags(ctypes.byref(flags)) == 0\n"
+             "print(flags.value)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) & 0x7 == 4, out.stdout   # CU_CTX_SCHED_BLOCKING_SYNC
+    monkeypatch.setenv("KERNELGYM_CUDA_SYNC", "block")
+    with Evaluator(workers=1, reference_workers=1, timeout=60) as ev:
+        v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=3)
+    assert v.status == "ok" and v.speedup, v.error
+
+
+def test_precompiled_kernels_are_loaded_not_compiled_again(tmp_path, monkeypatch):
+    """precompile_workers: the kernel is compiled once, on a CPU process for this GPU's target; the
+    GPU worker finds it in Triton's cache (same source, specialisation, target and options) and
+    loads it. Proof: one add_kernel.cubin in the cache after a whole evaluation."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    with Evaluator(workers=1, reference_workers=1, timeout=60, precompile_workers=1) as ev:
+        ev.warm("cuda")   # the workers report the GPU's target
+        assert ev.gpu_capability(0) == torch.cuda.get_device_capability(0)
+        v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=1)
+        assert v.status == "ok", v.error
+        assert ev.stats["precompiled"] == 1, ev.stats
+        assert "precompile_wait" in v.timings["phases_s"]
+    assert len(list(tmp_path.rglob("add_kernel.cubin"))) == 1, sorted(p.name for p in tmp_path.rglob("*.cubin"))

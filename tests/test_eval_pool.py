@@ -77,6 +77,49 @@ def test_evaluator_layout_over_gpus():
         Evaluator(bench={"reps": 3})
     with pytest.raises(ValueError, match="unknown GPU lock policy"):
         Evaluator(gpu_lock_policy="fifo")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="precompile_workers must be an int >= 0"):
+            Evaluator(precompile_workers=bad)
+
+
+class _StartedGpuPool:
+    """Stands in for a started cuda pool of GPU 0: its workers report an sm_90 device."""
+
+    def ready_info(self):
+        return {"type": "ready", "capability": [9, 0]}
+
+    def pids(self):
+        return []
+
+    def shutdown(self):
+        pass
+
+
+def test_evaluator_precompiles_for_its_gpus_target(tmp_path, monkeypatch):
+    """The parent never touches CUDA: the target comes from a started worker's ready message. The
+    candidate's kernels land in the Triton cache (sm_90, compiled on this CPU), the compile
+    processes' CPU time is counted, and closing the evaluator ends them."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    with Evaluator(workers=1, precompile_workers=1) as off:
+        off._pools[Role("candidate", "cuda", 0)] = _StartedGpuPool()
+        assert off.gpu_capability(0) == (9, 0) and off.precompile(REF_ADD, CAND_ADD, 0, "strict", 1) is not None
+        assert off.gpu_capability(1) is None and off.precompile(REF_ADD, CAND_ADD, 1, "strict", 1) is None
+        off._pools.clear()
+    with Evaluator(workers=1) as ev:   # precompile_workers=0: off
+        ev._pools[Role("candidate", "cuda", 0)] = _StartedGpuPool()
+        assert ev.precompile(REF_ADD, CAND_ADD, 0, "strict", 1) is None
+        ev._pools.clear()
+    ev = Evaluator(workers=1, precompile_workers=1)
+    try:
+        ev._pools[Role("reference", "cuda", 0)] = _StartedGpuPool()
+        rep = ev.precompile(REF_ADD, CAND_ADD, 0, "strict", 1).result(timeout=180)
+        assert rep["ok"] and [k["kernel"] for k in rep["kernels"]] == ["add_kernel"], rep
+        assert list(tmp_path.rglob("add_kernel.cubin")), "nothing was compiled for sm_90"
+        pids = ev._precompiler.pids()
+        assert pids and ev.cpu_seconds()["precompile"] > 0
+    finally:
+        ev.close()
+    assert all(not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2] == "Z" for p in pids)
 
 
 # ----------------------------------------------------------------------------- the GPU lock

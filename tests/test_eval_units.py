@@ -120,6 +120,48 @@ class _FakeCuda:
         self.reserved = self.allocated
 
 
+class _FakeDriver:
+    """The few CUDA driver calls `set_sync_schedule` makes, over `devices` GPUs."""
+
+    def __init__(self, devices: int, fail_init: bool = False):
+        self.devices, self.fail_init, self.flags = devices, fail_init, {}
+
+    def cuInit(self, flags):
+        return 100 if self.fail_init else 0   # CUDA_ERROR_NO_DEVICE
+
+    def cuDeviceGetCount(self, ref):
+        ref._obj.value = self.devices
+        return 0
+
+    def cuDeviceGet(self, ref, ordinal):
+        ref._obj.value = 10 + ordinal
+        return 0
+
+    def cuDevicePrimaryCtxSetFlags_v2(self, dev, flags):
+        self.flags[dev.value] = flags
+        return 0
+
+
+def test_workers_set_how_cuda_waits_on_every_visible_gpu():
+    from kernelgym.evaluation.worker import set_sync_schedule
+
+    two = _FakeDriver(2)
+    assert set_sync_schedule("block", two) and two.flags == {10: 4, 11: 4}   # CU_CTX_SCHED_BLOCKING_SYNC
+    assert set_sync_schedule("spin", two) and two.flags == {10: 1, 11: 1}
+    assert not set_sync_schedule("block", _FakeDriver(0))            # no GPU: nothing to set
+    assert not set_sync_schedule("block", _FakeDriver(1, fail_init=True))
+    with pytest.raises(ValueError, match="unknown CUDA sync schedule 'busy'"):
+        set_sync_schedule("busy", two)
+
+
+def test_a_bad_sync_schedule_fails_when_the_evaluator_is_made(monkeypatch):
+    from kernelgym.evaluation import Evaluator
+
+    monkeypatch.setenv("KERNELGYM_CUDA_SYNC", "sleepy")
+    with pytest.raises(ValueError, match="KERNELGYM_CUDA_SYNC='sleepy'"):
+        Evaluator(workers=1)
+
+
 def test_workers_give_cached_gpu_memory_back_beyond_the_keep_limit():
     from kernelgym.evaluation.worker import trim_gpu_cache
 

@@ -9,7 +9,7 @@ schedules. Actors:
   the GPU's timing lock, so only one timing runs at a time per GPU.
 * CPU actors: on a CPU-only run (backend ``interpret``) they run the whole interpreter evaluation;
   on a GPU run they compile each candidate's kernels for the GPUs' target ahead of its GPU
-  evaluation (`kernelgym.cluster.precompile`) into the node's shared ``TRITON_CACHE_DIR``, where
+  evaluation (`kernelgym.evaluation.precompile`) into the node's shared ``TRITON_CACHE_DIR``, where
   the GPU worker finds them. Every actor of a node uses the same cache directory.
 
 Scheduling (driver side, one thread, `ray.wait`): at most `max_in_flight` calls per actor
@@ -143,7 +143,7 @@ class EvalActor:
 
     def precompile(self, reference: Reference, candidate: str, arch: int, mode: str, seed: int,
                    timeout: float | None) -> dict[str, Any]:
-        from kernelgym.cluster.precompile import Precompiler
+        from kernelgym.evaluation.precompile import Precompiler
 
         with self._pre_lock:
             if self._pre is None:

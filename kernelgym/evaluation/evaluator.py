@@ -33,7 +33,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Union
 
 from kernelgym.evaluation.check import TrialResult
@@ -51,11 +51,17 @@ from kernelgym.evaluation.pool import (
 from kernelgym.evaluation.reference import trial_seed
 from kernelgym.evaluation.tolerances import tolerance_for
 from kernelgym.evaluation.verdict import Verdict
+from kernelgym.evaluation.worker import SYNC_ENV, SYNC_SCHEDULES
 from kernelgym.task import Task, TaskFormatError, check_source, source_hash
 
 BACKENDS = ("auto", "cuda", "interpret")
 MODES = ("strict", "lenient")
 Reference = Union[Task, str]  # noqa: UP007 - a runtime alias, kept importable on Python 3.9 tools
+
+
+# Longest an evaluation waits for its candidate's kernels to be compiled ahead (then the candidate
+# worker compiles what is missing itself).
+PRECOMPILE_WAIT_S = 20.0
 
 
 def cuda_available() -> bool:
@@ -132,8 +138,11 @@ class Evaluator:
     context that passes is not poisoned); crashes, timeouts and tainted workers are always
     replaced. skip_static_guards: run candidates the static guards would reject -- only for
     testing the sandbox itself. gpu_lock_policy: how correctness runs and timings share a GPU
-    (`pool.GpuLock`): "writers_first" (default) or "phase_fair". Use as a context manager or call
-    `close()`; pools are also shut down at interpreter exit.
+    (`pool.GpuLock`): "writers_first" (default) or "phase_fair". precompile_workers: on the cuda
+    backend, CPU-only processes that compile each candidate's kernels for the GPU's target while its
+    reference job runs (`precompile.Precompiler`), so that the candidate worker, the scarcer
+    resource, loads them from Triton's cache instead of compiling (0: off). Use as a context
+    manager or call `close()`; pools are also shut down at interpreter exit.
     """
 
     def __init__(self, workers: int | None = None, *, reference_workers: int | None = None,
@@ -143,7 +152,7 @@ class Evaluator:
                  ptx_check: bool = True, bench: dict[str, Any] | None = None,
                  recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None,
                  reference_cache_mb: float = 2048, devices: Sequence[int] | None = None,
-                 gpu_lock_policy: str = "writers_first"):
+                 gpu_lock_policy: str = "writers_first", precompile_workers: int = 0):
         from kernelgym.evaluation.timing import _budget
 
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
@@ -171,7 +180,15 @@ class Evaluator:
                 raise ValueError(f"devices must be distinct GPU indices >= 0, got {devices}")
         self._devices: list[int] | None = list(devices) if devices is not None else None
         GpuLock(gpu_lock_policy)  # an unknown policy fails here
+        sync = os.environ.get(SYNC_ENV)
+        if sync and sync not in SYNC_SCHEDULES:  # else every GPU worker would die at its start
+            raise ValueError(f"{SYNC_ENV}={sync!r}: expected one of {sorted(SYNC_SCHEDULES)}")
         self.gpu_lock_policy = gpu_lock_policy
+        if isinstance(precompile_workers, bool) or not isinstance(precompile_workers, int) or precompile_workers < 0:
+            raise ValueError(f"precompile_workers must be an int >= 0, got {precompile_workers!r}")
+        self.precompile_workers = precompile_workers
+        self._precompiler: Any = None
+        self._precompile_threads: ThreadPoolExecutor | None = None
         self._pools: dict[Role, RolePool] = {}
         self._lock = threading.Lock()
         self._gpu_locks: dict[int, GpuLock] = {}
@@ -183,7 +200,8 @@ class Evaluator:
         self._ptx_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._keys = itertools.count()
         self.stats = {"reference_recomputed": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0,
-                      "compare_elsewhere": 0, "rejudged_alone": 0}
+                      "compare_elsewhere": 0, "rejudged_alone": 0, "precompiled": 0, "precompile_failed": 0,
+                      "precompile_late": 0}
         # GPU evaluations share this; one judged again alone after running out of GPU memory
         # beside the others takes it exclusively (see `_oom_beside_others`).
         self._alone = GpuLock()
@@ -284,12 +302,15 @@ class Evaluator:
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by the live workers of each role ("candidate", "reference",
-        "ptx"), their subprocesses included; a worker replaced since takes its share with it."""
+        "ptx", "precompile"), their subprocesses included; a worker replaced since takes its share
+        with it."""
         with self._lock:
             pools = list(self._pools.items())
         out: dict[str, float] = {}
         for role, pool in pools:
             out[role.name] = out.get(role.name, 0.0) + sum(tree_cpu_seconds(pid) for pid in pool.pids())
+        if self._precompiler is not None:
+            out["precompile"] = sum(tree_cpu_seconds(pid) for pid in self._precompiler.pids())
         return out
 
     def _locks_by_gpu(self) -> list[tuple[int, GpuLock]]:
@@ -306,6 +327,38 @@ class Evaluator:
         ended after `since` (`GpuLock.exclusive_spans`)."""
         return {d: lock.exclusive_spans(since) for d, lock in self._locks_by_gpu()}
 
+    def gpu_capability(self, device: int) -> tuple[int, int] | None:
+        """GPU `device`'s compute capability, as its started workers report it (None before any has
+        started: the parent itself never initialises CUDA)."""
+        with self._lock:
+            pools = [p for r, p in self._pools.items() if r.backend == "cuda" and r.device == device]
+        for p in pools:
+            cap = (p.ready_info() or {}).get("capability")
+            if isinstance(cap, list) and len(cap) == 2:
+                return int(cap[0]), int(cap[1])
+        return None
+
+    def precompile(self, reference_src: str, code: str, device: int, mode: str, seed: int) -> Future | None:
+        """Start compiling `code`'s kernels on a CPU process for GPU `device`'s target (a future of the
+        `Precompiler.precompile` report), or None: off, or the target not known yet (no worker of
+        that GPU has started)."""
+        cap = self.gpu_capability(device) if self.precompile_workers else None
+        if cap is None:
+            return None
+        from kernelgym.evaluation.precompile import Precompiler
+
+        with self._lock:
+            if self.closed:
+                return None
+            if self._precompiler is None:
+                self._precompiler = Precompiler(self.precompile_workers, memory_limit_mb=self.memory_limit_mb,
+                                                timeout=self.timeout)
+                self._precompile_threads = ThreadPoolExecutor(self.precompile_workers,
+                                                              thread_name_prefix="kernelgym-precompile")
+            pre, threads = self._precompiler, self._precompile_threads
+        arch = cap[0] * 10 + cap[1]
+        return threads.submit(pre.precompile, reference_src, code, arch, mode=mode, seed=seed)
+
     def clear_caches(self) -> None:
         """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""
         with self._lock:
@@ -320,6 +373,13 @@ class Evaluator:
             self._pools.clear()
         for p in pools:
             p.shutdown()
+        with self._lock:
+            pre, threads = self._precompiler, self._precompile_threads
+            self._precompiler = self._precompile_threads = None
+        if threads is not None:
+            threads.shutdown(wait=False, cancel_futures=True)
+        if pre is not None:
+            pre.close()
         with self._lock:
             spill, self._spill_dir = self._spill_dir, None
         if spill:
@@ -540,6 +600,21 @@ class _Run:
         with self._ph(phase):
             return w.wait_ready()
 
+    def _await_precompile(self, pre: Future) -> None:
+        """Wait (at most PRECOMPILE_WAIT_S) for the candidate's kernels to be compiled ahead; a
+        precompile is only a head start, so one that fails or runs late changes nothing else."""
+        with self._ph("precompile_wait"):
+            try:
+                rep = pre.result(timeout=PRECOMPILE_WAIT_S)
+                stat = "precompiled" if rep.get("ok") else "precompile_failed"
+            except TimeoutError:
+                pre.cancel()
+                stat = "precompile_late"
+            except Exception:  # noqa: BLE001 - e.g. the evaluator closed under it
+                stat = "precompile_failed"
+        with self.ev._lock:
+            self.ev.stats[stat] += 1
+
     def verdict(self, status: str, error: str = "", **kw: Any) -> Verdict:
         return Verdict(status=status, error=error[:4000], backend=self.backend, mode=self.mode,
                        device=self.device_name, seeds=[self.seed, *self.trial_seeds], task_id=self.task_id,
@@ -596,10 +671,14 @@ class _Run:
             self.ev.pool("ptx", "interpret").prestart()
         self.ref_src = ref_src
         self.key = f"{source_hash(ref_src)}:{self.seed}:{n_ref}:{self.mode}:{os.getpid()}:{next(self.ev._keys)}"
+        pre = self.ev.precompile(ref_src, code, self.gpu_index, self.mode, self.seed) \
+            if self.gpu_index is not None else None
         try:
             ref = self._reference_job(ref_src, n_ref)
             if isinstance(ref, Verdict):
                 return ref
+            if pre is not None:
+                self._await_precompile(pre)
             self.trial_seeds = list(ref["seeds"])
             for outs in ref["outputs"]:
                 for o in outs:
@@ -620,6 +699,8 @@ class _Run:
                 with self._ph("worker_restart" if recycle or w.dead else "release"):
                     pool.release(w, recycle=recycle or w.dead)
         finally:
+            if pre is not None:
+                pre.cancel()   # not started yet (the reference failed first): not needed any more
             self._forget_reference()
             for path in self.spills:
                 with contextlib.suppress(OSError):

@@ -624,6 +624,11 @@ class RolePool:
         with self._cond:
             return [w.pid for w in [*self._idle, *self._busy] if not w.dead]
 
+    def ready_info(self) -> dict[str, Any] | None:
+        """The ready message of one started worker (device name, capability, versions), if any."""
+        with self._cond:
+            return next((w.info for w in [*self._idle, *self._busy] if w.info), None)
+
     def shutdown(self) -> None:
         with self._cond:
             self.closed = True

@@ -74,6 +74,36 @@ def _harden() -> None:
         pass
 
 
+SYNC_ENV = "KERNELGYM_CUDA_SYNC"
+# CU_CTX_SCHED_* of the CUDA driver API: how a host thread waits for the GPU.
+SYNC_SCHEDULES = {"auto": 0, "spin": 1, "yield": 2, "block": 4}
+
+
+def set_sync_schedule(mode: str, lib: Any = None) -> bool:
+    """How this process's CUDA waits (``torch.cuda.synchronize``, event waits) wait: "spin" (burn a
+    core), "yield", "block" (sleep until the GPU signals) or "auto" (CUDA's choice: spin while there
+    are fewer active contexts than cores). Sets every visible GPU's primary-context flags, so call
+    it before CUDA is initialised. Dozens of workers share one GPU and a few CPU cores: a worker
+    that spins while the GPU serves the others takes a core from a worker that compiles. Returns
+    False (and changes nothing) when there is no CUDA driver or no GPU. `lib`: the driver (tests)."""
+    if mode not in SYNC_SCHEDULES:
+        raise ValueError(f"unknown CUDA sync schedule {mode!r}; expected one of {sorted(SYNC_SCHEDULES)}")
+    if lib is None:
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            return False
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return False
+    set_flags = getattr(lib, "cuDevicePrimaryCtxSetFlags_v2", None) or lib.cuDevicePrimaryCtxSetFlags
+    ok = True
+    for i in range(count.value):
+        dev = ctypes.c_int(0)
+        ok = lib.cuDeviceGet(ctypes.byref(dev), i) == 0 and set_flags(dev, SYNC_SCHEDULES[mode]) == 0 and ok
+    return ok
+
+
 def _device_name(role: str) -> str:
     import torch
 
@@ -82,6 +112,15 @@ def _device_name(role: str) -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return "cpu"
+
+
+def _capability() -> list[int] | None:
+    """The GPU's compute capability (e.g. [9, 0]); None on CPU roles."""
+    import torch
+
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return None
+    return list(torch.cuda.get_device_capability(0))
 
 
 PROFILE_ENV = "KERNELGYM_WORKER_PROFILE"
@@ -126,6 +165,8 @@ def main(argv: list[str]) -> int:
     conn = Connection(fd)
     # Candidate prints must never reach a protocol stream; stdout joins the stderr log.
     os.dup2(2, 1)
+    if role != "ptx" and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
+        set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
     import torch
 
     # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
@@ -147,6 +188,7 @@ def main(argv: list[str]) -> int:
     handlers = _handlers()
     conn.send_bytes(codec.encode({
         "type": "ready", "pid": os.getpid(), "tmpdir": tmpdir, "device": _device_name(role),
+        "capability": _capability(),
         "versions": {"torch": torch.__version__, "triton": triton.__version__,
                      "python": sys.version.split()[0]},
     }))

@@ -1,7 +1,8 @@
 """Compile a candidate's Triton kernels ahead of time on a CPU-only process, for a given GPU target.
 
 The Ray pool's CPU actors call `Precompiler.precompile` before a GPU actor evaluates the same
-candidate. It runs the candidate's ``forward`` once, in a sandboxed child process, on CPU tensors
+candidate, and an `Evaluator(precompile_workers=N)` calls it while the candidate's reference job
+runs, so its candidate worker (the scarcer resource) does not spend its time compiling. It runs the candidate's ``forward`` once, in a sandboxed child process, on CPU tensors
 of the task's real shapes with Triton's active driver replaced by one that reports the GPU's
 target (e.g. sm_90) and with every launch turned into a warm-up: each ``JITFunction.run`` goes
 through Triton's own binder and compiler (the same specialisation -- dtypes, 16-byte alignment,
@@ -18,8 +19,8 @@ the evaluator's `RuntimeGuard` in a child process of its own session, killed on 
 its memory limit and replaced after any candidate that tripped a guard or failed; only a small
 JSON report comes back. Children are kept between candidates (importing torch costs seconds).
 
-Tested on CPU (the cache entries appear and a second run hits them); that a GPU worker then hits
-the same entries follows from Triton's cache key and has not been measured.
+Tested on CPU (the cache entries appear and a second run hits them) and on the GPU
+(tests/test_eval_gpu.py: the GPU worker loads the kernel instead of compiling it again).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class _Child:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill(); a file, so a chatty child cannot block
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kernelgym.cluster.precompile", str(write_fd), self.tmpdir],
+                [sys.executable, "-m", "kernelgym.evaluation.precompile", str(write_fd), self.tmpdir],
                 pass_fds=(write_fd,), env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 stderr=self.log, start_new_session=True, close_fds=True)
         except OSError:
