@@ -465,8 +465,9 @@ class Evaluator:
         backend = resolve_backend(backend)
         pairs = list(pairs)
         seeds = [None if seed is None else trial_seed(seed, 1000 + i) for i in range(len(pairs))]
-        # Enough threads that every pool stage (reference, candidate, ptx) has evaluations queued.
-        extra = self.ptx_workers if backend == "interpret" and self.ptx_check else 0
+        # Enough threads that every pool stage (reference, precompile, candidate, ptx) has evaluations queued.
+        extra = self.ptx_workers if backend == "interpret" and self.ptx_check else \
+            self.precompile_workers if backend == "cuda" else 0
         n_threads = max(1, min(len(pairs), self.workers + self.reference_workers + extra))
 
         def one(i: int) -> Verdict:
