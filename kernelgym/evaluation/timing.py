@@ -128,7 +128,17 @@ def _budget(opts: dict[str, Any]) -> dict[str, float]:
     if unknown:
         raise ValueError(f"unknown timing option(s) {sorted(unknown)}; known: {sorted(DEFAULT_BENCH)}")
     b = {**DEFAULT_BENCH, **opts}
+    for k, v in b.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"timing option {k} must be a finite number, got {v!r}")
     b["min_reps"], b["max_reps"] = int(b["min_reps"]), int(b["max_reps"])
+    problems = [f"{k} must be > 0, got {b[k]}" for k in ("rep_ms", "replay_ms") if b[k] <= 0]
+    problems += [f"warmup_ms must be >= 0, got {b['warmup_ms']}"] if b["warmup_ms"] < 0 else []
+    problems += [f"min_reps must be >= 1, got {b['min_reps']}"] if b["min_reps"] < 1 else []
+    problems += [f"max_reps ({b['max_reps']}) must be >= min_reps ({b['min_reps']})"] \
+        if b["max_reps"] < b["min_reps"] else []
+    if problems:
+        raise ValueError("bad timing budget: " + "; ".join(problems))
     return b
 
 
