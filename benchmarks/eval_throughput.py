@@ -317,6 +317,18 @@ def set_env(var: str, value: str | None) -> Iterator[None]:
             os.environ[var] = before
 
 
+@contextlib.contextmanager
+def set_switch_interval(seconds: float | None) -> Iterator[None]:
+    """`sys.setswitchinterval(seconds)` inside the block (None: left as it is), then as it was."""
+    before = sys.getswitchinterval()
+    if seconds is not None:
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.keep_triton_cache:
@@ -356,6 +368,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--precompile", type=int, default=0, metavar="P",
                     help="on a GPU, P CPU processes compile each candidate's kernels ahead while its reference "
                          "job runs (Evaluator(precompile_workers=P); default 0: off)")
+    ap.add_argument("--switch-interval", type=float, default=None, metavar="S",
+                    help="this process's sys.setswitchinterval while the pool runs (default Python's 0.005): "
+                         "how long a thread woken by its worker's reply may wait for the GIL")
     ap.add_argument("--steady", type=int, default=3, metavar="K",
                     help="steady batches (each new candidates and seeds); the median one is reported")
     ap.add_argument("--load-check", type=int, default=4, metavar="K",
@@ -376,6 +391,11 @@ def _main(args: argparse.Namespace) -> int:
             devices = [int(d) for d in args.devices.split(",") if d.strip()]
         except ValueError:
             ap.error(f"--devices must be comma-separated GPU indices, got {args.devices!r}")
+
+    if args.steady < 1:
+        ap.error("--steady must be >= 1")
+    if args.switch_interval is not None and not args.switch_interval > 0:
+        ap.error("--switch-interval must be > 0")
 
     from kernelgym.evaluation import Evaluator, resolve_backend
 
@@ -407,10 +427,8 @@ def _main(args: argparse.Namespace) -> int:
     serial_eps = serial_n / serial["seconds"]
     from kernelgym.evaluation.worker import SYNC_ENV
 
-
-    if args.steady < 1:
-        ap.error("--steady must be >= 1")
-    with set_env(SYNC_ENV, args.cuda_sync), \
+    interval = args.switch_interval or sys.getswitchinterval()
+    with set_switch_interval(args.switch_interval), set_env(SYNC_ENV, args.cuda_sync), \
             Evaluator(workers=args.workers, reference_workers=args.reference_workers, bench=bench, devices=devices,
                       gpu_lock_policy=args.lock_policy, precompile_workers=args.precompile) as ev:
         t = time.perf_counter()
@@ -440,7 +458,7 @@ def _main(args: argparse.Namespace) -> int:
         "serial": {"n": serial_n, "seconds": serial["seconds"], "evals_per_s": serial_eps,
                    "cpu_s": serial["cpu_s"], "cpu_s_per_eval": serial["cpu_s"] / serial_n,
                    "statuses": {s: serial["statuses"].count(s) for s in set(serial["statuses"])}},
-        "precompile_workers": args.precompile,
+        "precompile_workers": args.precompile, "switch_interval_s": interval,
         "pool_first": first, "pool_steady": steady, "pool_startup_s": startup, "cache_stats": stats,
         "pool_steady_evals_per_s": [r[0]["evals_per_s"] for r in runs],
         "speedup_first": first["evals_per_s"] / serial_eps, "speedup_steady": steady["evals_per_s"] / serial_eps,

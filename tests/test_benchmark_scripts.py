@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,14 +81,15 @@ def test_kernel_profile_breakdown_and_cpu_exit(capsys):
         assert "needs a CUDA GPU" in capsys.readouterr().out
 
 
-def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
+def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path, capsys):
     """The throughput benchmark runs both harnesses under the interpreter and reports each one's
     host cost: CPU seconds an evaluation (the pool's split by worker role)."""
     et = load("eval_throughput")
     out, prof = tmp_path / "et.json", tmp_path / "prof"
     before_cache = os.environ.get("TRITON_CACHE_DIR")   # a fresh cache for the run, then restored
     assert et.main(["--backend", "interpret", "--n", "4", "--workers", "1", "--out", str(out),
-                    "--profile-workers", str(prof), "--steady", "2", "--cuda-sync", "block"]) == 0
+                    "--profile-workers", str(prof), "--steady", "2", "--cuda-sync", "block",
+                    "--switch-interval", "0.001"]) == 0
     # --profile-workers: each role's CPU profile of the steady batch, verdicts unchanged by it
     summary = (prof / "summary.txt").read_text()
     assert "== candidate: 1 workers" in summary and "run_candidate" in summary and "== reference" in summary
@@ -102,6 +104,12 @@ def test_eval_throughput_reports_cpu_seconds_per_evaluation(tmp_path):
     assert r["triton_cache"] == "fresh" and os.environ.get("TRITON_CACHE_DIR") == before_cache
     assert len(r["pool_steady_evals_per_s"]) == 2 and r["pool_steady"]["evals_per_s"] in r["pool_steady_evals_per_s"]
     assert r["cuda_sync"] == "block" and "KERNELGYM_CUDA_SYNC" not in os.environ   # set for the pool only
+    assert r["switch_interval_s"] == 0.001 and sys.getswitchinterval() == pytest.approx(0.005)
+    for bad, says in ((["--steady", "0"], "--steady must be >= 1"),
+                      (["--switch-interval", "0"], "--switch-interval must be > 0")):
+        with pytest.raises(SystemExit):
+            et.main(["--backend", "interpret", *bad])
+        assert says in capsys.readouterr().err
 
 
 def test_set_env_restores_the_variable(monkeypatch):
