@@ -30,6 +30,8 @@ def test_cuda_ok_kernel_is_timed(evaluator):
         assert 0 < t[series]["event_overhead_ms"] < 0.01, t[series]
     assert t["gpu"] == 0
     assert len(v.trials) == 4  # 3 trials + the fresh-input trial after timing
+    phases = t["phases_s"]   # the final trial runs in the timing request; its seconds are its own phase
+    assert phases["timing"] > 0 and phases["final_trial"] > 0 and phases["end_candidate"] > 0, phases
     assert v.kernels == ["add_kernel"]
     again = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=2)
     assert again.timings["eager"] == t["eager"]  # baseline cached per (task, device, dtype)

@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import os
 import sys
+import time
 import types
 from collections.abc import Callable
 from typing import Any
@@ -246,7 +247,9 @@ def _load_weights(s: CandidateSession, state_dict: dict[str, Any]) -> str:
 
 
 def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """Time the candidate's forward over its trial inputs (GPU only; after correctness).
+    """Time the candidate's forward over its trial inputs (GPU only; after correctness), then run
+    `final_trial` in the same request (its reply under ``final``, its seconds as ``final_s``): one
+    round trip less while the candidate holds its worker.
 
     A CUDA graph of the forward is captured and warmed up under the shared GPU lock, then its timed
     replays run under the exclusive lock (`timing.GraphBench`); the forward whose outputs are kept
@@ -287,7 +290,9 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
             stats["graph_error"] = graph_error
     except BaseException as exc:  # noqa: BLE001
         return _failure(s, "timing", exc, [])
-    return s.result(status="timed", stats=stats)
+    t = time.perf_counter()
+    final = final_trial(state, msg, progress)
+    return s.result(status="timed", stats=stats, final=final, final_s=time.perf_counter() - t)
 
 
 def _capture_error(exc: BaseException) -> bool:

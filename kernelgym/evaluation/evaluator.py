@@ -32,7 +32,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Union
 
@@ -551,6 +551,7 @@ class _Run:
         self.tolerances: dict[str, Any] = {}
         self.skip_static = ev.skip_static_guards
         self.phases: dict[str, float] = {}
+        self.phase_lock = threading.Lock()
         self.aliases_input = False
         # The reference outputs of this evaluation live in one reference worker's store under `key`.
         self.ref_src = ""
@@ -574,11 +575,12 @@ class _Run:
         try:
             yield
         finally:
-            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t
+            self._add(name, time.perf_counter() - t)
 
     def _add(self, name: str, seconds: float) -> None:
         if seconds:
-            self.phases[name] = self.phases.get(name, 0.0) + seconds
+            with self.phase_lock:   # the final comparison and the candidate's end run side by side
+                self.phases[name] = self.phases.get(name, 0.0) + seconds
 
     def _req(self, w: Worker, msg: dict[str, Any], timeout: float, phase: str, raw: bool = False,
              lock_phase: str = "gpu_lock_wait") -> dict[str, Any]:
@@ -865,6 +867,7 @@ class _Run:
                 reasons.append("sandbox:crash")
         timings: dict[str, Any] = {}
         speedup = speedup_c = None
+        ended: dict[str, Any] | None = None
         if status == "ran":
             bad = [r for r in results if not r.ok]
             status = "incorrect" if bad or len(results) < self.trials else "ok"
@@ -872,11 +875,12 @@ class _Run:
                 reasons += _unique(r.reason for r in bad)
                 error = bad[0].message
             if status == "ok" and self.backend == "cuda" and not _hack(findings):
-                status, error, timings, speedup, speedup_c, more = self._time(w, ref, baseline, results)
+                status, error, timings, speedup, speedup_c, more, ended = self._time(w, ref, baseline, results)
                 reasons += more
         elif status == "internal_error":
             status, error = "runtime_error", f"candidate result could not be returned: {error}"
-        ended = self._end(w)
+        if ended is None:
+            ended = self._end(w)
         findings += ended.get("findings", [])
         tainted = bool(ended.get("tainted")) or bool(reply.get("fatal")) or ended.get("_dead", False)
         findings = _unique_findings(findings)
@@ -899,35 +903,51 @@ class _Run:
         recycle = tainted or status == "crash" or failed_gpu or w.dead or w.has_descendants()
         return v, recycle, list(reply.get("launches", []))
 
-    def _time(self, w: Worker, ref: dict[str, Any], baseline: dict | None,
-              results: list[TrialResult]) -> tuple[str, str, dict, float | None, float | None, list[str]]:
+    def _time(self, w: Worker, ref: dict[str, Any], baseline: dict | None, results: list[TrialResult]
+              ) -> tuple[str, str, dict, float | None, float | None, list[str], dict[str, Any] | None]:
+        """Time the candidate, check its final trial and graph replay: (status, error, timings,
+        speedup, speedup vs torch.compile, reasons, the `_end` reply when the candidate was ended
+        here, else None)."""
         keep = random.SystemRandom().randrange(1 << 30)  # which captured forward the final check replays
+        # One request times the candidate and runs the final trial (see candidate.time_candidate).
         reply = self._req(w, {"op": "time", "bench": self.ev.bench, "keep": keep}, self.timeout, "timing",
-                          lock_phase="timing_wait")
+                          raw=True, lock_phase="timing_wait")
         if reply.get("status") != "timed":
-            return reply.get("status", "runtime_error"), reply.get("error", ""), {}, None, None, []
+            return reply.get("status", "runtime_error"), reply.get("error", ""), {}, None, None, [], None
         stats = reply["stats"]
-        rep2 = self._req(w, {"op": "final"}, self.timeout, "final_trial", raw=True)
+        final_s = reply.get("final_s")
+        if isinstance(final_s, (int, float)) and 0 <= final_s <= self.phases.get("timing", 0.0):
+            self._add("timing", -final_s)
+            self._add("final_trial", final_s)
+        rep2 = reply.get("final") if isinstance(reply.get("final"), dict) else {}
         if rep2.get("status") != "ran":
-            return rep2.get("status", "runtime_error"), "final trial: " + rep2.get("error", ""), {}, None, None, []
+            return (rep2.get("status", "runtime_error"), "final trial: " + rep2.get("error", ""), {}, None, None,
+                    [], None)
         outs = list(rep2.get("outputs", []))
+        # The candidate's part is over: its worker ends it (guard, probe) while the reference worker
+        # compares, so the scarcer candidate worker is free sooner.
+        ending = self._end_in_background(w)
         try:
             checked = self._compare(ref, [(self.trials, o) for o in outs[:2]], drop=True)
         except _CompareFailed as exc:
-            return "crash", str(exc), {}, None, None, ["sandbox:crash"]
+            return "crash", str(exc), {}, None, None, ["sandbox:crash"], ending()
+        except BaseException:
+            ending()   # never release (or kill) the worker while its end request is in flight
+            raise
+        end = ending()
         if not checked:
-            return "runtime_error", "final trial returned no outputs", {}, None, None, []
+            return "runtime_error", "final trial returned no outputs", {}, None, None, [], end
         r = checked[0]
         results.append(r)
         if not r.ok:
-            return "incorrect", f"after timing: {r.message}", {"candidate": stats}, None, None, [r.reason]
+            return "incorrect", f"after timing: {r.message}", {"candidate": stats}, None, None, [r.reason], end
         if rep2.get("graph_checked"):
             g = checked[1] if len(checked) > 1 else None
             if g is None or not g.ok:
                 why = g.message if g is not None else "no outputs"
                 msg = (f"timing_inconsistent: captured forward #{rep2.get('graph_forward')} of the timed CUDA "
                        f"graph, replayed on the final trial's inputs, is wrong: {why}")
-                return "hack_detected", msg, {"candidate": stats}, None, None, ["guard:timing_inconsistent"]
+                return "hack_detected", msg, {"candidate": stats}, None, None, ["guard:timing_inconsistent"], end
         timings: dict[str, Any] = {"candidate": stats, "device": self.device_name, "gpu": self.gpu_index}
         speedup = speedup_c = None
         if baseline and "eager" in baseline:
@@ -941,7 +961,26 @@ class _Run:
         if baseline and baseline.get("error"):
             timings["baseline_error"] = baseline["error"]
         self.notes += timing_method_notes(timings)
-        return "ok", "", timings, speedup, speedup_c, []
+        return "ok", "", timings, speedup, speedup_c, [], end
+
+    def _end_in_background(self, w: Worker) -> Callable[[], dict[str, Any]]:
+        """Start `_end(w)` on a thread; the returned call waits for its reply (a pipeline error in
+        it counts as a dead worker, so the worker is replaced)."""
+        box: list[dict[str, Any]] = []
+
+        def run() -> None:
+            try:
+                box.append(self._end(w))
+            except Exception as exc:  # noqa: BLE001
+                box.append({"_dead": True, "findings": [], "error": f"{type(exc).__name__}: {exc}"})
+
+        t = threading.Thread(target=run, name="kernelgym-end-candidate", daemon=True)
+        t.start()
+
+        def wait() -> dict[str, Any]:
+            t.join()
+            return box[0]
+        return wait
 
     def _end(self, w: Worker) -> dict[str, Any]:
         if w.dead:

@@ -33,7 +33,6 @@ def _handlers() -> dict[str, Any]:
         "drop": reference.drop,
         "candidate": candidate.run_candidate,
         "time": candidate.time_candidate,
-        "final": candidate.final_trial,
         "end_candidate": candidate.end_candidate,
         "ptx": ptx.run_ptx_check,
     }
