@@ -258,7 +258,7 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
     """
     import torch
 
-    from kernelgym.evaluation.timing import EagerBench, GraphBench, reset_capture_state
+    from kernelgym.evaluation.timing import time_forward
 
     s: CandidateSession = state["candidate"]
     progress("timing")
@@ -267,27 +267,13 @@ def time_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callabl
         with torch.no_grad():
             return s.model(*inputs)
 
-    sets = [list(x) for x in s.inputs]
-    opts = dict(msg.get("bench", {}))
-    graph_error = ""
+    def fatal(exc: BaseException) -> bool:   # else the forward is timed eagerly
+        return isinstance(exc, _Exited) or (crash_kind(exc) is not None and not _capture_error(exc))
+
     try:
-        gb = GraphBench(fn, sets, stream=s.stream, keep=msg.get("keep"), wrap=s.call, **opts)
-        try:
-            # Estimate, capture and warm-up may share the GPU; only the measured replays need it alone.
-            with s.gpu.hold("shared"):
-                gb.prepare()
-            with s.gpu.hold("exclusive"):
-                stats = gb.measure()
-            s.bench = gb
-        except BaseException as exc:  # not capturable: time it eagerly
-            if isinstance(exc, _Exited) or (crash_kind(exc) is not None and not _capture_error(exc)):
-                raise
-            graph_error = describe(exc, s.filename)
-            gb.close()
-            reset_capture_state()
-            with s.gpu.hold("exclusive"), s.on_stream():
-                stats = s.call(lambda: EagerBench(fn, sets, **opts).run())
-            stats["graph_error"] = graph_error
+        stats, s.bench = time_forward(fn, [list(x) for x in s.inputs], stream=s.stream, hold=s.gpu.hold,
+                                      keep=msg.get("keep"), wrap=s.call, fatal=fatal,
+                                      explain=lambda exc: describe(exc, s.filename), **dict(msg.get("bench", {})))
     except BaseException as exc:  # noqa: BLE001
         return _failure(s, "timing", exc, [])
     t = time.perf_counter()

@@ -488,29 +488,55 @@ def bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, stream
     context manager of the GPU's lock: the graph is prepared under ``hold("shared")`` and measured
     (or the forward timed eagerly) under ``hold("exclusive")``; None: the caller's lock covers all.
     """
+    return time_forward(fn, input_sets, stream=stream, graph=graph, hold=hold, **opts)[0]
+
+
+def time_forward(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], *, stream: Any = None,
+                 graph: bool = True, hold: Callable[[str], Any] | None = None, keep: int | None = None,
+                 wrap: Callable[[Callable[[], Any]], Any] | None = None,
+                 fatal: Callable[[BaseException], bool] | None = None,
+                 explain: Callable[[BaseException], str] | None = None,
+                 **opts: Any) -> tuple[dict[str, Any], GraphBench | None]:
+    """`bench` for callers that need more: (statistics, the timed `GraphBench` still open when `keep`
+    is set, for `GraphBench.replay_kept`; the caller closes it; else None).
+
+    keep and wrap: as `GraphBench` (wrap also runs the eager fallback). A failure of the graph path
+    falls back to the eager method, noted in ``stats["graph_error"]`` (`explain(exc)`, default the
+    exception's type and first 300 characters), unless `fatal(exc)` (default: not an `Exception`),
+    which is raised.
+    """
     import torch
 
     if not torch.cuda.is_available():
         raise RuntimeError("timing needs a CUDA device")
     section = hold or (lambda mode: contextlib.nullcontext())
+    stream = stream if stream is not None else torch.cuda.Stream()
+    wrap = wrap or (lambda f: f())
+    fatal = fatal or (lambda exc: not isinstance(exc, Exception))
     note = ""
     if graph:
-        gb = GraphBench(fn, input_sets, stream=stream if stream is not None else torch.cuda.Stream(), **opts)
+        gb = GraphBench(fn, input_sets, stream=stream, keep=keep, wrap=wrap, **opts)
         try:
             with section("shared"):
                 gb.prepare()
             with section("exclusive"):
-                return gb.measure()
-        except Exception as exc:  # noqa: BLE001 - not capturable: time it eagerly instead
-            note = f"{type(exc).__name__}: {str(exc)[:300]}"
-            reset_capture_state()
-        finally:
+                stats = gb.measure()
+        except BaseException as exc:  # not capturable: time it eagerly instead
+            if fatal(exc):
+                raise
             gb.close()
-    with section("exclusive"):
-        stats = EagerBench(fn, input_sets, **opts).run()
+            note = explain(exc) if explain else f"{type(exc).__name__}: {str(exc)[:300]}"
+            reset_capture_state()
+        else:
+            if keep is None:
+                gb.close()
+                return stats, None
+            return stats, gb
+    with section("exclusive"), torch.cuda.stream(stream):
+        stats = wrap(lambda: EagerBench(fn, input_sets, **opts).run())
     if note:
         stats["graph_error"] = note
-    return stats
+    return stats, None
 
 
 def reset_capture_state() -> None:
