@@ -732,3 +732,33 @@ def test_trial_inputs_are_drawn_on_the_evaluation_device():
     host = types.SimpleNamespace(get_inputs=lambda: [torch.from_numpy(torch.randn(5).numpy())])
     (a,), (b,) = trial_inputs(host, 3, "meta"), trial_inputs(host, 3)
     assert a.device.type == "cpu" and torch.equal(a, b)   # the fallback reseeds first
+
+
+def test_a_candidate_ended_beside_the_final_comparison_is_always_waited_for(monkeypatch):
+    """`_end_in_background` (the timed path ends the candidate while its final outputs are compared):
+    the reply comes back, a phase added from both threads is not lost, and a pipeline error in the
+    ending counts as a dead worker (replaced) instead of vanishing with its thread."""
+    from kernelgym.evaluation import evaluator as evmod
+
+    with Evaluator(workers=1) as ev:
+        run = evmod._Run(ev, "interpret", "strict", 1, 3, 10.0)
+        gate = threading.Event()
+
+        def end(w):
+            gate.wait(5)
+            run._add("ipc", 0.25)
+            return {"status": "ended", "cuda_ok": True, "w": w}
+
+        monkeypatch.setattr(run, "_end", end)
+        wait = run._end_in_background("worker")
+        run._add("ipc", 0.5)   # the comparison's share, from this thread
+        gate.set()
+        assert wait() == {"status": "ended", "cuda_ok": True, "w": "worker"}
+        assert run.phases["ipc"] == pytest.approx(0.75)
+
+        def broken(w):
+            raise KeyError("lost")
+
+        monkeypatch.setattr(run, "_end", broken)
+        got = run._end_in_background("worker")()
+        assert got["_dead"] is True and "KeyError" in got["error"]
