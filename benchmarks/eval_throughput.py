@@ -415,6 +415,8 @@ def _main(args: argparse.Namespace) -> int:
     serial_n = min(args.serial_n or n, n)
 
     serial = run_serial(pairs[:serial_n], backend, args.trials, bench)
+    # Progress lines as each part ends, so a run cut by a time limit still says how far it got.
+    print(f".. serial: {serial_n / serial['seconds']:.2f} evals/s", flush=True)
     prof_dir = None
     if args.profile_workers:
         from kernelgym.evaluation.worker import PROFILE_ENV
@@ -434,7 +436,9 @@ def _main(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         ev.warm(backend)
         startup = time.perf_counter() - t
+        print(f".. pool started in {startup:.1f} s", flush=True)
         first, _ = pool_batch(ev, pairs, kinds, backend, 0, args.trials)
+        print(f".. first batch: {first['evals_per_s']:.2f} evals/s; {json.dumps(ev.stats)}", flush=True)
         # New RL steps: same tasks, new candidates (distinct sources: no ptx-cache hits), new seeds.
         if prof_dir is not None:
             (prof_dir / "on").touch()
@@ -442,6 +446,8 @@ def _main(args: argparse.Namespace) -> int:
         for k in range(1, args.steady + 1):
             batch_k = [(r, c) for _, _, r, c in make_batch(n, numel, tasks, offset=n * k)]
             runs.append((*pool_batch(ev, batch_k, kinds, backend, k, args.trials), batch_k, k))
+            print(f".. steady batch {k}: {runs[-1][0]['evals_per_s']:.2f} evals/s; {json.dumps(ev.stats)}",
+                  flush=True)
         if prof_dir is not None:
             (prof_dir / "on").unlink()
         steady, steady_verdicts, pairs2, seed2 = sorted(runs, key=lambda r: r[0]["evals_per_s"])[len(runs) // 2]

@@ -109,6 +109,9 @@ def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     pre = Precompiler(1, timeout=120)
     try:
+        pre.warm()   # started ahead; the first request uses that child
+        warm = pre.pids()
+        assert len(warm) == 1
         first = pre.precompile(REF_LINEAR, CAND_LINEAR, 90, seed=3)
         assert first["ok"], first
         assert [k["kernel"] for k in first["kernels"]] == ["scale_kernel"]
@@ -116,6 +119,7 @@ def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyP
         cubins = [f for d in entries for f in os.listdir(tmp_path / d) if f.endswith(".cubin")]
         assert cubins, "no cubin was written"
         pid = pre.pids()
+        assert pid == warm
         second = pre.precompile(REF_LINEAR, CAND_LINEAR, 90, seed=4)
         assert second["ok"] and second["kernels"][0]["hash"] == first["kernels"][0]["hash"]
         assert set(os.listdir(tmp_path)) == entries  # a cache hit: nothing compiled again
@@ -123,9 +127,12 @@ def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyP
         # Rejected by the static guards: never executed.
         hack = pre.precompile(REF_ADD, CAND_ADD.replace("import torch\n", "import torch\nimport subprocess\n"), 90)
         assert hack["skipped"] == "static_guards" and not hack["ok"]
-        # A forward that raises: reported, and that child is replaced.
+        # A forward that raises an ordinary error: reported, and the warm child is kept.
         bad = pre.precompile(REF_ADD, add_variant("        raise IndexError('bad index in forward')\n"), 90)
-        assert not bad["ok"] and "IndexError" in bad["error"] and pre.pids() == []
+        assert not bad["ok"] and "IndexError" in bad["error"] and pre.pids() == pid
+        # One that leaves the process possibly unusable (out of memory) takes its child with it.
+        oom = pre.precompile(REF_ADD, add_variant("        raise MemoryError('out of host memory')\n"), 90)
+        assert not oom["ok"] and "MemoryError" in oom["error"] and pre.pids() == [], oom
     finally:
         pre.close()
     assert not [p for p in pid if _alive(p)]

@@ -762,3 +762,34 @@ def test_a_candidate_ended_beside_the_final_comparison_is_always_waited_for(monk
         monkeypatch.setattr(run, "_end", broken)
         got = run._end_in_background("worker")()
         assert got["_dead"] is True and "KeyError" in got["error"]
+
+
+def test_an_evaluation_waits_only_for_a_precompile_that_is_running(monkeypatch):
+    """A queued precompile is dropped when its evaluation is ready for the candidate worker (a
+    backlog never holds evaluations up), a running one is waited for at most PRECOMPILE_WAIT_S, and
+    each outcome is counted."""
+    from concurrent.futures import Future
+
+    from kernelgym.evaluation import evaluator as evmod
+
+    monkeypatch.setattr(evmod, "PRECOMPILE_WAIT_S", 0.2)
+    with Evaluator(workers=1) as ev:
+        run = evmod._Run(ev, "interpret", "strict", 1, 3, 10.0)
+        queued = Future()
+        run._await_precompile(queued)
+        assert queued.cancelled() and ev.stats["precompile_skipped"] == 1
+        done = Future()
+        done.set_running_or_notify_cancel()
+        done.set_result({"ok": True})
+        run._await_precompile(done)
+        failed = Future()
+        failed.set_running_or_notify_cancel()
+        failed.set_result({"ok": False, "error": "forward raised"})
+        run._await_precompile(failed)
+        stuck = Future()
+        stuck.set_running_or_notify_cancel()   # running, never ends (e.g. an endless forward on the CPU)
+        t = time.perf_counter()
+        run._await_precompile(stuck)
+        assert 0.15 < time.perf_counter() - t < 5
+        assert (ev.stats["precompiled"], ev.stats["precompile_failed"], ev.stats["precompile_late"]) == (1, 1, 1)
+        assert run.phases["precompile_wait"] >= 0.15

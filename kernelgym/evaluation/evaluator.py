@@ -61,7 +61,7 @@ Reference = Union[Task, str]  # noqa: UP007 - a runtime alias, kept importable o
 
 # Longest an evaluation waits for its candidate's kernels to be compiled ahead (then the candidate
 # worker compiles what is missing itself).
-PRECOMPILE_WAIT_S = 20.0
+PRECOMPILE_WAIT_S = 10.0
 
 
 def cuda_available() -> bool:
@@ -201,7 +201,7 @@ class Evaluator:
         self._keys = itertools.count()
         self.stats = {"reference_recomputed": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0,
                       "compare_elsewhere": 0, "rejudged_alone": 0, "precompiled": 0, "precompile_failed": 0,
-                      "precompile_late": 0}
+                      "precompile_late": 0, "precompile_skipped": 0}
         # GPU evaluations share this; one judged again alone after running out of GPU memory
         # beside the others takes it exclusively (see `_oom_beside_others`).
         self._alone = GpuLock()
@@ -293,6 +293,9 @@ class Evaluator:
         roles = ["reference", "candidate"] + (["ptx"] if backend == "interpret" and self.ptx_check else [])
         devs: list[int | None] = list(self.devices) if backend == "cuda" else [None]
         pools = [self.pool(r, backend, d) for r in roles for d in (devs if r != "ptx" else [None])]
+        got = self._precompile_pool() if backend == "cuda" else None
+        if got is not None:
+            got[0].warm()   # they import torch while the workers do
         with ThreadPoolExecutor(len(pools)) as ex:
             list(ex.map(lambda p: p.warm(), pools))
 
@@ -343,7 +346,16 @@ class Evaluator:
         `Precompiler.precompile` report), or None: off, or the target not known yet (no worker of
         that GPU has started)."""
         cap = self.gpu_capability(device) if self.precompile_workers else None
-        if cap is None:
+        got = self._precompile_pool() if cap is not None else None
+        if got is None:
+            return None
+        pre, threads = got
+        arch = cap[0] * 10 + cap[1]
+        return threads.submit(pre.precompile, reference_src, code, arch, mode=mode, seed=seed)
+
+    def _precompile_pool(self) -> tuple[Any, ThreadPoolExecutor] | None:
+        """The precompile processes and the threads that feed them, made on first use (None: off or closed)."""
+        if not self.precompile_workers:
             return None
         from kernelgym.evaluation.precompile import Precompiler
 
@@ -355,9 +367,7 @@ class Evaluator:
                                                 timeout=self.timeout)
                 self._precompile_threads = ThreadPoolExecutor(self.precompile_workers,
                                                               thread_name_prefix="kernelgym-precompile")
-            pre, threads = self._precompiler, self._precompile_threads
-        arch = cap[0] * 10 + cap[1]
-        return threads.submit(pre.precompile, reference_src, code, arch, mode=mode, seed=seed)
+            return self._precompiler, self._precompile_threads
 
     def clear_caches(self) -> None:
         """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""
@@ -604,17 +614,20 @@ class _Run:
             return w.wait_ready()
 
     def _await_precompile(self, pre: Future) -> None:
-        """Wait (at most PRECOMPILE_WAIT_S) for the candidate's kernels to be compiled ahead; a
-        precompile is only a head start, so one that fails or runs late changes nothing else."""
+        """Before the candidate worker is taken: wait (at most PRECOMPILE_WAIT_S) for a precompile
+        that is running. One still queued behind others is dropped (the worker compiles instead), so
+        a backlog of precompiles never holds an evaluation up; one that fails changes nothing else."""
         with self._ph("precompile_wait"):
-            try:
-                rep = pre.result(timeout=PRECOMPILE_WAIT_S)
-                stat = "precompiled" if rep.get("ok") else "precompile_failed"
-            except TimeoutError:
-                pre.cancel()
-                stat = "precompile_late"
-            except Exception:  # noqa: BLE001 - e.g. the evaluator closed under it
-                stat = "precompile_failed"
+            if pre.cancel():
+                stat = "precompile_skipped"
+            else:
+                try:
+                    rep = pre.result(timeout=PRECOMPILE_WAIT_S)
+                    stat = "precompiled" if rep.get("ok") else "precompile_failed"
+                except TimeoutError:
+                    stat = "precompile_late"
+                except Exception:  # noqa: BLE001 - e.g. the evaluator closed under it
+                    stat = "precompile_failed"
         with self.ev._lock:
             self.ev.stats[stat] += 1
 

@@ -16,8 +16,10 @@ whose forward fails here (data-dependent control flow, hard-coded ``device="cuda
 that does not compile) is simply compiled on the GPU as it would be without a cluster. Static
 guards run first (a rejected candidate is not executed at all); the import and forward run under
 the evaluator's `RuntimeGuard` in a child process of its own session, killed on timeout or over
-its memory limit and replaced after any candidate that tripped a guard or failed; only a small
-JSON report comes back. Children are kept between candidates (importing torch costs seconds).
+its memory limit, and replaced after any candidate that tripped a guard, stopped early or failed
+in a way that may leave the process unusable; only a small JSON report comes back. Children are
+kept between candidates (importing torch costs seconds), also after a forward that raised an
+ordinary error under a clean guard (a quarter of an RL batch may do that).
 
 Tested on CPU (the cache entries appear and a second run hits them) and on the GPU
 (tests/test_eval_gpu.py: the GPU worker loads the kernel instead of compiling it again).
@@ -237,6 +239,17 @@ class Precompiler:
         return _report(t0, ok=bool(rep.get("ok")) and bool(kernels), kernels=kernels,
                        error=str(rep.get("error", ""))[:2000])
 
+    def warm(self) -> None:
+        """Start the children now (they import torch in the background) instead of on first use."""
+        with self._lock:
+            missing = 0 if self.closed else self.size - len(self._all)
+        for _ in range(max(0, missing)):
+            child = _Child()
+            with self._lock:
+                self._all.add(child)
+                self.started += 1
+            self._idle.put(child)
+
     def pids(self) -> list[int]:
         with self._lock:
             return [c.proc.pid for c in self._all if not c.dead]
@@ -329,6 +342,7 @@ def _compile_one(msg: dict[str, Any], tmpdir: str) -> dict[str, Any]:
     from triton.runtime.driver import driver
 
     from kernelgym.evaluation.guards.runtime import RuntimeGuard
+    from kernelgym.evaluation.jobs import crash_kind
     from kernelgym.task import exec_source
 
     target = GPUTarget("cuda", int(msg["arch"]), int(msg["warp_size"]))
@@ -341,6 +355,7 @@ def _compile_one(msg: dict[str, Any], tmpdir: str) -> dict[str, Any]:
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     filename = os.path.join(tmpdir, f"candidate_{digest}.py")
     name = f"kernelgym_precompile_{digest}"
+    guard: RuntimeGuard | None = None
     try:
         ref = exec_source(msg["reference"], "kernelgym_precompile_reference")
         torch.manual_seed(msg["seed"])
@@ -370,7 +385,11 @@ def _compile_one(msg: dict[str, Any], tmpdir: str) -> dict[str, Any]:
         else:
             out["ok"] = True
     except BaseException as exc:  # noqa: BLE001 - partial compiles are still useful; report them
-        out["recycle"] = True  # whatever the candidate left behind goes with this process
+        # A forward that raises an ordinary error under a clean guard leaves a usable process (as in
+        # the evaluation's workers); anything else goes with this process. Replacing it costs
+        # seconds of imports, and a batch has many such candidates.
+        out["recycle"] = not (isinstance(exc, Exception) and guard is not None and not guard.tainted
+                              and crash_kind(exc) is None)
         out["error"] = f"{type(exc).__name__}: {str(exc)[:1000]}"
     finally:
         sys.modules.pop(name, None)
