@@ -290,16 +290,8 @@ def profile_summary(directory: Path, evals: int, top: int = 25) -> str:
 def fresh_dir_env(var: str, prefix: str) -> Iterator[str]:
     """Environment variable `var` set to a new empty folder (the workers started meanwhile inherit
     it), restored and the folder removed afterwards."""
-    old = os.environ.get(var)
-    with tempfile.TemporaryDirectory(prefix=prefix) as d:
-        os.environ[var] = d
-        try:
-            yield d
-        finally:
-            if old is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = old
+    with tempfile.TemporaryDirectory(prefix=prefix) as d, set_env(var, d):
+        yield d
 
 
 @contextlib.contextmanager
@@ -340,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kernelgym.evaluation.worker import SYNC_SCHEDULES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=["auto", "interpret", "cuda"], default="auto")
     ap.add_argument("--n", type=int, default=None, help="candidates (default 64 on a GPU, 16 on CPU)")
@@ -362,7 +356,7 @@ def _parser() -> argparse.ArgumentParser:
                          "each role's costliest functions (its CPU figures then include the profiler's cost)")
     ap.add_argument("--lock-policy", default="writers_first", choices=["writers_first", "phase_fair"],
                     help="how correctness runs and timings share a GPU (Evaluator(gpu_lock_policy=...))")
-    ap.add_argument("--cuda-sync", choices=["auto", "spin", "yield", "block"], default=None,
+    ap.add_argument("--cuda-sync", choices=sorted(SYNC_SCHEDULES), default=None,
                     help="how the pool's GPU workers wait for the GPU (KERNELGYM_CUDA_SYNC; default: the "
                          "environment's, else the workers' default); the serial harness is left as it is")
     ap.add_argument("--precompile", type=int, default=0, metavar="P",

@@ -2,9 +2,10 @@
 
 The Ray pool's CPU actors call `Precompiler.precompile` before a GPU actor evaluates the same
 candidate, and an `Evaluator(precompile_workers=N)` calls it while the candidate's reference job
-runs, so its candidate worker (the scarcer resource) does not spend its time compiling. It runs the candidate's ``forward`` once, in a sandboxed child process, on CPU tensors
-of the task's real shapes with Triton's active driver replaced by one that reports the GPU's
-target (e.g. sm_90) and with every launch turned into a warm-up: each ``JITFunction.run`` goes
+runs, so its candidate worker (the scarcer resource) does not spend its time compiling. It runs
+the candidate's ``forward`` once, in a sandboxed child process, on CPU tensors of the task's real
+shapes with Triton's active driver replaced by one that reports the GPU's target (e.g. sm_90) and
+with every launch turned into a warm-up: each ``JITFunction.run`` goes
 through Triton's own binder and compiler (the same specialisation -- dtypes, 16-byte alignment,
 integer values -- and the same options as on the GPU) and stops before launching. Triton writes
 each compiled kernel to its file cache (``TRITON_CACHE_DIR``) under a key that hashes the kernel
@@ -213,10 +214,7 @@ class Precompiler:
             try:
                 child = self._idle.get_nowait()
             except queue.Empty:
-                child = _Child()
-                with self._lock:
-                    self._all.add(child)
-                    self.started += 1
+                child = self._spawn()
             rep = child.request(msg, float(timeout or self.timeout), self.memory_limit)
             recycle = bool(rep.get("recycle")) or child.requests >= MAX_REQUESTS
         except _ChildFailure as exc:
@@ -244,11 +242,14 @@ class Precompiler:
         with self._lock:
             missing = 0 if self.closed else self.size - len(self._all)
         for _ in range(max(0, missing)):
-            child = _Child()
-            with self._lock:
-                self._all.add(child)
-                self.started += 1
-            self._idle.put(child)
+            self._idle.put(self._spawn())
+
+    def _spawn(self) -> _Child:
+        child = _Child()
+        with self._lock:
+            self._all.add(child)
+            self.started += 1
+        return child
 
     def pids(self) -> list[int]:
         with self._lock:
