@@ -212,6 +212,18 @@ def timeline(spans_by_gpu: dict[int, list[tuple[float, float]]], start: float, e
             "gaps_s": sum(gaps), "longest_gap_s": max(gaps, default=0.0)}
 
 
+def gap_free_ceiling(n: int, seconds: float, tl: dict[str, float] | None, gpus: int, serial_eps: float
+                     ) -> dict[str, float] | None:
+    """What the batch would reach on one GPU if nothing but its timings' gaps went (no timing waiting
+    for shared holders, none missing): its first timing and its tail as they were, the timings back
+    to back. A ceiling for any schedule that keeps this ramp and these timings. None without a
+    timeline or with several GPUs (their gaps overlap in time)."""
+    if tl is None or gpus != 1:
+        return None
+    s = seconds - tl["gaps_s"]
+    return {"seconds": s, "evals_per_s": n / s, "vs_serial": n / s / serial_eps}
+
+
 def pool_batch(ev, pairs: list[tuple[str, str]], kinds: list[str], backend: str, seed: int,
                trials: int) -> tuple[dict, list]:
     """One batch through the pool: throughput, verdict kinds, phase means, and the CPU seconds each
@@ -463,6 +475,8 @@ def _main(args: argparse.Namespace) -> int:
         "pool_steady_evals_per_s": [r[0]["evals_per_s"] for r in runs],
         "speedup_first": first["evals_per_s"] / serial_eps, "speedup_steady": steady["evals_per_s"] / serial_eps,
         "timing_under_load": loaded,
+        "gap_free_ceiling": gap_free_ceiling(n, steady["seconds"], steady.get("timeline"), len(used_devices),
+                                             serial_eps),
     }
     print(f"eval throughput on {report['device']} ({backend}), {n} candidates over {tasks} tasks, "
           f"{args.trials} trials, {os.cpu_count()} CPUs" + (f", GPUs {used_devices}" if used_devices else "")
@@ -492,6 +506,10 @@ def _main(args: argparse.Namespace) -> int:
         print(f"timings' timeline, steady batch: the first began {tl['first_timing_s']:.2f} s after the batch "
               f"started, the last ended {tl['after_last_timing_s']:.2f} s before it ended; gaps between "
               f"timings {tl['gaps_s']:.2f} s (longest {tl['longest_gap_s']:.3f} s)")
+    ceiling = report["gap_free_ceiling"]
+    if ceiling:
+        print(f"with no gap between timings (same ramp, timings and tail) the batch would take "
+              f"{ceiling['seconds']:.2f} s: {ceiling['evals_per_s']:.1f} evals/s, {ceiling['vs_serial']:.2f}x serial")
     print(f"pool startup {startup:.1f} s (not counted); caches: {json.dumps(stats)}")
     print("pool mean seconds per evaluation by phase (concurrent evaluations overlap):")
     print(f"  {'phase':<26}{'first':>9}{'steady':>9}")

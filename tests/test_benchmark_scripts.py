@@ -151,6 +151,15 @@ def test_eval_throughput_timeline_of_the_timings():
     assert tp.timeline({0: [(9.0, 9.5)]}, 10.0, 11.0) is None and tp.timeline({}, 0.0, 1.0) is None
 
 
+def test_eval_throughput_gap_free_ceiling():
+    tp = load("eval_throughput")
+    tl = {"first_timing_s": 0.3, "after_last_timing_s": 0.05, "gaps_s": 0.5, "longest_gap_s": 0.1}
+    got = tp.gap_free_ceiling(64, 1.3, tl, 1, 8.0)
+    assert got["seconds"] == pytest.approx(0.8) and got["evals_per_s"] == pytest.approx(80.0)
+    assert got["vs_serial"] == pytest.approx(10.0)
+    assert tp.gap_free_ceiling(64, 1.3, None, 1, 8.0) is None and tp.gap_free_ceiling(64, 1.3, tl, 2, 8.0) is None
+
+
 def test_fresh_dir_env_sets_a_new_folder_and_restores_the_variable(monkeypatch):
     et = load("eval_throughput")
     monkeypatch.setenv("KERNELGYM_TEST_DIR", "before")
