@@ -421,8 +421,9 @@ def _main(args: argparse.Namespace) -> int:
     serial_n = min(args.serial_n or n, n)
 
     serial = run_serial(pairs[:serial_n], backend, args.trials, bench)
+    serial_eps = serial_n / serial["seconds"]
     # Progress lines as each part ends, so a run cut by a time limit still says how far it got.
-    print(f".. serial: {serial_n / serial['seconds']:.2f} evals/s", flush=True)
+    print(f".. serial: {serial_eps:.2f} evals/s", flush=True)
     prof_dir = None
     if args.profile_workers:
         from kernelgym.evaluation.worker import PROFILE_ENV
@@ -432,7 +433,6 @@ def _main(args: argparse.Namespace) -> int:
         for f in [*prof_dir.glob("*.prof"), prof_dir / "on"]:
             f.unlink(missing_ok=True)
         os.environ[PROFILE_ENV] = str(prof_dir)   # the workers inherit it
-    serial_eps = serial_n / serial["seconds"]
     from kernelgym.evaluation.worker import SYNC_ENV
 
     interval = args.switch_interval or sys.getswitchinterval()
