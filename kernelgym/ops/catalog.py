@@ -13,6 +13,7 @@ from typing import Any
 import z3
 
 from kernelgym.ops.spec import (
+    MAX_RANK,
     NONNEG,
     POSITIVE,
     REAL,
@@ -25,6 +26,7 @@ from kernelgym.ops.spec import (
     drop_slot,
     keep_except,
     numel,
+    pad_ones,
     ranks,
     same_shape,
 )
@@ -227,7 +229,7 @@ register(OpSpec(
     name="batch_norm", category="norm", arity=1,
     call=lambda a, p: (f"F.batch_norm({a[0]}, {p['_w']['running_mean']}, {p['_w']['running_var']}, "
                        f"{p['_w']['weight']}, {p['_w']['bias']}, training=False, eps=1e-5)"),
-    shape=lambda a, o, p, c: same_shape(a[0], o) + [ranks(a[0], 2, 4)],
+    shape=lambda a, o, p, c: same_shape(a[0], o) + [ranks(a[0], 2)],
     flops=_per_out(4),
     weights=lambda ins, o, p: [
         Weight("weight", (ins[0][1],), "randn"), Weight("bias", (ins[0][1],), "randn"),
@@ -241,7 +243,7 @@ register(OpSpec(
 def _group_norm_shape(a, o, p, c):
     x = a[0]
     ch = x.left(1)
-    return same_shape(x, o) + [ranks(x, 3, 4), ch % p["groups"] == 0, x.dims[0] >= 2]
+    return same_shape(x, o) + [ranks(x, 3), ch % p["groups"] == 0, x.dims[0] >= 2]
 
 
 register(OpSpec(
@@ -253,7 +255,7 @@ register(OpSpec(
 register(OpSpec(
     name="instance_norm", category="norm", arity=1,
     call=lambda a, p: f"F.instance_norm({a[0]}, eps=1e-5)",
-    shape=lambda a, o, p, c: same_shape(a[0], o) + [ranks(a[0], 3, 4), a[0].dims[0] >= 2],
+    shape=lambda a, o, p, c: same_shape(a[0], o) + [ranks(a[0], 3), a[0].dims[0] >= 2],
     flops=_per_out(8), min_rank=3, doc="F.instance_norm over (N, C, *) without affine",
 ))
 
@@ -281,7 +283,7 @@ register(OpSpec(
 def _matmul_shape(a, o, p, c):
     x, y = a
     return [x.rank == 2, y.rank == 2, x.dims[0] == y.dims[1], o.rank == 2, o.dims[1] == x.dims[1],
-            o.dims[0] == y.dims[0], o.dims[2] == 1, o.dims[3] == 1]
+            o.dims[0] == y.dims[0], *pad_ones(o, 2)]
 
 
 register(OpSpec(
@@ -295,7 +297,7 @@ register(OpSpec(
 def _bmm_shape(a, o, p, c):
     x, y = a
     return [x.rank == 3, y.rank == 3, x.dims[2] == y.dims[2], x.dims[0] == y.dims[1], o.rank == 3,
-            o.dims[2] == x.dims[2], o.dims[1] == x.dims[1], o.dims[0] == y.dims[0], o.dims[3] == 1]
+            o.dims[2] == x.dims[2], o.dims[1] == x.dims[1], o.dims[0] == y.dims[0], *pad_ones(o, 3)]
 
 
 register(OpSpec(
@@ -334,7 +336,7 @@ def _conv_shape(spatial: int, transposed: bool):
         k, s, pad = p["kernel"], p["stride"], p["padding"]
         cout = c.fresh("out_channels")
         cs = [x.rank == spatial + 2, o.rank == spatial + 2, o.dims[spatial + 1] == x.dims[spatial + 1],
-              o.dims[spatial] == cout, *[o.dims[m] == 1 for m in range(spatial + 2, 4)],
+              o.dims[spatial] == cout, *pad_ones(o, spatial + 2),
               c.log(cout) + x.logs[spatial] + 2 * (k - 1).bit_length() <= c.max_log]
         for m in range(spatial):
             if transposed:
@@ -455,12 +457,12 @@ register(OpSpec(
 def _permute_shape(a, o, p, c):
     # Move dim 1 (from the left) to the end: (N, C, *S) -> (N, *S, C).
     x = a[0]
-    cs = [ranks(x, 3, 4), o.rank == x.rank, o.dims[0] == x.left(1)]
-    for r in (3, 4):
+    cs = [ranks(x, 3), o.rank == x.rank, o.dims[0] == x.left(1)]
+    for r in range(3, MAX_RANK + 1):
         # out slots 1..r-2 are x's slots 0..r-3 (the spatial dims); slot r-1 is N
         cs.append(z3.Implies(x.rank == r, z3.And(*[o.dims[m] == x.dims[m - 1] for m in range(1, r - 1)],
                                                   o.dims[r - 1] == x.dims[r - 1],
-                                                  *[o.dims[m] == 1 for m in range(r, 4)])))
+                                                  *pad_ones(o, r))))
     return cs
 
 
@@ -474,9 +476,9 @@ register(OpSpec(
 
 def _flatten_shape(a, o, p, c):
     x = a[0]
-    cs = [ranks(x, 3, 4), o.rank == 2, o.dims[1] == x.left(0), o.dims[2] == 1, o.dims[3] == 1]
-    cs.append(z3.Implies(x.rank == 3, o.dims[0] == x.dims[0] * x.dims[1]))
-    cs.append(z3.Implies(x.rank == 4, o.dims[0] == x.dims[0] * x.dims[1] * x.dims[2]))
+    cs = [ranks(x, 3), o.rank == 2, o.dims[1] == x.left(0), *pad_ones(o, 2)]
+    for r in range(3, MAX_RANK + 1):  # dims 1.. (from the left) are slots r-2 .. 0
+        cs.append(z3.Implies(x.rank == r, o.dims[0] == z3.Product(*x.dims[: r - 1])))
     return cs
 
 
@@ -490,7 +492,7 @@ register(OpSpec(
 def _merge_last_shape(a, o, p, c):
     x = a[0]
     return [x.rank >= 2, o.rank == x.rank - 1, o.dims[0] == x.dims[0] * x.dims[1],
-            *[o.dims[m] == x.dims[m + 1] for m in range(1, 3)], o.dims[3] == 1]
+            *[o.dims[m] == x.dims[m + 1] for m in range(1, MAX_RANK - 1)], *pad_ones(o, MAX_RANK - 1)]
 
 
 register(OpSpec(
@@ -505,7 +507,7 @@ def _cat_shape(a, o, p, c):
     x, y = a
     k = p["dim"] - 1
     return [x.rank == y.rank, x.rank >= p["dim"], *keep_except(x, o, [k]),
-            *[x.dims[m] == y.dims[m] for m in range(4) if m != k], o.dims[k] == x.dims[k] + y.dims[k]]
+            *[x.dims[m] == y.dims[m] for m in range(MAX_RANK) if m != k], o.dims[k] == x.dims[k] + y.dims[k]]
 
 
 register(OpSpec(
@@ -531,7 +533,7 @@ def _embedding_shape(a, o, p, c):
     vocab = c.fresh("num_embeddings")
     cs = [ranks(idx, 1, 3), o.rank == idx.rank + 1, o.dims[0] == emb, vocab >= 2,
           c.log(vocab) + c.log(emb) <= c.max_log]
-    cs += [o.dims[m + 1] == idx.dims[m] for m in range(3)]
+    cs += [o.dims[m + 1] == idx.dims[m] for m in range(MAX_RANK - 1)]
     return cs
 
 
@@ -548,7 +550,7 @@ register(OpSpec(
 def _gather_shape(a, o, p, c):
     x, idx = a
     return [x.rank == idx.rank, x.dims[0] >= 2, idx.dims[0] <= x.dims[0],
-            *[idx.dims[m] == x.dims[m] for m in range(1, 4)], *same_shape(idx, o)]
+            *[idx.dims[m] == x.dims[m] for m in range(1, MAX_RANK)], *same_shape(idx, o)]
 
 
 register(OpSpec(

@@ -19,7 +19,7 @@ from typing import Any
 
 import z3
 
-MAX_RANK = 4
+MAX_RANK = 5  # (N, C, D, H, W): the 3-D convolutions, pools and norms
 
 # Value ranges, ordered by inclusion: a positive tensor is also non-negative and real.
 REAL, NONNEG, POSITIVE = 0, 1, 2
@@ -67,6 +67,11 @@ class SymTensor:
 
 
 # ---- helpers for writing shape rules -------------------------------------------------------------
+
+
+def pad_ones(t: SymTensor, rank: int) -> list[z3.BoolRef]:
+    """The slots of t past `rank` (from the right) hold 1: t has at most `rank` dims."""
+    return [t.dims[m] == 1 for m in range(rank, MAX_RANK)]
 
 
 def same_shape(a: SymTensor, out: SymTensor) -> list[z3.BoolRef]:
