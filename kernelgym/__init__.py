@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from kernelgym.version import __version__
+
+_ = __version__  # a statement, so the order below stays as written
 
 # Order matters: kernelgym.task first, then the registry that points gymnasium at our envs.
 from kernelgym.task import Task, load_suite  # noqa: E402, I001
 
-import envs_registry as _envs_registry  # noqa: E402  (registers the env ids; see DESIGN.md)
+import envs_registry as _envs_registry  # noqa: E402  (registers the env ids; docs/ARCHITECTURE.md)
 
 _envs_registry.register()
 

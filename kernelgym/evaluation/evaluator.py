@@ -112,9 +112,9 @@ def resolve_backend(backend: str) -> str:
 def _versions() -> dict[str, str]:
     import platform
 
-    import kernelgym
+    from kernelgym.version import __version__
 
-    return {"kernelgym": kernelgym.__version__, "python": platform.python_version()}
+    return {"kernelgym": __version__, "python": platform.python_version()}
 
 
 class Evaluator:

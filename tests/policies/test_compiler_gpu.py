@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kernelgym.sampler import TaskSampler
+from kernelgym.task import Task
+from tests.policies._tasks import BENCH_ADDMM, BENCH_CONV1D_GEMV, BENCH_SIN_COLUMN_NORM
 
 compiler = pytest.importorskip("policies.compiler")
 pytestmark = pytest.mark.gpu
@@ -13,8 +14,7 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("config", [None, {"dot_precision": "ieee"}])
 def test_bench_addmm_is_correct_on_the_gpu(evaluator, config):
-    task = TaskSampler("bench").sample(1, 5)   # addmm at bench sizes (incorrect with TF32 on an H200)
-    assert task.ops == ("addmm",)
+    task = Task.from_source(BENCH_ADDMM)
     src = compiler.CompilerPolicy().compile(task, config=config)
     v = evaluator.evaluate(task, src, backend="cuda", seed=3)
     assert v.status == "ok", (v.status, v.error[:500])
@@ -23,8 +23,7 @@ def test_bench_addmm_is_correct_on_the_gpu(evaluator, config):
 
 @pytest.mark.parametrize("config", [None, {"SPLIT_K": 1}])
 def test_bench_gemv_with_split_k_atomics_is_correct_on_the_gpu(evaluator, config):
-    task = TaskSampler("bench").sample(2, 3)   # conv1d, addmm [1 x 3253] @ [3253 x 8192]: a GEMV
-    assert task.ops == ("conv1d", "addmm")
+    task = Task.from_source(BENCH_CONV1D_GEMV)
     src = compiler.CompilerPolicy().compile(task, config=config)
     assert "tl.atomic_add(" in src and "tl.sum(acc, axis=0)" in src
     v = evaluator.evaluate(task, src, backend="cuda", seed=3)
@@ -38,8 +37,7 @@ def test_bench_gemv_with_split_k_atomics_is_correct_on_the_gpu(evaluator, config
 def test_bench_column_norm_with_split_rows_is_correct_on_the_gpu(evaluator, config):
     """sin -> norm over dim -2 of [2048, 8192]: few wide row tiles split the reduced axis; the last
     program of each tile (an acq_rel counter) finishes from the atomically summed partials."""
-    task = TaskSampler("bench").sample(2, 4)
-    assert task.ops == ("sin", "norm")
+    task = Task.from_source(BENCH_SIN_COLUMN_NORM)
     src = compiler.CompilerPolicy().compile(task, config=config)
     assert "SPLIT_R" in src and "tl.atomic_add(cnt_ptr + pid, 1" in src
     v = evaluator.evaluate(task, src, backend="cuda", seed=5)
