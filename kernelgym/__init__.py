@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
+import envs_registry as _envs_registry  # registers the env ids (docs/ARCHITECTURE.md)
+from kernelgym.task import Task, load_suite
 from kernelgym.version import __version__
-
-_ = __version__  # a statement, so the order below stays as written
-
-# Order matters: kernelgym.task first, then the registry that points gymnasium at our envs.
-from kernelgym.task import Task, load_suite  # noqa: E402, I001
-
-import envs_registry as _envs_registry  # noqa: E402  (registers the env ids; docs/ARCHITECTURE.md)
 
 _envs_registry.register()
 
