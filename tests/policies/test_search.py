@@ -456,9 +456,12 @@ def test_search_over_the_compiler_partitions_and_launch_knobs():
     favour two kernels and bigger blocks: the search must find a two-kernel partition and then
     climb its block size."""
     compiler = pytest.importorskip("policies.compiler")
-    from kernelgym.sampler import sample_task
+    from kernelgym.task import Task
+    from tests.policies._tasks import module_task
 
-    task = sample_task(3, 1)
+    # rsqrt -> erf -> div by a broadcast [12, 7, 2, 16]: one, two or three kernels
+    task = Task.from_source(module_task("torch.erf(torch.rsqrt(x0)) / x1", "x0, x1",
+                                        "torch.rand(16) + 0.1, torch.rand(12, 7, 2, 16) + 0.1"))
     speed = {1: 1.0, 2: 1.5, 3: 0.7}
 
     def judge(src):
