@@ -425,8 +425,9 @@ class Worker:
                 ready = True
             if ready:
                 try:
-                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES), raw_tensors, spill=spill,
-                                         max_spill_bytes=MAX_REPLY_BYTES)
+                    # A spilled reply's buffers are bounded by its file, not by the inline cap: three
+                    # trials of a 1.5 GiB output are 4.5 GiB (the cap once made that a `crash`).
+                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES), raw_tensors, spill=spill)
                 except (EOFError, OSError):
                     self._died(phase)
                 except codec.CodecError as exc:
