@@ -719,6 +719,10 @@ def test_which_gpu_out_of_memory_failures_are_judged_again_alone():
     assert not _oom_beside_others(v("crash", "host memory limit", reasons=["sandbox:memory"]))
     assert not _oom_beside_others(v("incorrect", H200_OOM))
     assert not _oom_beside_others(v("crash", "illegal memory access"))
+    # a reference that ran out beside others: judged again, not an invalid task
+    assert _oom_beside_others(v("invalid_task", "reference failed in reference trial 0: " + H200_OOM,
+                                reasons=["task:reference_error"]))
+    assert not _oom_beside_others(v("invalid_task", H200_OOM, reasons=["task:reference_output"]))
 
 
 def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
