@@ -469,6 +469,9 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                     done = {r["problem"]: r for r in ordered if r["status"] == "ok"}
                 print(f"level {lv} {mode}: {report['levels'][lv][mode]['ok']}/{len(tasks)} ok "
                       f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+                # so far, in case the run is cut short (a GPU call's time limit)
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "kernelbench.partial.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         report["gpu_memory"] = {str(k): v for k, v in ev.gpu_memory().items()}
         report["evaluator_stats"] = dict(ev.stats)
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)
