@@ -170,3 +170,125 @@ def test_fresh_dir_env_sets_a_new_folder_and_restores_the_variable(monkeypatch):
     with et.fresh_dir_env("KERNELGYM_TEST_DIR", "kg-test-"):
         pass
     assert "KERNELGYM_TEST_DIR" not in os.environ
+
+
+KB_RELU = '''import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        return torch.relu(x)
+
+
+def get_inputs():
+    return [torch.randn(4, 16)]
+
+
+def get_init_inputs():
+    return []
+'''
+KB_ITEM = KB_RELU.replace("return torch.relu(x)", "return x * float(x.sum().item())")   # data-dependent
+KB_LINEAR = '''import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self, n, m):
+        super().__init__()
+        self.linear = nn.Linear(n, m)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x))
+
+
+def get_inputs():
+    return [torch.randn(8, 16)]
+
+
+def get_init_inputs():
+    return [16, 16]
+'''
+
+
+def kernelbench_dir(tmp_path: Path) -> Path:
+    """A hand-made folder shaped like a KernelBench checkout: levelN/<n>_<Name>.py and the
+    published timings JSON."""
+    kb = tmp_path / "kb"
+    (kb / "level1").mkdir(parents=True)
+    (kb / "level2").mkdir()
+    (kb / "level1" / "1_Relu.py").write_text(KB_RELU)
+    (kb / "level1" / "2_Item_scale.py").write_text(KB_ITEM)
+    (kb / "level2" / "1_Linear_ReLU.py").write_text(KB_LINEAR)
+    timing = kb / "results" / "timing" / "H100_Modal"
+    timing.mkdir(parents=True)
+    rec = {"std": 0.001, "min": 0.01, "max": 0.02, "num_trials": 100, "hardware": "NVIDIA H100 80GB HBM3"}
+    (timing / "baseline_time_torch.json").write_text(json.dumps({
+        "level1": {"1_Relu.py": {"mean": 0.0123, **rec}, "2_Item_scale.py": {"mean": 0.02, **rec}},
+        "level2": {"1_Linear_ReLU.py": {"mean": 0.05, **rec}}}))
+    return kb
+
+
+def test_kernelbench_trace_only_coverage(tmp_path, capsys):
+    kbm = load("kernelbench")
+    kb = kernelbench_dir(tmp_path)
+    assert kbm.main([str(kb), "--levels", "1,2", "--trace-only", "--jobs", "1", "--task-timeout", "120",
+                     "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "kernelbench_trace.json").read_text())
+    one, two = report["levels"]["1"], report["levels"]["2"]
+    assert (one["problems"], one["traced"], one["compiled_strict"], one["compiled_lenient"]) == (2, 1, 1, 1)
+    assert (two["problems"], two["traced"], two["compiled_strict"]) == (1, 1, 1)
+    item = next(r for r in report["rows"] if r["problem"] == "2_Item_scale.py")
+    assert not item["traced"] and item["error"].startswith("trace:")
+    assert "coverage" in capsys.readouterr().out
+
+
+def test_kernelbench_judges_a_level_under_the_interpreter(tmp_path):
+    kbm = load("kernelbench")
+    kb = kernelbench_dir(tmp_path)
+    assert kbm.main([str(kb), "--levels", "1", "--backend", "interpret", "--mode", "both", "--workers", "1",
+                     "--jobs", "1", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "kernelbench.json").read_text())
+    strict = report["levels"]["1"]["strict"]
+    assert (strict["problems"], strict["traced"], strict["compiled"], strict["ok"]) == (2, 1, 1, 1)
+    assert strict["fast_1"] == 0.0 and strict["geomean_speedup"] is None   # untimed: nothing is fast
+    lenient = [r for r in report["rows"] if r["mode"] == "lenient"]
+    assert [r["status"] for r in lenient] == ["ok", "no_candidate"]
+    assert lenient[0]["lenient_from"] == "strict"                           # not judged twice
+
+
+def test_kernelbench_summary_counts_failures_as_not_fast(tmp_path):
+    kbm = load("kernelbench")
+    rows = [
+        {"status": "ok", "traced": True, "compiled": True, "speedup": 2.0, "speedup_vs_compile": 0.5,
+         "eager_ratio": 1.02, "compile_ratio": None},
+        {"status": "ok", "traced": True, "compiled": True, "speedup": 0.5, "speedup_vs_compile": 0.25,
+         "eager_ratio": 0.8, "compile_ratio": None},
+        {"status": "incorrect", "traced": True, "compiled": True, "speedup": None},
+        {"status": "no_candidate", "traced": False, "compiled": False, "speedup": None},
+    ]
+    s = kbm.summarize(rows)
+    assert (s["problems"], s["traced"], s["compiled"], s["ok"]) == (4, 3, 3, 2)
+    assert s["fast_1"] == 0.25 and s["fast_1_vs_compile"] == 0.0
+    assert s["geomean_speedup"] == pytest.approx(1.0)
+    assert s["eager_vs_published"] == {"n": 2, "median_ratio": pytest.approx(0.91), "within_10pct": 1}
+    pub = kbm.published_timings(kernelbench_dir(tmp_path), "H100_Modal")
+    assert pub["eager"][(1, "1_Relu.py")] == 0.0123 and pub["compile"] == {}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/no/such/kernelbench"], "is not a directory"),
+    (["{kb}", "--levels", "1,x"], "--levels"),
+    (["{kb}", "--levels", "3"], "no level3 folder"),
+    (["{kb}", "--limit", "0"], "--limit must be >= 1"),
+    (["{kb}", "--filter", "("], "not a regular expression"),
+])
+def test_kernelbench_bad_arguments(tmp_path, argv, message, capsys):
+    kb = kernelbench_dir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        load("kernelbench").main([a.format(kb=kb) for a in argv])
+    assert info.value.code not in (0, None)
+    assert message in capsys.readouterr().err + str(info.value.code)

@@ -39,3 +39,16 @@ def test_workers_hold_little_gpu_memory_after_big_evaluations():
         # context, its kernels and at most KERNELGYM_GPU_CACHE_MB of cache.
         limit = DEFAULT_GPU_CACHE_MB + 1536
         assert all(held[p] <= limit for p in pids), {p: held[p] for p in pids}
+
+
+def test_several_big_evaluations_at_once_wait_for_memory_rather_than_crash():
+    """Six evaluations of ~14 GiB footprints (three 512 MiB tensors a trial, four trials, in both
+    workers) on a budget that holds two: every one is judged ok; the others waited their turn."""
+    with Evaluator(workers=6, reference_workers=3, gpu_memory_budget_mb=32 * 1024) as ev:
+        verdicts = ev.evaluate_batch([(HUGE_ADD, CAND_ADD)] * 6, backend="cuda", seed=7)
+        assert [v.status for v in verdicts] == ["ok"] * 6, [v.error for v in verdicts]
+        mem = ev.gpu_memory()[0]
+        assert mem["budget"] == 32 << 30 and mem["used"] == 0
+        assert mem["waited"] >= 1 and ev.stats["memory_waited"] >= 1
+        assert ev.stats["footprint_estimated"] >= 1
+        assert max(v.timings["phases_s"].get("memory_wait", 0) for v in verdicts) > 0

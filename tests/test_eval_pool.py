@@ -501,6 +501,60 @@ def test_spill_file_that_does_not_hold_its_buffers_is_refused(tmp_path):
         codec.decode(blob, spill=str(tmp_path / "missing.bin"))
 
 
+def _spilled_header(spans: list[tuple[int, int]], dtype: str = "float32", itemsize: int = 4) -> bytes:
+    """A spilled message as a worker writes it: tensor nodes whose buffers lie at `spans` of its file."""
+    import json
+    import struct
+
+    nodes = [{"__tensor__": i, "dtype": dtype, "shape": [n // itemsize]} for i, (_, n) in enumerate(spans)]
+    header = json.dumps({"v": {"__dict__": [["outputs", nodes]]}, "bufs": [list(s) for s in spans],
+                         "spill": True}).encode()
+    return codec.MAGIC + struct.pack("<Q", len(header)) + header
+
+
+def test_spill_table_past_4_gib_decodes_and_relays(tmp_path):
+    """Regression: a 4 GiB cap on the spilled buffers' total made three trials of a 1.5 GiB output
+    a `crash` ("bad buffer table for the spill file"). A sparse file stands in for the outputs."""
+    n = 5 << 29                                                   # 2.5 GiB a tensor, 5 GiB in all
+    spill = tmp_path / "big.bin"
+    with open(spill, "wb") as fh:
+        fh.truncate(2 * n)                                        # sparse: no disk or memory used
+        fh.seek(2 * n - 8)
+        fh.write(b"kgc-tail")
+    blob = _spilled_header([(0, n), (n, n)])
+    raw = codec.decode(blob, raw_tensors=True, spill=str(spill))["outputs"]
+    assert [(t.offset, t.nbytes) for t in raw] == [(0, n), (n, n)]
+    relayed = codec.decode(codec.encode({"relayed": raw}), raw_tensors=True, trust_file=True)["relayed"]
+    assert [(t.file, t.offset, t.nbytes) for t in relayed] == [(str(spill), 0, n), (str(spill), n, n)]
+    # 64-bit offsets all the way to the read
+    assert bytes(codec._SpillFile(str(spill), [[0, n], [n, n]], None).read(2 * n - 8, 8)) == b"kgc-tail"
+    with pytest.raises(codec.CodecError, match="over the"):       # an explicit cap still holds
+        codec.decode(blob, raw_tensors=True, spill=str(spill), max_spill_bytes=4 << 30)
+    with pytest.raises(codec.CodecError, match="holding every buffer"):   # and the file still bounds it
+        codec.decode(_spilled_header([(0, n), (n, n + 4)]), raw_tensors=True, spill=str(spill))
+    with pytest.raises(codec.CodecError, match="negative"):
+        codec.decode(_spilled_header([(-4, 4)]), raw_tensors=True, spill=str(spill))
+
+
+@pytest.mark.slow
+def test_spilled_outputs_of_several_gib_round_trip(tmp_path):
+    """Real bytes: 2 x 2.25 GiB of outputs through a spill file and back, checked exactly."""
+    avail = next((int(line.split()[1]) << 10 for line in open("/proc/meminfo") if line.startswith("MemAvailable")), 0)
+    if avail < 24 << 30:
+        pytest.skip("needs about 20 GiB of free memory")
+    n = 9 << 27                                                   # int32 elements: 4.5 GiB in all
+    a = torch.arange(n, dtype=torch.int32)
+    b = a.flip(0)
+    spill = str(tmp_path / "0.bin")
+    blob = codec.encode({"outputs": [a, b]}, spill=spill)
+    assert os.path.getsize(spill) == 8 * n
+    relay = codec.encode({"relayed": codec.decode(blob, raw_tensors=True, spill=spill)["outputs"]})
+    back = codec.decode(relay, trust_file=True)["relayed"]
+    assert torch.equal(back[0], a)
+    del back[0]
+    assert torch.equal(back[1], b)
+
+
 def test_evaluations_remove_their_output_files(evaluator):
     from tests.eval_cases import CAND_ADD, REF_ADD
 
@@ -665,6 +719,10 @@ def test_which_gpu_out_of_memory_failures_are_judged_again_alone():
     assert not _oom_beside_others(v("crash", "host memory limit", reasons=["sandbox:memory"]))
     assert not _oom_beside_others(v("incorrect", H200_OOM))
     assert not _oom_beside_others(v("crash", "illegal memory access"))
+    # a reference that ran out beside others: judged again, not an invalid task
+    assert _oom_beside_others(v("invalid_task", "reference failed in reference trial 0: " + H200_OOM,
+                                reasons=["task:reference_error"]))
+    assert not _oom_beside_others(v("invalid_task", H200_OOM, reasons=["task:reference_output"]))
 
 
 def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):

@@ -126,6 +126,26 @@ def _stream(state: dict[str, Any], device: str) -> Any:
     return state["stream"]
 
 
+def set_gpu_limit(limit_bytes: int | None, cuda: Any = None) -> float | None:
+    """This process's GPU memory cap for one evaluation: the worker's default fraction
+    (KERNELGYM_GPU_FRACTION), raised to `limit_bytes` (the evaluation's admitted footprint) when that
+    is more, so a task that legitimately needs more than a worker's default share is not failed by
+    the cap. None: back to the default. Returns the fraction set (None without a GPU). `cuda`: the
+    torch.cuda module (tests)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda
+    if not cuda.is_available():
+        return None
+    default = float(os.environ.get("KERNELGYM_GPU_FRACTION") or 1.0)
+    frac = default
+    if limit_bytes:
+        frac = min(1.0, max(default, limit_bytes / cuda.get_device_properties(0).total_memory))
+    cuda.set_per_process_memory_fraction(frac)
+    return frac
+
+
 def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs: list) -> dict[str, Any]:
     if isinstance(exc, _Exited):
         return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs)
@@ -145,6 +165,8 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
 
     s = CandidateSession(msg, state["tmpdir"], state["gpu"], _stream(state, msg["device"]))
     state["candidate"] = s
+    if s.device.startswith("cuda"):
+        set_gpu_limit(msg.get("gpu_limit_bytes"))
     # The task's data, built from the seeds before any candidate code exists in this process.
     progress("inputs")
     try:
@@ -348,6 +370,9 @@ def end_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         s.bench.close()
         s.bench = None
     out = s.result(status="ended", tainted=tainted, cuda_ok=_cuda_probe() if s.device.startswith("cuda") else None)
+    if s.device.startswith("cuda"):
+        with contextlib.suppress(Exception):   # a lost context is the probe's finding, not this one's
+            set_gpu_limit(None)
     sys.modules.pop(s.module_name, None)
     s.model = None
     s.inputs = []

@@ -41,10 +41,14 @@ from kernelgym.evaluation.extract import FormatError, check_format, extract_code
 from kernelgym.evaluation.guards.static import check_source as static_check
 from kernelgym.evaluation.pool import (
     GpuLock,
+    MemoryBudget,
     Role,
     RolePool,
     Worker,
     WorkerFailure,
+    host_memory_limit,
+    meminfo_bytes,
+    rss_bytes,
     split_counts,
     tree_cpu_seconds,
 )
@@ -62,6 +66,42 @@ Reference = Union[Task, str]  # noqa: UP007 - a runtime alias, kept importable o
 # Longest an evaluation waits for its candidate's kernels to be compiled ahead (then the candidate
 # worker compiles what is missing itself).
 PRECOMPILE_WAIT_S = 10.0
+
+# GPU memory admission (`MemoryBudget`, one per GPU). Each worker process holds memory outside any
+# evaluation's footprint: its CUDA context (about half a GiB) and the freed memory its allocator may
+# keep cached (KERNELGYM_GPU_CACHE_MB, see worker.trim_gpu_cache); the budget is 90 % of the GPU
+# less that much per worker on it, and at least a quarter of the GPU.
+GPU_CONTEXT_BYTES = 512 << 20
+# The L2 flush buffer of a timing (2 x L2, >= 64 MiB) and allocator rounding, per timing process.
+TIMING_ALLOWANCE_BYTES = 256 << 20
+# Share of the budget an evaluation reserves when its task could not be sized before it runs.
+UNKNOWN_FOOTPRINT_SHARE = 0.25
+
+
+def gpu_budget_bytes(total: int, workers_on_gpu: int, cache_keep: int) -> int:
+    """Bytes of a GPU of `total` bytes that evaluations may reserve (see GPU_CONTEXT_BYTES)."""
+    return max(total // 4, int(0.9 * total) - workers_on_gpu * (GPU_CONTEXT_BYTES + cache_keep))
+
+
+def evaluation_footprint(reference_peak: int, output_bytes: int, trials: int) -> int:
+    """GPU bytes one evaluation holds at once, from the reference build's peak (weights, every
+    trial's inputs and outputs, a forward's temporaries): the reference worker holds that; the
+    candidate worker about as much (the same weights and inputs, its forwards' temporaries); the
+    comparison brings the candidate's outputs of `trials` trials (and the final one) to the
+    reference worker; each of the two timing processes needs its flush buffer."""
+    return 2 * max(0, reference_peak) + (trials + 1) * max(0, output_bytes) + 2 * TIMING_ALLOWANCE_BYTES
+
+
+def estimated_reference_peak(fp: dict[str, Any], n_ref: int) -> int:
+    """The reference build's peak from a meta-device estimate (`reference.estimate_footprint`)."""
+    return fp["weight_bytes"] + n_ref * (fp["input_bytes"] + fp["output_bytes"]) + fp["forward_peak_bytes"]
+
+
+def host_task_bytes(fp: dict[str, Any], n_ref: int) -> int:
+    """Host bytes a worker may hold for a task beyond its own: the model built on the CPU, a copy
+    of its weights and the candidate's (3 x weights), and every trial's inputs and outputs (a
+    candidate's outputs are copied to the host; a comparison reads them from the file)."""
+    return 3 * fp["weight_bytes"] + n_ref * (fp["input_bytes"] + fp["output_bytes"])
 
 
 def cuda_available() -> bool:
@@ -143,6 +183,16 @@ class Evaluator:
     reference job runs (`precompile.Precompiler`), so that the candidate worker, the scarcer
     resource, loads them from Triton's cache instead of compiling (0: off). Use as a context
     manager or call `close()`; pools are also shut down at interpreter exit.
+
+    GPU memory: on the cuda backend an evaluation is admitted onto its GPU by its footprint
+    (`evaluation_footprint`; before the task has run once, from a meta-device estimate of its
+    weights, inputs, outputs and a forward's temporaries, then from the reference worker's measured
+    peak), and waits while the GPU's budget is taken, so an out-of-memory never comes from a
+    neighbour. gpu_memory_budget_mb: the budget per GPU (default `gpu_budget_bytes` of the GPU's
+    memory). One evaluation over the whole budget runs alone. Host memory: for a sized task a
+    worker's limit is its configured one (memory_limit_mb / reference_memory_limit_mb) plus
+    host_memory_multiple x the task's host bytes (`host_task_bytes`), capped by what the machine has
+    available (MemAvailable plus the worker's own resident memory), never below the configured one.
     """
 
     def __init__(self, workers: int | None = None, *, reference_workers: int | None = None,
@@ -152,7 +202,8 @@ class Evaluator:
                  ptx_check: bool = True, bench: dict[str, Any] | None = None,
                  recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None,
                  reference_cache_mb: float = 2048, devices: Sequence[int] | None = None,
-                 gpu_lock_policy: str = "writers_first", precompile_workers: int = 0):
+                 gpu_lock_policy: str = "writers_first", precompile_workers: int = 0,
+                 gpu_memory_budget_mb: float | None = None, host_memory_multiple: float = 2.0):
         from kernelgym.evaluation.timing import _budget
 
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
@@ -207,6 +258,16 @@ class Evaluator:
         self._alone = GpuLock()
         self._spill_dir: str | None = None
         self._spills = itertools.count()
+        if gpu_memory_budget_mb is not None and not gpu_memory_budget_mb > 0:
+            raise ValueError(f"gpu_memory_budget_mb must be > 0, got {gpu_memory_budget_mb}")
+        self.gpu_memory_budget_mb = gpu_memory_budget_mb
+        if not host_memory_multiple >= 0:
+            raise ValueError(f"host_memory_multiple must be >= 0, got {host_memory_multiple}")
+        self.host_memory_multiple = float(host_memory_multiple)
+        self._budgets: dict[int, MemoryBudget] = {}
+        self._footprints: dict[tuple[str, int], dict[str, Any]] = {}
+        self.stats.update({"memory_waited": 0, "memory_alone": 0, "footprint_estimated": 0,
+                           "footprint_unknown": 0})
         self.closed = False
         _LIVE.add(self)
 
@@ -258,6 +319,32 @@ class Evaluator:
             self._inflight[d] = self._inflight.get(d, 0) + 1
             return d
 
+    def memory_budget(self, device: int, total_bytes: int | None = None) -> MemoryBudget | None:
+        """GPU `device`'s `MemoryBudget`, made on first use from `gpu_memory_budget_mb` or from the
+        GPU's `total_bytes` (as a worker reports it); None while neither is known."""
+        with self._lock:
+            b = self._budgets.get(device)
+            if b is None:
+                if self.gpu_memory_budget_mb is not None:
+                    n = int(self.gpu_memory_budget_mb * 2**20)
+                elif total_bytes:
+                    keep = int(float(os.environ.get("KERNELGYM_GPU_CACHE_MB", 1024)) * 2**20)
+                    workers = split_counts(self.workers, len(self._devices or [device]))[0] + \
+                        split_counts(self.reference_workers, len(self._devices or [device]))[0]
+                    n = gpu_budget_bytes(int(total_bytes), workers, keep)
+                else:
+                    return None
+                b = self._budgets[device] = MemoryBudget(n)
+            return b
+
+    def gpu_memory(self) -> dict[int, dict[str, int]]:
+        """Per GPU: its budget, the bytes reserved now and at most, and how many evaluations waited
+        for memory or ran alone (over the whole budget)."""
+        with self._lock:
+            budgets = sorted(self._budgets.items())
+        return {d: {"budget": b.budget, "used": b.used, "peak_used": b.peak_used, "waited": b.waited,
+                    "alone": b.alone} for d, b in budgets}
+
     def _done_device(self, device: int) -> None:
         with self._lock:
             self._inflight[device] = max(0, self._inflight.get(device, 0) - 1)
@@ -278,7 +365,10 @@ class Evaluator:
         size = self._device_share(role, device)
         frac = None
         if backend == "cuda" and device is not None:
-            frac = self.gpu_memory_fraction or min(0.9, max(0.05, 2.0 / self._device_share("candidate", device)))
+            # A reference worker runs the task, whose footprint the GPU's memory budget admits; a
+            # candidate worker's cap is raised per evaluation to its footprint (candidate.set_gpu_limit).
+            frac = self.gpu_memory_fraction or (0.9 if role == "reference" else
+                                                min(0.9, max(0.05, 2.0 / self._device_share("candidate", device))))
         limit = self.reference_memory_limit_mb if role == "reference" else self.memory_limit_mb
         with self._lock:
             if self.closed:
@@ -525,8 +615,12 @@ def remove_stale_spill_dirs(base: str) -> list[str]:
 def _oom_beside_others(v: Verdict) -> bool:
     """A GPU run that failed for lack of GPU memory where the allocation asked for was modest
     (under a quarter of the GPU, or not stated): other processes' memory may be the cause. A
-    candidate asking for more than that (a 4 TB ``torch.empty``) keeps its verdict at once."""
-    if v.backend != "cuda" or v.status not in ("crash", "runtime_error") or "sandbox:memory" in v.reasons:
+    candidate asking for more than that (a 4 TB ``torch.empty``) keeps its verdict at once. A
+    reference that failed so (`invalid_task`) is judged again too: a legitimate task must not
+    become invalid because of its neighbours."""
+    ref_failed = v.status == "invalid_task" and bool({"task:reference_error", "task:reference_crash"} & set(v.reasons))
+    if v.backend != "cuda" or not (v.status in ("crash", "runtime_error") or ref_failed) \
+            or "sandbox:memory" in v.reasons:
         return False
     text = v.error or ""
     if "out of memory" not in text.lower() and "cudaErrorMemoryAllocation" not in text:
@@ -569,6 +663,9 @@ class _Run:
         self.ref_worker: Worker | None = None
         self.dropped = False
         self.spills: list[str] = []   # the output files of this evaluation, removed at its end
+        self.host_bytes: int | None = None   # the task's host bytes (sets the workers' memory limits)
+        self.reservation: Any = None   # (budget, bytes) of GPU memory held
+        self.footprint: dict[str, Any] = {}
 
     def _spill(self) -> dict[str, str]:
         """The request field naming a new file for the candidate worker's outputs (or none)."""
@@ -603,7 +700,8 @@ class _Run:
             msg = {**msg, **self._spill()}
         t = time.perf_counter()
         try:
-            return w.request(msg, timeout, gpu=gpu, raw_tensors=raw, spill=msg.get("spill"))
+            return w.request(msg, timeout, gpu=gpu, raw_tensors=raw, spill=msg.get("spill"),
+                             memory_limit=self._host_limit(w))
         finally:
             self._add(phase, time.perf_counter() - t - w.lock_wait_s)
             self._add(lock_phase, w.lock_wait_s)
@@ -680,6 +778,91 @@ class _Run:
         return self.ev.pool(role, self.backend, self.gpu_index)
 
     def _run(self, ref_src: str, code: str) -> Verdict:
+        if self.backend != "cuda":
+            return self._run_admitted(ref_src, code)
+        n_ref = self.trials + 1
+        fp = self._footprint(ref_src, n_ref)
+        budget = self.ev.memory_budget(self.gpu_index, fp.get("gpu_total_bytes"))
+        if budget is None:
+            return self._run_admitted(ref_src, code)
+        need = fp.get("gpu_bytes") or int(budget.budget * UNKNOWN_FOOTPRINT_SHARE)
+        t = time.perf_counter()
+        with self._ph("memory_wait"):
+            budget.acquire(need)
+        self.reservation = [budget, need]
+        stat = "memory_alone" if need > budget.budget else "memory_waited" if time.perf_counter() - t > 0.01 else None
+        if stat:
+            with self.ev._lock:
+                self.ev.stats[stat] += 1
+        if need > budget.budget:
+            self.notes.append(f"ran alone on its GPU: footprint {need / 2**30:.1f} GiB over the GPU's memory "
+                              f"budget of {budget.budget / 2**30:.1f} GiB")
+        try:
+            return self._run_admitted(ref_src, code)
+        finally:
+            budget.release(self.reservation[1])
+
+    def _footprint(self, ref_src: str, n_ref: int) -> dict[str, Any]:
+        """The task's sizes (cached per task): measured once it has run here, else the reference
+        worker's meta-device estimate (`reference.estimate_footprint`); ``gpu_bytes`` is the
+        evaluation's GPU footprint, absent when unknown. Sets this run's host-memory limits."""
+        key = (source_hash(ref_src), n_ref)
+        with self.ev._lock:
+            fp = self.ev._footprints.get(key)
+        if fp is None:
+            pool = self._pool("reference")
+            with self._ph("reference_wait"):
+                w = pool.acquire()
+            recycle = False
+            try:
+                self._start(w, "reference_worker_start")
+                est = self._req(w, {"op": "footprint", "source": ref_src}, self.timeout, "footprint")
+            except WorkerFailure as f:
+                recycle, est = True, {"status": "error", "error": str(f)}
+            finally:
+                pool.release(w, recycle=recycle or w.dead)
+            fp = {"gpu_total_bytes": est.get("gpu_total_bytes"), "method": "unknown"}
+            if est.get("status") == "ok":
+                sizes = {k: int(est[k]) for k in ("weight_bytes", "input_bytes", "output_bytes", "forward_peak_bytes")}
+                fp.update(sizes, method="meta", host_bytes=host_task_bytes(sizes, n_ref),
+                          gpu_bytes=evaluation_footprint(estimated_reference_peak(sizes, n_ref),
+                                                         sizes["output_bytes"], self.trials))
+                stat = "footprint_estimated"
+            else:
+                fp["error"] = str(est.get("error", ""))[:300]
+                stat = "footprint_unknown"
+            with self.ev._lock:
+                self.ev._footprints.setdefault(key, fp)
+                self.ev.stats[stat] += 1
+        self.footprint = fp
+        self.host_bytes = fp.get("host_bytes")
+        return fp
+
+    def _host_limit(self, w: Worker) -> int | None:
+        """`w`'s resident-memory limit for this task's request (None: the worker's own): see Evaluator."""
+        if not self.host_bytes or w.role.name not in ("reference", "candidate"):
+            return None
+        base_mb = self.ev.reference_memory_limit_mb if w.role.name == "reference" else self.ev.memory_limit_mb
+        avail = meminfo_bytes("MemAvailable")
+        return host_memory_limit(int(base_mb * 2**20) if base_mb else None, self.host_bytes,
+                                 None if avail is None else avail + rss_bytes(w.pid), self.ev.host_memory_multiple)
+
+    def _measured(self, ref: dict[str, Any], n_ref: int) -> None:
+        """The reference build measured its peak: the task's footprint from now on, and this run's share."""
+        peak = ref.get("gpu_peak_bytes")
+        if not isinstance(peak, int) or self.reservation is None:
+            return
+        need = evaluation_footprint(peak, int(ref.get("output_bytes") or 0), self.trials)
+        budget, held = self.reservation
+        if need > held:   # never shrunk mid-run: the meta estimate may see temporaries the build freed
+            budget.resize(held, need)
+            self.reservation[1] = need
+        key = (source_hash(self.ref_src), n_ref)
+        with self.ev._lock:
+            fp = self.ev._footprints.setdefault(key, {})
+            fp.update(gpu_bytes=need, measured_peak_bytes=peak, method="measured")
+
+    def _run_admitted(self, ref_src: str, code: str) -> Verdict:
         n_ref = self.trials + (1 if self.backend == "cuda" else 0)  # +1: the post-timing trial
         # Cold pools: let the candidate (and ptx) workers import torch while the reference runs.
         self._pool("candidate").prestart()
@@ -693,6 +876,7 @@ class _Run:
             ref = self._reference_job(ref_src, n_ref)
             if isinstance(ref, Verdict):
                 return ref
+            self._measured(ref, n_ref)
             if pre is not None:
                 self._await_precompile(pre)
             self.trial_seeds = list(ref["seeds"])
@@ -859,6 +1043,7 @@ class _Run:
             "op": "candidate", "source": code, "mode": self.mode, "device": self.device, "task": self.ref_src,
             "seed": self.seed, "trial_seeds": self.trial_seeds, "n_check": self.trials,
             "reference_ops": ref.get("ops"), "reference_aliases_input": self.aliases_input,
+            "gpu_limit_bytes": self.reservation[1] if self.reservation else None,
         }, self.timeout, "candidate", raw=True)
         findings = list(reply.get("findings", []))
         kernels = list(reply.get("kernels", []))

@@ -244,6 +244,127 @@ class GpuLock:
             return self._background
 
 
+class MemoryBudget:
+    """One GPU's memory for evaluations, handed out by footprint (bytes): `reserve(n)` waits until
+    `n` more fits under `budget`, so that an evaluation never runs out of memory because of its
+    neighbours. Requests are admitted in arrival order (a large one waiting is not overtaken by
+    small ones, so it cannot starve); one larger than the whole budget is admitted when nothing
+    else holds any, and runs alone rather than waiting for ever. A holder may `resize` its share
+    once it has measured it: that never waits (growing may overcommit the budget until holders
+    leave; later requests wait for that), so two holders growing at once cannot deadlock.
+    """
+
+    def __init__(self, budget: int) -> None:
+        if budget <= 0:
+            raise ValueError(f"memory budget must be > 0 bytes, got {budget}")
+        self.budget = int(budget)
+        self._cond = threading.Condition()
+        self._used = 0
+        self._holders = 0
+        self._queue: collections.deque[int] = collections.deque()
+        self._tickets = 0
+        self.waited = 0        # reservations that had to wait
+        self.alone = 0         # reservations over the whole budget (run with nothing beside them)
+        self.peak_used = 0
+
+    @property
+    def used(self) -> int:
+        with self._cond:
+            return self._used
+
+    @property
+    def holders(self) -> int:
+        with self._cond:
+            return self._holders
+
+    def acquire(self, n: int, timeout: float | None = None) -> bool:
+        """Wait until `n` bytes fit (or nothing else is held) and take them; False on timeout."""
+        n = max(0, int(n))
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            ticket = self._tickets
+            self._tickets += 1
+            self._queue.append(ticket)
+            waited = False
+            try:
+                while not (self._queue[0] == ticket and (self._used + n <= self.budget or self._holders == 0)):
+                    waited = True
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left)
+            finally:
+                self._queue.remove(ticket)
+                self._cond.notify_all()   # the next in line may fit now
+            self._used += n
+            self._holders += 1
+            self.waited += waited
+            self.alone += n > self.budget
+            self.peak_used = max(self.peak_used, self._used)
+            return True
+
+    def resize(self, old: int, new: int) -> None:
+        """A holder's share goes from `old` to `new` bytes (never waits; see the class docstring)."""
+        with self._cond:
+            self._used = max(0, self._used + max(0, int(new)) - max(0, int(old)))
+            self.peak_used = max(self.peak_used, self._used)
+            self._cond.notify_all()
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self._used = max(0, self._used - max(0, int(n)))
+            self._holders = max(0, self._holders - 1)
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def reserve(self, n: int) -> Iterator[Reservation]:
+        """`acquire(n)` for the block; the `Reservation` it yields can be resized inside it."""
+        self.acquire(n)
+        r = Reservation(self, n)
+        try:
+            yield r
+        finally:
+            self.release(r.bytes)
+
+
+class Reservation:
+    """A share of a `MemoryBudget` held by one evaluation."""
+
+    def __init__(self, budget: MemoryBudget, n: int):
+        self.budget, self.bytes = budget, max(0, int(n))
+
+    def resize(self, n: int) -> None:
+        n = max(0, int(n))
+        self.budget.resize(self.bytes, n)
+        self.bytes = n
+
+
+def meminfo_bytes(field: str = "MemAvailable") -> int | None:
+    """A /proc/meminfo field in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def host_memory_limit(base: int | None, task_bytes: int | None, available: int | None,
+                      multiple: float = 2.0) -> int | None:
+    """A worker's resident-memory limit for one task: `base` (what the worker needs for itself:
+    torch, CUDA, Inductor; the configured limit) plus `multiple` x the task's host bytes, capped
+    by `available` (what the machine can still give this worker); never below `base`. None (no
+    limit) stays None; an unknown task size or machine leaves the part it would set out."""
+    if base is None:
+        return None
+    limit = base + int(multiple * max(0, task_bytes or 0))
+    if available is not None:
+        limit = min(limit, max(base, int(available)))
+    return int(limit)
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:
@@ -328,6 +449,7 @@ class Worker:
         self.last_ipc_s = 0.0  # wall time of the last request not spent in the worker's handler
         self.lock_wait_s = 0.0  # seconds the last request waited for the GPU lock
         self.claims = 0  # evaluations that will come back to this worker (its stored references)
+        self._limit = self.memory_limit  # this request's limit (`request(memory_limit=...)`)
         self._gpu: Any = None
         self._held: str | None = None
 
@@ -354,7 +476,8 @@ class Worker:
             return ""
 
     def request(self, msg: dict[str, Any], phase_timeout: float, gpu: Any = None,
-                raw_tensors: bool = False, spill: str | None = None) -> dict[str, Any]:
+                raw_tensors: bool = False, spill: str | None = None,
+                memory_limit: int | None = None) -> dict[str, Any]:
         """Send one request; wait for its result, restarting the deadline at each phase message.
 
         gpu: the device's `GpuLock`; the worker asks for it (``{"type": "lock", "mode": ...}``)
@@ -362,15 +485,19 @@ class Worker:
         the request ends (result, crash, timeout) is released. raw_tensors: leave the reply's
         tensors as `codec.RawTensor` bytes (for relaying). spill: the file the request told the worker
         to write its tensors to (``msg["spill"]``), the only one its reply may refer to.
+        memory_limit: this request's resident-memory limit in bytes, instead of the worker's own
+        (a task's limit: `host_memory_limit`); ignored for a worker without a limit.
         """
         self.wait_ready()
         self._gpu, self.lock_wait_s = gpu, 0.0
+        self._limit = memory_limit if memory_limit and self.memory_limit else self.memory_limit
         msg = {**msg, "gpu_lock": gpu is not None}
         try:
             return self._request(msg, phase_timeout, raw_tensors, spill)
         finally:
             self._release_gpu()
             self._gpu = None
+            self._limit = self.memory_limit
 
     def _release_gpu(self) -> None:
         if self._held is not None and self._gpu is not None:
@@ -425,8 +552,9 @@ class Worker:
                 ready = True
             if ready:
                 try:
-                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES), raw_tensors, spill=spill,
-                                         max_spill_bytes=MAX_REPLY_BYTES)
+                    # A spilled reply's buffers are bounded by its file, not by the inline cap: three
+                    # trials of a 1.5 GiB output are 4.5 GiB (the cap once made that a `crash`).
+                    reply = codec.decode(self.conn.recv_bytes(MAX_REPLY_BYTES), raw_tensors, spill=spill)
                 except (EOFError, OSError):
                     self._died(phase)
                 except codec.CodecError as exc:
@@ -453,16 +581,17 @@ class Worker:
                 self.kill()
                 raise WorkerFailure("timeout", f"exceeded the {phase_timeout:g} s time limit in phase "
                                     f"'{phase}'", phase)
-            if self.memory_limit and now >= next_memory:
+            limit = self._limit
+            if limit and now >= next_memory:
                 next_memory = now + MEMORY_CHECK_S
                 if now >= next_tree:
                     next_tree = now + TREE_CHECK_S
                     rss = tree_rss_bytes(self.proc.pid)
                 else:
                     rss = rss_bytes(self.proc.pid)
-                if rss > self.memory_limit:
+                if rss > limit:
                     self.kill()
-                    raise WorkerFailure("memory", f"memory limit of {self.memory_limit / 2**20:.0f} MB exceeded "
+                    raise WorkerFailure("memory", f"memory limit of {limit / 2**20:.0f} MB exceeded "
                                         f"(resident {rss / 2**20:.0f} MB) in phase '{phase}'", phase)
 
     def _died(self, phase: str) -> None:

@@ -63,6 +63,12 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
         raise _RefError("reference init", describe(exc)) from None
     trials, ops, aliases = [], None, False
     fps = Fingerprints()
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    if cuda:
+        # What this build holds at its peak (weights, every trial's inputs and outputs, a forward's
+        # temporaries), above what the worker held before: the evaluation's measured GPU footprint.
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     # One shared GPU section for the whole build: each section is a round trip to the parent and may
     # wait behind queued timings.
     with _gpu(state).hold("shared"):
@@ -96,8 +102,9 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
         for tr, fp in zip(trials, fps.read()):   # one per trial, in order
             tr["fingerprint"] = fp
         problem = reference_problem([tr["outputs"] for tr in trials])
+    peak = int(torch.cuda.max_memory_allocated() - base) if cuda else None
     return {"model": model, "init_inputs": init_inputs, "state_dict": state_dict, "trials": trials, "ops": ops,
-            "aliases": aliases, "problem": problem}
+            "aliases": aliases, "problem": problem, "gpu_peak_bytes": peak}
 
 
 class _RefError(Exception):
@@ -140,6 +147,8 @@ def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     return {
         "status": "ok", "stored": stored, "ops": ref["ops"], "aliases_input": ref["aliases"],
         "seeds": [tr["seed"] for tr in ref["trials"]],
+        "gpu_peak_bytes": ref["gpu_peak_bytes"],
+        "output_bytes": max((_nbytes(outs) for outs in outputs), default=0),
         "outputs": [[{"dtype": str(o.dtype).removeprefix("torch."), "shape": list(o.shape)} for o in outs]
                     for outs in outputs],
         "input_dtypes": sorted({str(x.dtype).removeprefix("torch.") for x in _flat(ref["trials"][0]["inputs"])
@@ -148,6 +157,104 @@ def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable
                          "state_dict": fingerprint(ref["state_dict"]),
                          "trials": [tr["fingerprint"] for tr in ref["trials"]]},
     }
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a nested list / tuple / dict (each storage counted once)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            key = st._cdata
+            if key not in seen:
+                seen.add(key)
+                total += int(st.nbytes())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+    return total
+
+
+def estimate_footprint(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    """The task's sizes without allocating them: the model, its inputs and one forward on the meta
+    device (shapes only). Bytes of the weights, of one trial's inputs and outputs, and the peak of the
+    tensors a forward creates while it runs (its temporaries and outputs), for the parent to admit the
+    evaluation onto a GPU and to size the workers' host-memory limits before anything real is built.
+    Also reports the GPU's total memory. A task that cannot run on the meta device (explicit
+    devices, data-dependent ops) gets ``status: "error"``: the parent then falls back to a default."""
+    import torch
+
+    from kernelgym import task as taskmod
+    from kernelgym.evaluation.jobs import seed_all
+
+    out: dict[str, Any] = {"status": "ok"}
+    if torch.cuda.is_available():
+        out["gpu_total_bytes"] = int(torch.cuda.get_device_properties(0).total_memory)
+    progress("footprint")
+    try:
+        module = taskmod.exec_source(msg["source"], "kernelgym_footprint", filename="<reference>")
+        seed_all(0)
+        with torch.device("meta"), torch.no_grad():
+            model = module.Model(*module.get_init_inputs())
+            inputs = list(module.get_inputs())
+            live = _LiveBytes()
+            with live:
+                outputs = model(*inputs)
+            out.update(weight_bytes=_tensor_bytes(list(model.state_dict().values())),
+                       input_bytes=_tensor_bytes(inputs), output_bytes=_tensor_bytes(outputs),
+                       forward_peak_bytes=live.peak)
+    except BaseException as exc:  # noqa: BLE001 - a task the meta device cannot run: estimated otherwise
+        out.update(status="error", error=describe(exc))
+    finally:
+        import sys
+
+        sys.modules.pop("kernelgym_footprint", None)
+    return out
+
+
+def _live_bytes_mode() -> Any:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LiveBytes(TorchDispatchMode):
+        """Bytes of the tensors created inside it and still alive, and their peak (new storages only:
+        views and in-place results share an existing one)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+
+        def _free(self, n: int) -> None:
+            self.live -= n
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            import weakref
+
+            import torch
+            from torch.utils._pytree import tree_leaves
+
+            result = func(*args, **(kwargs or {}))
+            if getattr(func, "is_view", False):
+                return result
+            given = {id(a) for a in tree_leaves((args, kwargs or {})) if isinstance(a, torch.Tensor)}
+            for t in tree_leaves(result):
+                if isinstance(t, torch.Tensor) and id(t) not in given:
+                    n = int(t.untyped_storage().nbytes())
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, n)
+            return result
+
+    return LiveBytes
+
+
+def _LiveBytes() -> Any:  # noqa: N802 - a class made on first use (torch is imported lazily here)
+    return _live_bytes_mode()()
 
 
 def _flat(obj: Any) -> list[Any]:

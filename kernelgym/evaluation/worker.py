@@ -35,6 +35,7 @@ def _handlers() -> dict[str, Any]:
         "time": candidate.time_candidate,
         "end_candidate": candidate.end_candidate,
         "ptx": ptx.run_ptx_check,
+        "footprint": reference.estimate_footprint,
     }
 
 

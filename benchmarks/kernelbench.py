@@ -1,0 +1,503 @@
+"""KernelBench end to end: a policy's kernels for KernelBench's problems, judged by kernelgym's evaluator.
+
+PATH is a KernelBench checkout the user has (its problems in PATH/level{1,2,3} or
+PATH/KernelBench/level{1,2,3}; its published timings in PATH/results/timing/<hardware>/); the
+project ships none of its files. Per level it reports the problems the compiler traced, those the
+policy compiled, those judged ``ok`` in strict and in lenient mode, fast_1 against eager and
+against torch.compile over *all* problems (a failure is not fast: KernelBench's fast_p), the
+geomean speedup of the problems judged ok, and the ratio of our eager (and torch.compile) baseline
+to the times KernelBench publishes for an H100 (a cross-check of the timer), plus the per-kernel
+profile of the losers (ok but slower than eager). Writes ``kernelbench.json`` in --out.
+
+Each problem's candidate is proposed in a forked child process with a time limit (--task-timeout:
+tracing a problem at KernelBench's sizes on a CPU can take minutes), then judged by an
+`Evaluator`. A policy that searches (``search()``, e.g. --policy search) runs in this process
+instead, without the limit. In --mode both, lenient mode judges only the problems strict mode did
+not solve: a kernel ok in strict mode is an ok lenient answer too (it computes everything in
+Triton), and its row says so (``lenient_from: "strict"``).
+
+--trace-only (CPU, no evaluation): per level, the problems the compiler traced and compiled in
+strict and lenient mode.
+
+Usage: python benchmarks/kernelbench.py PATH [--levels 1,2,3] [--policy compiler|search|MODULE:ATTR]
+       [--mode strict|lenient|both] [--backend auto|cuda|interpret] [--jobs J] [--workers W]
+       [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import wait as wait_for
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TIMING_FILES = {"eager": "baseline_time_torch.json", "compile": "baseline_time_torch_compile_inductor_default.json"}
+WITHIN = 0.10   # an eager baseline "agrees" with the published one within 10 %
+
+
+# -- the checkout --------------------------------------------------------------------------------
+def level_dirs(path: Path, levels: Sequence[int]) -> dict[int, Path]:
+    """The problem folder of each level: PATH/levelN or PATH/KernelBench/levelN."""
+    out = {}
+    for lv in levels:
+        for cand in (path / f"level{lv}", path / "KernelBench" / f"level{lv}"):
+            if cand.is_dir():
+                out[lv] = cand
+                break
+        else:
+            raise SystemExit(f"kernelbench: no level{lv} folder in {path} (nor in {path / 'KernelBench'})")
+    return out
+
+
+def published_timings(path: Path, hardware: str) -> dict[str, dict[tuple[int, str], float]]:
+    """KernelBench's published baseline times (ms, the mean of its trials) per (level, file name):
+    ``{"eager": {...}, "compile": {...}}`` from PATH/results/timing/<hardware>/ (empty when absent)."""
+    out: dict[str, dict[tuple[int, str], float]] = {}
+    folder = path / "results" / "timing" / hardware
+    for kind, name in TIMING_FILES.items():
+        table: dict[tuple[int, str], float] = {}
+        f = folder / name
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text())
+            except ValueError as exc:
+                raise SystemExit(f"kernelbench: {f} is not JSON: {exc}") from None
+            for level, problems in data.items():
+                m = re.fullmatch(r"level(\d+)", str(level))
+                if not m or not isinstance(problems, dict):
+                    continue
+                for fname, rec in problems.items():
+                    if isinstance(rec, dict) and isinstance(rec.get("mean"), (int, float)):
+                        table[(int(m[1]), str(fname))] = float(rec["mean"])
+        out[kind] = table
+    return out
+
+
+def load_level(folder: Path, filt: str | None, limit: int | None) -> list[Any]:
+    """The level's problems in KernelBench's numeric order, filtered by a substring or regex of the
+    file name, the first `limit` of them."""
+    from kernelgym.task import load_suite
+
+    suite = load_suite(folder)
+    for err in suite.errors:
+        print(f"kernelbench: skipping {err}", file=sys.stderr)
+    tasks = sorted(suite, key=lambda t: (int(m[1]) if (m := re.match(r"(\d+)_", t.id)) else 1 << 30, t.id))
+    if filt:
+        rx = re.compile(filt)
+        tasks = [t for t in tasks if rx.search(t.id)]
+    return tasks[:limit] if limit else tasks
+
+
+# -- proposing in children -----------------------------------------------------------------------
+def _child(conn: Any, job: Callable[[], dict[str, Any]]) -> None:
+    try:
+        out = job()
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        out = {"error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc(limit=3)[-800:]}
+    try:
+        conn.send(out)
+    finally:
+        conn.close()
+        os._exit(0)
+
+
+def in_children(jobs: Sequence[Callable[[], dict[str, Any]]], timeout: float, parallel: int) -> list[dict[str, Any]]:
+    """Run each job in a forked child, `parallel` at a time; a child past `timeout` seconds is
+    killed (its result: ``{"timed_out": True}``). Each result gains ``seconds``."""
+    ctx = multiprocessing.get_context("fork")
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    running: dict[Any, tuple[int, Any, float]] = {}
+    todo = list(range(len(jobs)))
+    while todo or running:
+        while todo and len(running) < max(1, parallel):
+            i = todo.pop(0)
+            rd, wr = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_child, args=(wr, jobs[i]), daemon=True)
+            p.start()
+            wr.close()
+            running[rd] = (i, p, time.monotonic())
+        ready = wait_for(list(running), timeout=0.2)
+        now = time.monotonic()
+        for rd in list(running):
+            i, p, t0 = running[rd]
+            if rd in ready:
+                try:
+                    res = rd.recv()
+                except EOFError:
+                    res = {"error": f"child died (exit code {p.exitcode})"}
+            elif now - t0 > timeout:
+                p.kill()
+                res = {"timed_out": True, "error": f"over the {timeout:g} s limit"}
+            else:
+                continue
+            p.join(5)
+            rd.close()
+            del running[rd]
+            results[i] = {**res, "seconds": round(now - t0, 2)}
+    return [r or {} for r in results]
+
+
+def _trace_job(task: Any) -> Callable[[], dict[str, Any]]:
+    def job() -> dict[str, Any]:
+        from policies.compiler import CompilerPolicy
+
+        out: dict[str, Any] = {"traced": False, "compiled_strict": False, "compiled_lenient": False}
+        strict = CompilerPolicy("strict")
+        try:
+            strict.program(task)
+        except Exception as exc:  # noqa: BLE001
+            return {**out, "error": f"trace: {type(exc).__name__}: {exc}"[:500]}
+        out["traced"] = True
+        lenient = CompilerPolicy("lenient")
+        lenient._programs = strict._programs   # traced once
+        for name, pol in (("strict", strict), ("lenient", lenient)):
+            try:
+                pol.compile(task)
+                out[f"compiled_{name}"] = True
+            except Exception as exc:  # noqa: BLE001
+                out[f"error_{name}"] = f"{type(exc).__name__}: {exc}"[:300]
+        return out
+    return job
+
+
+def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict[str, Any]]:
+    def job() -> dict[str, Any]:
+        policy = make_policy()
+        out: dict[str, Any] = {}
+        if callable(getattr(policy, "program", None)):   # a compiler: did it trace?
+            try:
+                policy.program(task)
+                out["traced"] = True
+            except Exception as exc:  # noqa: BLE001
+                return {"traced": False, "error": f"trace: {type(exc).__name__}: {exc}"[:500]}
+        got = policy.propose(task, n=1)
+        return {**out, "source": got[0] if got else None}
+    return job
+
+
+# -- judging -------------------------------------------------------------------------------------
+def judge(tasks: Sequence[Any], proposals: Sequence[dict[str, Any]], evaluator: Any, backend: str, mode: str,
+          jobs: int, seed: int) -> list[Any]:
+    """The verdict of each proposed source (None where there is none), `jobs` at a time."""
+    def one(i: int) -> Any:
+        src = proposals[i].get("source")
+        if not src:
+            return None
+        return evaluator.evaluate(tasks[i], src, backend, mode, seed=seed + i, task_id=tasks[i].id)
+
+    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelbench") as ex:
+        return list(ex.map(one, range(len(tasks))))
+
+
+def row_of(level: int, task: Any, prop: dict[str, Any], verdict: Any, mode: str,
+           published: dict[str, dict[tuple[int, str], float]]) -> dict[str, Any]:
+    fname = f"{task.id}.py"
+    row: dict[str, Any] = {"level": level, "problem": fname, "mode": mode, "traced": prop.get("traced"),
+                           "compiled": bool(prop.get("source")), "propose_s": prop.get("seconds"),
+                           "status": "no_candidate", "speedup": None, "speedup_vs_compile": None}
+    if prop.get("error"):
+        row["error"] = prop["error"]
+    if prop.get("timed_out"):
+        row["status"] = "policy_timeout"
+    if verdict is not None:
+        v = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict)
+        row.update(status=v["status"], speedup=v.get("speedup"), speedup_vs_compile=v.get("speedup_vs_compile"),
+                   reasons=v.get("reasons", []), error=v.get("error") or row.get("error"))
+        t = v.get("timings") or {}
+        for kind in ("eager", "compile"):
+            ms = (t.get(kind) or {}).get("median_ms")
+            row[f"{kind}_ms"] = ms
+            pub = published.get(kind, {}).get((level, fname))
+            row[f"published_{kind}_ms"] = pub
+            row[f"{kind}_ratio"] = ms / pub if ms and pub else None
+        row["candidate_ms"] = (t.get("candidate") or {}).get("median_ms")
+    return row
+
+
+def _geomean(xs: Sequence[float]) -> float | None:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(statistics.fmean(math.log(x) for x in xs)) if xs else None
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One level and mode: counts, fast_1 over all problems, geomean speedup of the ok ones, and
+    the eager / compile baselines' ratios to the published times."""
+    n = len(rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    out: dict[str, Any] = {
+        "problems": n, "traced": sum(1 for r in rows if r.get("traced")),
+        "compiled": sum(1 for r in rows if r.get("compiled")), "ok": len(ok),
+        "statuses": dict(Counter(r["status"] for r in rows)),
+        "fast_1": sum(1 for r in ok if (r.get("speedup") or 0) > 1) / n if n else None,
+        "fast_1_vs_compile": sum(1 for r in ok if (r.get("speedup_vs_compile") or 0) > 1) / n if n else None,
+        "timed": sum(1 for r in ok if r.get("speedup")),
+        "geomean_speedup": _geomean([r["speedup"] for r in ok if r.get("speedup")]),
+        "geomean_speedup_vs_compile": _geomean([r["speedup_vs_compile"] for r in ok if r.get("speedup_vs_compile")]),
+    }
+    for kind in ("eager", "compile"):
+        ratios = [r[f"{kind}_ratio"] for r in rows if r.get(f"{kind}_ratio")]
+        out[f"{kind}_vs_published"] = {
+            "n": len(ratios), "median_ratio": statistics.median(ratios) if ratios else None,
+            "within_10pct": sum(1 for x in ratios if abs(x - 1) <= WITHIN) if ratios else 0}
+    return out
+
+
+# -- profiles of the losers ----------------------------------------------------------------------
+def profile_losers(rows: list[dict[str, Any]], tasks: dict[tuple[int, str], Any], sources: dict[Any, str],
+                   k: int, forwards: int = 20) -> list[dict[str, Any]]:
+    """Per-kernel GPU times (benchmarks/kernel_profile.py's breakdown) of eager and of the candidate,
+    for the `k` ok problems with the lowest speedup under 1. Runs the candidate in this process
+    (it passed the evaluator's guards)."""
+    import torch
+
+    from benchmarks.kernel_profile import breakdown
+    from benchmarks.timing_fidelity import profile_forwards
+    from kernelgym import task as taskmod
+    from kernelgym.evaluation.jobs import seeded_task, to_device, trial_inputs
+    from kernelgym.evaluation.reference import trial_seed
+
+    losers = sorted((r for r in rows if r["status"] == "ok" and r.get("speedup") and r["speedup"] < 1),
+                    key=lambda r: r["speedup"])[:k]
+    out = []
+    tmp = Path(tempfile.mkdtemp(prefix="kernelbench-profile-"))
+    for r in losers:
+        task = tasks[(r["level"], r["problem"])]
+        prof: dict[str, Any] = {"level": r["level"], "problem": r["problem"], "mode": r["mode"], "speedup": r["speedup"]}
+        try:
+            module, init_inputs, ref = seeded_task(task.source, 0, f"kb_profile_{r['level']}_{task.id}")
+            ref = ref.cuda().eval()
+            sets = [to_device(trial_inputs(module, trial_seed(0, t)), "cuda") for t in range(3)]
+            path = tmp / f"l{r['level']}_{task.id}_{r['mode']}.py"   # @triton.jit reads its source from a file
+            path.write_text(sources[(r["level"], r["problem"], r["mode"])])
+            mod = taskmod.exec_source(path.read_text(), f"kb_cand_{r['level']}_{task.id}", filename=str(path))
+            cand = mod.ModelNew(*init_inputs)
+            cand.load_state_dict(ref.state_dict(), strict=True)
+            cand = cand.cuda().eval()
+            prof["eager"] = breakdown(profile_forwards(ref, sets, forwards))
+            prof["candidate"] = breakdown(profile_forwards(cand, sets, forwards))
+            del sets, ref, cand
+            torch.cuda.empty_cache()
+        except Exception as exc:  # noqa: BLE001 - one failing profile must not hide the others
+            prof["error"] = f"{type(exc).__name__}: {exc}"[:400]
+        out.append(prof)
+    return out
+
+
+# -- output --------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(140, Console().width))
+    if report.get("trace_only"):
+        t = Table(title=f"KernelBench trace/compile coverage (CPU; {report['task_timeout_s']:g} s a problem)")
+        for col in ("level", "problems", "traced", "compiled strict", "compiled lenient", "timed out", "median s"):
+            t.add_column(col, justify="right")
+        for lv, s in report["levels"].items():
+            t.add_row(str(lv), str(s["problems"]), str(s["traced"]), str(s["compiled_strict"]),
+                      str(s["compiled_lenient"]), str(s["timed_out"]), _num(s["median_s"], ".1f"))
+        console.print(t)
+        return
+    t = Table(title=f"KernelBench: {report['policy']} ({report['backend']})")
+    for col in ("level", "mode", "problems", "traced", "compiled", "ok", "fast_1 eager", "fast_1 compile",
+                "geomean (ok)", "geomean vs compile", "eager / published (n, within 10 %)"):
+        t.add_column(col, justify="right")
+    for lv, modes in report["levels"].items():
+        for mode, s in modes.items():
+            pub = s["eager_vs_published"]
+            t.add_row(str(lv), mode, str(s["problems"]), str(s["traced"]), str(s["compiled"]), str(s["ok"]),
+                      _pct(s["fast_1"]), _pct(s["fast_1_vs_compile"]), _num(s["geomean_speedup"]),
+                      _num(s["geomean_speedup_vs_compile"]),
+                      f"{_num(pub['median_ratio'], '.3f')} ({pub['n']}, {pub['within_10pct']})")
+    console.print(t)
+    for p in report.get("loser_profiles", []):
+        console.print(f"\n[bold]loser[/bold] level {p['level']} {p['problem']} ({p['mode']}): speedup {p['speedup']:.2f}")
+        if "error" in p:
+            console.print(f"  profile failed: {p['error']}")
+            continue
+        for who in ("eager", "candidate"):
+            b = p[who]
+            console.print(f"  {who}: {b['total_us']:.1f} us in kernels")
+            for kern in b["kernels"][:8]:
+                console.print(f"    {kern['us']:>9.1f} us  {kern['name'][:90]}")
+
+
+# -- main ----------------------------------------------------------------------------------------
+def _levels(text: str) -> list[int]:
+    try:
+        out = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--levels takes numbers like 1,2,3, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"--levels takes numbers >= 1 like 1,2,3, got {text!r}")
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("path", type=Path, help="a KernelBench checkout (levelN folders, results/timing)")
+    ap.add_argument("--levels", type=_levels, default=[1, 2, 3], help="levels, e.g. 1,2 (default 1,2,3)")
+    ap.add_argument("--policy", default="compiler", help="compiler | search | llm | MODULE:ATTR (default compiler)")
+    ap.add_argument("--base", default="compiler", help="base policy of a wrapping policy (search)")
+    ap.add_argument("--mode", choices=["strict", "lenient", "both"], default="both")
+    ap.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
+    ap.add_argument("--jobs", type=int, default=None, help="problems proposed / judged at once (default: workers)")
+    ap.add_argument("--workers", type=int, default=None, help="candidate evaluation workers")
+    ap.add_argument("--timeout", type=float, default=None, help="evaluation wall-time limit per phase, seconds")
+    ap.add_argument("--limit", type=int, default=None, help="the first N problems of each level")
+    ap.add_argument("--filter", default=None, help="only problems whose file name matches (regex or substring)")
+    ap.add_argument("--task-timeout", type=float, default=120.0,
+                    help="seconds a problem's proposal (trace + compile) may take (default 120)")
+    ap.add_argument("--trace-only", action="store_true", help="CPU only: trace/compile coverage, no evaluation")
+    ap.add_argument("--hardware", default="H100_Modal",
+                    help="the published timings to compare with: PATH/results/timing/<this> (default H100_Modal)")
+    ap.add_argument("--profile-losers", type=int, default=5, help="profile the K slowest ok problems (GPU; 0: none)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "kernelbench")
+    args = ap.parse_args(argv)
+    if not args.path.is_dir():
+        ap.error(f"PATH {str(args.path)!r} is not a directory (a KernelBench checkout)")
+    for name in ("jobs", "workers", "limit"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name} must be >= 1, got {v}")
+    if not args.task_timeout > 0:
+        ap.error(f"--task-timeout must be > 0, got {args.task_timeout}")
+    if args.filter is not None:
+        try:
+            re.compile(args.filter)
+        except re.error as exc:
+            ap.error(f"--filter {args.filter!r} is not a regular expression: {exc}")
+    return args
+
+
+def trace_only(args: argparse.Namespace, levels: dict[int, list[Any]]) -> dict[str, Any]:
+    jobs = args.jobs or max(1, (os.cpu_count() or 2) // 2)
+    report: dict[str, Any] = {"benchmark": "kernelbench", "trace_only": True, "task_timeout_s": args.task_timeout,
+                              "levels": {}, "rows": []}
+    for lv, tasks in levels.items():
+        res = in_children([_trace_job(t) for t in tasks], args.task_timeout, jobs)
+        rows = [{"level": lv, "problem": f"{t.id}.py", **r} for t, r in zip(tasks, res)]
+        report["rows"] += rows
+        secs = [r["seconds"] for r in rows if "seconds" in r and not r.get("timed_out")]
+        report["levels"][lv] = {
+            "problems": len(rows), "traced": sum(1 for r in rows if r.get("traced")),
+            "compiled_strict": sum(1 for r in rows if r.get("compiled_strict")),
+            "compiled_lenient": sum(1 for r in rows if r.get("compiled_lenient")),
+            "timed_out": sum(1 for r in rows if r.get("timed_out")),
+            "median_s": statistics.median(secs) if secs else None,
+            "errors": dict(Counter(_error_kind(r.get("error") or r.get("error_strict") or "") for r in rows
+                                   if not r.get("compiled_strict")).most_common(12)),
+        }
+    return report
+
+
+def _error_kind(text: str) -> str:
+    """A failure's first words (enough to group them)."""
+    return re.sub(r"\d+", "N", text)[:70] if text else "?"
+
+
+def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
+                    published: dict[str, dict[tuple[int, str], float]]) -> dict[str, Any]:
+    from kernelgym.evaluation import Evaluator
+    from kernelgym.evaluation.evaluator import resolve_backend
+    from kernelgym.runner import build_policy, run_task
+
+    backend = resolve_backend(args.backend)
+    modes = ["strict", "lenient"] if args.mode == "both" else [args.mode]
+    ev_kw: dict[str, Any] = {"workers": args.workers}
+    if args.timeout:
+        ev_kw["timeout"] = args.timeout
+    report: dict[str, Any] = {"benchmark": "kernelbench", "path": str(args.path), "policy": args.policy,
+                              "backend": backend, "modes": modes, "hardware": args.hardware, "levels": {}, "rows": []}
+    sources: dict[tuple[int, str, str], str] = {}
+    t0 = time.perf_counter()
+    with Evaluator(**ev_kw) as ev:
+        jobs = args.jobs or max(2, ev.workers)
+
+        def make(mode: str) -> Callable[[], Any]:
+            return lambda: build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=None,
+                                        seed=args.seed)
+
+        for lv, tasks in levels.items():
+            report["levels"][lv] = {}
+            done: dict[str, dict[str, Any]] = {}    # problem -> its strict row, when ok
+            for mode in modes:
+                todo = [t for t in tasks if f"{t.id}.py" not in done]
+                policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed)
+                if callable(getattr(policy, "search", None)):   # searches judge as they go: in this process
+                    results = [run_task(t, policy, ev, backend, mode, args.seed + i) for i, t in enumerate(todo)]
+                    props = [{"source": r.source, "error": r.policy_error} for r in results]
+                    verdicts = [r.verdict if r.source else None for r in results]
+                else:
+                    props = in_children([_propose_job(t, make(mode)) for t in todo], args.task_timeout, jobs)
+                    verdicts = judge(todo, props, ev, backend, mode, jobs, args.seed)
+                rows = {f"{t.id}.py": row_of(lv, t, p, v, mode, published) for t, p, v in zip(todo, props, verdicts)}
+                for t, p in zip(todo, props):
+                    if p.get("source"):
+                        sources[(lv, f"{t.id}.py", mode)] = p["source"]
+                for name, r in done.items():   # ok in strict mode: an ok lenient answer too
+                    rows[name] = {**r, "mode": mode, "lenient_from": "strict"}
+                ordered = [rows[f"{t.id}.py"] for t in tasks]
+                report["rows"] += ordered
+                report["levels"][lv][mode] = summarize(ordered)
+                if mode == "strict":
+                    done = {r["problem"]: r for r in ordered if r["status"] == "ok"}
+                print(f"level {lv} {mode}: {report['levels'][lv][mode]['ok']}/{len(tasks)} ok "
+                      f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+                # so far, in case the run is cut short (a GPU call's time limit)
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "kernelbench.partial.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        report["gpu_memory"] = {str(k): v for k, v in ev.gpu_memory().items()}
+        report["evaluator_stats"] = dict(ev.stats)
+    report["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    if backend == "cuda" and args.profile_losers:
+        by_key = {(lv, f"{t.id}.py"): t for lv, ts in levels.items() for t in ts}
+        own = [r for r in report["rows"] if not r.get("lenient_from")]
+        report["loser_profiles"] = profile_losers(own, by_key, sources, args.profile_losers)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    folders = level_dirs(args.path, args.levels)
+    levels = {lv: load_level(folder, args.filter, args.limit) for lv, folder in folders.items()}
+    if args.trace_only:
+        report = trace_only(args, levels)
+    else:
+        report = evaluate_levels(args, levels, published_timings(args.path, args.hardware))
+    report["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    print_tables(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / ("kernelbench_trace.json" if args.trace_only else "kernelbench.json")
+    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
