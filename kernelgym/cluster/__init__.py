@@ -10,37 +10,16 @@ when a Ray cluster is asked for.
 from __future__ import annotations
 
 import atexit
-import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from kernelgym.evaluation.clusters import ENV_VAR, parse_cluster
 
 if TYPE_CHECKING:
     from kernelgym.cluster.ray_pool import RayPool
     from kernelgym.evaluation.evaluator import Evaluator, Reference
     from kernelgym.evaluation.verdict import Verdict
-
-ENV_VAR = "KERNELGYM_CLUSTER"
-
-
-def parse_cluster(cluster: str | None) -> tuple[str, str | None]:
-    """``(kind, address)`` for a cluster spec; None reads ``KERNELGYM_CLUSTER`` (default local).
-
-    ``"local"`` -> ("local", None); ``"ray"`` -> ("ray", None); ``"ray://host:port"`` -> ("ray", that).
-    """
-    spec = cluster if cluster is not None else (os.environ.get(ENV_VAR) or "local")
-    if not isinstance(spec, str):
-        raise TypeError(f"cluster must be a string, got {type(spec).__name__}")
-    spec = spec.strip()
-    if spec == "local":
-        return "local", None
-    if spec == "ray":
-        return "ray", None
-    if spec.startswith("ray://") and len(spec) > len("ray://"):
-        return "ray", spec
-    origin = f" (from {ENV_VAR})" if cluster is None else ""
-    raise ValueError(f"unknown cluster {spec!r}{origin}; expected 'local', 'ray' or 'ray://host:port'")
-
 
 _POOLS: dict[tuple, RayPool] = {}
 _REGISTERED: dict[str | None, RayPool] = {}

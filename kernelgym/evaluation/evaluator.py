@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Union
 
 from kernelgym.evaluation.check import TrialResult
+from kernelgym.evaluation.clusters import parse_cluster, remote_batch
 from kernelgym.evaluation.extract import FormatError, check_format, extract_code
 from kernelgym.evaluation.guards.static import check_source as static_check
 from kernelgym.evaluation.pool import (
@@ -556,12 +557,10 @@ class Evaluator:
 
         With `seed` set, pair i uses a seed derived from (seed, i), so a batch is reproducible.
         """
-        if cluster != "local":  # None: KERNELGYM_CLUSTER decides; "ray" / "ray://host:port": the Ray pool
-            from kernelgym.cluster import evaluate_batch_on_cluster, parse_cluster
-
-            if parse_cluster(cluster)[0] != "local":
-                return evaluate_batch_on_cluster(cluster, pairs, backend, mode, seed=seed, trials=trials,
-                                                 timeout=timeout, evaluator=self)
+        kind, _ = parse_cluster(cluster)  # None: KERNELGYM_CLUSTER decides
+        if kind != "local":
+            return remote_batch(kind)(cluster, pairs, backend, mode, seed=seed, trials=trials, timeout=timeout,
+                                      evaluator=self)
         backend = resolve_backend(backend)
         pairs = list(pairs)
         seeds = [None if seed is None else trial_seed(seed, 1000 + i) for i in range(len(pairs))]
