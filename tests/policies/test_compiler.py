@@ -18,6 +18,7 @@ import pytest
 
 from kernelgym.ops import CATALOG
 from kernelgym.sampler import Graph, sample_task
+from kernelgym.sampler.model import VIEW_OPS
 from kernelgym.task import Task
 from policies.base import Attempt
 from policies.compiler import (
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # -- helpers --------------------------------------------------------------------------------------
 def single_op_task(op: str, seed: int = 0) -> Task:
     """A tiny sampled task whose graph is `op` alone (views after a relu: they need a producer)."""
-    if op in ("flatten", "merge_last"):
+    if op in VIEW_OPS:
         return sample_task(2, seed, ops=["relu", op])
     return sample_task(1, seed, ops=[op])
 
