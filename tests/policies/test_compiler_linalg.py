@@ -158,3 +158,26 @@ def test_manual_attention_is_refused_at_its_mask_only():
         graph_from_source(PROBLEMS["manual_attention"][0])
     msg = str(info.value).split(": ", 1)[1]
     assert ";" not in msg and ("_tensor_constant0" in msg or "masked_fill" in msg), msg
+
+
+GPU_PROBLEMS = {
+    # KernelBench level 1 97's form at a smaller size; a head dim of 256 splits the value dim
+    "sdpa": problem("Q, K, V", "return F.scaled_dot_product_attention(Q, K, V)",
+                    "torch.rand(4, 8, 512, 256), torch.rand(4, 8, 512, 256), torch.rand(4, 8, 512, 256)"),
+    "sdpa_causal_fp16": problem("Q, K, V", "return F.scaled_dot_product_attention(Q, K, V, is_causal=True)",
+                                ", ".join(["torch.randn(8, 16, 1000, 64, dtype=torch.float16)"] * 3)),
+    "einsum_4d_matrix": problem("A, B", 'return torch.einsum("bijl,lk->bijk", A, B)',
+                                "torch.rand(4, 64, 128, 256), torch.rand(256, 384)"),
+    "matmul_4d_broadcast": problem("q, k", "return q @ k.transpose(-2, -1)",
+                                   "torch.randn(4, 8, 256, 64), torch.randn(1, 8, 300, 64)"),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_PROBLEMS))
+def test_family_problems_are_correct_on_the_gpu(evaluator, name):
+    task = Task.from_source(GPU_PROBLEMS[name])
+    src = CompilerPolicy().compile(task)
+    v = evaluator.evaluate(task, src, backend="cuda", seed=3)
+    assert v.status == "ok", (v.status, v.reasons, v.error[:500])
+    assert v.speedup is not None
