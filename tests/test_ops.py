@@ -13,6 +13,7 @@ from kernelgym.cli import main as cli_main
 from kernelgym.ops import CATALOG, CATEGORIES, get_op, ops_in
 from kernelgym.ops.infer import infer_shape
 from kernelgym.sampler import Graph, TaskSampler
+from kernelgym.sampler.model import VIEW_OPS
 from kernelgym.task import exec_source
 
 REQUIRED = {
@@ -80,7 +81,7 @@ def _run(task):
 @given(seed=st.integers(0, 10**6))
 def test_shape_rule_agrees_with_pytorch(name, seed):
     """Random valid dims for every op: z3's predicted shape is what PyTorch returns."""
-    difficulty = 1 if name not in ("flatten", "merge_last") else 2  # views need a producer node
+    difficulty = 1 if name not in VIEW_OPS else 2  # views need a producer node
     ops = [name] if difficulty == 1 else ["relu", name]
     task = _SAMPLER.sample(difficulty, seed, ops=ops)
     graph = Graph.from_dict(task.graph)

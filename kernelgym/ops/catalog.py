@@ -281,16 +281,17 @@ register(OpSpec(
 
 
 def _matmul_shape(a, o, p, c):
+    # (..., M, K) @ (K, N): any rank against a matrix (KernelBench's 3-D and 4-D tensor-matrix products)
     x, y = a
-    return [x.rank == 2, y.rank == 2, x.dims[0] == y.dims[1], o.rank == 2, o.dims[1] == x.dims[1],
-            o.dims[0] == y.dims[0], *pad_ones(o, 2)]
+    return [ranks(x, 2, MAX_RANK), y.rank == 2, x.dims[0] == y.dims[1], *keep_except(x, o, [0]),
+            o.dims[0] == y.dims[0]]
 
 
 register(OpSpec(
     name="matmul", category="matmul", arity=2,
     call=lambda a, p: f"torch.matmul({a[0]}, {a[1]})",
     shape=_matmul_shape, flops=lambda ins, o, p: 2 * numel(o) * ins[0][-1], min_rank=2,
-    doc="torch.matmul of (M, K) and (K, N)", log_flops=lambda a, o, p, c: sum(o.logs) + a[0].logs[0] + 1,
+    doc="torch.matmul of (..., M, K) and (K, N)", log_flops=lambda a, o, p, c: sum(o.logs) + a[0].logs[0] + 1,
 ))
 
 
@@ -311,7 +312,7 @@ register(OpSpec(
 def _addmm_shape(a, o, p, c):
     bias, x, y = a
     return _matmul_shape([x, y], o, p, c) + [
-        ranks(bias, 1, 2), z3.Or(bias.dims[0] == o.dims[0], bias.dims[0] == 1),
+        x.rank == 2, ranks(bias, 1, 2), z3.Or(bias.dims[0] == o.dims[0], bias.dims[0] == 1),
         z3.Or(bias.dims[1] == o.dims[1], bias.dims[1] == 1),
     ]
 
@@ -560,3 +561,168 @@ register(OpSpec(
     index_bound=lambda ins, o, p: ins[0][-1], out_range="first",
     doc="torch.gather(x, -1, indices)",
 ))
+
+
+# ---- the matmul / attention / view family: einsum, attention, triu, views and copies -------------
+# Slot parameters (`dim`) count from the right, 1 = the last dim, as the reductions' do.
+
+
+def einsum_operands(eq: str) -> tuple[list[str], str]:
+    """The operand subscripts and the output subscript of an explicit einsum equation
+    ("bik,bkj->bij"); raises ValueError for an implicit output, an ellipsis or a letter repeated
+    within one operand (diagonals), which no catalog rule covers."""
+    if "->" not in eq or "." in eq:
+        raise ValueError(f"einsum {eq!r}: only explicit equations without '...' are supported")
+    lhs, out = eq.replace(" ", "").split("->")
+    ins = lhs.split(",")
+    for s in [*ins, out]:
+        if not s.isalpha() or len(set(s)) != len(s):
+            raise ValueError(f"einsum {eq!r}: subscripts must be distinct letters per operand")
+    if set(out) - set("".join(ins)):
+        raise ValueError(f"einsum {eq!r}: an output letter appears in no operand")
+    return ins, out
+
+
+def _einsum_shape(a, o, p, c):
+    ins, out = einsum_operands(p["eq"])
+    size: dict[str, z3.ArithRef] = {}
+    cs = []
+    for t, subs in [*zip(a, ins), (o, out)]:
+        cs.append(t.rank == len(subs))
+        for i, ch in enumerate(subs):
+            slot = len(subs) - 1 - i
+            if ch in size:
+                cs.append(t.dims[slot] == size[ch])
+            else:
+                size[ch] = t.dims[slot]
+        cs += [t.dims[m] == 1 for m in range(len(subs), MAX_RANK)]
+    return cs
+
+
+def _einsum_sizes(ins: list[tuple[int, ...]], eq: str) -> dict[str, int]:
+    subs, _ = einsum_operands(eq)
+    return {ch: d for s, shape in zip(subs, ins) for ch, d in zip(s, shape)}
+
+
+def _einsum_flops(ins, o, p):
+    subs, out = einsum_operands(p["eq"])
+    sizes = _einsum_sizes(ins, p["eq"])
+    summed = [ch for ch in sizes if ch not in out]
+    return 2 * numel(o) * numel([sizes[ch] for ch in summed])
+
+
+def _einsum_log_flops(a, o, p, c):
+    subs, out = einsum_operands(p["eq"])
+    seen: set[str] = set()
+    logs = []
+    for t, s in zip(a, subs):
+        for i, ch in enumerate(s):
+            if ch not in out and ch not in seen:
+                seen.add(ch)
+                logs.append(t.logs[len(s) - 1 - i])
+    return sum(o.logs) + sum(logs) + 1
+
+
+register(OpSpec(
+    name="einsum", category="matmul", arity=2,
+    call=lambda a, p: f'torch.einsum("{p["eq"]}", {a[0]}, {a[1]})',
+    shape=_einsum_shape, flops=_einsum_flops,
+    # contractions that are (batched) matmuls, as KernelBench writes them: a 4-D tensor times a
+    # matrix, bmm, attention scores (q k^T) and outputs, and the transposed-operand products
+    params=(Param("eq", ("bijl,lk->bijk", "bik,bkj->bij", "bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd", "ik,jk->ij",
+                         "ki,kj->ij")),),
+    min_rank=2, doc="torch.einsum(eq, a, b): a contraction that is a (batched) matmul",
+    log_flops=_einsum_log_flops,
+))
+
+
+def _sdpa_shape(a, o, p, c):
+    # q (..., L, E), k (..., S, E), v (..., S, Ev) with the same leading dims -> (..., L, Ev)
+    q, k, v = a
+    cs = [ranks(q, 2, MAX_RANK), k.rank == q.rank, v.rank == q.rank, k.dims[0] == q.dims[0],
+          v.dims[1] == k.dims[1], *keep_except(q, o, [0]), o.dims[0] == v.dims[0]]
+    cs += [z3.And(k.dims[m] == q.dims[m], v.dims[m] == q.dims[m]) for m in range(2, MAX_RANK)]
+    return cs
+
+
+register(OpSpec(
+    name="sdpa", category="matmul", arity=3,
+    call=lambda a, p: f"F.scaled_dot_product_attention({a[0]}, {a[1]}, {a[2]}, is_causal={p['causal']})",
+    shape=_sdpa_shape, params=(Param("causal", (False, True)),),
+    flops=lambda ins, o, p: 2 * numel(ins[0][:-1]) * ins[1][-2] * (ins[0][-1] + ins[2][-1]) + 4 * numel(o),
+    min_rank=2, out_range=REAL, doc="F.scaled_dot_product_attention(q, k, v, is_causal)",
+    # lead * L * Ev (the output) * S * E, over-counting when Ev and E differ (a budget, not a count)
+    log_flops=lambda a, o, p, c: sum(o.logs) + a[1].logs[1] + a[0].logs[0] + 2,
+))
+register(OpSpec(
+    name="triu", category="where", arity=1,
+    call=lambda a, p: f"torch.triu({a[0]})",
+    shape=lambda a, o, p, c: same_shape(a[0], o) + [a[0].rank >= 2, a[0].dims[0] >= 2, a[0].dims[1] >= 2],
+    flops=_per_out(1), min_rank=2, out_range=REAL, doc="torch.triu(x): mask below the diagonal",
+))
+
+
+def _unsqueeze_shape(a, o, p, c):
+    x, k = a[0], p["dim"] - 1
+    cs = [o.rank == x.rank + 1, x.rank + 1 >= p["dim"], x.rank <= MAX_RANK - 1, o.dims[k] == 1]
+    cs += [o.dims[m] == (x.dims[m] if m < k else x.dims[m - 1]) for m in range(MAX_RANK) if m != k]
+    return cs
+
+
+def _view_op(name: str, call: Any, shape: Any, params: tuple[Param, ...], doc: str, min_rank: int = 1,
+             category: str = "shape") -> None:
+    register(OpSpec(name=name, category=category, arity=1, call=call, shape=shape, flops=lambda ins, o, p: 0,
+                    params=params, min_rank=min_rank, out_range="first", doc=doc))
+
+
+_SLOT = Param("dim", (1, 2))
+_view_op("unsqueeze", lambda a, p: f"{a[0]}.unsqueeze({-p['dim']})", _unsqueeze_shape, (Param("dim", (1, 2, 3)),),
+         "x.unsqueeze(-dim): a new size-1 dim")
+_view_op("squeeze", lambda a, p: f"{a[0]}.squeeze({-p['dim']})",
+         lambda a, o, p, c: [a[0].rank >= max(p["dim"], 2), a[0].dims[p["dim"] - 1] == 1,
+                             *drop_slot(a[0], o, p["dim"] - 1)],
+         (Param("dim", (1, 2, 3)),), "x.squeeze(-dim): drop a size-1 dim", min_rank=2)
+_view_op("clone", lambda a, p: f"{a[0]}.clone()", lambda a, o, p, c: same_shape(a[0], o), (), "x.clone()")
+_view_op("flip", lambda a, p: f"torch.flip({a[0]}, dims=({-p['dim']},))",
+         lambda a, o, p, c: same_shape(a[0], o) + [a[0].rank >= p["dim"], a[0].dims[p["dim"] - 1] >= 2],
+         (_SLOT,), "torch.flip(x, dims=(-dim,))")
+
+
+def _narrow_shape(a, o, p, c):
+    # length = size - drop, starting at `start` (so start <= drop)
+    x, k = a[0], p["dim"] - 1
+    if p["start"] > p["drop"]:
+        return [z3.BoolVal(False)]
+    return [x.rank >= p["dim"], *keep_except(x, o, [k]), o.dims[k] == x.dims[k] - p["drop"], o.dims[k] >= 1]
+
+
+_view_op("narrow", lambda a, p: f"{a[0]}.narrow({-p['dim']}, {p['start']}, {p['_out'][-p['dim']]})", _narrow_shape,
+         (_SLOT, Param("start", (0, 1)), Param("drop", (1, 2))),
+         "x.narrow(-dim, start, size - drop): a slice of one dim")
+_view_op("select", lambda a, p: f"{a[0]}.select({-p['dim']}, {p['index']})",
+         lambda a, o, p, c: [a[0].rank >= max(p["dim"], 2), a[0].dims[p["dim"] - 1] > p["index"],
+                             *drop_slot(a[0], o, p["dim"] - 1)],
+         (_SLOT, Param("index", (0, 1))), "x.select(-dim, index): one index of a dim, the dim dropped", min_rank=2)
+
+
+def _expand_shape(a, o, p, c):
+    x, k = a[0], p["dim"] - 1
+    n = c.fresh("size")
+    return [x.rank >= p["dim"], x.dims[k] == 1, *keep_except(x, o, [k]), o.dims[k] == n, n >= 2]
+
+
+_view_op("expand", lambda a, p: f"{a[0]}.expand({', '.join(map(str, p['_out']))})", _expand_shape, (_SLOT,),
+         "x.expand(*shape): a size-1 dim broadcast to a size (a view)")
+
+
+def _repeat_call(a: list[str], p: dict[str, Any]) -> str:
+    rank, dim = len(p["_in"][0]), p["dim"]
+    reps = [1] * rank
+    reps[rank - dim] = p["times"]
+    return f"{a[0]}.repeat({', '.join(map(str, reps))})"
+
+
+_view_op("repeat", _repeat_call,
+         lambda a, o, p, c: [a[0].rank >= p["dim"], *keep_except(a[0], o, [p["dim"] - 1]),
+                             o.dims[p["dim"] - 1] == a[0].dims[p["dim"] - 1] * p["times"]],
+         (_SLOT, Param("times", (2, 3))), "x.repeat(...): one dim tiled `times` times")

@@ -38,7 +38,8 @@ from kernelgym.ops.spec import MAX_RANK, RuleCtx, SymTensor, log_link
 from kernelgym.sampler.profiles import DifficultyProfile, SizeProfile
 
 MAX_ARITY = max(op.arity for op in CATALOG.values())
-VIEW_OPS = frozenset({"flatten", "merge_last"})  # may return a view of their argument
+# Ops that may return a view of their argument (a view of an input would be an aliased output).
+VIEW_OPS = frozenset({"flatten", "merge_last", "unsqueeze", "squeeze", "narrow", "select", "expand"})
 REDUCTION_CATEGORIES = frozenset({"reduction", "softmax", "norm", "cumulative"})
 MATMUL_CATEGORIES = frozenset({"matmul", "conv"})
 UNUSED, FRESH = -2, -1

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from kernelgym.ops import get_op
 from kernelgym.task import Task
 from policies.base import Attempt
 from policies.compiler.ir import (
@@ -150,7 +151,10 @@ class CompilerPolicy:
                 shapes |= {tuple(a): prog.shape(a) for a in node.args if not (a[0] == "node" and a[1] in k.nodes)}
                 weights = prog.weights.get(j, {})
                 shapes |= {key: tuple(prog.state_by_key[key].shape) for key in weights.values()}
-                if kind(node.op) in ("matmul", "conv"):
+                if node.op in ("einsum", "sdpa"):  # products of two operands (sdpa: two of them)
+                    spec = get_op(node.op)
+                    flops += spec.flops([prog.shape(a) for a in node.args], tuple(node.shape), node.params)
+                elif kind(node.op) in ("matmul", "conv"):
                     # the reduction length: a weight's elements per output channel, else a's last dim
                     w = shapes.get(weights.get("weight"))
                     red = numel(w) // max(1, w[0]) if w else prog.shape(node.args[-2])[-1]

@@ -218,6 +218,8 @@ BINARY = {
     "masked_fill": "tl.where({b} < 0, 0.0, {a})",
 }
 DEFAULT_PARAMS = {"elu": {"alpha": 1.0}}
+# Views and copies lowered as a coordinate map into their argument (`KernelWriter._view_copy_coords`).
+VIEW_COPY_OPS = frozenset({"unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat"})
 
 # @triton.jit helpers the formulas may call, emitted once per module when used.
 HELPERS = {
@@ -508,6 +510,15 @@ class KernelWriter:
             return self._embedding(j, c, mask)
         if op in ("max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d"):
             return self._pool(j, c, mask)
+        if op == "clone":
+            return self.arg(j, 0, c, mask)
+        if op == "triu":
+            x = self.arg(j, 0, c, mask)
+            diag = int(p.get("diagonal", 0))
+            rhs = f"{c.dims[-2]}" if diag == 0 else f"{paren(c.dims[-2])} + {diag}"
+            return f"tl.where({c.dims[-1]} >= {rhs}, {x}, 0.0)"
+        if op in VIEW_COPY_OPS:
+            return self.value(node.args[0], self._view_copy_coords(j, c), mask)
         raise CompileError(f"node {j}: op {op!r} has no pointwise lowering")
 
     def _formula(self, template: str, p: dict[str, Any], **vals: str) -> str:
@@ -567,6 +578,49 @@ class KernelWriter:
             dims += list(c.dims[start + 1:])
             return Coords(src, dims, ("F", c.key, start, end), c.flat, c.flat_axes)
         raise AssertionError(node.op)
+
+    def _view_copy_coords(self, j: int, c: Coords) -> Coords:
+        """Coordinates in the argument of a view or copy (`VIEW_COPY_OPS`) for output coordinates
+        `c`. Slot parameters ``dim`` count from the right (the catalog's); the tracer may give
+        ``dims`` (axes from the left) for a flip over several dims."""
+        node = self.prog.graph.nodes[j]
+        op, p = node.op, node.params
+        src = tuple(self.prog.shape(node.args[0]))
+        out = tuple(c.shape)
+        key = ("VC", op, j, c.key)
+        if op == "unsqueeze":  # same elements in the same order: the flat index carries over
+            axis = len(out) - int(p["dim"])
+            return Coords(src, c.dims[:axis] + c.dims[axis + 1:], key, c.flat, c.flat_axes)
+        if op in ("squeeze", "select"):
+            axis = len(src) - int(p["dim"])
+            index = int(p.get("index", 0))
+            dims = c.dims[:axis] + [Expr(str(index)) if index else ZERO] + c.dims[axis:]
+            return Coords(src, dims, key, c.flat if op == "squeeze" else None,
+                          c.flat_axes if op == "squeeze" else frozenset())
+        if op == "flip":
+            axes = p["dims"] if "dims" in p else (len(src) - int(p["dim"]),)
+            dims = list(c.dims)
+            for a in axes:
+                dims[a] = ZERO if src[a] == 1 else Expr(f"{src[a] - 1} - {paren(c.dims[a])}", c.dims[a].axes)
+            return Coords(src, dims, key)
+        if op == "narrow":
+            axis = len(src) - int(p["dim"])
+            start = int(p["start"])
+            dims = list(c.dims)
+            if start:
+                dims[axis] = Expr(f"{paren(c.dims[axis])} + {start}", c.dims[axis].axes)
+            return Coords(src, dims, key)
+        if op == "expand":  # broadcasting: size-1 (and new leading) dims read index 0
+            return broadcast(c, src)
+        if op == "repeat":  # tiles: coordinate modulo the argument's size (new leading dims dropped)
+            lead = len(out) - len(src)
+            dims = []
+            for a, size in enumerate(src):
+                d = c.dims[lead + a]
+                dims.append(d if size == out[lead + a] else ZERO if size == 1 else
+                            Expr(f"{paren(d)} % {size}", d.axes))
+            return Coords(src, dims, key)
+        raise AssertionError(op)
 
     def _concat(self, j: int, c: Coords, mask: str) -> str:
         node = self.prog.graph.nodes[j]

@@ -31,9 +31,12 @@ ELEMENTWISE = frozenset({
     "log", "log1p", "sqrt", "rsqrt", "reciprocal", "abs", "neg", "square", "sin", "cos", "erf",
     "add", "sub", "mul", "div", "maximum", "minimum", "where_gt", "masked_fill",
     "add_scalar", "mul_scalar", "div_scalar", "pow_scalar", "clamp", "tril", "batch_norm",
+    "triu", "clone",
 })
 INDEXING = frozenset({"transpose", "permute", "flatten", "merge_last", "concat", "gather", "embedding",
-                      "max_pool1d", "avg_pool1d", "max_pool2d", "avg_pool2d"})
+                      "max_pool1d", "avg_pool1d", "max_pool2d", "avg_pool2d"}) | frozenset({
+    # views and copies: each output element is one input element at derived coordinates
+    "unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat"})
 POINTWISE = ELEMENTWISE | INDEXING
 REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", "adaptive_avg_pool2d"})
 NORMALIZE = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "group_norm", "instance_norm"})
@@ -43,7 +46,9 @@ ROW = REDUCE | NORMALIZE | SCAN
 # the pass that writes the normalised values, over the same rows, so the normalised tensor is
 # never written out and read back (layer_norm -> amax: one kernel, as torch.compile does).
 TAIL_REDUCE = frozenset({"sum", "mean", "amax", "amin", "norm"})
-MATMUL = frozenset({"linear", "matmul", "bmm", "addmm"})
+# einsum: any contraction of two operands that is a (batched) matmul; sdpa: flash attention (two
+# products with an online softmax between them, in one kernel)
+MATMUL = frozenset({"linear", "matmul", "bmm", "addmm", "einsum", "sdpa"})
 CONV = frozenset({"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
 ANCHORS = ROW | MATMUL | CONV
 SUPPORTED = POINTWISE | ANCHORS

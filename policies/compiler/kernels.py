@@ -539,9 +539,10 @@ def _product(prog: Program, w: KernelWriter, anchor: int) -> tuple[Any, tuple, A
             raise CompileError(f"node {anchor}: linear without a weight")
         return a_ref, a_shape, b_ref, (n, k), numel(a_shape[:-1]), n, k, 1
     if op in ("matmul", "addmm"):
+        # matmul's a may have any rank: its leading dims are rows, as linear's are
         a_ref, b_ref = node.args[-2], node.args[-1]
         a_shape, b_shape = tuple(prog.shape(a_ref)), tuple(prog.shape(b_ref))
-        return a_ref, a_shape, b_ref, b_shape, a_shape[0], b_shape[1], a_shape[1], 1
+        return a_ref, a_shape, b_ref, b_shape, numel(a_shape[:-1]), b_shape[1], a_shape[-1], 1
     if op == "bmm":
         a_ref, b_ref = node.args
         a_shape, b_shape = tuple(prog.shape(a_ref)), tuple(prog.shape(b_ref))
@@ -558,6 +559,10 @@ def _splittable(w: KernelWriter, nodes: Sequence[int], stored: Sequence[int], an
 def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
     node = prog.graph.nodes[anchor]
     op = node.op
+    if op == "einsum":
+        return einsum_kernel(prog, nodes, stored, anchor, name)
+    if op == "sdpa":
+        return attention_kernel(prog, nodes, stored, anchor, name)
     out_shape = tuple(node.shape)
     w = KernelWriter(prog, set(nodes), anchor)
     _reserve(w, "pid_m", "pid_n", "pid_b", "rm", "rn", "rk", "k0", "acc", "a_mask", "b_mask", "out_mask")
@@ -575,8 +580,10 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
     _batch_and_split_ids(w, 2, batched, split)
     w.emit("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
     w.emit("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
-    lead = tuple(a_shape[:-1]) if op == "linear" else ()
-    lead1 = w.decompose("rm", lead, am, "m") if op == "linear" else []
+    # rows over a's leading dims: linear's, and a matmul's of a tensor (rank > 2) by a matrix
+    rows = op == "linear" or (op == "matmul" and len(a_shape) > 2)
+    lead = tuple(a_shape[:-1]) if rows else ()
+    lead1 = w.decompose("rm", lead, am, "m") if rows else []
     lead2 = [_view(e, "[:, None]") for e in lead1]
     pb = Expr("pid_b") if batched and batch > 1 else ZERO
     rm2, rn2 = Expr("rm[:, None]", am), Expr("rn[None, :]", an_)
@@ -587,7 +594,7 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
         w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
         rk_row, rk_col = Expr("rk[None, :]", ak), Expr("rk[:, None]", ak)
         with w.tile(["m", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
-            if op == "linear":
+            if rows:
                 dims = lead2 + [rk_row]
                 flat = f"rm[:, None] * {k} + rk[None, :]"
             elif batched:
@@ -609,7 +616,7 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
         w.emit(f"acc += {_dot(w, a, b)}")
     w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
     with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
-        if op == "linear":
+        if rows:
             oc = Coords(out_shape, lead2 + [rn2], w.new_key(), f"rm[:, None] * {n} + rn[None, :]", am | an_)
         elif batched:
             oc = Coords(out_shape, [pb, rm2, rn2], w.new_key(), f"{_bofs(batch > 1, m * n)}rm[:, None] * {n} + rn[None, :]",
@@ -925,3 +932,193 @@ def _lin(a: Expr, sa: int, b: Expr, sb: int, c: int) -> str:
     return text
 
 
+
+
+# ---- einsum and attention --------------------------------------------------------------------------
+
+
+@dataclass
+class Contraction:
+    """An einsum of two operands as a batched matmul: letters in both operands and the output are
+    batch axes, in one operand and the output rows (a) or columns (b), in both operands only the
+    reduction; each group in the output's (batch, rows, columns) or a's (reduction) order."""
+
+    a: str
+    b: str
+    out: str
+    batch: str
+    rows: str
+    cols: str
+    red: str
+    sizes: dict[str, int]
+
+    def size(self, letters: str) -> int:
+        return numel([self.sizes[ch] for ch in letters])
+
+
+def contraction(eq: str, a_shape: Sequence[int], b_shape: Sequence[int]) -> Contraction:
+    """The batched-matmul view of ``torch.einsum(eq, a, b)``; raises CompileError for what is not
+    one (a letter summed within one operand, of size above 1: a reduction, not a product)."""
+    from kernelgym.ops.catalog import einsum_operands
+
+    try:
+        (sa, sb), so = einsum_operands(eq)
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
+    sizes = {ch: int(d) for s, shape in ((sa, a_shape), (sb, b_shape)) for ch, d in zip(s, shape)}
+    lone = [ch for ch in sizes if ch not in so and (ch in sa) != (ch in sb) and sizes[ch] != 1]
+    if lone:
+        raise CompileError(f"einsum {eq!r} sums letter {lone[0]!r} within one operand (not a product)")
+    batch = "".join(ch for ch in so if ch in sa and ch in sb)
+    rows = "".join(ch for ch in so if ch in sa and ch not in sb)
+    cols = "".join(ch for ch in so if ch in sb and ch not in sa)
+    red = "".join(ch for ch in sa if ch in sb and ch not in so)
+    return Contraction(sa, sb, so, batch, rows, cols, red, sizes)
+
+
+def _letter_coords(subs: str, exprs: dict[str, Expr]) -> list[Expr]:
+    """One coordinate per letter of an operand (letters of size 1 summed nowhere read index 0)."""
+    return [exprs.get(ch, ZERO) for ch in subs]
+
+
+def einsum_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
+    """A tl.dot kernel for any einsum that is a batched matmul (`contraction`): rows, columns and
+    the reduction each run over their letters flattened, the batch over a third grid axis; an
+    operand laid out (batch, rows, reduction) / (batch, reduction, columns) is read by flat index,
+    any other layout (a transposed operand) through its coordinates."""
+    node = prog.graph.nodes[anchor]
+    a_ref, b_ref = node.args
+    a_shape, b_shape, out_shape = tuple(prog.shape(a_ref)), tuple(prog.shape(b_ref)), tuple(node.shape)
+    ct = contraction(str(node.params["eq"]), a_shape, b_shape)
+    m, n, k, batch = ct.size(ct.rows), ct.size(ct.cols), ct.size(ct.red), ct.size(ct.batch)
+    w = KernelWriter(prog, set(nodes), anchor)
+    _reserve(w, "pid_m", "pid_n", "pid_b", "rm", "rn", "rk", "k0", "acc", "a_mask", "b_mask", "out_mask")
+    am, an_, ak = frozenset({"m"}), frozenset({"n"}), frozenset({"k"})
+    w.emit("pid_m = tl.program_id(0)")
+    w.emit("pid_n = tl.program_id(1)")
+    if batch > 1:
+        w.emit("pid_b = tl.program_id(2)")
+    w.emit("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    w.emit("rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
+    exprs: dict[str, Expr] = {}
+    bsizes = [ct.sizes[ch] for ch in ct.batch]
+    exprs |= dict(zip(ct.batch, w.decompose("pid_b", bsizes, frozenset(), "b") if batch > 1 else [ZERO] * len(bsizes)))
+    exprs |= {ch: _view(e, "[:, None]") for ch, e in zip(ct.rows, w.decompose("rm", [ct.sizes[c] for c in ct.rows], am, "m"))}
+    exprs |= {ch: _view(e, "[None, :]") for ch, e in zip(ct.cols, w.decompose("rn", [ct.sizes[c] for c in ct.cols], an_, "n"))}
+    w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
+    with w.block(f"for k0 in range(0, {k}, BLOCK_K):"):
+        w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
+        w.emit(f"a_mask = (rm[:, None] < {m}) & (rk[None, :] < {k})")
+        w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
+        red1 = w.decompose("rk", [ct.sizes[ch] for ch in ct.red], ak, "r")
+        with w.tile(["m", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
+            ea = exprs | {ch: _view(e, "[None, :]") for ch, e in zip(ct.red, red1)}
+            flat = f"{_bofs(batch > 1, m * k)}rm[:, None] * {k} + rk[None, :]" \
+                if ct.a == ct.batch + ct.rows + ct.red else None
+            a = _operand(w, a_ref, Coords(a_shape, _letter_coords(ct.a, ea), w.new_key(), flat,
+                                          am | ak if flat else frozenset()), "a_mask", "a")
+        with w.tile(["k", "n"], "b_mask", ["BLOCK_K", "BLOCK_N"]):
+            eb = exprs | {ch: _view(e, "[:, None]") for ch, e in zip(ct.red, red1)}
+            flat = f"{_bofs(batch > 1, k * n)}rk[:, None] * {n} + rn[None, :]" \
+                if ct.b == ct.batch + ct.red + ct.cols else None
+            b = _operand(w, b_ref, Coords(b_shape, _letter_coords(ct.b, eb), w.new_key(), flat,
+                                          ak | an_ if flat else frozenset()), "b_mask", "b")
+        w.emit(f"acc += {_dot(w, a, b)}")
+    w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
+    with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
+        flat = f"{_bofs(batch > 1, m * n)}rm[:, None] * {n} + rn[None, :]" \
+            if ct.out == ct.batch + ct.rows + ct.cols else None
+        oc = Coords(out_shape, _letter_coords(ct.out, exprs), w.new_key(), flat, am | an_ if flat else frozenset())
+        _store_result(w, oc, "acc", stored)
+    return _dot_kernel(w, name, "matmul", nodes, m, n, k, batch if batch > 1 else None)
+
+
+# Widest slice of the value dim one attention program keeps in registers; wider heads split over
+# the grid (each slice recomputes the scores).
+ATTN_DV_MAX = 128
+
+
+def attention_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
+    """Flash attention: one program per BLOCK_M query rows (and value-dim slice) of one batch entry
+    streams the keys and values in BLOCK_N chunks, computing the scores chunk by chunk (a loop over
+    the head dim in BLOCK_K steps) and keeping a running max, sum and output (the online softmax),
+    so the L x S score matrix never reaches memory. Causal masks are top-left aligned (torch's
+    ``is_causal``), and chunks past a row tile's diagonal are skipped."""
+    node = prog.graph.nodes[anchor]
+    p = node.params
+    q_ref, k_ref, v_ref = node.args
+    q_shape, k_shape, v_shape = (tuple(prog.shape(r)) for r in (q_ref, k_ref, v_ref))
+    out_shape = tuple(node.shape)
+    lead = q_shape[:-2]
+    if k_shape[:-2] != lead or v_shape[:-2] != lead:
+        raise CompileError(f"node {anchor}: sdpa with broadcast batch dims {q_shape}, {k_shape}, {v_shape}")
+    seq_q, e = q_shape[-2:]
+    seq_k, dv = v_shape[-2:]
+    batch = numel(lead)
+    causal = bool(p.get("causal", False))
+    scale = p.get("scale")
+    scale = 1.0 / e ** 0.5 if scale is None else float(scale)
+    dv_block = clamp_pow2(dv, 16, ATTN_DV_MAX)
+    dv_tiles = -(-dv // dv_block)
+    w = KernelWriter(prog, set(nodes), anchor)
+    _reserve(w, "pid_m", "pid_b", "pid_v", "rm", "rn", "re", "rv", "n0", "e0", "n_hi", "acc", "s", "m_i", "l_i",
+             "m_new", "m_safe", "alpha", "p", "q_mask", "k_mask", "v_mask", "out_mask", "out")
+    am, an_, ae, av = frozenset({"m"}), frozenset({"n"}), frozenset({"e"}), frozenset({"v"})
+    w.emit("pid_m = tl.program_id(0)")
+    w.emit("pid_b = tl.program_id(1)")
+    w.emit("rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
+    if dv_tiles > 1:
+        w.emit("pid_v = tl.program_id(2)")
+        w.emit(f"rv = pid_v * {dv_block} + tl.arange(0, {dv_block})")
+    else:
+        w.emit(f"rv = tl.arange(0, {dv_block})")
+    bdims = w.decompose("pid_b", lead, frozenset(), "b") if batch > 1 else [ZERO] * len(lead)
+    rm2, rv2 = Expr("rm[:, None]", am), Expr("rv[None, :]", av)
+    f32 = "dtype=tl.float32"
+    w.emit(f"m_i = tl.full([BLOCK_M], {NEG_INF}, {f32})")
+    w.emit(f"l_i = tl.zeros([BLOCK_M], {f32})")
+    w.emit(f"acc = tl.zeros([BLOCK_M, {dv_block}], {f32})")
+    # causal: key j is visible to query i when j <= i, so no key past this tile's last row is
+    w.emit(f"n_hi = tl.minimum({seq_k}, (pid_m + 1) * BLOCK_M)" if causal else f"n_hi = {seq_k}")
+    with w.block("for n0 in range(0, n_hi, BLOCK_N):"):
+        w.emit("rn = n0 + tl.arange(0, BLOCK_N)")
+        w.emit("s = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
+        with w.block(f"for e0 in range(0, {e}, BLOCK_K):"):
+            w.emit("re = e0 + tl.arange(0, BLOCK_K)")
+            w.emit(f"q_mask = (rm[:, None] < {seq_q}) & (re[None, :] < {e})")
+            w.emit(f"k_mask = (re[:, None] < {e}) & (rn[None, :] < {seq_k})")
+            with w.tile(["m", "e"], "q_mask", ["BLOCK_M", "BLOCK_K"]):
+                flat = f"{_bofs(batch > 1, seq_q * e)}rm[:, None] * {e} + re[None, :]"
+                qv = _operand(w, q_ref, Coords(q_shape, [*bdims, rm2, Expr("re[None, :]", ae)], w.new_key(), flat,
+                                               am | ae), "q_mask", "q")
+            with w.tile(["e", "n"], "k_mask", ["BLOCK_K", "BLOCK_N"]):
+                # k^T: a [BLOCK_K, BLOCK_N] tile of k (S, E)
+                kv = _operand(w, k_ref, Coords(k_shape, [*bdims, Expr("rn[None, :]", an_), Expr("re[:, None]", ae)],
+                                               w.new_key()), "k_mask", "kt")
+            w.emit(f"s += {_dot(w, qv, kv)}")
+        valid = f"(rn[None, :] < {seq_k})" + (" & (rn[None, :] <= rm[:, None])" if causal else "")
+        w.emit(f"s = tl.where({valid}, s * {lit(scale)}, {NEG_INF})")
+        w.emit("m_new = tl.maximum(m_i, tl.max(s, axis=1))")
+        w.emit("# rows with no visible key yet keep an offset of 0 (no inf - inf)")
+        w.emit(f"m_safe = tl.where(m_new == {NEG_INF}, 0.0, m_new)")
+        w.emit("p = tl.exp(s - m_safe[:, None])")
+        w.emit("alpha = tl.exp(m_i - m_safe)")
+        w.emit("l_i = l_i * alpha + tl.sum(p, axis=1)")
+        w.emit(f"v_mask = (rn[:, None] < {seq_k}) & (rv[None, :] < {dv})")
+        with w.tile(["n", "v"], "v_mask", ["BLOCK_N", str(dv_block)]):
+            flat = f"{_bofs(batch > 1, seq_k * dv)}rn[:, None] * {dv} + rv[None, :]"
+            vv = _operand(w, v_ref, Coords(v_shape, [*bdims, Expr("rn[:, None]", an_), rv2], w.new_key(), flat,
+                                           an_ | av), "v_mask", "v")
+        w.emit(f"acc = acc * alpha[:, None] + {_dot(w, 'p', vv)}")
+        w.emit("m_i = m_new")
+    w.emit(f"out_mask = (rm[:, None] < {seq_q}) & (rv[None, :] < {dv})")
+    with w.tile(["m", "v"], "out_mask", ["BLOCK_M", str(dv_block)]):
+        w.emit("out = acc / l_i[:, None]")
+        flat = f"{_bofs(batch > 1, seq_q * dv)}rm[:, None] * {dv} + rv[None, :]"
+        oc = Coords(out_shape, [*bdims, rm2, rv2], w.new_key(), flat, am | av)
+        _store_result(w, oc, "out", stored)
+    blocks = {"BLOCK_M": clamp_pow2(seq_q, 16, 64), "BLOCK_N": clamp_pow2(seq_k, 16, 64),
+              "BLOCK_K": clamp_pow2(e, 16, 64)}
+    grid = f'lambda meta: (triton.cdiv({seq_q}, meta["BLOCK_M"]), {batch}{f", {dv_tiles}" if dv_tiles > 1 else ""})'
+    return Kernel(name, "matmul", list(nodes), w.params, blocks, {"num_warps": 4, "num_stages": 2}, grid,
+                  w.body_lines(), w.stored, w.helpers)

@@ -630,6 +630,10 @@ def _h_getitem(m: _Mapper, n: Any) -> Any:
     src = m.env.get(n.args[0])
     if isinstance(src, _Multi) and (n.args[1] == 0 or n.args[1] == "values"):
         return src.values
+    if isinstance(src, _Parts):
+        return src.part(m, n.args[1])
+    if m.is_tensor(n.args[0]):
+        return _h_index(m, n)
     raise _Unsupported("indexing or slicing has no catalog op (only the values of cummax / max / min: [0] or "
                        ".values)")
 
@@ -734,7 +738,11 @@ def _h_matmul(m: _Mapper, n: Any) -> Any:
         return m.add("matmul", {}, [a, b], shape)
     if ra == 3 and rb == 3 and m.arg_shape(a)[0] == m.arg_shape(b)[0]:
         return m.add("bmm", {}, [a, b], shape)
-    raise _Unsupported(f"matmul of ranks {ra} and {rb} (supported: 2-D x 2-D, batched 3-D x 3-D)")
+    if ra >= 2 and rb == 2:
+        return m.add("matmul", {}, [a, b], shape)
+    if ra >= 2 and rb >= 2:
+        return m.add("einsum", {"eq": _matmul_equation(m.arg_shape(a), m.arg_shape(b))}, [a, b], shape)
+    raise _Unsupported(f"matmul of ranks {ra} and {rb} (a 1-D operand; supported: both of rank 2 or more)")
 
 
 def _h_addmm(m: _Mapper, n: Any) -> Any:
@@ -909,6 +917,256 @@ def _h_flatten(m: _Mapper, n: Any) -> Any:
 
 _FUNCTIONS["flatten"] = _h_flatten
 # torch.max / torch.min over a dim return (values, indices): the values map to amax / amin (_h_minmax)
+
+
+# ---- the matmul / attention / view family: einsum, attention, triu, views, copies, indexing ---------
+
+
+class _Parts:
+    """The pieces of ``split`` / ``chunk`` along one axis: each becomes a narrow node when used."""
+
+    def __init__(self, x: Any, axis: int, bounds: list[tuple[int, int]]):
+        self.x, self.axis, self.bounds = x, axis, bounds
+        self.made: dict[int, Any] = {}
+
+    def part(self, m: _Mapper, i: Any) -> Any:
+        if not isinstance(i, int) or not -len(self.bounds) <= i < len(self.bounds):
+            raise _Unsupported(f"piece {i!r} of a split of {len(self.bounds)}")
+        i %= len(self.bounds)
+        if i not in self.made:
+            start, stop = self.bounds[i]
+            self.made[i] = _narrow(m, self.x, self.axis, start, stop - start)
+        return self.made[i]
+
+
+def _axis(m: _Mapper, x: Any, dim: Any, extra: int = 0) -> int:
+    """`dim` of a tensor of `x`'s rank (+ `extra`) as an axis from the left."""
+    r = m.rank(x) + extra
+    if not isinstance(dim, int) or isinstance(dim, bool) or not -r <= dim < r:
+        raise _Unsupported(f"dim {dim!r} for rank {r}")
+    return dim % r
+
+
+def _narrow(m: _Mapper, x: Any, axis: int, start: int, length: int) -> Any:
+    shape = list(m.arg_shape(x))
+    if length < 1 or start < 0 or start + length > shape[axis]:
+        raise _Unsupported(f"an empty or out-of-range slice [{start}:{start + length}] of a dim of {shape[axis]}")
+    if (start, length) == (0, shape[axis]):
+        return m.ref(x)
+    r = len(shape)
+    drop = shape[axis] - length
+    shape[axis] = length
+    return m.add("narrow", {"dim": r - axis, "start": start, "drop": drop}, [x], tuple(shape))
+
+
+def _select(m: _Mapper, x: Any, axis: int, index: int) -> Any:
+    shape = list(m.arg_shape(x))
+    size, r = shape[axis], len(shape)
+    if not -size <= index < size or r < 2:
+        raise _Unsupported(f"index {index} of a dim of {size} (rank {r})")
+    del shape[axis]
+    return m.add("select", {"dim": r - axis, "index": index % size}, [x], tuple(shape))
+
+
+def _unsqueeze(m: _Mapper, x: Any, axis: int) -> Any:
+    shape = list(m.arg_shape(x))
+    shape.insert(axis, 1)
+    return m.add("unsqueeze", {"dim": len(shape) - axis}, [x], tuple(shape))
+
+
+def _h_index(m: _Mapper, n: Any) -> Any:
+    """Basic indexing ``x[i, a:b, None, ...]``: select, narrow and unsqueeze nodes (slices of step 1)."""
+    x, idx = n.args[0], n.args[1]
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    used = sum(1 for it in items if it is not None and it is not Ellipsis)
+    if sum(1 for it in items if it is Ellipsis) > 1 or used > m.rank(x):
+        raise _Unsupported(f"index {idx!r} of a rank-{m.rank(x)} tensor")
+    cur, axis = x, 0
+    for it in items:
+        if it is None:
+            cur = _unsqueeze(m, cur, axis)
+            axis += 1
+        elif it is Ellipsis:
+            axis += m.rank(x) - used
+        elif isinstance(it, int) and not isinstance(it, bool):
+            cur = _select(m, cur, axis, it)
+        elif isinstance(it, slice) and all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                                           for v in (it.start, it.stop, it.step)):
+            start, stop, step = it.indices(m.arg_shape(cur)[axis])
+            if step != 1:
+                raise _Unsupported(f"a slice with step {step}")
+            cur = _narrow(m, cur, axis, start, stop - start)
+            axis += 1
+        else:
+            raise _Unsupported(f"indexing with {type(it).__name__} (only ints, slices of step 1, None and ...)")
+    return m.ref(cur)
+
+
+def _matmul_equation(sa: tuple[int, ...], sb: tuple[int, ...]) -> str:
+    """The einsum equation of torch.matmul of shapes sa (..., M, K) and sb (..., K, N), batch dims
+    broadcast: a batch dim of size 1 on one side only gets a letter of its own there."""
+    r = max(len(sa), len(sb))
+    nb = r - 2
+    ba, bb = (1,) * (r - len(sa)) + tuple(sa[:-2]), (1,) * (r - len(sb)) + tuple(sb[:-2])
+    out_b, a_b, b_b = "", "", ""
+    for i, (x, y) in enumerate(zip(ba, bb)):
+        letter = "abcdefgh"[i]
+        out_b += letter
+        a_b += letter if x == max(x, y) else "pqrstuvw"[i]
+        b_b += letter if y == max(x, y) else "PQRSTUVW"[i]
+    a_b, b_b = a_b[nb - (len(sa) - 2):], b_b[nb - (len(sb) - 2):]
+    return f"{a_b}mk,{b_b}kn->{out_b}mn"
+
+
+def _h_einsum(m: _Mapper, n: Any) -> Any:
+    from kernelgym.ops.catalog import einsum_operands
+
+    eq, ops = n.args[0], list(n.args[1:])
+    if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
+        ops = list(ops[0])
+    if not isinstance(eq, str):
+        raise _Unsupported("einsum without an equation string first")
+    eq = eq.replace(" ", "")
+    if "->" not in eq:  # implicit output: the letters used once, in alphabetical order
+        letters = eq.replace(",", "")
+        eq += "->" + "".join(sorted(ch for ch in set(letters) if letters.count(ch) == 1))
+    if len(ops) != 2:
+        raise _Unsupported(f"einsum {eq!r} of {len(ops)} operand(s) (supported: two, a contraction that is a matmul)")
+    try:
+        subs, out = einsum_operands(eq)
+    except ValueError as exc:
+        raise _Unsupported(str(exc)) from None
+    sizes: dict[str, int] = {}
+    for s, t in zip(subs, ops):
+        for ch, d in zip(s, m.arg_shape(t)):
+            sizes.setdefault(ch, d)
+    lone = [ch for ch in sizes if ch not in out and (ch in subs[0]) != (ch in subs[1]) and sizes[ch] != 1]
+    if lone:
+        raise _Unsupported(f"einsum {eq!r} sums letter {lone[0]!r} within one operand (a reduction, not a product)")
+    return m.add("einsum", {"eq": eq}, ops, m.shape_of(n))
+
+
+def _h_sdpa(m: _Mapper, n: Any) -> Any:
+    q, k, v = n.args[0], m.arg(n, 1, "key"), m.arg(n, 2, "value")
+    if m.arg(n, 3, "attn_mask") is not None:
+        raise _Unsupported("scaled_dot_product_attention with an attn_mask")
+    if m.arg(n, 4, "dropout_p", 0.0) not in (0, 0.0):
+        raise _Unsupported("scaled_dot_product_attention with dropout (random)")
+    if n.kwargs.get("enable_gqa", False):
+        raise _Unsupported("scaled_dot_product_attention with enable_gqa")
+    sq, sk, sv = m.arg_shape(q), m.arg_shape(k), m.arg_shape(v)
+    if not (len(sq) == len(sk) == len(sv) >= 2 and sq[:-2] == sk[:-2] == sv[:-2]):
+        raise _Unsupported(f"scaled_dot_product_attention of shapes {sq}, {sk}, {sv} (batch dims must match)")
+    params: dict[str, Any] = {"causal": bool(m.arg(n, 5, "is_causal", False))}
+    scale = m.arg(n, 6, "scale")
+    if scale is not None:
+        params["scale"] = float(scale)
+    return m.add("sdpa", params, [q, k, v], m.shape_of(n))
+
+
+def _h_triu(m: _Mapper, n: Any) -> Any:
+    return m.unary("triu", n, {"diagonal": int(m.arg(n, 1, "diagonal", 0))})
+
+
+def _h_unsqueeze(m: _Mapper, n: Any) -> Any:
+    x = n.args[0]
+    return _unsqueeze(m, x, _axis(m, x, m.arg(n, 1, "dim"), extra=1))
+
+
+def _h_squeeze(m: _Mapper, n: Any) -> Any:
+    x = n.args[0]
+    shape = m.arg_shape(x)
+    dim = n.args[1:] if len(n.args) > 2 else m.arg(n, 1, "dim")
+    if dim is None:
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    else:
+        axes = [_axis(m, x, d) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))]
+        axes = [a for a in axes if shape[a] == 1]  # squeezing a dim that is not 1 is a no-op
+    cur, cur_shape = x, list(shape)
+    for a in sorted(set(axes), reverse=True):
+        if len(cur_shape) < 2:
+            raise _Unsupported("squeeze to a 0-d tensor")
+        r = len(cur_shape)
+        del cur_shape[a]
+        cur = m.add("squeeze", {"dim": r - a}, [cur], tuple(cur_shape))
+    return m.ref(cur)
+
+
+def _h_clone(m: _Mapper, n: Any) -> Any:
+    if n.kwargs.get("memory_format") not in (None,) and "contiguous" not in str(n.kwargs.get("memory_format")):
+        raise _Unsupported("clone with a memory format")
+    return m.unary("clone", n)
+
+
+def _h_flip(m: _Mapper, n: Any) -> Any:
+    x = n.args[0]
+    dims = n.args[1:] if len(n.args) > 2 else m.arg(n, 1, "dims")
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    axes = tuple(sorted({_axis(m, x, d) for d in dims if m.arg_shape(x)[_axis(m, x, d)] > 1}))
+    if not axes:
+        return m.unary("clone", n)
+    return m.unary("flip", n, {"dims": axes})
+
+
+def _h_narrow(m: _Mapper, n: Any) -> Any:
+    x = n.args[0]
+    start, length = m.arg(n, 2, "start"), m.arg(n, 3, "length")
+    if not isinstance(start, int) or not isinstance(length, int):
+        raise _Unsupported("narrow with a tensor start or length")
+    axis = _axis(m, x, m.arg(n, 1, "dim"))
+    return _narrow(m, x, axis, start % m.arg_shape(x)[axis] if start < 0 else start, length)
+
+
+def _h_select(m: _Mapper, n: Any) -> Any:
+    x = n.args[0]
+    index = m.arg(n, 2, "index")
+    if not isinstance(index, int):
+        raise _Unsupported("select with a tensor index")
+    return _select(m, x, _axis(m, x, m.arg(n, 1, "dim")), index)
+
+
+def _h_expand(m: _Mapper, n: Any) -> Any:
+    x = n.args[0]
+    if tuple(m.shape_of(n)) == tuple(m.arg_shape(x)):
+        return m.ref(x)
+    return m.add("expand", {}, [x], m.shape_of(n))
+
+
+def _h_repeat(m: _Mapper, n: Any) -> Any:
+    x = n.args[0]
+    if tuple(m.shape_of(n)) == tuple(m.arg_shape(x)):
+        return m.unary("clone", n)
+    return m.add("repeat", {}, [x], m.shape_of(n))
+
+
+def _h_split(kind: str) -> Callable[[_Mapper, Any], Any]:
+    def handler(m: _Mapper, n: Any) -> Any:
+        x = n.args[0]
+        arg = m.arg(n, 1, "split_size_or_sections" if kind == "split" else "chunks")
+        axis = _axis(m, x, m.arg(n, 2, "dim", 0))
+        size = m.arg_shape(x)[axis]
+        if kind == "chunk":
+            if not isinstance(arg, int) or arg < 1:
+                raise _Unsupported(f"chunk into {arg!r}")
+            arg = -(-size // arg)
+        if isinstance(arg, int):
+            lengths = [min(arg, size - s) for s in range(0, size, arg)]
+        elif isinstance(arg, (tuple, list)) and all(isinstance(v, int) for v in arg) and sum(arg) == size:
+            lengths = list(arg)
+        else:
+            raise _Unsupported(f"{kind} by {arg!r}")
+        starts = [sum(lengths[:i]) for i in range(len(lengths))]
+        return _Parts(x, axis, [(s, s + length) for s, length in zip(starts, lengths)])
+
+    return handler
+
+
+_FUNCTIONS.update({
+    "einsum": _h_einsum, "scaled_dot_product_attention": _h_sdpa, "triu": _h_triu,
+    "unsqueeze": _h_unsqueeze, "squeeze": _h_squeeze, "clone": _h_clone, "detach": _h_identity,
+    "flip": _h_flip, "narrow": _h_narrow, "select": _h_select, "expand": _h_expand, "expand_as": _h_expand,
+    "repeat": _h_repeat, "split": _h_split("split"), "chunk": _h_split("chunk"),
+})
 _METHODS = dict(_FUNCTIONS)
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from kernelgym.ops import CATALOG
 from kernelgym.sampler import Graph, sample_task
+from kernelgym.sampler.model import VIEW_OPS
 from kernelgym.task import Task
 from policies.base import Attempt
 from policies.compiler import (
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # -- helpers --------------------------------------------------------------------------------------
 def single_op_task(op: str, seed: int = 0) -> Task:
     """A tiny sampled task whose graph is `op` alone (views after a relu: they need a producer)."""
-    if op in ("flatten", "merge_last"):
+    if op in VIEW_OPS:
         return sample_task(2, seed, ops=["relu", op])
     return sample_task(1, seed, ops=[op])
 
@@ -548,10 +549,10 @@ def test_calls_outside_the_catalog_are_reported_by_name():
         assert innocent not in msg.split(": ", 1)[1], (innocent, msg)
     with pytest.raises(CompileError, match="fft"):  # TraceError is a CompileError for the policy's callers
         CompilerPolicy().compile(Task.from_source(NOT_IN_CATALOG))
-    # a matmul the catalog has no op for (3-D @ 2-D) is named with its ranks, not guessed
-    batched = MATMUL_STATE.replace("torch.randn(8, 16)", "torch.randn(2, 8, 16)")
-    with pytest.raises(TraceError, match="matmul of ranks 3 and 2"):
-        graph_from_source(batched)
+    # a matmul the catalog has no op for (a vector operand) is named with its ranks, not guessed
+    vector = MATMUL_STATE.replace("torch.randn(8, 16)", "torch.randn(16)")
+    with pytest.raises(TraceError, match="matmul of ranks 1 and 2"):
+        graph_from_source(vector)
 
 
 IDIOM = '''
