@@ -44,7 +44,7 @@ ROW = REDUCE | NORMALIZE | SCAN
 # never written out and read back (layer_norm -> amax: one kernel, as torch.compile does).
 TAIL_REDUCE = frozenset({"sum", "mean", "amax", "amin", "norm"})
 MATMUL = frozenset({"linear", "matmul", "bmm", "addmm"})
-CONV = frozenset({"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
+CONV = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
 ANCHORS = ROW | MATMUL | CONV
 SUPPORTED = POINTWISE | ANCHORS
 
