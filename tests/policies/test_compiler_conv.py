@@ -122,6 +122,10 @@ TRACED = {
         "self.conv = nn.Conv2d(in_channels, out_channels, (3, 1), stride=(2, 1), dilation=(1, 2), "
         "groups=in_channels)", "return self.conv(x) * 2.0", "1, 3, 10, 6", 3, 6),
         ("conv2d", "mul_scalar"), {"groups": 3, "stride": (2, 1), "dilation": (1, 2)}),
+    "conv_transpose2d_one_channel_a_group": (module_task(
+        "self.conv = nn.ConvTranspose2d(in_channels, out_channels, (2, 3), stride=(2, 1), padding=(0, 1), "
+        "groups=in_channels, bias=False)", "return self.conv(x)", "2, 3, 4, 5", 3, 6),
+        ("conv_transpose2d",), {"groups": 3, "output_padding": (0, 0), "bias": False}),
     "functional_conv2d_grouped_dilated": (module_task(
         "self.weight = nn.Parameter(torch.randn(out_channels, in_channels // 4, 3, 3) * 0.3)",
         "return F.conv2d(x, self.weight, None, 1, (2, 1), (2, 1), 4)", "2, 8, 7, 6", 8, 8),
@@ -170,3 +174,30 @@ def test_unsupported_conv_arguments_are_named(layer, message):
 
     with pytest.raises(TraceError, match=message.replace("(", r"\(").replace(")", r"\)")):
         graph_from_source(module_task(f"self.conv = {layer}", "return self.conv(x)", "1, 2, 8, 8", 2, 3))
+
+
+# -- on a GPU, at sizes like KernelBench's (level 1 problems 61, 72, 80, 82, 85, 87) -----------------
+
+GPU_CASES = {
+    "depthwise_3x3": ("nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)",
+                      "16, 64, 256, 256", 64, 64),
+    "depthwise_3x7": ("nn.Conv2d(in_channels, in_channels, (3, 7), groups=in_channels, bias=False)",
+                      "32, 128, 128, 256", 128, 128),
+    "dilated_asymmetric": ("nn.Conv2d(in_channels, out_channels, (5, 9), padding=(2, 4), dilation=(2, 3), bias=False)",
+                           "8, 32, 128, 128", 32, 64),
+    "pointwise": ("nn.Conv2d(in_channels, out_channels, 1, bias=False)", "16, 64, 256, 256", 64, 128),
+    "conv3d_asymmetric": ("nn.Conv3d(in_channels, out_channels, (3, 5, 7), bias=False)", "8, 3, 16, 64, 64", 3, 64),
+    "conv_transpose3d_grouped": ("nn.ConvTranspose3d(in_channels, out_channels, 3, stride=2, padding=1, "
+                                 "output_padding=1, groups=4, bias=False)", "8, 32, 12, 24, 24", 32, 32),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_kernelbench_sized_convolutions_on_the_gpu(evaluator, name, capsys):
+    layer, shape, cin, cout = GPU_CASES[name]
+    task = Task.from_source(module_task(f"self.conv = {layer}", "return self.conv(x)", shape, cin, cout))
+    v = evaluator.evaluate(task, compiler.CompilerPolicy().compile(task), backend="cuda", seed=3)
+    assert v.status == "ok", (v.status, v.error[:500])
+    with capsys.disabled():
+        print(f"\n{name}: speedup {v.speedup:.2f}x over eager")
