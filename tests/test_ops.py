@@ -21,7 +21,7 @@ REQUIRED = {
     "softmax": {"softmax", "log_softmax"},
     "norm": {"layer_norm", "rms_norm", "batch_norm", "group_norm", "instance_norm"},
     "matmul": {"linear", "matmul", "bmm", "addmm"},
-    "conv": {"conv1d", "conv2d", "conv_transpose2d"},
+    "conv": {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"},
     "pool": {"max_pool2d", "avg_pool2d"},
     "cumulative": {"cumsum"},
     "shape": {"transpose", "permute", "flatten", "concat"},
@@ -98,3 +98,67 @@ def test_ops_cli_lists_catalog(capsys):
     assert [d["name"] for d in listed] == list(CATALOG)
     assert cli_main(["ops", "--category", "conv"]) == 0
     assert "conv2d" in capsys.readouterr().out
+
+
+# -- convolutions: every drawable variant ---------------------------------------------------------
+CONVS = sorted(op.name for op in ops_in("conv"))
+
+
+def _conv_fn(name: str):
+    return getattr(torch.nn.functional, name)
+
+
+@pytest.mark.parametrize("name", CONVS)
+def test_every_conv_variant_agrees_with_pytorch(name):
+    """Each variant's shape rule, weights and FLOP estimate on a concrete input, against PyTorch's
+    convolution with the emitted arguments (groups, dilation, output_padding, per-dim tuples)."""
+    from kernelgym.ops.catalog import conv_groups
+
+    op = get_op(name)
+    spatial = int(name[-2])
+    for p in op.variants:
+        cin = 4
+        cout = cin if p["groups"] == "depthwise" else 8
+        x = torch.randn(2, cin, *(9, 10, 7)[:spatial])
+        out = infer_shape(name, [tuple(x.shape)], p, {"out_channels": cout})
+        ws = {w.name: torch.randn(w.shape) for w in op.weights([tuple(x.shape)], out, p)}
+        assert ("bias" in ws) == p["bias"], p
+        kw = {k: p[k] for k in ("stride", "padding", "dilation", "output_padding") if k in p}
+        y = _conv_fn(name)(x, ws["weight"], ws.get("bias"), groups=conv_groups(p, cin), **kw)
+        assert tuple(y.shape) == out, (p, tuple(y.shape), out)
+        macs = y.numel() * ws["weight"][0].numel() if "transpose" not in name else x.numel() * ws["weight"][0].numel()
+        assert op.flops([tuple(x.shape)], out, p) == 2 * macs, p
+
+
+@pytest.mark.parametrize("name", CONVS)
+def test_every_conv_variant_fits_the_tiny_profile(name):
+    """A variant the tiny sizes cannot hold would never be drawn (and cost z3 checks each draw)."""
+    from kernelgym.sampler.sample import GraphSampler
+
+    model = GraphSampler(1, "tiny", ops=[name]).model
+    k = model.op_index[name]
+    assert all(model.rank_table(k, v) for v in range(len(model.ops[k].variants)))
+
+
+def test_conv_draws_cover_every_groups_and_bias_pair():
+    """Sampled conv2d tasks use the listed variants: grouped, depthwise and bias-free ones too."""
+    seen = set()
+    for seed in range(16):
+        node = Graph.from_dict(_SAMPLER.sample(1, seed, ops=["conv2d"]).graph).nodes[0]
+        seen.add((node.params["groups"], node.params["bias"]))
+    assert seen == {(1, True), (1, False), (2, True), ("depthwise", False)}
+
+
+def test_combos_must_be_choices_of_the_params():
+    from kernelgym.ops.spec import OpSpec, Param
+
+    def spec(combos):
+        return OpSpec(name="x", category="unary", arity=1, call=lambda a, p: a[0], shape=lambda a, o, p, c: [],
+                      flops=lambda i, o, p: 0, params=(Param("k", (1, 3)), Param("s", (1, 2))), combos=combos)
+
+    assert spec(((1, 2), (3, 1))).variants == [{"k": 1, "s": 2}, {"k": 3, "s": 1}]
+    assert len(spec(()).variants) == 4
+    with pytest.raises(ValueError, match="combo \\(5, 1\\) is not one choice of each of \\['k', 's'\\]"):
+        spec(((5, 1),))
+    with pytest.raises(ValueError, match="repeated combos"):
+        spec(((1, 1), (1, 1)))

@@ -210,18 +210,30 @@ class OpSpec:
     # log2 FLOPs per output element, as a linear expression of the input/output log buckets; used
     # for the z3 FLOP budget. Default: a few FLOPs per output element.
     log_flops: Callable[[list[SymTensor], SymTensor, dict[str, Any], "RuleCtx"], z3.ArithRef] | None = None
+    # The parameter combinations the sampler draws from (one value per param, in `params` order),
+    # when not every product of the choices is wanted: a convolution's kernel x stride x padding x
+    # dilation x groups x bias would be hundreds of variants, each a case of the z3 model. Empty:
+    # the full product.
+    combos: tuple[tuple[Any, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
             raise ValueError(f"op {self.name}: unknown category {self.category!r}")
         if len(self.domain) not in (0, self.arity):
             raise ValueError(f"op {self.name}: domain must list one range per input")
+        for combo in self.combos:
+            if len(combo) != len(self.params) or any(v not in p.choices for v, p in zip(combo, self.params)):
+                raise ValueError(f"op {self.name}: combo {combo!r} is not one choice of each of "
+                                 f"{[p.name for p in self.params]}")
+        if len(set(self.combos)) != len(self.combos):
+            raise ValueError(f"op {self.name}: repeated combos")
 
     @property
     def variants(self) -> list[dict[str, Any]]:
-        """Every combination of parameter values."""
+        """Every parameter combination the sampler may draw (`combos`, else the full product)."""
         names = [p.name for p in self.params]
-        return [dict(zip(names, combo)) for combo in itertools.product(*(p.choices for p in self.params))]
+        combos = self.combos or itertools.product(*(p.choices for p in self.params))
+        return [dict(zip(names, combo)) for combo in combos]
 
     def input_domain(self, i: int) -> int:
         return self.domain[i] if self.domain else REAL

@@ -49,7 +49,7 @@ TAIL_REDUCE = frozenset({"sum", "mean", "amax", "amin", "norm"})
 # einsum: any contraction of two operands that is a (batched) matmul; sdpa: flash attention (two
 # products with an online softmax between them, in one kernel)
 MATMUL = frozenset({"linear", "matmul", "bmm", "addmm", "einsum", "sdpa"})
-CONV = frozenset({"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
+CONV = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
 ANCHORS = ROW | MATMUL | CONV
 SUPPORTED = POINTWISE | ANCHORS
 

@@ -664,23 +664,20 @@ def _state_call(m: _Mapper, n: Any, op: str, roles: tuple[str, ...]) -> Any:
     if op == "linear":
         st = _state_keys(m, n, {"weight": m.arg(n, 1, "weight"), "bias": m.arg(n, 2, "bias")})
         return m.add("linear", {}, [x], shape, st)
-    if op in ("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"):
+    if op in _CONV_OPS:
         # F.conv*d(x, w, b, stride, padding, dilation, groups);
         # F.conv_transpose*d(x, w, b, stride, padding, output_padding, groups, dilation)
         transposed = op.startswith("conv_transpose")
-        dil, groups = (m.arg(n, 7, "dilation", 1), m.arg(n, 6, "groups", 1)) if transposed else \
-            (m.arg(n, 5, "dilation", 1), m.arg(n, 6, "groups", 1))
-        if not _all_equal(dil, 1) or groups != 1:
-            raise _Unsupported(f"{op} with dilation or groups")
-        if transposed and not _all_equal(m.arg(n, 5, "output_padding", 0), 0):
-            raise _Unsupported(f"{op} with output_padding")
         st = _state_keys(m, n, {"weight": m.arg(n, 1, "weight"), "bias": m.arg(n, 2, "bias")})
-        w = m.state[m.state_index[st["weight"]]].shape
-        pad = m.arg(n, 4, "padding", 0)
-        if isinstance(pad, str):
-            raise _Unsupported(f"{op} with padding={pad!r}")
-        return m.add(op, {"kernel": tuple(w[2:]), "stride": _tup(m.arg(n, 3, "stride", 1)), "padding": _tup(pad)},
-                     [x], shape, st)
+        kernel = tuple(m.state[m.state_index[st["weight"]]].shape[2:])
+        if transposed:
+            params = _conv_params(op, kernel, m.arg(n, 3, "stride", 1), m.arg(n, 4, "padding", 0),
+                                  m.arg(n, 7, "dilation", 1), m.arg(n, 6, "groups", 1), "bias" in st,
+                                  m.arg(n, 5, "output_padding", 0))
+        else:
+            params = _conv_params(op, kernel, m.arg(n, 3, "stride", 1), m.arg(n, 4, "padding", 0),
+                                  m.arg(n, 5, "dilation", 1), m.arg(n, 6, "groups", 1), "bias" in st)
+        return m.add(op, params, [x], shape, st)
     if op == "layer_norm":
         norm_shape = tuple(m.arg(n, 1, "normalized_shape"))
         st = _state_keys(m, n, {"weight": m.arg(n, 2, "weight"), "bias": m.arg(n, 3, "bias")})
@@ -706,21 +703,48 @@ def _state_call(m: _Mapper, n: Any, op: str, roles: tuple[str, ...]) -> Any:
     raise _Unsupported(f"{op} with explicit parameters")
 
 
+_CONV_OPS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+
+
+def _conv_params(op: str, kernel: tuple[int, ...], stride: Any, padding: Any, dilation: Any, groups: Any,
+                 bias: bool, output_padding: Any = 0) -> dict[str, Any]:
+    """A convolution's catalog parameters, per spatial dim. ``padding="valid"`` is 0; ``"same"``
+    (stride 1) pads each side by half the dilated window, which must be even: PyTorch pads the odd
+    remainder on one side only, and the catalog's convolutions pad both sides alike."""
+    spatial = len(kernel)
+    stride, dilation = _per_dim(stride, spatial), _per_dim(dilation, spatial)
+    if padding == "valid":
+        padding = 0
+    elif padding == "same":
+        reach = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if any(r % 2 for r in reach):
+            raise _Unsupported(f"{op} with padding='same' for kernel {kernel} and dilation {dilation} "
+                               "(PyTorch pads one side more than the other)")
+        padding = tuple(r // 2 for r in reach)
+    elif isinstance(padding, str):
+        raise _Unsupported(f"{op} with padding={padding!r}")
+    params: dict[str, Any] = {"kernel": kernel, "stride": stride, "padding": _per_dim(padding, spatial),
+                              "dilation": dilation, "groups": int(groups), "bias": bool(bias)}
+    if op.startswith("conv_transpose"):
+        params["output_padding"] = _per_dim(output_padding, spatial)
+    return params
+
+
+def _per_dim(v: Any, spatial: int) -> tuple[int, ...]:
+    """An int or a per-dim tuple / list as a tuple of `spatial` ints."""
+    if isinstance(v, (tuple, list)):
+        if len(v) == 1:
+            return (int(v[0]),) * spatial
+        if len(v) != spatial:
+            raise _Unsupported(f"{len(v)} values {tuple(v)} for a {spatial}-D convolution")
+        return tuple(int(x) for x in v)
+    return (int(v),) * spatial
+
+
 def _eps(m: _Mapper, eps: Any) -> float:
     import torch
 
     return float(eps) if eps is not None else float(torch.finfo(getattr(torch, m.dtype)).eps)
-
-
-def _all_equal(v: Any, value: int) -> bool:
-    """An int or a tuple / list of ints, all equal to `value`."""
-    return all(int(x) == value for x in (v if isinstance(v, (tuple, list)) else (v,)))
-
-
-def _tup(v: Any) -> tuple[int, ...] | int:
-    if isinstance(v, (tuple, list)):
-        return tuple(int(x) for x in v)
-    return int(v)
 
 
 def _h_instance_norm(m: _Mapper, n: Any) -> Any:
@@ -888,8 +912,7 @@ _FUNCTIONS.update({
     "masked_fill": _h_masked_fill, "softmax": _h_softmax("softmax"), "log_softmax": _h_softmax("log_softmax"),
     "cumsum": _h_scan("cumsum"), "cummax": _h_scan("cummax"), "logcumsumexp": _h_scan("logcumsumexp"),
     "getitem": _h_getitem, "getattr": _h_getattr,
-    "linear": _h_state_fn("linear", ()), "conv1d": _h_state_fn("conv1d", ()), "conv2d": _h_state_fn("conv2d", ()),
-    "conv_transpose1d": _h_state_fn("conv_transpose1d", ()), "conv_transpose2d": _h_state_fn("conv_transpose2d", ()),
+    "linear": _h_state_fn("linear", ()), **{op: _h_state_fn(op, ()) for op in _CONV_OPS},
     "layer_norm": _h_state_fn("layer_norm", ()), "rms_norm": _h_state_fn("rms_norm", ()),
     "group_norm": _h_state_fn("group_norm", ()), "batch_norm": _h_state_fn("batch_norm", ()),
     "embedding": _h_state_fn("embedding", ()), "instance_norm": _h_instance_norm,
@@ -1213,14 +1236,12 @@ def _m_linear(m: _Mapper, n: Any, sub: Any) -> Any:
 
 def _m_conv(op: str) -> Callable[[_Mapper, Any, Any], Any]:
     def handler(m: _Mapper, n: Any, sub: Any) -> Any:
-        if sub.groups != 1 or any(d != 1 for d in sub.dilation) or sub.padding_mode != "zeros":
-            raise _Unsupported(f"{type(sub).__name__} with groups, dilation or padding_mode")
-        if isinstance(sub.padding, str):
-            raise _Unsupported(f"{type(sub).__name__} with padding={sub.padding!r}")
-        if op.startswith("conv_transpose") and any(p != 0 for p in sub.output_padding):
-            raise _Unsupported("transposed convolution with output_padding")
-        params = {"kernel": tuple(sub.kernel_size), "stride": tuple(sub.stride), "padding": tuple(sub.padding)}
-        return m.add(op, params, [n.args[0]], m.shape_of(n), _mod_params(m, n, {"weight": "weight", "bias": "bias"}))
+        if sub.padding_mode != "zeros":
+            raise _Unsupported(f"{type(sub).__name__} with padding_mode={sub.padding_mode!r}")
+        roles = _mod_params(m, n, {"weight": "weight", "bias": "bias"})
+        params = _conv_params(op, tuple(sub.kernel_size), sub.stride, sub.padding, sub.dilation, sub.groups,
+                              "bias" in roles, getattr(sub, "output_padding", 0))
+        return m.add(op, params, [n.args[0]], m.shape_of(n), roles)
 
     return handler
 
@@ -1311,8 +1332,9 @@ _MODULES: dict[str, Callable[[_Mapper, Any, Any], Any]] = {
     "Tanh": _mod_unary("tanh"), "GELU": _m_gelu, "Softplus": _m_softplus,
     "LeakyReLU": _m_with("leaky_relu", slope="negative_slope"), "ELU": _m_with("elu", alpha="alpha"),
     "Hardtanh": _m_with("hardtanh", lo="min_val", hi="max_val"),
-    "Linear": _m_linear, "Conv1d": _m_conv("conv1d"), "Conv2d": _m_conv("conv2d"),
+    "Linear": _m_linear, "Conv1d": _m_conv("conv1d"), "Conv2d": _m_conv("conv2d"), "Conv3d": _m_conv("conv3d"),
     "ConvTranspose1d": _m_conv("conv_transpose1d"), "ConvTranspose2d": _m_conv("conv_transpose2d"),
+    "ConvTranspose3d": _m_conv("conv_transpose3d"),
     "LayerNorm": _m_layer_norm, "RMSNorm": _m_rms_norm, "BatchNorm1d": _m_batch_norm, "BatchNorm2d": _m_batch_norm,
     "GroupNorm": _m_group_norm, "InstanceNorm1d": _m_instance_norm, "InstanceNorm2d": _m_instance_norm,
     "Softmax": _m_softmax("softmax"), "LogSoftmax": _m_softmax("log_softmax"),

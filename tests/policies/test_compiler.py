@@ -272,7 +272,18 @@ def test_every_catalog_op_compiles_to_triton_kernels_only(catalog_sources):
         assert torch_compute_calls(src) == [], (op, torch_compute_calls(src))
         assert policy.unsupported(task) == [], op
         if op in MATMUL | CONV:
-            assert "tl.dot(" in src or "tl.sum(acc, axis=0)" in src, op
+            assert "tl.dot(" in src or "tl.sum(acc, axis=0)" in src or depthwise(task), op
+            if depthwise(task):  # one input channel a group: the window's taps on CUDA cores
+                assert "for r0 in range(" in src and "tl.dot(" not in src, op
+
+
+def depthwise(task: Task) -> bool:
+    """A single-op convolution task with one input channel a group (and several groups)."""
+    from kernelgym.ops.catalog import conv_groups
+
+    g = Graph.from_dict(task.graph)
+    node, cin = g.nodes[0], g.in_shapes(0)[0][1]
+    return node.op in CONV and conv_groups(node.params, cin) == cin > 1
 
 
 def test_every_launch_grid_is_a_tuple(catalog_sources):
