@@ -619,6 +619,9 @@ class KernelWriter:
         outs = c.dims[len(c.dims) - spatial:]
         sizes = sx[len(sx) - spatial:]
         is_max = op.startswith("max")
+        t = self.tiles[-1]
+        # a constant coordinate (a length-1 dim) becomes a tensor, so window masks are tensors too
+        outs = [o if not o.is_zero else t.zero for o in outs]
         # per spatial dim: (first input index of the window, window length, step, exclusive end or None)
         dims: list[tuple[str, int, int, str | None]] = []
         guard = False  # some window may reach outside the input
@@ -640,7 +643,6 @@ class KernelWriter:
                 dims.append((start, k, dil, None))
                 guard = guard or pad > 0 or ceil
         acc = self.fresh("pool_acc")
-        t = self.tiles[-1]
         self.emit(f"{acc} = {t.zero}.to(tl.float32)" + (f" + {NEG_INF}" if is_max else ""))
         volume = math.prod(n for _, n, _, _ in dims)
         loop = "tl.static_range" if volume <= 64 else "range"
