@@ -934,7 +934,6 @@ _FUNCTIONS.update({
 })
 for _sp in (1, 2, 3):
     _FUNCTIONS[f"max_pool{_sp}d"] = _h_pool(f"max_pool{_sp}d")
-    _FUNCTIONS[f"max_pool{_sp}d_with_indices"] = _h_pool(f"max_pool{_sp}d")
     _FUNCTIONS[f"avg_pool{_sp}d"] = _h_pool(f"avg_pool{_sp}d")
     _FUNCTIONS[f"adaptive_avg_pool{_sp}d"] = _h_adaptive(_sp)
 for _name, _op in _REDUCE_NAMES.items():
