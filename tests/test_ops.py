@@ -162,3 +162,30 @@ def test_combos_must_be_choices_of_the_params():
         spec(((5, 1),))
     with pytest.raises(ValueError, match="repeated combos"):
         spec(((1, 1), (1, 1)))
+
+
+_POOLS = [n for n in sorted(CATALOG) if CATALOG[n].category == "pool"]
+
+
+@pytest.mark.parametrize("name", _POOLS)
+def test_every_pool_variant_shape_rule_agrees_with_pytorch(name):
+    """Each pool variant (padding, dilation, ceil_mode, ...) on lengths 1..7 in the first spatial
+    dim: the rule's shape is torch's, and it rejects what torch rejects
+    (adaptive pools also refuse length-1 dims: nothing to average)."""
+    op = get_op(name)
+    spatial = op.min_rank - 2
+    for p in op.variants:
+        call = eval("lambda x: " + op.call(["x"], {**p, "_w": {}}).replace("F.", "torch.nn.functional."))  # noqa: S307
+        for size in (1, 2, 3, 4, 7):  # the first spatial dim varies; every slot has the same rule
+            shape = (2, 3, size, *[5] * (spatial - 1))
+            try:
+                expected = tuple(call(torch.zeros(shape)).shape)
+            except RuntimeError:
+                expected = None
+            if expected is not None and 0 in expected:
+                expected = None
+            got = infer_shape(name, [shape], p, hi=64)
+            if name.startswith("adaptive") and size == 1:  # the rule asks for a window to average
+                assert got in (None, expected), (p, shape, got, expected)
+                continue
+            assert got == expected, (p, shape, got, expected)

@@ -33,12 +33,16 @@ ELEMENTWISE = frozenset({
     "add_scalar", "mul_scalar", "div_scalar", "pow_scalar", "clamp", "tril", "batch_norm",
     "triu", "clone",
 })
-INDEXING = frozenset({"transpose", "permute", "flatten", "merge_last", "concat", "gather", "embedding",
-                      "max_pool1d", "avg_pool1d", "max_pool2d", "avg_pool2d"}) | frozenset({
+# Pools: a window of the input per output element (max / average; adaptive pools to an output
+# size other than 1 average windows of varying length). Global average pools are reductions.
+POOLS = frozenset({f"{kind}_pool{n}d" for kind in ("max", "avg") for n in (1, 2, 3)}
+                  | {f"adaptive_avg_pool{n}d_windows" for n in (1, 2, 3)})
+GLOBAL_POOLS = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3}  # op -> spatial dims
+INDEXING = frozenset({"transpose", "permute", "flatten", "merge_last", "concat", "gather", "embedding"}) | POOLS | frozenset({
     # views and copies: each output element is one input element at derived coordinates
     "unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat"})
 POINTWISE = ELEMENTWISE | INDEXING
-REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", "adaptive_avg_pool2d"})
+REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", *GLOBAL_POOLS})
 NORMALIZE = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "group_norm", "instance_norm"})
 SCAN = frozenset({"cumsum", "cummax", "logcumsumexp"})
 ROW = REDUCE | NORMALIZE | SCAN
@@ -215,8 +219,8 @@ def reduced_axes(graph: Graph, i: int) -> tuple[int, ...] | None:
         return tuple(range(rank - int(p.get("ndims", 1)), rank))
     if op == "instance_norm":
         return tuple(range(2, rank))
-    if op == "adaptive_avg_pool2d":
-        return (rank - 2, rank - 1)
+    if op in GLOBAL_POOLS:
+        return tuple(range(rank - GLOBAL_POOLS[op], rank))
     if op not in ROW or op == "group_norm":
         return None
     if "axes" in p:

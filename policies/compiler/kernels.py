@@ -16,7 +16,7 @@ from typing import Any
 
 from kernelgym.ops.catalog import conv_groups
 from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, broadcast, lit, paren
-from policies.compiler.ir import NORMALIZE, REDUCE, CompileError, Program, kind, numel
+from policies.compiler.ir import GLOBAL_POOLS, NORMALIZE, REDUCE, CompileError, Program, kind, numel
 
 NEG_INF = '-float("inf")'
 POS_INF = 'float("inf")'
@@ -39,7 +39,7 @@ ROW_CHUNK_MAX = 4096
 # at most when there are few row tiles, each program folding at least ROW_SPLIT_CHUNKS chunks.
 ROW_SPLIT_PROGRAMS = 1024
 ROW_SPLIT_CHUNKS = 4
-SPLIT_FOLDS = frozenset({"sum", "mean", "adaptive_avg_pool2d", "norm"})
+SPLIT_FOLDS = frozenset({"sum", "mean", "norm", *GLOBAL_POOLS})
 # Programs a one-row product (GEMV) aims for. On an H200 the bench GEMV (1 x 3253 @ 3253 x 8192,
 # fp32) took 98.6 / 56.6 / 34.0 us with 256 / 512 / 1024 programs of 4 warps (cuBLAS: 32.5 us):
 # streaming at full bandwidth needs about 32 warps' loads in flight on every SM.
@@ -189,8 +189,8 @@ def row_plan(prog: Program, a: int) -> RowPlan:
         red_axes = list(range(rank - nd, rank))
     elif op == "instance_norm":
         red_axes = list(range(2, rank))
-    elif op == "adaptive_avg_pool2d":
-        red_axes = [rank - 2, rank - 1]
+    elif op in GLOBAL_POOLS:
+        red_axes = list(range(rank - GLOBAL_POOLS[op], rank))
     elif "axes" in p:
         red_axes = sorted(int(a) for a in p["axes"])
     else:
@@ -209,8 +209,11 @@ def row_plan(prog: Program, a: int) -> RowPlan:
         return out
 
     contiguous = red_axes == list(range(rank - len(red_axes), rank))
+    # an affine's weight is indexed by the reduced axes (layer_norm) or, for instance_norm, by the
+    # channel (kept axis 1 of (N, C))
+    wcoords = (lambda k, r: [k[1]]) if op == "instance_norm" else (lambda k, r: list(r))
     return RowPlan(tuple(x[i] for i in kept_axes), tuple(x[i] for i in red_axes), coords, contiguous,
-                   tuple(kept_axes), weight_coords=lambda k, r: list(r), inner=numel(x[max(red_axes) + 1:]))
+                   tuple(kept_axes), weight_coords=wcoords, inner=numel(x[max(red_axes) + 1:]))
 
 
 def _chan(g: Expr, cg_coord: Expr, cg: int) -> str:
@@ -421,7 +424,7 @@ def _row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords:
 
 # Row ops whose statistic is one running fold of the row's masked chunks (`_fold_init`, `_fold_step`):
 # a sum, a sum of squares, a max or a min. A normalising row's tail reduction is one of them too.
-FOLDS = frozenset({"sum", "mean", "adaptive_avg_pool2d", "norm", "rms_norm", "amax", "amin"})
+FOLDS = frozenset({"sum", "mean", "norm", "rms_norm", "amax", "amin", *GLOBAL_POOLS})
 
 
 # The masked lanes' value and the combining function of a max / min fold.
@@ -446,7 +449,7 @@ def _fold_step(op: str, acc: str, xv: str) -> str:
 def _reduce_result(w: KernelWriter, op: str, p: dict[str, Any], stats: dict[str, str], r: int) -> str:
     if op in ("sum", "amax", "amin"):
         return stats["acc"]
-    if op in ("mean", "adaptive_avg_pool2d"):
+    if op == "mean" or op in GLOBAL_POOLS:
         return w.assign("res", f"{stats['acc']} / {r}")
     if op == "norm":
         return w.assign("res", f"tl.sqrt({stats['acc']})")

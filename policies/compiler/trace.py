@@ -748,10 +748,13 @@ def _eps(m: _Mapper, eps: Any) -> float:
 
 
 def _h_instance_norm(m: _Mapper, n: Any) -> Any:
-    if any(m.arg(n, i, k) is not None for i, k in ((1, "running_mean"), (2, "running_var"), (3, "weight"),
-                                                   (4, "bias"))):
-        raise _Unsupported("instance_norm with running stats or affine parameters")
-    return m.add("instance_norm", {"eps": float(m.arg(n, 7, "eps", 1e-5))}, [n.args[0]], m.shape_of(n))
+    """F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)."""
+    if not m.arg(n, 5, "use_input_stats", True):
+        raise _Unsupported("instance_norm with use_input_stats=False (running statistics)")
+    # running statistics are only updated (not used) when the input's own statistics are
+    st = _state_keys(m, n, {"weight": m.arg(n, 3, "weight"), "bias": m.arg(n, 4, "bias")})
+    params = {"affine": bool(st), "eps": float(m.arg(n, 7, "eps", 1e-5))}
+    return m.add("instance_norm", params, [n.args[0]], m.shape_of(n), st)
 
 
 def _h_matmul(m: _Mapper, n: Any) -> Any:
@@ -856,31 +859,69 @@ def _h_gather(m: _Mapper, n: Any) -> Any:
 
 
 def _h_pool(op: str) -> Callable[[_Mapper, Any], Any]:
+    """F.max_pool*d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices) and
+    F.avg_pool*d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)."""
     def handler(m: _Mapper, n: Any) -> Any:
-        return _pool(m, n, op, m.arg(n, 1, "kernel_size"), m.arg(n, 2, "stride"), m.arg(n, 3, "padding", 0),
-                     n.kwargs.get("ceil_mode", False), n.kwargs.get("dilation", 1))
+        win = {"kernel_size": m.arg(n, 1, "kernel_size"), "stride": m.arg(n, 2, "stride"),
+               "padding": m.arg(n, 3, "padding", 0)}
+        if op.startswith("max"):
+            win |= {"dilation": m.arg(n, 4, "dilation", 1), "ceil_mode": m.arg(n, 5, "ceil_mode", False),
+                    "return_indices": m.arg(n, 6, "return_indices", False)}
+        else:
+            win |= {"ceil_mode": m.arg(n, 4, "ceil_mode", False), "count_include_pad": m.arg(n, 5, "count_include_pad", True),
+                    "divisor_override": m.arg(n, 6, "divisor_override")}
+        return _pool(m, n, op, win)
 
     return handler
 
 
-def _pool(m: _Mapper, n: Any, op: str, k: Any, s: Any, pad: Any, ceil: Any, dil: Any) -> Any:
-    k, s, pad, dil = _square(k), _square(s if s not in (None, ()) else k), _square(pad), _square(dil)
-    if None in (k, s, pad, dil) or pad != 0 or dil != 1 or ceil:
-        raise _Unsupported(f"{op} with non-square windows, padding, dilation or ceil_mode")
-    return m.add(op, {"kernel": k, "stride": s}, [n.args[0]], m.shape_of(n))
+def _pool(m: _Mapper, n: Any, op: str, win: dict[str, Any]) -> Any:
+    """A max / avg pool node with torch's window arguments (ints or per-dim tuples)."""
+    if win.get("return_indices"):
+        raise _Unsupported(f"{op} with return_indices (the indices have no catalog op)")
+    spatial = int(op[-2])
+    k = win["kernel_size"]
+    stride = win.get("stride")
+    params: dict[str, Any] = {"kernel": _compact(k, spatial),
+                              "stride": _compact(k if stride in (None, (), []) else stride, spatial),
+                              "padding": _compact(win.get("padding", 0), spatial)}
+    if op.startswith("max"):
+        params["dilation"] = _compact(win.get("dilation", 1), spatial)
+    params["ceil_mode"] = bool(win.get("ceil_mode", False))
+    if op.startswith("avg"):
+        params["count_include_pad"] = bool(win.get("count_include_pad", True))
+        if win.get("divisor_override") is not None:
+            params["divisor_override"] = int(win["divisor_override"])
+    if isinstance(params["padding"], str):
+        raise _Unsupported(f"{op} with padding={params['padding']!r}")
+    return m.add(op, params, [n.args[0]], m.shape_of(n))
 
 
-def _square(v: Any) -> int | None:
-    if isinstance(v, (tuple, list)):
-        return int(v[0]) if len(set(v)) == 1 else None
-    return int(v) if v is not None else None
+def _compact(v: Any, spatial: int) -> Any:
+    """torch's int-or-tuple window argument as one int when every dim agrees, else a tuple."""
+    if isinstance(v, str):
+        return v
+    vals = tuple(int(x) for x in v) if isinstance(v, (tuple, list)) else (int(v),) * spatial
+    if len(vals) == 1:
+        vals = vals * spatial
+    if len(vals) != spatial:
+        raise _Unsupported(f"window argument {v!r} for {spatial} spatial dims")
+    return vals[0] if len(set(vals)) == 1 else vals
 
 
-def _h_adaptive(m: _Mapper, n: Any) -> Any:
-    size = m.arg(n, 1, "output_size")
-    if size not in (1, (1, 1), [1, 1]):
-        raise _Unsupported("adaptive_avg_pool2d to a size other than 1")
-    return m.add("adaptive_avg_pool2d", {}, [n.args[0]], m.shape_of(n))
+def _adaptive(m: _Mapper, n: Any, spatial: int) -> Any:
+    """Adaptive average pools: to size 1 everywhere a global pool (a reduction), else windows."""
+    shape = m.shape_of(n)
+    if m.rank(n.args[0]) != spatial + 2:
+        raise _Unsupported(f"adaptive_avg_pool{spatial}d of a rank-{m.rank(n.args[0])} input (batched only)")
+    size = tuple(shape[2:])
+    if all(s == 1 for s in size):
+        return m.add(f"adaptive_avg_pool{spatial}d", {}, [n.args[0]], shape)
+    return m.add(f"adaptive_avg_pool{spatial}d_windows", {"size": _compact(size, spatial)}, [n.args[0]], shape)
+
+
+def _h_adaptive(spatial: int) -> Callable[[_Mapper, Any], Any]:
+    return lambda m, n: _adaptive(m, n, spatial)
 
 
 def _h_getattr(m: _Mapper, n: Any) -> Any:
@@ -920,10 +961,12 @@ _FUNCTIONS.update({
     "transpose": _h_transpose, "t": _h_transpose, "permute": _h_permute,
     "reshape": _h_reshape, "view": _h_reshape, "cat": _h_cat, "concat": _h_cat, "concatenate": _h_cat,
     "tril": _h_tril, "gather": _h_gather, "contiguous": _h_identity, "dropout": _h_identity,
-    "max_pool1d": _h_pool("max_pool1d"), "max_pool2d": _h_pool("max_pool2d"),
-    "avg_pool1d": _h_pool("avg_pool1d"), "avg_pool2d": _h_pool("avg_pool2d"),
-    "adaptive_avg_pool2d": _h_adaptive, "size": _h_meta, "dim": _h_meta,
+    "size": _h_meta, "dim": _h_meta,
 })
+for _sp in (1, 2, 3):
+    _FUNCTIONS[f"max_pool{_sp}d"] = _h_pool(f"max_pool{_sp}d")
+    _FUNCTIONS[f"avg_pool{_sp}d"] = _h_pool(f"avg_pool{_sp}d")
+    _FUNCTIONS[f"adaptive_avg_pool{_sp}d"] = _h_adaptive(_sp)
 for _name, _op in _REDUCE_NAMES.items():
     _FUNCTIONS[_name] = _h_reduce(_op)
 
@@ -1269,9 +1312,10 @@ def _m_group_norm(m: _Mapper, n: Any, sub: Any) -> Any:
 
 
 def _m_instance_norm(m: _Mapper, n: Any, sub: Any) -> Any:
-    if sub.affine or sub.track_running_stats:
-        raise _Unsupported("InstanceNorm with affine parameters or running statistics")
-    return m.add("instance_norm", {"eps": float(sub.eps)}, [n.args[0]], m.shape_of(n))
+    if sub.track_running_stats:
+        raise _Unsupported("InstanceNorm with running statistics (used in eval mode)")
+    params = {"affine": bool(sub.affine), "eps": float(sub.eps)}
+    return m.add("instance_norm", params, [n.args[0]], m.shape_of(n), _mod_params(m, n, {"weight": "weight", "bias": "bias"}))
 
 
 def _m_softmax(op: str) -> Callable[[_Mapper, Any, Any], Any]:
@@ -1285,15 +1329,19 @@ def _m_softmax(op: str) -> Callable[[_Mapper, Any, Any], Any]:
 
 def _m_pool(op: str) -> Callable[[_Mapper, Any, Any], Any]:
     def handler(m: _Mapper, n: Any, sub: Any) -> Any:
-        return _pool(m, n, op, sub.kernel_size, sub.stride, sub.padding, sub.ceil_mode, getattr(sub, "dilation", 1))
+        win = {"kernel_size": sub.kernel_size, "stride": sub.stride, "padding": sub.padding,
+               "ceil_mode": sub.ceil_mode}
+        if op.startswith("max"):
+            win |= {"dilation": sub.dilation, "return_indices": sub.return_indices}
+        else:
+            win |= {"count_include_pad": sub.count_include_pad, "divisor_override": getattr(sub, "divisor_override", None)}
+        return _pool(m, n, op, win)
 
     return handler
 
 
-def _m_adaptive(m: _Mapper, n: Any, sub: Any) -> Any:
-    if sub.output_size not in (1, (1, 1), [1, 1]):
-        raise _Unsupported("AdaptiveAvgPool2d to a size other than 1")
-    return m.add("adaptive_avg_pool2d", {}, [n.args[0]], m.shape_of(n))
+def _m_adaptive(spatial: int) -> Callable[[_Mapper, Any, Any], Any]:
+    return lambda m, n, sub: _adaptive(m, n, spatial)
 
 
 def _m_embedding(m: _Mapper, n: Any, sub: Any) -> Any:
@@ -1336,10 +1384,14 @@ _MODULES: dict[str, Callable[[_Mapper, Any, Any], Any]] = {
     "ConvTranspose1d": _m_conv("conv_transpose1d"), "ConvTranspose2d": _m_conv("conv_transpose2d"),
     "ConvTranspose3d": _m_conv("conv_transpose3d"),
     "LayerNorm": _m_layer_norm, "RMSNorm": _m_rms_norm, "BatchNorm1d": _m_batch_norm, "BatchNorm2d": _m_batch_norm,
-    "GroupNorm": _m_group_norm, "InstanceNorm1d": _m_instance_norm, "InstanceNorm2d": _m_instance_norm,
+    "BatchNorm3d": _m_batch_norm, "GroupNorm": _m_group_norm, "InstanceNorm1d": _m_instance_norm,
+    "InstanceNorm2d": _m_instance_norm, "InstanceNorm3d": _m_instance_norm,
     "Softmax": _m_softmax("softmax"), "LogSoftmax": _m_softmax("log_softmax"),
-    "MaxPool1d": _m_pool("max_pool1d"), "MaxPool2d": _m_pool("max_pool2d"), "AvgPool1d": _m_pool("avg_pool1d"),
-    "AvgPool2d": _m_pool("avg_pool2d"), "AdaptiveAvgPool2d": _m_adaptive, "Embedding": _m_embedding,
+    "Embedding": _m_embedding,
     "Flatten": _m_flatten, "Identity": lambda m, n, sub: m.ref(n.args[0]),
     "Dropout": lambda m, n, sub: m.ref(n.args[0]),
 }
+for _sp in (1, 2, 3):
+    _MODULES[f"MaxPool{_sp}d"] = _m_pool(f"max_pool{_sp}d")
+    _MODULES[f"AvgPool{_sp}d"] = _m_pool(f"avg_pool{_sp}d")
+    _MODULES[f"AdaptiveAvgPool{_sp}d"] = _m_adaptive(_sp)
