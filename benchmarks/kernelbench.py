@@ -12,7 +12,12 @@ profile of the losers (ok but slower than eager). Writes ``kernelbench.json`` in
 Each problem's candidate is proposed in a forked child process with a time limit (--task-timeout:
 tracing a problem at KernelBench's sizes on a CPU can take minutes), then judged by an
 `Evaluator`. A policy that searches (``search()``, e.g. --policy search) runs in this process
-instead, without the limit. In --mode both, lenient mode judges only the problems strict mode did
+instead, --jobs problems at a time (threads; --budget-evals / --budget-s bound each problem's
+search), after its base compiler traced every problem in forked children under --task-timeout
+(tracing serialised per child, in parallel across them). In lenient mode the compiler runs
+convolutions as the vendor call with the ops around them fused into Triton (extern anchors) and
+the search chooses per anchor between that and the Triton template; a row's ``vendor_calls``
+counts the extern anchors of its candidate. In --mode both, lenient mode judges only the problems strict mode did
 not solve: a kernel ok in strict mode is an ok lenient answer too (it computes everything in
 Triton), and its row says so (``lenient_from: "strict"``).
 
@@ -21,6 +26,7 @@ strict and lenient mode.
 
 Usage: python benchmarks/kernelbench.py PATH [--levels 1,2,3] [--policy compiler|search|MODULE:ATTR]
        [--mode strict|lenient|both] [--backend auto|cuda|interpret] [--jobs J] [--workers W]
+       [--budget-evals N] [--budget-s S]
        [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--out DIR]
 """
 
@@ -176,6 +182,81 @@ def _trace_job(task: Any) -> Callable[[], dict[str, Any]]:
     return job
 
 
+def _program_job(task: Any) -> Callable[[], dict[str, Any]]:
+    """Trace `task` with the compiler (in a child: a slow trace costs --task-timeout, not the run)."""
+    def job() -> dict[str, Any]:
+        from policies.compiler import CompilerPolicy
+
+        return {"program": CompilerPolicy().program(task)}
+    return job
+
+
+def pretrace(tasks: Sequence[Any], compiler: Any, timeout: float, jobs: int,
+             cache: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Trace every task in forked children and hand the programs to `compiler` (a CompilerPolicy,
+    e.g. a search's base), so the in-process search never traces; per task ``{"traced": bool}``
+    plus the error of a trace that failed or timed out. `cache` (task hash -> the child's result)
+    keeps the traces for the next mode."""
+    cache = {} if cache is None else cache
+    new = [t for t in tasks if t.hash not in cache]
+    for t, r in zip(new, in_children([_program_job(t) for t in new], timeout, jobs)):
+        cache[t.hash] = r
+    out = []
+    for t in tasks:
+        r = cache[t.hash]
+        if r.get("program") is not None:
+            compiler._programs[t.hash] = r["program"]
+            out.append({"traced": True, "trace_s": r.get("seconds")})
+        else:
+            out.append({"traced": False, "error": f"trace: {r.get('error', 'no program')}"[:500],
+                        "timed_out": r.get("timed_out", False), "seconds": r.get("seconds")})
+    return out
+
+
+def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode: str, args: argparse.Namespace,
+                 jobs: int, cache: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """(proposals, verdicts) of a searching policy over `tasks`: traced first (`pretrace`, when the
+    base is the compiler), then searched `jobs` problems at a time."""
+    from kernelgym.runner import run_tasks
+
+    base = getattr(policy, "base", None)
+    if callable(getattr(base, "program", None)) and isinstance(getattr(base, "_programs", None), dict):
+        props = pretrace(tasks, base, args.task_timeout, jobs, cache)
+    else:
+        props = [{} for _ in tasks]
+    todo = [i for i, p in enumerate(props) if p.get("traced", True)]
+    verdicts: list[Any] = [None] * len(tasks)
+    results = run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed)
+    for i, r in zip(todo, results):
+        props[i].update(source=r.source, error=r.policy_error)
+        if r.search is not None:
+            best = r.search.log[r.search.best_index] if r.search.best_index is not None else {}
+            props[i]["search"] = {"evaluations": r.search.evaluations, "stopped": r.search.stopped,
+                                  "best_origin": best.get("origin"), "best_changes": best.get("changes"),
+                                  "elapsed_s": round(r.search.elapsed_s, 1)}
+        props[i]["seconds"] = round(r.elapsed_s, 2)
+        verdicts[i] = r.verdict if r.source else None
+    return props, verdicts
+
+
+def environment() -> dict[str, Any]:
+    """Commit, device and versions for the report (NOTES.md figures cite them)."""
+    import platform
+    import subprocess
+
+    import torch
+    import triton
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"commit": commit, "torch": torch.__version__, "triton": triton.__version__,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
 def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict[str, Any]]:
     def job() -> dict[str, Any]:
         policy = make_policy()
@@ -215,6 +296,10 @@ def row_of(level: int, task: Any, prop: dict[str, Any], verdict: Any, mode: str,
         row["error"] = prop["error"]
     if prop.get("timed_out"):
         row["status"] = "policy_timeout"
+    if prop.get("source"):
+        row["vendor_calls"] = prop["source"].count("extern anchor (vendor call)")
+    if prop.get("search"):
+        row["search"] = prop["search"]
     if verdict is not None:
         v = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict)
         row.update(status=v["status"], speedup=v.get("speedup"), speedup_vs_compile=v.get("speedup_vs_compile"),
@@ -247,6 +332,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fast_1": sum(1 for r in ok if (r.get("speedup") or 0) > 1) / n if n else None,
         "fast_1_vs_compile": sum(1 for r in ok if (r.get("speedup_vs_compile") or 0) > 1) / n if n else None,
         "timed": sum(1 for r in ok if r.get("speedup")),
+        "ok_with_vendor_calls": sum(1 for r in ok if r.get("vendor_calls")),
         "geomean_speedup": _geomean([r["speedup"] for r in ok if r.get("speedup")]),
         "geomean_speedup_vs_compile": _geomean([r["speedup_vs_compile"] for r in ok if r.get("speedup_vs_compile")]),
     }
@@ -322,16 +408,18 @@ def print_tables(report: dict[str, Any]) -> None:
                       str(s["compiled_lenient"]), str(s["timed_out"]), _num(s["median_s"], ".1f"))
         console.print(t)
         return
-    t = Table(title=f"KernelBench: {report['policy']} ({report['backend']})")
+    env = report.get("env") or {}
+    t = Table(title=f"KernelBench: {report['policy']} ({report['backend']}; {env.get('device')}, commit "
+                    f"{env.get('commit')}, torch {env.get('torch')}, triton {env.get('triton')})")
     for col in ("level", "mode", "problems", "traced", "compiled", "ok", "fast_1 eager", "fast_1 compile",
-                "geomean (ok)", "geomean vs compile", "eager / published (n, within 10 %)"):
+                "geomean (ok)", "geomean vs compile", "ok w/ vendor calls", "eager / published (n, within 10 %)"):
         t.add_column(col, justify="right")
     for lv, modes in report["levels"].items():
         for mode, s in modes.items():
             pub = s["eager_vs_published"]
             t.add_row(str(lv), mode, str(s["problems"]), str(s["traced"]), str(s["compiled"]), str(s["ok"]),
                       _pct(s["fast_1"]), _pct(s["fast_1_vs_compile"]), _num(s["geomean_speedup"]),
-                      _num(s["geomean_speedup_vs_compile"]),
+                      _num(s["geomean_speedup_vs_compile"]), str(s.get("ok_with_vendor_calls", 0)),
                       f"{_num(pub['median_ratio'], '.3f')} ({pub['n']}, {pub['within_10pct']})")
     console.print(t)
     for p in report.get("loser_profiles", []):
@@ -364,6 +452,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--policy", default="compiler", help="compiler | search | llm | MODULE:ATTR (default compiler)")
     ap.add_argument("--base", default="compiler", help="base policy of a wrapping policy (search)")
     ap.add_argument("--mode", choices=["strict", "lenient", "both"], default="both")
+    ap.add_argument("--budget-evals", type=int, default=None,
+                    help="a searching policy's candidates judged per problem (default: the policy's)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="a searching policy's wall seconds per problem (default: the policy's)")
     ap.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
     ap.add_argument("--jobs", type=int, default=None, help="problems proposed / judged at once (default: workers)")
     ap.add_argument("--workers", type=int, default=None, help="candidate evaluation workers")
@@ -381,10 +473,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not args.path.is_dir():
         ap.error(f"PATH {str(args.path)!r} is not a directory (a KernelBench checkout)")
-    for name in ("jobs", "workers", "limit"):
+    for name in ("jobs", "workers", "limit", "budget_evals"):
         v = getattr(args, name)
         if v is not None and v < 1:
             ap.error(f"--{name} must be >= 1, got {v}")
+    if args.budget_s is not None and not args.budget_s > 0:
+        ap.error(f"--budget-s must be > 0, got {args.budget_s}")
     if not args.task_timeout > 0:
         ap.error(f"--task-timeout must be > 0, got {args.task_timeout}")
     if args.filter is not None:
@@ -425,7 +519,7 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                     published: dict[str, dict[tuple[int, str], float]]) -> dict[str, Any]:
     from kernelgym.evaluation import Evaluator
     from kernelgym.evaluation.evaluator import resolve_backend
-    from kernelgym.runner import build_policy, run_task
+    from kernelgym.runner import build_policy
 
     backend = resolve_backend(args.backend)
     modes = ["strict", "lenient"] if args.mode == "both" else [args.mode]
@@ -433,26 +527,28 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
     if args.timeout:
         ev_kw["timeout"] = args.timeout
     report: dict[str, Any] = {"benchmark": "kernelbench", "path": str(args.path), "policy": args.policy,
-                              "backend": backend, "modes": modes, "hardware": args.hardware, "levels": {}, "rows": []}
+                              "backend": backend, "modes": modes, "hardware": args.hardware, "env": environment(),
+                              "levels": {}, "rows": []}
     sources: dict[tuple[int, str, str], str] = {}
+    search_kw = {"budget_evals": args.budget_evals, "budget_s": args.budget_s}
     t0 = time.perf_counter()
     with Evaluator(**ev_kw) as ev:
         jobs = args.jobs or max(2, ev.workers)
 
         def make(mode: str) -> Callable[[], Any]:
             return lambda: build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=None,
-                                        seed=args.seed)
+                                        seed=args.seed, **search_kw)
 
         for lv, tasks in levels.items():
             report["levels"][lv] = {}
+            traces: dict[str, dict[str, Any]] = {}   # a search's traces, kept for the next mode
             done: dict[str, dict[str, Any]] = {}    # problem -> its strict row, when ok
             for mode in modes:
                 todo = [t for t in tasks if f"{t.id}.py" not in done]
-                policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed)
+                policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed,
+                                      **search_kw)
                 if callable(getattr(policy, "search", None)):   # searches judge as they go: in this process
-                    results = [run_task(t, policy, ev, backend, mode, args.seed + i) for i, t in enumerate(todo)]
-                    props = [{"source": r.source, "error": r.policy_error} for r in results]
-                    verdicts = [r.verdict if r.source else None for r in results]
+                    props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces)
                 else:
                     props = in_children([_propose_job(t, make(mode)) for t in todo], args.task_timeout, jobs)
                     verdicts = judge(todo, props, ev, backend, mode, jobs, args.seed)

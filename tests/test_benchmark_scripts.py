@@ -292,3 +292,28 @@ def test_kernelbench_bad_arguments(tmp_path, argv, message, capsys):
         load("kernelbench").main([a.format(kb=kb) for a in argv])
     assert info.value.code not in (0, None)
     assert message in capsys.readouterr().err + str(info.value.code)
+
+
+def test_kernelbench_search_lenient_extern_anchor_under_the_interpreter(tmp_path):
+    """--policy search --mode lenient: the compiler traces in children, the search runs in this
+    process; a Conv2d + scale + min problem's candidate is ok with the convolution as the vendor
+    call (its row counts it), and the report names commit, device and versions."""
+    from tests.policies.test_compiler_extern import CONV_SCALE_MIN
+
+    kbm = load("kernelbench")
+    kb = tmp_path / "kb"
+    (kb / "level2").mkdir(parents=True)
+    (kb / "level2" / "1_Conv2d_Scale_Min.py").write_text(CONV_SCALE_MIN)
+    (kb / "level2" / "2_Linear_ReLU.py").write_text(KB_LINEAR)
+    (kb / "level2" / "3_Item_scale.py").write_text(KB_ITEM)
+    assert kbm.main([str(kb), "--levels", "2", "--backend", "interpret", "--mode", "lenient", "--policy", "search",
+                     "--budget-evals", "2", "--workers", "1", "--jobs", "2", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "kernelbench.json").read_text())
+    rows = {r["problem"]: r for r in report["rows"]}
+    conv, lin, item = rows["1_Conv2d_Scale_Min.py"], rows["2_Linear_ReLU.py"], rows["3_Item_scale.py"]
+    assert conv["status"] == "ok" and conv["vendor_calls"] == 1 and conv["search"]["best_origin"] == "default"
+    assert lin["status"] == "ok" and lin["vendor_calls"] == 0        # products stay in Triton by default
+    assert not item["traced"] and item["status"] == "no_candidate" and item["error"].startswith("trace:")
+    s = report["levels"]["2"]["lenient"]
+    assert (s["problems"], s["traced"], s["ok"], s["ok_with_vendor_calls"]) == (3, 2, 2, 1)
+    assert set(report["env"]) >= {"commit", "device", "torch", "triton"}
