@@ -214,7 +214,8 @@ def pretrace(tasks: Sequence[Any], compiler: Any, timeout: float, jobs: int,
 
 
 def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode: str, args: argparse.Namespace,
-                 jobs: int, cache: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+                 jobs: int, cache: dict[str, dict[str, Any]] | None = None,
+                 on_verdict: Callable[[Any, Any], None] | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
     """(proposals, verdicts) of a searching policy over `tasks`: traced first (`pretrace`, when the
     base is the compiler), then searched `jobs` problems at a time."""
     from kernelgym.runner import run_tasks
@@ -226,7 +227,8 @@ def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode:
         props = [{} for _ in tasks]
     todo = [i for i, p in enumerate(props) if p.get("traced", True)]
     verdicts: list[Any] = [None] * len(tasks)
-    results = run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed)
+    results = run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed,
+                        on_done=(lambda r: on_verdict(r.task, r.verdict)) if on_verdict else None)
     for i, r in zip(todo, results):
         props[i].update(source=r.source, error=r.policy_error)
         if r.search is not None:
@@ -273,14 +275,38 @@ def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict
 
 
 # -- judging -------------------------------------------------------------------------------------
+class Progress:
+    """One JSON line per judged problem in OUT/kernelbench.progress.jsonl, written as verdicts
+    arrive: what a GPU call cut short by its time limit still measured."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path = path
+        self.lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")   # this run's lines only
+
+    def __call__(self, level: int, mode: str, task: Any, verdict: Any) -> None:
+        v = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict or {})
+        line = {"level": level, "mode": mode, "problem": f"{task.id}.py", "status": v.get("status"),
+                "speedup": v.get("speedup"), "speedup_vs_compile": v.get("speedup_vs_compile")}
+        with self.lock, self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 def judge(tasks: Sequence[Any], proposals: Sequence[dict[str, Any]], evaluator: Any, backend: str, mode: str,
-          jobs: int, seed: int) -> list[Any]:
-    """The verdict of each proposed source (None where there is none), `jobs` at a time."""
+          jobs: int, seed: int, on_verdict: Callable[[Any, Any], None] | None = None) -> list[Any]:
+    """The verdict of each proposed source (None where there is none), `jobs` at a time;
+    `on_verdict(task, verdict)` as each arrives."""
     def one(i: int) -> Any:
         src = proposals[i].get("source")
         if not src:
             return None
-        return evaluator.evaluate(tasks[i], src, backend, mode, seed=seed + i, task_id=tasks[i].id)
+        v = evaluator.evaluate(tasks[i], src, backend, mode, seed=seed + i, task_id=tasks[i].id)
+        if on_verdict is not None:
+            on_verdict(tasks[i], v)
+        return v
 
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelbench") as ex:
         return list(ex.map(one, range(len(tasks))))
@@ -531,6 +557,7 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                               "levels": {}, "rows": []}
     sources: dict[tuple[int, str, str], str] = {}
     search_kw = {"budget_evals": args.budget_evals, "budget_s": args.budget_s}
+    progress = Progress(args.out / "kernelbench.progress.jsonl")
     t0 = time.perf_counter()
     with Evaluator(**ev_kw) as ev:
         jobs = args.jobs or max(2, ev.workers)
@@ -548,10 +575,12 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                 policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed,
                                       **search_kw)
                 if callable(getattr(policy, "search", None)):   # searches judge as they go: in this process
-                    props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces)
+                    props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces,
+                                                   lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
                 else:
                     props = in_children([_propose_job(t, make(mode)) for t in todo], args.task_timeout, jobs)
-                    verdicts = judge(todo, props, ev, backend, mode, jobs, args.seed)
+                    verdicts = judge(todo, props, ev, backend, mode, jobs, args.seed,
+                                     lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
                 rows = {f"{t.id}.py": row_of(lv, t, p, v, mode, published) for t, p, v in zip(todo, props, verdicts)}
                 for t, p in zip(todo, props):
                     if p.get("source"):

@@ -317,3 +317,5 @@ def test_kernelbench_search_lenient_extern_anchor_under_the_interpreter(tmp_path
     s = report["levels"]["2"]["lenient"]
     assert (s["problems"], s["traced"], s["ok"], s["ok_with_vendor_calls"]) == (3, 2, 2, 1)
     assert set(report["env"]) >= {"commit", "device", "torch", "triton"}
+    progress = [json.loads(x) for x in (tmp_path / "out" / "kernelbench.progress.jsonl").read_text().splitlines()]
+    assert sorted(p["problem"] for p in progress) == ["1_Conv2d_Scale_Min.py", "2_Linear_ReLU.py"]
