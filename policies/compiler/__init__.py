@@ -122,7 +122,7 @@ class CompilerPolicy:
             if ext == "none" or self.mode == "strict" and ext == "auto":
                 return frozenset()
             ext = default_extern(prog) if ext == "auto" else extern_anchors(prog)
-        out = check_extern(prog, ext)
+        out = check_extern(prog, ext)   # with the transposes the products read as views
         if out and self.mode == "strict":
             raise CompileError("strict mode: extern anchors (vendor calls) need mode='lenient'")
         return out

@@ -38,7 +38,7 @@ def vendor_call(prog: Program, j: int) -> str | None:
     and the reference's weights, or None when `j` has none (not a convolution or product, or
     params the call cannot take)."""
     node = prog.graph.nodes[j]
-    args = [f"x{k}" if kind_ == "input" else f"v{k}" for kind_, k in node.args]
+    args = [_ref_expr(prog, r) for r in node.args]
     w = {role: state_expr(prog, key) for role, key in prog.weights.get(j, {}).items()}
     # keys with a leading underscore are the tracer's notes (the state keys), not call params
     params: dict[str, Any] = {k: v for k, v in node.params.items() if not k.startswith("_")}
@@ -59,6 +59,31 @@ def vendor_call(prog: Program, j: int) -> str | None:
     return None
 
 
+def _ref_expr(prog: Program, ref: tuple[str, int]) -> str:
+    """How forward names a graph input (``x{k}``), a node's value (``v{k}``) or a state tensor."""
+    kind_, k = ref
+    if kind_ == "input":
+        return f"x{k}"
+    if kind_ == "state":
+        return state_expr(prog, prog.state[k].key)
+    return f"v{k}"
+
+
+def absorbed_views(prog: Program, extern: Iterable[int]) -> frozenset[int]:
+    """Transposes that only feed extern products (``x @ self.weight.T``): forward takes them as
+    torch views, which cuBLAS reads transposed, instead of a Triton kernel copying them."""
+    ext = set(extern)
+    out: set[int] = set()
+    for j in ext:
+        if kind(prog.graph.nodes[j].op) != "matmul":
+            continue
+        for p in prog.producers(j):
+            if (prog.graph.nodes[p].op == "transpose" and p not in prog.outputs
+                    and all(c in ext for c in prog.consumers[p])):
+                out.add(p)
+    return frozenset(out)
+
+
 def _py(v: Any) -> str:
     return repr(tuple(v)) if isinstance(v, list) else repr(v)
 
@@ -75,7 +100,7 @@ def extern_problem(prog: Program, extern: Iterable[int]) -> str | None:
     bad = [j for j in ext if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < prog.n]
     if bad:
         return f"extern anchor {bad[0]!r} is not a node index of the {prog.n}-node graph"
-    anchors = set(extern_anchors(prog))
+    anchors = set(extern_anchors(prog)) | absorbed_views(prog, ext)
     for j in sorted(ext - anchors):
         return f"node {j} ({prog.graph.nodes[j].op}) has no vendor call to run as an extern anchor"
     left = [j for j in range(prog.n) if j not in ext and prog.graph.nodes[j].op not in _VIEW_OPS]
@@ -85,14 +110,15 @@ def extern_problem(prog: Program, extern: Iterable[int]) -> str | None:
 
 
 def check_extern(prog: Program, extern: Iterable[int]) -> frozenset[int]:
-    """`extern` as a frozenset, or `CompileError` naming what is wrong with it."""
+    """`extern` as a frozenset with the transposes its products read (`absorbed_views`), or
+    `CompileError` naming what is wrong with it."""
     if isinstance(extern, (str, bytes)) or not isinstance(extern, Iterable):
         raise CompileError(f"extern anchors are node indices, got {extern!r}")
     ext = list(extern)
     problem = extern_problem(prog, ext)
     if problem:
         raise CompileError(problem)
-    return frozenset(ext)
+    return frozenset(ext) | absorbed_views(prog, ext)
 
 
 def default_extern(prog: Program) -> frozenset[int]:
@@ -100,7 +126,7 @@ def default_extern(prog: Program) -> frozenset[int]:
     (cuDNN's algorithms beat the Triton conv templates at KernelBench sizes), products in Triton;
     nothing when that would leave no compute op to Triton (a lone convolution)."""
     convs = frozenset(j for j in extern_anchors(prog) if kind(prog.graph.nodes[j].op) == "conv")
-    return convs if extern_problem(prog, convs) is None else frozenset()
+    return convs | absorbed_views(prog, convs) if extern_problem(prog, convs) is None else frozenset()
 
 
 def extern_choices(prog: Program, limit: int = 6) -> list[frozenset[int]]:
@@ -111,13 +137,19 @@ def extern_choices(prog: Program, limit: int = 6) -> list[frozenset[int]]:
     cands = [default, frozenset(), frozenset(anchors)] + [default ^ {j} for j in anchors]
     out: list[frozenset[int]] = []
     for c in cands:
+        c = c | absorbed_views(prog, c)
         if c not in out and extern_problem(prog, c) is None:
             out.append(c)
     return out[:max(limit, 1)]
 
 
 def extern_line(prog: Program, j: int) -> str:
-    """The forward line computing extern anchor `j`."""
+    """The forward line computing extern anchor `j` (or the view an extern product reads,
+    `absorbed_views`)."""
+    node = prog.graph.nodes[j]
+    if node.op == "transpose":
+        d0, d1 = node.params.get("dims", (-2, -1))
+        return f"v{j} = {_ref_expr(prog, node.args[0])}.transpose({d0}, {d1})  # transpose: a view the vendor call reads"
     call = vendor_call(prog, j)
     if call is None:
         raise CompileError(f"node {j} ({prog.graph.nodes[j].op}) has no vendor call")

@@ -212,3 +212,43 @@ def test_extern_bad_input_and_strict_mode():
     with pytest.raises(compiler.PartitionError, match="runs in torch"):
         policy.compile(task, partition=[[0, 1, 2]])
     assert _vendor_calls(policy.compile(task, extern="none")) == []
+
+
+MATMUL_WEIGHT_T = HEAD + '''
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(16, 24))
+
+    def forward(self, x):
+        x = torch.matmul(x, self.weight.T)
+        return torch.sum(x / 2, dim=1, keepdim=True) * 1.5
+
+
+def get_inputs():
+    return [torch.randn(8, 24)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_extern_product_reads_the_transposed_weight_as_a_view(evaluator):
+    task = Task.from_source(MATMUL_WEIGHT_T)
+    policy = CompilerPolicy("lenient")
+    assert policy.extern_choices(task) == [[], [0, 1]]   # the product with the transpose it reads
+    src = policy.compile(task, extern=[1])
+    fwd = src[src.index("def forward"):]
+    assert "v0 = self.weight.transpose(0, 1)" in fwd and "torch.matmul(x0, v0)" in fwd, fwd
+    assert len(_launches(src)) == 1, src   # no copy kernel for the transpose
+    with pytest.raises(CompileError, match="node 0 .transpose. has no vendor call"):
+        policy.compile(task, extern=[0])
+    v = evaluator.evaluate(task, src, "interpret", "lenient", seed=7)
+    assert v.status == "ok", (v.status, v.error[:500], v.reasons)
+
+
+def test_extern_product_of_a_state_tensor_names_it():
+    task = Task.from_source(MATMUL_WEIGHT_T.replace("self.weight.T", "self.weight")
+                            .replace("torch.randn(16, 24)", "torch.randn(24, 16)"))
+    src = CompilerPolicy("lenient", extern="all").compile(task)
+    assert "torch.matmul(x0, self.weight)" in src and len(_launches(src)) == 1, src
