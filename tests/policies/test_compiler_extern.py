@@ -252,3 +252,19 @@ def test_extern_product_of_a_state_tensor_names_it():
                             .replace("torch.randn(16, 24)", "torch.randn(24, 16)"))
     src = CompilerPolicy("lenient", extern="all").compile(task)
     assert "torch.matmul(x0, self.weight)" in src and len(_launches(src)) == 1, src
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("source", [CONV_SCALE_MIN, CONVT_BN_TANH_POOL_GN])
+def test_extern_conv_chain_ok_and_timed_on_the_gpu(evaluator, source):
+    """At a bench-like size on a GPU: the cuDNN call plus one fused Triton kernel is ok in lenient
+    mode and timed against eager and torch.compile."""
+    bench = source.replace("torch.randn(2, 3, 8, 8)", "torch.randn(64, 3, 64, 64)") \
+                  .replace("[3, 4, 3, 2.0]", "[3, 64, 3, 2.0]") \
+                  .replace("torch.randn(2, 3, 5, 5)", "torch.randn(64, 3, 64, 64)")
+    task = Task.from_source(bench)
+    src = CompilerPolicy("lenient").compile(task)
+    assert len(_vendor_calls(src)) == 1 and len(_launches(src)) == 1
+    v = evaluator.evaluate(task, src, backend="cuda", mode="lenient", seed=3)
+    assert v.status == "ok", (v.status, v.error[:500], v.reasons)
+    assert v.speedup is not None and v.speedup_vs_compile is not None
