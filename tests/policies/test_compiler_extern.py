@@ -268,3 +268,14 @@ def test_extern_conv_chain_ok_and_timed_on_the_gpu(evaluator, source):
     v = evaluator.evaluate(task, src, backend="cuda", mode="lenient", seed=3)
     assert v.status == "ok", (v.status, v.error[:500], v.reasons)
     assert v.speedup is not None and v.speedup_vs_compile is not None
+
+
+def test_propose_offers_the_other_extern_set_after_the_partitions():
+    task = Task.from_source(CONV_SCALE_MIN)
+    policy = CompilerPolicy("lenient")
+    n_parts = len(policy.candidate_partitions(policy.program(task).graph, torch_ops=frozenset(),
+                                              extern=policy.extern_nodes(task)))
+    got = policy.propose(task, n=n_parts + 2)
+    vendor = [bool(_vendor_calls(s)) for s in got]
+    assert vendor[:n_parts] == [True] * n_parts and vendor[n_parts] is False, vendor
+    assert len(set(got)) == len(got)
