@@ -17,9 +17,11 @@ search), after its base compiler traced every problem in forked children under -
 (tracing serialised per child, in parallel across them). In lenient mode the compiler runs
 convolutions as the vendor call with the ops around them fused into Triton (extern anchors) and
 the search chooses per anchor between that and the Triton template; a row's ``vendor_calls``
-counts the extern anchors of its candidate. In --mode both, lenient mode judges only the problems strict mode did
-not solve: a kernel ok in strict mode is an ok lenient answer too (it computes everything in
-Triton), and its row says so (``lenient_from: "strict"``).
+counts the extern anchors of its candidate. In --mode both, a kernel ok in strict mode is an ok
+lenient answer too (it computes everything in Triton): a search judges in lenient mode only the
+problems strict mode did not solve; a non-searching policy's lenient candidates are all proposed,
+and one identical to an ok strict candidate reuses its verdict. A reused row says so
+(``lenient_from: "strict"``).
 
 --trace-only (CPU, no evaluation): per level, the problems the compiler traced and compiled in
 strict and lenient mode.
@@ -239,6 +241,11 @@ def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode:
         props[i]["seconds"] = round(r.elapsed_s, 2)
         verdicts[i] = r.verdict if r.source else None
     return props, verdicts
+
+
+def same_candidate(lenient: str | None, strict: str | None) -> bool:
+    """Whether a lenient candidate is the strict one (the compiler's docstring names its mode)."""
+    return bool(lenient and strict) and lenient.replace("(mode lenient)", "(mode strict)") == strict
 
 
 def environment() -> dict[str, Any]:
@@ -571,22 +578,30 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
             traces: dict[str, dict[str, Any]] = {}   # a search's traces, kept for the next mode
             done: dict[str, dict[str, Any]] = {}    # problem -> its strict row, when ok
             for mode in modes:
-                todo = [t for t in tasks if f"{t.id}.py" not in done]
                 policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed,
                                       **search_kw)
                 if callable(getattr(policy, "search", None)):   # searches judge as they go: in this process
+                    todo = [t for t in tasks if f"{t.id}.py" not in done]
+                    reuse = set(done)
                     props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces,
                                                    lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
                 else:
+                    # every problem is proposed again: a lenient candidate differs from the strict one
+                    # when it has extern anchors, and only an identical one reuses the strict verdict
+                    todo = list(tasks)
                     props = in_children([_propose_job(t, make(mode)) for t in todo], args.task_timeout, jobs)
-                    verdicts = judge(todo, props, ev, backend, mode, jobs, args.seed,
+                    reuse = {f"{t.id}.py" for t, p in zip(todo, props) if f"{t.id}.py" in done
+                             and same_candidate(p.get("source"), sources.get((lv, f"{t.id}.py", "strict")))}
+                    verdicts = judge(todo, [{} if f"{t.id}.py" in reuse else p for t, p in zip(todo, props)], ev,
+                                     backend, mode, jobs, args.seed,
                                      lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
-                rows = {f"{t.id}.py": row_of(lv, t, p, v, mode, published) for t, p, v in zip(todo, props, verdicts)}
+                rows = {f"{t.id}.py": row_of(lv, t, p, v, mode, published) for t, p, v in zip(todo, props, verdicts)
+                        if f"{t.id}.py" not in reuse}
                 for t, p in zip(todo, props):
-                    if p.get("source"):
+                    if p.get("source") and f"{t.id}.py" not in reuse:
                         sources[(lv, f"{t.id}.py", mode)] = p["source"]
-                for name, r in done.items():   # ok in strict mode: an ok lenient answer too
-                    rows[name] = {**r, "mode": mode, "lenient_from": "strict"}
+                for name in reuse:   # ok in strict mode (and, for a compiler, the same candidate): ok lenient too
+                    rows[name] = {**done[name], "mode": mode, "lenient_from": "strict"}
                 ordered = [rows[f"{t.id}.py"] for t in tasks]
                 report["rows"] += ordered
                 report["levels"][lv][mode] = summarize(ordered)
