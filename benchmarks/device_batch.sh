@@ -2,10 +2,13 @@
 # One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
 # then run the named steps, each under its own time limit, writing everything under $OUT.
 #   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
-#       gpu_tests gpu_tests_runner spread throughput scaling
+#       gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient_search kb1_lenient
 # (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
-# THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100")
+# THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100";
+# the kb* steps (benchmarks/kernelbench.py, one per 10-minute call) read KB, the KernelBench folder
+# (default kb_local), KB_LIMIT (seconds, default 560), KB_EXTRA (e.g. "--limit 50"), and for the
+# search KB_EVALS, KB_SEARCH_S and KB_JOBS)
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
 set -u
@@ -43,6 +46,13 @@ for s in "$@"; do
     scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two
       step scaling_1gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
       step scaling_2gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
+    kb2_strict) step kb2_strict "${KB_LIMIT:-560}" python3 benchmarks/kernelbench.py "${KB:-kb_local}" --levels 2 \
+      --policy compiler --mode strict --backend cuda --out "$OUT/kb2_strict" ${KB_EXTRA:-} ;;
+    kb2_lenient_search) step kb2_lenient_search "${KB_LIMIT:-560}" python3 benchmarks/kernelbench.py "${KB:-kb_local}" \
+      --levels 2 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
+      --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" ${KB_EXTRA:-} ;;
+    kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 benchmarks/kernelbench.py "${KB:-kb_local}" --levels 1 \
+      --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" ${KB_EXTRA:-} ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -12,15 +12,23 @@ profile of the losers (ok but slower than eager). Writes ``kernelbench.json`` in
 Each problem's candidate is proposed in a forked child process with a time limit (--task-timeout:
 tracing a problem at KernelBench's sizes on a CPU can take minutes), then judged by an
 `Evaluator`. A policy that searches (``search()``, e.g. --policy search) runs in this process
-instead, without the limit. In --mode both, lenient mode judges only the problems strict mode did
-not solve: a kernel ok in strict mode is an ok lenient answer too (it computes everything in
-Triton), and its row says so (``lenient_from: "strict"``).
+instead, --jobs problems at a time (threads; --budget-evals / --budget-s bound each problem's
+search), after its base compiler traced every problem in forked children under --task-timeout
+(tracing serialised per child, in parallel across them). In lenient mode the compiler runs
+convolutions as the vendor call with the ops around them fused into Triton (extern anchors) and
+the search chooses per anchor between that and the Triton template; a row's ``vendor_calls``
+counts the extern anchors of its candidate. In --mode both, a kernel ok in strict mode is an ok
+lenient answer too (it computes everything in Triton): a search judges in lenient mode only the
+problems strict mode did not solve; a non-searching policy's lenient candidates are all proposed,
+and one identical to an ok strict candidate reuses its verdict. A reused row says so
+(``lenient_from: "strict"``).
 
 --trace-only (CPU, no evaluation): per level, the problems the compiler traced and compiled in
 strict and lenient mode.
 
 Usage: python benchmarks/kernelbench.py PATH [--levels 1,2,3] [--policy compiler|search|MODULE:ATTR]
        [--mode strict|lenient|both] [--backend auto|cuda|interpret] [--jobs J] [--workers W]
+       [--budget-evals N] [--budget-s S]
        [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--out DIR]
 """
 
@@ -176,6 +184,88 @@ def _trace_job(task: Any) -> Callable[[], dict[str, Any]]:
     return job
 
 
+def _program_job(task: Any) -> Callable[[], dict[str, Any]]:
+    """Trace `task` with the compiler (in a child: a slow trace costs --task-timeout, not the run)."""
+    def job() -> dict[str, Any]:
+        from policies.compiler import CompilerPolicy
+
+        return {"program": CompilerPolicy().program(task)}
+    return job
+
+
+def pretrace(tasks: Sequence[Any], compiler: Any, timeout: float, jobs: int,
+             cache: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Trace every task in forked children and hand the programs to `compiler` (a CompilerPolicy,
+    e.g. a search's base), so the in-process search never traces; per task ``{"traced": bool}``
+    plus the error of a trace that failed or timed out. `cache` (task hash -> the child's result)
+    keeps the traces for the next mode."""
+    cache = {} if cache is None else cache
+    new = [t for t in tasks if t.hash not in cache]
+    for t, r in zip(new, in_children([_program_job(t) for t in new], timeout, jobs)):
+        cache[t.hash] = r
+    out = []
+    for t in tasks:
+        r = cache[t.hash]
+        if r.get("program") is not None:
+            compiler._programs[t.hash] = r["program"]
+            out.append({"traced": True, "trace_s": r.get("seconds")})
+        else:
+            out.append({"traced": False, "error": f"trace: {r.get('error', 'no program')}"[:500],
+                        "timed_out": r.get("timed_out", False), "seconds": r.get("seconds")})
+    return out
+
+
+def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode: str, args: argparse.Namespace,
+                 jobs: int, cache: dict[str, dict[str, Any]] | None = None,
+                 on_verdict: Callable[[Any, Any], None] | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """(proposals, verdicts) of a searching policy over `tasks`: traced first (`pretrace`, when the
+    base is the compiler), then searched `jobs` problems at a time."""
+    from kernelgym.runner import run_tasks
+
+    base = getattr(policy, "base", None)
+    if callable(getattr(base, "program", None)) and isinstance(getattr(base, "_programs", None), dict):
+        props = pretrace(tasks, base, args.task_timeout, jobs, cache)
+    else:
+        props = [{} for _ in tasks]
+    todo = [i for i, p in enumerate(props) if p.get("traced", True)]
+    verdicts: list[Any] = [None] * len(tasks)
+    results = run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed,
+                        on_done=(lambda r: on_verdict(r.task, r.verdict)) if on_verdict else None)
+    for i, r in zip(todo, results):
+        props[i].update(source=r.source, error=r.policy_error)
+        if r.search is not None:
+            best = r.search.log[r.search.best_index] if r.search.best_index is not None else {}
+            props[i]["search"] = {"evaluations": r.search.evaluations, "stopped": r.search.stopped,
+                                  "best_origin": best.get("origin"), "best_changes": best.get("changes"),
+                                  "elapsed_s": round(r.search.elapsed_s, 1)}
+        props[i]["seconds"] = round(r.elapsed_s, 2)
+        verdicts[i] = r.verdict if r.source else None
+    return props, verdicts
+
+
+def same_candidate(lenient: str | None, strict: str | None) -> bool:
+    """Whether a lenient candidate is the strict one (the compiler's docstring names its mode)."""
+    return bool(lenient and strict) and lenient.replace("(mode lenient)", "(mode strict)") == strict
+
+
+def environment() -> dict[str, Any]:
+    """Commit, device and versions for the report (NOTES.md figures cite them)."""
+    import platform
+    import subprocess
+
+    import torch
+    import triton
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"commit": commit, "torch": torch.__version__, "triton": triton.__version__,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
 def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict[str, Any]]:
     def job() -> dict[str, Any]:
         policy = make_policy()
@@ -192,14 +282,38 @@ def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict
 
 
 # -- judging -------------------------------------------------------------------------------------
+class Progress:
+    """One JSON line per judged problem in OUT/kernelbench.progress.jsonl, written as verdicts
+    arrive: what a GPU call cut short by its time limit still measured."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path = path
+        self.lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")   # this run's lines only
+
+    def __call__(self, level: int, mode: str, task: Any, verdict: Any) -> None:
+        v = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict or {})
+        line = {"level": level, "mode": mode, "problem": f"{task.id}.py", "status": v.get("status"),
+                "speedup": v.get("speedup"), "speedup_vs_compile": v.get("speedup_vs_compile")}
+        with self.lock, self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 def judge(tasks: Sequence[Any], proposals: Sequence[dict[str, Any]], evaluator: Any, backend: str, mode: str,
-          jobs: int, seed: int) -> list[Any]:
-    """The verdict of each proposed source (None where there is none), `jobs` at a time."""
+          jobs: int, seed: int, on_verdict: Callable[[Any, Any], None] | None = None) -> list[Any]:
+    """The verdict of each proposed source (None where there is none), `jobs` at a time;
+    `on_verdict(task, verdict)` as each arrives."""
     def one(i: int) -> Any:
         src = proposals[i].get("source")
         if not src:
             return None
-        return evaluator.evaluate(tasks[i], src, backend, mode, seed=seed + i, task_id=tasks[i].id)
+        v = evaluator.evaluate(tasks[i], src, backend, mode, seed=seed + i, task_id=tasks[i].id)
+        if on_verdict is not None:
+            on_verdict(tasks[i], v)
+        return v
 
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelbench") as ex:
         return list(ex.map(one, range(len(tasks))))
@@ -215,6 +329,10 @@ def row_of(level: int, task: Any, prop: dict[str, Any], verdict: Any, mode: str,
         row["error"] = prop["error"]
     if prop.get("timed_out"):
         row["status"] = "policy_timeout"
+    if prop.get("source"):
+        row["vendor_calls"] = prop["source"].count("extern anchor (vendor call)")
+    if prop.get("search"):
+        row["search"] = prop["search"]
     if verdict is not None:
         v = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict)
         row.update(status=v["status"], speedup=v.get("speedup"), speedup_vs_compile=v.get("speedup_vs_compile"),
@@ -247,6 +365,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fast_1": sum(1 for r in ok if (r.get("speedup") or 0) > 1) / n if n else None,
         "fast_1_vs_compile": sum(1 for r in ok if (r.get("speedup_vs_compile") or 0) > 1) / n if n else None,
         "timed": sum(1 for r in ok if r.get("speedup")),
+        "ok_with_vendor_calls": sum(1 for r in ok if r.get("vendor_calls")),
         "geomean_speedup": _geomean([r["speedup"] for r in ok if r.get("speedup")]),
         "geomean_speedup_vs_compile": _geomean([r["speedup_vs_compile"] for r in ok if r.get("speedup_vs_compile")]),
     }
@@ -322,16 +441,18 @@ def print_tables(report: dict[str, Any]) -> None:
                       str(s["compiled_lenient"]), str(s["timed_out"]), _num(s["median_s"], ".1f"))
         console.print(t)
         return
-    t = Table(title=f"KernelBench: {report['policy']} ({report['backend']})")
+    env = report.get("env") or {}
+    t = Table(title=f"KernelBench: {report['policy']} ({report['backend']}; {env.get('device')}, commit "
+                    f"{env.get('commit')}, torch {env.get('torch')}, triton {env.get('triton')})")
     for col in ("level", "mode", "problems", "traced", "compiled", "ok", "fast_1 eager", "fast_1 compile",
-                "geomean (ok)", "geomean vs compile", "eager / published (n, within 10 %)"):
+                "geomean (ok)", "geomean vs compile", "ok w/ vendor calls", "eager / published (n, within 10 %)"):
         t.add_column(col, justify="right")
     for lv, modes in report["levels"].items():
         for mode, s in modes.items():
             pub = s["eager_vs_published"]
             t.add_row(str(lv), mode, str(s["problems"]), str(s["traced"]), str(s["compiled"]), str(s["ok"]),
                       _pct(s["fast_1"]), _pct(s["fast_1_vs_compile"]), _num(s["geomean_speedup"]),
-                      _num(s["geomean_speedup_vs_compile"]),
+                      _num(s["geomean_speedup_vs_compile"]), str(s.get("ok_with_vendor_calls", 0)),
                       f"{_num(pub['median_ratio'], '.3f')} ({pub['n']}, {pub['within_10pct']})")
     console.print(t)
     for p in report.get("loser_profiles", []):
@@ -364,6 +485,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--policy", default="compiler", help="compiler | search | llm | MODULE:ATTR (default compiler)")
     ap.add_argument("--base", default="compiler", help="base policy of a wrapping policy (search)")
     ap.add_argument("--mode", choices=["strict", "lenient", "both"], default="both")
+    ap.add_argument("--budget-evals", type=int, default=None,
+                    help="a searching policy's candidates judged per problem (default: the policy's)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="a searching policy's wall seconds per problem (default: the policy's)")
     ap.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
     ap.add_argument("--jobs", type=int, default=None, help="problems proposed / judged at once (default: workers)")
     ap.add_argument("--workers", type=int, default=None, help="candidate evaluation workers")
@@ -381,10 +506,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if not args.path.is_dir():
         ap.error(f"PATH {str(args.path)!r} is not a directory (a KernelBench checkout)")
-    for name in ("jobs", "workers", "limit"):
+    for name in ("jobs", "workers", "limit", "budget_evals"):
         v = getattr(args, name)
         if v is not None and v < 1:
             ap.error(f"--{name} must be >= 1, got {v}")
+    if args.budget_s is not None and not args.budget_s > 0:
+        ap.error(f"--budget-s must be > 0, got {args.budget_s}")
     if not args.task_timeout > 0:
         ap.error(f"--task-timeout must be > 0, got {args.task_timeout}")
     if args.filter is not None:
@@ -425,7 +552,7 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                     published: dict[str, dict[tuple[int, str], float]]) -> dict[str, Any]:
     from kernelgym.evaluation import Evaluator
     from kernelgym.evaluation.evaluator import resolve_backend
-    from kernelgym.runner import build_policy, run_task
+    from kernelgym.runner import build_policy
 
     backend = resolve_backend(args.backend)
     modes = ["strict", "lenient"] if args.mode == "both" else [args.mode]
@@ -433,35 +560,48 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
     if args.timeout:
         ev_kw["timeout"] = args.timeout
     report: dict[str, Any] = {"benchmark": "kernelbench", "path": str(args.path), "policy": args.policy,
-                              "backend": backend, "modes": modes, "hardware": args.hardware, "levels": {}, "rows": []}
+                              "backend": backend, "modes": modes, "hardware": args.hardware, "env": environment(),
+                              "levels": {}, "rows": []}
     sources: dict[tuple[int, str, str], str] = {}
+    search_kw = {"budget_evals": args.budget_evals, "budget_s": args.budget_s}
+    progress = Progress(args.out / "kernelbench.progress.jsonl")
     t0 = time.perf_counter()
     with Evaluator(**ev_kw) as ev:
         jobs = args.jobs or max(2, ev.workers)
 
         def make(mode: str) -> Callable[[], Any]:
             return lambda: build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=None,
-                                        seed=args.seed)
+                                        seed=args.seed, **search_kw)
 
         for lv, tasks in levels.items():
             report["levels"][lv] = {}
+            traces: dict[str, dict[str, Any]] = {}   # a search's traces, kept for the next mode
             done: dict[str, dict[str, Any]] = {}    # problem -> its strict row, when ok
             for mode in modes:
-                todo = [t for t in tasks if f"{t.id}.py" not in done]
-                policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed)
+                policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed,
+                                      **search_kw)
                 if callable(getattr(policy, "search", None)):   # searches judge as they go: in this process
-                    results = [run_task(t, policy, ev, backend, mode, args.seed + i) for i, t in enumerate(todo)]
-                    props = [{"source": r.source, "error": r.policy_error} for r in results]
-                    verdicts = [r.verdict if r.source else None for r in results]
+                    todo = [t for t in tasks if f"{t.id}.py" not in done]
+                    reuse = set(done)
+                    props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces,
+                                                   lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
                 else:
+                    # every problem is proposed again: a lenient candidate differs from the strict one
+                    # when it has extern anchors, and only an identical one reuses the strict verdict
+                    todo = list(tasks)
                     props = in_children([_propose_job(t, make(mode)) for t in todo], args.task_timeout, jobs)
-                    verdicts = judge(todo, props, ev, backend, mode, jobs, args.seed)
-                rows = {f"{t.id}.py": row_of(lv, t, p, v, mode, published) for t, p, v in zip(todo, props, verdicts)}
+                    reuse = {f"{t.id}.py" for t, p in zip(todo, props) if f"{t.id}.py" in done
+                             and same_candidate(p.get("source"), sources.get((lv, f"{t.id}.py", "strict")))}
+                    verdicts = judge(todo, [{} if f"{t.id}.py" in reuse else p for t, p in zip(todo, props)], ev,
+                                     backend, mode, jobs, args.seed,
+                                     lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
+                rows = {f"{t.id}.py": row_of(lv, t, p, v, mode, published) for t, p, v in zip(todo, props, verdicts)
+                        if f"{t.id}.py" not in reuse}
                 for t, p in zip(todo, props):
-                    if p.get("source"):
+                    if p.get("source") and f"{t.id}.py" not in reuse:
                         sources[(lv, f"{t.id}.py", mode)] = p["source"]
-                for name, r in done.items():   # ok in strict mode: an ok lenient answer too
-                    rows[name] = {**r, "mode": mode, "lenient_from": "strict"}
+                for name in reuse:   # ok in strict mode (and, for a compiler, the same candidate): ok lenient too
+                    rows[name] = {**done[name], "mode": mode, "lenient_from": "strict"}
                 ordered = [rows[f"{t.id}.py"] for t in tasks]
                 report["rows"] += ordered
                 report["levels"][lv][mode] = summarize(ordered)

@@ -5,7 +5,10 @@ The search runs in rounds under a budget of evaluations and wall time:
 
 1. seeds: the base policy's default proposal, one candidate per config the base suggests
    (``seed_configs(task)``, compiled with ``compile(task, config=...)``: the compiler offers IEEE
-   dots beside its default 3xTF32 ones for fp32 matmuls) and, when the base exposes
+   dots beside its default 3xTF32 ones for fp32 matmuls), in lenient mode one candidate per
+   other set of extern anchors the base offers (``extern_choices(task)``, compiled with
+   ``compile(task, extern=...)``: which convolutions / products run as the vendor call with the
+   ops around them fused into Triton, or all in Triton) and, when the base exposes
    ``compile(task, partition=...)`` and the task has a graph, one candidate per alternative fusion
    partition (which neighbouring ops share a kernel); a base without ``compile`` is asked for
    several proposals instead;
@@ -253,13 +256,25 @@ class _Search:
                 if isinstance(cfg, dict):
                     for s in self.ask("config", {"config": cfg}, base.compile, task, config=cfg)[:1]:
                         self.add(s, "config", {"config": cfg})
+        # Lenient mode: which convolutions / products run as the vendor call (extern anchors, the
+        # compiler's `extern_choices`, its own set first): each other set with its default partition.
+        ext_kw: dict[str, Any] = {}
+        extern_choices = getattr(base, "extern_choices", None)
+        if api is not None and self.p.mode == "lenient" and callable(extern_choices):
+            choices = self.ask("extern", {}, extern_choices, task)
+            if choices:
+                ext_kw = {"extern": choices[0]}
+            for ext in choices[1:]:
+                for s in self.ask("extern", {"extern": ext}, base.compile, task, extern=ext)[:1]:
+                    self.add(s, "extern", {"extern": ext})
         if api is None or self.p.partitions < 1:
             return
         try:
             graph = self.graph()
             default_p, candidates = api
-            default = _jsonable_partition(default_p(graph))
-            parts = [_jsonable_partition(p) for p in candidates(graph, limit=self.p.partitions)]
+            # the base's partitions around its own extern anchors (each alone in its group)
+            default = _jsonable_partition(default_p(graph, **ext_kw))
+            parts = [_jsonable_partition(p) for p in candidates(graph, limit=self.p.partitions, **ext_kw)]
         except Exception as exc:  # noqa: BLE001
             self.policy_error("partition", {}, f"{type(exc).__name__}: {exc}")
             return
@@ -315,18 +330,22 @@ class _Search:
 
     def costs(self, i: int) -> dict[str, float] | None:
         """The base policy's cost of each kernel of candidate `i` (`kernel_costs`, the compiler's),
-        for the partition it was built with; None when the base has none to give."""
+        for the partition (or extern anchors) it was built with; None when the base has none to give."""
         kernel_costs = getattr(self.p.base, "kernel_costs", None)
         if not callable(kernel_costs):
             return None
         partition = None
+        kw: dict[str, Any] = {}
         j: int | None = i
         while j is not None and 0 <= j < len(self.log):
             if self.log[j]["origin"] == "partition":
                 partition = self.log[j]["changes"].get("partition")
                 break
+            if self.log[j]["origin"] == "extern":
+                kw = {"extern": self.log[j]["changes"].get("extern")}
+                break
             j = self.log[j]["parent"]
-        got = self.ask("costs", {}, kernel_costs, self.task, partition)
+        got = self.ask("costs", {}, kernel_costs, self.task, partition, **kw)
         return got[0] if got and isinstance(got[0], dict) else None
 
     def evaluate(self, cands: list[_Cand]) -> None:

@@ -292,3 +292,53 @@ def test_kernelbench_bad_arguments(tmp_path, argv, message, capsys):
         load("kernelbench").main([a.format(kb=kb) for a in argv])
     assert info.value.code not in (0, None)
     assert message in capsys.readouterr().err + str(info.value.code)
+
+
+def test_kernelbench_search_lenient_extern_anchor_under_the_interpreter(tmp_path):
+    """--policy search --mode lenient: the compiler traces in children, the search runs in this
+    process; a Conv2d + scale + min problem's candidate is ok with the convolution as the vendor
+    call (its row counts it), and the report names commit, device and versions."""
+    from tests.policies.test_compiler_extern import CONV_SCALE_MIN
+
+    kbm = load("kernelbench")
+    kb = tmp_path / "kb"
+    (kb / "level2").mkdir(parents=True)
+    (kb / "level2" / "1_Conv2d_Scale_Min.py").write_text(CONV_SCALE_MIN)
+    (kb / "level2" / "2_Linear_ReLU.py").write_text(KB_LINEAR)
+    (kb / "level2" / "3_Item_scale.py").write_text(KB_ITEM)
+    assert kbm.main([str(kb), "--levels", "2", "--backend", "interpret", "--mode", "lenient", "--policy", "search",
+                     "--budget-evals", "2", "--workers", "1", "--jobs", "2", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "kernelbench.json").read_text())
+    rows = {r["problem"]: r for r in report["rows"]}
+    conv, lin, item = rows["1_Conv2d_Scale_Min.py"], rows["2_Linear_ReLU.py"], rows["3_Item_scale.py"]
+    assert conv["status"] == "ok" and conv["vendor_calls"] == 1 and conv["search"]["best_origin"] == "default"
+    assert lin["status"] == "ok" and lin["vendor_calls"] == 0        # products stay in Triton by default
+    assert not item["traced"] and item["status"] == "no_candidate" and item["error"].startswith("trace:")
+    s = report["levels"]["2"]["lenient"]
+    assert (s["problems"], s["traced"], s["ok"], s["ok_with_vendor_calls"]) == (3, 2, 2, 1)
+    assert set(report["env"]) >= {"commit", "device", "torch", "triton"}
+    progress = [json.loads(x) for x in (tmp_path / "out" / "kernelbench.progress.jsonl").read_text().splitlines()]
+    assert sorted(p["problem"] for p in progress) == ["1_Conv2d_Scale_Min.py", "2_Linear_ReLU.py"]
+
+
+def test_kernelbench_both_modes_judge_a_lenient_candidate_that_differs(tmp_path):
+    """--mode both with the compiler: a convolution problem's lenient candidate (a vendor call
+    plus one fused kernel) is not the strict one, so lenient mode judges it rather than reusing
+    the strict verdict; a candidate with nothing extern reuses it."""
+    from tests.policies.test_compiler_extern import CONV_SCALE_MIN
+
+    kbm = load("kernelbench")
+    assert kbm.same_candidate("x (mode lenient) y", "x (mode strict) y")
+    assert not kbm.same_candidate("x (mode lenient) F.conv2d", "x (mode strict) k0")
+    assert not kbm.same_candidate(None, None)
+    kb = tmp_path / "kb"
+    (kb / "level2").mkdir(parents=True)
+    (kb / "level2" / "1_Conv2d_Scale_Min.py").write_text(CONV_SCALE_MIN)
+    (kb / "level2" / "2_Relu.py").write_text(KB_RELU)
+    assert kbm.main([str(kb), "--levels", "2", "--backend", "interpret", "--mode", "both", "--workers", "1",
+                     "--jobs", "1", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "kernelbench.json").read_text())
+    lenient = {r["problem"]: r for r in report["rows"] if r["mode"] == "lenient"}
+    assert lenient["1_Conv2d_Scale_Min.py"]["status"] == "ok" and lenient["1_Conv2d_Scale_Min.py"]["vendor_calls"] == 1
+    assert "lenient_from" not in lenient["1_Conv2d_Scale_Min.py"]
+    assert lenient["2_Relu.py"]["lenient_from"] == "strict"

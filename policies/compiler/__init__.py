@@ -20,6 +20,7 @@ from typing import Any
 from kernelgym.ops import get_op
 from kernelgym.task import Task
 from policies.base import Attempt
+from policies.compiler.extern import check_extern, default_extern, extern_anchors, extern_choices
 from policies.compiler.ir import (
     SUPPORTED,
     Analysis,
@@ -60,14 +61,24 @@ class CompilerPolicy:
     mode: ``"strict"`` (everything in Triton; raises `CompileError` for an op without a Triton
     lowering) or ``"lenient"`` (such ops run in torch, the rest in Triton). `torch_ops` adds ops
     to compute in torch (lenient only). `config` is the default launch config (see `compile`).
+    extern: which convolutions / products run as the vendor call with the ops around them fused
+    into Triton (lenient only; `policies.compiler.extern`): ``"auto"`` (lenient: every
+    convolution, `default_extern`; strict: none), ``"none"``, ``"all"`` or node indices.
     """
 
     name = "compiler"
 
     def __init__(self, mode: str = "strict", config: Mapping[str, Any] | None = None,
-                 torch_ops: Iterable[str] = ()):
+                 torch_ops: Iterable[str] = (), extern: str | Iterable[int] = "auto"):
         if mode not in ("strict", "lenient"):
             raise ValueError(f"mode must be 'strict' or 'lenient', got {mode!r}")
+        if isinstance(extern, str) and extern not in ("auto", "none", "all"):
+            raise ValueError(f"extern must be 'auto', 'none', 'all' or node indices, got {extern!r}")
+        if not isinstance(extern, str):
+            extern = tuple(extern)
+        if mode == "strict" and (extern == "all" or not isinstance(extern, str) and extern):
+            raise ValueError("extern anchors need mode='lenient' (strict mode computes everything in Triton)")
+        self.extern: str | tuple[int, ...] = extern
         self.mode = mode
         self.config = check_config(config)
         self.torch_ops = frozenset(TORCH_FALLBACK) | frozenset(torch_ops)
@@ -101,8 +112,34 @@ class CompilerPolicy:
         return sorted({n.op for n in prog.graph.nodes if n.op not in SUPPORTED or n.op in self.torch_ops})
 
     # -- compilation -----------------------------------------------------------------------------
+    def extern_nodes(self, task: Task | str, extern: str | Iterable[int] | None = None) -> frozenset[int]:
+        """The extern anchors (node indices) `compile` uses: `extern` (None: the policy's)
+        resolved and checked; raises `CompileError` for a bad set or extern in strict mode."""
+        prog = self.program(task)
+        ext = self.extern if extern is None else extern
+        if isinstance(ext, str):
+            if ext not in ("auto", "none", "all"):
+                raise CompileError(f"extern must be 'auto', 'none', 'all' or node indices, got {ext!r}")
+            if ext == "none" or self.mode == "strict" and ext == "auto":
+                return frozenset()
+            ext = default_extern(prog) if ext == "auto" else extern_anchors(prog)
+        out = check_extern(prog, ext)   # with the transposes the products read as views
+        if out and self.mode == "strict":
+            raise CompileError("strict mode: extern anchors (vendor calls) need mode='lenient'")
+        return out
+
+    def extern_choices(self, task: Task | str, limit: int = 6) -> list[list[int]]:
+        """Extern-anchor sets worth judging, the policy's own first (`extern_choices`; lenient
+        only, [] in strict mode or for a task with no convolution or product to leave extern)."""
+        if self.mode == "strict":
+            return []
+        own = self.extern_nodes(task)
+        rest = [c for c in extern_choices(self.program(task), limit) if c != own]
+        out = [sorted(c) for c in [own, *rest][:max(limit, 1)]]
+        return out if len(out) > 1 or out[0] else []
+
     def compile(self, task: Task | str, partition: Sequence[Iterable[int]] | None = None,
-                config: Mapping[str, Any] | None = None) -> str:
+                config: Mapping[str, Any] | None = None, extern: str | Iterable[int] | None = None) -> str:
         """The action module for `task`.
 
         partition: groups of node indices, one kernel per group (None: `default_partition`);
@@ -111,6 +148,7 @@ class CompilerPolicy:
         ``BLOCK_R`` for row kernels, ``BLOCK_M`` / ``BLOCK_N`` / ``BLOCK_K`` for matmuls and
         convolutions, ``num_warps``, ``num_stages``), with per-kernel overrides under
         ``config["kernels"][index or name]``; merged over the policy's default config.
+        extern: the extern anchors (see the class; None: the policy's), each alone in its group.
         """
         prog = self.program(task)
         missing = self.unsupported(task)
@@ -121,27 +159,30 @@ class CompilerPolicy:
             raise CompileError(f"strict mode: op(s) {', '.join(missing)} have no Triton lowering yet "
                                "(use mode='lenient' to compute them in torch)")
         cfg = merge_configs(self.config, check_config(config))
-        groups, stored = self._groups(prog, partition)
-        return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name)
+        ext = self.extern_nodes(task, extern)
+        groups, stored = self._groups(prog, partition, ext)
+        return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name, ext)
 
-    def _groups(self, prog: Program, partition: Sequence[Iterable[int]] | None
-                ) -> tuple[list[list[int]], list[list[int]]]:
+    def _groups(self, prog: Program, partition: Sequence[Iterable[int]] | None,
+                extern: frozenset[int] = frozenset()) -> tuple[list[list[int]], list[list[int]]]:
         if partition is None:
-            partition = default_partition(prog.graph, torch_ops=self.torch_ops)
-        groups = order_groups(prog.graph, partition, torch_ops=self.torch_ops)
-        an = Analysis(prog.graph, self.torch_ops)
+            partition = default_partition(prog.graph, torch_ops=self.torch_ops, extern=extern)
+        groups = order_groups(prog.graph, partition, torch_ops=self.torch_ops, extern=extern)
+        an = Analysis(prog.graph, self.torch_ops, extern)
         return groups, [sorted(an.stored(set(g))) for g in groups]
 
-    def kernel_costs(self, task: Task | str, partition: Sequence[Iterable[int]] | None = None) -> dict[str, float]:
+    def kernel_costs(self, task: Task | str, partition: Sequence[Iterable[int]] | None = None,
+                     extern: str | Iterable[int] | None = None) -> dict[str, float]:
         """A rough cost (us on an H100-class GPU) of each kernel of ``compile(task, partition)``:
         the bytes its group reads and writes at 3 TB/s plus its products' 2*m*n*k flops at 50
         TFLOP/s. `SearchPolicy` spends launch moves on the costliest kernels first: on an H200 a
         static guess (`policies.launch.kernel_weights`) put a 3 us convolution before a 34 us GEMV."""
         prog = self.program(task)
-        groups, stored = self._groups(prog, partition)
+        ext = self.extern_nodes(task, extern)
+        groups, stored = self._groups(prog, partition, ext)
         esize = 2 if prog.dtype in ("float16", "bfloat16") else 4
         out: dict[str, float] = {}
-        for k in build_kernels(prog, groups, stored, self.torch_ops):
+        for k in build_kernels(prog, groups, stored, self.torch_ops, ext):
             if isinstance(k, int):   # an op left to torch: not a kernel
                 continue
             shapes: dict[Any, tuple[int, ...]] = {}   # what the kernel reads, by ref or state key
@@ -165,9 +206,11 @@ class CompilerPolicy:
 
     def variants(self, task: Task | str, limit: int = 8) -> list[tuple[list[list[int]], dict[str, Any]]]:
         """(partition, config) pairs `propose` draws from: the default first, then alternative
-        partitions, then launch-config variants of the default partition."""
+        partitions, then launch-config variants of the default partition (all with the policy's
+        extern anchors; `propose` adds the other `extern_choices`)."""
         prog = self.program(task)
-        parts = candidate_partitions(prog.graph, limit=max(limit, 1), torch_ops=self.torch_ops)
+        ext = self.extern_nodes(task)
+        parts = candidate_partitions(prog.graph, limit=max(limit, 1), torch_ops=self.torch_ops, extern=ext)
         out: list[tuple[list[list[int]], dict[str, Any]]] = [(p, {}) for p in parts]
         out += [(parts[0], dict(c)) for c in CONFIG_VARIANTS]
         return out
@@ -186,8 +229,12 @@ class CompilerPolicy:
             return []
         seen = {a.source for a in history}
         out: list[str] = []
-        for partition, config in self.variants(task, limit=max(8, n)):
-            src = self.compile(task, partition=partition, config=config)
+        todo: list[tuple[Any, dict[str, Any], Any]] = [(p, c, None) for p, c in self.variants(task, limit=max(8, n))]
+        if n > 1:   # the other extern-anchor sets, each with its default partition, after the partitions
+            others = [(None, {}, ext) for ext in self.extern_choices(task)[1:]]
+            todo = [t for t in todo if not t[1]] + others + [t for t in todo if t[1]]
+        for partition, config, ext in todo:
+            src = self.compile(task, partition=partition, config=config, extern=ext)
             if src not in seen:
                 seen.add(src)
                 out.append(src)

@@ -178,11 +178,13 @@ def _as_graph(graph: Graph | Mapping[str, Any] | Program) -> Graph:
 
 class Analysis:
     """Reachability and consumers of a graph, shared by the partition functions. Ops in
-    `torch_ops` are computed in torch (lenient fallback) and so each stays alone in its group."""
+    `torch_ops` are computed in torch (lenient fallback) and so each stays alone in its group;
+    so does each node in `extern` (node indices: extern anchors, a vendor call in lenient mode)."""
 
-    def __init__(self, graph: Graph, torch_ops: Iterable[str] = frozenset()):
+    def __init__(self, graph: Graph, torch_ops: Iterable[str] = frozenset(), extern: Iterable[int] = frozenset()):
         self.graph = graph
         self.torch_ops = frozenset(torch_ops)
+        self.extern = frozenset(extern)
         n = len(graph.nodes)
         self.n = n
         self.consumers: list[set[int]] = [set() for _ in range(n)]
@@ -200,7 +202,7 @@ class Analysis:
 
     def kind(self, i: int) -> str:
         op = self.graph.nodes[i].op
-        return "torch" if op in self.torch_ops else kind(op)
+        return "torch" if op in self.torch_ops or i in self.extern else kind(op)
 
     def stored(self, group: set[int]) -> set[int]:
         """Members a kernel must write: graph outputs and values read by other kernels."""
@@ -304,9 +306,9 @@ def group_problem(an: Analysis, group: set[int]) -> str | None:
 
 
 def partition_problem(graph: Graph | Mapping[str, Any] | Program, partition: Sequence[Iterable[int]],
-                      torch_ops: Iterable[str] = frozenset()) -> str | None:
+                      torch_ops: Iterable[str] = frozenset(), extern: Iterable[int] = frozenset()) -> str | None:
     """Why `partition` is not a valid fusion partition of `graph` (None when it is)."""
-    an = Analysis(_as_graph(graph), torch_ops)
+    an = Analysis(_as_graph(graph), torch_ops, extern)
     return _partition_problem(an, [set(p) for p in partition])
 
 
@@ -349,11 +351,11 @@ def _group_order(an: Analysis, groups: list[set[int]]) -> list[int] | None:
 
 
 def order_groups(graph: Graph | Program, partition: Sequence[Iterable[int]],
-                 torch_ops: Iterable[str] = frozenset()) -> list[list[int]]:
+                 torch_ops: Iterable[str] = frozenset(), extern: Iterable[int] = frozenset()) -> list[list[int]]:
     """Validated partition, groups sorted in launch order and each group's nodes sorted."""
     if isinstance(partition, (str, bytes)) or not isinstance(partition, Iterable):
         raise PartitionError(f"a partition is a list of groups of node indices, got {partition!r}")
-    an = Analysis(_as_graph(graph), torch_ops)
+    an = Analysis(_as_graph(graph), torch_ops, extern)
     groups = [set(p) for p in partition]
     problem = _partition_problem(an, groups)
     if problem:
@@ -417,20 +419,22 @@ def _normalise(groups: Iterable[Iterable[int]]) -> list[list[int]]:
 
 
 def default_partition(graph: Graph | Mapping[str, Any] | Program,
-                      torch_ops: Iterable[str] = frozenset()) -> list[list[int]]:
+                      torch_ops: Iterable[str] = frozenset(), extern: Iterable[int] = frozenset()) -> list[list[int]]:
     """The compiler's default fusion: pointwise chains into their producer or consumer kernel,
-    prologues and epilogues into reductions, norms, matmuls and convolutions."""
-    an = Analysis(_as_graph(graph), torch_ops)
+    prologues and epilogues into reductions, norms, matmuls and convolutions. Nodes in `extern`
+    (vendor calls) stay alone, so what follows one fuses into the kernel(s) after it."""
+    an = Analysis(_as_graph(graph), torch_ops, extern)
     return _normalise(_greedy(an))
 
 
 def candidate_partitions(graph: Graph | Mapping[str, Any] | Program, limit: int = 8,
-                         torch_ops: Iterable[str] = frozenset()) -> list[list[list[int]]]:
+                         torch_ops: Iterable[str] = frozenset(),
+                         extern: Iterable[int] = frozenset()) -> list[list[list[int]]]:
     """Up to `limit` distinct valid partitions, the default first: less fusion (no epilogue, no
     prologue, no sibling merging, one kernel per op) and the default with one fused edge cut."""
     if limit < 1:
         return []
-    an = Analysis(_as_graph(graph), torch_ops)
+    an = Analysis(_as_graph(graph), torch_ops, extern)
     out: list[list[list[int]]] = []
 
     def add(groups: Iterable[Iterable[int]]) -> None:

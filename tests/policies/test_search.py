@@ -509,3 +509,47 @@ def test_real_search_with_the_compiler_under_the_interpreter(evaluator):
     r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=3, evaluator=evaluator,
                      backend="interpret").search(task)
     assert r.best_verdict.status == "ok" and r.best_index == 0 and r.stopped == "found"
+
+
+# -- extern anchors (lenient mode) ----------------------------------------------------------------
+def _vendor(src: str) -> bool:
+    fwd = src[src.index("def forward"):]
+    return bool(re.search(r"F\.conv\w+\(|F\.linear\(", fwd))
+
+
+@pytest.mark.parametrize("problem, vendor_faster", [("CONV_SCALE_MIN", True), ("CONV_SCALE_MIN", False),
+                                                    ("GEMM_CHAIN", True), ("GEMM_CHAIN", False)])
+def test_search_chooses_between_extern_and_triton_anchors(problem, vendor_faster):
+    """Lenient mode: the search judges the compiler's own extern set (convolutions as the vendor
+    call, products in Triton) and the other one, and keeps whichever the (fake, timed) evaluator
+    finds faster; launch moves then climb from it."""
+    compiler = pytest.importorskip("policies.compiler")
+    from tests.policies import test_compiler_extern as kb
+
+    task = Task.from_source(getattr(kb, problem))
+
+    def judge(src):
+        fast = _vendor(src) == vendor_faster
+        blocks = [k.value for k in find_knobs(src) if k.kind == "block"]
+        return "ok", (2.0 if fast else 1.0) * (1 + min(blocks) / 1e5)
+
+    ev = FakeEvaluator(judge, workers=4)
+    base = compiler.CompilerPolicy("lenient")
+    r = SearchPolicy(base, budget_evals=8, evaluator=ev, backend="cuda", mode="lenient").search(task)
+    ext = [e for e in r.log if e["origin"] == "extern"]
+    own = base.extern_nodes(task)
+    assert len(ext) == 1 and ext[0]["changes"] == {"extern": [] if own else [0]}, r.log
+    assert _vendor(r.best_source) == vendor_faster
+    assert not [e for e in r.log if e["status"] == "policy_error"], r.log
+    assert any(e["origin"] == "launch" for e in r.log)   # kernel costs found for either set
+
+
+def test_strict_search_has_no_extern_dimension():
+    compiler = pytest.importorskip("policies.compiler")
+    from tests.policies import test_compiler_extern as kb
+
+    task = Task.from_source(kb.CONV_SCALE_MIN)
+    ev = FakeEvaluator(lambda src: ("ok", 1.0), workers=4)
+    r = SearchPolicy(compiler.CompilerPolicy("strict"), budget_evals=4, evaluator=ev, backend="cuda").search(task)
+    assert not [e for e in r.log if e["origin"] in ("extern", "policy_error")]
+    assert not any(_vendor(s) for s in r.sources if s)
