@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from kernelgym.ops.catalog import conv_groups
 from policies.compiler.codegen import state_expr
 from policies.compiler.ir import CompileError, Program, kind
 
@@ -25,7 +26,7 @@ CONV_FNS = {op: f"F.{op}" for op in ("conv1d", "conv2d", "conv3d", "conv_transpo
                                      "conv_transpose3d")}
 # the node params a vendor convolution call takes (keyword names of F.conv* / F.conv_transpose*);
 # "kernel" is the weight's shape, implied by the weight
-_CONV_KEYS = {"kernel", "stride", "padding", "dilation", "groups"}
+_CONV_KEYS = {"kernel", "stride", "padding", "dilation", "groups", "bias"}
 _CONVT_KEYS = _CONV_KEYS | {"output_padding"}
 MATMUL_FNS = {"linear": "F.linear", "matmul": "torch.matmul", "bmm": "torch.bmm", "addmm": "torch.addmm"}
 # ops that only move or relabel data: a graph whose Triton part is only these would leave every
@@ -46,7 +47,10 @@ def vendor_call(prog: Program, j: int) -> str | None:
         allowed = _CONVT_KEYS if node.op.startswith("conv_transpose") else _CONV_KEYS
         if set(params) - allowed or "weight" not in w or len(args) != 1:
             return None
-        kw = "".join(f", {k}={_py(params[k])}" for k in sorted(params) if k != "kernel")
+        if "groups" in params:  # "depthwise": one group per input channel
+            params["groups"] = conv_groups(params, prog.shape(node.args[0])[1])
+        # "kernel" is the weight's shape and "bias" whether it has one: neither is a keyword
+        kw = "".join(f", {k}={_py(params[k])}" for k in sorted(params) if k not in ("kernel", "bias"))
         return f"{CONV_FNS[node.op]}({args[0]}, {w['weight']}, {w.get('bias', 'None')}{kw})"
     if node.op in MATMUL_FNS and not params:
         if node.op == "linear":

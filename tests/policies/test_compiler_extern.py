@@ -125,6 +125,24 @@ def get_init_inputs():
 '''
 
 
+DEPTHWISE_DILATED_NO_BIAS = HEAD + '''
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, groups=4, dilation=2, padding=1, bias=False)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) * 2.0
+
+
+def get_inputs():
+    return [torch.randn(2, 4, 9, 9)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
 def _launches(src: str) -> list[str]:
     """Names of the Triton kernels forward launches, in order."""
     return re.findall(r"^\s+(k\d+_\w+)\[grid\]", src, flags=re.M)
@@ -136,7 +154,8 @@ def _vendor_calls(src: str) -> list[str]:
 
 
 @pytest.mark.parametrize("source, vendor", [(CONV_SCALE_MIN, "F.conv2d"),
-                                            (CONVT_BN_TANH_POOL_GN, "F.conv_transpose2d")])
+                                            (CONVT_BN_TANH_POOL_GN, "F.conv_transpose2d"),
+                                            (DEPTHWISE_DILATED_NO_BIAS, "F.conv2d")])
 def test_conv_extern_one_vendor_call_one_fused_kernel_ok(evaluator, source, vendor):
     task = Task.from_source(source)
     policy = CompilerPolicy("lenient")
