@@ -980,7 +980,10 @@ def _conv_taps(w: KernelWriter, x_ref: Any, x_shape: tuple[int, ...], wref: Any,
     with w.block(f"for r0 in range(0, {kk}):"):
         taps = w.decompose("r0", win.kernel, frozenset(), "q")
         conds = [f"(rp[:, None] < {span})", c_mask]
-        in_dims = win.input_dims(w, pos2[1:], taps, ap, conds)
+        # the taps are scalars, so a length-1 output dim (a constant coordinate) must be a tensor:
+        # else its window masks are Python bools, which the interpreter refuses in a mask
+        outs = [o if not o.is_zero else Expr("rp[:, None] * 0", ap) for o in pos2[1:]]
+        in_dims = win.input_dims(w, outs, taps, ap, conds)
         w.emit(f"a_mask = {' & '.join(conds)}")
         with w.tile(["p", "c"], "a_mask", ["BLOCK_M", "BLOCK_N"]):
             chan = Expr("rc[None, :]", ac) if cog == 1 else Expr(f"rc[None, :] // {cog}", ac)

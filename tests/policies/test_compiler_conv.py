@@ -136,6 +136,11 @@ TRACED = {
         "return F.conv_transpose1d(x, self.weight, self.bias, stride=3, padding=1, output_padding=2, dilation=2)",
         "2, 3, 7", 3, 4),
         ("conv_transpose1d",), {"stride": (3,), "output_padding": (2,), "dilation": (2,), "bias": True}),
+    # regression: a length-1 output dim made the taps kernel's window masks Python bools
+    "conv_transpose2d_one_channel_a_group_width_one": (module_task(
+        "self.conv = nn.ConvTranspose2d(in_channels, out_channels, 5, padding=2, groups=in_channels, bias=False)",
+        "return self.conv(x) - 1.0", "3, 4, 6, 1", 4, 4),
+        ("conv_transpose2d", "add_scalar"), {"groups": 4, "bias": False}),
     "conv1d_padding_same_and_valid": (module_task(
         "self.a = nn.Conv1d(in_channels, out_channels, 5, padding='same', dilation=2)\n"
         "        self.b = nn.Conv1d(out_channels, out_channels, 3, padding='valid')",
