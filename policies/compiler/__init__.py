@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from kernelgym.runner import task_phase
 from kernelgym.task import Task
 from policies.base import Attempt
 from policies.compiler.ir import (
@@ -89,7 +90,8 @@ class CompilerPolicy:
                 graph = task.graph if isinstance(task.graph, Graph) else Graph.from_dict(dict(task.graph))
                 prog = program_from_graph(graph, str(task.meta.get("dtype", "float32")), task.name or task.id)
             else:
-                prog = program_from_source(task.source)
+                with task_phase("tracing"):
+                    prog = program_from_source(task.source)
                 prog.name = task.name or task.id
             self._programs[key] = prog
         return self._programs[key]
@@ -120,8 +122,9 @@ class CompilerPolicy:
             raise CompileError(f"strict mode: op(s) {', '.join(missing)} have no Triton lowering yet "
                                "(use mode='lenient' to compute them in torch)")
         cfg = merge_configs(self.config, check_config(config))
-        groups, stored = self._groups(prog, partition)
-        return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name)
+        with task_phase("compiling"):
+            groups, stored = self._groups(prog, partition)
+            return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name)
 
     def _groups(self, prog: Program, partition: Sequence[Iterable[int]] | None
                 ) -> tuple[list[list[int]], list[list[int]]]:
