@@ -516,6 +516,8 @@ class _Unsupported(Exception):
 # Calls whose number argument may be a constant tensor of one value instead (x * torch.tensor(2.0)).
 _FOLD_INTO = frozenset({"add", "sub", "subtract", "mul", "multiply", "truediv", "div", "divide", "pow",
                         "clamp", "clip", "gt", "lt", "masked_fill"})
+# Elementwise min / max of a tensor and a constant of one value: a clamp.
+_MIN_MAX = frozenset({"min", "max", "minimum", "maximum"})
 # Constants a forward builds from a tensor's shape: (positional index of the fill value, or the value).
 _LIKE_FILL: dict[str, Any] = {"ones_like": 1, "zeros_like": 0, "full_like": 1, "new_ones": 1, "new_zeros": 0,
                               "new_full": 2}
@@ -557,7 +559,14 @@ def _fold_constants(gm: Any, state_index: dict[str, int]) -> dict[Any, str]:
                      "arithmetic, is folded into it)"
             continue
         for u in list(n.users):
-            if _foldable(n, u):
+            uname = getattr(u.target, "__name__", u.target)
+            if uname in _MIN_MAX and _foldable(n, u, _MIN_MAX):
+                # torch.min(x, torch.tensor(c)) is a clamp; the number is not put in min's arguments,
+                # where an int would be read as a dim (torch.min(x, 1): a reduction)
+                x = next(a for a in (*u.args, *u.kwargs.values()) if a is not n)
+                u.op, u.target, u.args = "call_function", torch.clamp, (x,)
+                u.kwargs = {"max" if uname in ("min", "minimum") else "min": float(value)}
+            elif _foldable(n, u, _FOLD_INTO):
                 u.args = tuple(value if a is n else a for a in u.args)
                 u.kwargs = {k: value if a is n else a for k, a in u.kwargs.items()}
         out[n] = f"{what} with one value {value!r}, used where no number can stand for it (a call other " \
@@ -565,16 +574,17 @@ def _fold_constants(gm: Any, state_index: dict[str, int]) -> dict[Any, str]:
     return out
 
 
-def _foldable(const: Any, user: Any) -> bool:
-    """Whether `user` may take the number of `const` instead: arithmetic with another tensor whose
-    shape and dtype are those of the result."""
+def _foldable(const: Any, user: Any, names: frozenset[str]) -> bool:
+    """Whether `user` may take the number of `const` instead: a call of `names` with another tensor
+    whose shape and dtype are those of the result (for min / max: that tensor and `const` only)."""
     import torch
 
-    if user.op not in ("call_function", "call_method") or getattr(user.target, "__name__", user.target) not in _FOLD_INTO:
+    if user.op not in ("call_function", "call_method") or getattr(user.target, "__name__", user.target) not in names:
         return False
     res = user.meta.get("tensor_meta")
-    others = [a for a in (*user.args, *user.kwargs.values()) if hasattr(a, "op") and a is not const]
-    if not hasattr(res, "shape") or not others:
+    args = (*user.args, *user.kwargs.values())
+    others = [a for a in args if hasattr(a, "op") and a is not const]
+    if not hasattr(res, "shape") or not others or (names is _MIN_MAX and (len(args) != 2 or const not in args)):
         return False
     tm = others[0].meta.get("tensor_meta")
     if not hasattr(tm, "shape"):

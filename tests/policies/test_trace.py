@@ -155,7 +155,8 @@ class Model(nn.Module):
         two = torch.tensor(2.0, device=x.device, dtype=x.dtype)
         y = x * two + torch.ones(1, x.shape[1], 1, device=x.device)
         y = torch.clamp(y, min=torch.tensor(-1.0)) - torch.full_like(y, 0.5)
-        return y.to(x.dtype).to(x.device) / x.new_full((1,), 4.0)
+        y = y.to(x.dtype).to(x.device) / x.new_full((1,), 4.0)
+        return torch.max(torch.min(y, torch.tensor(3, device=x.device)), torch.tensor(-2.0))
 
 
 def get_inputs():
@@ -171,7 +172,8 @@ def test_constants_built_in_forward_fold_into_scalar_ops(evaluator):
     g = graph_from_source(CONSTANTS)
     assert [(n.op, n.params) for n in g.nodes] == [
         ("mul_scalar", {"c": 2.0}), ("add_scalar", {"c": 1.0}), ("clamp", {"lo": -1.0, "hi": None}),
-        ("add_scalar", {"c": -0.5}), ("div_scalar", {"c": 4.0})]
+        ("add_scalar", {"c": -0.5}), ("div_scalar", {"c": 4.0}), ("clamp", {"lo": None, "hi": 3.0}),
+        ("clamp", {"lo": -2.0, "hi": None})]   # torch.min(y, <int 3>) is a clamp, not a reduction over dim 3
     task = Task.from_source(CONSTANTS)
     (verdict,) = evaluator.evaluate_batch([(task, CompilerPolicy().compile(task))], "interpret", "strict", "local",
                                           seed=0)
