@@ -272,7 +272,12 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
                     if kind == "call_method":
                         return getattr(a[0], target)(*a[1:], **k)
                     if kind == "call_module":
-                        return self.root.get_submodule(target)(*a, **k)
+                        sub = self.root.get_submodule(target)
+                        if isinstance(sub, torch.nn.RNNBase):
+                            # no catalog op, and on meta it still runs step by step in Python (tens of
+                            # seconds at KernelBench's sizes): left without a value, the mapper names it
+                            raise LookupError(f"{type(sub).__name__} is not run while tracing")
+                        return sub(*a, **k)
                     if kind == "get_attr":
                         obj = self.root
                         for atom in target.split("."):
@@ -541,8 +546,13 @@ def _fold_constants(gm: Any, state_index: dict[str, int]) -> dict[Any, str]:
         name = getattr(n.target, "__name__", n.target) if n.op in ("call_function", "call_method") else None
         if n.op == "get_attr" and n.target not in state_index:
             t = n.meta.get("_value")
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue   # a tensor attribute of the model (left to the mapper's state-dict error)
+            if not isinstance(t, torch.Tensor):
+                continue   # left to the mapper's state-dict error
+            if t.device.type == "meta":   # no value: from the model's tensors, which live on meta
+                out[n] = (f"constant tensor of shape {tuple(t.shape)}: a tensor the model holds outside its state "
+                          "dict, or one forward computes from a buffer without fx tracing it (e.g. "
+                          "self.mask[:t, :t] == 0); no catalog op takes a constant tensor")
+                continue
             what = f"constant tensor of shape {tuple(t.shape)} built in forward"
             if t.numel() > 0 and not t.dtype.is_complex and bool((t == t.reshape(-1)[0]).all()):
                 value = t.reshape(-1)[0].item()

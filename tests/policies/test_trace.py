@@ -224,3 +224,42 @@ def test_tracing_from_many_threads_gives_the_serial_graphs():
         t.join()
     assert errors == []
     assert got == [want[i % 4] for i in range(len(sources))]
+
+
+RNN_AND_MASK = '''
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(16, 32, num_layers=4, batch_first=True)
+        self.register_buffer("mask", torch.tril(torch.ones(4096, 4096)))
+
+    def forward(self, x, h0):
+        out, h = self.rnn(x, h0)
+        t = x.shape[1]
+        return h, x.masked_fill(self.mask[:t, :16] == 0, 0.0)
+
+
+def get_inputs():
+    return [torch.randn(8, 2048, 16), torch.randn(4, 8, 32)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_recurrent_modules_and_buffer_masks_are_named_not_run():
+    """A GRU has no catalog op; its meta kernel would still unroll 2048 steps in Python (seconds
+    to minutes), so it is named without being run. A mask computed eagerly from a buffer is a
+    constant without a value (the buffer is on meta): named too."""
+    graph_from_source(SCALAR_ARG)   # imports torch's meta kernels: not timed
+    t0 = time.perf_counter()
+    with pytest.raises(TraceError) as info:
+        graph_from_source(RNN_AND_MASK)
+    assert time.perf_counter() - t0 < 5
+    msg = str(info.value)
+    assert "module GRU has no catalog op" in msg and "constant tensor of shape (2048, 16)" in msg, msg
