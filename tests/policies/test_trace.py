@@ -138,8 +138,12 @@ def test_a_number_argument_is_a_scalar_input_taken_at_run_time(evaluator):
     assert "def forward(self, x0, x1):" in src and "3.25" not in src   # not baked into the kernel
     launch = [line for line in src.splitlines() if "[grid](" in line]
     assert len(launch) == 1 and "x0, x1," in launch[0]
-    (verdict,) = evaluator.evaluate_batch([(task, src)], "interpret", "strict", "local", seed=0)
-    assert verdict.status == "ok", verdict.error
+    # a number in a row kernel's epilogue (softmax, then * s and - s, one kernel)
+    row_task = Task.from_source(SCALAR_ARG.replace("torch.relu(A * s) + s", "torch.softmax(A, -1) * s - s"))
+    row_src = CompilerPolicy().compile(row_task)
+    assert len([line for line in row_src.splitlines() if "[grid](" in line]) == 1
+    verdicts = evaluator.evaluate_batch([(task, src), (row_task, row_src)], "interpret", "strict", "local", seed=0)
+    assert [v.status for v in verdicts] == ["ok", "ok"], [v.error for v in verdicts]
 
 
 CONSTANTS = '''
