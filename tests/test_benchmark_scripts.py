@@ -170,3 +170,23 @@ def test_fresh_dir_env_sets_a_new_folder_and_restores_the_variable(monkeypatch):
     with et.fresh_dir_env("KERNELGYM_TEST_DIR", "kg-test-"):
         pass
     assert "KERNELGYM_TEST_DIR" not in os.environ
+
+
+def test_trace_coverage_counts_traced_problems_and_reasons(tmp_path, capsys, monkeypatch):
+    tc = load("trace_coverage")
+    good = "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def forward(self, x):\n" \
+           "        return torch.relu(x)\n\n\ndef get_inputs():\n    return [torch.randn(4, 8)]\n\n\n" \
+           "def get_init_inputs():\n    return []\n"
+    (tmp_path / "a_relu.py").write_text(good)
+    (tmp_path / "b_sort.py").write_text(good.replace("torch.relu(x)", "torch.sort(x).values + torch.fft.fft(x).real"))
+    out = tmp_path / "cov.json"
+    monkeypatch.setattr(sys, "argv", ["trace_coverage.py", str(tmp_path), "--limit", "300", "--json", str(out)])
+    assert tc.main() == 0
+    text = capsys.readouterr().out
+    assert "2 problems, traced 1, compiled 1, timeouts 0" in text
+    assert "function torch.sort has no catalog op" in text
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert rows["a_relu.py"]["ok"] and not rows["b_sort.py"]["ok"] and rows["b_sort.py"]["stage"] == "trace"
+    assert tc.reasons("TraceError: unsupported calls in Model.forward (no catalog op): sort (call_function sort): "
+                      "function torch.sort has no catalog op; view (call_method view): reshape (4, 8) -> (2, 2, 8)") \
+        == ["function torch.sort has no catalog op", "reshape (N, N) -> (N, N, N)"]
