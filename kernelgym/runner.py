@@ -14,13 +14,15 @@ a constructor taking ``base`` (the search policy) gets the policy named by ``--b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
+import os
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +39,11 @@ BUILTIN_POLICIES = {
 }
 DEFAULT_N = 20
 DEFAULT_DIFFICULTIES = [1, 2, 3]
+# Wall seconds one task's policy call (propose, or the whole search) may take before the task gets
+# a policy-error verdict and the run goes on: a hung LLM request or a runaway search must not
+# stall a suite left running. Generous: a GPU search of 8 evaluations takes a few minutes.
+DEFAULT_POLICY_TIMEOUT_S = 1800.0
+RUN_FILE = "run.json"   # the run's settings and task ids, written first: what --resume checks
 
 
 class PolicyNotFound(LookupError):
@@ -45,6 +52,65 @@ class PolicyNotFound(LookupError):
 
 class RunError(RuntimeError):
     """A run that cannot start (bad arguments, output directory in the way, ...)."""
+
+
+class PolicyTimeout(RuntimeError):
+    """A policy call that ran past the run's per-task time limit (`--policy-timeout`)."""
+
+
+# -- what each task is doing, for the progress display --------------------------------------------
+_phase = threading.local()
+
+
+@contextlib.contextmanager
+def task_phase(name: str) -> Iterator[None]:
+    """Show `name` ("tracing", "compiling", ...) as what the current thread's task is doing while
+    the block runs, then the phase before it again. Policies call it around their slow steps; it
+    does nothing outside `kernelgym run` (no display listens)."""
+    report = getattr(_phase, "report", None)
+    if report is None:
+        yield
+        return
+    before = getattr(_phase, "name", None)
+    _phase.name = name
+    report(name)
+    try:
+        yield
+    finally:
+        _phase.name = before
+        if before is not None:
+            report(before)
+
+
+def _listen(report: Callable[[str], None] | None) -> None:
+    _phase.report, _phase.name = report, None
+
+
+def _call_with_limit(fn: Callable[[], Any], limit: float | None, report: Callable[[str], None] | None) -> Any:
+    """fn() in this thread, or -- with a limit -- in a helper thread that is waited for at most
+    `limit` seconds; past it `PolicyTimeout` is raised and the call is abandoned (Python cannot stop
+    a thread: it finishes in the background and its result is dropped)."""
+    if not limit:
+        _listen(report)
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        _listen(report)
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the waiting thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="kernelgym-policy", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise PolicyTimeout(f"the policy ran past the per-task time limit of {limit:g} s (--policy-timeout); "
+                            "its call was abandoned")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 # -- policy resolution ---------------------------------------------------------------------------
@@ -247,24 +313,43 @@ def _no_candidate_verdict(task: Any, backend: str, mode: str, why: str) -> Any:
                    mode=mode, task_id=task.id)
 
 
-def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, seed: int | None = None) -> TaskResult:
+def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, seed: int | None = None,
+             policy_timeout: float | None = None,
+             on_phase: Callable[[Any, str | None], None] | None = None) -> TaskResult:
     """Ask `policy` for one candidate and judge it. A policy with ``search(task)`` (the search
     policy) brings its own verdict; when that verdict was timed, the winner is timed once more
-    with fresh inputs, since the best of several noisy timings overstates the speedup."""
+    with fresh inputs, since the best of several noisy timings overstates the speedup.
+
+    policy_timeout: seconds the policy call may take (None or 0: no limit); past it the task gets
+    a policy-error verdict. on_phase(task, phase): told what the task is doing ("proposing",
+    "searching", the policy's own `task_phase` steps, "judging"; None when it is done)."""
     t0 = time.perf_counter()
     search = None
+    report = (lambda phase: on_phase(task, phase)) if on_phase is not None else None
     try:
         if callable(getattr(policy, "search", None)):
-            search = policy.search(task)
+            def searched() -> Any:
+                with task_phase("searching"):
+                    return policy.search(task)
+
+            search = _call_with_limit(searched, policy_timeout, report)
+            _listen(report)
             source, verdict = search.best_source, search.best_verdict
             if source is not None and verdict is not None and verdict.speedup is not None:
-                verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
+                with task_phase("judging"):
+                    verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
         else:
-            got = policy.propose(task, n=1)
+            def proposed() -> Any:
+                with task_phase("proposing"):
+                    return policy.propose(task, n=1)
+
+            got = _call_with_limit(proposed, policy_timeout, report)
+            _listen(report)
             source = got[0] if got else None
             verdict = None
             if source is not None:
-                verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
+                with task_phase("judging"):
+                    verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
     except Exception as exc:  # noqa: BLE001 - one task's policy failure must not end the run
         why = f"policy error: {type(exc).__name__}: {exc}"
         return TaskResult(task, None, _no_candidate_verdict(task, backend, mode, why), search, why,
@@ -279,19 +364,31 @@ def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, se
 
 
 def run_tasks(tasks: Sequence[Any], policy: Any, evaluator: Any, backend: str, mode: str, jobs: int = 2,
-              seed: int = 0, on_done: Callable[[TaskResult], None] | None = None) -> list[TaskResult]:
-    """Run `policy` on every task, `jobs` tasks at a time; results in task order."""
+              seed: int = 0, on_done: Callable[[TaskResult], None] | None = None,
+              policy_timeout: float | None = None, skip: Collection[str] = (),
+              on_phase: Callable[[Any, str | None], None] | None = None) -> list[TaskResult]:
+    """Run `policy` on every task not in `skip` (task ids), `jobs` tasks at a time; results in task
+    order. Task i is judged with seed ``seed + i`` whatever is skipped, so a resumed run judges as
+    the first would have. On KeyboardInterrupt the tasks not started are cancelled."""
     results: list[TaskResult | None] = [None] * len(tasks)
     lock = threading.Lock()
-    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelgym-run") as ex:
-        futures = {ex.submit(run_task, t, policy, evaluator, backend, mode, seed + i): i
-                   for i, t in enumerate(tasks)}
+    skip = set(skip)
+    ex = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelgym-run")
+    try:
+        futures = {ex.submit(run_task, t, policy, evaluator, backend, mode, seed + i, policy_timeout, on_phase): i
+                   for i, t in enumerate(tasks) if t.id not in skip}
         for fut in as_completed(futures):
             r = fut.result()
             results[futures[fut]] = r
+            if on_phase is not None:
+                on_phase(r.task, None)
             if on_done is not None:
                 with lock:
                     on_done(r)
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
     return [r for r in results if r is not None]
 
 
@@ -355,6 +452,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="candidate evaluation workers (default: CPU count, <= 16)")
     p.add_argument("--timeout", type=float, default=None, help="evaluation wall-time limit per phase, seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--policy-timeout", type=float, default=DEFAULT_POLICY_TIMEOUT_S, metavar="SECONDS",
+                   help="wall seconds the policy may spend on one task (the whole search, for search) before "
+                        f"the task gets a policy-error verdict and the run goes on; 0: no limit "
+                        f"(default {DEFAULT_POLICY_TIMEOUT_S:g})")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="finish the run in report directory DIR: tasks it already judged are skipped; the "
+                        "other options must be those the run was started with")
 
 
 def main_run(args: argparse.Namespace, evaluator: Any | None = None) -> int:
@@ -386,6 +490,12 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise RunError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    policy_timeout = getattr(args, "policy_timeout", None)
+    if policy_timeout is not None and not policy_timeout >= 0:
+        raise RunError(f"--policy-timeout must be >= 0 (0: no limit), got {policy_timeout}")
+    resume = getattr(args, "resume", None)
+    if resume is not None:
+        _check_resumable(resume, args.out)
     # Input errors first: a missing suite is reported whatever the policy (or its imports) does.
     if args.suite != "synthetic" and not Path(args.suite).is_dir():
         raise RunError(f"--suite must be 'synthetic' or a directory of KernelBench-format files; "
@@ -407,19 +517,45 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
         policy_name = getattr(policy, "name", args.policy)
         if policy_name == "search":
             policy_name = f"search({getattr(getattr(policy, 'base', None), 'name', args.base)})"
-        out = prepare_out(args.out, args.force)
+        out = Path(resume) if resume is not None else prepare_out(args.out, args.force)
         with console.status("sampling tasks" if args.suite == "synthetic" else "loading suite"):
             tasks = load_tasks(args.suite, args.difficulty, args.n, args.seed, sizes)
+        settings = _run_settings(args, backend, sizes, budget_evals, tasks)
+        earlier = _resume_rows(out, settings) if resume is not None else {}
+        if resume is None:
+            (out / RUN_FILE).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        # verdicts.jsonl grows a row as each task ends (rewritten in task order by the report), so a
+        # run that is stopped keeps what it judged and --resume finishes the rest
+        with open(out / "verdicts.jsonl", "w", encoding="utf-8") as log:
+            log.writelines(json.dumps(r, default=str) + "\n" for r in earlier.values())
+
+        def keep(r: TaskResult) -> None:
+            with open(out / "verdicts.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(r.row(policy_name), default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _write_extras(out, [r])
+
         jobs = args.jobs or max(2, evaluator.workers)
-        results = _run_with_progress(tasks, policy, evaluator, backend, args, jobs, console)
-    rows = [r.row(policy_name) for r in results]
-    _write_extras(out, results)
+        if earlier:
+            console.print(f"resuming {out}: {len(earlier)} of {len(tasks)} tasks already judged")
+        try:
+            results = _run_with_progress(tasks, policy, evaluator, backend, args, jobs, console, keep,
+                                         policy_timeout, set(earlier))
+        except KeyboardInterrupt:
+            print(f"kernelgym run: interrupted; the verdicts of the tasks that ended are in {out}/verdicts.jsonl "
+                  f"(finish with the same options and --resume {out})", file=sys.stderr)
+            return 130
+    new = {r.task.id: r.row(policy_name) for r in results}
+    rows = [earlier.get(t.id) or new[t.id] for t in tasks]
     run_meta = {"policy": policy_name, "policy_spec": args.policy, "suite": args.suite, "backend": backend,
                 "mode": args.mode, "sizes": sizes if args.suite == "synthetic" else None, "seed": args.seed,
                 "n": len(tasks), "difficulties": sorted({t.difficulty for t in tasks if t.difficulty is not None}),
                 "budget_evals": budget_evals if policy_name.startswith("search") else None,
                 "budget_s": args.budget_s, "jobs": jobs, "elapsed_s": round(time.perf_counter() - t0, 2),
                 "started": started, "argv": sys.argv[1:]}
+    if earlier:
+        run_meta["resumed"] = len(earlier)   # tasks judged by the run before (elapsed_s counts this one)
     summary = write_report(out, rows, run_meta, title=f"KernelGym run: {policy_name} on {args.suite}")
     stdout = Console(width=max(120, Console().width))
     stdout.print(rich_table(summary, title=f"{policy_name} on {len(tasks)} tasks ({backend}, "
@@ -429,21 +565,95 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
 
 
 def _run_with_progress(tasks: Sequence[Any], policy: Any, evaluator: Any, backend: str,
-                       args: argparse.Namespace, jobs: int, console: Any) -> list[TaskResult]:
+                       args: argparse.Namespace, jobs: int, console: Any,
+                       on_done: Callable[[TaskResult], None] | None = None, policy_timeout: float | None = None,
+                       skip: Collection[str] = ()) -> list[TaskResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     counts = {"ok": 0, "done": 0}
+    active: dict[str, str] = {}   # task id -> what it is doing, in start order
+    lock = threading.Lock()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("ok {task.fields[ok]}"), TimeElapsedColumn(), console=console,
-                  disable=args.no_progress, transient=False) as progress:
-        bar = progress.add_task("tasks", total=len(tasks), ok=0)
+                  TextColumn("ok {task.fields[ok]}"), TimeElapsedColumn(), TextColumn("{task.fields[active]}"),
+                  console=console, disable=args.no_progress, transient=False) as progress:
+        skipped = sum(t.id in set(skip) for t in tasks)
+        bar = progress.add_task("tasks", total=len(tasks), completed=skipped, ok=0, active="")
+
+        def show() -> str:
+            items = [f"{k}: {v}" for k, v in active.items()]
+            return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+
+        finished: set[str] = set()   # a policy call abandoned past --policy-timeout may still report
+
+        def phase(task: Any, name: str | None) -> None:
+            with lock:
+                if name is None:
+                    active.pop(task.id, None)
+                    finished.add(task.id)
+                elif task.id not in finished:
+                    active[task.id] = name
+                progress.update(bar, active=show())
 
         def done(r: TaskResult) -> None:
             counts["done"] += 1
             counts["ok"] += r.verdict.status == "ok"
             progress.update(bar, advance=1, ok=counts["ok"])
+            if on_done is not None:
+                on_done(r)
 
-        return run_tasks(tasks, policy, evaluator, backend, args.mode, jobs, args.seed, done)
+        return run_tasks(tasks, policy, evaluator, backend, args.mode, jobs, args.seed, done,
+                         policy_timeout=policy_timeout, skip=skip, on_phase=phase)
+
+
+def _check_resumable(resume: str, out: str | None) -> None:
+    path = Path(resume)
+    if out is not None and Path(out).resolve() != path.resolve():
+        raise RunError(f"--resume {resume!r} writes into that directory; --out {out!r} names another")
+    if not path.is_dir():
+        raise RunError(f"--resume {resume!r} is not a directory")
+    if not (path / RUN_FILE).is_file():
+        raise RunError(f"--resume {resume!r} has no {RUN_FILE}: not a report directory of kernelgym run (or one "
+                       "written before --resume existed)")
+
+
+def _run_settings(args: argparse.Namespace, backend: str, sizes: str, budget_evals: int,
+                  tasks: Sequence[Any]) -> dict[str, Any]:
+    """What a resumed run must share with the run it finishes (run.json)."""
+    suite = args.suite if args.suite == "synthetic" else str(Path(args.suite).resolve())
+    return {"policy": args.policy, "base": args.base, "suite": suite, "difficulty": args.difficulty, "n": args.n,
+            "seed": args.seed, "sizes": sizes, "backend": backend, "mode": args.mode, "budget_evals": budget_evals,
+            "budget_s": args.budget_s, "model": args.model, "task_ids": [t.id for t in tasks]}
+
+
+def _resume_rows(out: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of `out`'s verdicts.jsonl for this run's tasks (by task id), after checking that
+    `out` holds this run: `RunError` naming each setting that differs."""
+    try:
+        before = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"--resume {str(out)!r}: unreadable {RUN_FILE}: {exc}") from None
+    flags = {"policy": "--policy", "base": "--base", "suite": "--suite", "difficulty": "--difficulty", "n": "-n",
+             "seed": "--seed", "sizes": "--sizes", "backend": "--backend", "mode": "--mode",
+             "budget_evals": "--budget-evals", "budget_s": "--budget-s", "model": "--model"}
+    diffs = [f"{flag} {before.get(k)!r} there, {settings[k]!r} here" for k, flag in flags.items()
+             if before.get(k) != settings[k]]
+    if not diffs and before.get("task_ids") != settings["task_ids"]:
+        then, now = set(before.get("task_ids") or []), set(settings["task_ids"])
+        diffs.append(f"the tasks changed ({len(now - then)} new, {len(then - now)} gone)")
+    if diffs:
+        raise RunError(f"--resume {str(out)!r} holds another run: " + "; ".join(diffs))
+    ids = set(settings["task_ids"])
+    rows: dict[str, dict[str, Any]] = {}
+    path = out / "verdicts.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue   # the line being written when the run was stopped
+        if isinstance(row, dict) and row.get("task_id") in ids:
+            rows.setdefault(row["task_id"], row)
+    return rows
 
 
 def _write_extras(out: Path, results: Sequence[TaskResult]) -> None:

@@ -342,3 +342,22 @@ def test_kernelbench_both_modes_judge_a_lenient_candidate_that_differs(tmp_path)
     assert lenient["1_Conv2d_Scale_Min.py"]["status"] == "ok" and lenient["1_Conv2d_Scale_Min.py"]["vendor_calls"] == 1
     assert "lenient_from" not in lenient["1_Conv2d_Scale_Min.py"]
     assert lenient["2_Relu.py"]["lenient_from"] == "strict"
+
+def test_trace_coverage_counts_traced_problems_and_reasons(tmp_path, capsys, monkeypatch):
+    tc = load("trace_coverage")
+    good = "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def forward(self, x):\n" \
+           "        return torch.relu(x)\n\n\ndef get_inputs():\n    return [torch.randn(4, 8)]\n\n\n" \
+           "def get_init_inputs():\n    return []\n"
+    (tmp_path / "a_relu.py").write_text(good)
+    (tmp_path / "b_sort.py").write_text(good.replace("torch.relu(x)", "torch.sort(x).values + torch.fft.fft(x).real"))
+    out = tmp_path / "cov.json"
+    monkeypatch.setattr(sys, "argv", ["trace_coverage.py", str(tmp_path), "--limit", "300", "--json", str(out)])
+    assert tc.main() == 0
+    text = capsys.readouterr().out
+    assert "2 problems, traced 1, compiled 1, timeouts 0" in text
+    assert "function torch.sort has no catalog op" in text
+    rows = {Path(r["path"]).name: r for r in json.loads(out.read_text())}
+    assert rows["a_relu.py"]["ok"] and not rows["b_sort.py"]["ok"] and rows["b_sort.py"]["stage"] == "trace"
+    assert tc.reasons("TraceError: unsupported calls in Model.forward (no catalog op): sort (call_function sort): "
+                      "function torch.sort has no catalog op; view (call_method view): reshape (4, 8) -> (2, 2, 8)") \
+        == ["function torch.sort has no catalog op", "reshape (N, N) -> (N, N, N)"]

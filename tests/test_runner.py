@@ -243,3 +243,130 @@ def test_default_run_on_a_gpu_is_timed(tmp_path):
         assert summary["faster_than_eager"] is not None
     rows = report_mod.read_rows(out / "verdicts.jsonl")
     assert all(r["search"]["evaluations"] <= 3 for r in rows)
+
+
+# -- runs a user can leave running ----------------------------------------------------------------
+class StopsAtScale(LegitPolicy):
+    """Legit answers, but while `interrupt` is set the run is interrupted (Ctrl-C) when it reaches
+    the task 'scale'; `seen` records the tasks it was asked for."""
+
+    interrupt = True
+    seen: list[str] = []
+
+    def propose(self, task, n=1, history=()):
+        StopsAtScale.seen.append(task.id)
+        if task.id == "scale" and self.interrupt:
+            raise KeyboardInterrupt
+        return super().propose(task, n, history)
+
+
+class SlowOnScale(LegitPolicy):
+    def propose(self, task, n=1, history=()):
+        if task.id == "scale":
+            import time
+
+            time.sleep(3)
+        return super().propose(task, n, history)
+
+
+def test_a_stopped_run_keeps_its_verdicts_and_resume_finishes_it(suite, tmp_path, evaluator, capsys):
+    out = tmp_path / "report"
+    common = ["--suite", str(suite), "--backend", "interpret", "--jobs", "1", "--no-progress"]
+    rc = runner.main_run(_args("--policy", f"{__name__}:StopsAtScale", *common, "--out", str(out)), evaluator=evaluator)
+    assert rc == 130 and "--resume" in capsys.readouterr().err
+    # the verdicts of the tasks that ended were written as each ended (no summary: the run did not finish)
+    rows = report_mod.read_rows(out / "verdicts.jsonl")
+    assert [r["task_id"] for r in rows] == ["relu_add", "row_softmax"] and not (out / "summary.json").exists()
+    assert json.loads((out / "run.json").read_text())["task_ids"] == list(SUITE_TASKS)
+    # a half-written last line (the process killed mid-write) is dropped, not fatal
+    with open(out / "verdicts.jsonl", "a") as f:
+        f.write('{"task_id": "scale", "sta')
+    # another policy or mode is another run: refused, naming the difference
+    rc = runner.main_run(_args("--policy", LEGIT, *common, "--resume", str(out)), evaluator=evaluator)
+    assert rc == 2 and "holds another run: --policy" in capsys.readouterr().err
+    rc = runner.main_run(_args("--policy", f"{__name__}:StopsAtScale", *common, "--resume", str(out),
+                               "--mode", "lenient"), evaluator=evaluator)
+    assert rc == 2 and "--mode 'strict' there, 'lenient' here" in capsys.readouterr().err
+    StopsAtScale.seen = []
+    StopsAtScale.interrupt = False
+    try:
+        rc = runner.main_run(_args("--policy", f"{__name__}:StopsAtScale", *common, "--resume", str(out)),
+                             evaluator=evaluator)
+    finally:
+        StopsAtScale.interrupt = True
+    assert rc == 0 and StopsAtScale.seen == ["scale"]   # only the task not judged before
+    summary = _check_report(out, 3)
+    rows = report_mod.read_rows(out / "verdicts.jsonl")
+    assert [r["task_id"] for r in rows] == list(SUITE_TASKS)   # the report rewrites them in task order
+    assert [r["status"] for r in rows] == ["ok", "incorrect", "ok"] and summary["run"]["resumed"] == 2
+
+
+def test_resume_refuses_what_is_not_a_run(tmp_path, suite, capsys):
+    (tmp_path / "empty").mkdir()
+    assert runner.main_run(_args("--suite", str(suite), "--resume", str(tmp_path / "empty"))) == 2
+    assert "has no run.json" in capsys.readouterr().err
+    assert runner.main_run(_args("--suite", str(suite), "--resume", str(tmp_path / "missing"))) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert runner.main_run(_args("--suite", str(suite), "--resume", str(tmp_path / "empty"),
+                                 "--out", str(tmp_path / "other"))) == 2
+    assert "--out" in capsys.readouterr().err
+    assert runner.main_run(_args("--policy-timeout", "-1", "--out", str(tmp_path / "o"))) == 2
+
+
+def test_a_policy_past_the_time_limit_gets_a_verdict_and_the_run_goes_on(suite, tmp_path, evaluator):
+    out = tmp_path / "report"
+    rc = runner.main_run(_args("--policy", f"{__name__}:SlowOnScale", "--suite", str(suite), "--backend", "interpret",
+                               "--policy-timeout", "0.5", "--out", str(out), "--no-progress"), evaluator=evaluator)
+    assert rc == 0
+    rows = {r["task_id"]: r for r in report_mod.read_rows(out / "verdicts.jsonl")}
+    assert rows["relu_add"]["status"] == "ok" and rows["row_softmax"]["status"] == "incorrect"
+    assert rows["scale"]["status"] == "format_error" and "policy:no_candidate" in rows["scale"]["reasons"]
+    assert "PolicyTimeout" in rows["scale"]["policy_error"] and "time limit of 0.5 s" in rows["scale"]["policy_error"]
+
+
+UNTRACEABLE = '''import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def forward(self, x):
+        return torch.fft.fft(x).real
+
+
+def get_inputs():
+    return [torch.randn(4, 8)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_compiler_runs_a_suite_in_parallel_and_an_untraceable_task_is_a_verdict(suite, tmp_path, evaluator):
+    """Tasks traced in parallel threads (the fx race gave policy:no_candidate to half of them) and
+    a task the tracer cannot handle: its verdict carries the TraceError, the run goes on."""
+    pytest.importorskip("policies.compiler")
+    (suite / "fft.py").write_text(UNTRACEABLE)
+    out = tmp_path / "report"
+    phases: list[tuple[str, str | None]] = []
+    original = runner.run_tasks
+
+    def recording(*a, **kw):
+        inner = kw["on_phase"]
+        kw["on_phase"] = lambda task, name: (phases.append((task.id, name)), inner(task, name))
+        return original(*a, **kw)
+
+    runner.run_tasks = recording
+    try:
+        rc = runner.main_run(_args("--policy", "compiler", "--suite", str(suite), "--backend", "interpret",
+                                   "--jobs", "4", "--out", str(out)), evaluator=evaluator)
+    finally:
+        runner.run_tasks = original
+    assert rc == 0
+    rows = {r["task_id"]: r for r in report_mod.read_rows(out / "verdicts.jsonl")}
+    assert {k: r["status"] for k, r in rows.items()} == {"fft": "format_error", "relu_add": "ok",
+                                                          "row_softmax": "ok", "scale": "ok"}
+    assert "TraceError" in rows["fft"]["policy_error"] and "fft" in rows["fft"]["policy_error"]
+    # the progress display was told what each task was doing, in order
+    relu = [name for task, name in phases if task == "relu_add"]
+    assert relu == ["proposing", "tracing", "proposing", "compiling", "proposing", "judging", None], relu

@@ -14,7 +14,7 @@ class InputSpec:
     """A fresh input tensor: float (with a value range) or int64 indices below `bound`."""
 
     shape: tuple[int, ...]
-    kind: str = "float"   # float | index
+    kind: str = "float"   # float | index | scalar (a number argument of forward, shape (); traced tasks)
     range: str = "real"   # real | nonneg | positive (float inputs)
     bound: int | None = None
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kernelgym.ops import get_op
+from kernelgym.runner import task_phase
 from kernelgym.task import Task
 from policies.base import Attempt
 from policies.compiler.extern import check_extern, default_extern, extern_anchors, extern_choices
@@ -101,7 +102,8 @@ class CompilerPolicy:
                 graph = task.graph if isinstance(task.graph, Graph) else Graph.from_dict(dict(task.graph))
                 prog = program_from_graph(graph, str(task.meta.get("dtype", "float32")), task.name or task.id)
             else:
-                prog = program_from_source(task.source)
+                with task_phase("tracing"):
+                    prog = program_from_source(task.source)
                 prog.name = task.name or task.id
             self._programs[key] = prog
         return self._programs[key]
@@ -160,8 +162,9 @@ class CompilerPolicy:
                                "(use mode='lenient' to compute them in torch)")
         cfg = merge_configs(self.config, check_config(config))
         ext = self.extern_nodes(task, extern)
-        groups, stored = self._groups(prog, partition, ext)
-        return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name, ext)
+        with task_phase("compiling"):
+            groups, stored = self._groups(prog, partition, ext)
+            return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name, ext)
 
     def _groups(self, prog: Program, partition: Sequence[Iterable[int]] | None,
                 extern: frozenset[int] = frozenset()) -> tuple[list[list[int]], list[list[int]]]:

@@ -378,6 +378,14 @@ class KernelWriter:
         self.params.append((name, expr))
         return name
 
+    def scalar(self, ref: Hashable) -> str:
+        """Kernel parameter holding the number input behind `ref` (registered on first use)."""
+        if ref not in self._ptr:
+            name = self.fresh(f"x{ref[1]}")  # type: ignore[index]
+            self._ptr[ref] = name
+            self.params.append((name, f"x{ref[1]}"))  # type: ignore[index]
+        return self._ptr[ref]
+
     def _ptr_names(self, ref: Hashable) -> tuple[str, str]:
         kind, k = ref  # type: ignore[misc]
         if kind == "input":
@@ -414,6 +422,8 @@ class KernelWriter:
 
     def load(self, ref: Hashable, c: Coords, mask: str | None = None, name: str | None = None,
              index: bool = False) -> str:
+        if self.prog.is_scalar(ref):   # a number argument of forward: passed to the kernel by value
+            return self.scalar(ref)
         mask = mask or self.tiles[-1].mask
         key = ("load", ref, c.key, mask)
         hit = self._cached(key)

@@ -134,6 +134,10 @@ class Program:
     def producers(self, i: int) -> list[int]:
         return [k for kind_, k in self.graph.nodes[i].args if kind_ == "node"]
 
+    def is_scalar(self, ref: Ref) -> bool:
+        """A number argument of forward (input kind ``scalar``, shape ()): kernels take it by value."""
+        return ref[0] == "input" and self.graph.inputs[ref[1]].kind == "scalar"
+
     def is_index(self, ref: Ref) -> bool:
         if ref[0] == "input":
             return self.graph.inputs[ref[1]].kind == "index"

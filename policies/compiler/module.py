@@ -211,7 +211,10 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
     cls += [f"        {line}" for line in _state_lines(prog)]
     cls += ["        self.to(DTYPE)", "", f"    def forward(self, {', '.join(inputs)}):"]
     fwd: list[str] = []
-    dev = "x0.device"
+    tensors = [k for k, spec in enumerate(g.inputs) if spec.kind != "scalar"]  # numbers have no device
+    if not tensors:
+        raise CompileError("forward takes no tensor argument (only numbers): no device to compute on")
+    dev = f"x{tensors[0]}.device"
     for gi, item in enumerate(items):
         if isinstance(item, int):
             fwd.append(extern_line(prog, item) if item in extern else _fallback_line(prog, item))

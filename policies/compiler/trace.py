@@ -3,11 +3,18 @@ catalog op (with concrete shapes from running the traced graph on `get_inputs()`
 
 Tracing (`shape_trace`) runs the model on the example inputs as it goes, so sizes are numbers
 (``x.view(x.shape[0], -1)``, ``b, c, h, w = x.shape``, loops over ``range(x.shape[0])`` trace);
-values are never branched on. Calls the catalog has no op for (``x.view(a, b, c)`` that splits a
+values are never branched on. The model, its inputs and every traced value live on the meta
+device (shapes and dtypes, no data, no compute), so a full-size problem traces in milliseconds.
+``x.device`` reads as the CPU and ``x.dtype`` as the input's dtype, so constants a forward builds
+(``torch.tensor(2.0, device=x.device)``, ``torch.ones(..., dtype=x.dtype)``) are real small
+tensors: one that holds a single value is folded into the arithmetic that uses it. A number
+among `get_inputs()` (``return [x, 0.5]``) is a graph input of kind ``scalar`` that ModelNew
+takes at run time. Calls the catalog has no op for (``x.view(a, b, c)`` that splits a
 dim, the indices of ``torch.max``, ``torch.fft``, control flow on tensor values, ...) raise
 `TraceError` naming every unsupported call and where it is (once: calls that only depend on it
-are not listed), rather than being guessed. The reference runs here (it is the task's own code,
-as in `kernelgym.task.exec_source`); nothing of the candidate does.
+are not listed), rather than being guessed. The reference's own code (module, constructor,
+`get_inputs`) runs here, as in `kernelgym.task.exec_source`; nothing of the candidate does.
+Tracing holds a process-wide lock: torch.fx patches global functions while it traces.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,52 +60,109 @@ def program_from_source(source: str) -> Program:
     return Program(g, g.dtype, weights, list(g.state), g.init_params)
 
 
+# torch.fx patches global functions while it traces (``nn.Module.__call__``, torch functions
+# through one module-level patcher), so two traces in threads at once corrupt each other
+# ("CURRENT_PATCHER is None", "module is not installed as a submodule"); the runner compiles tasks
+# in threads. Tracing is short (no compute), so one lock serialises it.
+_TRACE_LOCK = threading.RLock()
+
+
 def graph_from_source(source: str) -> TracedGraph:
     """Trace `Model` of a KernelBench-format source into a graph of catalog ops.
 
     Raises `TraceError` when the module does not run, `Model` cannot be symbolically traced, or
-    some calls have no catalog op (all of them are listed in the message).
+    some calls have no catalog op (all of them are listed in the message). Thread-safe.
     """
-    import torch
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    from kernelgym.task import TaskFormatError, check_source, exec_source
+    from kernelgym.task import TaskFormatError, check_source
 
     try:
         check_source(source, "<reference>")
     except TaskFormatError as exc:
         raise TraceError(str(exc)) from None
+    with _TRACE_LOCK:
+        model, inputs = load_reference(source)
+        try:
+            gm = shape_trace(model, inputs)
+        except Exception as exc:  # noqa: BLE001
+            raise TraceError(f"torch.fx cannot trace Model.forward: {type(exc).__name__}: {exc}") from None
+        _check_values(gm)
+        return _Mapper(gm, model, inputs, _init_params(source)).run()
+
+
+def _check_values(gm: Any) -> None:
+    """Raise `TraceError` when a call the catalog maps failed on its example values (the reference
+    itself is broken: mismatched shapes, a bad dim). Calls without a value for other reasons (an
+    input without one, an op without a meta kernel, a call on tensor data) are left to the mapper,
+    which lists the unmapped ones."""
+    for n in gm.graph.nodes:
+        exc = n.meta.get("value_exc")
+        if exc is None or isinstance(exc, (LookupError, NotImplementedError)) or not _has_handler(gm, n):
+            continue
+        raise TraceError(f"running the traced graph failed: {_where(n)}: {type(exc).__name__}: {exc}")
+
+
+def _has_handler(gm: Any, n: Any) -> bool:
+    if n.op == "call_module":
+        return type(gm.get_submodule(n.target)).__name__ in _MODULES
+    if n.op == "call_method":
+        return n.target in _METHODS
+    if n.op == "call_function":
+        return _function_handler(n.target) is not None
+    return False
+
+
+def load_reference(source: str) -> tuple[Any, list[Any]]:
+    """(Model instance in eval mode, get_inputs()) of a source, on the meta device: shapes and
+    dtypes only. Raises `TraceError` when the task's code fails."""
+    import torch
+
+    from kernelgym.task import exec_source
+
     try:
         mod = exec_source(source, "kernelgym_traced_reference")
         init_inputs = list(mod.get_init_inputs())
         torch.manual_seed(0)
-        model = mod.Model(*init_inputs).eval()
+        try:
+            with torch.device("meta"):
+                model = mod.Model(*init_inputs)
+        except Exception:  # noqa: BLE001
+            # A constructor that reads tensor values (``.item()``, ``float(t)``, numpy, a branch on a
+            # value) cannot run on meta: build it on the CPU, as the reference does, and move its state
+            # to meta (a construction costs what the reference's own costs; tracing still computes nothing).
+            torch.manual_seed(0)
+            model = mod.Model(*init_inputs).to("meta")
+        model = model.eval()
         torch.manual_seed(1)
-        inputs = list(mod.get_inputs())
+        try:
+            with torch.device("meta"):
+                inputs = list(mod.get_inputs())
+        except Exception:  # noqa: BLE001 - same fallback for a get_inputs that reads values
+            torch.manual_seed(1)
+            inputs = list(mod.get_inputs())
     except Exception as exc:  # noqa: BLE001 - any failure of task code is reported, not raised raw
         raise TraceError(f"running the reference failed: {type(exc).__name__}: {exc}") from None
-    try:
-        gm = shape_trace(model, inputs)
-    except Exception as exc:  # noqa: BLE001
-        raise TraceError(f"torch.fx cannot trace Model.forward: {type(exc).__name__}: {exc}") from None
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
-    except Exception as exc:  # noqa: BLE001
-        raise TraceError(f"running the traced graph failed: {type(exc).__name__}: {exc}") from None
-    return _Mapper(gm, model, inputs, _init_params(source)).run()
+    # numpy-made (from_numpy) or CPU-fallback tensors: to meta too, so nothing below computes
+    return model, [t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs]
 
 
 def shape_trace(model: Any, inputs: list[Any]) -> Any:
-    """`torch.fx.symbolic_trace` with concrete sizes: every proxy carries the real value of its node,
-    computed on (copies of) the example inputs as tracing goes, so ``x.shape``, ``x.size(d)``,
-    ``x.dim()``, ``x.ndim``, ``x.numel()`` and ``len(x)`` are numbers -- as they are for a task with
-    fixed shapes -- and ``x.view(x.shape[0], -1)``, ``b, c, h, w = x.shape`` or
-    ``x.permute(0, *range(2, x.dim()), 1)`` trace to calls with constant arguments. Only sizes are
-    made concrete: Python control flow on tensor *values* still fails to trace, as in plain fx."""
+    """`torch.fx.symbolic_trace` with concrete sizes: every proxy carries the value of its node,
+    computed on (meta copies of) the example inputs as tracing goes, so ``x.shape``, ``x.size(d)``,
+    ``x.dim()``, ``x.ndim``, ``x.numel()``, ``len(x)`` and ``x.dtype`` are values -- as they are for
+    a task with fixed shapes -- and ``x.view(x.shape[0], -1)``, ``b, c, h, w = x.shape`` or
+    ``x.permute(0, *range(2, x.dim()), 1)`` trace to calls with constant arguments. ``x.device`` is
+    the CPU: a constant built with it runs eagerly and is kept, with its value, as a ``get_attr``
+    of the graph. Values are computed on the meta device (real tensors among the arguments are
+    moved there), so nothing is computed; each node gets ``meta["tensor_meta"]`` as
+    `torch.fx.passes.shape_prop.ShapeProp` would set it, or ``meta["value_error"]`` saying why its
+    value could not be computed. Only sizes are made concrete: Python control flow on tensor
+    *values* still fails to trace, as in plain fx. Callers in threads must hold `_TRACE_LOCK`."""
     import torch
     import torch.fx
     from torch.fx.node import map_aggregate
+    from torch.fx.passes.shape_prop import _extract_tensor_metadata
+
+    meta = torch.device("meta")
 
     class ShapeProxy(torch.fx.Proxy):
         value: Any = None  # a class attribute, so reading it never reaches Proxy.__getattr__
@@ -115,6 +180,17 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
         def ndim(self) -> Any:
             t = self._known()
             return t.ndim if t is not None else torch.fx.Proxy.__getattr__(self, "ndim")
+
+        @property
+        def dtype(self) -> Any:
+            t = self._known()
+            return t.dtype if t is not None else torch.fx.Proxy.__getattr__(self, "dtype")
+
+        @property
+        def device(self) -> Any:
+            # the CPU, not meta: factories given device=x.device then make real (small) constants
+            t = self._known()
+            return torch.device("cpu") if t is not None else torch.fx.Proxy.__getattr__(self, "device")
 
         def size(self, *dim: Any) -> Any:
             t = self._known()
@@ -134,10 +210,17 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
             t = self._known()
             return len(t) if t is not None else super().__len__()
 
+    def on_meta(a: Any) -> Any:
+        if isinstance(a, torch.Tensor) and a.device != meta:
+            return a.to(meta)
+        if isinstance(a, torch.device):
+            return meta
+        return a
+
     class ShapeTracer(torch.fx.Tracer):
         def __init__(self, example: list[Any]):
             super().__init__()
-            self.example = [t.clone() if isinstance(t, torch.Tensor) else t for t in example]
+            self.example = [on_meta(t).clone() if isinstance(t, torch.Tensor) else t for t in example]
             self.placeholders = 0
             self.computing = False  # running real code: parameters and modules are not traced
 
@@ -158,7 +241,12 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
                          type_expr: Any = None, proxy_factory_fn: Any = None) -> Any:
             rv = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
             if isinstance(rv, ShapeProxy):
-                rv.value = self.real_value(kind, target, args, kwargs)
+                try:
+                    rv.value = self.real_value(kind, target, args, kwargs)
+                except Exception as exc:  # noqa: BLE001 - no value: sizes of this node stay symbolic, as in plain fx
+                    rv.node.meta["value_error"] = f"{type(exc).__name__}: {exc}"
+                    rv.node.meta["value_exc"] = exc
+                rv.node.meta["_value"] = rv.value
             return rv
 
         def real_value(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
@@ -168,36 +256,59 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
 
             def real(a: Any) -> Any:
                 if isinstance(a, torch.fx.Proxy):
-                    v = a.__dict__.get("value")
+                    # node meta, not the proxy: fx's lazy Attribute proxy (x.T) is another object
+                    v = a.node.meta.get("_value")
                     if v is None:
-                        raise LookupError("no value")
+                        raise LookupError(f"the value of {a.node.name} is unknown")
                     return v
-                return a
+                return on_meta(a)
 
+            a, k = map_aggregate(args, real), map_aggregate(kwargs, real)
+            self.computing = True
             try:
-                a, k = map_aggregate(args, real), map_aggregate(kwargs, real)
-                self.computing = True
-                with torch.no_grad():
+                with torch.no_grad(), meta:
                     if kind == "call_function":
                         return target(*a, **k)
                     if kind == "call_method":
                         return getattr(a[0], target)(*a[1:], **k)
                     if kind == "call_module":
-                        return self.root.get_submodule(target)(*a, **k)
+                        sub = self.root.get_submodule(target)
+                        if isinstance(sub, torch.nn.RNNBase):
+                            # no catalog op, and on meta it still runs step by step in Python (tens of
+                            # seconds at KernelBench's sizes): left without a value, the mapper names it
+                            raise LookupError(f"{type(sub).__name__} is not run while tracing")
+                        return sub(*a, **k)
                     if kind == "get_attr":
                         obj = self.root
                         for atom in target.split("."):
                             obj = getattr(obj, atom)
                         return obj
                     return None
-            except Exception:  # noqa: BLE001 - no value: sizes of this node stay symbolic, as in plain fx
-                return None
             finally:
                 self.computing = False
 
     tracer = ShapeTracer(inputs)
     graph = tracer.trace(model)
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and "_value" not in n.meta:  # a constant fx lifted (create_node, no proxy)
+            obj = gm
+            for atom in n.target.split("."):
+                obj = getattr(obj, atom, None)
+            n.meta["_value"] = obj
+        found = False
+
+        def tensor_meta(v: Any) -> Any:
+            nonlocal found
+            if isinstance(v, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(v)
+            return v
+
+        tm = map_aggregate(n.meta.get("_value"), tensor_meta)
+        if found:
+            n.meta["tensor_meta"] = tm
+    return gm
 
 
 def _init_params(source: str) -> str:
@@ -261,7 +372,9 @@ class _Mapper:
     def shape_of(self, fx_node: Any) -> tuple[int, ...]:
         meta = fx_node.meta.get("tensor_meta")
         if meta is None or not hasattr(meta, "shape"):
-            raise TraceError(f"{fx_node.name}: no single tensor result")
+            why = fx_node.meta.get("value_error")
+            raise _Unsupported(f"{fx_node.name}: " + (f"its value cannot be computed on the meta device ({why})"
+                                                      if why else "no single tensor result"))
         return tuple(int(s) for s in meta.shape)
 
     def add(self, op: str, params: dict[str, Any], args: list[Any], shape: tuple[int, ...],
@@ -285,7 +398,7 @@ class _Mapper:
     def arg_shape(self, a: Any) -> tuple[int, ...]:
         kind, k = self.ref(a)
         if kind == "input":
-            return tuple(self.inputs[k].shape)
+            return tuple(getattr(self.inputs[k], "shape", ()))  # a number argument: shape ()
         if kind == "state":
             return self.state[k].shape
         return self.nodes[k].shape
@@ -305,19 +418,30 @@ class _Mapper:
         in_specs: list[InputSpec] = []
         outputs: list[int] = []
         failed: set[Any] = set()  # fx nodes already reported, directly or through an input
+        consts = _fold_constants(self.gm, self.state_index)
+        placeholders = 0
         for n in self.gm.graph.nodes:
+            if n in consts and not n.users:   # a constant folded into every call that used it
+                self.env[n] = ("const", 0)
+                continue
             if any(u in failed for u in n.all_input_nodes):
                 failed.add(n)  # reported once, at the unsupported call it depends on
                 self.env[n] = None
                 continue
             try:
                 if n.op == "placeholder":
-                    t = self.inputs[len(in_specs)]
-                    if not isinstance(t, self.torch.Tensor):
-                        raise _Unsupported("non-tensor forward argument")
-                    kind = "float" if t.is_floating_point() else "index"
-                    in_specs.append(InputSpec(tuple(t.shape), kind))
+                    placeholders += 1
+                    t = self.inputs[placeholders - 1] if placeholders <= len(self.inputs) else None
+                    if _scalar(t):   # a number ModelNew takes at run time (kernels get it as an argument)
+                        in_specs.append(InputSpec((), "scalar"))
+                    elif isinstance(t, self.torch.Tensor):
+                        in_specs.append(InputSpec(tuple(t.shape), "float" if t.is_floating_point() else "index"))
+                    else:
+                        raise _Unsupported(f"forward argument of type {type(t).__name__} (tensors and numbers "
+                                           "are supported)")
                     self.env[n] = ("input", len(in_specs) - 1)
+                elif n in consts:
+                    raise _Unsupported(consts[n])
                 elif n.op == "get_attr":
                     if n.target not in self.state_index:
                         raise _Unsupported(f"attribute {n.target!r} is not in the state dict")
@@ -392,6 +516,91 @@ class _Mapper:
 
 class _Unsupported(Exception):
     pass
+
+
+# Calls whose number argument may be a constant tensor of one value instead (x * torch.tensor(2.0)).
+_FOLD_INTO = frozenset({"add", "sub", "subtract", "mul", "multiply", "truediv", "div", "divide", "pow",
+                        "clamp", "clip", "gt", "lt", "masked_fill"})
+# Elementwise min / max of a tensor and a constant of one value: a clamp.
+_MIN_MAX = frozenset({"min", "max", "minimum", "maximum"})
+# Constants a forward builds from a tensor's shape: (positional index of the fill value, or the value).
+_LIKE_FILL: dict[str, Any] = {"ones_like": 1, "zeros_like": 0, "full_like": 1, "new_ones": 1, "new_zeros": 0,
+                              "new_full": 2}
+
+
+def _fold_constants(gm: Any, state_index: dict[str, int]) -> dict[Any, str]:
+    """Fold constants built in forward into the calls that use them, in place; returns every
+    constant node with the reason it cannot be mapped if some use remains.
+
+    A constant is a tensor fx kept as an attribute that is not in the state dict (what
+    ``torch.tensor(2.0, device=x.device)`` or ``torch.ones(1, c, 1, 1)`` becomes; its value is
+    real, see `shape_trace`) or a ``torch.ones_like(x)`` / ``full_like`` / ``x.new_full(...)``
+    whose value is in its arguments. One that holds a single value is replaced by that number in
+    arithmetic with a tensor that has the result's shape and dtype (so the number changes neither
+    broadcasting nor type promotion); other uses keep the constant, which no catalog op takes."""
+    import torch
+
+    out: dict[Any, str] = {}
+    for n in gm.graph.nodes:
+        value: Any = None
+        name = getattr(n.target, "__name__", n.target) if n.op in ("call_function", "call_method") else None
+        if n.op == "get_attr" and n.target not in state_index:
+            t = n.meta.get("_value")
+            if not isinstance(t, torch.Tensor):
+                continue   # left to the mapper's state-dict error
+            if t.device.type == "meta":   # no value: from the model's tensors, which live on meta
+                out[n] = (f"constant tensor of shape {tuple(t.shape)}: a tensor the model holds outside its state "
+                          "dict, or one forward computes from a buffer without fx tracing it (e.g. "
+                          "self.mask[:t, :t] == 0); no catalog op takes a constant tensor")
+                continue
+            what = f"constant tensor of shape {tuple(t.shape)} built in forward"
+            if t.numel() > 0 and not t.dtype.is_complex and bool((t == t.reshape(-1)[0]).all()):
+                value = t.reshape(-1)[0].item()
+        elif name in _LIKE_FILL and n.op == ("call_method" if name.startswith("new_") else "call_function"):
+            what = f"constant {name}(...) built in forward"
+            fill = _LIKE_FILL[name]
+            if name in ("full_like", "new_full"):
+                fill = n.args[fill] if len(n.args) > fill else n.kwargs.get("fill_value")
+            value = fill
+        else:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            out[n] = f"{what}: no catalog op takes a constant tensor (only one of a single value, used in " \
+                     "arithmetic, is folded into it)"
+            continue
+        for u in list(n.users):
+            uname = getattr(u.target, "__name__", u.target)
+            if uname in _MIN_MAX and _foldable(n, u, _MIN_MAX):
+                # torch.min(x, torch.tensor(c)) is a clamp; the number is not put in min's arguments,
+                # where an int would be read as a dim (torch.min(x, 1): a reduction)
+                x = next(a for a in (*u.args, *u.kwargs.values()) if a is not n)
+                u.op, u.target, u.args = "call_function", torch.clamp, (x,)
+                u.kwargs = {"max" if uname in ("min", "minimum") else "min": float(value)}
+            elif _foldable(n, u, _FOLD_INTO):
+                u.args = tuple(value if a is n else a for a in u.args)
+                u.kwargs = {k: value if a is n else a for k, a in u.kwargs.items()}
+        out[n] = f"{what} with one value {value!r}, used where no number can stand for it (a call other " \
+                 "than arithmetic, or one whose result has another shape or dtype than its tensor argument)"
+    return out
+
+
+def _foldable(const: Any, user: Any, names: frozenset[str]) -> bool:
+    """Whether `user` may take the number of `const` instead: a call of `names` with another tensor
+    whose shape and dtype are those of the result (for min / max: that tensor and `const` only)."""
+    import torch
+
+    if user.op not in ("call_function", "call_method") or getattr(user.target, "__name__", user.target) not in names:
+        return False
+    res = user.meta.get("tensor_meta")
+    args = (*user.args, *user.kwargs.values())
+    others = [a for a in args if hasattr(a, "op") and a is not const]
+    if not hasattr(res, "shape") or not others or (names is _MIN_MAX and (len(args) != 2 or const not in args)):
+        return False
+    tm = others[0].meta.get("tensor_meta")
+    if not hasattr(tm, "shape"):
+        return False
+    same_dtype = tm.dtype == res.dtype or res.dtype == torch.bool   # a comparison's result is bool
+    return tuple(tm.shape) == tuple(res.shape) and same_dtype
 
 
 def _where(n: Any) -> str:
@@ -1234,6 +1443,19 @@ _FUNCTIONS.update({
     "repeat": _h_repeat, "split": _h_split("split"), "chunk": _h_split("chunk"),
 })
 _METHODS = dict(_FUNCTIONS)
+
+
+def _h_to(m: _Mapper, n: Any) -> Any:
+    """x.to(x.device), x.to(x.dtype), x.type_as(y) of the same dtype: x itself (tracing sees one
+    device); a dtype conversion has no catalog op."""
+    x = n.args[0]
+    src, res = x.meta.get("tensor_meta") if hasattr(x, "meta") else None, n.meta.get("tensor_meta")
+    if hasattr(src, "dtype") and hasattr(res, "dtype") and src.dtype == res.dtype and src.shape == res.shape:
+        return m.ref(x)
+    raise _Unsupported("a dtype conversion (.to / .type_as to another dtype) has no catalog op")
+
+
+_METHODS.update({"to": _h_to, "type_as": _h_to})
 
 
 def _function_handler(fn: Any) -> Callable[[_Mapper, Any], Any] | None:
