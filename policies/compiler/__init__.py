@@ -19,6 +19,7 @@ from typing import Any
 
 from kernelgym.task import Task
 from policies.base import Attempt
+from policies.compiler.composite import expand as expand_composites
 from policies.compiler.ir import (
     SUPPORTED,
     Analysis,
@@ -91,7 +92,7 @@ class CompilerPolicy:
             else:
                 prog = program_from_source(task.source)
                 prog.name = task.name or task.id
-            self._programs[key] = prog
+            self._programs[key] = expand_composites(prog)
         return self._programs[key]
 
     def unsupported(self, task: Task | str) -> list[str]:

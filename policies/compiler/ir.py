@@ -34,10 +34,15 @@ ELEMENTWISE = frozenset({
 })
 INDEXING = frozenset({"transpose", "permute", "flatten", "merge_last", "concat", "gather", "embedding",
                       "max_pool1d", "avg_pool1d", "max_pool2d", "avg_pool2d"})
+# Compiler-internal pointwise ops (no catalog entry), made by `composite.expand`: x[..., idx[...]].
+INDEXING |= frozenset({"pick_last"})
 POINTWISE = ELEMENTWISE | INDEXING
-REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", "adaptive_avg_pool2d"})
+REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", "adaptive_avg_pool2d",
+                    "prod", "argmax", "argmin"})
+# Reductions whose result is int64 indices (the output tensor is allocated as int64).
+INDEX_OUT = frozenset({"argmax", "argmin"})
 NORMALIZE = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "group_norm", "instance_norm"})
-SCAN = frozenset({"cumsum", "cummax", "logcumsumexp"})
+SCAN = frozenset({"cumsum", "cummax", "logcumsumexp", "cumprod"})
 ROW = REDUCE | NORMALIZE | SCAN
 # Reductions that can close a normalising row's kernel (a *tail*): accumulated chunk by chunk in
 # the pass that writes the normalised values, over the same rows, so the normalised tensor is
@@ -46,7 +51,10 @@ TAIL_REDUCE = frozenset({"sum", "mean", "amax", "amin", "norm"})
 MATMUL = frozenset({"linear", "matmul", "bmm", "addmm"})
 CONV = frozenset({"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
 ANCHORS = ROW | MATMUL | CONV
-SUPPORTED = POINTWISE | ANCHORS
+# Catalog ops the compiler lowers as a few of the ops above (`policies.compiler.composite`),
+# expanded when the program is built, so they never reach a partition.
+COMPOSITE = frozenset({"mse_loss", "smooth_l1_loss", "kl_div", "cross_entropy", "triplet_margin_loss"})
+SUPPORTED = POINTWISE | ANCHORS | COMPOSITE
 
 
 class CompileError(ValueError):
@@ -126,6 +134,8 @@ class Program:
         return [k for kind_, k in self.graph.nodes[i].args if kind_ == "node"]
 
     def is_index(self, ref: Ref) -> bool:
+        if ref[0] == "node":
+            return self.graph.nodes[ref[1]].op in INDEX_OUT
         if ref[0] == "input":
             return self.graph.inputs[ref[1]].kind == "index"
         if ref[0] == "state":
@@ -214,11 +224,24 @@ def reduced_axes(graph: Graph, i: int) -> tuple[int, ...] | None:
         return (rank - 2, rank - 1)
     if op not in ROW or op == "group_norm":
         return None
-    if "axes" in p:
-        return tuple(sorted(int(a) for a in p["axes"]))
-    if "dim" in p:
-        return (rank - int(p["dim"]),)
+    if "axes" in p or "dim" in p:
+        return tuple(reduce_axes(p, rank))
     return None
+
+
+def reduce_axes(p: Mapping[str, Any], rank: int) -> list[int]:
+    """The input axes (from the left) a reduction or scan node's parameters name: traced
+    ``axes``, or the catalog's ``dim`` counted from the right: one int, a tuple, or "all"."""
+    if "axes" in p:
+        return sorted({int(a) for a in p["axes"]})
+    d = p["dim"]
+    if d == "all":
+        return list(range(rank))
+    ds = d if isinstance(d, (tuple, list)) else (d,)
+    for k in ds:
+        if not 1 <= int(k) <= rank:
+            raise CompileError(f"dim {k} (from the right) out of range for rank {rank}")
+    return sorted({rank - int(k) for k in ds})
 
 
 def _tail_problem(an: Analysis, group: set[int], a: int, t: int) -> str | None:
