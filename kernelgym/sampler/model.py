@@ -123,6 +123,9 @@ class DagModel:
         cs.append(out.range == op.output_range(ranges_in or [z3.IntVal(0)]))
         if not op.scalar_out:
             cs.append(out.rank >= 1)
+        # Arguments are never 0-d. Stated here too (not only in the tensors' own constraints) so
+        # that `pinned`, which substitutes a node-fed argument by the node's output, keeps it.
+        cs += [a.rank >= 1 for a in args]
         return z3.And(*cs)
 
     def _eq(self, i: int, j: int, v: int) -> z3.BoolRef:

@@ -41,6 +41,8 @@ REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "n
                     "prod", "argmax", "argmin"})
 # Reductions whose result is int64 indices (the output tensor is allocated as int64).
 INDEX_OUT = frozenset({"argmax", "argmin"})
+# Elementwise ops that keep integer arguments integer (with an int scalar, for the scalar ops).
+INDEX_ARITHMETIC = frozenset({"add", "sub", "mul", "neg", "abs", "maximum", "minimum", "add_scalar", "mul_scalar"})
 NORMALIZE = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "group_norm", "instance_norm"})
 SCAN = frozenset({"cumsum", "cummax", "logcumsumexp", "cumprod"})
 ROW = REDUCE | NORMALIZE | SCAN
@@ -134,8 +136,16 @@ class Program:
         return [k for kind_, k in self.graph.nodes[i].args if kind_ == "node"]
 
     def is_index(self, ref: Ref) -> bool:
+        """Whether `ref` holds integer indices: an int input or state tensor, an argmax / argmin,
+        or integer arithmetic on such values only (torch keeps int64 there: ``argmax + argmin``)."""
         if ref[0] == "node":
-            return self.graph.nodes[ref[1]].op in INDEX_OUT
+            node = self.graph.nodes[ref[1]]
+            if node.op in INDEX_OUT:
+                return True
+            if node.op not in INDEX_ARITHMETIC or not node.args:
+                return False
+            c = node.params.get("c", 0)
+            return (isinstance(c, int) and not isinstance(c, bool)) and all(self.is_index(a) for a in node.args)
         if ref[0] == "input":
             return self.graph.inputs[ref[1]].kind == "index"
         if ref[0] == "state":

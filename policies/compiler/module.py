@@ -8,7 +8,7 @@ from typing import Any
 
 from kernelgym.ops import get_op
 from policies.compiler.codegen import HELPER_ORDER, HELPERS, state_expr
-from policies.compiler.ir import INDEX_OUT, CompileError, Program, StateEntry, kind, numel
+from policies.compiler.ir import CompileError, Program, StateEntry, kind, numel
 from policies.compiler.kernels import (
     DEFAULT_DOT_PRECISION,
     Kernel,
@@ -213,7 +213,7 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
         alloc = "torch.zeros" if item.zero_init else "torch.empty"
         for j in item.stored:
             shape = tuple(g.nodes[j].shape)
-            dtype = "torch.int64" if g.nodes[j].op in INDEX_OUT else "DTYPE"
+            dtype = "torch.int64" if prog.is_index(("node", j)) else "DTYPE"
             fwd.append(f"v{j} = {alloc}({shape!r}, device={dev}, dtype={dtype})")
         fwd += [f"{var} = {alloc.format(dev=dev)}" for var, alloc in item.scratch.items()]
         fwd += item.launch()
