@@ -23,6 +23,7 @@ from kernelgym.ops.spec import (
     SymTensor,
     Weight,
     broadcast,
+    drop_slot,
     keep_except,
     numel,
     ranks,
@@ -172,6 +173,8 @@ def _reduce_shape(min_size: int = 1):
             cs.append(z3.Or(*[x.dims[k] >= min_size for k in slots]))
         if p["keepdim"]:
             return cs + keep_except(x, o, list(slots)) + [o.dims[k] == 1 for k in slots]
+        if len(slots) == 1:
+            return cs + drop_slot(x, o, slots[0])
         rest = [m for m in range(MAX_RANK) if m not in slots]
         cs.append(o.rank == x.rank - len(slots))
         cs += [o.dims[m] == (x.dims[rest[m]] if m < len(rest) else 1) for m in range(MAX_RANK)]
