@@ -685,3 +685,18 @@ _loss("triplet_margin_loss",
       lambda a, p: f"F.triplet_margin_loss({a[0]}, {a[1]}, {a[2]}, margin={p['margin']!r}, reduction={p['reduction']!r})",
       3, _triplet_shape, 8, (Param("margin", (1.0, 0.5)), _REDUCTIONS),
       "F.triplet_margin_loss(anchor, positive, negative) over (N, D) rows", min_rank=2)
+
+
+def _cosine_shape(a, o, p, c):
+    x, y = a
+    return same_shape(x, y) + [x.rank >= p["dim"], *drop_slot(x, o, p["dim"] - 1)]
+
+
+# Not a loss itself (one value per row, consumable), but what cosine-similarity losses are made of:
+# ``torch.mean(1 - F.cosine_similarity(a, b))``.
+register(OpSpec(
+    name="cosine_similarity", category="reduction", arity=2,
+    call=lambda a, p: f"F.cosine_similarity({a[0]}, {a[1]}, dim={-p['dim']})",
+    shape=_cosine_shape, flops=lambda ins, o, p: 6 * numel(ins[0]), params=(Param("dim", (1, 2)),),
+    out_range=REAL, scalar_out=True, doc="F.cosine_similarity(x1, x2, dim) of same-shape tensors",
+))

@@ -1,4 +1,4 @@
-"""Catalog ops the compiler lowers as a few other ops: the losses. `expand` replaces each by the
+"""Catalog ops the compiler lowers as a few other ops: the losses and cosine similarity. `expand` replaces each by the
 ops it is made of (elementwise ops, reductions, `pick_last`) when the program is built, so the
 partitioner fuses them like any other ops: ``F.mse_loss(a, b)`` becomes sub -> square -> mean over
 every dim, one kernel; ``F.cross_entropy(x, t)`` a logsumexp row whose epilogue subtracts the
@@ -11,7 +11,8 @@ The formulas are PyTorch's (the loss functions' documented definitions):
   "batchmean" divides the sum by the batch size (dim 0);
 - cross_entropy (int targets, no weights, no ignored index): logsumexp(x_n) - x_n[t_n];
 - triplet_margin_loss (p = 2, eps = 1e-6, no swap): relu(|a - p + eps| - |a - n + eps| + margin),
-  the norms over the last dim.
+  the norms over the last dim;
+- cosine_similarity (eps = 1e-8): sum(a / max(|a|, eps) * b / max(|b|, eps)) along the dim.
 """
 
 from __future__ import annotations
@@ -116,12 +117,28 @@ def _triplet(b: _Builder, args: list[Ref], p: dict[str, Any]) -> Ref:
     return b.reduce(b.add("relu", [u]), p.get("reduction", "mean"))
 
 
+def _cosine(b: _Builder, args: list[Ref], p: dict[str, Any]) -> Ref:
+    x, y = args
+    sx = b.shape(x)
+    d = int(p["dim"])
+    axis = len(sx) - d
+    eps = float(p.get("eps", 1e-8))
+    kept = tuple(1 if k == axis else s for k, s in enumerate(sx))
+
+    def unit(t: Ref) -> Ref:  # t / max(|t|, eps) along the dim
+        n = b.add("clamp", [b.add("norm", [t], kept, dim=d, keepdim=True)], lo=eps, hi=None)
+        return b.add("div", [t, n])
+
+    return b.add("sum", [b.add("mul", [unit(x), unit(y)])], sx[:axis] + sx[axis + 1:], dim=d, keepdim=False)
+
+
 EXPANSIONS: dict[str, Callable[[_Builder, list[Ref], dict[str, Any]], Ref]] = {
     "mse_loss": _mse,
     "smooth_l1_loss": _smooth_l1,
     "kl_div": _kl_div,
     "cross_entropy": _cross_entropy,
     "triplet_margin_loss": _triplet,
+    "cosine_similarity": _cosine,
 }
 assert set(EXPANSIONS) == COMPOSITE
 

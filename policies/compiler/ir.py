@@ -55,7 +55,8 @@ CONV = frozenset({"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
 ANCHORS = ROW | MATMUL | CONV
 # Catalog ops the compiler lowers as a few of the ops above (`policies.compiler.composite`),
 # expanded when the program is built, so they never reach a partition.
-COMPOSITE = frozenset({"mse_loss", "smooth_l1_loss", "kl_div", "cross_entropy", "triplet_margin_loss"})
+COMPOSITE = frozenset({"mse_loss", "smooth_l1_loss", "kl_div", "cross_entropy", "triplet_margin_loss",
+                       "cosine_similarity"})
 SUPPORTED = POINTWISE | ANCHORS | COMPOSITE
 
 

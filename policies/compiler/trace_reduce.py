@@ -12,7 +12,8 @@
   followed by the zeros);
 - losses: ``F.mse_loss``, ``F.l1_loss``, ``F.smooth_l1_loss``, ``F.huber_loss``, ``F.kl_div``,
   ``F.cross_entropy`` (int64 targets), ``F.triplet_margin_loss`` and their ``nn`` modules, as the
-  catalog's loss ops (what PyTorch computes; the compiler expands them, `composite`).
+  catalog's loss ops (what PyTorch computes; the compiler expands them, `composite`), and
+  ``F.cosine_similarity`` / ``nn.CosineSimilarity`` of same-shape tensors (cosine losses).
 """
 
 from __future__ import annotations
@@ -359,11 +360,22 @@ def _m_kl_div(m: _Mapper, n: Any, sub: Any) -> Any:
     return m.add("kl_div", params, [n.args[0], n.args[1]], m.shape_of(n))
 
 
+def _cosine(m: _Mapper, n: Any, x: Any, y: Any, dim: Any, eps: Any) -> Any:
+    if m.arg_shape(x) != m.arg_shape(y):
+        raise _Unsupported("cosine_similarity of tensors of different shapes (broadcast)")
+    return m.add("cosine_similarity", {"dim": m.dim_from_right(x, dim), "eps": float(eps)}, [x, y], m.shape_of(n))
+
+
+def _f_cosine(m: _Mapper, n: Any) -> Any:
+    return _cosine(m, n, n.args[0], m.arg(n, 1, "x2"), m.arg(n, 2, "dim", 1), m.arg(n, 3, "eps", 1e-8))
+
+
 _FAMILY_FUNCTIONS: dict[str, Callable[[_Mapper, Any], Any]] = {
     "argmax": _h_arg("argmax"), "argmin": _h_arg("argmin"), "max": _h_max("maximum"), "min": _h_max("minimum"),
     "prod": _h_prod, "cumprod": _h_scan("cumprod"), FUSED_SCAN: _h_fused_scan,
     "mse_loss": _f_mse, "l1_loss": _f_l1, "smooth_l1_loss": _f_smooth_l1, "huber_loss": _f_huber,
     "kl_div": _f_kl_div, "cross_entropy": _f_cross_entropy, "triplet_margin_loss": _f_triplet,
+    "cosine_similarity": _f_cosine,
 }
 _FUNCTIONS.update(_FAMILY_FUNCTIONS)
 _METHODS.update(_FAMILY_FUNCTIONS)
@@ -375,6 +387,7 @@ _MODULES.update({
     "HuberLoss": lambda m, n, sub: _smooth_l1(m, n, n.args[0], n.args[1], _module_reduction(sub), sub.delta,
                                               sub.delta),
     "KLDivLoss": _m_kl_div, "CrossEntropyLoss": _m_cross_entropy,
+    "CosineSimilarity": lambda m, n, sub: _cosine(m, n, n.args[0], n.args[1], sub.dim, sub.eps),
     "TripletMarginLoss": lambda m, n, sub: _triplet(m, n, list(n.args[:3]), sub.margin, sub.p, sub.eps, sub.swap,
                                                     _module_reduction(sub)),
 })

@@ -92,6 +92,10 @@ CASES = [
      "self.loss = nn.CrossEntropyLoss(reduction='sum')", ("relu", "cross_entropy")),
     ("triplet_module", "return self.loss(a, p, n)", "return [torch.randn(5, 9), torch.randn(5, 9), torch.randn(5, 9)]",
      "a, p, n", "self.loss = nn.TripletMarginLoss(margin=0.5)", ("triplet_margin_loss",)),
+    ("cosine_loss", "return torch.mean(1 - F.cosine_similarity(a, b, dim=1))", PAIR, "a, b", "pass",
+     ("cosine_similarity", "neg", "add_scalar", "mean")),
+    ("cosine_module", "return self.cos(a, b)", "return [torch.randn(9, 4, 3), torch.randn(9, 4, 3)]", "a, b",
+     "self.cos = nn.CosineSimilarity(dim=0)", ("cosine_similarity",)),
     ("hinge", "return torch.mean(torch.clamp(1 - a * b, min=0))",
      "return [torch.randn(6, 8), torch.randint(0, 2, (8,)).float() * 2 - 1]", "a, b", "pass",
      ("mul", "neg", "add_scalar", "clamp", "mean")),
@@ -164,6 +168,7 @@ def test_unsupported_family_forms_are_named(body, message):
 
 
 FAMILY = [n for n, op in CATALOG.items() if op.category in ("reduction", "cumulative", "loss")]
+assert "cosine_similarity" in FAMILY
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -208,7 +213,8 @@ def test_sampled_family_tasks_are_ok(evaluator):
     policy = CompilerPolicy()
     tasks = [sample_task(2, s, ops=ops) for s, ops in enumerate([
         ["argmax", "softmax"], ["cumprod", "sigmoid"], ["kl_div", "exp"], ["cross_entropy", "linear"],
-        ["triplet_margin_loss", "relu"], ["prod", "tanh"], ["smooth_l1_loss", "mul"], ["cumsum", "add"]])]
+        ["triplet_margin_loss", "relu"], ["prod", "tanh"], ["smooth_l1_loss", "mul"], ["cumsum", "add"],
+        ["cosine_similarity", "exp"]])]
     pairs = [(t, policy.compile(t)) for t in tasks]
     verdicts = evaluator.evaluate_batch(pairs, "interpret", "strict", "local", seed=4)
     bad = {f"{t.ops}": f"{v.status} {v.reasons[:2]} {v.error[:300]}" for t, v in zip(tasks, verdicts)
