@@ -150,28 +150,64 @@ register(OpSpec(
 # ---- reductions over one dim ---------------------------------------------------------------------
 
 
+def reduced_slots(dim: Any) -> tuple[int, ...] | None:
+    """Right-aligned slots a reduction's ``dim`` parameter reduces: one dim counted from the right
+    (1 = last), a tuple of them, or None for ``"all"`` (every dim)."""
+    if dim == "all":
+        return None
+    if isinstance(dim, (tuple, list)):
+        return tuple(sorted(int(d) - 1 for d in dim))
+    return (int(dim) - 1,)
+
+
 def _reduce_shape(min_size: int = 1):
     def rule(a: list[SymTensor], o: SymTensor, p: dict[str, Any], c: RuleCtx) -> list[z3.BoolRef]:
-        k = p["dim"] - 1
         x = a[0]
-        cs = [x.rank >= p["dim"], x.dims[k] >= min_size]
+        slots = reduced_slots(p["dim"])
+        if slots is None:  # every dim: a 0-d result, or all ones with keepdim
+            cs = [o.rank == (x.rank if p["keepdim"] else 0), *[o.dims[m] == 1 for m in range(MAX_RANK)]]
+            if min_size > 1:
+                cs.append(z3.Or(*[x.dims[m] >= min_size for m in range(MAX_RANK)]))
+            return cs
+        cs = [x.rank >= max(slots) + 1]
+        if min_size > 1:
+            cs.append(z3.Or(*[x.dims[k] >= min_size for k in slots]))
         if p["keepdim"]:
-            cs += keep_except(x, o, [k]) + [o.dims[k] == 1]
-        else:
-            cs += [x.rank >= 2] + drop_slot(x, o, k)
+            return cs + keep_except(x, o, list(slots)) + [o.dims[k] == 1 for k in slots]
+        if len(slots) == 1:
+            return cs + drop_slot(x, o, slots[0])
+        rest = [m for m in range(MAX_RANK) if m not in slots]
+        cs.append(o.rank == x.rank - len(slots))
+        cs += [o.dims[m] == (x.dims[rest[m]] if m < len(rest) else 1) for m in range(MAX_RANK)]
         return cs
 
     return rule
 
 
-def _reduction(name: str, fn: str, flops: int = 1, out: int | str = "first", min_size: int = 1) -> None:
+def _dim_arg(p: dict[str, Any]) -> str:
+    """torch's ``dim=`` argument for a reduction's ``dim`` parameter (negative dims)."""
+    slots = reduced_slots(p["dim"])
+    if slots is None:
+        slots = tuple(range(len(p["_in"][0])))
+    if len(slots) == 1 and not isinstance(p["dim"], (tuple, list)) and p["dim"] != "all":
+        return str(-(slots[0] + 1))
+    return repr(tuple(sorted(-(k + 1) for k in slots)))
+
+
+# Reduced dims a reduction may draw: the last, second or third from the right, the last two, all.
+_REDUCE_DIMS = (1, 2, 3, (1, 2), "all")
+
+
+def _reduction(name: str, fn: str, flops: int = 1, out: int | str = "first", min_size: int = 1,
+               dims: tuple[Any, ...] = _REDUCE_DIMS, index_out: bool = False) -> None:
     register(OpSpec(
         name=name, category="reduction", arity=1,
-        call=lambda a, p: f"{fn}({a[0]}, dim={-p['dim']}, keepdim={p['keepdim']})",
+        call=lambda a, p: f"{fn}({a[0]}, dim={_dim_arg(p)}, keepdim={p['keepdim']})",
         shape=_reduce_shape(min_size),
         flops=lambda ins, o, p: flops * numel(ins[0]),
-        params=(Param("dim", (1, 2)), Param("keepdim", (False, True))),
-        out_range=out, doc=f"{fn}(x, dim, keepdim)",
+        params=(Param("dim", dims), Param("keepdim", (False, True))),
+        out_range=out, index_out=index_out, scalar_out=True,
+        doc=f"{fn}(x, dim, keepdim)" + (" (int64 indices)" if index_out else ""),
     ))
 
 
@@ -183,6 +219,13 @@ _reduction("logsumexp", "torch.logsumexp", 4, out=REAL)
 _reduction("var", "torch.var", 3, out=NONNEG, min_size=2)
 _reduction("std", "torch.std", 3, out=NONNEG, min_size=2)
 _reduction("norm", "torch.linalg.vector_norm", 2, out=NONNEG)
+# torch.prod takes one dim only
+_reduction("prod", "torch.prod", 1, dims=(1, 2, 3))
+# argmax / argmin: int64 indices of the first extreme value along one dim (torch's tie rule).
+# The output is never fed to another op by the sampler (`OpSpec.index_out`): it is a program
+# output, which the evaluator compares exactly.
+_reduction("argmax", "torch.argmax", 1, out=NONNEG, dims=(1, 2, 3), index_out=True)
+_reduction("argmin", "torch.argmin", 1, out=NONNEG, dims=(1, 2, 3), index_out=True)
 
 
 # ---- softmax -------------------------------------------------------------------------------------
@@ -665,16 +708,42 @@ for _sp in (1, 2, 3):
 # ---- cumulative ----------------------------------------------------------------------------------
 
 
-def _cumulative(name: str, expr: str, out: int | str = "first", flops: int = 1) -> None:
+def _scan_call(expr: str, identity: str | None):
+    """The torch expression of a scan along ``dim`` (from the right), optionally reversed (a suffix
+    scan: flip, scan, flip) and / or exclusive (each output leaves out its own element: the scan of
+    all but the last element, after an `identity`-filled first slot; KernelBench's idiom)."""
+
+    def call(a: list[str], p: dict[str, Any]) -> str:
+        x, d = a[0], -p["dim"]
+        scan = lambda t: expr.format(t, dim=d)  # noqa: E731
+        rev, exc = bool(p.get("reverse")), bool(p.get("exclusive"))
+        if not exc:
+            return f"{scan(f'{x}.flip({d})')}.flip({d})" if rev else scan(x)
+        n = p["_in"][0][d]
+        fill = f"torch.{identity}_like({x}.narrow({d}, 0, 1))"
+        if rev:
+            return f"torch.cat([{scan(f'{x}.narrow({d}, 1, {n - 1}).flip({d})')}.flip({d}), {fill}], dim={d})"
+        return f"torch.cat([{fill}, {scan(f'{x}.narrow({d}, 0, {n - 1})')}], dim={d})"
+
+    return call
+
+
+def _cumulative(name: str, expr: str, out: int | str = "first", flops: int = 1, identity: str | None = None) -> None:
+    """A scan along one dim. `identity` ("zeros" / "ones") allows exclusive scans."""
+    params = (Param("dim", (1, 2)), Param("reverse", (False, True)))
+    if identity:
+        params += (Param("exclusive", (False, True)),)
     register(OpSpec(
         name=name, category="cumulative", arity=1,
-        call=lambda a, p: expr.format(a[0], dim=-p["dim"]),
+        call=_scan_call(expr, identity),
         shape=lambda a, o, p, c: same_shape(a[0], o) + [a[0].rank >= p["dim"], a[0].dims[p["dim"] - 1] >= 2],
-        flops=_per_out(flops), params=(Param("dim", (1, 2)),), out_range=out, doc=expr,
+        flops=_per_out(flops), params=params, out_range=out,
+        doc=expr + " (reverse: a suffix scan" + (", exclusive: without the element itself)" if identity else ")"),
     ))
 
 
-_cumulative("cumsum", "torch.cumsum({0}, dim={dim})")
+_cumulative("cumsum", "torch.cumsum({0}, dim={dim})", identity="zeros")
+_cumulative("cumprod", "torch.cumprod({0}, dim={dim})", identity="ones")
 _cumulative("cummax", "torch.cummax({0}, dim={dim}).values")
 _cumulative("logcumsumexp", "torch.logcumsumexp({0}, dim={dim})", out=REAL, flops=4)
 
@@ -966,3 +1035,74 @@ _view_op("repeat", _repeat_call,
          lambda a, o, p, c: [a[0].rank >= p["dim"], *keep_except(a[0], o, [p["dim"] - 1]),
                              o.dims[p["dim"] - 1] == a[0].dims[p["dim"] - 1] * p["times"]],
          (_SLOT, Param("times", (2, 3))), "x.repeat(...): one dim tiled `times` times")
+
+# ---- losses --------------------------------------------------------------------------------------
+# Each returns a 0-d tensor (`OpSpec.scalar_out`), so it ends a program: the sampler never feeds it
+# to another op. The compiler lowers a loss as the catalog ops it is made of (policies/compiler/
+# composite.py), fused as usual.
+
+
+def _scalar_out(o: SymTensor) -> list[z3.BoolRef]:
+    return [o.rank == 0, *[o.dims[m] == 1 for m in range(MAX_RANK)]]
+
+
+def _pair_loss_shape(a, o, p, c):
+    x, y = a
+    return same_shape(x, y) + _scalar_out(o)
+
+
+def _loss(name: str, call, arity: int, shape, flops: int, params: tuple[Param, ...], doc: str,
+          domain: tuple[int, ...] = (), **kw: Any) -> None:
+    register(OpSpec(
+        name=name, category="loss", arity=arity, call=call, shape=shape,
+        flops=lambda ins, o, p: flops * numel(ins[0]), params=params, domain=domain, out_range=NONNEG,
+        scalar_out=True, doc=doc, **kw,
+    ))
+
+
+_REDUCTIONS = Param("reduction", ("mean", "sum"))
+_loss("mse_loss", lambda a, p: f"F.mse_loss({a[0]}, {a[1]}, reduction={p['reduction']!r})", 2,
+      _pair_loss_shape, 3, (_REDUCTIONS,), "F.mse_loss(input, target)")
+_loss("smooth_l1_loss",
+      lambda a, p: f"F.smooth_l1_loss({a[0]}, {a[1]}, reduction={p['reduction']!r}, beta={p['beta']!r})", 2,
+      _pair_loss_shape, 5, (_REDUCTIONS, Param("beta", (1.0, 0.5))), "F.smooth_l1_loss(input, target) (Huber)")
+# KernelBench's form: F.kl_div(torch.log(p), q, reduction='batchmean'); the target must be positive
+_loss("kl_div", lambda a, p: f"F.kl_div({a[0]}, {a[1]}, reduction={p['reduction']!r})", 2,
+      _pair_loss_shape, 4, (Param("reduction", ("batchmean", "sum")),),
+      "F.kl_div(log_input, target) (target > 0)", domain=(REAL, POSITIVE))
+
+
+def _cross_entropy_shape(a, o, p, c):
+    x, t = a
+    return [x.rank == 2, t.rank == 1, t.dims[0] == x.dims[1], x.dims[0] >= 2, *_scalar_out(o)]
+
+
+_loss("cross_entropy", lambda a, p: f"F.cross_entropy({a[0]}, {a[1]}, reduction={p['reduction']!r})", 2,
+      _cross_entropy_shape, 6, (_REDUCTIONS,), "F.cross_entropy(logits (N, C), int64 targets (N,))",
+      index_args=(1,), index_bound=lambda ins, o, p: ins[0][-1], min_rank=2)
+
+
+def _triplet_shape(a, o, p, c):
+    x, y, z = a
+    return [x.rank == 2, *same_shape(x, y)[1:], *same_shape(x, z)[1:], y.rank == 2, z.rank == 2, *_scalar_out(o)]
+
+
+_loss("triplet_margin_loss",
+      lambda a, p: f"F.triplet_margin_loss({a[0]}, {a[1]}, {a[2]}, margin={p['margin']!r}, reduction={p['reduction']!r})",
+      3, _triplet_shape, 8, (Param("margin", (1.0, 0.5)), _REDUCTIONS),
+      "F.triplet_margin_loss(anchor, positive, negative) over (N, D) rows", min_rank=2)
+
+
+def _cosine_shape(a, o, p, c):
+    x, y = a
+    return same_shape(x, y) + [x.rank >= p["dim"], *drop_slot(x, o, p["dim"] - 1)]
+
+
+# Not a loss itself (one value per row, consumable), but what cosine-similarity losses are made of:
+# ``torch.mean(1 - F.cosine_similarity(a, b))``.
+register(OpSpec(
+    name="cosine_similarity", category="reduction", arity=2,
+    call=lambda a, p: f"F.cosine_similarity({a[0]}, {a[1]}, dim={-p['dim']})",
+    shape=_cosine_shape, flops=lambda ins, o, p: 6 * numel(ins[0]), params=(Param("dim", (1, 2)),),
+    out_range=REAL, scalar_out=True, doc="F.cosine_similarity(x1, x2, dim) of same-shape tensors",
+))

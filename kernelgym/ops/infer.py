@@ -40,7 +40,7 @@ def infer_shape(op_name: str, in_shapes: Sequence[Sequence[int]], params: dict[s
         solver.add(*cs)
     out = SymTensor(rank=z3.Int("out_r"), dims=tuple(z3.Int(f"out_d{k}") for k in range(MAX_RANK)),
                     logs=tuple(z3.Int(f"out_l{k}") for k in range(MAX_RANK)), range=z3.Int("out_v"))
-    solver.add(out.rank >= 1, out.rank <= MAX_RANK)
+    solver.add(out.rank >= (0 if op.scalar_out else 1), out.rank <= MAX_RANK)
     solver.add(*[z3.Implies(out.rank <= k, out.dims[k] == 1) for k in range(MAX_RANK)])
     ctx = RuleCtx(prefix="infer", lo=1, hi=hi, max_log=10**6)
     solver.add(*op.shape(args, out, params, ctx), *ctx.extra)

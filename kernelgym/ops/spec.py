@@ -39,6 +39,7 @@ CATEGORIES = (
     "shape",
     "where",
     "gather",
+    "loss",
 )
 
 DTYPES_FLOAT = ("float32", "float16", "bfloat16")
@@ -207,6 +208,12 @@ class OpSpec:
     index_bound: Callable[[list[tuple[int, ...]], tuple[int, ...], dict[str, Any]], int] | None = None
     min_rank: int = 1
     doc: str = ""
+    # The output holds int64 indices (argmax): the sampler never feeds it to another op, so it
+    # is always a program output, compared exactly by the evaluator.
+    index_out: bool = False
+    # The shape rule may give a 0-d output (a loss, a reduction over every dim): such an output
+    # is never an argument (arguments have rank >= 1), so it too is always a program output.
+    scalar_out: bool = False
     # log2 FLOPs per output element, as a linear expression of the input/output log buckets; used
     # for the z3 FLOP budget. Default: a few FLOPs per output element.
     log_flops: Callable[[list[SymTensor], SymTensor, dict[str, Any], "RuleCtx"], z3.ArithRef] | None = None
@@ -267,6 +274,8 @@ class OpSpec:
             "domain": [RANGE_NAMES[self.input_domain(i)] for i in range(self.arity)],
             "min_rank": self.min_rank,
             "index_args": list(self.index_args),
+            "index_out": self.index_out,
+            "scalar_out": self.scalar_out,
             "doc": self.doc.replace("{0}", "x").replace("{1}", "y"),
         }
 

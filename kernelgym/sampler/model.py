@@ -40,7 +40,7 @@ from kernelgym.sampler.profiles import DifficultyProfile, SizeProfile
 MAX_ARITY = max(op.arity for op in CATALOG.values())
 # Ops that may return a view of their argument (a view of an input would be an aliased output).
 VIEW_OPS = frozenset({"flatten", "merge_last", "unsqueeze", "squeeze", "narrow", "select", "expand"})
-REDUCTION_CATEGORIES = frozenset({"reduction", "softmax", "norm", "cumulative"})
+REDUCTION_CATEGORIES = frozenset({"reduction", "softmax", "norm", "cumulative", "loss"})
 MATMUL_CATEGORIES = frozenset({"matmul", "conv"})
 UNUSED, FRESH = -2, -1
 _RANK_TABLES: dict[tuple[str, int, SizeProfile], dict[tuple[int, ...], tuple[int, ...]]] = {}
@@ -61,7 +61,11 @@ class DagModel:
         self._tensor_cs: dict[int, z3.BoolRef] = {}
         self._big: dict[int, z3.BoolRef] = {}
         self.args = [[self._tensor(f"a{i}_{j}") for j in range(MAX_ARITY)] for i in range(d)]
-        self.outs = [self._tensor(f"o{i}") for i in range(d)]
+        # Outputs may be 0-d (ops with `scalar_out`; the others pin rank >= 1); arguments may not,
+        # so a 0-d output is never consumed.
+        self.outs = [self._tensor(f"o{i}", min_rank=0) for i in range(d)]
+        # Ops whose output (int64 indices) no op may read.
+        self.index_out = frozenset(k for k, op in enumerate(self.ops) if op.index_out)
         self.fresh: dict[tuple[int, str], dict[str, z3.ArithRef]] = {}
         self._rules: dict[tuple, z3.BoolRef] = {}
         self._eqs: dict[tuple[int, int, int], z3.BoolRef] = {}
@@ -73,12 +77,12 @@ class DagModel:
 
     # -- pieces -----------------------------------------------------------------------------------
 
-    def _tensor(self, name: str) -> SymTensor:
+    def _tensor(self, name: str, min_rank: int = 1) -> SymTensor:
         s = self.sizes
         dims = tuple(z3.Int(f"{name}_d{k}") for k in range(MAX_RANK))
         t = SymTensor(rank=z3.Int(f"{name}_r"), dims=dims, logs=tuple(z3.Int(f"{name}_l{k}") for k in range(MAX_RANK)),
                       range=z3.Int(f"{name}_v"))
-        cs = [t.rank >= 1, t.rank <= MAX_RANK, t.range >= 0, t.range <= 2, z3.Sum(*t.logs) <= s.max_log]
+        cs = [t.rank >= min_rank, t.rank <= MAX_RANK, t.range >= 0, t.range <= 2, z3.Sum(*t.logs) <= s.max_log]
         for k in range(MAX_RANK):
             cs += [t.dims[k] >= 1, t.dims[k] <= s.hi, z3.Implies(t.rank <= k, t.dims[k] == 1),
                    log_link(t.dims[k], t.logs[k], s.hi)]
@@ -118,6 +122,11 @@ class DagModel:
         cs += [args[j].range >= op.input_domain(j) for j in range(op.arity) if j not in op.index_args]
         cs += [self.src[i][j] == FRESH for j in op.index_args]
         cs.append(out.range == op.output_range(ranges_in or [z3.IntVal(0)]))
+        if not op.scalar_out:
+            cs.append(out.rank >= 1)
+        # Arguments are never 0-d. Stated here too (not only in the tensors' own constraints) so
+        # that `pinned`, which substitutes a node-fed argument by the node's output, keeps it.
+        cs += [a.rank >= 1 for a in args]
         return z3.And(*cs)
 
     def _eq(self, i: int, j: int, v: int) -> z3.BoolRef:
@@ -184,6 +193,10 @@ class DagModel:
                 c.append(self.tensor_cs(self.args[i][j]))
                 c += [self._eq(i, j, v) for v in range(i)]
             c.append(z3.Sum(*[z3.If(self.src[i][j] >= 0, 1, 0) for j in range(arity)]) <= prof.max_fan_in)
+            for v in range(i):  # an op's int64 indices are no argument
+                sink = z3.Or(False, *[self.op_var[v] == k for k in ks if k in self.index_out])
+                if not z3.is_false(sink):
+                    c += [z3.Implies(sink, self.src[i][j] != v) for j in range(arity)]
             views = is_op(i, VIEW_OPS)
             if not z3.is_false(views):
                 # A view op must read a node that is not itself a view, so no output aliases an input.
@@ -234,6 +247,7 @@ class DagModel:
             if op.name in VIEW_OPS:
                 c.append(z3.And(self.src[i][0] >= 0, *[self.src[i][0] != v for v in range(i)
                                                        if ops[v].name in VIEW_OPS]))
+            c += [self.src[i][j] != v for v in range(i) if ops[v].index_out for j in range(op.arity)]
         consumers = [z3.Sum(z3.IntVal(0), *[z3.If(self.src[i][j] == v, 1, 0)
                                             for i in range(v + 1, d) for j in range(ops[i].arity)]) for v in range(d)]
         c += [n <= prof.max_fan_out for n in consumers]
@@ -263,6 +277,8 @@ class DagModel:
             if any(row[j] != FRESH for j in op.index_args):
                 return False
             if op.name in VIEW_OPS and (row[0] < 0 or ops[row[0]].name in VIEW_OPS):
+                return False
+            if any(s >= 0 and ops[s].index_out for s in row):
                 return False
             inputs += sum(s == FRESH for s in row)
             for s in row:

@@ -21,6 +21,7 @@ from kernelgym.ops import get_op
 from kernelgym.runner import task_phase
 from kernelgym.task import Task
 from policies.base import Attempt
+from policies.compiler.composite import expand as expand_composites
 from policies.compiler.extern import check_extern, default_extern, extern_anchors, extern_choices
 from policies.compiler.ir import (
     SUPPORTED,
@@ -105,7 +106,7 @@ class CompilerPolicy:
                 with task_phase("tracing"):
                     prog = program_from_source(task.source)
                 prog.name = task.name or task.id
-            self._programs[key] = prog
+            self._programs[key] = expand_composites(prog)
         return self._programs[key]
 
     def unsupported(self, task: Task | str) -> list[str]:

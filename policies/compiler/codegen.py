@@ -232,13 +232,14 @@ HELPERS = {
                   "    # torch's softplus (beta 1, threshold 20)\n"
                   "    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x))))\n"),
     "_max_fn": "def _max_fn(a, b):\n    return tl.maximum(a, b)\n",
+    "_mul_fn": "def _mul_fn(a, b):\n    return a * b\n",
     "_lse_fn": ("def _lse_fn(a, b):\n"
                 "    # log(exp(a) + exp(b)), exact when both are -inf (masked lanes)\n"
                 "    m = tl.maximum(a, b)\n"
                 "    m_safe = tl.where(m == -float(\"inf\"), 0.0, m)\n"
                 "    return m_safe + tl.log(tl.exp(a - m_safe) + tl.exp(b - m_safe))\n"),
 }
-HELPER_ORDER = ("_tanh", "_softplus", "_max_fn", "_lse_fn")
+HELPER_ORDER = ("_tanh", "_softplus", "_max_fn", "_lse_fn", "_mul_fn")
 
 
 @dataclass
@@ -518,6 +519,8 @@ class KernelWriter:
             return self._concat(j, c, mask)
         if op == "gather":
             return self._gather(j, c, mask)
+        if op == "pick_last":
+            return self._pick_last(j, c, mask)
         if op == "embedding":
             return self._embedding(j, c, mask)
         if op in POOLS:
@@ -658,6 +661,14 @@ class KernelWriter:
         sx = self.prog.shape(x_ref)
         dims = list(c.dims[:-1]) + [Expr(idx, c.axes)]
         return self.value(x_ref, Coords(sx, dims, ("G", c.key, idx)), mask)
+
+    def _pick_last(self, j: int, c: Coords, mask: str) -> str:
+        """x[..., idx[...]]: x (..., C) read at the int index idx (...) holds (cross-entropy's
+        target logit)."""
+        x_ref, idx_ref = self.prog.graph.nodes[j].args
+        idx = self.value(idx_ref, c, mask)
+        dims = list(c.dims) + [Expr(idx, c.axes)]
+        return self.value(x_ref, Coords(self.prog.shape(x_ref), dims, ("PL", c.key, idx)), mask)
 
     def _embedding(self, j: int, c: Coords, mask: str) -> str:
         node = self.prog.graph.nodes[j]

@@ -41,10 +41,17 @@ GLOBAL_POOLS = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_av
 INDEXING = frozenset({"transpose", "permute", "flatten", "merge_last", "concat", "gather", "embedding"}) | POOLS | frozenset({
     # views and copies: each output element is one input element at derived coordinates
     "unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat"})
+# Compiler-internal pointwise ops (no catalog entry), made by `composite.expand`: x[..., idx[...]].
+INDEXING |= frozenset({"pick_last"})
 POINTWISE = ELEMENTWISE | INDEXING
-REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", *GLOBAL_POOLS})
+REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", *GLOBAL_POOLS,
+                    "prod", "argmax", "argmin"})
+# Reductions whose result is int64 indices (the output tensor is allocated as int64).
+INDEX_OUT = frozenset({"argmax", "argmin"})
+# Elementwise ops that keep integer arguments integer (with an int scalar, for the scalar ops).
+INDEX_ARITHMETIC = frozenset({"add", "sub", "mul", "neg", "abs", "maximum", "minimum", "add_scalar", "mul_scalar"})
 NORMALIZE = frozenset({"softmax", "log_softmax", "layer_norm", "rms_norm", "group_norm", "instance_norm"})
-SCAN = frozenset({"cumsum", "cummax", "logcumsumexp"})
+SCAN = frozenset({"cumsum", "cummax", "logcumsumexp", "cumprod"})
 ROW = REDUCE | NORMALIZE | SCAN
 # Reductions that can close a normalising row's kernel (a *tail*): accumulated chunk by chunk in
 # the pass that writes the normalised values, over the same rows, so the normalised tensor is
@@ -55,7 +62,11 @@ TAIL_REDUCE = frozenset({"sum", "mean", "amax", "amin", "norm"})
 MATMUL = frozenset({"linear", "matmul", "bmm", "addmm", "einsum", "sdpa"})
 CONV = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
 ANCHORS = ROW | MATMUL | CONV
-SUPPORTED = POINTWISE | ANCHORS
+# Catalog ops the compiler lowers as a few of the ops above (`policies.compiler.composite`),
+# expanded when the program is built, so they never reach a partition.
+COMPOSITE = frozenset({"mse_loss", "smooth_l1_loss", "kl_div", "cross_entropy", "triplet_margin_loss",
+                       "cosine_similarity"})
+SUPPORTED = POINTWISE | ANCHORS | COMPOSITE
 
 
 class CompileError(ValueError):
@@ -139,6 +150,16 @@ class Program:
         return ref[0] == "input" and self.graph.inputs[ref[1]].kind == "scalar"
 
     def is_index(self, ref: Ref) -> bool:
+        """Whether `ref` holds integer indices: an int input or state tensor, an argmax / argmin,
+        or integer arithmetic on such values only (torch keeps int64 there: ``argmax + argmin``)."""
+        if ref[0] == "node":
+            node = self.graph.nodes[ref[1]]
+            if node.op in INDEX_OUT:
+                return True
+            if node.op not in INDEX_ARITHMETIC or not node.args:
+                return False
+            c = node.params.get("c", 0)
+            return (isinstance(c, int) and not isinstance(c, bool)) and all(self.is_index(a) for a in node.args)
         if ref[0] == "input":
             return self.graph.inputs[ref[1]].kind == "index"
         if ref[0] == "state":
@@ -229,11 +250,24 @@ def reduced_axes(graph: Graph, i: int) -> tuple[int, ...] | None:
         return tuple(range(rank - GLOBAL_POOLS[op], rank))
     if op not in ROW or op == "group_norm":
         return None
-    if "axes" in p:
-        return tuple(sorted(int(a) for a in p["axes"]))
-    if "dim" in p:
-        return (rank - int(p["dim"]),)
+    if "axes" in p or "dim" in p:
+        return tuple(reduce_axes(p, rank))
     return None
+
+
+def reduce_axes(p: Mapping[str, Any], rank: int) -> list[int]:
+    """The input axes (from the left) a reduction or scan node's parameters name: traced
+    ``axes``, or the catalog's ``dim`` counted from the right: one int, a tuple, or "all"."""
+    if "axes" in p:
+        return sorted({int(a) for a in p["axes"]})
+    d = p["dim"]
+    if d == "all":
+        return list(range(rank))
+    ds = d if isinstance(d, (tuple, list)) else (d,)
+    for k in ds:
+        if not 1 <= int(k) <= rank:
+            raise CompileError(f"dim {k} (from the right) out of range for rank {rank}")
+    return sorted({rank - int(k) for k in ds})
 
 
 def _tail_problem(an: Analysis, group: set[int], a: int, t: int) -> str | None:

@@ -16,7 +16,16 @@ from typing import Any
 
 from kernelgym.ops.catalog import conv_groups
 from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, broadcast, lit, paren
-from policies.compiler.ir import GLOBAL_POOLS, NORMALIZE, REDUCE, CompileError, Program, kind, numel
+from policies.compiler.ir import (
+    GLOBAL_POOLS,
+    NORMALIZE,
+    REDUCE,
+    CompileError,
+    Program,
+    kind,
+    numel,
+    reduce_axes,
+)
 
 NEG_INF = '-float("inf")'
 POS_INF = 'float("inf")'
@@ -191,13 +200,11 @@ def row_plan(prog: Program, a: int) -> RowPlan:
         red_axes = list(range(2, rank))
     elif op in GLOBAL_POOLS:
         red_axes = list(range(rank - GLOBAL_POOLS[op], rank))
-    elif "axes" in p:
-        red_axes = sorted(int(a) for a in p["axes"])
     else:
-        d = int(p["dim"])
-        if not 1 <= d <= rank:
-            raise CompileError(f"node {a}: dim {d} (from the right) out of range for rank {rank}")
-        red_axes = [rank - d]
+        try:
+            red_axes = reduce_axes(p, rank)
+        except CompileError as exc:
+            raise CompileError(f"node {a}: {exc}") from None
     kept_axes = [i for i in range(rank) if i not in red_axes]
 
     def coords(k: list[Expr], r: list[Expr]) -> list[Expr]:
@@ -238,7 +245,8 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
     block_m, block_r, split = _row_blocks(plan, m, r, op in SPLIT_FOLDS)
     _reserve(w, "pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
              "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
-             "xz", "chunk_max", "tail", "pid_r", "r_lo", "done", "total", "ws_ptr", "cnt_ptr")
+             "xz", "chunk_max", "tail", "pid_r", "r_lo", "done", "total", "ws_ptr", "cnt_ptr", "r_out", "r_in",
+             "mask_in", "best", "best_i", "chunk_best", "chunk_i", "take")
     w.emit("pid = tl.program_id(0)")
     if split > 1:
         w.emit("pid_r = tl.program_id(1)")
@@ -248,17 +256,26 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
     kept1 = w.decompose("rm", plan.kept, am, "k")
     kept2 = [_view(e, "[:, None]") for e in kept1]
 
-    def x_coords() -> Coords:
-        """Input coordinates for the current chunk (call inside a chunk loop)."""
+    def chunk_lanes() -> None:
+        """The current chunk's reduced positions `rr` and lane mask (call inside a chunk loop)."""
         w.emit("rr = r0 + tl.arange(0, BLOCK_R)")
         w.emit(f"mask = row_mask[:, None] & (rr[None, :] < {r})")
-        red1 = w.decompose("rr", plan.red, ar, "q")
+
+    def coords_at(pos: str) -> Coords:
+        """Input coordinates at reduced positions `pos` (a [BLOCK_R] variable: rr, or a scan's
+        reversed or shifted positions)."""
+        red1 = w.decompose(pos, plan.red, ar, "q")
         red2 = [_view(e, "[None, :]") for e in red1]
-        flat = f"rm[:, None] * {r} + rr[None, :]" if plan.contiguous_rows else None
+        flat = f"rm[:, None] * {r} + {pos}[None, :]" if plan.contiguous_rows else None
         dims = plan.coords(kept2, red2)
         c = Coords(x_shape, dims, w.new_key(), flat, am | ar if flat else frozenset())
         c.red2 = red2  # type: ignore[attr-defined]
         return c
+
+    def x_coords() -> Coords:
+        """Input coordinates for the current chunk (call inside a chunk loop)."""
+        chunk_lanes()
+        return coords_at("rr")
 
     loop = f"for r0 in range(0, {r}, BLOCK_R):"
     if split > 1:
@@ -289,7 +306,7 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                 if tail is not None:
                     w.emit(_fold_step(tail_op, "tail", w.value(prog.graph.nodes[tail].args[0], c, "mask")))
         elif op not in REDUCE:
-            _scan(w, op, loop, x_coords, x_ref, anchor, stored, f32)
+            _scan(w, op, p, loop, chunk_lanes, coords_at, x_ref, anchor, stored, f32, r)
     if op in REDUCE or tail is not None:
         j = anchor if op in REDUCE else tail
         out_shape = tuple(prog.graph.nodes[j].shape)
@@ -384,10 +401,14 @@ def _row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords:
                x_ref: Any, r: int, f32: str) -> dict[str, str]:
     """First pass over each row: running statistics the result or the normalisation needs."""
     if op in FOLDS:
+        if op == "prod":
+            w.helpers.add("_mul_fn")
         w.emit(_fold_init(op, "acc", f32))
         with w.block(loop):
             w.emit(_fold_step(op, "acc", w.value(x_ref, x_coords(), "mask")))
         return {"acc": "acc"}
+    if op in _ARG_EXTREMES:
+        return _arg_stats(w, op, loop, x_coords, x_ref, f32)
     if op in ("logsumexp", "softmax", "log_softmax"):
         w.emit(f"run_max = tl.full([BLOCK_M], {NEG_INF}, {f32})")
         w.emit(f"run_sum = tl.zeros([BLOCK_M], {f32})")
@@ -424,7 +445,7 @@ def _row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords:
 
 # Row ops whose statistic is one running fold of the row's masked chunks (`_fold_init`, `_fold_step`):
 # a sum, a sum of squares, a max or a min. A normalising row's tail reduction is one of them too.
-FOLDS = frozenset({"sum", "mean", "norm", "rms_norm", "amax", "amin", *GLOBAL_POOLS})
+FOLDS = frozenset({"sum", "mean", "norm", "rms_norm", "amax", "amin", *GLOBAL_POOLS, "prod"})
 
 
 # The masked lanes' value and the combining function of a max / min fold.
@@ -434,6 +455,8 @@ _EXTREMES = {"amax": (NEG_INF, "maximum", "max"), "amin": (POS_INF, "minimum", "
 def _fold_init(op: str, acc: str, f32: str) -> str:
     if op in _EXTREMES:
         return f"{acc} = tl.full([BLOCK_M], {_EXTREMES[op][0]}, {f32})"
+    if op == "prod":
+        return f"{acc} = tl.full([BLOCK_M], 1.0, {f32})"
     return f"{acc} = tl.zeros([BLOCK_M], {f32})"
 
 
@@ -442,13 +465,41 @@ def _fold_step(op: str, acc: str, xv: str) -> str:
     if op in _EXTREMES:
         init, fn, red = _EXTREMES[op]
         return f"{acc} = tl.{fn}({acc}, tl.{red}(tl.where(mask, {xv}, {init}), axis=1))"
+    if op == "prod":
+        return f"{acc} = {acc} * tl.reduce(tl.where(mask, {xv}, 1.0), 1, _mul_fn)"
     term = f"{xv} * {xv}" if op in ("norm", "rms_norm") else xv
     return f"{acc} += tl.sum(tl.where(mask, {term}, 0.0), axis=1)"
 
 
+# argmax / argmin: the masked lanes' value, the chunk reduction, and the strict comparison by which
+# a later chunk's extreme replaces the running one (ties keep the earlier index, as torch does).
+_ARG_EXTREMES = {"argmax": (NEG_INF, "max", ">"), "argmin": (POS_INF, "min", "<")}
+
+
+def _arg_stats(w: KernelWriter, op: str, loop: str, x_coords: Callable[[], Coords], x_ref: Any,
+               f32: str) -> dict[str, str]:
+    """The running extreme of each row and the position of its first occurrence (a row of one
+    reduced axis: the position is the lane's `rr`). NaN is not ranked (torch ranks it highest)."""
+    init, red, cmp = _ARG_EXTREMES[op]
+    w.emit(f"best = tl.full([BLOCK_M], {init}, {f32})")
+    w.emit("best_i = tl.zeros([BLOCK_M], dtype=tl.int32)")
+    with w.block(loop):
+        xv = w.value(x_ref, x_coords(), "mask")
+        w.emit(f"xm = tl.where(mask, {xv}, {init})")
+        w.emit(f"chunk_best = tl.{red}(xm, axis=1)")
+        w.emit("# the first lane holding the chunk's extreme (masked lanes never hold a finite one)")
+        w.emit("chunk_i = tl.min(tl.where((xm == chunk_best[:, None]) & mask, rr[None, :], 2147483647), axis=1)")
+        w.emit(f"take = (chunk_best {cmp} best) & (chunk_i < 2147483647)")
+        w.emit("best_i = tl.where(take, chunk_i, best_i)")
+        w.emit("best = tl.where(take, chunk_best, best)")
+    return {"index": "best_i"}
+
+
 def _reduce_result(w: KernelWriter, op: str, p: dict[str, Any], stats: dict[str, str], r: int) -> str:
-    if op in ("sum", "amax", "amin"):
+    if op in ("sum", "amax", "amin", "prod"):
         return stats["acc"]
+    if op in _ARG_EXTREMES:
+        return stats["index"]
     if op == "mean" or op in GLOBAL_POOLS:
         return w.assign("res", f"{stats['acc']} / {r}")
     if op == "norm":
@@ -486,34 +537,58 @@ def _normalize(w: KernelWriter, op: str, p: dict[str, Any], anchor: int, stats: 
     return y
 
 
-def _scan(w: KernelWriter, op: str, loop: str, x_coords: Callable[[], Coords], x_ref: Any, anchor: int,
-          stored: Sequence[int], f32: str) -> None:
-    init = "tl.zeros([BLOCK_M], dtype=tl.float32)" if op == "cumsum" else f"tl.full([BLOCK_M], {NEG_INF}, {f32})"
-    w.emit(f"carry = {init}  # the scan of the previous chunks")
+# Scans: the combining of a chunk with the carry of the previous ones, and the value masked lanes hold.
+_SCAN_IDENTITY = {"cumsum": "0.0", "cumprod": "1.0", "cummax": NEG_INF, "logcumsumexp": NEG_INF}
+
+
+def _scan(w: KernelWriter, op: str, p: dict[str, Any], loop: str, chunk_lanes: Callable[[], None],
+          coords_at: Callable[[str], Coords], x_ref: Any, anchor: int, stored: Sequence[int], f32: str,
+          r: int) -> None:
+    """A scan along each row, chunk by chunk with a carry. ``reverse`` (a suffix scan) walks the
+    row from its end: lane rr holds position r-1-rr, read and written there. ``exclusive`` reads
+    each lane's predecessor in walking order (the identity at the first position), so output
+    position i combines the elements before it."""
+    if op not in _SCAN_IDENTITY:
+        raise CompileError(f"no scan for {op!r}")
+    ident = _SCAN_IDENTITY[op]
+    reverse, exclusive = bool(p.get("reverse")), bool(p.get("exclusive"))
+    if exclusive and op not in ("cumsum", "cumprod"):
+        raise CompileError(f"no exclusive {op}")
+    w.emit(f"carry = tl.full([BLOCK_M], {ident}, {f32})  # the scan of the previous chunks")
     with w.block(loop):
-        c = x_coords()
-        xv = w.value(x_ref, c, "mask")
+        chunk_lanes()
+        pos = "rr"
+        if reverse:
+            w.emit(f"r_out = {r - 1} - rr")
+            pos = "r_out"
+        c_out = coords_at(pos)
+        c_in, m_in = c_out, "mask"
+        if exclusive:
+            w.emit("mask_in = mask & (rr[None, :] >= 1)")
+            w.emit(f"r_in = {pos} + 1" if reverse else f"r_in = {pos} - 1")
+            c_in, m_in = coords_at("r_in"), "mask_in"
+        xv = w.value(x_ref, c_in, m_in)
+        w.emit(f"xz = tl.where({m_in}, {xv}, {ident})")
         if op == "cumsum":
-            w.emit(f"xz = tl.where(mask, {xv}, 0.0)")
             y = w.assign("scan", "tl.cumsum(xz, axis=1) + carry[:, None]")
             w.emit("carry = carry + tl.sum(xz, axis=1)")
+        elif op == "cumprod":
+            w.helpers.add("_mul_fn")
+            y = w.assign("scan", "tl.cumprod(xz, axis=1) * carry[:, None]")
+            w.emit("carry = carry * tl.reduce(xz, 1, _mul_fn)")
         elif op == "cummax":
             w.helpers.add("_max_fn")
-            w.emit(f"xm = tl.where(mask, {xv}, {NEG_INF})")
-            y = w.assign("scan", "tl.maximum(tl.associative_scan(xm, 1, _max_fn), carry[:, None])")
-            w.emit("carry = tl.maximum(carry, tl.max(xm, axis=1))")
-        elif op == "logcumsumexp":
+            y = w.assign("scan", "tl.maximum(tl.associative_scan(xz, 1, _max_fn), carry[:, None])")
+            w.emit("carry = tl.maximum(carry, tl.max(xz, axis=1))")
+        else:  # logcumsumexp
             w.helpers.add("_lse_fn")
-            w.emit(f"xm = tl.where(mask, {xv}, {NEG_INF})")
-            y = w.assign("scan", "_lse_fn(tl.associative_scan(xm, 1, _lse_fn), carry[:, None])")
-            w.emit("chunk_max = tl.max(xm, axis=1)")
+            y = w.assign("scan", "_lse_fn(tl.associative_scan(xz, 1, _lse_fn), carry[:, None])")
+            w.emit("chunk_max = tl.max(xz, axis=1)")
             w.emit(f"safe_max = tl.where(chunk_max == {NEG_INF}, 0.0, chunk_max)")
-            w.emit("carry = _lse_fn(carry, safe_max + tl.log(tl.sum(tl.exp(xm - safe_max[:, None]), axis=1)))")
-        else:
-            raise CompileError(f"no scan for {op!r}")
-        w.provided[(anchor, c.key)] = y
+            w.emit("carry = _lse_fn(carry, safe_max + tl.log(tl.sum(tl.exp(xz - safe_max[:, None]), axis=1)))")
+        w.provided[(anchor, c_out.key)] = y
         for j in stored:
-            w.store(j, c)
+            w.store(j, c_out)
 
 
 def _norm_prelude(w: KernelWriter, op: str, p: dict[str, Any], r: int) -> None:

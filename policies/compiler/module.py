@@ -222,7 +222,8 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
         alloc = "torch.zeros" if item.zero_init else "torch.empty"
         for j in item.stored:
             shape = tuple(g.nodes[j].shape)
-            fwd.append(f"v{j} = {alloc}({shape!r}, device={dev}, dtype=DTYPE)")
+            dtype = "torch.int64" if prog.is_index(("node", j)) else "DTYPE"
+            fwd.append(f"v{j} = {alloc}({shape!r}, device={dev}, dtype={dtype})")
         fwd += [f"{var} = {alloc.format(dev=dev)}" for var, alloc in item.scratch.items()]
         fwd += item.launch()
     outs = ", ".join(f"v{o}" for o in g.outputs)

@@ -31,6 +31,11 @@ from kernelgym.pyast import parse
 from kernelgym.sampler.graph import Graph, InputSpec, Node
 from policies.compiler.ir import CompileError, Program, StateEntry
 
+# Rewrites of the shape-propagated fx graph run before mapping (in order): each replaces an idiom
+# spanning several calls (a reversed scan written as flip / cumsum / flip) by one node the handlers
+# map; registered by the modules that define them (`trace_reduce`).
+GRAPH_PASSES: list[Callable[[Any], None]] = []
+
 
 class TraceError(CompileError):
     """The reference cannot be traced, or uses calls that map to no catalog op (listed)."""
@@ -338,7 +343,10 @@ class _Cmp:
 
 
 class _Multi:
-    """A tuple-valued call (cummax): only its values may be used."""
+    """A tuple-valued call (cummax, max over a dim): only its values may be used, and its indices
+    where the call sets `indices` (torch.max / min over a dim: argmax / argmin)."""
+
+    indices: Any = None
 
     def __init__(self, values: Any):
         self.values = values
@@ -415,6 +423,8 @@ class _Mapper:
 
     # -- the walk --------------------------------------------------------------------------------
     def run(self) -> TracedGraph:
+        for graph_pass in GRAPH_PASSES:
+            graph_pass(self.gm)
         in_specs: list[InputSpec] = []
         outputs: list[int] = []
         failed: set[Any] = set()  # fx nodes already reported, directly or through an input
@@ -837,6 +847,8 @@ def _h_scan(op: str) -> Callable[[_Mapper, Any], Any]:
 
 def _h_getitem(m: _Mapper, n: Any) -> Any:
     src = m.env.get(n.args[0])
+    if isinstance(src, _Multi) and n.args[1] == 1 and src.indices is not None:
+        return src.indices
     if isinstance(src, _Multi) and (n.args[1] == 0 or n.args[1] == "values"):
         return src.values
     if isinstance(src, _Parts):
@@ -1137,6 +1149,8 @@ def _h_getattr(m: _Mapper, n: Any) -> Any:
     src = m.env.get(n.args[0])
     if isinstance(src, _Multi) and n.args[1] == "values":
         return src.values
+    if isinstance(src, _Multi) and n.args[1] == "indices" and src.indices is not None:
+        return src.indices
     if n.args[1] in ("T", "mT") and m.is_tensor(n.args[0]):  # x.T (2-D), x.mT: swap the last two dims
         r = m.rank(n.args[0])
         if r < 2 or (n.args[1] == "T" and r != 2):
@@ -1617,3 +1631,7 @@ for _sp in (1, 2, 3):
     _MODULES[f"MaxPool{_sp}d"] = _m_pool(f"max_pool{_sp}d")
     _MODULES[f"AvgPool{_sp}d"] = _m_pool(f"avg_pool{_sp}d")
     _MODULES[f"AdaptiveAvgPool{_sp}d"] = _m_adaptive(_sp)
+
+
+# Handlers of the reduction / scan / loss family (registered into the tables above).
+from policies.compiler import trace_reduce as _trace_reduce  # noqa: E402,F401
