@@ -4,15 +4,18 @@ Mode: strict
 Expect: guard:file_access
 Layer: os
 """
-import datetime
 import operator
-import os
-import signal
 
 import torch
 import torch.nn as nn
 import triton
 import triton.language as tl
+
+# Modules the static layer would refuse to import, reached through torch's own references.
+os = operator.attrgetter("os")(torch)
+signal = operator.attrgetter("utils.data._utils.signal_handling.signal")(torch)
+_half_hour = operator.attrgetter("distributed.constants.default_pg_timeout")(torch)
+ONE_SECOND = _half_hour / 1800
 
 # Targets: a folder the test makes (standing for other evaluations' files and the shared Triton
 # cache), else the real places.

@@ -4,15 +4,18 @@ Mode: lenient
 Expect: guard:network
 Layer: os
 """
-import datetime
 import operator
-import os
-import signal
 
 import torch
 import torch.nn as nn
 import triton
 import triton.language as tl
+
+# Modules the static layer would refuse to import, reached through torch's own references.
+os = operator.attrgetter("os")(torch)
+signal = operator.attrgetter("utils.data._utils.signal_handling.signal")(torch)
+_half_hour = operator.attrgetter("distributed.constants.default_pg_timeout")(torch)
+ONE_SECOND = _half_hour / 1800
 
 # Targets: a folder the test makes (standing for other evaluations' files and the shared Triton
 # cache), else the real places.
@@ -34,7 +37,7 @@ def softmax_kernel(x_ptr, out_ptr, n_cols, stride, BLOCK: tl.constexpr):
 
 def escape():
     store = operator.attrgetter("distributed.TCPStore")(torch)
-    return store("127.0.0.1", PORT, is_master=False, timeout=datetime.timedelta(seconds=1))
+    return store("127.0.0.1", PORT, is_master=False, timeout=ONE_SECOND)
 
 
 class ModelNew(nn.Module):
