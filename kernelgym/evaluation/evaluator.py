@@ -316,6 +316,17 @@ class Evaluator:
         with self._lock:
             return [pid for p in self._pools.values() for pid in p.pids()]
 
+    def workers_started(self) -> dict[str, int]:
+        """Worker processes started so far per role (first starts and replacements), for soak tests."""
+        with self._lock:
+            pools = list(self._pools.items())
+        out: dict[str, int] = {}
+        for role, pool in pools:
+            out[role.name] = out.get(role.name, 0) + pool.started
+        if self._precompiler is not None:
+            out["precompile"] = self._precompiler.started
+        return out
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by the live workers of each role ("candidate", "reference",
         "ptx", "precompile"), their subprocesses included; a worker replaced since takes its share
