@@ -3,10 +3,10 @@
 
 The actions (`actions`) are drawn with a seeded RNG from: the red team's legit kernels; mutated
 copies of them (wrong mask, wrong stride, off-by-one grid, dropped store); every CPU red-team hack
-(static, runtime and OS-layer escapes); bad input (empty, binary, huge text, a huge valid file,
-nesting deep enough to break the parser, unbounded recursion in forward, infinite loops at import
-and inside a kernel, host-memory bombs at import and in forward); and repeats of earlier actions
-with their seed. They run interleaved over the pool, `--concurrency` at a time.
+(static, runtime and OS-layer escapes); bad input (empty, binary, text over the 1 MB limit, a
+valid file just under it, nesting deep enough to break the parser, unbounded recursion in forward,
+infinite loops at import and inside a kernel, host-memory bombs at import and in forward); and
+repeats of earlier actions with their seed. They run interleaved over the pool.
 
 Checked at each checkpoint and at the end:
 - every verdict's status is in the closed set (`verdict.STATUSES`), none lost (an exception or a
@@ -123,7 +123,7 @@ def bad_inputs(legit_source: str, rng: random.Random) -> dict[str, tuple[str, st
         "empty": ("", "not_ok"),
         "binary": (bytes(rng.getrandbits(8) for _ in range(4096)).decode("latin-1"), "not_ok"),
         "huge_text": ("lorem ipsum " * 700_000, "not_ok"),
-        "huge_valid": ("# " + "padding " * 250_000 + "\n" + legit_source, "ok"),
+        "huge_valid": ("# " + "padding " * 110_000 + "\n" + legit_source, "ok"),
         "deep_nesting": (head + "Y = " + "(" * 5000 + "1" + ")" * 5000 + "\n" + model, "not_ok"),
         "recursion": (head + "\ndef deeper(n):\n    return deeper(n + 1)\n"
                       "\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return deeper(0)\n", "not_ok"),

@@ -24,7 +24,10 @@ _CHILD = textwrap.dedent("""
     scratch, out, secret, mode, threads = sys.argv[1:6]
     for _ in range(int(threads)):
         threading.Thread(target=threading.Event().wait, daemon=True).start()
-    from kernelgym.evaluation import sandbox
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sandbox", os.path.join(sys.argv[6], "sandbox.py"))
+    sandbox = sys.modules["sandbox"] = importlib.util.module_from_spec(spec)   # alone: no torch here
+    spec.loader.exec_module(sandbox)
     try:
         rep = sandbox.confine("candidate", scratch, [out], mode=mode)
     except RuntimeError as exc:
@@ -58,7 +61,8 @@ def _child(tmp_path, mode="require", threads=0):
     secret = tmp_path / "secret.txt"
     secret.write_text("the evaluator's secret")
     env = {**os.environ, "PYTHONPATH": HERE, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", _CHILD, str(scratch), str(out), str(secret), mode, str(threads)],
+    p = subprocess.run([sys.executable, "-c", _CHILD, str(scratch), str(out), str(secret), mode, str(threads),
+                        os.path.dirname(sandbox.__file__)],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1]), str(scratch)

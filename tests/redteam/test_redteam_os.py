@@ -153,8 +153,9 @@ def test_nothing_escaped(confined):
     assert confined[1] == []
 
 
-CONTROL = ["hacks/os_read_init", "hacks/os_mapping_forward", "hacks/os_tcp_connect_forward",
-           "hacks/os_signal_parent_forward", "hacks/os_triton_cache_init"]
+# Hacks that, unconfined, escape and still compute the right softmax (so no worker is replaced).
+CONTROL = ["hacks/os_read_init", "hacks/os_mapping_forward", "hacks/os_signal_parent_forward",
+           "hacks/os_triton_cache_init"]
 
 
 def test_escapes_succeed_without_the_sandbox():
@@ -166,7 +167,6 @@ def test_escapes_succeed_without_the_sandbox():
     assert verdicts["hacks/os_read_init"].versions.get("os_sandbox") == "false"
     assert any("victim" in e for e in escaped), escaped
     assert any("Triton cache" in e for e in escaped), escaped
-    assert any("listener" in e for e in escaped), escaped
     assert any("SIGWINCH" in e for e in escaped), escaped
 
 
