@@ -78,7 +78,8 @@ class Role:
         if self.backend == "cuda" and gpu_fraction:
             env["KERNELGYM_GPU_FRACTION"] = str(gpu_fraction)
         env["KERNELGYM_OS_SANDBOX"] = self.os_sandbox
-        env.pop("KERNELGYM_OUTPUT_DIR", None)   # set per worker (`Worker.output_dir`)
+        env.pop("KERNELGYM_OUTPUT_DIR", None)   # both set per worker (`Worker`)
+        env.pop("KERNELGYM_SCRATCH_DIR", None)
         return env
 
 
@@ -319,6 +320,10 @@ class Worker:
             prefix="kernelgym-worker-", suffix=".log", delete=False)
         self.log_path = self._log.name
         env = role.env(gpu_fraction)
+        # Made here, not in the worker: a worker killed before it reports ready (a replacement that
+        # a shutdown catches starting) would otherwise leave its folder behind.
+        self.scratch = tempfile.mkdtemp(prefix=f"kernelgym-{role.name}-")
+        env["KERNELGYM_SCRATCH_DIR"] = self.scratch
         # A candidate worker writes its outputs only into a folder of its own (the OS sandbox lets it
         # write nowhere else), named per request by `output_path`.
         self.output_dir: str | None = None
@@ -538,8 +543,9 @@ class Worker:
 
         if self.info and self.info.get("tmpdir", "").startswith(tempfile.gettempdir()):
             shutil.rmtree(self.info["tmpdir"], ignore_errors=True)
-        if self.output_dir:
-            shutil.rmtree(self.output_dir, ignore_errors=True)
+        for folder in (self.scratch, self.output_dir):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def close(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit, then make sure it did."""

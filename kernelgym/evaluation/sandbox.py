@@ -184,6 +184,7 @@ def confine(role: str, scratch: str, writable: Sequence[str] = (), *, mode: str 
     # and kernels compiled here go to a cache of its own, never to the shared one.
     os.environ["TMPDIR"] = scratch
     os.environ["TRITON_HOME"] = scratch
+    os.environ["CUDA_CACHE_PATH"] = os.path.join(scratch, "nv-cache")   # the driver's PTX JIT cache
     fresh_triton_cache(scratch)
     import tempfile
 
