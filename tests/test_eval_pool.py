@@ -506,8 +506,11 @@ def test_evaluations_remove_their_output_files(evaluator):
 
     v = evaluator.evaluate(REF_ADD, CAND_ADD, backend="interpret", seed=3)
     assert v.ok, v.error
-    folder = evaluator._spill_dir
-    assert folder is not None and os.path.isdir(folder) and os.listdir(folder) == []
+    # A candidate worker writes its outputs into its own folder (the only one its OS sandbox lets
+    # it write to); each evaluation removes its files.
+    folders = [w.output_dir for p in evaluator._pools.values() for w in [*p._idle, *p._busy] if w.output_dir]
+    assert folders and all(os.path.isdir(f) and os.listdir(f) == [] for f in folders)
+    assert all(os.path.basename(f).startswith(f"kernelgym-outputs-{os.getpid()}-w") for f in folders)
     ev = Evaluator(workers=1)
     path = ev.spill_path()                                       # no worker needed to name a file
     assert os.path.basename(os.path.dirname(path)).startswith(f"kernelgym-outputs-{os.getpid()}-")
