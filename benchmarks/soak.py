@@ -15,6 +15,7 @@ Checked at each checkpoint and at the end:
 - a repeated action (same source, same seed) gets the same status and reasons as the first time;
 - no orphan: every process started under this run (marked through the environment) is a live
   worker or its child; after `close()` none is left;
+- no escape: the OS-layer hacks' targets (`tests/redteam/targets.py`) are untouched;
 - no leaked file: the run's own temporary folder and its output folders on /dev/shm are empty
   after `close()`;
 - the parent's resident memory growth after warm-up (reported; `--max-growth-mb` bounds it);
@@ -115,23 +116,38 @@ class ModelNew(nn.Module):
 '''
 
 
+_COPY = '''
+@triton.jit
+def copy_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+
+
+def copy(x):
+    out = torch.empty_like(x)
+    copy_kernel[(triton.cdiv(x.numel(), 64),)](x, out, x.numel(), BLOCK=64)
+    return out
+'''
+
+
 def bad_inputs(legit_source: str, rng: random.Random) -> dict[str, tuple[str, str]]:
-    """Broken candidates: name -> (source, expectation)."""
-    head = "import torch\nimport torch.nn as nn\nimport triton\nimport triton.language as tl\n\n"
-    model = "\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return x\n"
+    """Broken candidates: name -> (source, expectation). Those meant to run define and launch a
+    Triton kernel, so that the static layer lets them through to the worker."""
+    head = "import torch\nimport torch.nn as nn\nimport triton\nimport triton.language as tl\n" + _COPY
+    model = "\n\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        {pre}return copy(x)\n"
     return {
         "empty": ("", "not_ok"),
         "binary": (bytes(rng.getrandbits(8) for _ in range(4096)).decode("latin-1"), "not_ok"),
         "huge_text": ("lorem ipsum " * 700_000, "not_ok"),
         "huge_valid": ("# " + "padding " * 110_000 + "\n" + legit_source, "ok"),
-        "deep_nesting": (head + "Y = " + "(" * 5000 + "1" + ")" * 5000 + "\n" + model, "not_ok"),
-        "recursion": (head + "\ndef deeper(n):\n    return deeper(n + 1)\n"
-                      "\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return deeper(0)\n", "not_ok"),
-        "loop_import": (head + "while True:\n    pass\n" + model, "not_ok"),
+        "deep_nesting": (head + "Y = " + "(" * 5000 + "1" + ")" * 5000 + "\n" + model.format(pre=""), "not_ok"),
+        "recursion": (head + "\n\ndef deeper(n):\n    return deeper(n + 1)\n"
+                      + model.format(pre="deeper(0)\n        "), "not_ok"),
+        "loop_import": (head + "\nwhile True:\n    pass\n" + model.format(pre=""), "not_ok"),
         "loop_kernel": (_LOOP_KERNEL, "not_ok"),
-        "memory_import": (head + "HOARD = b'x' * (3 << 30)\n" + model, "not_ok"),
-        "memory_forward": (head + "\nclass ModelNew(nn.Module):\n    def forward(self, x):\n"
-                           "        hoard = torch.ones(3 << 28)\n        return x + hoard[0]\n", "not_ok"),
+        "memory_import": (head + "\nHOARD = b'x' * (8 << 30)\n" + model.format(pre=""), "not_ok"),
+        "memory_forward": (head + model.format(pre="hoard = torch.ones(2 << 30)\n        x = x + hoard[0]\n        "),
+                           "not_ok"),
     }
 
 
@@ -172,7 +188,8 @@ def actions(n: int, seed: int, backend: str = "interpret", repeat: float = 0.08)
             name, (src, expect) = rng.choice(sorted(bad_inputs(c.source, rng).items()))
             # The broken sources define forward(x): the one-input task, except the huge valid file.
             task = c.task_source if name == "huge_valid" else tasks["legit/row_softmax"].task_source
-            out.append(Action(i, kind, f"bad/{name}", task, src, "strict", seed_i, expect))
+            out.append(Action(i, kind, f"bad/{name}", task, src, c.mode if name == "huge_valid" else "strict",
+                              seed_i, expect))
     return out
 
 
@@ -234,13 +251,15 @@ def _key(v: Any) -> tuple[str, tuple[str, ...]]:
 
 def soak(n: int = 1000, *, backend: str = "interpret", workers: int = 2, seed: int = 0, timeout: float = 20.0,
          checkpoint: int = 100, os_sandbox: str = "auto", concurrency: int | None = None,
-         memory_limit_mb: float = 1024, progress: bool = True) -> dict[str, Any]:
+         memory_limit_mb: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Judge `n` actions (see the module docstring) and return the report (``report["failures"]``
     lists every failed check; empty when healthy)."""
     from kernelgym.evaluation import Evaluator
     from kernelgym.evaluation.verdict import STATUSES
 
     acts = actions(n, seed, backend)
+    if memory_limit_mb is None:   # a CUDA worker's context alone is over a gigabyte resident
+        memory_limit_mb = 6144 if backend == "cuda" else 1024
     marker = uuid.uuid4().hex
     tmp_root = tempfile.mkdtemp(prefix="kernelgym-soak-")
     saved = {k: os.environ.get(k) for k in (MARK_ENV, "TMPDIR")}
@@ -248,6 +267,13 @@ def soak(n: int = 1000, *, backend: str = "interpret", workers: int = 2, seed: i
     os.environ[MARK_ENV] = marker
     os.environ["TMPDIR"] = tmp_root          # everything the evaluator and its workers make goes here
     tempfile.tempdir = tmp_root
+    from tests.redteam.targets import Targets
+
+    # What the OS-layer hacks aim at (another evaluation's output file, the shared Triton cache, a
+    # local TCP listener, this process's signals): checked untouched at the end.
+    targets = Targets()
+    armed = targets.armed()
+    armed.__enter__()
     failures: list[str] = []
     verdicts: dict[int, Any] = {}
     lost: list[str] = []
@@ -291,12 +317,17 @@ def soak(n: int = 1000, *, backend: str = "interpret", workers: int = 2, seed: i
         rss_end = rss_mb()
     finally:
         ev.close()
+        armed.__exit__(None, None, None)
+        escaped = targets.untouched()
+        targets.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
         tempfile.tempdir = saved_tempdir
+    if escaped:
+        failures.append(f"escapes reached their targets: {escaped}")
     # After close(): nothing of ours may be left.
     time.sleep(0.5)
     left = [p for p in marked_processes(marker) if not _zombie(p)]
@@ -340,6 +371,7 @@ def soak(n: int = 1000, *, backend: str = "interpret", workers: int = 2, seed: i
     durations = sorted(v.duration_s for v in verdicts.values())
     report = {
         "n": n, "backend": backend, "workers": workers, "seed": seed, "timeout": timeout,
+        "memory_limit_mb": memory_limit_mb,
         "os_sandbox": os_sandbox, "sandbox_labels": sorted({v.versions.get("os_sandbox", "?") for v in verdicts.values()
                                                             if "os_sandbox" in v.versions}),
         "seconds": round(elapsed, 1), "evals_per_s": round(len(verdicts) / elapsed, 3) if elapsed else None,
@@ -370,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per phase (default 20)")
     p.add_argument("--checkpoint", type=int, default=100, help="actions between health checks (default 100)")
     p.add_argument("--os-sandbox", default="auto", choices=("auto", "require", "off"))
-    p.add_argument("--memory-limit-mb", type=float, default=1024)
+    p.add_argument("--memory-limit-mb", type=float, default=None,
+                   help="per worker (default 1024 on the interpreter, 6144 on cuda; the bombs take 8 GB)")
     p.add_argument("--max-growth-mb", type=float, default=200.0, help="parent memory growth allowed (default 200)")
     p.add_argument("--json", default=None, help="write the report here")
     args = p.parse_args(argv)
