@@ -107,7 +107,8 @@ def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyP
     from kernelgym.evaluation.precompile import Precompiler
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    pre = Precompiler(1, timeout=120)
+    # Unconfined: under the OS sandbox a precompile process compiles into a cache of its own.
+    pre = Precompiler(1, timeout=120, os_sandbox="off")
     try:
         pre.warm()   # started ahead; the first request uses that child
         warm = pre.pids()

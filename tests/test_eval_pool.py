@@ -109,7 +109,8 @@ def test_evaluator_precompiles_for_its_gpus_target(tmp_path, monkeypatch):
         ev._pools[Role("candidate", "cuda", 0)] = _StartedGpuPool()
         assert ev.precompile(REF_ADD, CAND_ADD, 0, "strict", 1) is None
         ev._pools.clear()
-    ev = Evaluator(workers=1, precompile_workers=1)
+    # Unconfined: under the OS sandbox a precompile process compiles into a cache of its own.
+    ev = Evaluator(workers=1, precompile_workers=1, os_sandbox="off")
     try:
         ev._pools[Role("reference", "cuda", 0)] = _StartedGpuPool()
         rep = ev.precompile(REF_ADD, CAND_ADD, 0, "strict", 1).result(timeout=180)
