@@ -107,7 +107,8 @@ def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyP
     from kernelgym.evaluation.precompile import Precompiler
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    pre = Precompiler(1, timeout=120)
+    # Unconfined: under the OS sandbox a precompile process compiles into a cache of its own.
+    pre = Precompiler(1, timeout=120, os_sandbox="off")
     try:
         pre.warm()   # started ahead; the first request uses that child
         warm = pre.pids()
@@ -257,9 +258,14 @@ def test_gpu_pipeline_precompiles_on_cpu_actors(ray_session, pool, evaluator, tm
     """The cuda path's scheduling on a Ray instance that declares one (fake) GPU: the CPU actor
     compiles ahead into the node's cache, and the "GPU" actor finds the kernels there."""
     from kernelgym.cluster import RayPool
+    from kernelgym.evaluation import Evaluator
 
     pool.close()  # its 2 CPUs go to this pool's CPU actor and GPU actor
-    with RayPool(cpu_actors=1, gpu_workers=1, max_in_flight=1, evaluator=evaluator, actor_class=FakeGPUActor,
+    # The actors copy this evaluator's settings: unconfined, since under the OS sandbox a precompile
+    # process compiles into a cache of its own (no evaluator process is started here).
+    unconfined = Evaluator(workers=evaluator.workers, memory_limit_mb=evaluator.memory_limit_mb,
+                           timeout=evaluator.timeout, os_sandbox="off")
+    with RayPool(cpu_actors=1, gpu_workers=1, max_in_flight=1, evaluator=unconfined, actor_class=FakeGPUActor,
                  triton_cache_dir=str(tmp_path)) as gp:
         assert gp.resolve_backend("auto") == "cuda"
         gp.warm("cuda")  # actors up and their GPU target known before the batch: precompiles go first

@@ -152,9 +152,10 @@ def test_workers_wait_for_the_gpu_as_told(monkeypatch):
 def test_precompiled_kernels_are_loaded_not_compiled_again(tmp_path, monkeypatch):
     """precompile_workers: the kernel is compiled once, on a CPU process for this GPU's target; the
     GPU worker finds it in Triton's cache (same source, specialisation, target and options) and
-    loads it. Proof: one add_kernel.cubin in the cache after a whole evaluation."""
+    loads it. Proof: one add_kernel.cubin in the cache after a whole evaluation. Without the OS
+    sandbox: confined, each process compiles into a cache of its own (`sandbox`)."""
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
-    with Evaluator(workers=1, reference_workers=1, timeout=60, precompile_workers=1) as ev:
+    with Evaluator(workers=1, reference_workers=1, timeout=60, precompile_workers=1, os_sandbox="off") as ev:
         ev.warm("cuda")   # the workers report the GPU's target
         assert ev.gpu_capability(0) == torch.cuda.get_device_capability(0)
         v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=1)

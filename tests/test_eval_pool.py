@@ -109,7 +109,8 @@ def test_evaluator_precompiles_for_its_gpus_target(tmp_path, monkeypatch):
         ev._pools[Role("candidate", "cuda", 0)] = _StartedGpuPool()
         assert ev.precompile(REF_ADD, CAND_ADD, 0, "strict", 1) is None
         ev._pools.clear()
-    ev = Evaluator(workers=1, precompile_workers=1)
+    # Unconfined: under the OS sandbox a precompile process compiles into a cache of its own.
+    ev = Evaluator(workers=1, precompile_workers=1, os_sandbox="off")
     try:
         ev._pools[Role("reference", "cuda", 0)] = _StartedGpuPool()
         rep = ev.precompile(REF_ADD, CAND_ADD, 0, "strict", 1).result(timeout=180)
@@ -560,8 +561,11 @@ def test_evaluations_remove_their_output_files(evaluator):
 
     v = evaluator.evaluate(REF_ADD, CAND_ADD, backend="interpret", seed=3)
     assert v.ok, v.error
-    folder = evaluator._spill_dir
-    assert folder is not None and os.path.isdir(folder) and os.listdir(folder) == []
+    # A candidate worker writes its outputs into its own folder (the only one its OS sandbox lets
+    # it write to); each evaluation removes its files.
+    folders = [w.output_dir for p in evaluator._pools.values() for w in [*p._idle, *p._busy] if w.output_dir]
+    assert folders and all(os.path.isdir(f) and os.listdir(f) == [] for f in folders)
+    assert all(os.path.basename(f).startswith(f"kernelgym-outputs-{os.getpid()}-w") for f in folders)
     ev = Evaluator(workers=1)
     path = ev.spill_path()                                       # no worker needed to name a file
     assert os.path.basename(os.path.dirname(path)).startswith(f"kernelgym-outputs-{os.getpid()}-")

@@ -50,7 +50,7 @@ INSTALL_HINT = "the Ray evaluation pool needs Ray: pip install 'kernelgym[ray]'"
 
 # Evaluator settings an actor copies from the caller's evaluator (the pool sizes are the actor's own).
 _COPIED = ("memory_limit_mb", "timeout", "baseline_timeout", "skip_static_guards", "ptx_check", "bench",
-           "recycle_on_failure", "reference_memory_limit_mb")
+           "recycle_on_failure", "reference_memory_limit_mb", "os_sandbox", "host_memory_multiple")
 
 
 class ClusterError(RuntimeError):
@@ -148,7 +148,7 @@ class EvalActor:
         with self._pre_lock:
             if self._pre is None:
                 self._pre = Precompiler(self.ev.workers, memory_limit_mb=self.ev.memory_limit_mb,
-                                        timeout=self.ev.timeout)
+                                        timeout=self.ev.timeout, os_sandbox=self.ev.os_sandbox)
         return self._pre.precompile(reference, candidate, arch, mode=mode, seed=seed, timeout=timeout)
 
     def worker_pids(self) -> list[int]:

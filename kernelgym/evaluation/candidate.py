@@ -150,6 +150,9 @@ def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs:
     if isinstance(exc, _Exited):
         return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs)
     msg = describe(exc, session.filename)
+    refused = _os_refusal(exc)
+    if refused is not None:   # the OS sandbox stopped an escape the Python guards did not see
+        session.guard._add(refused)
     kind = crash_kind(exc)
     if kind is not None:
         return session.result(status="crash", stage=stage, error=f"{kind} in {stage}: {msg}", outputs=outputs,
@@ -157,6 +160,15 @@ def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs:
     if stage == "import" or is_compile_error(exc):
         return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs)
     return session.result(status="runtime_error", stage=stage, error=msg, outputs=outputs)
+
+
+def _os_refusal(exc: BaseException) -> Any:
+    """A `Finding` when this worker is confined and `exc` is the OS refusing a file or socket."""
+    from kernelgym.evaluation import sandbox
+    from kernelgym.evaluation.guards import Finding
+
+    found = sandbox.denial(exc) if sandbox.active() else None
+    return Finding(found[0], found[1]) if found else None
 
 
 def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:

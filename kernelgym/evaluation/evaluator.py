@@ -182,8 +182,11 @@ class Evaluator:
     (`pool.GpuLock`): "writers_first" (default) or "phase_fair". precompile_workers: on the cuda
     backend, CPU-only processes that compile each candidate's kernels for the GPU's target while its
     reference job runs (`precompile.Precompiler`), so that the candidate worker, the scarcer
-    resource, loads them from Triton's cache instead of compiling (0: off). Use as a context
-    manager or call `close()`; pools are also shut down at interpreter exit.
+    resource, loads them from Triton's cache instead of compiling (0: off). os_sandbox: OS-level
+    confinement (`sandbox`, Landlock) of every process that runs candidate code: "auto" (default;
+    where the machine lacks it, one warning and ``versions["os_sandbox"] == "false"`` in
+    verdicts), "require" (refuse to start without it) or "off". Use as a context manager or call
+    `close()`; pools are also shut down at interpreter exit.
 
     GPU memory: on the cuda backend an evaluation is admitted onto its GPU by its footprint
     (`evaluation_footprint`; before the task has run once, from a meta-device estimate of its
@@ -204,8 +207,19 @@ class Evaluator:
                  recycle_on_failure: str = "probe", reference_memory_limit_mb: float | None = None,
                  reference_cache_mb: float = 2048, devices: Sequence[int] | None = None,
                  gpu_lock_policy: str = "writers_first", precompile_workers: int = 0,
-                 gpu_memory_budget_mb: float | None = None, host_memory_multiple: float = 2.0):
+                 gpu_memory_budget_mb: float | None = None, host_memory_multiple: float = 2.0,
+                 os_sandbox: str = "auto"):
+        from kernelgym.evaluation import sandbox
         from kernelgym.evaluation.timing import _budget
+
+        # Checked first: "require" must refuse before anything starts.
+        self.os_sandbox = sandbox.check_mode(os_sandbox)
+        self.os_sandbox_report = sandbox.probe() if os_sandbox != "off" else sandbox.Report(False, why="off")
+        if os_sandbox == "require" and not self.os_sandbox_report.active:
+            raise RuntimeError(f"os_sandbox='require' but this machine cannot confine candidate code: "
+                               f"{self.os_sandbox_report.why}")
+        if os_sandbox == "auto" and not self.os_sandbox_report.active:
+            sandbox.warn_unconfined(self.os_sandbox_report.why)
 
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
         self.reference_workers = max(1, reference_workers or self.workers // 2)
@@ -362,7 +376,7 @@ class Evaluator:
                 raise ValueError(f"GPU {device} is not one of this evaluator's devices {self.devices}")
         else:
             device = None
-        key = Role(role, backend, device)
+        key = Role(role, backend, device, self.os_sandbox)
         size = self._device_share(role, device)
         frac = None
         if backend == "cuda" and device is not None:
@@ -393,6 +407,17 @@ class Evaluator:
     def worker_pids(self) -> list[int]:
         with self._lock:
             return [pid for p in self._pools.values() for pid in p.pids()]
+
+    def workers_started(self) -> dict[str, int]:
+        """Worker processes started so far per role (first starts and replacements), for soak tests."""
+        with self._lock:
+            pools = list(self._pools.items())
+        out: dict[str, int] = {}
+        for role, pool in pools:
+            out[role.name] = out.get(role.name, 0) + pool.started
+        if self._precompiler is not None:
+            out["precompile"] = self._precompiler.started
+        return out
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds used so far by the live workers of each role ("candidate", "reference",
@@ -455,7 +480,7 @@ class Evaluator:
                 return None
             if self._precompiler is None:
                 self._precompiler = Precompiler(self.precompile_workers, memory_limit_mb=self.memory_limit_mb,
-                                                timeout=self.timeout)
+                                                timeout=self.timeout, os_sandbox=self.os_sandbox)
                 self._precompile_threads = ThreadPoolExecutor(self.precompile_workers,
                                                               thread_name_prefix="kernelgym-precompile")
             return self._precompiler, self._precompile_threads
@@ -666,9 +691,11 @@ class _Run:
         self.reservation: Any = None   # (budget, bytes) of GPU memory held
         self.footprint: dict[str, Any] = {}
 
-    def _spill(self) -> dict[str, str]:
-        """The request field naming a new file for the candidate worker's outputs (or none)."""
-        path = self.ev.spill_path()
+    def _spill(self, w: Worker | None = None) -> dict[str, str]:
+        """The request field naming a new file for the candidate worker's outputs (or none): in the
+        worker's own output folder, the only one its OS sandbox lets it write to, when it has one."""
+        path = (w.output_path() if w is not None and getattr(w, "output_dir", None) else None) \
+            or self.ev.spill_path()
         if path is None:
             return {}
         self.spills.append(path)
@@ -696,7 +723,7 @@ class _Run:
         w.last_ipc_s = w.lock_wait_s = 0.0
         gpu = self.ev.gpu_lock(self.gpu_index) if self.gpu_index is not None else None
         if raw:
-            msg = {**msg, **self._spill()}
+            msg = {**msg, **self._spill(w)}
         t = time.perf_counter()
         try:
             return w.request(msg, timeout, gpu=gpu, raw_tensors=raw, spill=msg.get("spill"),

@@ -55,6 +55,7 @@ class Role:
     name: str  # "reference" | "candidate" | "ptx"
     backend: str
     device: int | None = None
+    os_sandbox: str = "auto"   # `sandbox.MODES`: how workers running candidate code confine themselves
 
     def env(self, gpu_fraction: float | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -76,6 +77,9 @@ class Role:
             env["TRITON_INTERPRET"] = "1"
         if self.backend == "cuda" and gpu_fraction:
             env["KERNELGYM_GPU_FRACTION"] = str(gpu_fraction)
+        env["KERNELGYM_OS_SANDBOX"] = self.os_sandbox
+        env.pop("KERNELGYM_OUTPUT_DIR", None)   # both set per worker (`Worker`)
+        env.pop("KERNELGYM_SCRATCH_DIR", None)
         return env
 
 
@@ -436,9 +440,24 @@ class Worker:
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
             prefix="kernelgym-worker-", suffix=".log", delete=False)
         self.log_path = self._log.name
+        env = role.env(gpu_fraction)
+        # Made here, not in the worker: a worker killed before it reports ready (a replacement that
+        # a shutdown catches starting) would otherwise leave its folder behind.
+        self.scratch = tempfile.mkdtemp(prefix=f"kernelgym-{role.name}-")
+        env["KERNELGYM_SCRATCH_DIR"] = self.scratch
+        # A candidate worker writes its outputs only into a folder of its own (the OS sandbox lets it
+        # write nowhere else), named per request by `output_path`.
+        self.output_dir: str | None = None
+        if role.name == "candidate":
+            from kernelgym.evaluation.sandbox import OUTPUT_ENV, make_output_dir
+
+            self.output_dir = make_output_dir()
+            if self.output_dir:
+                env[OUTPUT_ENV] = self.output_dir
+        self._outputs = 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kernelgym.evaluation.worker", role.name, str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),), env=role.env(gpu_fraction), stdin=subprocess.DEVNULL,
+            pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=self._log, start_new_session=True, close_fds=True,
         )
         child_sock.close()
@@ -456,6 +475,13 @@ class Worker:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def output_path(self) -> str | None:
+        """A fresh file name in this worker's output folder (None: it has none)."""
+        if self.output_dir is None:
+            return None
+        self._outputs += 1
+        return os.path.join(self.output_dir, f"{self._outputs}.bin")
 
     def wait_ready(self, timeout: float = 300.0) -> dict[str, Any]:
         if self.info is None:
@@ -642,10 +668,13 @@ class Worker:
                 os.unlink(path)
             except OSError:
                 pass
-        if self.info and self.info.get("tmpdir", "").startswith(tempfile.gettempdir()):
-            import shutil
+        import shutil
 
+        if self.info and self.info.get("tmpdir", "").startswith(tempfile.gettempdir()):
             shutil.rmtree(self.info["tmpdir"], ignore_errors=True)
+        for folder in (self.scratch, self.output_dir):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def close(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit, then make sure it did."""

@@ -55,12 +55,12 @@ def _report(t0: float, **kw: Any) -> dict[str, Any]:
     return out
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(os_sandbox: str = "auto") -> dict[str, str]:
     # The same environment a GPU candidate worker gets (Triton's cache key hashes some env vars),
     # minus the GPU: this process must never touch one.
     from kernelgym.evaluation.pool import Role
 
-    env = Role("candidate", "cuda").env(None)
+    env = Role("candidate", "cuda", os_sandbox=os_sandbox).env(None)
     env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
@@ -72,14 +72,14 @@ class _ChildFailure(Exception):
 class _Child:
     """One compile-only process: requests on its stdin, reports on a private pipe."""
 
-    def __init__(self) -> None:
+    def __init__(self, os_sandbox: str = "auto") -> None:
         self.tmpdir = tempfile.mkdtemp(prefix="kernelgym-precompile-")
         read_fd, write_fd = os.pipe()
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill(); a file, so a chatty child cannot block
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kernelgym.evaluation.precompile", str(write_fd), self.tmpdir],
-                pass_fds=(write_fd,), env=_child_env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                pass_fds=(write_fd,), env=_child_env(os_sandbox), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                 stderr=self.log, start_new_session=True, close_fds=True)
         except OSError:
             os.close(read_fd)
@@ -166,7 +166,11 @@ class _Child:
 class Precompiler:
     """Up to `size` warm compile-only child processes; `precompile` may be called from threads."""
 
-    def __init__(self, size: int = 1, *, memory_limit_mb: float | None = 8192, timeout: float = 120.0):
+    def __init__(self, size: int = 1, *, memory_limit_mb: float | None = 8192, timeout: float = 120.0,
+                 os_sandbox: str = "auto"):
+        from kernelgym.evaluation.sandbox import check_mode
+
+        self.os_sandbox = check_mode(os_sandbox)
         self.size = max(1, int(size))
         self.memory_limit = int(memory_limit_mb * 2**20) if memory_limit_mb else None
         self.timeout = float(timeout)
@@ -245,7 +249,7 @@ class Precompiler:
             self._idle.put(self._spawn())
 
     def _spawn(self) -> _Child:
-        child = _Child()
+        child = _Child(self.os_sandbox)
         with self._lock:
             self._all.add(child)
             self.started += 1
@@ -402,6 +406,13 @@ def _compile_one(msg: dict[str, Any], tmpdir: str) -> dict[str, Any]:
 def _child(fd: int, tmpdir: str) -> int:
     stdin = sys.stdin.buffer
     os.dup2(2, 1)  # candidate prints go to stderr, never into a report
+    from kernelgym.evaluation import sandbox
+
+    # Confined before any candidate runs (see `sandbox`): it compiles into a cache of its own, so
+    # under the OS sandbox its kernels serve only its own run (compile-ahead measured no gain).
+    rep = sandbox.from_env("precompile", tmpdir, gpu_tools=True)
+    if not rep.active and os.environ.get(sandbox.MODE_ENV, "auto") != "off":
+        print(f"kernelgym: precompile process runs without an OS sandbox: {rep.why}", file=sys.stderr)
     import torch
     import torch._dynamo  # loaded before the guard snapshots, as in the workers
     import torch.utils._python_dispatch
@@ -415,8 +426,10 @@ def _child(fd: int, tmpdir: str) -> int:
             return 0
         (n,) = _HEADER.unpack(head)
         msg = json.loads(stdin.read(n).decode())
-        rep = _compile_one(msg, tmpdir)
-        blob = json.dumps(rep, default=str).encode()
+        if rep.active:
+            sandbox.fresh_triton_cache(tmpdir)
+        out_rep = _compile_one(msg, tmpdir)
+        blob = json.dumps(out_rep, default=str).encode()
         out.write(_HEADER.pack(len(blob)) + blob)
         out.flush()
 

@@ -74,6 +74,20 @@ def _harden() -> None:
         pass
 
 
+def _confine(role: str, tmpdir: str) -> str:
+    """Confine a worker that runs candidate code (`sandbox`), first thing, while it has one thread:
+    its provenance label ("landlock-abi<N>", or "false" when it runs unconfined)."""
+    if role not in ("candidate", "ptx"):
+        return "false"   # reference workers run the task's code, never a candidate's
+    from kernelgym.evaluation import sandbox
+
+    gpu = role == "candidate" and os.environ.get("TRITON_INTERPRET") != "1"
+    rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role == "ptx", gpu_devices=gpu)
+    if not rep.active and os.environ.get(sandbox.MODE_ENV, "auto") != "off":
+        print(f"kernelgym: {role} worker runs without an OS sandbox: {rep.why}", file=sys.stderr)
+    return rep.label
+
+
 SYNC_ENV = "KERNELGYM_CUDA_SYNC"
 # CU_CTX_SCHED_* of the CUDA driver API: how a host thread waits for the GPU.
 SYNC_SCHEDULES = {"auto": 0, "spin": 1, "yield": 2, "block": 4}
@@ -165,6 +179,8 @@ def main(argv: list[str]) -> int:
     conn = Connection(fd)
     # Candidate prints must never reach a protocol stream; stdout joins the stderr log.
     os.dup2(2, 1)
+    tmpdir = os.environ.get("KERNELGYM_SCRATCH_DIR") or tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
+    confined = _confine(role, tmpdir)
     if role != "ptx" and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
         set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
     import torch
@@ -181,7 +197,6 @@ def main(argv: list[str]) -> int:
     from kernelgym.evaluation import codec
     from kernelgym.evaluation.jobs import GpuSections
 
-    tmpdir = tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
     gpu = GpuSections(conn.send_bytes, lambda: conn.recv_bytes(MAX_REQUEST_BYTES), enabled=False,
                       cuda=torch.cuda.is_available())
     state: dict[str, Any] = {"tmpdir": tmpdir, "role": role, "gpu": gpu}
@@ -190,7 +205,7 @@ def main(argv: list[str]) -> int:
         "type": "ready", "pid": os.getpid(), "tmpdir": tmpdir, "device": _device_name(role),
         "capability": _capability(),
         "versions": {"torch": torch.__version__, "triton": triton.__version__,
-                     "python": sys.version.split()[0]},
+                     "python": sys.version.split()[0], "os_sandbox": confined},
     }))
 
     def progress(phase: str) -> None:
@@ -210,6 +225,10 @@ def main(argv: list[str]) -> int:
             profiler.dump()
             return 0
         t_job = time.perf_counter()
+        if op in ("candidate", "ptx") and confined != "false":
+            from kernelgym.evaluation.sandbox import fresh_triton_cache
+
+            fresh_triton_cache(tmpdir)   # nothing a previous candidate wrote there is loaded
         gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
         try:
             with profiler.request():

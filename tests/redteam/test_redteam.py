@@ -15,7 +15,7 @@ import pytest
 
 from tests.redteam.manifest import cases
 
-CPU_CASES = [c for c in cases() if c.layer != "gpu"]
+CPU_CASES = [c for c in cases() if c.layer not in ("gpu", "os")]   # "os": test_redteam_os.py
 RUNTIME_CASES = [c for c in CPU_CASES if not c.legit and c.layer in ("runtime", "both")]
 
 
