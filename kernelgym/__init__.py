@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # Order matters: kernelgym.task first, then the registry that points gymnasium at our envs.
 from kernelgym.task import Task, load_suite  # noqa: E402, I001
 
-import envs_registry as _envs_registry  # noqa: E402  (registers the env ids; see DESIGN.md)
+import envs_registry as _envs_registry  # noqa: E402  (registers the env ids)
 
 _envs_registry.register()
 

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -64,7 +65,21 @@ Reference = Union[Task, str]  # noqa: UP007 - a runtime alias, kept importable o
 PRECOMPILE_WAIT_S = 10.0
 
 
+def _no_nvidia_device() -> bool:
+    """True when this Linux machine surely has no GPU torch could use (no NVIDIA or ROCm device
+    node), so `cuda_available` can answer without loading torch (seconds on a small CPU)."""
+    import glob
+    import sys
+
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")
+                or glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
 def cuda_available() -> bool:
+    if _no_nvidia_device():
+        return False
     try:
         import torch
 
@@ -208,6 +223,7 @@ class Evaluator:
         self._spill_dir: str | None = None
         self._spills = itertools.count()
         self.closed = False
+        self._running: weakref.WeakSet[_Run] = weakref.WeakSet()   # for `in_flight`
         _LIVE.add(self)
 
     def spill_path(self) -> str | None:
@@ -395,6 +411,23 @@ class Evaluator:
         if spill:
             shutil.rmtree(spill, ignore_errors=True)
 
+    def abort(self) -> None:
+        """Kill every worker at once (no polite exit request, no waiting for a busy worker), then
+        close: for an interrupted caller (Ctrl-C). Evaluations in flight end with a failure verdict."""
+        with self._lock:
+            pools = list(self._pools.values())
+        for p in pools:
+            for pid in p.pids():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.close()
+
+    def in_flight(self) -> list[tuple[str, float]]:
+        """(phase, seconds since it began) of each evaluation running now, oldest first: what a
+        caller shows while it waits (phase names as in ``verdict.timings['phases_s']``)."""
+        now = time.monotonic()
+        return [(r.phase_now[0], now - r.phase_now[1]) for r in sorted(list(self._running), key=lambda r: r.t0)]
+
     def __enter__(self) -> Evaluator:  # noqa: PYI034 - subclasses are not a use case
         return self
 
@@ -428,6 +461,7 @@ class Evaluator:
             r = _Run(self, backend, mode, seed, trials, float(timeout or self.timeout))
             if skip_static_guards is not None:
                 r.skip_static = skip_static_guards
+            self._running.add(r)
             return r
 
         run = new_run()
@@ -458,6 +492,8 @@ class Evaluator:
             v.reasons.append("internal:error")
             v.notes.append(traceback.format_exc(limit=5)[-1500:])
             return v
+        finally:
+            self._running.discard(run)
 
     def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
                        cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
@@ -562,6 +598,8 @@ class _Run:
         self.skip_static = ev.skip_static_guards
         self.phases: dict[str, float] = {}
         self.phase_lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.phase_now: tuple[str, float] = ("format", self.t0)   # shown by `Evaluator.in_flight`
         self.aliases_input = False
         # The reference outputs of this evaluation live in one reference worker's store under `key`.
         self.ref_src = ""
@@ -582,10 +620,12 @@ class _Run:
     def _ph(self, name: str) -> Iterator[None]:
         """Add the wall time of the block to phase `name` (reported in timings['phases_s'])."""
         t = time.perf_counter()
+        before, self.phase_now = self.phase_now, (name, time.monotonic())
         try:
             yield
         finally:
             self._add(name, time.perf_counter() - t)
+            self.phase_now = before
 
     def _add(self, name: str, seconds: float) -> None:
         if seconds:
@@ -602,6 +642,7 @@ class _Run:
         if raw:
             msg = {**msg, **self._spill()}
         t = time.perf_counter()
+        self.phase_now = (phase, time.monotonic())
         try:
             return w.request(msg, timeout, gpu=gpu, raw_tensors=raw, spill=msg.get("spill"))
         finally:
