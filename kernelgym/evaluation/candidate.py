@@ -127,16 +127,26 @@ def _stream(state: dict[str, Any], device: str) -> Any:
 
 
 def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs: list) -> dict[str, Any]:
+    """The result for a candidate that raised in `stage`, with a machine-readable reason:
+    sandbox:exit, runtime:out_of_memory, runtime:cuda_error, compile:kernel (Triton refused a
+    kernel), compile:import (the module did not import), runtime:construct or runtime:forward."""
     if isinstance(exc, _Exited):
-        return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs)
+        return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs,
+                              reasons=["sandbox:exit"])
     msg = describe(exc, session.filename)
     kind = crash_kind(exc)
     if kind is not None:
+        reason = "runtime:out_of_memory" if kind == "out of memory" else "runtime:cuda_error"
         return session.result(status="crash", stage=stage, error=f"{kind} in {stage}: {msg}", outputs=outputs,
-                              fatal=True)
-    if stage == "import" or is_compile_error(exc):
-        return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs)
-    return session.result(status="runtime_error", stage=stage, error=msg, outputs=outputs)
+                              fatal=True, reasons=[reason])
+    if is_compile_error(exc):
+        return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs,
+                              reasons=["compile:kernel"])
+    if stage == "import":
+        return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs,
+                              reasons=["compile:import"])
+    return session.result(status="runtime_error", stage=stage, error=msg, outputs=outputs,
+                          reasons=[f"runtime:{stage.split(' ')[0]}"])
 
 
 def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
@@ -181,7 +191,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         s.call(lambda: exec(code, module.__dict__))  # noqa: S102 - running the candidate is the point
         cls = module.__dict__.get("ModelNew")
         if not isinstance(cls, type):
-            return result(status="format_error", stage="import",
+            return result(status="format_error", stage="import", reasons=["format:candidate"],
                           error="ModelNew is not a class after running the module")
     except BaseException as exc:  # noqa: BLE001 - any failure of candidate code is a verdict
         return _with(fps, _failure(s, "import", exc, outputs))
@@ -190,7 +200,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     try:
         inspect.signature(cls).bind(*init_inputs)
     except TypeError as exc:
-        return result(status="runtime_error", stage="construct",
+        return result(status="runtime_error", stage="construct", reasons=["runtime:construct"],
                       error=f"wrong constructor: ModelNew(*get_init_inputs()) with {len(init_inputs)} "
                             f"argument(s) does not match the signature ModelNew{inspect.signature(cls)}: {exc}")
     except ValueError:
@@ -200,7 +210,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     except BaseException as exc:  # noqa: BLE001
         return _with(fps, _failure(s, "construct", exc, outputs))
     if not isinstance(s.model, torch.nn.Module):
-        return result(status="runtime_error", stage="construct",
+        return result(status="runtime_error", stage="construct", reasons=["runtime:construct"],
                       error=f"ModelNew(...) returned {type(s.model).__name__}, not a torch.nn.Module")
     try:
         problem = _load_weights(s, state_dict)

@@ -474,6 +474,10 @@ class Evaluator:
             self.stats["rejudged_alone"] += 1
             v.notes.append("judged again alone: the first run ran out of GPU memory beside other evaluations "
                            f"({first.error[:200]})")
+        if v.status != "ok" and not v.reasons:
+            # Every failure carries a machine-readable reason; a path that named none still says
+            # which status it is, so counting reasons never misses a verdict.
+            v.reasons.append(f"{v.status}:unclassified")
         v.duration_s = round(time.perf_counter() - t0, 4)
         phases = {k: round(x, 4) for k, x in run.phases.items()}
         phases["total"] = v.duration_s
@@ -566,6 +570,8 @@ def _oom_beside_others(v: Verdict) -> bool:
         return False
     text = v.error or ""
     if "out of memory" not in text.lower() and "cudaErrorMemoryAllocation" not in text:
+        return False
+    if "DefaultCPUAllocator" in text:   # host memory: no other evaluation's GPU footprint is the cause
         return False
     tried, total = _TRIED.search(text), _TOTAL.search(text)
     if tried and total:
@@ -933,6 +939,7 @@ class _Run:
                 reasons += more
         elif status == "internal_error":
             status, error = "runtime_error", f"candidate result could not be returned: {error}"
+            reasons.append("internal:candidate_result")
         if ended is None:
             ended = self._end(w)
         findings += ended.get("findings", [])
