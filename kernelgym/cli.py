@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample KernelBench-format tasks")
     p.add_argument("--difficulty", "-d", type=_difficulty_list, default=[3],
                    help="difficulty (number of ops), a range like 1-3 or a list like 1,4 (default 3)")
-    p.add_argument("-n", type=int, default=10, help="number of tasks per difficulty (default 10)")
+    p.add_argument("-n", "--per-difficulty", dest="n", type=int, default=10,
+                   help="number of tasks per difficulty (default 10); `run -n` counts in total")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--sizes", choices=["tiny", "bench"], default="tiny", help="size profile (default tiny)")
