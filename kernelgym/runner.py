@@ -228,6 +228,8 @@ class TaskResult:
         row = {"task_id": self.task.id, "difficulty": self.task.difficulty, "ops": list(self.task.ops),
                "policy": policy, **self.verdict.to_dict(), "elapsed_s": round(self.elapsed_s, 3)}
         row["task_id"] = self.task.id   # the verdict's own task_id may be None
+        if (getattr(self.task, "meta", None) or {}).get("dag"):
+            row["dag"] = self.task.meta["dag"]   # the program's DAG, for the report
         if self.policy_error:
             row["policy_error"] = self.policy_error
         if self.search is not None:
