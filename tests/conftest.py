@@ -14,7 +14,32 @@ def _cuda() -> bool:
         return False
 
 
+# Tests that take long on a 2-core machine (measured with --durations; more than a few seconds
+# each, or a module of many evaluations), marked `slow` here in one place so that
+# `make test-fast` (-m "not slow") stays under 2 minutes. A test can also carry
+# @pytest.mark.slow itself. Entries are node-id prefixes.
+SLOW = (
+    "tests/test_cluster_ray.py",
+    "tests/test_benchmark_scripts.py",
+    "tests/redteam/test_redteam.py",
+    "tests/policies/test_search.py",
+    "tests/policies/test_compiler.py",
+    "tests/policies/test_compiler_splitk.py",
+    "tests/policies/test_compiler_rows.py",
+    "tests/policies/test_compiler_conv.py",
+    "tests/policies/test_compiler_precision.py",
+    "tests/train/test_train_scripts.py",
+    "tests/train/test_train_dataset.py",
+    "tests/test_runner.py::test_cli",
+    "tests/test_eval_pool.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = pytest.mark.slow
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(slow)
     if _cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
