@@ -27,8 +27,9 @@ def test_unknown_tl_function_names_the_kernel_line(evaluator):
 
 
 @pytest.mark.parametrize("cand, status, reason", [
-    (CAND_ADD.replace("import torch\n", "import torch\nX = torch.empty(10**14)\n", 1), "crash",
+    (CAND_ADD.replace("import torch\n", "import torch\nX = torch.empty(10**14)\n", 1), "runtime_error",
      "runtime:out_of_memory"),
+    (add_variant("        return torch.empty(1 << 50)\n"), "runtime_error", "runtime:out_of_memory"),
     ("import torch\nraise ValueError('boom at import')\nclass ModelNew: pass\n", "compile_error", "compile:import"),
     (CAND_ADD.replace("def __init__(self", "def __init__(self, extra", 1), "runtime_error", "runtime:construct"),
     (add_variant("        raise IndexError('bad')\n"), "runtime_error", "runtime:forward"),

@@ -28,6 +28,7 @@ from kernelgym.evaluation.jobs import (
     describe,
     finding_dict,
     fingerprint,
+    host_allocation_refused,
     is_compile_error,
     launch_dict,
     outputs_list,
@@ -128,8 +129,9 @@ def _stream(state: dict[str, Any], device: str) -> Any:
 
 def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs: list) -> dict[str, Any]:
     """The result for a candidate that raised in `stage`, with a machine-readable reason:
-    sandbox:exit, runtime:out_of_memory, runtime:cuda_error, compile:kernel (Triton refused a
-    kernel), compile:import (the module did not import), runtime:construct or runtime:forward."""
+    sandbox:exit, runtime:out_of_memory (a crash, or a runtime_error when the host allocator
+    refused a request), runtime:cuda_error, compile:kernel (Triton refused a kernel),
+    compile:import (the module did not import), runtime:construct or runtime:forward."""
     if isinstance(exc, _Exited):
         return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs,
                               reasons=["sandbox:exit"])
@@ -139,6 +141,9 @@ def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs:
         reason = "runtime:out_of_memory" if kind == "out of memory" else "runtime:cuda_error"
         return session.result(status="crash", stage=stage, error=f"{kind} in {stage}: {msg}", outputs=outputs,
                               fatal=True, reasons=[reason])
+    if host_allocation_refused(exc):   # at import too: a refused allocation is not a compile error
+        return session.result(status="runtime_error", stage=stage, error=msg, outputs=outputs,
+                              reasons=["runtime:out_of_memory"])
     if is_compile_error(exc):
         return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs,
                               reasons=["compile:kernel"])

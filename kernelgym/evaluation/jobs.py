@@ -92,11 +92,15 @@ def is_compile_error(exc: BaseException) -> bool:
     return any(c.__name__ in names for e in exception_chain(exc) for c in type(e).__mro__)
 
 
+def host_allocation_refused(exc: BaseException) -> bool:
+    """torch's host allocator refused a request (nothing was allocated: the process is fine)."""
+    return any("DefaultCPUAllocator: can't allocate memory" in str(e) for e in exception_chain(exc))
+
+
 def crash_kind(exc: BaseException) -> str | None:
     """'out of memory' or 'CUDA error' when the exception means the process is unusable."""
     for e in exception_chain(exc):
-        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" \
-                or "DefaultCPUAllocator: can't allocate memory" in str(e):   # torch's host allocator
+        if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
             return "out of memory"
         msg = str(e)
         if "CUDA error" in msg or "illegal memory access" in msg or "CUDA out of memory" in msg:
