@@ -111,3 +111,14 @@ def test_in_flight_names_the_running_phase(evaluator):
         time.sleep(0.05)
     assert "candidate" in seen and box["v"].status == "timeout"
     assert evaluator.in_flight() == []
+
+
+def test_main_job_needs_no_dev_extra():
+    """`make run` installs the core package only: the main job's modules and default policies must
+    not import anything from the `dev` extra."""
+    code = ("import sys\nimport kernelgym.runner, kernelgym.report, policies.search, policies.compiler\n"
+            "dev = ['scipy', 'pandas', 'pyarrow', 'transformers', 'openai', 'ray', 'stable_baselines3', "
+            "'hypothesis', 'pytest']\nprint([m for m in dev if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
