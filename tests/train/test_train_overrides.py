@@ -92,30 +92,54 @@ def test_documented_override_composes(config, overrides, span):
         assert str(got).lower() == value.lower(), (key, got)
     if config.startswith("kernelgym_"):
         from verl.trainer.ppo.core_algos import get_adv_estimator_fn
-        from verl.trainer.ppo.reward import resolve_reward_manager_cls
 
         import train.verl.register  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES loads in every process)
 
-        assert resolve_reward_manager_cls(cfg) is not None   # the manager name exists in verl's registry
+        # The reward manager name is one verl's reward loop registers (read from its source: the
+        # reward loop's own imports need the serving stack, which this check does not).
+        assert cfg.reward.reward_manager.name in _reward_loop_managers()
         if cfg.algorithm.adv_estimator not in ("grpo", "gae"):
             assert callable(get_adv_estimator_fn(cfg.algorithm.adv_estimator))
 
 
+def _verl_source(module: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, module
+    return Path(spec.origin).read_text(encoding="utf-8")
+
+
+def _reward_loop_managers() -> set[str]:
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("verl.experimental.reward_loop.reward_manager").origin).parent
+    return {name for f in folder.glob("*.py")
+            for name in re.findall(r"@register(?:_manager)?\(\"([^\"]+)\"\)", f.read_text(encoding="utf-8"))}
+
+
 def test_drpo_options_reach_the_estimator_through_verls_compute_advantage():
-    """algorithm.drpo sits in `algorithm`, which verl hands to the estimator as its DictConfig
-    (ray_trainer.compute_advantage and the v1 trainer pass config=self.config.algorithm): the
-    options arrive, with an override, and never go through AlgoConfig's constructor."""
+    """algorithm.drpo sits in `algorithm`, which verl hands to the estimator as its DictConfig:
+    both trainers (ray_trainer and the v1 trainer) pass ``config=self.config.algorithm`` and neither
+    converts `algorithm` to AlgoConfig (read from their source; importing them needs the serving
+    stack), and compute_advantage calls a registered estimator with ``config=config``. Called the
+    same way here, the options arrive, with an override, and never meet AlgoConfig's constructor."""
     if _verl_version() < (0, 9):
         pytest.skip("checked against verl >= 0.9")
     hydra = pytest.importorskip("hydra")
     import numpy as np
     import torch
     from hydra.core.global_hydra import GlobalHydra
-    from verl import DataProto
-    from verl.trainer.ppo.ray_trainer import compute_advantage
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     import train.verl.register  # noqa: F401
     from train.verl.drpo import decode_scores, drpo_advantages
+
+    for module in ("verl.trainer.ppo.ray_trainer", "verl.trainer.ppo.v1.trainer_base"):
+        src = _verl_source(module)
+        assert "config=self.config.algorithm" in src, module
+        assert not re.search(r"omega_conf_to_dataclass\([^)]*algorithm", src), module
+    assert '"config": config' in _verl_source("verl.trainer.ppo.ray_trainer")   # compute_advantage's kwargs
 
     GlobalHydra.instance().clear()
     with hydra.initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
@@ -126,13 +150,12 @@ def test_drpo_options_reach_the_estimator_through_verls_compute_advantage():
     rewards = torch.zeros(6, 4)
     rewards[:, -1] = scores
     uid = np.array(["a", "a", "a", "b", "b", "b"], dtype=object)
-    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
-                               non_tensors={"uid": uid})
-    out = compute_advantage(data, adv_estimator=cfg.algorithm.adv_estimator, config=cfg.algorithm)
+    adv, _ = get_adv_estimator_fn(cfg.algorithm.adv_estimator)(token_level_rewards=rewards, response_mask=mask,
+                                                               config=cfg.algorithm, index=uid)
     correct, speed, hacked = decode_scores(scores.numpy(), 1.0)
     want = drpo_advantages(correct, speed, uid, 0.5, neg_weights=1.0 + hacked.astype(float), scale="grpo",
                            all_correct="zero")
-    assert np.allclose(out.batch["advantages"][:, 0].numpy(), want, atol=1e-6)
+    assert np.allclose(adv[:, 0].numpy(), want, atol=1e-6)
     other = drpo_advantages(correct, speed, uid, 1.0, neg_weights=1.0 + hacked.astype(float), scale="grpo",
                             all_correct="zero")
     assert not np.allclose(want, other)   # lam=0.5 made a difference: the override was read
