@@ -93,7 +93,7 @@ def test_documented_override_composes(config, overrides, span):
     if config.startswith("kernelgym_"):
         from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-        import train.verl.register  # noqa: F401  (what VERL_USE_EXTERNAL_MODULES loads in every process)
+        _register_drpo()
 
         # The reward manager name is one verl's reward loop registers (read from its source: the
         # reward loop's own imports need the serving stack, which this check does not).
@@ -102,18 +102,35 @@ def test_documented_override_composes(config, overrides, span):
             assert callable(get_adv_estimator_fn(cfg.algorithm.adv_estimator))
 
 
-def _verl_source(module: str) -> str:
-    import importlib.util
+def _register_drpo() -> None:
+    """What `train.verl.register` does for the estimator (that module also imports verl's agent
+    loop, whose serving dependencies this check does not need)."""
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn, register_adv_est
 
-    spec = importlib.util.find_spec(module)
-    assert spec is not None and spec.origin, module
-    return Path(spec.origin).read_text(encoding="utf-8")
+    from train.verl.drpo import drpo_outcome_advantage
+
+    try:
+        get_adv_estimator_fn("kernelgym_drpo")
+    except ValueError:
+        register_adv_est("kernelgym_drpo")(drpo_outcome_advantage)
+    assert 'ADV_ESTIMATOR = "kernelgym_drpo"' in (ROOT / "train" / "verl" / "register.py").read_text()
+
+
+def _verl_file(module: str) -> Path:
+    """The source file of a verl module, found without importing it or its packages (their
+    __init__ files import the serving stack)."""
+    import verl
+
+    path = Path(verl.__file__).parent.joinpath(*module.split(".")[1:])
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _verl_source(module: str) -> str:
+    return _verl_file(module).read_text(encoding="utf-8")
 
 
 def _reward_loop_managers() -> set[str]:
-    import importlib.util
-
-    folder = Path(importlib.util.find_spec("verl.experimental.reward_loop.reward_manager").origin).parent
+    folder = _verl_file("verl.experimental.reward_loop.reward_manager").parent
     return {name for f in folder.glob("*.py")
             for name in re.findall(r"@register(?:_manager)?\(\"([^\"]+)\"\)", f.read_text(encoding="utf-8"))}
 
@@ -132,8 +149,9 @@ def test_drpo_options_reach_the_estimator_through_verls_compute_advantage():
     from hydra.core.global_hydra import GlobalHydra
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
-    import train.verl.register  # noqa: F401
     from train.verl.drpo import decode_scores, drpo_advantages
+
+    _register_drpo()
 
     for module in ("verl.trainer.ppo.ray_trainer", "verl.trainer.ppo.v1.trainer_base"):
         src = _verl_source(module)
