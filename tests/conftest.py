@@ -51,6 +51,14 @@ SLOW = (
     "tests/policies/test_llm.py::test_end_to_end_stub_server_kernel_is_ok",
     "tests/policies/test_llm.py::test_hf_random_model",
     "tests/policies/test_llm.py::test_kernelgym_run_with_the_llm_policy",
+    "tests/test_sampler.py::test_same_seed_same_task_in_a_fresh_process",
+    "tests/test_sampler.py::test_sample_many_with_workers",
+    "tests/test_sampler.py::test_bench_sizes_fill_the_gpu",
+    "tests/test_sampler.py::test_same_seed_same_task_regardless_of_history",
+    "tests/test_sampler.py::test_long_programs",
+    "tests/test_pyast.py::test_many_threads_parse_at_once",
+    "tests/test_task.py::test_sample_cli_writes_tasks_and_index",
+    "tests/test_envs.py::test_batched_vector_env_one_evaluate_batch_call",
 )
 
 
