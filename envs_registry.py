@@ -9,6 +9,12 @@ ENV_IDS = {
     "KernelGym/Suite-v0": "kernelgym.envs.single:SuiteEnv",
     "KernelGym/MultiTurn-v0": "kernelgym.envs.multi_turn:MultiTurnEnv",
 }
+# gymnasium.make_vec(id, n) builds these: one pool-batched BatchedSyncVectorEnv (kernelgym.envs.vector).
+VECTOR_ENTRY_POINTS = {
+    "KernelGym/Synthetic-v0": "kernelgym.envs.vector:synthetic_vec",
+    "KernelGym/Suite-v0": "kernelgym.envs.vector:suite_vec",
+    "KernelGym/MultiTurn-v0": "kernelgym.envs.vector:multi_turn_vec",
+}
 
 
 def register() -> None:
@@ -19,4 +25,5 @@ def register() -> None:
     """
     for env_id, entry_point in ENV_IDS.items():
         if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point=entry_point, nondeterministic=True)
+            gymnasium.register(id=env_id, entry_point=entry_point, nondeterministic=True,
+                               vector_entry_point=VECTOR_ENTRY_POINTS[env_id])

@@ -1,4 +1,4 @@
-"""The `kernelgym` command (DESIGN.md contract). Each subcommand's work lives in its own module."""
+"""The `kernelgym` command: tasks, evaluation, the main job and benchmarks. See README.md."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ def _difficulty_list(text: str) -> list[int]:
                 out.append(int(part))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a difficulty or range: {text!r} (try 3, 1-3 or 1,4)") from None
+    for part in text.split(","):
+        if "-" in part and int(part.split("-", 1)[0]) > int(part.split("-", 1)[1]):
+            raise argparse.ArgumentTypeError(f"empty range {part!r}: write it low-high, e.g. "
+                                             f"{part.split('-', 1)[1]}-{part.split('-', 1)[0]}")
     if not out or min(out) < 1:
         raise argparse.ArgumentTypeError(f"difficulties must be >= 1: {text!r}")
     return out
@@ -35,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample KernelBench-format tasks")
     p.add_argument("--difficulty", "-d", type=_difficulty_list, default=[3],
                    help="difficulty (number of ops), a range like 1-3 or a list like 1,4 (default 3)")
-    p.add_argument("-n", type=int, default=10, help="number of tasks per difficulty (default 10)")
+    p.add_argument("-n", "--per-difficulty", dest="n", type=int, default=10,
+                   help="number of tasks per difficulty (default 10); `run -n` counts in total")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--sizes", choices=["tiny", "bench"], default="tiny", help="size profile (default tiny)")
@@ -54,9 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("candidate", help="candidate source file (defines ModelNew)")
     p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
     p.add_argument("--mode", choices=["strict", "lenient"], default="strict")
-    p.add_argument("--trials", type=int, default=3, help="correctness trials (>= 3)")
+    p.add_argument("--trials", type=int, default=3, help="correctness trials, at least 3 (default 3)")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: random)")
-    p.add_argument("--timeout", type=float, default=None, help="wall-time limit per phase in seconds")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="wall-time limit per phase (import, construct, each trial, timing) in seconds, > 0 "
+                        "(default 120)")
     p.add_argument("--json", action="store_true", help="last stdout line is the verdict as JSON")
 
     p = sub.add_parser("run", help="run a policy against tasks and write a report (the main job)")
@@ -81,8 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return main_sample(args)
     if args.command == "eval":
-        from kernelgym.evaluation.cli import main_eval
-
+        try:
+            from kernelgym.evaluation.cli import main_eval
+        except KeyboardInterrupt:   # Ctrl-C while torch loads: no traceback (see main_eval)
+            print("kernelgym eval: interrupted", file=sys.stderr)
+            return 130
         return main_eval(args)
     if args.command == "run":
         from kernelgym.runner import main_run

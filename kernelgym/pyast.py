@@ -26,3 +26,15 @@ def parse(source: str, filename: str = "<unknown>") -> ast.Module:
             if "recursion depth mismatch" not in str(exc) or attempt == _ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def syntax_problem(exc: SyntaxError, source: str) -> str:
+    """A one-line description of `exc` raised by parsing `source`, always with a line number
+    (Python reports a null byte with none)."""
+    if exc.lineno is None and "\0" in source:
+        before = source[:source.index("\0")]
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        return f"null byte at line {line}, column {col}: Python source cannot contain null bytes"
+    if exc.lineno is None:
+        return f"syntax error: {exc.msg}"
+    return f"syntax error at line {exc.lineno}: {exc.msg}"

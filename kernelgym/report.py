@@ -106,8 +106,34 @@ def rich_table(summary: Mapping[str, Any], title: str = "KernelGym run") -> Any:
     return table
 
 
+def _task_seconds(row: Mapping[str, Any]) -> float | None:
+    """Wall seconds a task took: the policy and its evaluations (`elapsed_s`), else the verdict's."""
+    for key in ("elapsed_s", "duration_s"):
+        if isinstance(row.get(key), (int, float)) and row[key] >= 0:
+            return float(row[key])
+    return None
+
+
+def _box(ax: Any, groups: list[str], data: list[list[float]], offset: float, colour: str, label: str,
+         width: float) -> None:
+    """Boxes of `data` per difficulty at x = i + offset, every point drawn over its box."""
+    kept = [(i + offset, d) for i, d in enumerate(data) if d]
+    if not kept:
+        return
+    parts = ax.boxplot([d for _, d in kept], positions=[p for p, _ in kept], widths=width, showfliers=False,
+                       patch_artist=True, manage_ticks=False)
+    for box in parts["boxes"]:
+        box.set(facecolor=colour, alpha=0.25, edgecolor=colour)
+    for p, d in kept:
+        ax.scatter([p] * len(d), d, s=10, alpha=0.7, color=colour, zorder=3)
+    ax.scatter([], [], color=colour, label=label)   # one legend entry per series
+    ax.set_xticks(range(len(groups)), groups)
+
+
 def plot_png(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """PNG bytes: status shares per difficulty, plus speedups per difficulty when timed.
+    """PNG bytes of what a reader wants first. Timed runs (GPU): the speedup distribution per
+    difficulty against eager and against torch.compile; untimed runs (CPU): the time per task per
+    difficulty. Beside it in both: the status mix per difficulty. Legends sit outside the axes.
 
     None when matplotlib is not installed (the rest of the report does not need it).
     """
@@ -118,55 +144,77 @@ def plot_png(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> b
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    groups = list(summary["by_difficulty"])
-    timed = summary.get("timed", 0) > 0
-    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(11 if timed else 6.5, 4.2), squeeze=False)
-    ax = axes[0][0]
-    bottom = [0.0] * len(groups)
-    present = [s for s in STATUS_ORDER if any(summary["by_difficulty"][g]["statuses"].get(s) for g in groups)]
-    error_colours = iter(["#6d4c41", "#8e24aa", "#546e7a", "#1565c0", "#00838f", "#9e9d24"])
-    for status in present:
-        shares = [summary["by_difficulty"][g]["statuses"].get(status, 0) / max(1, summary["by_difficulty"][g]["tasks"])
-                  for g in groups]
-        ax.bar(groups, shares, bottom=bottom, label=status,
-               color=STATUS_COLOURS.get(status) or next(error_colours, None))
-        bottom = [b + s for b, s in zip(bottom, shares)]
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("difficulty")
-    ax.set_ylabel("share of tasks")
-    ax.set_title("verdicts per difficulty")
-    ax.legend(fontsize=8, loc="lower right")
-    if timed:
-        ax2 = axes[0][1]
-        data = [[float(r["speedup"]) for r in rows if _difficulty_key(r) == g and r.get("status") == "ok"
-                 and r.get("speedup") is not None] for g in groups]
-        positions = list(range(1, len(groups) + 1))
-        kept = [(p, d) for p, d in zip(positions, data) if d]
-        if kept:
-            ax2.boxplot([d for _, d in kept], positions=[p for p, _ in kept], widths=0.5, showfliers=False)
-            for p, d in kept:
-                ax2.scatter([p] * len(d), d, s=12, alpha=0.6, color="#1565c0")
-        ax2.set_xticks(positions, groups)
-        ax2.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-        ax2.set_yscale("log")
-        from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter
 
-        ax2.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-        ax2.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
-        ax2.set_xlabel("difficulty")
-        ax2.set_ylabel("speedup vs eager (correct tasks)")
-        ax2.set_title("speedup per difficulty")
+    groups = list(summary["by_difficulty"])
+    by_group = {g: [r for r in rows if _difficulty_key(r) == g] for g in groups}
+    timed = summary.get("timed", 0) > 0
+    fig, (ax, axs) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [3, 2]})
+    if timed:
+        def speedups(g: str, key: str) -> list[float]:
+            return [float(r[key]) for r in by_group[g] if r.get("status") == "ok" and r.get(key) is not None]
+
+        _box(ax, groups, [speedups(g, "speedup") for g in groups], -0.18, "#1565c0", "vs eager", 0.3)
+        _box(ax, groups, [speedups(g, "speedup_vs_compile") for g in groups], 0.18, "#ef6c00", "vs torch.compile",
+             0.3)
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+        ax.set_ylabel("speedup (correct tasks; > 1 is faster)")
+        ax.set_title("speedup per difficulty")
+    else:
+        times = [[t for r in by_group[g] if (t := _task_seconds(r)) is not None] for g in groups]
+        _box(ax, groups, times, 0.0, "#1565c0", "one task", 0.5)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("seconds per task (policy + evaluation)")
+        ax.set_title("time per task (not timed: no GPU)")
+    ax.set_xlabel("difficulty")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    bottom = [0.0] * len(groups)
+    present = [st for st in STATUS_ORDER if any(summary["by_difficulty"][g]["statuses"].get(st) for g in groups)]
+    present += sorted({st for g in groups for st in summary["by_difficulty"][g]["statuses"]} - set(present))
+    error_colours = iter(["#6d4c41", "#8e24aa", "#546e7a", "#1565c0", "#00838f", "#9e9d24", "#ad1457"])
+    for status in present:
+        counts = [summary["by_difficulty"][g]["statuses"].get(status, 0) for g in groups]
+        shares = [c / max(1, summary["by_difficulty"][g]["tasks"]) for c, g in zip(counts, groups)]
+        axs.bar(groups, shares, bottom=bottom, label=f"{status} ({sum(counts)})",
+                color=STATUS_COLOURS.get(status) or next(error_colours, None))
+        bottom = [b + x for b, x in zip(bottom, shares)]
+    axs.set_ylim(0, 1)
+    axs.set_xlabel("difficulty")
+    axs.set_ylabel("share of tasks")
+    axs.set_title("status mix")
+    axs.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")   # keeps the outside legends
     plt.close(fig)
     return buf.getvalue()
 
 
+def candidate_file(task_id: Any) -> str:
+    """Where `kernelgym run` writes a task's judged source, relative to the report folder."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(task_id))
+    return f"candidates/{safe}.py"
+
+
 def render_html(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], png: bytes | None,
-                title: str = "KernelGym run") -> str:
-    """A self-contained HTML page: run settings, the summary table, the plot (inline), every task."""
+                title: str = "KernelGym run", links: Mapping[str, str] | None = None) -> str:
+    """A self-contained HTML page: run settings, the summary table, the plot (inline), every task
+    with its time and, where `links` has one (task id -> relative path), a link to its candidate."""
     esc = html.escape
+    links = links or {}
+
+    def task_cell(r: Mapping[str, Any]) -> str:
+        tid = str(r.get("task_id"))
+        href = links.get(tid)
+        return f'<a href="{esc(href)}">{esc(tid)}</a>' if href else esc(tid)
+
+    def program(r: Mapping[str, Any]) -> str:
+        return str(r.get("dag") or " → ".join(r.get("ops") or []))
     header, trows = table_rows(summary)
     run = summary.get("run", {})
     settings = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
@@ -176,9 +224,9 @@ def render_html(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], p
     img = (f'<img alt="verdicts and speedups per difficulty" src="data:image/png;base64,'
            f'{base64.b64encode(png).decode()}">' if png else "<p>(no plot: matplotlib is not installed)</p>")
     task_rows = "".join(
-        f"<tr class=\"{esc(str(r.get('status')))}\"><td>{esc(str(r.get('task_id')))}</td>"
-        f"<td>{esc(_difficulty_key(r))}</td><td>{esc(' → '.join(r.get('ops') or []))}</td>"
-        f"<td>{esc(str(r.get('status')))}</td><td>{esc(_fmt(r.get('speedup')))}</td>"
+        f"<tr class=\"{esc(str(r.get('status')))}\"><td>{task_cell(r)}</td>"
+        f"<td>{esc(_difficulty_key(r))}</td><td>{esc(program(r))}</td>"
+        f"<td>{esc(str(r.get('status')))}</td><td>{esc(_fmt(_task_seconds(r)))}</td><td>{esc(_fmt(r.get('speedup')))}</td>"
         f"<td>{esc(_fmt(r.get('speedup_vs_compile')))}</td><td>{esc(', '.join(r.get('reasons') or []))}</td>"
         f"<td>{esc((r.get('error') or '')[:200])}</td></tr>" for r in rows)
     return f"""<!DOCTYPE html>
@@ -196,7 +244,7 @@ img {{ max-width: 100%; }}
 <h2>Summary</h2>{table}
 {img}
 <h2>Tasks</h2>
-<table><tr><th>task</th><th>difficulty</th><th>ops</th><th>status</th><th>speedup</th>
+<table><tr><th>task</th><th>difficulty</th><th>program</th><th>status</th><th>seconds</th><th>speedup</th>
 <th>vs compile</th><th>reasons</th><th>error</th></tr>{task_rows}</table>
 </body></html>
 """
@@ -216,7 +264,9 @@ def write_report(out: str | Path, rows: Sequence[Mapping[str, Any]], run: Mappin
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     if png is not None:
         (out / "report.png").write_bytes(png)
-    (out / "report.html").write_text(render_html(summary, rows, png, title), encoding="utf-8")
+    links = {str(r.get("task_id")): candidate_file(r.get("task_id")) for r in rows
+             if (out / candidate_file(r.get("task_id"))).is_file()}
+    (out / "report.html").write_text(render_html(summary, rows, png, title, links), encoding="utf-8")
     return summary
 
 

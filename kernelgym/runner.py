@@ -294,6 +294,8 @@ class TaskResult:
         row = {"task_id": self.task.id, "difficulty": self.task.difficulty, "ops": list(self.task.ops),
                "policy": policy, **self.verdict.to_dict(), "elapsed_s": round(self.elapsed_s, 3)}
         row["task_id"] = self.task.id   # the verdict's own task_id may be None
+        if (getattr(self.task, "meta", None) or {}).get("dag"):
+            row["dag"] = self.task.meta["dag"]   # the program's DAG, for the report
         if self.policy_error:
             row["policy_error"] = self.policy_error
         if self.search is not None:
@@ -434,9 +436,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", default="synthetic", help="'synthetic' or a KernelBench-format directory")
     p.add_argument("--difficulty", "-d", type=_difficulty_list, default=None,
                    help="difficulties, e.g. 3, 1-3 or 1,4 (default 1-3 for synthetic; all for a suite)")
-    p.add_argument("-n", type=int, default=None,
-                   help=f"number of tasks (default {DEFAULT_N} for synthetic, spread over the difficulties; "
-                        "all for a suite)")
+    p.add_argument("-n", "--total", dest="n", type=int, default=None,
+                   help=f"number of tasks in total (default {DEFAULT_N} for synthetic, spread over the difficulties; "
+                        "all for a suite); `sample -n` counts per difficulty")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed and evaluation seed base (default 0)")
     p.add_argument("--sizes", choices=["tiny", "bench"], default=None, help="default: bench on GPU, else tiny")
     p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")

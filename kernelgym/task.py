@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernelgym.pyast import parse
+from kernelgym.pyast import parse, syntax_problem
 
 REQUIRED_NAMES = ("Model", "get_inputs", "get_init_inputs")
 MAX_SOURCE_BYTES = 1_000_000
@@ -46,7 +46,7 @@ def check_source(source: str, where: str = "<task>") -> None:
     try:
         tree = parse(source, filename=where)
     except SyntaxError as exc:
-        raise TaskFormatError(where, f"syntax error at line {exc.lineno}: {exc.msg}") from None
+        raise TaskFormatError(where, syntax_problem(exc, source)) from None
     defined: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):

@@ -9,8 +9,8 @@ RL rows follow verl's RLHFDataset format: ``prompt`` (chat messages), ``data_sou
 difficulty or per suite), ``ability``, ``reward_model`` (``style``, ``ground_truth`` = the reference
 source, ``task_id``) and ``extra_info`` (split, index, task_id, difficulty, seed, ops, sizes, dtype,
 and ``task_json``: the task's graph and metadata, so `task_from_row` rebuilds the whole Task).
-SFT rows (verl's SFT trainer: ``data.prompt_key=prompt data.response_key=response``, or
-``data.multiturn.messages_key=messages``) pair a prompt with a kernel that a policy wrote and the
+SFT rows (verl >= 0.9's SFT trainer: ``data.messages_key=messages``, as in ``sft_7b.yaml``; older
+verl: ``data.prompt_key=prompt data.response_key=response`` or ``data.multiturn.messages_key=messages``) pair a prompt with a kernel that a policy wrote and the
 evaluator accepted (status ok); the default policy is `policies.compiler.CompilerPolicy`.
 ``--hf`` also saves each split as a HF `datasets` dataset (``DIR/hf/<split>``).
 """

@@ -83,7 +83,8 @@ class MultiTurnEnv(KernelEnv):
 
     def finish(self, verdict: Verdict):
         self.turn += 1
-        self._feedback = clean(feedback(verdict.to_dict(), self.turn, self.max_turns, self.target_speedup))
+        self._feedback = clean(feedback(verdict.to_dict(), self.turn, self.max_turns, self.target_speedup,
+                                        solved=self.success(verdict)))
         obs, reward, terminated, truncated, info = super().finish(verdict)
         info.update(turn=self.turn, success=terminated, feedback=self._feedback)
         return obs, reward, terminated, truncated, info

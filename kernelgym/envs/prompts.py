@@ -72,8 +72,10 @@ def trim_error(error: str, lines: int = FEEDBACK_LINES) -> str:
     return "\n".join(dict.fromkeys(keep))
 
 
-def feedback(verdict: dict[str, Any], turn: int, max_turns: int, target_speedup: float) -> str:
-    """Feedback on one attempt from its verdict dict: status, failed checks, error, timing."""
+def feedback(verdict: dict[str, Any], turn: int, max_turns: int, target_speedup: float,
+             solved: bool = False) -> str:
+    """Feedback on one attempt from its verdict dict: status, failed checks, error, timing.
+    `solved`: the attempt met the target, so the episode ends and no further attempt is asked for."""
     status = verdict.get("status", "?")
     out = [f"Attempt {turn}/{max_turns}: status {status}."]
     if verdict.get("reasons"):
@@ -97,7 +99,9 @@ def feedback(verdict: dict[str, Any], turn: int, max_turns: int, target_speedup:
         med = (verdict.get("timings") or {}).get("candidate_ms") or (verdict.get("timings") or {}).get("median_ms")
         if med is not None:
             out.append(f"Candidate time: {med} ms.")
-    if turn < max_turns:
+    if solved:
+        out.append("Target met: this episode is solved.")
+    elif turn < max_turns:
         out.append("Fix the problem (or make it faster) and reply with the whole module again.")
     return "\n".join(out)
 

@@ -22,8 +22,15 @@ from kernelgym.sampler.profiles import difficulty_profile
 from kernelgym.task import Task, load_suite
 
 MAX_DIFFICULTY = 16
+class TextSpace(spaces.Text):
+    """gymnasium's Text with a short repr: the charset (hundreds of characters) is summarised."""
+
+    def __repr__(self) -> str:
+        return f"Text({self.min_length}, {self.max_length}, charset=<{len(self.character_set)} characters>)"
+
+
 def text_space(max_length: int = MAX_TEXT) -> spaces.Text:
-    return spaces.Text(max_length=max_length, min_length=0, charset=CHARSET)
+    return TextSpace(max_length=max_length, min_length=0, charset=CHARSET)
 
 
 def shared(evaluator: Evaluator) -> Evaluator:
@@ -67,6 +74,7 @@ class KernelEnv(gym.Env):
         self.last_verdict: dict[str, Any] | None = None
         self.last_reward: float | None = None
         self._pending: Verdict | None = None
+        self._over = ""   # why the episode ended ("terminated", "truncated"), until reset
 
     # -- what subclasses change ---------------------------------------------------------------
     def _obs_spaces(self) -> dict[str, spaces.Space]:
@@ -97,7 +105,7 @@ class KernelEnv(gym.Env):
         if task is not None and not isinstance(task, Task):
             raise TypeError(f"options['task'] must be a kernelgym.Task, got {type(task).__name__}")
         self.task = task if task is not None else self._next_task()
-        self.last_verdict, self.last_reward, self._pending = None, None, None
+        self.last_verdict, self.last_reward, self._pending, self._over = None, None, None, ""
         return self._observation(), self._task_info()
 
     def _task_info(self) -> dict[str, Any]:
@@ -108,6 +116,10 @@ class KernelEnv(gym.Env):
         """Check the action and draw the evaluation seed: (task, candidate source, seed)."""
         if self.task is None:
             raise RuntimeError("call reset() before step()")
+        if self._over:
+            # gymnasium: steps after terminated/truncated are undefined; judging again would cost an
+            # evaluation and report a transition of an episode that has ended.
+            raise RuntimeError(f"episode is over ({self._over}); call reset() before step()")
         if not isinstance(action, str):
             raise TypeError(f"action must be the candidate source as a str, got {type(action).__name__}")
         # The evaluation seed comes from the env's RNG so that a seeded episode is reproducible.
@@ -130,6 +142,7 @@ class KernelEnv(gym.Env):
         reward, comps = score(verdict, self.reward_fn)
         self.last_verdict, self.last_reward = verdict.to_dict(), reward
         terminated, truncated = self._done(verdict)
+        self._over = "terminated" if terminated else "truncated" if truncated else ""
         info = {**self._task_info(), "status": verdict.status, "verdict": self.last_verdict,
                 "reward_components": comps}
         return self._observation(), reward, terminated, truncated, info

@@ -72,4 +72,20 @@ def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> BatchedSyncVectorEnv:
     return BatchedSyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)])
 
 
-__all__ = ["BatchedSyncVectorEnv", "evaluate_actions", "kernel_env", "make_vec", "step_batch"]
+# The ids' `vector_entry_point`s (envs_registry): gymnasium's own
+# `gym.make_vec(id, n, vectorization_mode="vector_entry_point")` (and `gym.make_vec(id, n)`, which
+# prefers a vector entry point) calls them with `num_envs` and the env kwargs.
+def synthetic_vec(num_envs: int = 1, **kwargs: Any) -> BatchedSyncVectorEnv:
+    return make_vec("KernelGym/Synthetic-v0", num_envs, **kwargs)
+
+
+def suite_vec(num_envs: int = 1, **kwargs: Any) -> BatchedSyncVectorEnv:
+    return make_vec("KernelGym/Suite-v0", num_envs, **kwargs)
+
+
+def multi_turn_vec(num_envs: int = 1, **kwargs: Any) -> BatchedSyncVectorEnv:
+    return make_vec("KernelGym/MultiTurn-v0", num_envs, **kwargs)
+
+
+__all__ = ["BatchedSyncVectorEnv", "evaluate_actions", "kernel_env", "make_vec", "multi_turn_vec", "step_batch",
+           "suite_vec", "synthetic_vec"]

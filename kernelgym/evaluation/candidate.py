@@ -28,6 +28,7 @@ from kernelgym.evaluation.jobs import (
     describe,
     finding_dict,
     fingerprint,
+    host_allocation_refused,
     is_compile_error,
     launch_dict,
     outputs_list,
@@ -147,19 +148,33 @@ def set_gpu_limit(limit_bytes: int | None, cuda: Any = None) -> float | None:
 
 
 def _failure(session: CandidateSession, stage: str, exc: BaseException, outputs: list) -> dict[str, Any]:
+    """The result for a candidate that raised in `stage`, with a machine-readable reason:
+    sandbox:exit, runtime:out_of_memory (a crash, or a runtime_error when the host allocator
+    refused a request), runtime:cuda_error, compile:kernel (Triton refused a kernel),
+    compile:import (the module did not import), runtime:construct or runtime:forward."""
     if isinstance(exc, _Exited):
-        return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs)
+        return session.result(status="crash", stage=stage, error=f"{exc} in {stage}", outputs=outputs,
+                              reasons=["sandbox:exit"])
     msg = describe(exc, session.filename)
     refused = _os_refusal(exc)
     if refused is not None:   # the OS sandbox stopped an escape the Python guards did not see
         session.guard._add(refused)
     kind = crash_kind(exc)
     if kind is not None:
+        reason = "runtime:out_of_memory" if kind == "out of memory" else "runtime:cuda_error"
         return session.result(status="crash", stage=stage, error=f"{kind} in {stage}: {msg}", outputs=outputs,
-                              fatal=True)
-    if stage == "import" or is_compile_error(exc):
-        return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs)
-    return session.result(status="runtime_error", stage=stage, error=msg, outputs=outputs)
+                              fatal=True, reasons=[reason])
+    if host_allocation_refused(exc):   # at import too: a refused allocation is not a compile error
+        return session.result(status="runtime_error", stage=stage, error=msg, outputs=outputs,
+                              reasons=["runtime:out_of_memory"])
+    if is_compile_error(exc):
+        return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs,
+                              reasons=["compile:kernel"])
+    if stage == "import":
+        return session.result(status="compile_error", stage=stage, error=msg, outputs=outputs,
+                              reasons=["compile:import"])
+    return session.result(status="runtime_error", stage=stage, error=msg, outputs=outputs,
+                          reasons=[f"runtime:{stage.split(' ')[0]}"])
 
 
 def _os_refusal(exc: BaseException) -> Any:
@@ -215,7 +230,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         s.call(lambda: exec(code, module.__dict__))  # noqa: S102 - running the candidate is the point
         cls = module.__dict__.get("ModelNew")
         if not isinstance(cls, type):
-            return result(status="format_error", stage="import",
+            return result(status="format_error", stage="import", reasons=["format:candidate"],
                           error="ModelNew is not a class after running the module")
     except BaseException as exc:  # noqa: BLE001 - any failure of candidate code is a verdict
         return _with(fps, _failure(s, "import", exc, outputs))
@@ -224,7 +239,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     try:
         inspect.signature(cls).bind(*init_inputs)
     except TypeError as exc:
-        return result(status="runtime_error", stage="construct",
+        return result(status="runtime_error", stage="construct", reasons=["runtime:construct"],
                       error=f"wrong constructor: ModelNew(*get_init_inputs()) with {len(init_inputs)} "
                             f"argument(s) does not match the signature ModelNew{inspect.signature(cls)}: {exc}")
     except ValueError:
@@ -234,7 +249,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     except BaseException as exc:  # noqa: BLE001
         return _with(fps, _failure(s, "construct", exc, outputs))
     if not isinstance(s.model, torch.nn.Module):
-        return result(status="runtime_error", stage="construct",
+        return result(status="runtime_error", stage="construct", reasons=["runtime:construct"],
                       error=f"ModelNew(...) returned {type(s.model).__name__}, not a torch.nn.Module")
     try:
         problem = _load_weights(s, state_dict)

@@ -1,11 +1,15 @@
-"""Correctness comparison, run in the parent process on outputs decoded from the workers."""
+"""Correctness comparison, run in the reference worker on outputs decoded from the workers.
+
+torch is imported inside the functions: the parent process imports this module (for
+`TrialResult`) and must not pay for loading torch (see benchmarks/cold_eval.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from kernelgym.evaluation.jobs import read_scalars
 from kernelgym.evaluation.tolerances import tolerance_for
@@ -46,6 +50,8 @@ def _fmt_shape(t: torch.Tensor) -> str:
 
 def compare_trial(trial: int, seed: int, reference: list[Any], candidate: list[Any]) -> TrialResult:
     """Compare one trial's outputs: count, exact shape and dtype, NaN/Inf, then tolerance."""
+    import torch
+
     res = TrialResult(trial=trial, seed=seed, ok=False)
     if len(candidate) != len(reference):
         res.reason, res.message = "check:output_count", (
@@ -116,6 +122,8 @@ def reference_problem(trials: list[list[Any]]) -> str | None:
 
     `trials`: each trial's outputs. The NaN checks of all of them are read back at once.
     """
+    import torch
+
     flags, where = [], []
     for t, outputs in enumerate(trials):
         for i, ref in enumerate(outputs):

@@ -33,6 +33,10 @@ _DTYPE_NAMES = (
     "complex64", "complex128",
 )
 
+# Bytes per element of each dtype, so that relaying raw tensors (the parent's job) needs no torch.
+ITEMSIZES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
+             "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16}
+
 
 class CodecError(ValueError):
     """A message that cannot be encoded or is malformed."""
@@ -180,26 +184,26 @@ def decode(blob: bytes, raw_tensors: bool = False, spill: str | None = None, tru
 
     def tensor(node: dict) -> Any:
         nonlocal dtypes
-        import torch
-
-        dtypes = dtypes or _dtypes()
         try:
             idx, name, shape = int(node["__tensor__"]), node["dtype"], [int(s) for s in node["shape"]]
             start, n = (int(v) for v in bufs[idx])
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise CodecError(f"bad tensor node: {exc}") from None
-        if name not in dtypes or any(s < 0 for s in shape) or start < 0 or start + n > len(data):
+        if name not in ITEMSIZES or any(s < 0 for s in shape) or start < 0 or start + n > len(data):
             raise CodecError("bad tensor node")
-        dtype = dtypes[name]
         numel = 1
         for s in shape:
             numel *= s
-        if numel * dtype.itemsize != n:
+        if numel * ITEMSIZES[name] != n:
             raise CodecError("tensor buffer size does not match its shape")
         if raw_tensors:
             if isinstance(data, _SpillFile):
                 return RawTensor(name, shape, None, file=data.path, offset=start, size=n)
             return RawTensor(name, shape, data[start:start + n])
+        import torch
+
+        dtypes = dtypes or _dtypes()
+        dtype = dtypes[name]
         if n == 0:
             return torch.empty(shape, dtype=dtype)
         raw = data.read(start, n) if isinstance(data, _SpillFile) else bytearray(data[start:start + n])

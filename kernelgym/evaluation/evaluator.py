@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -105,7 +106,21 @@ def host_task_bytes(fp: dict[str, Any], n_ref: int) -> int:
     return 3 * fp["weight_bytes"] + n_ref * (fp["input_bytes"] + fp["output_bytes"])
 
 
+def _no_nvidia_device() -> bool:
+    """True when this Linux machine surely has no GPU torch could use (no NVIDIA or ROCm device
+    node), so `cuda_available` can answer without loading torch (seconds on a small CPU)."""
+    import glob
+    import sys
+
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")
+                or glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
 def cuda_available() -> bool:
+    if _no_nvidia_device():
+        return False
     try:
         import torch
 
@@ -284,6 +299,7 @@ class Evaluator:
         self.stats.update({"memory_waited": 0, "memory_alone": 0, "footprint_estimated": 0,
                            "footprint_unknown": 0})
         self.closed = False
+        self._running: weakref.WeakSet[_Run] = weakref.WeakSet()   # for `in_flight`
         _LIVE.add(self)
 
     def spill_path(self) -> str | None:
@@ -511,6 +527,23 @@ class Evaluator:
         if spill:
             shutil.rmtree(spill, ignore_errors=True)
 
+    def abort(self) -> None:
+        """Kill every worker at once (no polite exit request, no waiting for a busy worker), then
+        close: for an interrupted caller (Ctrl-C). Evaluations in flight end with a failure verdict."""
+        with self._lock:
+            pools = list(self._pools.values())
+        for p in pools:
+            for pid in p.pids():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        self.close()
+
+    def in_flight(self) -> list[tuple[str, float]]:
+        """(phase, seconds since it began) of each evaluation running now, oldest first: what a
+        caller shows while it waits (phase names as in ``verdict.timings['phases_s']``)."""
+        now = time.monotonic()
+        return [(r.phase_now[0], now - r.phase_now[1]) for r in sorted(list(self._running), key=lambda r: r.t0)]
+
     def __enter__(self) -> Evaluator:  # noqa: PYI034 - subclasses are not a use case
         return self
 
@@ -544,6 +577,7 @@ class Evaluator:
             r = _Run(self, backend, mode, seed, trials, float(timeout or self.timeout))
             if skip_static_guards is not None:
                 r.skip_static = skip_static_guards
+            self._running.add(r)
             return r
 
         run = new_run()
@@ -556,6 +590,10 @@ class Evaluator:
             self.stats["rejudged_alone"] += 1
             v.notes.append("judged again alone: the first run ran out of GPU memory beside other evaluations "
                            f"({first.error[:200]})")
+        if v.status != "ok" and not v.reasons:
+            # Every failure carries a machine-readable reason; a path that named none still says
+            # which status it is, so counting reasons never misses a verdict.
+            v.reasons.append(f"{v.status}:unclassified")
         v.duration_s = round(time.perf_counter() - t0, 4)
         phases = {k: round(x, 4) for k, x in run.phases.items()}
         phases["total"] = v.duration_s
@@ -574,6 +612,8 @@ class Evaluator:
             v.reasons.append("internal:error")
             v.notes.append(traceback.format_exc(limit=5)[-1500:])
             return v
+        finally:
+            self._running.discard(run)
 
     def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
                        cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
@@ -649,6 +689,8 @@ def _oom_beside_others(v: Verdict) -> bool:
     text = v.error or ""
     if "out of memory" not in text.lower() and "cudaErrorMemoryAllocation" not in text:
         return False
+    if "DefaultCPUAllocator" in text:   # host memory: no other evaluation's GPU footprint is the cause
+        return False
     tried, total = _TRIED.search(text), _TOTAL.search(text)
     if tried and total:
         return float(tried[1]) * _UNITS[tried[2]] < 0.25 * float(total[1]) * _UNITS[total[2]]
@@ -680,6 +722,8 @@ class _Run:
         self.skip_static = ev.skip_static_guards
         self.phases: dict[str, float] = {}
         self.phase_lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.phase_now: tuple[str, float] = ("format", self.t0)   # shown by `Evaluator.in_flight`
         self.aliases_input = False
         # The reference outputs of this evaluation live in one reference worker's store under `key`.
         self.ref_src = ""
@@ -705,10 +749,12 @@ class _Run:
     def _ph(self, name: str) -> Iterator[None]:
         """Add the wall time of the block to phase `name` (reported in timings['phases_s'])."""
         t = time.perf_counter()
+        before, self.phase_now = self.phase_now, (name, time.monotonic())
         try:
             yield
         finally:
             self._add(name, time.perf_counter() - t)
+            self.phase_now = before
 
     def _add(self, name: str, seconds: float) -> None:
         if seconds:
@@ -725,6 +771,7 @@ class _Run:
         if raw:
             msg = {**msg, **self._spill(w)}
         t = time.perf_counter()
+        self.phase_now = (phase, time.monotonic())
         try:
             return w.request(msg, timeout, gpu=gpu, raw_tensors=raw, spill=msg.get("spill"),
                              memory_limit=self._host_limit(w))
@@ -1103,6 +1150,7 @@ class _Run:
                 reasons += more
         elif status == "internal_error":
             status, error = "runtime_error", f"candidate result could not be returned: {error}"
+            reasons.append("internal:candidate_result")
         if ended is None:
             ended = self._end(w)
         findings += ended.get("findings", [])

@@ -11,7 +11,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from kernelgym.pyast import parse
+from kernelgym.pyast import parse, syntax_problem
 
 MAX_CANDIDATE_BYTES = 1_000_000
 
@@ -56,7 +56,7 @@ def check_format(code: str) -> None:
     try:
         tree = parse(code, filename="<candidate>")
     except SyntaxError as exc:
-        raise FormatError(f"not valid Python: syntax error at line {exc.lineno}: {exc.msg}") from None
+        raise FormatError(f"not valid Python: {syntax_problem(exc, code)}") from None
     except (ValueError, MemoryError, RecursionError) as exc:
         raise FormatError(f"not valid Python: {type(exc).__name__}: {exc}") from None
     for node in tree.body:

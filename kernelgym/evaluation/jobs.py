@@ -60,10 +60,20 @@ def describe(exc: BaseException, filename: str | None = None) -> str:
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE] + " ..."
     if filename:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
-        if frames:
-            f = frames[-1]
-            text += f" (candidate line {f.lineno}: {(f.line or '').strip()[:200]})"
+        # The innermost candidate line of each exception in the chain: an error inside a kernel
+        # run by Triton's interpreter is re-raised at the launch (InterpreterError from the
+        # original), so the kernel's own line is in the cause, the launch line in the outer one.
+        lines: list[tuple[int, str]] = []
+        for e in reversed(exception_chain(exc)):
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
+            if frames and (frames[-1].lineno, frames[-1].line) not in lines:
+                lines.append((frames[-1].lineno or 0, frames[-1].line or ""))
+        if lines:
+            n, line = lines[0]
+            text += f" (candidate line {n}: {line.strip()[:200]}"
+            if len(lines) > 1:
+                text += f"; called from line {lines[-1][0]}: {lines[-1][1].strip()[:200]}"
+            text += ")"
     return text
 
 
@@ -80,6 +90,11 @@ def is_compile_error(exc: BaseException) -> bool:
     """A Triton compilation failure (syntax/type error in a kernel, ptxas failure, resources)."""
     names = {"CompilationError", "PTXASError", "OutOfResources", "UnsupportedLanguageConstruct"}
     return any(c.__name__ in names for e in exception_chain(exc) for c in type(e).__mro__)
+
+
+def host_allocation_refused(exc: BaseException) -> bool:
+    """torch's host allocator refused a request (nothing was allocated: the process is fine)."""
+    return any("DefaultCPUAllocator: can't allocate memory" in str(e) for e in exception_chain(exc))
 
 
 def crash_kind(exc: BaseException) -> str | None:

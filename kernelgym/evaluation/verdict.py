@@ -1,4 +1,4 @@
-"""The verdict: everything the evaluator concluded about one candidate (DESIGN.md contract)."""
+"""The verdict: everything the evaluator concluded about one candidate."""
 
 from __future__ import annotations
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from kernelgym.ops import CATALOG, ops_in
+from kernelgym.ops import CATALOG, CATEGORIES, ops_in
 
 
 def main_ops(args: argparse.Namespace) -> int:
+    if args.category and args.category not in CATEGORIES:
+        print(f"kernelgym ops: unknown --category {args.category!r}; categories are {', '.join(CATEGORIES)}",
+              file=sys.stderr)
+        return 2
     ops = ops_in(args.category) if args.category else list(CATALOG.values())
     if args.json:
         print(json.dumps([op.describe() for op in ops]))

@@ -103,6 +103,7 @@ def make_task(graph: Graph, source: str, difficulty: int, seed: int, sizes: str,
         "input_shapes": [list(x.shape) for x in graph.inputs],
         "output_shapes": [list(graph.nodes[o].shape) for o in graph.outputs],
         "origin": "sampler",
+        "dag": graph.expression(),
     }
     task_id = f"d{difficulty}_{sizes}_s{seed}"
     return Task(id=task_id, source=source, name=title(graph.ops), difficulty=difficulty, ops=graph.ops,

@@ -49,7 +49,8 @@ def main_sample(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         task.write(out)
-        row = {"id": task.id, "name": task.name, "difficulty": task.difficulty, "ops": list(task.ops),
+        row = {"id": task.id, "name": task.name, "dag": task.meta.get("dag"),
+               "difficulty": task.difficulty, "ops": list(task.ops),
                "seed": task.seed, "sizes": sampler.sizes, "dtype": sampler.dtype, "flops": task.meta["flops"],
                "bytes": task.meta["bytes"], "file": f"{task.id}.py"}
         if pairs is not None:

@@ -64,7 +64,7 @@ def emit_source(graph: Graph, *, difficulty: int, seed: int, dtype: str = "float
         body.append(f"v{i} = {spec.call(args, p)}  # {node.op} -> {tuple(node.shape)}")
     outs = ", ".join(f"v{o}" for o in graph.outputs)
     params = ", ".join(f"x{k}" for k in range(len(graph.inputs)))
-    chain = " -> ".join(graph.ops)
+    chain = graph.expression()   # the DAG (branches shown), not a chain of the ops in node order
     lines = [
         f'"""{title(graph.ops)}: {chain}.',
         "",

@@ -63,6 +63,29 @@ class Graph:
         moved = sum(_numel(x.shape) for x in self.inputs) + sum(_numel(self.nodes[o].shape) for o in self.outputs)
         return {"flops": int(flops), "bytes": int((moved + weights) * itemsize)}
 
+    def expression(self) -> str:
+        """The program as nested calls, e.g. ``cos(var(x0)), conv2d(x1)``: which op reads which, so
+        a name never suggests a chain where the DAG has branches. A node read more than once is
+        bound first (``v0 = relu(x0); add(sin(v0), cos(v0))``); outputs are separated by commas."""
+        uses = [0] * len(self.nodes)
+        for producer, _ in self.edges():
+            uses[producer] += 1
+        for o in self.outputs:
+            uses[o] += 1
+        bound = {i for i, n in enumerate(uses) if n > 1}
+
+        def ref(arg: tuple[str, int]) -> str:
+            kind, k = arg
+            if kind == "input":
+                return f"x{k}"
+            return f"v{k}" if k in bound else call(k)
+
+        def call(i: int) -> str:
+            return f"{self.nodes[i].op}({', '.join(ref(a) for a in self.nodes[i].args)})"
+
+        outs = ", ".join(f"v{o}" if o in bound else call(o) for o in self.outputs)
+        return "; ".join([*(f"v{i} = {call(i)}" for i in sorted(bound)), outs])
+
     def to_dict(self) -> dict[str, Any]:
         # Written out rather than dataclasses.asdict: this runs once per sampled task and asdict's
         # recursive deep copy was a tenth of the sampler's time.

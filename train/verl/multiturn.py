@@ -4,8 +4,9 @@
   `submit(reply)` judges it and returns the environment's feedback, reward and verdict.
 - `KernelGymInteraction`: a verl *interaction* (verl's ``BaseInteraction`` methods; a subclass of
   it when verl is importable) for verl's tool agent loop: each assistant turn is judged and the
-  feedback becomes the next user turn. Configure with
-  ``actor_rollout_ref.rollout.multi_turn.interaction_config_path=train/configs/interaction.yaml``
+  feedback becomes the next user turn. verl before 0.9 only (0.9 removed ``verl.interactions`` and
+  the ``interaction_config_path`` key; use the ``kernelgym_multiturn`` agent loop there): configure
+  with ``actor_rollout_ref.rollout.multi_turn.interaction_config_path=train/configs/interaction.yaml``
   and build the data with ``--multi-turn`` (rows carry ``extra_info.interaction_kwargs``).
 - `refine`: the token-level turn loop of a verl *agent loop* (prompt ids, generated ids with
   mask 1, feedback ids with mask 0), written against injected `generate` / `encode` callables;

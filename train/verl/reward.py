@@ -1,18 +1,20 @@
 """verl reward functions backed by the KernelGym evaluator (no verl import: plain functions).
 
-verl's reward managers call, per sample (naive manager, reward loop)::
+verl's reward managers call, per sample (verl >= 0.9: always, from its reward loop's workers,
+``reward.num_workers`` of them; older verl: the naive manager)::
 
     compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
 
-and, in the batch manager, ``compute_score_batch(data_sources, solution_strs, ground_truths,
-extra_infos, **reward_kwargs)``. Both return, per completion, a dict with ``score`` (the scalar
+and, in the batch manager of verl before 0.9, ``compute_score_batch(data_sources, solution_strs,
+ground_truths, extra_infos, **reward_kwargs)`` (verl 0.9 has no batch manager in its reward loop). Both return, per completion, a dict with ``score`` (the scalar
 reward) and every reward component (verl logs each key; every dict has the same keys):
 ``format, compiled, correct, speedup, speedup_vs_compile, hack`` from the verdict, the reward's
 parts as ``reward/<part>``, ``speed_valid`` and ``difficulty``.
 
 Point verl (>= 0.9) at them with ``reward.custom_reward_function.path=<this file>``,
-``reward.custom_reward_function.name=compute_score`` (or ``compute_score_batch`` with
-``reward.reward_manager.name=batch``); ``reward.custom_reward_function.reward_kwargs`` sets the options:
+``reward.custom_reward_function.name=compute_score`` (verl < 0.9 only: ``compute_score_batch`` with
+``reward_model.reward_manager=batch reward_model.use_reward_loop=false``);
+``reward.custom_reward_function.reward_kwargs`` sets the options:
 backend, mode, reward (+ reward_params), cluster, timeout, trials, workers.
 
 The default reward is the decoupled one with ``speed_min = -0.5`` (kernels more than 1.41x slower
