@@ -235,7 +235,7 @@ def rss_mb() -> float:
 
 def shm_dirs() -> list[str]:
     """This process's output folders on /dev/shm (the evaluator's and its workers')."""
-    from kernelgym.evaluation.evaluator import SPILL_PREFIX
+    from kernelgym.evaluation.sandbox import SPILL_PREFIX
 
     try:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"{SPILL_PREFIX}{os.getpid()}-"))

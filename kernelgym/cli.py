@@ -7,28 +7,9 @@ import sys
 from collections.abc import Sequence
 
 
-def _difficulty_list(text: str) -> list[int]:
-    """'3' -> [3]; '1-3' -> [1, 2, 3]; '1,4' -> [1, 4]."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a difficulty or range: {text!r} (try 3, 1-3 or 1,4)") from None
-    for part in text.split(","):
-        if "-" in part and int(part.split("-", 1)[0]) > int(part.split("-", 1)[1]):
-            raise argparse.ArgumentTypeError(f"empty range {part!r}: write it low-high, e.g. "
-                                             f"{part.split('-', 1)[1]}-{part.split('-', 1)[0]}")
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"difficulties must be >= 1: {text!r}")
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from kernelgym.runner import add_run_arguments, difficulty_list
+
     parser = argparse.ArgumentParser(prog="kernelgym", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -37,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", help="only ops of this category")
 
     p = sub.add_parser("sample", help="sample KernelBench-format tasks")
-    p.add_argument("--difficulty", "-d", type=_difficulty_list, default=[3],
+    p.add_argument("--difficulty", "-d", type=difficulty_list, default=[3],
                    help="difficulty (number of ops), a range like 1-3 or a list like 1,4 (default 3)")
     p.add_argument("-n", "--per-difficulty", dest="n", type=int, default=10,
                    help="number of tasks per difficulty (default 10); `run -n` counts in total")
@@ -67,8 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="last stdout line is the verdict as JSON")
 
     p = sub.add_parser("run", help="run a policy against tasks and write a report (the main job)")
-    from kernelgym.runner import add_run_arguments
-
     add_run_arguments(p)
 
     p = sub.add_parser("bench", help="run a benchmark (prints a table, writes JSON)")

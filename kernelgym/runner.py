@@ -424,9 +424,29 @@ def prepare_out(out: str | None, force: bool) -> Path:
 
 
 # -- CLI -----------------------------------------------------------------------------------------
+def difficulty_list(text: str) -> list[int]:
+    """argparse type of `--difficulty`: '3' -> [3]; '1-3' -> [1, 2, 3]; '1,4' -> [1, 4]."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a difficulty or range: {text!r} (try 3, 1-3 or 1,4)") from None
+    for part in text.split(","):
+        if "-" in part and int(part.split("-", 1)[0]) > int(part.split("-", 1)[1]):
+            raise argparse.ArgumentTypeError(f"empty range {part!r}: write it low-high, e.g. "
+                                             f"{part.split('-', 1)[1]}-{part.split('-', 1)[0]}")
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"difficulties must be >= 1: {text!r}")
+    return out
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The `kernelgym run` options (DESIGN.md contract plus budget, LLM and pool settings)."""
-    from kernelgym.cli import _difficulty_list
 
     p.add_argument("--policy", default="search",
                    help="compiler | search | llm | an entry point of group kernelgym.policies | module:attr "
@@ -434,7 +454,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default="compiler",
                    help="base policy of a policy that wraps one (search); same forms as --policy (default compiler)")
     p.add_argument("--suite", default="synthetic", help="'synthetic' or a KernelBench-format directory")
-    p.add_argument("--difficulty", "-d", type=_difficulty_list, default=None,
+    p.add_argument("--difficulty", "-d", type=difficulty_list, default=None,
                    help="difficulties, e.g. 3, 1-3 or 1,4 (default 1-3 for synthetic; all for a suite)")
     p.add_argument("-n", "--total", dest="n", type=int, default=None,
                    help=f"number of tasks in total (default {DEFAULT_N} for synthetic, spread over the difficulties; "

@@ -146,7 +146,8 @@ def test_each_candidate_gets_a_fresh_triton_cache(tmp_path, monkeypatch):
 
 
 def test_output_dir_is_private_and_cleared_when_its_owner_is_gone(tmp_path):
-    from kernelgym.evaluation.evaluator import SPILL_PREFIX, remove_stale_spill_dirs
+    from kernelgym.evaluation.evaluator import remove_stale_spill_dirs
+    from kernelgym.evaluation.sandbox import SPILL_PREFIX
 
     d = sandbox.make_output_dir(str(tmp_path))
     assert os.path.basename(d).startswith(f"{SPILL_PREFIX}{os.getpid()}-w")

@@ -55,6 +55,7 @@ from kernelgym.evaluation.pool import (
     tree_cpu_seconds,
 )
 from kernelgym.evaluation.reference import trial_seed
+from kernelgym.evaluation.sandbox import SPILL_PREFIX
 from kernelgym.evaluation.tolerances import tolerance_for
 from kernelgym.evaluation.verdict import Verdict
 from kernelgym.evaluation.worker import SYNC_ENV, SYNC_SCHEDULES
@@ -647,7 +648,6 @@ _TRIED = re.compile(r"Tried to allocate ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 _TOTAL = re.compile(r"total capacity of ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 
 
-SPILL_PREFIX = "kernelgym-outputs-"
 
 
 def remove_stale_spill_dirs(base: str) -> list[str]:

@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODES = ("auto", "require", "off")
+# Output folders on /dev/shm start so (`Evaluator.spill_path`; a worker's own is "<prefix><pid>-w..."):
+# here, below the evaluator, because workers make and may write only such folders.
+SPILL_PREFIX = "kernelgym-outputs-"
 MODE_ENV = "KERNELGYM_OS_SANDBOX"        # the evaluator's mode, passed to its workers
 OUTPUT_ENV = "KERNELGYM_OUTPUT_DIR"      # the one folder a candidate worker may write outputs to
 # Landlock ABI below which confinement is not worth the name: 4 adds TCP, 6 signal scoping.
@@ -308,7 +311,6 @@ def make_output_dir(base: str | None = None) -> str | None:
     of the evaluator clears it if this process dies without cleaning up (None if none can be made)."""
     import tempfile
 
-    from kernelgym.evaluation.evaluator import SPILL_PREFIX
 
     if base is None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()

@@ -1632,6 +1632,3 @@ for _sp in (1, 2, 3):
     _MODULES[f"AvgPool{_sp}d"] = _m_pool(f"avg_pool{_sp}d")
     _MODULES[f"AdaptiveAvgPool{_sp}d"] = _m_adaptive(_sp)
 
-
-# Handlers of the reduction / scan / loss family (registered into the tables above).
-from policies.compiler import trace_reduce as _trace_reduce  # noqa: E402,F401
