@@ -73,8 +73,9 @@ PROBLEMS = {
                                  "        self.c_attn = nn.Linear(16, 48)\n"
                                  "        self.register_buffer('bias', torch.tril(torch.ones(12, 12)).view(1, 12, 12))"),
                          None),  # masked_fill with a comparison to a buffer: refused (see below)
-    "reverse_cumsum": (problem("x", "return torch.cumsum(x.flip(1), dim=1).flip(1)", "torch.rand(4, 30)"),
-                       ("flip", "cumsum", "flip")),
+    # (flip -> cumsum -> flip, KernelBench's reversed scan, traces to one reversed cumsum node)
+    "flip_then_cumsum": (problem("x", "return torch.cumsum(x.flip(1), dim=1) * 2.0", "torch.rand(4, 30)"),
+                         ("flip", "cumsum", "mul_scalar")),
     "views_and_copies": (problem("x, y",
                                  "a = x.clone().detach().narrow(1, 1, 5).unsqueeze(0).squeeze()\n"
                                  "        b = torch.select(y, 0, 1)[None, :, 2:7].expand(3, 4, 5)\n"
@@ -112,8 +113,8 @@ def test_problems_compile_to_triton_only_and_are_ok(evaluator):
     # scale prologue and epilogue (the scores never reach memory)
     for n in ("triu_matmul", "diag_matmul", "sdpa", "sdpa_causal_scaled", "einsum_4d_matrix", "matmul_4d_broadcast"):
         assert len(kernel_defs(by_name[n])) == 1, (n, kernel_defs(by_name[n]))
-    # the first flip is the scan's prologue; the second, not elementwise, cannot be its epilogue
-    assert kernel_defs(by_name["reverse_cumsum"]) == ["k0_flip_cumsum", "k1_flip"]
+    # the flip is the scan's prologue, the scale its epilogue
+    assert kernel_defs(by_name["flip_then_cumsum"]) == ["k0_flip_cumsum_mul_scalar"]
     assert "tl.dot(" in by_name["sdpa"] and "tl.exp(" in by_name["sdpa"]
     verdicts = judge(evaluator, list(zip(tasks, srcs)), seed=7)
     assert failures(names, verdicts) == {}
