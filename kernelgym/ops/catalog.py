@@ -813,6 +813,22 @@ register(OpSpec(
 ))
 
 
+def _reshape_shape(a, o, p, c):
+    # The sampler's form of a general reshape: the last dim split into (size / factor, factor).
+    # Traced reshapes take any target shape (the node's shape; `call` reads p["_out"]).
+    x, f = a[0], p["factor"]
+    return [x.rank <= MAX_RANK - 1, o.rank == x.rank + 1, o.dims[0] == f, o.dims[1] * f == x.dims[0],
+            o.dims[1] >= 2, *[o.dims[m] == x.dims[m - 1] for m in range(2, MAX_RANK)]]
+
+
+register(OpSpec(
+    name="reshape", category="shape", arity=1,
+    call=lambda a, p: f"{a[0]}.reshape({', '.join(map(str, p['_out']))})",
+    shape=_reshape_shape, flops=lambda ins, o, p: 0, params=(Param("factor", (2, 4)),), out_range="first",
+    doc="x.reshape(*shape): same elements, row-major order, a new shape (drawn: the last dim split in two)",
+))
+
+
 def _cat_shape(a, o, p, c):
     x, y = a
     k = p["dim"] - 1

@@ -39,7 +39,7 @@ from kernelgym.sampler.profiles import DifficultyProfile, SizeProfile
 
 MAX_ARITY = max(op.arity for op in CATALOG.values())
 # Ops that may return a view of their argument (a view of an input would be an aliased output).
-VIEW_OPS = frozenset({"flatten", "merge_last", "unsqueeze", "squeeze", "narrow", "select", "expand"})
+VIEW_OPS = frozenset({"flatten", "merge_last", "unsqueeze", "squeeze", "narrow", "select", "expand", "reshape"})
 REDUCTION_CATEGORIES = frozenset({"reduction", "softmax", "norm", "cumulative", "loss"})
 MATMUL_CATEGORIES = frozenset({"matmul", "conv"})
 UNUSED, FRESH = -2, -1

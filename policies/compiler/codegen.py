@@ -221,7 +221,7 @@ BINARY = {
 }
 DEFAULT_PARAMS = {"elu": {"alpha": 1.0}}
 # Views and copies lowered as a coordinate map into their argument (`KernelWriter._view_copy_coords`).
-VIEW_COPY_OPS = frozenset({"unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat"})
+VIEW_COPY_OPS = frozenset({"unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat", "reshape"})
 
 # @triton.jit helpers the formulas may call, emitted once per module when used.
 HELPERS = {
@@ -625,6 +625,8 @@ class KernelWriter:
             if start:
                 dims[axis] = Expr(f"{paren(c.dims[axis])} + {start}", c.dims[axis].axes)
             return Coords(src, dims, key)
+        if op == "reshape":
+            return self._reshape_coords(src, c, key)
         if op == "expand":  # broadcasting: size-1 (and new leading) dims read index 0
             return broadcast(c, src)
         if op == "repeat":  # tiles: coordinate modulo the argument's size (new leading dims dropped)
@@ -636,6 +638,41 @@ class KernelWriter:
                             Expr(f"{paren(d)} % {size}", d.axes))
             return Coords(src, dims, key)
         raise AssertionError(op)
+
+    @staticmethod
+    def _reshape_coords(src: tuple[int, ...], c: Coords, key: Hashable) -> Coords:
+        """Coordinates in `src` of the same row-major element as `c` in a reshape of it. Leading and
+        trailing dims the two shapes share carry over; only the dims between them go through their
+        row-major flat index (output coordinates -> flat -> input coordinates)."""
+        out = tuple(c.shape)
+        if math.prod(src) != math.prod(out):
+            raise CompileError(f"reshape {src} -> {out} changes the number of elements")
+        lead = 0
+        while lead < min(len(src), len(out)) and src[lead] == out[lead]:
+            lead += 1
+        tail = 0
+        while tail < min(len(src), len(out)) - lead and src[-1 - tail] == out[-1 - tail]:
+            tail += 1
+        mid_out, mid_src = out[lead:len(out) - tail], src[lead:len(src) - tail]
+        terms, axes = [], frozenset()
+        for d, st, size in zip(c.dims[lead:len(out) - tail], strides(mid_out), mid_out):
+            if size == 1 or d.is_zero:
+                continue
+            terms.append(f"{paren(d)} * {st}" if st > 1 else str(d))
+            axes |= d.axes
+        flat = Expr(" + ".join(terms) if terms else "0", axes)
+        dims = list(c.dims[:lead])
+        for k, (st, size) in enumerate(zip(strides(mid_src), mid_src)):
+            if size == 1 or flat.is_zero:
+                dims.append(ZERO)
+            elif k == 0:  # the leading dim needs no modulo (the flat index is in range)
+                dims.append(Expr(f"{paren(flat)} // {st}" if st > 1 else str(flat), axes))
+            elif st == 1:
+                dims.append(Expr(f"{paren(flat)} % {size}", axes))
+            else:
+                dims.append(Expr(f"{paren(flat)} // {st} % {size}", axes))
+        dims += list(c.dims[len(out) - tail:])
+        return Coords(src, dims, key, c.flat, c.flat_axes)
 
     def _concat(self, j: int, c: Coords, mask: str) -> str:
         node = self.prog.graph.nodes[j]

@@ -31,7 +31,7 @@ _CONVT_KEYS = _CONV_KEYS | {"output_padding"}
 MATMUL_FNS = {"linear": "F.linear", "matmul": "torch.matmul", "bmm": "torch.bmm", "addmm": "torch.addmm"}
 # ops that only move or relabel data: a graph whose Triton part is only these would leave every
 # compute op of the reference in torch (the evaluator's reference_ops_in_torch)
-_VIEW_OPS = frozenset({"transpose", "permute", "flatten", "merge_last"})
+_VIEW_OPS = frozenset({"transpose", "permute", "flatten", "merge_last", "reshape"})
 
 
 def vendor_call(prog: Program, j: int) -> str | None:

@@ -40,7 +40,7 @@ POOLS = frozenset({f"{kind}_pool{n}d" for kind in ("max", "avg") for n in (1, 2,
 GLOBAL_POOLS = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3}  # op -> spatial dims
 INDEXING = frozenset({"transpose", "permute", "flatten", "merge_last", "concat", "gather", "embedding"}) | POOLS | frozenset({
     # views and copies: each output element is one input element at derived coordinates
-    "unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat"})
+    "unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat", "reshape"})
 # Compiler-internal pointwise ops (no catalog entry), made by `composite.expand`: x[..., idx[...]].
 INDEXING |= frozenset({"pick_last"})
 POINTWISE = ELEMENTWISE | INDEXING

@@ -1043,8 +1043,10 @@ def _h_reshape(m: _Mapper, n: Any) -> Any:
     if src == dst:
         return m.ref(x)
     rng = _merge_range(src, dst)
-    if rng is None:
-        raise _Unsupported(f"reshape {src} -> {dst} (only merging adjacent dims maps to a catalog op)")
+    if rng is None:  # a split, unit dims, or any regrouping: the general row-major reshape
+        if math.prod(src) != math.prod(dst):
+            raise _Unsupported(f"reshape {src} -> {dst} changes the number of elements")
+        return m.add("reshape", {"shape": tuple(dst)}, [x], dst)
     return m.add("flatten", {"start": rng[0], "end": rng[1]}, [x], dst)
 
 
