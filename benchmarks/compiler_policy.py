@@ -90,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from kernelgym.cli import _difficulty_list
     from kernelgym.evaluation import Evaluator
     from kernelgym.ops import CATALOG
+    from kernelgym.runner import difficulty_list
     from kernelgym.sampler import TaskSampler
     from policies.compiler import TORCH_FALLBACK, CompilerPolicy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--difficulties", "-d", type=_difficulty_list, default=[1, 2, 3])
+    ap.add_argument("--difficulties", "-d", type=difficulty_list, default=[1, 2, 3])
     ap.add_argument("--n", "-n", type=int, default=100, help="tasks per difficulty (default 100)")
     ap.add_argument("--seed", type=int, default=0, help="first task seed and the evaluation seed")
     ap.add_argument("--sizes", choices=["tiny", "bench"], default="tiny")

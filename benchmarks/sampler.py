@@ -19,7 +19,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from kernelgym.cli import _difficulty_list
+from kernelgym.runner import difficulty_list
 from kernelgym.sampler import Graph, TaskSampler
 from kernelgym.sampler.stats import adjacent_families, chi_square_uniform, family_pairs, op_counts
 
@@ -40,7 +40,7 @@ def _rate(sampler: TaskSampler, d: int, n: int, workers: int) -> tuple[float, li
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--difficulties", type=_difficulty_list, default=[1, 2, 3, 4, 5])
+    ap.add_argument("--difficulties", type=difficulty_list, default=[1, 2, 3, 4, 5])
     ap.add_argument("--n", type=int, default=200, help="tasks per difficulty for the rate")
     ap.add_argument("--uniformity-n", type=int, default=5000)
     ap.add_argument("--uniformity-difficulty", type=int, default=3)

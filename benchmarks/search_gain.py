@@ -116,12 +116,11 @@ def _fmt(x: Any, pct: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kernelgym.cli import _difficulty_list
     from kernelgym.evaluation import Evaluator, resolve_backend
-    from kernelgym.runner import build_policy, load_tasks
+    from kernelgym.runner import build_policy, difficulty_list, load_tasks
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--difficulty", "-d", type=_difficulty_list, default=[1, 2, 3])
+    ap.add_argument("--difficulty", "-d", type=difficulty_list, default=[1, 2, 3])
     ap.add_argument("-n", type=int, default=10, help="tasks per difficulty (default 10)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sizes", choices=["tiny", "bench"], default=None, help="default: bench on GPU, else tiny")

@@ -280,6 +280,9 @@ def soak(n: int = 1000, *, backend: str = "interpret", workers: int = 2, seed: i
     checkpoints: list[dict[str, Any]] = []
     lock = threading.Lock()
     t_start = time.perf_counter()
+    # Other evaluators of this process (a test session's) have output folders of their own: only
+    # what this run's evaluator makes is its to account for and to remove.
+    shm_before = set(shm_dirs())
     ev = Evaluator(workers=workers, reference_workers=max(1, workers // 2), ptx_workers=1,
                    memory_limit_mb=memory_limit_mb, timeout=timeout, os_sandbox=os_sandbox)
     try:
@@ -306,7 +309,7 @@ def soak(n: int = 1000, *, backend: str = "interpret", workers: int = 2, seed: i
             done += len(chunk)
             cp = {"done": done, "seconds": round(time.perf_counter() - t0, 1), "rss_mb": round(rss_mb(), 1),
                   "orphans": orphans(ev, marker), "started": ev.workers_started(),
-                  "shm_dirs": len(shm_dirs())}
+                  "shm_dirs": len(set(shm_dirs()) - shm_before)}
             checkpoints.append(cp)
             if cp["orphans"]:
                 failures.append(f"orphan processes at {done}: {cp['orphans']}")
@@ -334,12 +337,13 @@ def soak(n: int = 1000, *, backend: str = "interpret", workers: int = 2, seed: i
     if left:
         failures.append(f"processes left after close(): {left}")
     # torch's own persistent compile cache (torchinductor_<user>) is not the evaluator's to remove.
+    ours = sorted(set(shm_dirs()) - shm_before)
     leaked = sorted(x for x in os.listdir(tmp_root) if not x.startswith("torchinductor_")) + \
-        [f"/dev/shm/{d}" for d in shm_dirs()]
+        [f"/dev/shm/{d}" for d in ours]
     if leaked:
         failures.append(f"files left after close(): {leaked[:20]}")
     shutil.rmtree(tmp_root, ignore_errors=True)
-    for d in shm_dirs():
+    for d in ours:
         shutil.rmtree(os.path.join("/dev/shm", d), ignore_errors=True)
 
     # Verdicts: closed set, expectations, repeats.

@@ -267,12 +267,14 @@ def _restrict(rep: Report, scratch: str, writable: Sequence[str], gpu_tools: boo
     rep.scoped = [f.name for f in Scope if f and f in scoped and f.name]
 
 
-def from_env(role: str, scratch: str, *, gpu_tools: bool = False, gpu_devices: bool = False) -> Report:
+def from_env(role: str, scratch: str, *, gpu_tools: bool = False, gpu_devices: bool = False,
+             writable: Sequence[str] = ()) -> Report:
     """`confine` with the mode (``KERNELGYM_OS_SANDBOX``, default "auto") and output folder
-    (``KERNELGYM_OUTPUT_DIR``) the parent put in this process's environment."""
+    (``KERNELGYM_OUTPUT_DIR``) the parent put in this process's environment, plus `writable`."""
     mode = os.environ.get(MODE_ENV, "auto")
     out = os.environ.get(OUTPUT_ENV)
-    return confine(role, scratch, [out] if out else [], mode=mode, gpu_tools=gpu_tools, gpu_devices=gpu_devices)
+    return confine(role, scratch, [*([out] if out else []), *writable], mode=mode, gpu_tools=gpu_tools,
+                   gpu_devices=gpu_devices)
 
 
 # ----------------------------------------------------------------------------- verdicts

@@ -82,7 +82,11 @@ def _confine(role: str, tmpdir: str) -> str:
     from kernelgym.evaluation import sandbox
 
     gpu = role == "candidate" and os.environ.get("TRITON_INTERPRET") != "1"
-    rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role == "ptx", gpu_devices=gpu)
+    # A benchmark that profiles the workers (PROFILE_ENV, set by whoever runs the evaluator, never by
+    # a candidate) needs its folder writable to dump the profile at exit.
+    profile = os.environ.get(PROFILE_ENV)
+    rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role == "ptx", gpu_devices=gpu,
+                           writable=[profile] if profile else [])
     if not rep.active and os.environ.get(sandbox.MODE_ENV, "auto") != "off":
         print(f"kernelgym: {role} worker runs without an OS sandbox: {rep.why}", file=sys.stderr)
     return rep.label
