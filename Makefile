@@ -26,7 +26,7 @@ setup: $(VENV)/.installed
 run: $(VENV)/.core
 	$(PY) -m kernelgym run
 
-# The whole suite (about 14 minutes on 2 cores): skip reasons and the slowest tests are listed.
+# The whole suite (about 11 minutes on 2 cores): skip reasons and the slowest tests are listed.
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -rs --durations=15
 
