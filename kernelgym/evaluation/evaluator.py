@@ -44,6 +44,7 @@ from kernelgym.evaluation.guards.static import check_source as static_check
 from kernelgym.evaluation.pool import (
     GpuLock,
     MemoryBudget,
+    Reservation,
     Role,
     RolePool,
     Worker,
@@ -648,8 +649,6 @@ _TRIED = re.compile(r"Tried to allocate ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 _TOTAL = re.compile(r"total capacity of ([\d.]+) (B|KiB|MiB|GiB|TiB)")
 
 
-
-
 def remove_stale_spill_dirs(base: str) -> list[str]:
     """Remove output folders (`Evaluator.spill_path`) left in `base` by evaluator processes that are
     gone (killed before they could clean up; on /dev/shm they hold memory until a reboot)."""
@@ -732,7 +731,7 @@ class _Run:
         self.dropped = False
         self.spills: list[str] = []   # the output files of this evaluation, removed at its end
         self.host_bytes: int | None = None   # the task's host bytes (sets the workers' memory limits)
-        self.reservation: Any = None   # (budget, bytes) of GPU memory held
+        self.reservation: Reservation | None = None   # the GPU memory this evaluation holds
         self.footprint: dict[str, Any] = {}
 
     def _spill(self, w: Worker | None = None) -> dict[str, str]:
@@ -862,7 +861,7 @@ class _Run:
         t = time.perf_counter()
         with self._ph("memory_wait"):
             budget.acquire(need)
-        self.reservation = [budget, need]
+        self.reservation = Reservation(budget, need)
         stat = "memory_alone" if need > budget.budget else "memory_waited" if time.perf_counter() - t > 0.01 else None
         if stat:
             with self.ev._lock:
@@ -873,7 +872,7 @@ class _Run:
         try:
             return self._run_admitted(ref_src, code)
         finally:
-            budget.release(self.reservation[1])
+            budget.release(self.reservation.bytes)
 
     def _footprint(self, ref_src: str, n_ref: int) -> dict[str, Any]:
         """The task's sizes (cached per task): measured once it has run here, else the reference
@@ -926,10 +925,9 @@ class _Run:
         if not isinstance(peak, int) or self.reservation is None:
             return
         need = evaluation_footprint(peak, int(ref.get("output_bytes") or 0), self.trials)
-        budget, held = self.reservation
-        if need > held:   # never shrunk mid-run: the meta estimate may see temporaries the build freed
-            budget.resize(held, need)
-            self.reservation[1] = need
+        # never shrunk mid-run: the meta estimate may see temporaries the build freed
+        if need > self.reservation.bytes:
+            self.reservation.resize(need)
         key = (source_hash(self.ref_src), n_ref)
         with self.ev._lock:
             fp = self.ev._footprints.setdefault(key, {})
@@ -1116,7 +1114,7 @@ class _Run:
             "op": "candidate", "source": code, "mode": self.mode, "device": self.device, "task": self.ref_src,
             "seed": self.seed, "trial_seeds": self.trial_seeds, "n_check": self.trials,
             "reference_ops": ref.get("ops"), "reference_aliases_input": self.aliases_input,
-            "gpu_limit_bytes": self.reservation[1] if self.reservation else None,
+            "gpu_limit_bytes": self.reservation.bytes if self.reservation else None,
         }, self.timeout, "candidate", raw=True)
         findings = list(reply.get("findings", []))
         kernels = list(reply.get("kernels", []))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelgym.evaluation import codec
+from kernelgym.evaluation.sandbox import MODE_ENV, OUTPUT_ENV, SCRATCH_ENV
 
 MAX_REPLY_BYTES = 4 << 30
 POLL_S = 0.02
@@ -77,9 +78,9 @@ class Role:
             env["TRITON_INTERPRET"] = "1"
         if self.backend == "cuda" and gpu_fraction:
             env["KERNELGYM_GPU_FRACTION"] = str(gpu_fraction)
-        env["KERNELGYM_OS_SANDBOX"] = self.os_sandbox
-        env.pop("KERNELGYM_OUTPUT_DIR", None)   # both set per worker (`Worker`)
-        env.pop("KERNELGYM_SCRATCH_DIR", None)
+        env[MODE_ENV] = self.os_sandbox
+        env.pop(OUTPUT_ENV, None)   # both set per worker (`Worker`)
+        env.pop(SCRATCH_ENV, None)
         return env
 
 
@@ -444,12 +445,12 @@ class Worker:
         # Made here, not in the worker: a worker killed before it reports ready (a replacement that
         # a shutdown catches starting) would otherwise leave its folder behind.
         self.scratch = tempfile.mkdtemp(prefix=f"kernelgym-{role.name}-")
-        env["KERNELGYM_SCRATCH_DIR"] = self.scratch
+        env[SCRATCH_ENV] = self.scratch
         # A candidate worker writes its outputs only into a folder of its own (the OS sandbox lets it
         # write nowhere else), named per request by `output_path`.
         self.output_dir: str | None = None
         if role.name == "candidate":
-            from kernelgym.evaluation.sandbox import OUTPUT_ENV, make_output_dir
+            from kernelgym.evaluation.sandbox import make_output_dir
 
             self.output_dir = make_output_dir()
             if self.output_dir:

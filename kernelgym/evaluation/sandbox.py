@@ -39,6 +39,7 @@ MODES = ("auto", "require", "off")
 SPILL_PREFIX = "kernelgym-outputs-"
 MODE_ENV = "KERNELGYM_OS_SANDBOX"        # the evaluator's mode, passed to its workers
 OUTPUT_ENV = "KERNELGYM_OUTPUT_DIR"      # the one folder a candidate worker may write outputs to
+SCRATCH_ENV = "KERNELGYM_SCRATCH_DIR"    # the worker's private scratch folder, made by the parent
 # Landlock ABI below which confinement is not worth the name: 4 adds TCP, 6 signal scoping.
 MIN_ABI = 6
 

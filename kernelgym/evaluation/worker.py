@@ -183,7 +183,9 @@ def main(argv: list[str]) -> int:
     conn = Connection(fd)
     # Candidate prints must never reach a protocol stream; stdout joins the stderr log.
     os.dup2(2, 1)
-    tmpdir = os.environ.get("KERNELGYM_SCRATCH_DIR") or tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
+    from kernelgym.evaluation.sandbox import SCRATCH_ENV
+
+    tmpdir = os.environ.get(SCRATCH_ENV) or tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
     confined = _confine(role, tmpdir)
     if role != "ptx" and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
         set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
