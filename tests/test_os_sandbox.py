@@ -18,6 +18,8 @@ from kernelgym.evaluation import sandbox
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_sandbox = pytest.mark.skipif(not sandbox.probe().active, reason=f"no OS sandbox: {sandbox.probe().why}")
+needs_seccomp = pytest.mark.skipif(not sandbox.probe().complete,
+                                   reason=f"no Landlock + seccomp: {sandbox.probe().incomplete_why}")
 
 _CHILD = textwrap.dedent("""
     import json, os, socket, sys, threading
@@ -47,6 +49,29 @@ _CHILD = textwrap.dedent("""
     attempt("read_stdlib", lambda: open(json.__file__).read())
     attempt("tcp_bind", lambda: socket.create_server(("127.0.0.1", 0)))
     attempt("signal_parent", lambda: os.kill(os.getppid(), 0))
+    attempt("udp_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close())
+    attempt("udp6_socket", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close())
+    attempt("netlink_socket", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close())
+    attempt("packet_socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close())
+    attempt("unix_socketpair", lambda: [s.close() for s in socket.socketpair()])
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    def via_libc(fn, *args):
+        if fn(*args) == -1:
+            raise OSError(ctypes.get_errno(), "")
+    pid = os.fork()
+    if pid == 0:
+        __import__("time").sleep(60)
+        os._exit(0)
+    attempt("ptrace_child", lambda: via_libc(libc.ptrace, 0x4206, pid, 0, 0))   # PTRACE_SEIZE: no stop
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    attempt("keyctl", lambda: via_libc(libc.syscall, 250, 0, -3, 0))   # x86_64 keyctl(GET_KEYRING_ID, session)
+    attempt("personality", lambda: via_libc(libc.personality, 0x0400000))   # READ_IMPLIES_EXEC
+    attempt("thread", lambda: [t.start() or t.join() for t in [threading.Thread(target=int)]])
+    import subprocess
+    attempt("subprocess", lambda: subprocess.run([sys.executable, "-c", "pass"], check=True))
+    res["denied_syscalls"] = rep.denied_syscalls
     if rep.active:   # unconfined, the exec would succeed and replace this process
         attempt("exec_shell", lambda: os.execv("/bin/sh", ["/bin/sh", "-c", "true"]))
     res["tmpdir"] = __import__("tempfile").gettempdir()
@@ -54,13 +79,18 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _child(tmp_path, mode="require", threads=0):
+# "require" asks for Landlock and seccomp; where only Landlock is here the Landlock tests run under "auto".
+REQUIRE = "require" if sandbox.probe().complete else "auto"
+
+
+def _child(tmp_path, mode=REQUIRE, threads=0):
     scratch, out = tmp_path / "scratch", tmp_path / "out"
     scratch.mkdir()
     out.mkdir()
     secret = tmp_path / "secret.txt"
     secret.write_text("the evaluator's secret")
-    env = {**os.environ, "PYTHONPATH": HERE, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH", "")) if p)   # keeps the bindings'
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-c", _CHILD, str(scratch), str(out), str(secret), mode, str(threads),
                         os.path.dirname(sandbox.__file__)],
                        capture_output=True, text=True, env=env, timeout=120)
@@ -74,10 +104,36 @@ def test_confined_process_reaches_only_its_own_folders(tmp_path):
     assert res["active"] and res["label"].startswith("landlock-abi"), res
     assert res["write_scratch"] == "ok" and res["write_output"] == "ok" and res["read_stdlib"] == "ok", res
     assert res["read_secret"] == errno.EACCES and res["write_beside"] == errno.EACCES, res
-    assert res["tcp_bind"] == errno.EACCES, res
+    # seccomp refuses the socket itself (EPERM); Landlock alone, the bind (EACCES).
+    assert res["tcp_bind"] == (errno.EPERM if res["label"].endswith("+seccomp") else errno.EACCES), res
     assert res["signal_parent"] == errno.EPERM, res
     assert res["exec_shell"] == errno.EACCES, res
     assert res["tmpdir"] == os.path.realpath(scratch), res   # its temporary files stay in its folder
+
+
+@needs_seccomp
+def test_seccomp_closes_what_landlock_leaves_open(tmp_path):
+    """UDP, IPv6, netlink and packet sockets, ptrace, the keyring and personality changes fail with
+    EPERM (the process lives on to report it); AF_UNIX pairs, threads and subprocesses still work."""
+    res, _ = _child(tmp_path)
+    assert res["label"].endswith("+seccomp"), res
+    for name in ("udp_socket", "udp6_socket", "netlink_socket", "packet_socket", "personality", "ptrace_child"):
+        assert res[name] == errno.EPERM, (name, res)
+    if os.uname().machine == "x86_64":
+        assert res["keyctl"] == errno.EPERM, res
+    assert res["unix_socketpair"] == "ok" and res["thread"] == "ok", res
+    # Landlock forbids executing the interpreter in a role without GPU tools: refused, not broken.
+    assert res["subprocess"] in ("ok", errno.EACCES), res
+    assert {"socket", "ptrace", "process_vm_writev", "io_uring_setup", "keyctl"} <= set(res["denied_syscalls"])
+
+
+def test_unconfined_process_can_do_what_seccomp_denies(tmp_path):
+    """The control: the same attempts succeed (or fail for lack of privilege, not EPERM from us)
+    without the sandbox, so the test above can fail."""
+    res, _ = _child(tmp_path, mode="off")
+    assert res["udp_socket"] == "ok" and res["netlink_socket"] == "ok" and res["unix_socketpair"] == "ok", res
+    assert res["ptrace_child"] == "ok" and res["personality"] == "ok", res
+    assert res["denied_syscalls"] == []
 
 
 @needs_sandbox
@@ -156,3 +212,39 @@ def test_output_dir_is_private_and_cleared_when_its_owner_is_gone(tmp_path):
     dead = tmp_path / f"{SPILL_PREFIX}999999999-wabc"
     dead.mkdir()
     assert remove_stale_spill_dirs(str(tmp_path)) == [dead.name]
+
+
+def test_socket_refusal_is_a_network_finding():
+    """seccomp's EPERM carries no path: raised inside Python's socket module it is ``network``, else
+    (a signal Landlock scoped away, ptrace) ``forbidden_call``."""
+    import socket
+
+    # The frame seccomp's refusal surfaces in: socket.socket.__init__ in the standard library's socket.py.
+    in_socket_py = compile("raise PermissionError(1, 'Operation not permitted')", socket.__file__, "exec")
+    with pytest.raises(PermissionError) as info:
+        exec(in_socket_py, {})
+    assert sandbox.denial(info.value)[0] == "network"
+    with pytest.raises(PermissionError) as info:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    assert sandbox.denial(info.value)[0] == "forbidden_call"
+
+
+def test_probe_and_require_without_seccomp(monkeypatch):
+    """Landlock without the seccomp binding: "auto" confines with Landlock alone (and says so in the
+    label and once in a warning); "require" refuses, naming what is missing."""
+    from kernelgym.evaluation import Evaluator
+
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)
+    assert "pyseccomp" in sandbox._seccomp_unusable()
+    rep = sandbox.Report(True, abi=7, seccomp=False, seccomp_why=sandbox._seccomp_unusable())
+    assert rep.label == "landlock-abi7" and not rep.complete and "pyseccomp" in rep.incomplete_why
+    assert sandbox.Report(True, abi=7, seccomp=True).label == "landlock-abi7+seccomp"
+    monkeypatch.setattr(sandbox, "probe", lambda: rep)
+    with pytest.raises(RuntimeError, match="pyseccomp"):
+        Evaluator(workers=1, os_sandbox="require")
+    monkeypatch.setattr(sandbox, "_WARNED", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Evaluator(workers=1).close()
+    said = [str(w.message) for w in caught if "without the seccomp filter" in str(w.message)]
+    assert len(said) == 1 and "landlock-abi7" in said[0], said

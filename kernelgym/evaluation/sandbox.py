@@ -1,4 +1,4 @@
-"""Operating-system confinement of the processes that run candidate code (Linux Landlock).
+"""Operating-system confinement of the processes that run candidate code (Linux Landlock + seccomp).
 
 The guards (`guards.static`, `guards.runtime`) work at the Python level: C++ entry points such as
 ``torch.from_file`` or ``torch.distributed.TCPStore`` open files and sockets without an audit event.
@@ -15,11 +15,22 @@ calling thread and the threads and processes it starts later):
   GPU; ioctl only on /dev/nvidia*;
 - network: no TCP bind or connect (Landlock ABI 4); UDP too where the kernel has ABI 10;
 - signals and abstract unix sockets: nothing outside the process's own domain (ABI 6), so no
-  signal reaches the evaluator or another worker.
+  signal reaches the evaluator or another worker;
+- system calls (seccomp, for what Landlock does not cover): ``socket``/``socketpair`` of any family
+  but AF_UNIX (so no UDP, raw, netlink or packet socket; the worker's own pipe to the pool is an
+  AF_UNIX pair opened before), io_uring (it opens and connects sockets without those calls),
+  ptrace, process_vm_readv/writev, pidfd_getfd, the kernel keyring, bpf, perf_event_open,
+  userfaultfd, personality changes, new namespaces (unshare, setns, clone with CLONE_NEW*; clone3
+  answers ENOSYS so the C library falls back to clone) and the administrative calls (mount, module
+  loading, reboot, clocks, swap, ...). Each fails with EPERM rather than killing the process, so a
+  violation becomes a verdict (`denial`).
 
-The binding is `landlockpy` (pure Python, no compiled part). Where it or the kernel mechanism is
-missing the process runs unconfined, says so (`Report.label` is ``"false"``, the worker's
-``versions["os_sandbox"]``), and `Evaluator(os_sandbox="require")` refuses to start.
+The bindings are `landlockpy` and `pyseccomp` (both pure Python; the latter calls the system's
+libseccomp through ctypes). Where Landlock is missing the process runs unconfined, says so
+(`Report.label` is ``"false"``, the worker's ``versions["os_sandbox"]``); where only seccomp is
+missing it runs under Landlock alone (label ``"landlock-abi<N>"`` instead of
+``"landlock-abi<N>+seccomp"``). `Evaluator(os_sandbox="require")` refuses to start unless both
+are available.
 """
 
 from __future__ import annotations
@@ -79,11 +90,29 @@ class Report:
     why: str = ""
     denied_net: list[str] = field(default_factory=list)
     scoped: list[str] = field(default_factory=list)
+    seccomp: bool = False          # the seccomp filter is available (`probe`) or loaded (`confine`)
+    seccomp_why: str = ""          # why not
+    denied_syscalls: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        """The provenance value: ``"landlock-abi<N>"`` when confined, else ``"false"``."""
-        return f"landlock-abi{self.abi}" if self.active else "false"
+        """The provenance value: ``"landlock-abi<N>+seccomp"`` (or without ``+seccomp`` where
+        the filter is unavailable) when confined, else ``"false"``."""
+        if not self.active:
+            return "false"
+        return f"landlock-abi{self.abi}" + ("+seccomp" if self.seccomp else "")
+
+    @property
+    def complete(self) -> bool:
+        """Both mechanisms: what ``os_sandbox="require"`` asks for."""
+        return self.active and self.seccomp
+
+    @property
+    def incomplete_why(self) -> str:
+        """Why the confinement is not `complete` (empty when it is)."""
+        if not self.active:
+            return self.why
+        return "" if self.seccomp else self.seccomp_why
 
 
 def probe() -> Report:
@@ -103,7 +132,8 @@ def probe() -> Report:
         why = "the kernel has no Landlock" if abi == 0 else \
             f"the kernel's Landlock ABI is {abi}; TCP and signal confinement need ABI {MIN_ABI}"
         return Report(False, abi=abi, why=why)
-    return Report(True, abi=abi)
+    why = _seccomp_unusable()
+    return Report(True, abi=abi, seccomp=not why, seccomp_why=why)
 
 
 def _existing(paths: Iterable[str]) -> list[str]:
@@ -193,6 +223,9 @@ def confine(role: str, scratch: str, writable: Sequence[str] = (), *, mode: str 
     import tempfile
 
     tempfile.tempdir = scratch
+    if mode == "require" and not rep.seccomp:
+        raise RuntimeError(f"os_sandbox='require' but the {role} process cannot load a seccomp filter: "
+                           f"{rep.seccomp_why}")
     try:
         _restrict(rep, scratch, writable, gpu_tools, gpu_devices)
         _CONFINED[:] = [rep]
@@ -201,6 +234,13 @@ def confine(role: str, scratch: str, writable: Sequence[str] = (), *, mode: str 
             raise RuntimeError(f"os_sandbox='require' but confining the {role} process failed: "
                                f"{type(exc).__name__}: {exc}") from exc
         return Report(False, abi=rep.abi, why=f"confining failed: {type(exc).__name__}: {exc}")
+    if rep.seccomp:
+        try:
+            rep.denied_syscalls = _load_seccomp()
+        except Exception as exc:  # noqa: BLE001 - e.g. a container's own filter forbids adding one
+            rep.seccomp, rep.seccomp_why = False, f"loading the seccomp filter failed: {type(exc).__name__}: {exc}"
+            if mode == "require":   # Landlock is already in force; the process must not go on
+                raise RuntimeError(f"os_sandbox='require' but the {role} process: {rep.seccomp_why}") from exc
     return rep
 
 
@@ -268,6 +308,79 @@ def _restrict(rep: Report, scratch: str, writable: Sequence[str], gpu_tools: boo
     rep.scoped = [f.name for f in Scope if f and f in scoped and f.name]
 
 
+# ----------------------------------------------------------------------------- seccomp
+
+# Calls no worker needs (torch, Triton, the CUDA driver, ptxas, the C compiler) and Landlock does
+# not restrict: other processes' memory and file descriptors, the kernel keyring, kernel programs
+# and performance counters, page-fault handling, namespaces, and the administrative calls a worker
+# running as root could otherwise make (mount and module loading Landlock already blocks partly).
+_DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "mount_setattr",
+    "fsopen", "fsconfig", "fsmount", "fspick", "open_by_handle_at", "quotactl", "fanotify_init",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+    "swapon", "swapoff", "acct", "settimeofday", "clock_settime", "clock_adjtime", "sethostname",
+    "setdomainname", "iopl", "ioperm", "syslog", "vhangup", "lookup_dcookie",
+)
+# clone flags that make a new namespace (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+# NEWNET, NEWTIME): threads and subprocesses never pass them.
+_CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                          0x40000000, 0x00000080)
+_AF_UNIX = 1
+_PERSONALITY_QUERY = 0xFFFFFFFF
+
+
+def _seccomp_unusable() -> str:
+    """Why a seccomp filter cannot be loaded here (empty when it can)."""
+    if not sys.platform.startswith("linux"):
+        return f"seccomp is Linux-only (this is {sys.platform})"
+    try:
+        import pyseccomp  # noqa: F401 - raises RuntimeError without the system's libseccomp
+    except ImportError:
+        return "the seccomp binding 'pyseccomp' is not installed (pip install pyseccomp)"
+    except Exception as exc:  # noqa: BLE001 - "Unable to find libseccomp"
+        return f"seccomp is unusable here: {exc} (install the system package libseccomp2)"
+    return ""
+
+
+def _load_seccomp() -> list[str]:
+    """Load this process's seccomp filter (see the module docstring); the calls it denies.
+
+    Everything not named stays allowed: the filter closes holes, it does not enumerate what
+    Python, torch and the driver need. Denied calls fail with EPERM (ENOSYS for clone3), never
+    kill, so the candidate's code sees an OSError and the worker reports it. Inherited by every
+    thread and process started afterwards; it cannot be removed."""
+    import pyseccomp as sc
+
+    eperm = sc.ERRNO(errno.EPERM)
+    flt = sc.SyscallFilter(sc.ALLOW)
+    # Syscalls of another ABI (i386 through int 0x80, x32) bypass per-name rules: refuse them all.
+    flt.set_attr(sc.Attr.ACT_BADARCH, eperm)
+    denied: list[str] = []
+
+    def deny(name: str, *args: Any, action: int = eperm) -> None:
+        nr = sc.resolve_syscall(sc.Arch.NATIVE, name)
+        if nr < 0:      # not a call of this architecture (e.g. iopl on arm64)
+            return
+        flt.add_rule(action, nr, *args)
+        if name not in denied:
+            denied.append(name)
+
+    deny("socket", sc.Arg(0, sc.NE, _AF_UNIX))
+    deny("socketpair", sc.Arg(0, sc.NE, _AF_UNIX))
+    for name in _DENIED_SYSCALLS:
+        deny(name)
+    deny("personality", sc.Arg(0, sc.NE, _PERSONALITY_QUERY))
+    for flag in _CLONE_NAMESPACE_FLAGS:
+        deny("clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    # clone3 passes its flags in memory, out of a filter's reach; glibc falls back to clone.
+    deny("clone3", action=sc.ERRNO(errno.ENOSYS))
+    flt.load()
+    return denied
+
+
 def from_env(role: str, scratch: str, *, gpu_tools: bool = False, gpu_devices: bool = False,
              writable: Sequence[str] = ()) -> Report:
     """`confine` with the mode (``KERNELGYM_OS_SANDBOX``, default "auto") and output folder
@@ -302,11 +415,24 @@ def denial(exc: BaseException) -> tuple[str, str] | None:
             continue
         detail = f"refused by the OS sandbox: {type(e).__name__}: {text[:300]}"
         if code == errno.EPERM and not getattr(e, "filename", None):
-            return "forbidden_call", detail
+            # EPERM with no path: the seccomp filter (a socket of a denied family when Python's
+            # socket module raised it) or Landlock's signal scope.
+            return ("network" if _raised_by_socket_module(e) else "forbidden_call"), detail
         if any(w in low for w in _NET_WORDS) and "file" not in low:
             return "network", detail
         return "file_access", detail
     return None
+
+
+def _raised_by_socket_module(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside the standard library's socket module (socket(), socketpair())."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if os.path.basename(code.co_filename) == "socket.py" and code.co_filename.startswith(sys.base_prefix):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def make_output_dir(base: str | None = None) -> str | None:
@@ -326,13 +452,20 @@ def make_output_dir(base: str | None = None) -> str | None:
 _WARNED: list[str] = []
 
 
-def warn_unconfined(why: str) -> None:
-    """Say once per process that candidate code will run without OS confinement, and why."""
+def warn_unconfined(rep: Report | str) -> None:
+    """Say once per process that candidate code will run without OS confinement (or under Landlock
+    without the seccomp filter), and why."""
     if _WARNED:
         return
-    _WARNED.append(why)
+    if isinstance(rep, str):
+        rep = Report(False, why=rep)
+    _WARNED.append(rep.incomplete_why)
     import warnings
 
-    warnings.warn(f"kernelgym: candidate code runs without an OS sandbox (os_sandbox: false): {why}. "
-                  "The Python-level guards still run; pass os_sandbox='require' to refuse instead.",
-                  RuntimeWarning, stacklevel=3)
+    if rep.active:
+        what = (f"candidate code runs under Landlock without the seccomp filter (os_sandbox: {rep.label}): "
+                f"{rep.seccomp_why}. UDP, raw and netlink sockets stay open to it")
+    else:
+        what = f"candidate code runs without an OS sandbox (os_sandbox: false): {rep.why}"
+    warnings.warn(f"kernelgym: {what}. The Python-level guards still run; pass os_sandbox='require' to "
+                  "refuse instead.", RuntimeWarning, stacklevel=3)
