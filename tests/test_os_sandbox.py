@@ -248,3 +248,128 @@ def test_probe_and_require_without_seccomp(monkeypatch):
         Evaluator(workers=1).close()
     said = [str(w.message) for w in caught if "without the seccomp filter" in str(w.message)]
     assert len(said) == 1 and "landlock-abi7" in said[0], said
+
+
+# ----------------------------------------------------------------------------- precompiled kernels
+
+def _fake_child_cache(scratch):
+    """A confined precompile process's scratch folder as it may look after a hostile candidate."""
+    old = scratch / "triton-cache-1" / "OLDKEY"
+    old.mkdir(parents=True)
+    (old / "stale.cubin").write_bytes(b"from an earlier request")
+    key = scratch / "triton-cache-3" / "KEY"
+    key.mkdir(parents=True)
+    (key / "add_kernel.cubin").write_bytes(b"\x7fELF cubin")
+    (key / "__grp__add_kernel.json").write_text('{"child_paths": {}}')
+    (key / "secret.cubin").symlink_to("/etc/hostname")          # a link to a file the parent can read
+    (scratch / "triton-cache-3" / "etc").symlink_to("/etc")      # a link to a folder
+    (scratch / "triton-cache-3" / "stray").write_text("not Triton's layout")
+
+
+def test_precompiled_kernels_are_filed_by_the_parent_and_unpacked_for_the_same_code(tmp_path, monkeypatch):
+    import tarfile
+
+    scratch, root = tmp_path / "child", tmp_path / "root"
+    scratch.mkdir()
+    _fake_child_cache(scratch)
+    assert sandbox.file_precompiled(str(scratch), "code A", root=str(root)) == 2
+    archive = root / f"{sandbox.candidate_digest('code A')}.tar"
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["KEY/__grp__add_kernel.json", "KEY/add_kernel.cubin"]
+    assert oct(archive.stat().st_mode & 0o777) == oct(0o644)
+    assert sandbox.file_precompiled(str(tmp_path / "nothing"), "code B", root=str(root)) == 0
+
+    monkeypatch.setattr(sandbox, "_PRECOMPILED", [str(root)])
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/shared")
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    mine = sandbox.fresh_triton_cache(str(worker), "code A")
+    assert sorted(p.name for p in (worker / os.path.basename(mine)).rglob("*")) == [
+        "KEY", "__grp__add_kernel.json", "add_kernel.cubin"]
+    assert (worker / os.path.basename(mine) / "KEY" / "add_kernel.cubin").read_bytes() == b"\x7fELF cubin"
+    other = sandbox.fresh_triton_cache(str(worker), "code B")   # another candidate: nothing of A's
+    assert os.listdir(other) == [] and not os.path.exists(mine)
+
+
+def test_precompiled_archives_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "PRECOMPILED_KEEP", 3)
+    scratch = tmp_path / "child"
+    scratch.mkdir()
+    _fake_child_cache(scratch)
+    for i in range(5):
+        sandbox.file_precompiled(str(scratch), f"code {i}", root=str(tmp_path / "root"))
+        os.utime(tmp_path / "root" / f"{sandbox.candidate_digest(f'code {i}')}.tar", (i, i))
+    left = sorted(os.listdir(tmp_path / "root"))
+    assert left == sorted(f"{sandbox.candidate_digest(f'code {i}')}.tar" for i in (2, 3, 4)), left
+
+
+_GPU_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sandbox", os.path.join(sys.argv[3], "sandbox.py"))
+    sandbox = sys.modules["sandbox"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sandbox)
+    scratch, code = sys.argv[1:3]
+    root = sandbox.precompiled_root()
+    rep = sandbox.confine("candidate", scratch, mode="auto", gpu_devices=True)
+    res = {"active": rep.active}
+    cache = sandbox.fresh_triton_cache(scratch, code)
+    res["unpacked"] = sorted(os.path.relpath(os.path.join(d, f), cache) for d, _, fs in os.walk(cache) for f in fs)
+    for name, fn in (("list_root", lambda: os.listdir(root)),
+                     ("write_root", lambda: open(os.path.join(root, "planted.tar"), "wb").write(b"x"))):
+        try:
+            fn()
+            res[name] = "ok"
+        except OSError as exc:
+            res[name] = exc.errno
+    print(json.dumps(res))
+""")
+
+
+@needs_sandbox
+def test_confined_gpu_worker_reads_its_own_archive_and_nothing_else(tmp_path):
+    """The archive reaches the confined worker through a folder it may open files in by name but
+    neither list (other candidates' archives stay unknown to it) nor write."""
+    shared = tmp_path / "cache"
+    child = tmp_path / "child"
+    child.mkdir()
+    _fake_child_cache(child)
+    env = {**os.environ, "TRITON_CACHE_DIR": str(shared), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    # The worker's root is derived from the shared cache's path, as the parent's is.
+    root = str(shared.resolve()) + sandbox.PRECOMPILED_SUFFIX
+    assert sandbox.file_precompiled(str(child), "code A", root=root) == 2
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    p = subprocess.run([sys.executable, "-c", _GPU_CHILD, str(scratch), "code A", os.path.dirname(sandbox.__file__)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["active"] and res["unpacked"] == ["KEY/__grp__add_kernel.json", "KEY/add_kernel.cubin"], res
+    assert res["list_root"] == errno.EACCES and res["write_root"] == errno.EACCES, res
+
+
+@needs_sandbox
+@pytest.mark.slow
+def test_confined_precompile_files_its_kernels_for_the_candidates_gpu_worker(tmp_path, monkeypatch):
+    """End to end on CPU: a confined precompile process compiles the softmax for sm_90 into its own
+    cache; the shared cache stays empty and the parent files the cubin under the code's digest
+    (the GPU side, where the worker loads it: tests/test_eval_gpu.py)."""
+    import tarfile
+
+    from kernelgym.evaluation.extract import extract_code
+    from kernelgym.evaluation.precompile import Precompiler
+    from tests.redteam.manifest import cases
+
+    softmax = next(c for c in cases() if c.id == "legit/row_softmax")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    pre = Precompiler(1, timeout=240, os_sandbox=REQUIRE)
+    try:
+        rep = pre.precompile(softmax.task_source, softmax.source, 90, mode=softmax.mode)
+    finally:
+        pre.close()
+    assert rep["ok"] and rep["filed"] >= 2, rep
+    assert not list((tmp_path / "cache").rglob("*.cubin"))   # nothing written to the shared cache
+    archive = tmp_path / f"cache{sandbox.PRECOMPILED_SUFFIX}" / \
+        f"{sandbox.candidate_digest(extract_code(softmax.source).code)}.tar"
+    with tarfile.open(archive) as tar:
+        assert any(n.endswith("softmax_kernel.cubin") for n in tar.getnames()), tar.getnames()

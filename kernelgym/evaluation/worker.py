@@ -234,7 +234,8 @@ def main(argv: list[str]) -> int:
         if op in ("candidate", "ptx") and confined != "false":
             from kernelgym.evaluation.sandbox import fresh_triton_cache
 
-            fresh_triton_cache(tmpdir)   # nothing a previous candidate wrote there is loaded
+            # Nothing a previous candidate wrote there is loaded; what was precompiled for this code is.
+            fresh_triton_cache(tmpdir, msg.get("source") if op == "candidate" else None)
         gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
         try:
             with profiler.request():
