@@ -373,3 +373,17 @@ def test_confined_precompile_files_its_kernels_for_the_candidates_gpu_worker(tmp
         f"{sandbox.candidate_digest(extract_code(softmax.source).code)}.tar"
     with tarfile.open(archive) as tar:
         assert any(n.endswith("softmax_kernel.cubin") for n in tar.getnames()), tar.getnames()
+
+
+def test_a_retired_triton_cache_is_gone_and_the_next_is_fresh(tmp_path, monkeypatch):
+    """A worker retires its candidate's cache after the reply (off the evaluation's clock); the next
+    `fresh_triton_cache` then has nothing to remove, and one never retired is removed there."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/shared")
+    first = sandbox.fresh_triton_cache(str(tmp_path))
+    (tmp_path / os.path.basename(first) / "planted.cubin").write_bytes(b"x")
+    sandbox.retire_triton_cache(str(tmp_path))
+    assert not os.path.exists(first) and os.environ["TRITON_CACHE_DIR"] == first
+    second = sandbox.fresh_triton_cache(str(tmp_path))
+    assert second != first and os.listdir(second) == []
+    sandbox.retire_triton_cache(str(tmp_path / "elsewhere"))   # not this scratch folder's cache: kept
+    assert os.path.isdir(second)
