@@ -232,7 +232,8 @@ class Precompiler:
                 # candidate's (confined) GPU worker reads them, from here, never from the child.
                 from kernelgym.evaluation.sandbox import file_precompiled
 
-                filed = file_precompiled(child.tmpdir, code)
+                with contextlib.suppress(OSError):   # e.g. a read-only home: the GPU worker compiles
+                    filed = file_precompiled(child.tmpdir, code)
         except _ChildFailure as exc:
             return _report(t0, error=str(exc))
         except OSError as exc:
