@@ -175,6 +175,13 @@ class Precompiler:
         from kernelgym.evaluation.sandbox import check_mode
 
         self.os_sandbox = check_mode(os_sandbox)
+        # Where confined children's kernels are filed, fixed now: the GPU workers started from this
+        # environment derive the same folder (`sandbox.precompiled_root`).
+        self.store: str | None = None
+        if self.os_sandbox != "off":
+            from kernelgym.evaluation.sandbox import precompiled_root
+
+            self.store = precompiled_root()
         self.size = max(1, int(size))
         self.memory_limit = int(memory_limit_mb * 2**20) if memory_limit_mb else None
         self.timeout = float(timeout)
@@ -227,13 +234,13 @@ class Precompiler:
                 child = self._spawn()
             rep = child.request(msg, float(timeout or self.timeout), self.memory_limit)
             recycle = bool(rep.get("recycle")) or child.requests >= MAX_REQUESTS
-            if self.os_sandbox != "off":
+            if self.store is not None:
                 # Confined, the child compiled into a cache of its own: file its kernels where this
                 # candidate's (confined) GPU worker reads them, from here, never from the child.
                 from kernelgym.evaluation.sandbox import file_precompiled
 
                 with contextlib.suppress(OSError):   # e.g. a read-only home: the GPU worker compiles
-                    filed = file_precompiled(child.tmpdir, code)
+                    filed = file_precompiled(child.tmpdir, code, root=self.store)
         except _ChildFailure as exc:
             return _report(t0, error=str(exc))
         except OSError as exc:
