@@ -163,3 +163,31 @@ def test_precompiled_kernels_are_loaded_not_compiled_again(tmp_path, monkeypatch
         assert ev.stats["precompiled"] == 1, ev.stats
         assert "precompile_wait" in v.timings["phases_s"]
     assert len(list(tmp_path.rglob("add_kernel.cubin"))) == 1, sorted(p.name for p in tmp_path.rglob("*.cubin"))
+
+
+def test_precompiled_kernels_reach_a_confined_gpu_worker(tmp_path, monkeypatch):
+    """Under the OS sandbox the precompile process compiles into a cache of its own; the evaluator's
+    side files it for the candidate's code and the confined GPU worker unpacks it into its fresh
+    cache. Proof that it loads rather than compiles: after the evaluation its cache holds one
+    add_kernel.cubin, under the key that was filed (a cache miss would add a second key)."""
+    import tarfile
+    from pathlib import Path
+
+    from kernelgym.evaluation import sandbox
+
+    if not sandbox.probe().complete:
+        pytest.skip(f"no OS sandbox: {sandbox.probe().incomplete_why}")
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    with Evaluator(workers=1, reference_workers=1, timeout=60, precompile_workers=1, os_sandbox="require") as ev:
+        ev.warm("cuda")
+        v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=1)
+        assert v.status == "ok", v.error
+        assert v.versions["os_sandbox"].endswith("+seccomp"), v.versions
+        assert ev.stats["precompiled"] == 1, ev.stats
+        (pool,) = [p for r, p in ev._pools.items() if r.name == "candidate"]
+        cubins = list(Path(pool.ready_info()["tmpdir"]).rglob("add_kernel.cubin"))
+    assert len(cubins) == 1, cubins
+    assert not list((tmp_path / "cache").rglob("*.cubin"))   # nothing shared was written
+    (archive,) = (tmp_path / f"cache{sandbox.PRECOMPILED_SUFFIX}").glob("*.tar")
+    with tarfile.open(archive) as tar:
+        assert f"{cubins[0].parent.name}/add_kernel.cubin" in tar.getnames(), tar.getnames()

@@ -232,11 +232,11 @@ class Evaluator:
         # Checked first: "require" must refuse before anything starts.
         self.os_sandbox = sandbox.check_mode(os_sandbox)
         self.os_sandbox_report = sandbox.probe() if os_sandbox != "off" else sandbox.Report(False, why="off")
-        if os_sandbox == "require" and not self.os_sandbox_report.active:
+        if os_sandbox == "require" and not self.os_sandbox_report.complete:
             raise RuntimeError(f"os_sandbox='require' but this machine cannot confine candidate code: "
-                               f"{self.os_sandbox_report.why}")
-        if os_sandbox == "auto" and not self.os_sandbox_report.active:
-            sandbox.warn_unconfined(self.os_sandbox_report.why)
+                               f"{self.os_sandbox_report.incomplete_why}")
+        if os_sandbox == "auto" and not self.os_sandbox_report.complete:
+            sandbox.warn_unconfined(self.os_sandbox_report)
 
         self.workers = max(1, workers or min(os.cpu_count() or 1, 16))
         self.reference_workers = max(1, reference_workers or self.workers // 2)

@@ -11,6 +11,10 @@ integer values -- and the same options as on the GPU) and stops before launching
 each compiled kernel to its file cache (``TRITON_CACHE_DIR``) under a key that hashes the kernel
 source, the specialisation, the target and the options, so when the GPU worker on the same node
 launches the same kernel with the same arguments it loads the cubin instead of compiling it.
+Under the OS sandbox the child compiles into a cache of its own (it may write nowhere shared);
+after each request this side archives that cache's regular files for the candidate's code
+(`sandbox.file_precompiled`) and the confined GPU worker unpacks them into its fresh cache
+before it runs that same code (`sandbox.fresh_triton_cache`).
 
 This is a hint, never a judgement: the GPU actor still runs the whole pipeline, and a candidate
 whose forward fails here (data-dependent control flow, hard-coded ``device="cuda"``, a kernel
@@ -49,7 +53,7 @@ _HEADER = struct.Struct(">I")
 
 
 def _report(t0: float, **kw: Any) -> dict[str, Any]:
-    out = {"ok": False, "kernels": [], "error": "", "skipped": None}
+    out = {"ok": False, "kernels": [], "error": "", "skipped": None, "filed": 0}
     out.update(kw)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
@@ -171,6 +175,13 @@ class Precompiler:
         from kernelgym.evaluation.sandbox import check_mode
 
         self.os_sandbox = check_mode(os_sandbox)
+        # Where confined children's kernels are filed, fixed now: the GPU workers started from this
+        # environment derive the same folder (`sandbox.precompiled_root`).
+        self.store: str | None = None
+        if self.os_sandbox != "off":
+            from kernelgym.evaluation.sandbox import precompiled_root
+
+            self.store = precompiled_root()
         self.size = max(1, int(size))
         self.memory_limit = int(memory_limit_mb * 2**20) if memory_limit_mb else None
         self.timeout = float(timeout)
@@ -187,7 +198,8 @@ class Precompiler:
 
         reference: a `kernelgym.task.Task` or KernelBench-format source (for the init inputs and
         the inputs' shapes). Returns ``{"ok", "kernels": [{"kernel", "hash", "seconds"}], "error",
-        "seconds", "skipped"}``; never raises for anything the candidate does.
+        "seconds", "skipped", "filed"}`` (filed: cache files handed on for a confined GPU worker,
+        `sandbox.file_precompiled`); never raises for anything the candidate does.
         """
         from kernelgym.evaluation.extract import FormatError, check_format, extract_code
         from kernelgym.evaluation.guards.static import check_source as static_check
@@ -214,6 +226,7 @@ class Precompiler:
         self._slots.acquire()
         child: _Child | None = None
         recycle = True
+        filed = 0
         try:
             try:
                 child = self._idle.get_nowait()
@@ -221,6 +234,13 @@ class Precompiler:
                 child = self._spawn()
             rep = child.request(msg, float(timeout or self.timeout), self.memory_limit)
             recycle = bool(rep.get("recycle")) or child.requests >= MAX_REQUESTS
+            if self.store is not None:
+                # Confined, the child compiled into a cache of its own: file its kernels where this
+                # candidate's (confined) GPU worker reads them, from here, never from the child.
+                from kernelgym.evaluation.sandbox import file_precompiled
+
+                with contextlib.suppress(OSError):   # e.g. a read-only home: the GPU worker compiles
+                    filed = file_precompiled(child.tmpdir, code, root=self.store)
         except _ChildFailure as exc:
             return _report(t0, error=str(exc))
         except OSError as exc:
@@ -239,7 +259,7 @@ class Precompiler:
                     "seconds": float(k.get("seconds", 0.0))}
                    for k in rep.get("kernels", []) if isinstance(k, dict)][:1000]
         return _report(t0, ok=bool(rep.get("ok")) and bool(kernels), kernels=kernels,
-                       error=str(rep.get("error", ""))[:2000])
+                       error=str(rep.get("error", ""))[:2000], filed=filed)
 
     def warm(self) -> None:
         """Start the children now (they import torch in the background) instead of on first use."""
@@ -408,8 +428,8 @@ def _child(fd: int, tmpdir: str) -> int:
     os.dup2(2, 1)  # candidate prints go to stderr, never into a report
     from kernelgym.evaluation import sandbox
 
-    # Confined before any candidate runs (see `sandbox`): it compiles into a cache of its own, so
-    # under the OS sandbox its kernels serve only its own run (compile-ahead measured no gain).
+    # Confined before any candidate runs (see `sandbox`): it compiles into a cache of its own, which
+    # the parent hands on to the candidate's GPU worker (`sandbox.file_precompiled`).
     rep = sandbox.from_env("precompile", tmpdir, gpu_tools=True)
     if not rep.active and os.environ.get(sandbox.MODE_ENV, "auto") != "off":
         print(f"kernelgym: precompile process runs without an OS sandbox: {rep.why}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Operating-system confinement of the processes that run candidate code (Linux Landlock).
+"""Operating-system confinement of the processes that run candidate code (Linux Landlock + seccomp).
 
 The guards (`guards.static`, `guards.runtime`) work at the Python level: C++ entry points such as
 ``torch.from_file`` or ``torch.distributed.TCPStore`` open files and sockets without an audit event.
@@ -15,15 +15,27 @@ calling thread and the threads and processes it starts later):
   GPU; ioctl only on /dev/nvidia*;
 - network: no TCP bind or connect (Landlock ABI 4); UDP too where the kernel has ABI 10;
 - signals and abstract unix sockets: nothing outside the process's own domain (ABI 6), so no
-  signal reaches the evaluator or another worker.
+  signal reaches the evaluator or another worker;
+- system calls (seccomp, for what Landlock does not cover): ``socket``/``socketpair`` of any family
+  but AF_UNIX (so no UDP, raw, netlink or packet socket; the worker's own pipe to the pool is an
+  AF_UNIX pair opened before), io_uring (it opens and connects sockets without those calls),
+  ptrace, process_vm_readv/writev, pidfd_getfd, the kernel keyring, bpf, perf_event_open,
+  userfaultfd, personality changes, new namespaces (unshare, setns, clone with CLONE_NEW*; clone3
+  answers ENOSYS so the C library falls back to clone) and the administrative calls (mount, module
+  loading, reboot, clocks, swap, ...). Each fails with EPERM rather than killing the process, so a
+  violation becomes a verdict (`denial`).
 
-The binding is `landlockpy` (pure Python, no compiled part). Where it or the kernel mechanism is
-missing the process runs unconfined, says so (`Report.label` is ``"false"``, the worker's
-``versions["os_sandbox"]``), and `Evaluator(os_sandbox="require")` refuses to start.
+The bindings are `landlockpy` and `pyseccomp` (both pure Python; the latter calls the system's
+libseccomp through ctypes). Where Landlock is missing the process runs unconfined, says so
+(`Report.label` is ``"false"``, the worker's ``versions["os_sandbox"]``); where only seccomp is
+missing it runs under Landlock alone (label ``"landlock-abi<N>"`` instead of
+``"landlock-abi<N>+seccomp"``). `Evaluator(os_sandbox="require")` refuses to start unless both
+are available.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -79,11 +91,29 @@ class Report:
     why: str = ""
     denied_net: list[str] = field(default_factory=list)
     scoped: list[str] = field(default_factory=list)
+    seccomp: bool = False          # the seccomp filter is available (`probe`) or loaded (`confine`)
+    seccomp_why: str = ""          # why not
+    denied_syscalls: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        """The provenance value: ``"landlock-abi<N>"`` when confined, else ``"false"``."""
-        return f"landlock-abi{self.abi}" if self.active else "false"
+        """The provenance value: ``"landlock-abi<N>+seccomp"`` (or without ``+seccomp`` where
+        the filter is unavailable) when confined, else ``"false"``."""
+        if not self.active:
+            return "false"
+        return f"landlock-abi{self.abi}" + ("+seccomp" if self.seccomp else "")
+
+    @property
+    def complete(self) -> bool:
+        """Both mechanisms: what ``os_sandbox="require"`` asks for."""
+        return self.active and self.seccomp
+
+    @property
+    def incomplete_why(self) -> str:
+        """Why the confinement is not `complete` (empty when it is)."""
+        if not self.active:
+            return self.why
+        return "" if self.seccomp else self.seccomp_why
 
 
 def probe() -> Report:
@@ -103,7 +133,8 @@ def probe() -> Report:
         why = "the kernel has no Landlock" if abi == 0 else \
             f"the kernel's Landlock ABI is {abi}; TCP and signal confinement need ABI {MIN_ABI}"
         return Report(False, abi=abi, why=why)
-    return Report(True, abi=abi)
+    why = _seccomp_unusable()
+    return Report(True, abi=abi, seccomp=not why, seccomp_why=why)
 
 
 def _existing(paths: Iterable[str]) -> list[str]:
@@ -184,6 +215,13 @@ def confine(role: str, scratch: str, writable: Sequence[str] = (), *, mode: str 
             raise RuntimeError(f"os_sandbox='require' but the {role} process cannot be confined: {why}")
         return Report(False, abi=rep.abi, why=why)
     scratch = os.path.realpath(scratch)
+    readable: list[str] = []
+    if gpu_devices:   # a GPU candidate worker: it reads what was precompiled for its candidates
+        root = precompiled_root()   # from the shared cache's path, before it is replaced below
+        with contextlib.suppress(OSError):
+            os.makedirs(root, exist_ok=True)
+        if os.path.isdir(root):
+            readable.append(root)
     # Every temporary file of this process (Triton's compiles, tempfile) goes to its scratch folder,
     # and kernels compiled here go to a cache of its own, never to the shared one.
     os.environ["TMPDIR"] = scratch
@@ -193,33 +231,210 @@ def confine(role: str, scratch: str, writable: Sequence[str] = (), *, mode: str 
     import tempfile
 
     tempfile.tempdir = scratch
+    if mode == "require" and not rep.seccomp:
+        raise RuntimeError(f"os_sandbox='require' but the {role} process cannot load a seccomp filter: "
+                           f"{rep.seccomp_why}")
     try:
-        _restrict(rep, scratch, writable, gpu_tools, gpu_devices)
+        _restrict(rep, scratch, writable, gpu_tools, gpu_devices, readable)
         _CONFINED[:] = [rep]
+        _PRECOMPILED[:] = readable
     except Exception as exc:  # noqa: BLE001 - the kernel refused: say so rather than die silently
         if mode == "require":
             raise RuntimeError(f"os_sandbox='require' but confining the {role} process failed: "
                                f"{type(exc).__name__}: {exc}") from exc
         return Report(False, abi=rep.abi, why=f"confining failed: {type(exc).__name__}: {exc}")
+    if rep.seccomp:
+        try:
+            rep.denied_syscalls = _load_seccomp()
+        except Exception as exc:  # noqa: BLE001 - e.g. a container's own filter forbids adding one
+            rep.seccomp, rep.seccomp_why = False, f"loading the seccomp filter failed: {type(exc).__name__}: {exc}"
+            if mode == "require":   # Landlock is already in force; the process must not go on
+                raise RuntimeError(f"os_sandbox='require' but the {role} process: {rep.seccomp_why}") from exc
     return rep
 
 
-def fresh_triton_cache(scratch: str) -> str:
+def fresh_triton_cache(scratch: str, candidate: str | None = None) -> str:
     """Point Triton at a new, empty cache folder in `scratch` and delete the previous one.
 
     A confined process calls it before each candidate: what one candidate wrote into its cache
     (it may write there, and could plant a binary under another kernel's key) never reaches the
     next candidate's kernels. Kernels already loaded stay in memory, so nothing is compiled twice
-    within one candidate's run."""
+    within one candidate's run. With `candidate` (its code), the new cache starts with the kernels
+    a precompile process compiled for that same code (`file_precompiled`): only what this
+    candidate could have planted in its own cache anyway."""
     prev = os.environ.get("TRITON_CACHE_DIR", "")
     n = 0
     if os.path.dirname(prev) == scratch and os.path.basename(prev).startswith("triton-cache-"):
-        shutil.rmtree(prev, ignore_errors=True)
+        if os.path.lexists(prev):   # not retired (`retire_triton_cache`)
+            shutil.rmtree(prev, ignore_errors=True)
         n = int(os.path.basename(prev).rsplit("-", 1)[1]) + 1
     cache = os.path.join(scratch, f"triton-cache-{n}")
     os.makedirs(cache, exist_ok=True)
     os.environ["TRITON_CACHE_DIR"] = cache
+    if candidate is not None and _PRECOMPILED:
+        _unpack_precompiled(os.path.join(_PRECOMPILED[0], candidate_digest(candidate) + ".tar"), cache)
     return cache
+
+
+def retire_triton_cache(scratch: str) -> None:
+    """Remove the cache folder `fresh_triton_cache` made last, once its candidate is judged: a
+    worker calls it after its reply, while it waits for the next request, so that the next
+    `fresh_triton_cache` (which removes a folder still there itself) finds nothing to remove. On
+    this project's CPU box removing a folder takes ~7 ms, 2-3 % of an evaluation on the interpreter."""
+    cur = os.environ.get("TRITON_CACHE_DIR", "")
+    if os.path.dirname(cur) == scratch and os.path.basename(cur).startswith("triton-cache-"):
+        shutil.rmtree(cur, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- precompiled kernels
+
+# Kernels a confined precompile process compiled for a candidate reach that candidate's GPU worker
+# through one archive per candidate, ``<precompiled_root()>/<candidate_digest(code)>.tar``, that
+# the evaluator's side (never a process running candidate code) writes. The root sits beside the
+# shared Triton cache, so the Ray pool's CPU and GPU actors of one node find the same one. A
+# confined worker may open files there but not list the folder (Landlock READ_FILE without
+# READ_DIR): it reads the archive of the code it was given, never another candidate's.
+PRECOMPILED_SUFFIX = "-kernelgym-precompiled"
+PRECOMPILED_KEEP = 256          # archives kept; the oldest go first
+PRECOMPILED_MAX_BYTES = 256 << 20
+_PRECOMPILED: list[str] = []    # in a confined GPU worker: the root it may read (set by `confine`)
+
+
+def precompiled_root() -> str:
+    """The folder of precompiled kernels for this process's shared Triton cache
+    (``TRITON_CACHE_DIR``, else Triton's default ``~/.triton/cache``) plus `PRECOMPILED_SUFFIX`."""
+    cache = os.environ.get("TRITON_CACHE_DIR") or os.path.join(
+        os.environ.get("TRITON_HOME") or os.path.expanduser("~"), ".triton", "cache")
+    return os.path.realpath(cache).rstrip(os.sep) + PRECOMPILED_SUFFIX
+
+
+def candidate_digest(code: str) -> str:
+    """The name precompiled kernels are filed under: a hash of the candidate's code."""
+    import hashlib
+
+    return hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def file_precompiled(scratch: str, candidate: str, root: str | None = None) -> int:
+    """Parent side of a confined precompile process whose scratch folder is `scratch`: archive the
+    Triton cache it compiled `candidate` into (its newest ``triton-cache-<n>``) as
+    ``<root>/<candidate_digest(candidate)>.tar``, which that candidate's confined GPU worker unpacks
+    into its fresh cache (`fresh_triton_cache`). The process ran candidate code, so only regular
+    files two levels down (``<key>/<file>``), never through a link, up to `PRECOMPILED_MAX_BYTES`.
+    Returns the number of files filed (0 when there was no such cache: an unconfined process
+    compiles into the shared cache itself)."""
+    import io
+    import tarfile
+    import tempfile
+
+    root = root or precompiled_root()
+    cache = _newest_cache(scratch)
+    if cache is None:
+        return 0
+    files = _regular_files(cache)
+    if not files:
+        return 0
+    os.makedirs(root, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".filing-", suffix=".tar", dir=root)
+    try:
+        with os.fdopen(fd, "wb") as fh, tarfile.open(fileobj=fh, mode="w") as tar:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.path.join(root, candidate_digest(candidate) + ".tar"))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _evict(root, PRECOMPILED_KEEP)
+    return len(files)
+
+
+def _unpack_precompiled(archive: str, cache: str) -> int:
+    """Unpack an archive `file_precompiled` wrote into Triton cache folder `cache` (0 files when
+    there is none; a hint, so a damaged one is skipped)."""
+    import tarfile
+
+    try:
+        with tarfile.open(archive, mode="r") as tar:
+            members = [m for m in tar.getmembers() if m.isfile() and _is_cache_entry(m.name)]
+            for m in members:
+                src = tar.extractfile(m)
+                if src is None:
+                    continue
+                os.makedirs(os.path.join(cache, os.path.dirname(m.name)), exist_ok=True)
+                with open(os.path.join(cache, m.name), "wb") as out:
+                    shutil.copyfileobj(src, out)
+            return len(members)
+    except (OSError, tarfile.TarError):
+        return 0
+
+
+def _is_cache_entry(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(p and p not in (".", "..") and "\\" not in p for p in parts)
+
+
+def _newest_cache(scratch: str) -> str | None:
+    best: tuple[int, str] | None = None
+    with contextlib.suppress(OSError):
+        for name in os.listdir(scratch):
+            head, _, num = name.rpartition("-")
+            if head == "triton-cache" and num.isdigit() and (best is None or int(num) > best[0]):
+                best = (int(num), name)
+    return os.path.join(scratch, best[1]) if best else None
+
+
+def _regular_files(cache: str) -> list[tuple[str, bytes]]:
+    """(``<key>/<file>``, contents) of the regular files of a Triton cache folder written by an
+    untrusted process: opened without following links, at most `PRECOMPILED_MAX_BYTES` in all."""
+    import stat
+
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    out: list[tuple[str, bytes]] = []
+    total = 0
+    try:
+        top = os.open(cache, flags | os.O_DIRECTORY)
+    except OSError:
+        return out
+    try:
+        for key in sorted(os.listdir(top)):
+            try:
+                kfd = os.open(key, flags | os.O_DIRECTORY, dir_fd=top)
+            except OSError:
+                continue   # a file or a link at the top: not Triton's layout
+            try:
+                for name in sorted(os.listdir(kfd)):
+                    if not _is_cache_entry(f"{key}/{name}"):
+                        continue
+                    try:
+                        fd = os.open(name, flags, dir_fd=kfd)
+                    except OSError:
+                        continue
+                    with os.fdopen(fd, "rb") as fh:
+                        st = os.fstat(fh.fileno())
+                        if not stat.S_ISREG(st.st_mode) or total + st.st_size > PRECOMPILED_MAX_BYTES:
+                            continue
+                        data = fh.read(st.st_size + 1)
+                    if len(data) == st.st_size:   # else it changed while read
+                        out.append((f"{key}/{name}", data))
+                        total += len(data)
+            finally:
+                os.close(kfd)
+    finally:
+        os.close(top)
+    return out
+
+
+def _evict(root: str, keep: int) -> None:
+    with contextlib.suppress(OSError):
+        entries = [e for e in os.scandir(root) if e.name.endswith(".tar") and not e.name.startswith(".")
+                   and e.is_file(follow_symlinks=False)]
+        entries.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime)
+        for e in entries[:max(0, len(entries) - keep)]:
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
 
 
 def _thread_count() -> int:
@@ -229,7 +444,8 @@ def _thread_count() -> int:
         return 1
 
 
-def _restrict(rep: Report, scratch: str, writable: Sequence[str], gpu_tools: bool, gpu_devices: bool) -> None:
+def _restrict(rep: Report, scratch: str, writable: Sequence[str], gpu_tools: bool, gpu_devices: bool,
+              readable: Sequence[str] = ()) -> None:
     import landlockpy
     from landlockpy import AccessFS, AccessNet, Scope
 
@@ -254,6 +470,7 @@ def _restrict(rep: Report, scratch: str, writable: Sequence[str], gpu_tools: boo
         allow(_SYSTEM_READ, read_dir)
         allow(_ETC, read_dir)
         allow(_python_paths(), read_dir)
+        allow(readable, read_file)   # open by name, never list (see `file_precompiled`)
         allow(_DEVICES_R, read_file)
         allow(_DEVICES_RW, AccessFS.READ_FILE | AccessFS.WRITE_FILE)
         allow([scratch], write_dir)
@@ -266,6 +483,79 @@ def _restrict(rep: Report, scratch: str, writable: Sequence[str], gpu_tools: boo
         rs.restrict()
     rep.denied_net = [f.name for f in AccessNet if f and f in handled_net and f.name]
     rep.scoped = [f.name for f in Scope if f and f in scoped and f.name]
+
+
+# ----------------------------------------------------------------------------- seccomp
+
+# Calls no worker needs (torch, Triton, the CUDA driver, ptxas, the C compiler) and Landlock does
+# not restrict: other processes' memory and file descriptors, the kernel keyring, kernel programs
+# and performance counters, page-fault handling, namespaces, and the administrative calls a worker
+# running as root could otherwise make (mount and module loading Landlock already blocks partly).
+_DENIED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "mount_setattr",
+    "fsopen", "fsconfig", "fsmount", "fspick", "open_by_handle_at", "quotactl", "fanotify_init",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot",
+    "swapon", "swapoff", "acct", "settimeofday", "clock_settime", "clock_adjtime", "sethostname",
+    "setdomainname", "iopl", "ioperm", "syslog", "vhangup", "lookup_dcookie",
+)
+# clone flags that make a new namespace (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID,
+# NEWNET, NEWTIME): threads and subprocesses never pass them.
+_CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                          0x40000000, 0x00000080)
+_AF_UNIX = 1
+_PERSONALITY_QUERY = 0xFFFFFFFF
+
+
+def _seccomp_unusable() -> str:
+    """Why a seccomp filter cannot be loaded here (empty when it can)."""
+    if not sys.platform.startswith("linux"):
+        return f"seccomp is Linux-only (this is {sys.platform})"
+    try:
+        import pyseccomp  # noqa: F401 - raises RuntimeError without the system's libseccomp
+    except ImportError:
+        return "the seccomp binding 'pyseccomp' is not installed (pip install pyseccomp)"
+    except Exception as exc:  # noqa: BLE001 - "Unable to find libseccomp"
+        return f"seccomp is unusable here: {exc} (install the system package libseccomp2)"
+    return ""
+
+
+def _load_seccomp() -> list[str]:
+    """Load this process's seccomp filter (see the module docstring); the calls it denies.
+
+    Everything not named stays allowed: the filter closes holes, it does not enumerate what
+    Python, torch and the driver need. Denied calls fail with EPERM (ENOSYS for clone3), never
+    kill, so the candidate's code sees an OSError and the worker reports it. Inherited by every
+    thread and process started afterwards; it cannot be removed."""
+    import pyseccomp as sc
+
+    eperm = sc.ERRNO(errno.EPERM)
+    flt = sc.SyscallFilter(sc.ALLOW)
+    # Syscalls of another ABI (i386 through int 0x80, x32) bypass per-name rules: refuse them all.
+    flt.set_attr(sc.Attr.ACT_BADARCH, eperm)
+    denied: list[str] = []
+
+    def deny(name: str, *args: Any, action: int = eperm) -> None:
+        nr = sc.resolve_syscall(sc.Arch.NATIVE, name)
+        if nr < 0:      # not a call of this architecture (e.g. iopl on arm64)
+            return
+        flt.add_rule(action, nr, *args)
+        if name not in denied:
+            denied.append(name)
+
+    deny("socket", sc.Arg(0, sc.NE, _AF_UNIX))
+    deny("socketpair", sc.Arg(0, sc.NE, _AF_UNIX))
+    for name in _DENIED_SYSCALLS:
+        deny(name)
+    deny("personality", sc.Arg(0, sc.NE, _PERSONALITY_QUERY))
+    for flag in _CLONE_NAMESPACE_FLAGS:
+        deny("clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    # clone3 passes its flags in memory, out of a filter's reach; glibc falls back to clone.
+    deny("clone3", action=sc.ERRNO(errno.ENOSYS))
+    flt.load()
+    return denied
 
 
 def from_env(role: str, scratch: str, *, gpu_tools: bool = False, gpu_devices: bool = False,
@@ -302,11 +592,24 @@ def denial(exc: BaseException) -> tuple[str, str] | None:
             continue
         detail = f"refused by the OS sandbox: {type(e).__name__}: {text[:300]}"
         if code == errno.EPERM and not getattr(e, "filename", None):
-            return "forbidden_call", detail
+            # EPERM with no path: the seccomp filter (a socket of a denied family when Python's
+            # socket module raised it) or Landlock's signal scope.
+            return ("network" if _raised_by_socket_module(e) else "forbidden_call"), detail
         if any(w in low for w in _NET_WORDS) and "file" not in low:
             return "network", detail
         return "file_access", detail
     return None
+
+
+def _raised_by_socket_module(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside the standard library's socket module (socket(), socketpair())."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if os.path.basename(code.co_filename) == "socket.py" and code.co_filename.startswith(sys.base_prefix):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def make_output_dir(base: str | None = None) -> str | None:
@@ -326,13 +629,20 @@ def make_output_dir(base: str | None = None) -> str | None:
 _WARNED: list[str] = []
 
 
-def warn_unconfined(why: str) -> None:
-    """Say once per process that candidate code will run without OS confinement, and why."""
+def warn_unconfined(rep: Report | str) -> None:
+    """Say once per process that candidate code will run without OS confinement (or under Landlock
+    without the seccomp filter), and why."""
     if _WARNED:
         return
-    _WARNED.append(why)
+    if isinstance(rep, str):
+        rep = Report(False, why=rep)
+    _WARNED.append(rep.incomplete_why)
     import warnings
 
-    warnings.warn(f"kernelgym: candidate code runs without an OS sandbox (os_sandbox: false): {why}. "
-                  "The Python-level guards still run; pass os_sandbox='require' to refuse instead.",
-                  RuntimeWarning, stacklevel=3)
+    if rep.active:
+        what = (f"candidate code runs under Landlock without the seccomp filter (os_sandbox: {rep.label}): "
+                f"{rep.seccomp_why}. UDP, raw and netlink sockets stay open to it")
+    else:
+        what = f"candidate code runs without an OS sandbox (os_sandbox: false): {rep.why}"
+    warnings.warn(f"kernelgym: {what}. The Python-level guards still run; pass os_sandbox='require' to "
+                  "refuse instead.", RuntimeWarning, stacklevel=3)

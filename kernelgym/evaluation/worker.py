@@ -234,7 +234,8 @@ def main(argv: list[str]) -> int:
         if op in ("candidate", "ptx") and confined != "false":
             from kernelgym.evaluation.sandbox import fresh_triton_cache
 
-            fresh_triton_cache(tmpdir)   # nothing a previous candidate wrote there is loaded
+            # Nothing a previous candidate wrote there is loaded; what was precompiled for this code is.
+            fresh_triton_cache(tmpdir, msg.get("source") if op == "candidate" else None)
         gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
         try:
             with profiler.request():
@@ -253,6 +254,12 @@ def main(argv: list[str]) -> int:
             gpu.mode = None  # the parent releases what this request held when the result arrives
             blob = codec.encode({"type": "result", "status": "internal_error", "error": describe(exc)})
         conn.send_bytes(blob)
+        if op in ("end_candidate", "ptx") and confined != "false":
+            from kernelgym.evaluation.sandbox import retire_triton_cache
+
+            # The candidate is judged: its cache goes now, while idle, rather than in the next
+            # request (removing a folder costs milliseconds on some disks).
+            retire_triton_cache(tmpdir)
 
 
 if __name__ == "__main__":

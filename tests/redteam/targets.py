@@ -18,7 +18,8 @@ VICTIM = b"reference outputs of another evaluation".ljust(64, b".")
 
 class Targets:
     """What the hacks aim at: a folder standing for /dev/shm (another evaluation's output file) and
-    the shared Triton cache, a TCP listener on loopback, and a count of SIGWINCH received here."""
+    the shared Triton cache, a TCP listener and a UDP port on loopback, and a count of SIGWINCH
+    received here."""
 
     def __init__(self) -> None:
         base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -33,9 +34,16 @@ class Targets:
         self._srv = socket.create_server(("127.0.0.1", 0))
         self._srv.settimeout(0.2)
         self.port = self._srv.getsockname()[1]
+        self.datagrams = 0
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind(("127.0.0.1", 0))
+        self._udp.settimeout(0.2)
+        self.udp_port = self._udp.getsockname()[1]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
+        self._udp_thread = threading.Thread(target=self._receive, daemon=True)
+        self._udp_thread.start()
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -46,12 +54,21 @@ class Targets:
             self.connections += 1
             conn.close()
 
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._udp.recvfrom(2048)
+            except OSError:
+                continue
+            self.datagrams += 1
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals += 1
 
     @contextlib.contextmanager
     def armed(self) -> Iterator[Targets]:
-        env = {"KERNELGYM_REDTEAM_DIR": self.dir, "KERNELGYM_REDTEAM_PORT": str(self.port)}
+        env = {"KERNELGYM_REDTEAM_DIR": self.dir, "KERNELGYM_REDTEAM_PORT": str(self.port),
+               "KERNELGYM_REDTEAM_UDP_PORT": str(self.udp_port)}
         old_env = {k: os.environ.get(k) for k in env}
         old_handler = signal.signal(signal.SIGWINCH, self._on_signal)
         os.environ.update(env)
@@ -75,6 +92,8 @@ class Targets:
             bad.append(f"files appeared in the shared Triton cache: {os.listdir(os.path.join(self.dir, 'cache'))}")
         if self.connections:
             bad.append(f"the listener accepted {self.connections} connection(s)")
+        if self.datagrams:
+            bad.append(f"the UDP port received {self.datagrams} datagram(s)")
         if self.signals:
             bad.append(f"the evaluator received {self.signals} SIGWINCH")
         return bad
@@ -83,4 +102,6 @@ class Targets:
         self._stop.set()
         self._srv.close()
         self._thread.join(timeout=5)
+        self._udp_thread.join(timeout=5)
+        self._udp.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,12 +1,14 @@
 """The OS sandbox's red team: escapes through C++ entry points that no Python-level guard sees.
 
 Each hack under hacks/ with ``Layer: os`` reaches a file, a socket or a signal through an
-indirection the static layer does not see (``operator.attrgetter``), at construction or in
-``forward``, in strict and lenient mode, and computes a correct softmax otherwise. With the OS
-sandbox every one must be rejected (``hack_detected`` with the guard its docstring names), the
-legit kernels must stay ``ok``, and nothing may have happened: the victim output file is
-unchanged, nothing was written into the "shared Triton cache", the local TCP listener saw no
-connection and the evaluator no signal. The control run with ``os_sandbox="off"`` shows the same
+indirection the static layer does not see (``operator.attrgetter``; for Python's own sockets also
+a call made from a torch frame, which the runtime guard does not attribute to the candidate), at
+construction or in ``forward``, in strict and lenient mode, and computes a correct softmax
+otherwise. With the OS sandbox (Landlock and seccomp) every one must be rejected
+(``hack_detected`` with the guard its docstring names), the legit kernels must stay ``ok``, and
+nothing may have happened: the victim output file is unchanged, nothing was written into the
+"shared Triton cache", the local TCP listener saw no connection, the UDP port no datagram and the
+evaluator no signal. The control run with ``os_sandbox="off"`` shows the same
 hacks do escape without it (so these tests can fail).
 """
 
@@ -29,7 +31,9 @@ SOFTMAX = [c for c in LEGIT if c.id == "legit/row_softmax"]
 # Each rejected hack replaces its worker (a torch import): minutes on two busy cores.
 pytestmark = pytest.mark.timeout(1200)
 
-needs_sandbox = pytest.mark.skipif(not osbox.probe().active, reason=f"no OS sandbox here: {osbox.probe().why}")
+# "require" means Landlock and the seccomp filter (UDP, raw and netlink sockets are seccomp's).
+needs_sandbox = pytest.mark.skipif(not osbox.probe().complete,
+                                   reason=f"no OS sandbox here: {osbox.probe().incomplete_why}")
 
 
 def _judge(backend: str, os_sandbox: str, which: list) -> tuple[dict[str, Any], list[str]]:
@@ -61,6 +65,7 @@ def test_os_escape_rejected(case, confined):
     assert set(case.expect) <= set(v.reasons), (v.reasons, v.error)
     assert "refused by the OS sandbox" in v.error
     assert v.versions.get("os_sandbox", "").startswith("landlock-abi"), v.versions
+    assert v.versions["os_sandbox"].endswith("+seccomp"), v.versions
 
 
 @needs_sandbox
@@ -77,7 +82,7 @@ def test_nothing_escaped(confined):
 
 # Hacks that, unconfined, escape and still compute the right softmax (so no worker is replaced).
 CONTROL = ["hacks/os_read_init", "hacks/os_mapping_forward", "hacks/os_signal_parent_forward",
-           "hacks/os_triton_cache_init"]
+           "hacks/os_triton_cache_init", "hacks/os_udp_sendto_forward", "hacks/os_netlink_socket_forward_lenient"]
 
 
 def test_escapes_succeed_without_the_sandbox():
@@ -90,6 +95,9 @@ def test_escapes_succeed_without_the_sandbox():
     assert any("victim" in e for e in escaped), escaped
     assert any("Triton cache" in e for e in escaped), escaped
     assert any("SIGWINCH" in e for e in escaped), escaped
+    assert any("datagram" in e for e in escaped), escaped   # UDP: past Landlock, stopped by seccomp
+    for hack in ("hacks/os_udp_sendto_forward", "hacks/os_netlink_socket_forward_lenient"):
+        assert verdicts[hack].status == "ok", (hack, verdicts[hack].status, verdicts[hack].error)
 
 
 @pytest.mark.gpu
