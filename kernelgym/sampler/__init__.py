@@ -6,9 +6,9 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 
+from kernelgym.graph import Graph, InputSpec, Node
 from kernelgym.sampler.checks import degeneracy
 from kernelgym.sampler.emit import emit_source, title
-from kernelgym.sampler.graph import Graph, InputSpec, Node
 from kernelgym.sampler.profiles import (
     SIZE_PROFILES,
     DifficultyProfile,
@@ -107,7 +107,7 @@ def make_task(graph: Graph, source: str, difficulty: int, seed: int, sizes: str,
     }
     task_id = f"d{difficulty}_{sizes}_s{seed}"
     return Task(id=task_id, source=source, name=title(graph.ops), difficulty=difficulty, ops=graph.ops,
-                seed=seed, graph=graph.to_dict(), meta=meta)
+                seed=seed, graph=graph, meta=meta)
 
 
 _DEFAULT: dict[tuple[str, str], TaskSampler] = {}

@@ -63,9 +63,9 @@ from functools import cache
 
 import z3
 
+from kernelgym.graph import Graph, InputSpec, Node
 from kernelgym.ops import CATALOG, OpSpec, get_op
 from kernelgym.ops.spec import MAX_RANK, RANGE_NAMES, SymTensor
-from kernelgym.sampler.graph import Graph, InputSpec, Node
 from kernelgym.sampler.model import FRESH, MAX_ARITY, UNUSED, VIEW_OPS, DagModel
 from kernelgym.sampler.profiles import SizeProfile, difficulty_profile, size_profile
 
@@ -618,7 +618,8 @@ class GraphSampler:
                     inputs.append(InputSpec(shape(t), range=RANGE_NAMES[z.value(t.range)]))
                 args.append(("input", len(inputs) - 1))
             fresh = {name: z.value(var) for name, var in sorted(m.fresh_vars(i, k).items())}
-            nodes.append(Node(op.name, params, tuple(args), shape(m.outs[i]), fresh))
+            # a copy: the variant dict belongs to the catalog, the node to the task
+            nodes.append(Node(op.name, dict(params), tuple(args), shape(m.outs[i]), fresh))
         for inp, i in pending_bounds:
             node = nodes[i]
             in_shapes = [inputs[kk].shape if kind == "input" else nodes[kk].shape for kind, kk in node.args]
