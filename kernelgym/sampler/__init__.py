@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from kernelgym.graph import Graph, InputSpec, Node
 from kernelgym.sampler.checks import degeneracy
 from kernelgym.sampler.emit import emit_source, title
+from kernelgym.sampler.oracle import Rejected
+from kernelgym.sampler.parallel import sample_parallel
 from kernelgym.sampler.profiles import (
     SIZE_PROFILES,
     DifficultyProfile,
@@ -16,7 +18,7 @@ from kernelgym.sampler.profiles import (
     difficulty_profile,
     size_profile,
 )
-from kernelgym.sampler.sample import GraphSampler, Rejected, sample_parallel
+from kernelgym.sampler.sample import GraphSampler
 from kernelgym.task import Task
 
 MAX_DEGENERATE_REDRAWS = 100
