@@ -35,7 +35,7 @@ def _rate(sampler: TaskSampler, d: int, n: int, workers: int) -> tuple[float, li
     else:
         tasks = [sampler.sample(d, s) for s in range(n)]
     elapsed = time.perf_counter() - start
-    return n / elapsed, [Graph.from_dict(t.graph) for t in tasks]
+    return n / elapsed, [t.graph for t in tasks]
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ made by the sampler also carry their graph and metadata, written beside the file
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import hashlib
 import json
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernelgym.graph import Graph
 from kernelgym.pyast import parse, syntax_problem
 
 REQUIRED_NAMES = ("Model", "get_inputs", "get_init_inputs")
@@ -81,8 +83,9 @@ def exec_source(source: str, module_name: str = "kernelgym_task", filename: str 
 class Task:
     """One task: KernelBench-format source plus, for sampled tasks, its graph and metadata.
 
-    `graph` is the JSON form of `kernelgym.sampler.graph.Graph` (None for hand-written tasks);
-    `meta` holds estimates and provenance (flops, bytes, sizes profile, dtype, path, ...).
+    `graph` is the program as a `kernelgym.graph.Graph` (None for hand-written tasks; its JSON
+    form, `Graph.to_dict`, is accepted too and read into a Graph); `meta` holds estimates and
+    provenance (flops, bytes, sizes profile, dtype, path, ...).
     """
 
     id: str
@@ -91,11 +94,14 @@ class Task:
     difficulty: int | None = None
     ops: tuple[str, ...] = ()
     seed: int | None = None
-    graph: Mapping[str, Any] | None = None
+    graph: Graph | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_source(self.source, self.id or "<task>")
+        if self.graph is not None and not isinstance(self.graph, Graph):
+            # the one place the JSON form (task files, dataset rows) becomes a Graph
+            object.__setattr__(self, "graph", _graph_of(self.graph, self.id or "<task>"))
 
     @property
     def hash(self) -> str:
@@ -130,10 +136,14 @@ class Task:
         return cls(source=source, **fields)
 
     def to_dict(self, with_source: bool = True) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        """The JSON-able form (`from_dict` reads it back); the graph as `Graph.to_dict`."""
+        # Field by field rather than dataclasses.asdict, which would deep-copy the graph only to
+        # have it replaced by its JSON form.
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) if f.name != "graph" else None
+             for f in dataclasses.fields(self)}
         d["ops"] = list(self.ops)
-        d["graph"] = dict(self.graph) if self.graph is not None else None
-        d["meta"] = dict(self.meta)
+        d["graph"] = self.graph.to_dict() if self.graph is not None else None
+        d["meta"] = dict(d["meta"])
         if not with_source:
             d.pop("source")
         return d
@@ -171,7 +181,21 @@ def _fields_from_dict(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     out = {k: v for k, v in data.items() if k in _TASK_FIELDS}
     if "ops" in out:
         out["ops"] = tuple(out["ops"])
+    if out.get("graph") is not None:
+        out["graph"] = _graph_of(out["graph"], where)
     return out
+
+
+def _graph_of(value: Any, where: str) -> Graph:
+    """A task's graph from its JSON form; `TaskFormatError` naming `where` when it is not one."""
+    if isinstance(value, Graph):
+        return value
+    if not isinstance(value, Mapping):
+        raise TaskFormatError(where, f"graph must be a Graph or its JSON form, got {type(value).__name__}")
+    try:
+        return Graph.from_dict(value)
+    except ValueError as exc:
+        raise TaskFormatError(where, f"graph: {exc}") from None
 
 
 @dataclass

@@ -3,15 +3,16 @@ refinement with verdict feedback; candidates judged in parallel by the batched e
 
 The search runs in rounds under a budget of evaluations and wall time:
 
-1. seeds: the base policy's default proposal, one candidate per config the base suggests
-   (``seed_configs(task)``, compiled with ``compile(task, config=...)``: the compiler offers IEEE
-   dots beside its default 3xTF32 ones for fp32 matmuls), in lenient mode one candidate per
-   other set of extern anchors the base offers (``extern_choices(task)``, compiled with
-   ``compile(task, extern=...)``: which convolutions / products run as the vendor call with the
-   ops around them fused into Triton, or all in Triton) and, when the base exposes
-   ``compile(task, partition=...)`` and the task has a graph, one candidate per alternative fusion
-   partition (which neighbouring ops share a kernel); a base without ``compile`` is asked for
-   several proposals instead;
+1. seeds: the base policy's default proposal and, when the base is a `policies.base.Compiler`
+   (the compiler policy), one candidate per config it suggests (``seed_configs(task)``, compiled
+   with ``compile(task, config=...)``: the compiler offers IEEE dots beside its default 3xTF32
+   ones for fp32 matmuls), in lenient mode one candidate per other set of extern anchors it
+   offers (``extern_choices(task)``, compiled with ``compile(task, extern=...)``: which
+   convolutions / products run as the vendor call with the ops around them fused into Triton, or
+   all in Triton) and one candidate per alternative fusion partition
+   (``candidate_partitions(task)``, compiled with ``compile(task, partition=...)``: which
+   neighbouring ops share a kernel); a base that is no Compiler is asked for several proposals
+   instead;
 2. then, repeatedly: launch-parameter neighbours of the best candidate so far (block sizes,
    num_warps, num_stages rewritten in the source by `policies.launch`, so LLM output works too;
    hill climbing, since each round starts from the current best), block-size variants of a
@@ -27,15 +28,13 @@ Every judged candidate is logged with what changed, its parent, status and speed
 from __future__ import annotations
 
 import hashlib
-import inspect
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernelgym.task import Task
-from policies.base import Attempt, Policy
+from policies.base import Attempt, Compiler, Policy, as_compiler
 from policies.launch import variants
 
 
@@ -77,6 +76,9 @@ class _Cand:
 class SearchPolicy:
     """Wraps `base` (any `policies.base.Policy`) with a budgeted search; see the module docstring.
 
+    A base that is a `policies.base.Compiler` is also searched over its partitions, configs and
+    extern anchors (`compiler`); one with only part of that protocol is refused (TypeError).
+
     budget_evals: most candidates judged per task; budget_s: wall seconds per task (checked between
     rounds, so a round in flight finishes); evaluator: an object with ``evaluate_batch(pairs,
     backend=, mode=, seed=)`` (default: the shared `kernelgym.evaluation` evaluator); backend /
@@ -92,6 +94,7 @@ class SearchPolicy:
                  batch_size: int | None = None, partitions: int = 8, refine: bool = True, seed: int = 0):
         if not callable(getattr(base, "propose", None)):
             raise TypeError(f"base policy must have propose(task, n, history); got {type(base).__name__}")
+        self.compiler: Compiler | None = as_compiler(base)
         if int(budget_evals) < 1:
             raise ValueError(f"budget_evals must be >= 1, got {budget_evals}")
         if budget_s is not None and budget_s <= 0:
@@ -137,31 +140,6 @@ class SearchPolicy:
         from kernelgym.evaluation.evaluator import cuda_available
 
         return cuda_available()
-
-
-def partition_api(base: Any) -> tuple[Any, Any] | None:
-    """(default_partition, candidate_partitions) when `base` can compile a given partition.
-
-    Looked up as attributes of the base, then in the base's module; None when `base.compile`
-    does not take ``partition`` or the partition functions are missing.
-    """
-    compile_ = getattr(base, "compile", None)
-    if not callable(compile_):
-        return None
-    try:
-        params = inspect.signature(compile_).parameters
-    except (TypeError, ValueError):
-        return None
-    if "partition" not in params:
-        return None
-    module = sys.modules.get(type(base).__module__)
-    found = []
-    for name in ("default_partition", "candidate_partitions"):
-        fn = getattr(base, name, None) or getattr(module, name, None)
-        if not callable(fn):
-            return None
-        found.append(fn)
-    return found[0], found[1]
 
 
 def _jsonable_partition(p: Any) -> list[list[int]]:
@@ -226,62 +204,40 @@ class _Search:
             return []
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
-    def graph(self) -> Any:
-        """The task's graph as the base's partition functions expect it: the base's own program
-        graph when it has one (`CompilerPolicy.program`, which also traces graph-less tasks),
-        else `Task.graph`, else the base module's `graph_from_source`."""
-        base, task = self.p.base, self.task
-        program = getattr(base, "program", None)
-        if callable(program):
-            return program(task).graph
-        if task.graph is not None:
-            from kernelgym.sampler.graph import Graph
-
-            return task.graph if isinstance(task.graph, Graph) else Graph.from_dict(dict(task.graph))
-        trace = getattr(sys.modules.get(type(base).__module__), "graph_from_source", None)
-        if callable(trace):
-            return trace(task.source)
-        raise ValueError("task has no graph and the base policy cannot trace one")
-
     def seeds(self) -> None:
-        base, task = self.p.base, self.task
-        api = partition_api(base)
-        n0 = 1 if api is not None else max(1, min(self.batch(), self.evals_left()))
+        base, task, comp = self.p.base, self.task, self.p.compiler
+        n0 = 1 if comp is not None else max(1, min(self.batch(), self.evals_left()))
         for s in self.ask("default", {}, base.propose, task, n=n0, history=self.history):
             self.add(s, "default" if not self.pending else "propose", {})
+        if comp is None:
+            return
         # Configs the base itself suggests (the compiler: IEEE dots), one candidate each.
-        seed_configs = getattr(base, "seed_configs", None)
-        if api is not None and callable(seed_configs):
-            for cfg in self.ask("config", {}, seed_configs, task):
-                if isinstance(cfg, dict):
-                    for s in self.ask("config", {"config": cfg}, base.compile, task, config=cfg)[:1]:
-                        self.add(s, "config", {"config": cfg})
+        for cfg in self.ask("config", {}, comp.seed_configs, task):
+            if isinstance(cfg, dict):
+                for s in self.ask("config", {"config": cfg}, comp.compile, task, config=cfg)[:1]:
+                    self.add(s, "config", {"config": cfg})
         # Lenient mode: which convolutions / products run as the vendor call (extern anchors, the
         # compiler's `extern_choices`, its own set first): each other set with its default partition.
         ext_kw: dict[str, Any] = {}
-        extern_choices = getattr(base, "extern_choices", None)
-        if api is not None and self.p.mode == "lenient" and callable(extern_choices):
-            choices = self.ask("extern", {}, extern_choices, task)
+        if self.p.mode == "lenient":
+            choices = self.ask("extern", {}, comp.extern_choices, task)
             if choices:
                 ext_kw = {"extern": choices[0]}
             for ext in choices[1:]:
-                for s in self.ask("extern", {"extern": ext}, base.compile, task, extern=ext)[:1]:
+                for s in self.ask("extern", {"extern": ext}, comp.compile, task, extern=ext)[:1]:
                     self.add(s, "extern", {"extern": ext})
-        if api is None or self.p.partitions < 1:
+        if self.p.partitions < 1:
             return
+        # the base's partitions around its own extern anchors (each alone in its group), its
+        # default (what the default proposal used) first
+        got = self.ask("partition", {}, comp.candidate_partitions, task, limit=self.p.partitions, **ext_kw)
         try:
-            graph = self.graph()
-            default_p, candidates = api
-            # the base's partitions around its own extern anchors (each alone in its group)
-            default = _jsonable_partition(default_p(graph, **ext_kw))
-            parts = [_jsonable_partition(p) for p in candidates(graph, limit=self.p.partitions, **ext_kw)]
-        except Exception as exc:  # noqa: BLE001
+            parts = [_jsonable_partition(p) for p in got]
+        except Exception as exc:  # noqa: BLE001 - a malformed answer from the base
             self.policy_error("partition", {}, f"{type(exc).__name__}: {exc}")
             return
-        for part in parts:
-            if part == default:
-                continue
-            for s in self.ask("partition", {"partition": part}, base.compile, task, partition=part)[:1]:
+        for part in parts[1:]:
+            for s in self.ask("partition", {"partition": part}, comp.compile, task, partition=part)[:1]:
                 self.add(s, "partition", {"partition": part})
 
     def best(self) -> int | None:
@@ -331,8 +287,7 @@ class _Search:
     def costs(self, i: int) -> dict[str, float] | None:
         """The base policy's cost of each kernel of candidate `i` (`kernel_costs`, the compiler's),
         for the partition (or extern anchors) it was built with; None when the base has none to give."""
-        kernel_costs = getattr(self.p.base, "kernel_costs", None)
-        if not callable(kernel_costs):
+        if self.p.compiler is None:
             return None
         partition = None
         kw: dict[str, Any] = {}
@@ -345,7 +300,7 @@ class _Search:
                 kw = {"extern": self.log[j]["changes"].get("extern")}
                 break
             j = self.log[j]["parent"]
-        got = self.ask("costs", {}, kernel_costs, self.task, partition, **kw)
+        got = self.ask("costs", {}, self.p.compiler.kernel_costs, self.task, partition, **kw)
         return got[0] if got and isinstance(got[0], dict) else None
 
     def evaluate(self, cands: list[_Cand]) -> None:

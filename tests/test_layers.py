@@ -15,6 +15,7 @@ LAYERS: tuple[tuple[str, int], ...] = (
     ("kernelgym.version", 0),
     ("kernelgym.pyast", 0),
     ("kernelgym.ops", 0),
+    ("kernelgym.graph", 0),  # the task graph: catalog ops over inputs, below Task
     ("kernelgym.task", 1),
     ("kernelgym.sampler", 2),
     ("kernelgym.evaluation", 3),

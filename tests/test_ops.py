@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from kernelgym.cli import main as cli_main
 from kernelgym.ops import CATALOG, CATEGORIES, get_op, ops_in
 from kernelgym.ops.infer import infer_shape
-from kernelgym.sampler import Graph, TaskSampler
+from kernelgym.sampler import TaskSampler
 from kernelgym.sampler.model import VIEW_OPS
 from kernelgym.task import exec_source
 
@@ -84,7 +84,7 @@ def test_shape_rule_agrees_with_pytorch(name, seed):
     difficulty = 1 if name not in VIEW_OPS else 2  # views need a producer node
     ops = [name] if difficulty == 1 else ["relu", name]
     task = _SAMPLER.sample(difficulty, seed, ops=ops)
-    graph = Graph.from_dict(task.graph)
+    graph = task.graph
     outs = _run(task)
     assert [tuple(o.shape) for o in outs] == [graph.nodes[o].shape for o in graph.outputs]
     i = graph.ops.index(name)
@@ -144,7 +144,7 @@ def test_conv_draws_cover_every_groups_and_bias_pair():
     """Sampled conv2d tasks use the listed variants: grouped, depthwise and bias-free ones too."""
     seen = set()
     for seed in range(16):
-        node = Graph.from_dict(_SAMPLER.sample(1, seed, ops=["conv2d"]).graph).nodes[0]
+        node = _SAMPLER.sample(1, seed, ops=["conv2d"]).graph.nodes[0]
         seen.add((node.params["groups"], node.params["bias"]))
     assert seen == {(1, True), (1, False), (2, True), ("depthwise", False)}
 

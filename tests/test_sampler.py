@@ -38,7 +38,7 @@ def test_emitted_tasks_run_and_match_graph(difficulty):
     sampler = TaskSampler("tiny")
     for seed in range(4):
         task = sampler.sample(difficulty, seed)
-        graph = Graph.from_dict(task.graph)
+        graph = task.graph
         assert len(task.ops) == difficulty == len(graph.nodes)
         outs = _outputs(task)
         assert [list(o.shape) for o in outs] == task.meta["output_shapes"]
@@ -58,7 +58,7 @@ def test_emitted_tasks_run_and_match_graph(difficulty):
 def test_profiles_bound_structure():
     sampler = TaskSampler("tiny")
     for seed in range(6):
-        graph = Graph.from_dict(sampler.sample(4, seed).graph)
+        graph = sampler.sample(4, seed).graph
         prof = difficulty_profile(4)
         fan_out = [sum(1 for n in graph.nodes for kind, k in n.args if kind == "node" and k == i)
                    for i in range(4)]
@@ -201,4 +201,4 @@ def test_expression_shows_branches_and_shared_nodes():
                                         Node("add", {}, (("node", 1), ("node", 2)), (4,))), outputs=(3,))
     assert diamond.expression() == "v0 = relu(x0); add(sin(v0), cos(v0))"
     task = TaskSampler("tiny").sample(5, 3)
-    assert task.meta["dag"] == Graph.from_dict(task.graph).expression() and task.meta["dag"] in task.source
+    assert task.meta["dag"] == task.graph.expression() and task.meta["dag"] in task.source

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
 from kernelgym.cli import main as cli_main
+from kernelgym.graph import Graph, InputSpec, Node
 from kernelgym.task import Task, TaskFormatError, check_source, load_suite
 
 GOOD = '''import torch
@@ -91,6 +93,70 @@ def test_task_write_and_load_round_trip(tmp_path):
     assert (loaded.difficulty, loaded.ops, loaded.seed, loaded.graph) == (1, ("relu",), 3, task.graph)
     assert loaded.meta["flops"] == 32 and loaded.meta["path"] == str(path)
     assert Task.from_dict(task.to_dict()) == task
+
+
+# A graph with what JSON changes (tuples become lists) and what it must keep (an index bound, None).
+SMALL_GRAPH = Graph(
+    inputs=(InputSpec((4, 8)), InputSpec((4,), kind="index", bound=8)),
+    nodes=(Node("relu", {}, (("input", 0),), (4, 8)),
+           Node("sum", {"dim": (1,), "keepdim": False}, (("node", 0),), (4,), fresh={"k": 3})),
+    outputs=(1,),
+)
+# The sidecar's "graph" as every earlier version wrote it: the on-disk format must not change.
+SMALL_GRAPH_JSON = {
+    "inputs": [{"bound": None, "kind": "float", "range": "real", "shape": [4, 8]},
+               {"bound": 8, "kind": "index", "range": "real", "shape": [4]}],
+    "nodes": [{"args": [["input", 0]], "fresh": {}, "op": "relu", "params": {}, "shape": [4, 8]},
+              {"args": [["node", 0]], "fresh": {"k": 3}, "op": "sum", "params": {"dim": [1], "keepdim": False},
+               "shape": [4]}],
+    "outputs": [1],
+}
+
+
+def test_task_graph_is_a_graph_and_its_files_keep_the_json_form(tmp_path):
+    task = Task(id="t2", source=GOOD, graph=SMALL_GRAPH, meta={"dtype": "float32"})
+    path = task.write(tmp_path)
+    assert json.loads(path.with_suffix(".json").read_text())["graph"] == SMALL_GRAPH_JSON
+    loaded = Task.from_file(path)
+    assert isinstance(loaded.graph, Graph) and loaded.graph.to_dict() == Graph.from_dict(SMALL_GRAPH_JSON).to_dict()
+    assert loaded.graph.inputs == SMALL_GRAPH.inputs and loaded.graph.outputs == (1,)
+    assert loaded.graph.nodes[1].params == {"dim": [1], "keepdim": False} and loaded.graph.nodes[1].fresh == {"k": 3}
+    # through JSON text (dataset rows), the Task constructor (the JSON form is read into a Graph) and pickle
+    via_json = Task.from_dict(json.loads(json.dumps(task.to_dict())))
+    assert isinstance(via_json.graph, Graph) and json.loads(json.dumps(via_json.to_dict()))["graph"] == SMALL_GRAPH_JSON
+    assert Task(id="t2", source=GOOD, graph=SMALL_GRAPH_JSON).graph == Graph.from_dict(SMALL_GRAPH_JSON)
+    assert pickle.loads(pickle.dumps(task)) == task and pickle.loads(pickle.dumps(task)).graph == SMALL_GRAPH
+    assert Task(id="t3", source=GOOD).to_dict()["graph"] is None
+
+
+def test_sampled_task_graph_round_trips_through_files_and_json(tmp_path):
+    from kernelgym.sampler import sample_task
+
+    task = sample_task(2, 0)
+    assert isinstance(task.graph, Graph) and task.graph.ops == task.ops
+    loaded = Task.from_file(task.write(tmp_path))
+    as_json = json.dumps(task.graph.to_dict(), sort_keys=True)
+    assert json.dumps(loaded.graph.to_dict(), sort_keys=True) == as_json
+    assert loaded.graph.expression() == task.graph.expression() == task.meta["dag"]
+    assert loaded.graph.estimate() == task.graph.estimate()
+    row = json.loads(json.dumps(task.to_dict(with_source=False)))   # as train/build_dataset stores it
+    assert json.dumps(Task.from_dict({**row, "source": task.source}).graph.to_dict(), sort_keys=True) == as_json
+
+
+@pytest.mark.parametrize("graph, problem", [
+    ({"inputs": [], "nodes": []}, "graph has no outputs"),
+    ({"inputs": [{"shape": [4], "colour": "red"}], "nodes": [], "outputs": []}, "malformed graph"),
+    ({"inputs": [], "nodes": [{"op": "relu", "args": [["input", 0]], "shape": [4]}], "outputs": [0]},
+     "missing key 'params'"),
+    ([1, 2], "graph must be a Graph or its JSON form, got list"),
+])
+def test_a_malformed_graph_is_a_task_format_error(tmp_path, graph, problem):
+    with pytest.raises(TaskFormatError, match=problem):
+        Task(id="bad", source=GOOD, graph=graph)
+    (tmp_path / "bad.py").write_text(GOOD)
+    (tmp_path / "bad.json").write_text(json.dumps({"graph": graph}))
+    with pytest.raises(TaskFormatError, match=f"bad.json: .*{problem}"):
+        Task.from_file(tmp_path / "bad.py")
 
 
 def test_task_instantiate_runs_the_source():

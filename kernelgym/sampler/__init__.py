@@ -6,9 +6,11 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 
+from kernelgym.graph import Graph, InputSpec, Node
 from kernelgym.sampler.checks import degeneracy
 from kernelgym.sampler.emit import emit_source, title
-from kernelgym.sampler.graph import Graph, InputSpec, Node
+from kernelgym.sampler.oracle import Rejected
+from kernelgym.sampler.parallel import sample_parallel
 from kernelgym.sampler.profiles import (
     SIZE_PROFILES,
     DifficultyProfile,
@@ -16,7 +18,7 @@ from kernelgym.sampler.profiles import (
     difficulty_profile,
     size_profile,
 )
-from kernelgym.sampler.sample import GraphSampler, Rejected, sample_parallel
+from kernelgym.sampler.sample import GraphSampler
 from kernelgym.task import Task
 
 MAX_DEGENERATE_REDRAWS = 100
@@ -107,7 +109,7 @@ def make_task(graph: Graph, source: str, difficulty: int, seed: int, sizes: str,
     }
     task_id = f"d{difficulty}_{sizes}_s{seed}"
     return Task(id=task_id, source=source, name=title(graph.ops), difficulty=difficulty, ops=graph.ops,
-                seed=seed, graph=graph.to_dict(), meta=meta)
+                seed=seed, graph=graph, meta=meta)
 
 
 _DEFAULT: dict[tuple[str, str], TaskSampler] = {}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kernelgym.sampler.graph import Graph
+from kernelgym.graph import Graph
 from kernelgym.task import exec_source
 
 HUGE = {torch.float32: 1e6, torch.float16: 1e4, torch.bfloat16: 1e4}

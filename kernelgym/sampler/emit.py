@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kernelgym.graph import Graph
 from kernelgym.ops import get_op
 from kernelgym.ops.spec import Weight
-from kernelgym.sampler.graph import Graph
 
 _DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 

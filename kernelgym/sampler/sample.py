@@ -37,7 +37,7 @@ its search finds, e.g. the smallest op index and dims at their bounds):
      so the same answers. Solvers are reused between problems (each problem in its own
      push/pop scope, which is cheaper than a new solver); what a reused solver learned earlier
      can change how fast it answers, never whether the answer is sat;
-   - decisions are pinned *speculatively* (`Oracle.pin_all`): blocks of first choices in one
+   - decisions are pinned *speculatively* (`oracle.Oracle.pin_all`): blocks of first choices in one
      check, halving on unsat. A sat block means pinning one at a time would have accepted every
      first choice too, so the outcome is the one-at-a-time outcome; first choices never depend
      on z3's models, fallback candidates only on determined values, so the answers (and the
@@ -46,7 +46,7 @@ its search finds, e.g. the smallest op index and dims at their bounds):
      rejected: the rank tables are the complete sets of rank tuples each op admits on its own;
    - `allowed` is computed from witnesses (a sat answer is a fact) with the unrestricted problem
      as the fallback, so it is the same set in every process.
-   A check that times out (`CHECK_TIMEOUT_MS`, far above what any check takes) would count as
+   A check that times out (`oracle.CHECK_TIMEOUT_MS`, far above what any check takes) would count as
    unsat and is the one thing that could make a draw machine-dependent. A new z3 version could
    change nothing but speed; a change to the catalog, the profiles or this procedure changes
    tasks (the seed fixes the draw, not the problem).
@@ -57,163 +57,22 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cache
 
 import z3
 
+from kernelgym.graph import Graph, InputSpec, Node
 from kernelgym.ops import CATALOG, OpSpec, get_op
 from kernelgym.ops.spec import MAX_RANK, RANGE_NAMES, SymTensor
-from kernelgym.sampler.graph import Graph, InputSpec, Node
 from kernelgym.sampler.model import FRESH, MAX_ARITY, UNUSED, VIEW_OPS, DagModel
+from kernelgym.sampler.oracle import Decision, Oracle, Rejected, choose, eq
 from kernelgym.sampler.profiles import SizeProfile, difficulty_profile, size_profile
 
 MAX_OP_DRAWS = 200
 MAX_PERMUTATIONS = 8  # further random op orders tried when the first does not fit
 MAX_STRUCTURE_TRIES = 6  # structures checked by z3 before the one-decision-at-a-time search
 MAX_STRUCTURE_STEPS = 20000  # Python search steps for those structures
-CHECK_TIMEOUT_MS = 20000
 # Partner ops tried (d-1 copies) to show that an op can appear in some program of difficulty d.
 WITNESSES = ("relu", "add", "sum", "linear", "flatten", "matmul", "mul_scalar", "transpose")
-
-
-class Rejected(Exception):
-    """A draw that cannot be completed; the sampler redraws and counts the reason."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@cache
-def _const(v: int) -> z3.IntNumRef:
-    return z3.IntVal(v)
-
-
-def eq(a: z3.ArithRef, b: z3.ArithRef | int) -> z3.BoolRef:
-    """``a == b`` without the Python-side coercions of ``__eq__`` (hot path)."""
-    bb = b if isinstance(b, z3.ExprRef) else _const(b)
-    return z3.BoolRef(z3.Z3_mk_eq(a.ctx_ref(), a.as_ast(), bb.as_ast()), a.ctx)
-
-
-@dataclass
-class Decision:
-    """One decision: `first` (constraints of the preferred choice) and how to decide otherwise."""
-
-    first: list[z3.BoolRef]
-    fallback: Callable[[Oracle], object]
-
-
-def choose(var: z3.ArithRef, candidates: list[int]) -> Decision:
-    """Pin `var` to its first feasible candidate."""
-    cands = list(dict.fromkeys(candidates))
-    return Decision([eq(var, cands[0])], lambda z: z.pin_first(var, cands[1:]))
-
-
-@dataclass
-class Oracle:
-    """A z3 solver over one problem, with pinning by check-then-add. Counts checks in `stats`."""
-
-    constraints: list[z3.BoolRef]
-    stats: Counter = field(default_factory=Counter)
-    pool: list | None = None  # idle solvers to reuse (push/pop) instead of making a new one
-
-    def __post_init__(self) -> None:
-        if self.pool:
-            self.solver = self.pool.pop()
-        else:
-            self.solver = z3.SimpleSolver()
-            self.solver.set("timeout", CHECK_TIMEOUT_MS)
-        self.solver.push()
-        self._ctx = self.solver.ctx.ref()
-        self._add(self.constraints)
-        self._sat = False  # whether the last check was sat (with every pin so far)
-        self._model: z3.ModelRef | None = None
-        self._pending: list[z3.BoolRef] = []  # pins checked sat, added before the next check
-
-    def _add(self, exprs: list[z3.BoolRef]) -> None:
-        for e in exprs:  # solver.add without the Python-side coercions
-            z3.Z3_solver_assert(self._ctx, self.solver.solver, e.as_ast())
-
-    def _check(self, *exprs: z3.BoolRef) -> bool:
-        self.stats["checks"] += 1
-        self._model = None
-        if self._pending:  # (adding them right away would discard the last model)
-            self._add(self._pending)
-            self._pending = []
-        assumptions = (z3.Ast * len(exprs))(*[e.as_ast() for e in exprs])
-        result = z3.Z3_solver_check_assumptions(self._ctx, self.solver.solver, len(exprs), assumptions)
-        self._sat = result == z3.Z3_L_TRUE
-        return self._sat
-
-    def release(self) -> None:
-        """Forget this problem and hand the solver back to the pool."""
-        if self.pool is not None and self.solver is not None:
-            self._model = None
-            self.solver.pop()
-            self.pool.append(self.solver)
-            self.solver = None
-
-    def sat(self, *exprs: z3.BoolRef) -> bool:
-        """Whether the problem plus the pins plus `exprs` is satisfiable (pins nothing)."""
-        return self._check(*exprs)
-
-    def pin(self, *exprs: z3.BoolRef) -> bool:
-        """Add `exprs` for good if the problem stays satisfiable."""
-        if not exprs:
-            return True
-        if self._check(*exprs):
-            self._pending = list(exprs)
-            return True
-        return False
-
-    def pin_first(self, var: z3.ArithRef, candidates: list[int]) -> int:
-        """Pin `var` to the first feasible candidate (deduplicated, order kept)."""
-        for value in dict.fromkeys(candidates):
-            if self.pin(eq(var, value)):
-                return value
-        raise Rejected(f"no feasible value for {var}")
-
-    def pin_all(self, decisions: list[Decision], known_unsat: bool = False) -> None:
-        """Each decision in turn: its first choice if feasible, else its fallback; in few checks.
-
-        Blocks of decisions are tried with all their first choices at once (the whole list
-        first, halving on unsat, doubling again after a success). A sat block means each of its
-        decisions, taken in turn, would have found its first choice feasible; a single decision
-        whose first choice is unsat runs its fallback. `known_unsat` says the whole list's
-        first choices are already known not to fit together.
-        """
-        n, i = len(decisions), 0
-        block = n // 2 if known_unsat else n
-        while i < n:
-            block = max(1, min(block, n - i))
-            chunk = decisions[i:i + block]
-            if self.pin(*[c for dec in chunk for c in dec.first]):
-                self.stats["speculation_hits"] += 1
-                i += block
-                block *= 2
-            elif block > 1:
-                self.stats["speculation_misses"] += 1
-                block //= 2
-            else:
-                self.stats["fallbacks"] += 1
-                chunk[0].fallback(self)
-                i += 1
-                block = n - i
-
-    def value(self, expr: z3.ArithRef) -> int:
-        """Value of an expression fully determined by the pins (so history-independent)."""
-        if not self._sat and not self._check():
-            raise Rejected("no_completion")
-        if self._model is None:
-            self._model = self.solver.model()
-        # model.eval(expr, model_completion=True).as_long(), without the Python wrappers
-        ctx = expr.ctx_ref()
-        r = (z3.Ast * 1)()
-        if not z3.Z3_model_eval(ctx, self._model.model, expr.as_ast(), True, r):
-            raise Rejected("no_completion")
-        return int(z3.Z3_get_numeral_string(ctx, r[0]))
 
 
 class GraphSampler:
@@ -618,7 +477,8 @@ class GraphSampler:
                     inputs.append(InputSpec(shape(t), range=RANGE_NAMES[z.value(t.range)]))
                 args.append(("input", len(inputs) - 1))
             fresh = {name: z.value(var) for name, var in sorted(m.fresh_vars(i, k).items())}
-            nodes.append(Node(op.name, params, tuple(args), shape(m.outs[i]), fresh))
+            # a copy: the variant dict belongs to the catalog, the node to the task
+            nodes.append(Node(op.name, dict(params), tuple(args), shape(m.outs[i]), fresh))
         for inp, i in pending_bounds:
             node = nodes[i]
             in_shapes = [inputs[kk].shape if kind == "input" else nodes[kk].shape for kind, kk in node.args]
@@ -655,51 +515,3 @@ def _propose_dims(rng: random.Random, rank: int, s: SizeProfile) -> list[int]:
         e = min(e, s.hi.bit_length() - 1)
         dims.append(max(s.lo, min(s.hi, rng.randint(2**e, 2 ** (e + 1) - 1))))
     return dims
-
-
-
-# -- several processes --------------------------------------------------------------------------
-
-_WORKER_SAMPLER = None
-
-
-def _init_worker(sizes: str, dtype: str, check: bool) -> None:
-    global _WORKER_SAMPLER
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker; the checks run tiny tensors
-    from kernelgym.sampler import TaskSampler
-
-    _WORKER_SAMPLER = TaskSampler(sizes, dtype, check)
-
-
-def _sample_one(job: tuple[int, int]):
-    """The task and the rejections its draw cost (so the caller can count them)."""
-    difficulty, seed = job
-    before = _WORKER_SAMPLER.rejections
-    task = _WORKER_SAMPLER.sample(difficulty, seed)
-    return task, dict(_WORKER_SAMPLER.rejections - before)
-
-
-def sample_parallel(jobs: list[tuple[int, int]], sizes: str, dtype: str = "float32", check: bool = True,
-                    workers: int = 2) -> list:
-    """Tasks for (difficulty, seed) jobs, in order, from `workers` processes (forkserver).
-
-    Each task is a function of its (difficulty, seed) alone (see the module docstring), so the
-    result is the same list whatever the number of workers and however jobs are split. The pool
-    is kept for later calls with the same settings (and terminated at exit). Returns (task,
-    rejections of that draw) pairs.
-    """
-    key = (sizes, dtype, check, workers)
-    if key not in _POOLS:  # kept for later calls (workers keep their z3 models warm)
-        import atexit
-        import multiprocessing as mp
-
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-        _POOLS[key] = ctx.Pool(workers, initializer=_init_worker, initargs=(sizes, dtype, check))
-        atexit.register(_POOLS[key].terminate)
-    return _POOLS[key].map(_sample_one, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
-
-
-_POOLS: dict = {}

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 import z3
 
+from kernelgym.graph import Graph
 from kernelgym.ops import CATALOG, CATEGORIES
-from kernelgym.sampler.graph import Graph
 from kernelgym.sampler.sample import GraphSampler
 
 

@@ -6,7 +6,8 @@ traces the reference with torch.fx: `graph_from_source`), splits the graph into 
 epilogues into reductions, softmax / norm rows, scans, matmuls and convolutions) and writes one
 ``@triton.jit`` kernel per group plus a `ModelNew` with the reference's constructor signature and
 state-dict names. `candidate_partitions` lists alternative valid fusions and `compile(...,
-partition=, config=)` builds any of them with any launch configuration, for the search policy.
+partition=, config=)` builds any of them with any launch configuration, for the search policy
+(`CompilerPolicy` implements `policies.base.Compiler`, the protocol the search drives).
 
 Modules: `ir` (op kinds, programs, partitions), `codegen` (coordinates and the pointwise value
 generator), `kernels` (kernel templates), `module` (the action module), `trace` (fx tracing).
@@ -93,9 +94,6 @@ class CompilerPolicy:
             raise ValueError("torch_ops needs mode='lenient' (strict mode computes everything in Triton)")
         self._programs: dict[str, Program] = {}
 
-    default_partition = staticmethod(default_partition)
-    candidate_partitions = staticmethod(candidate_partitions)
-
     # -- programs --------------------------------------------------------------------------------
     def program(self, task: Task | str) -> Program:
         """The task's graph plus state and constructor info (traced when the task has no graph)."""
@@ -103,10 +101,7 @@ class CompilerPolicy:
         key = task.hash
         if key not in self._programs:
             if task.graph is not None:
-                from kernelgym.sampler.graph import Graph
-
-                graph = task.graph if isinstance(task.graph, Graph) else Graph.from_dict(dict(task.graph))
-                prog = program_from_graph(graph, str(task.meta.get("dtype", "float32")), task.name or task.id)
+                prog = program_from_graph(task.graph, str(task.meta.get("dtype", "float32")), task.name or task.id)
             else:
                 with task_phase("tracing"):
                     prog = program_from_source(task.source)
@@ -213,13 +208,19 @@ class CompilerPolicy:
             out[k.name] = esize * (sum(map(numel, shapes.values())) + written) / 3e6 + flops / 5e7
         return out
 
+    def candidate_partitions(self, task: Task | str, limit: int = 8,
+                             extern: str | Iterable[int] | None = None) -> list[list[list[int]]]:
+        """Up to `limit` valid fusion partitions of the task's program (`ir.candidate_partitions`),
+        the one ``compile(task, extern=extern)`` uses first; extern as in `compile`."""
+        prog = self.program(task)
+        ext = self.extern_nodes(task, extern)
+        return candidate_partitions(prog.graph, limit=limit, torch_ops=self.torch_ops, extern=ext)
+
     def variants(self, task: Task | str, limit: int = 8) -> list[tuple[list[list[int]], dict[str, Any]]]:
         """(partition, config) pairs `propose` draws from: the default first, then alternative
         partitions, then launch-config variants of the default partition (all with the policy's
         extern anchors; `propose` adds the other `extern_choices`)."""
-        prog = self.program(task)
-        ext = self.extern_nodes(task)
-        parts = candidate_partitions(prog.graph, limit=max(limit, 1), torch_ops=self.torch_ops, extern=ext)
+        parts = self.candidate_partitions(task, limit=max(limit, 1))
         out: list[tuple[list[list[int]], dict[str, Any]]] = [(p, {}) for p in parts]
         out += [(parts[0], dict(c)) for c in CONFIG_VARIANTS]
         return out

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from kernelgym.sampler.graph import Node
+from kernelgym.graph import Node
 from policies.compiler.ir import COMPOSITE, CompileError, Program, Ref
 
 

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernelgym.graph import Graph
 from kernelgym.ops import get_op
-from kernelgym.sampler.graph import Graph
 
 Ref = tuple[str, int]  # ("input", k) | ("node", j) | ("state", k): a graph input, node or state tensor
 
@@ -191,14 +191,12 @@ def program_from_graph(graph: Graph, dtype: str = "float32", name: str = "") -> 
 # ---- partitions ------------------------------------------------------------------------------------
 
 
-def _as_graph(graph: Graph | Mapping[str, Any] | Program) -> Graph:
+def _graph_of(graph: Graph | Program) -> Graph:
     if isinstance(graph, Program):
         return graph.graph
     if isinstance(graph, Graph):
         return graph
-    if isinstance(graph, Mapping):
-        return Graph.from_dict(dict(graph))
-    raise TypeError(f"expected a Graph, its dict form or a Program, got {type(graph).__name__}")
+    raise TypeError(f"expected a Graph (e.g. Task.graph) or a Program, got {type(graph).__name__}")
 
 
 class Analysis:
@@ -343,10 +341,10 @@ def group_problem(an: Analysis, group: set[int]) -> str | None:
     return None
 
 
-def partition_problem(graph: Graph | Mapping[str, Any] | Program, partition: Sequence[Iterable[int]],
+def partition_problem(graph: Graph | Program, partition: Sequence[Iterable[int]],
                       torch_ops: Iterable[str] = frozenset(), extern: Iterable[int] = frozenset()) -> str | None:
     """Why `partition` is not a valid fusion partition of `graph` (None when it is)."""
-    an = Analysis(_as_graph(graph), torch_ops, extern)
+    an = Analysis(_graph_of(graph), torch_ops, extern)
     return _partition_problem(an, [set(p) for p in partition])
 
 
@@ -393,7 +391,7 @@ def order_groups(graph: Graph | Program, partition: Sequence[Iterable[int]],
     """Validated partition, groups sorted in launch order and each group's nodes sorted."""
     if isinstance(partition, (str, bytes)) or not isinstance(partition, Iterable):
         raise PartitionError(f"a partition is a list of groups of node indices, got {partition!r}")
-    an = Analysis(_as_graph(graph), torch_ops, extern)
+    an = Analysis(_graph_of(graph), torch_ops, extern)
     groups = [set(p) for p in partition]
     problem = _partition_problem(an, groups)
     if problem:
@@ -456,23 +454,23 @@ def _normalise(groups: Iterable[Iterable[int]]) -> list[list[int]]:
     return sorted((sorted(g) for g in groups), key=lambda g: g[0])
 
 
-def default_partition(graph: Graph | Mapping[str, Any] | Program,
+def default_partition(graph: Graph | Program,
                       torch_ops: Iterable[str] = frozenset(), extern: Iterable[int] = frozenset()) -> list[list[int]]:
     """The compiler's default fusion: pointwise chains into their producer or consumer kernel,
     prologues and epilogues into reductions, norms, matmuls and convolutions. Nodes in `extern`
     (vendor calls) stay alone, so what follows one fuses into the kernel(s) after it."""
-    an = Analysis(_as_graph(graph), torch_ops, extern)
+    an = Analysis(_graph_of(graph), torch_ops, extern)
     return _normalise(_greedy(an))
 
 
-def candidate_partitions(graph: Graph | Mapping[str, Any] | Program, limit: int = 8,
+def candidate_partitions(graph: Graph | Program, limit: int = 8,
                          torch_ops: Iterable[str] = frozenset(),
                          extern: Iterable[int] = frozenset()) -> list[list[list[int]]]:
     """Up to `limit` distinct valid partitions, the default first: less fusion (no epilogue, no
     prologue, no sibling merging, one kernel per op) and the default with one fused edge cut."""
     if limit < 1:
         return []
-    an = Analysis(_as_graph(graph), torch_ops, extern)
+    an = Analysis(_graph_of(graph), torch_ops, extern)
     out: list[list[list[int]]] = []
 
     def add(groups: Iterable[Iterable[int]]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kernelgym.ops import CATALOG
-from kernelgym.sampler import Graph, sample_task
+from kernelgym.sampler import sample_task
 from kernelgym.sampler.model import VIEW_OPS
 from kernelgym.task import Task
 from policies.base import Attempt
@@ -87,7 +87,7 @@ def failures(names, verdicts) -> dict[str, str]:
 def chain_task() -> Task:
     """A sampled d=3 task linear -> mul_scalar -> gelu (a matmul with an elementwise epilogue)."""
     task = sample_task(3, 1, ops=["linear", "gelu", "mul_scalar"])
-    g = Graph.from_dict(task.graph)
+    g = task.graph
     assert g.ops == ("linear", "mul_scalar", "gelu") and g.edges() == [(0, 1), (1, 2)], g
     return task
 
@@ -281,7 +281,7 @@ def depthwise(task: Task) -> bool:
     """A single-op convolution task with one input channel a group (and several groups)."""
     from kernelgym.ops.catalog import conv_groups
 
-    g = Graph.from_dict(task.graph)
+    g = task.graph
     node, cin = g.nodes[0], g.in_shapes(0)[0][1]
     return node.op in CONV and conv_groups(node.params, cin) == cin > 1
 
@@ -345,7 +345,7 @@ def test_row_anchors_feed_their_epilogue_a_value_not_an_expression(evaluator):
     names, pairs = [], []
     for op in sorted(NORMALIZE | SCAN):
         task = sample_task(2, 2, ops=[op, "mish"])
-        g = Graph.from_dict(task.graph)
+        g = task.graph
         assert g.ops == (op, "mish") and g.edges() == [(0, 1)] and default_partition(g) == [[0, 1]]
         names.append(op)
         pairs.append((task, policy.compile(task)))
@@ -375,7 +375,7 @@ def test_matmul_epilogue_is_one_kernel_with_tl_dot():
 ])
 def test_rows_and_chains_are_one_kernel(ops, seed, nodes):
     task = sample_task(len(ops), seed, ops=ops)
-    g = Graph.from_dict(task.graph)
+    g = task.graph
     assert len(g.nodes) == nodes and len(g.edges()) == nodes - 1  # a chain
     src = CompilerPolicy().compile(task)
     assert len(kernel_defs(src)) == 1 and len(launches(src)) == 1
@@ -392,7 +392,7 @@ def test_less_fusion_means_more_kernels():
 # -- partitions and launch configs ---------------------------------------------------------------
 def test_candidate_partitions_are_valid_distinct_and_each_compiles_ok(evaluator):
     task = chain_task()
-    g = Graph.from_dict(task.graph)
+    g = task.graph
     parts = candidate_partitions(g)
     assert parts[0] == default_partition(g) and len(parts) >= 3
     assert len({repr(p) for p in parts}) == len(parts)
@@ -430,7 +430,7 @@ def test_invalid_partitions_raise_partition_error(partition, message):
 
 def test_two_anchors_cannot_share_a_kernel():
     task = sample_task(2, 0, ops=["linear", "softmax"])
-    g = Graph.from_dict(task.graph)
+    g = task.graph
     assert sorted(g.ops) == ["linear", "softmax"] and g.edges() == [(0, 1)]
     assert len(default_partition(g)) == 2
     with pytest.raises(PartitionError, match="both need their own loop structure"):
@@ -614,7 +614,7 @@ def test_sampler_sources_of_every_catalog_op_trace_back_to_the_same_ops(catalog_
 
     for op, (task, _) in catalog_sources.items():
         traced = graph_from_source(task.source).ops
-        expected = tuple(equivalent(n) for n in Graph.from_dict(task.graph).nodes)
+        expected = tuple(equivalent(n) for n in task.graph.nodes)
         assert traced == expected, (op, traced, expected)
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from kernelgym.evaluation import Verdict
 from kernelgym.task import Task
-from policies.base import Policy
+from policies.base import Compiler, Policy
 from policies.launch import LaunchError, find_knobs, neighbours, rewrite, variants
-from policies.search import SearchPolicy, SearchResult, partition_api
+from policies.search import SearchPolicy, SearchResult
 
 REDTEAM = Path(__file__).parents[1] / "redteam"
 RELU_ADD = (REDTEAM / "legit" / "relu_add.py").read_text()
@@ -395,24 +395,29 @@ def test_constructor_checks():
 
 
 class Partitioner:
-    """A compile-capable base: the candidate records its partition; two groups is fastest."""
+    """A compile-capable base (a `Compiler`): the candidate records its partition; two groups is
+    fastest."""
 
     name = "partitioner"
 
     def propose(self, task, n=1, history=()):
         return [self.compile(task)]
 
-    def compile(self, task, partition=None, config=None):
-        part = partition if partition is not None else self.default_partition(None)
+    def compile(self, task, partition=None, config=None, extern=None):
+        part = partition if partition is not None else self.candidate_partitions(task)[0]
         return RELU_ADD + f"\n# partition {part}\n"
 
-    @staticmethod
-    def default_partition(graph):
-        return [[0, 1, 2]]
-
-    @staticmethod
-    def candidate_partitions(graph, limit=8):
+    def candidate_partitions(self, task, limit=8, extern=None):
         return [[[0, 1, 2]], [[0, 1], [2]], [[0], [1, 2]], [[0], [1], [2]]][:limit]
+
+    def seed_configs(self, task):
+        return []
+
+    def extern_choices(self, task):
+        return []
+
+    def kernel_costs(self, task, partition=None, extern=None):
+        return {}
 
 
 def test_search_over_fusion_partitions():
@@ -425,7 +430,7 @@ def test_search_over_fusion_partitions():
         part = re.search(r"# partition (.*)", src).group(1)
         return "ok", speed[part] * (1 + block_of(src) / 1e4)
 
-    assert partition_api(Partitioner()) is not None and partition_api(Fixed(RELU_ADD)) is None
+    assert isinstance(Partitioner(), Compiler) and not isinstance(Fixed(RELU_ADD), Compiler)
     ev = FakeEvaluator(judge, workers=4)
     r = SearchPolicy(Partitioner(), budget_evals=4, evaluator=ev, backend="cuda").search(task)
     assert [e["origin"] for e in r.log] == ["default", "partition", "partition", "partition"]
