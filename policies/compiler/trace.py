@@ -35,6 +35,9 @@ from policies.compiler.ir import CompileError, Program, StateEntry
 # spanning several calls (a reversed scan written as flip / cumsum / flip) by one node the handlers
 # map; registered by the modules that define them (`trace_reduce`).
 GRAPH_PASSES: list[Callable[[Any], None]] = []
+# Modules not run while tracing (the recurrent layers: step by step in Python even on meta): their
+# name -> a function of (module, *args, **kwargs) giving the result's meta tensors (`trace_recurrent`).
+MODULE_VALUES: dict[str, Callable[..., Any]] = {}
 
 
 class TraceError(CompileError):
@@ -279,9 +282,13 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
                     if kind == "call_module":
                         sub = self.root.get_submodule(target)
                         if isinstance(sub, torch.nn.RNNBase):
-                            # no catalog op, and on meta it still runs step by step in Python (tens of
-                            # seconds at KernelBench's sizes): left without a value, the mapper names it
-                            raise LookupError(f"{type(sub).__name__} is not run while tracing")
+                            # on meta it would still run step by step in Python (tens of seconds at
+                            # KernelBench's sizes): the module's result shapes come from its
+                            # registered value function, or it is left without a value
+                            value = MODULE_VALUES.get(type(sub).__name__)
+                            if value is None:
+                                raise LookupError(f"{type(sub).__name__} is not run while tracing")
+                            return value(sub, *a, **k)
                         return sub(*a, **k)
                     if kind == "get_attr":
                         obj = self.root

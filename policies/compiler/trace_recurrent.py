@@ -1,0 +1,113 @@
+"""Tracer handlers of the recurrent layers, registered into `trace`'s tables when it is imported:
+``nn.LSTM``, ``nn.GRU`` and ``nn.RNN`` (tanh or relu) called with an explicit initial state,
+``self.lstm(x, (h0, c0))`` / ``self.gru(x, h0)``, batched (3-D) input, any number of layers,
+bidirectional or not, batch-first or not, with or without biases (no ``proj_size``).
+
+The layer's tuple result maps lazily: each part the forward uses (``out, (h, c) = ...``,
+``state[0]``, ``self.gru(x, h0)[1]``) becomes one catalog node of the op (`lstm`, `gru`, `rnn`)
+whose ``result`` parameter says which tensor it is ("output", "h_n" or "c_n"); unused parts make
+no node. While tracing the layer is not run (on meta it would still step through the sequence in
+Python): `recurrent_value` gives its result as meta tensors of the shapes torch documents.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernelgym.ops.catalog import recurrent_weight_names
+from policies.compiler.trace import _MODULES, MODULE_VALUES, _Mapper, _mod_params, _Parts, _Unsupported
+
+_OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+
+
+def recurrent_value(sub: Any, x: Any, hx: Any = None) -> Any:
+    """What ``sub(x, hx)`` returns, as meta tensors: (output, h_n) or, for an LSTM, (output, (h_n, c_n))."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise LookupError(f"{type(sub).__name__} of an input that is not a batched (3-D) tensor")
+    d = 2 if sub.bidirectional else 1
+    batch = x.shape[0] if sub.batch_first else x.shape[1]
+    out = torch.empty((*x.shape[:2], d * sub.hidden_size), dtype=x.dtype, device="meta")
+    h_n = torch.empty((sub.num_layers * d, batch, sub.hidden_size), dtype=x.dtype, device="meta")
+    if type(sub).__name__ == "LSTM":
+        return out, (h_n, torch.empty_like(h_n))
+    return out, h_n
+
+
+class _RecurrentResult(_Parts):
+    """The (output, state) tuple of a recurrent layer: part 0 is the output node, part 1 the h_n
+    node (GRU, RNN) or the (h_n, c_n) pair (LSTM); nodes are made when a part is used."""
+
+    def __init__(self, op: str, params: dict[str, Any], args: list[Any], shapes: dict[str, tuple[int, ...]],
+                 roles: dict[str, str]):
+        self.op, self.params, self.args, self.shapes, self.roles = op, params, args, shapes, roles
+        self.made: dict[Any, Any] = {}
+
+    def node(self, m: _Mapper, result: str) -> Any:
+        if result not in self.made:
+            self.made[result] = m.add(self.op, {**self.params, "result": result}, self.args, self.shapes[result],
+                                      self.roles)
+        return self.made[result]
+
+    def part(self, m: _Mapper, i: Any) -> Any:
+        if i in (0, -2):
+            return self.node(m, "output")
+        if i in (1, -1):
+            return _StatePair(self) if self.op == "lstm" else self.node(m, "h_n")
+        raise _Unsupported(f"part {i!r} of a recurrent layer's (output, state) result")
+
+
+class _StatePair(_Parts):
+    """An LSTM's (h_n, c_n)."""
+
+    def __init__(self, owner: _RecurrentResult):
+        self.owner = owner
+
+    def part(self, m: _Mapper, i: Any) -> Any:
+        if i in (0, -2):
+            return self.owner.node(m, "h_n")
+        if i in (1, -1):
+            return self.owner.node(m, "c_n")
+        raise _Unsupported(f"part {i!r} of an LSTM's (h_n, c_n) state")
+
+
+def _m_recurrent(m: _Mapper, n: Any, sub: Any) -> Any:
+    name = type(sub).__name__
+    op = _OPS[name]
+    if getattr(sub, "proj_size", 0):
+        raise _Unsupported(f"{name} with proj_size")
+    x, hx = n.args[0], m.arg(n, 1, "hx")
+    if not m.is_tensor(x) or m.rank(x) != 3:
+        raise _Unsupported(f"{name} of an input that is not a batched (3-D) tensor")
+    if hx is None:
+        want = "(h0, c0)" if op == "lstm" else "h0"
+        raise _Unsupported(f"{name} without an initial state (pass {want} explicitly)")
+    if op == "lstm":
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise _Unsupported("LSTM state that is not a (h0, c0) pair")
+        states = list(hx)
+    else:
+        states = [hx]
+    params: dict[str, Any] = {"layers": int(sub.num_layers), "bidirectional": bool(sub.bidirectional),
+                              "batch_first": bool(sub.batch_first), "bias": bool(sub.bias)}
+    if op == "rnn":
+        params["nonlinearity"] = str(sub.nonlinearity)
+    names = recurrent_weight_names(params["layers"], params["bidirectional"], params["bias"])
+    roles = _mod_params(m, n, {w: w for w in names})
+    if len(roles) != len(names):
+        raise _Unsupported(f"{name} whose weights are not all in the state dict")
+    d = 2 if params["bidirectional"] else 1
+    xs = m.arg_shape(x)
+    batch = xs[0] if params["batch_first"] else xs[1]
+    h_shape = (params["layers"] * d, batch, int(sub.hidden_size))
+    for s in states:
+        if m.arg_shape(s) != h_shape:
+            raise _Unsupported(f"{name} initial state of shape {m.arg_shape(s)}, not {h_shape}")
+    shapes = {"output": (*xs[:2], d * int(sub.hidden_size)), "h_n": h_shape, "c_n": h_shape}
+    return _RecurrentResult(op, params, [x, *states], shapes, roles)
+
+
+for _name in _OPS:
+    _MODULES[_name] = _m_recurrent
+    MODULE_VALUES[_name] = recurrent_value
