@@ -15,7 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from kernelgym.ops.catalog import recurrent_weight_names
-from policies.compiler.trace import _MODULES, MODULE_VALUES, _Mapper, _mod_params, _Parts, _Unsupported
+from policies.compiler.trace import (
+    _MODULES,
+    GRAPH_PASSES,
+    MODULE_VALUES,
+    _Mapper,
+    _mod_params,
+    _Parts,
+    _Unsupported,
+)
 
 _OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 
@@ -108,6 +116,24 @@ def _m_recurrent(m: _Mapper, n: Any, sub: Any) -> Any:
     return _RecurrentResult(op, params, [x, *states], shapes, roles)
 
 
+def drop_unused_results(gm: Any) -> None:
+    """Remove calls that only compute unused values of a recurrent layer's result (``output, h_n =
+    self.gru(x, h0)`` returning h_n, or KernelBench's ``out = self.fc(out[:, -1, :])`` left unused
+    before ``return state[0]``): each part used is a node that runs the whole layer stack, so an
+    unused one would double the work. In-place methods are kept; calls not fed by a layer are
+    left as they are."""
+    fed: set[Any] = set()
+    for n in gm.graph.nodes:
+        layer = n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ in _OPS
+        if layer or any(a in fed for a in n.all_input_nodes):
+            fed.add(n)
+    for n in reversed(list(gm.graph.nodes)):
+        if n in fed and not n.users and n.op in ("call_function", "call_method", "call_module") and not (
+                n.op == "call_method" and str(n.target).endswith("_")):
+            gm.graph.erase_node(n)
+
+
 for _name in _OPS:
     _MODULES[_name] = _m_recurrent
     MODULE_VALUES[_name] = recurrent_value
+GRAPH_PASSES.append(drop_unused_results)
