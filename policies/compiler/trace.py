@@ -38,6 +38,8 @@ GRAPH_PASSES: list[Callable[[Any], None]] = []
 # Modules not run while tracing (the recurrent layers: step by step in Python even on meta): their
 # name -> a function of (module, *args, **kwargs) giving the result's meta tensors (`trace_recurrent`).
 MODULE_VALUES: dict[str, Callable[..., Any]] = {}
+# The same for functions (``torch.lstm``, ...): function -> a function of its arguments.
+FUNCTION_VALUES: dict[Any, Callable[..., Any]] = {}
 
 
 class TraceError(CompileError):
@@ -276,7 +278,7 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
             try:
                 with torch.no_grad(), meta:
                     if kind == "call_function":
-                        return target(*a, **k)
+                        return FUNCTION_VALUES.get(target, target)(*a, **k)
                     if kind == "call_method":
                         return getattr(a[0], target)(*a[1:], **k)
                     if kind == "call_module":

@@ -16,7 +16,9 @@ from typing import Any
 
 from kernelgym.ops.catalog import recurrent_weight_names
 from policies.compiler.trace import (
+    _FUNCTIONS,
     _MODULES,
+    FUNCTION_VALUES,
     GRAPH_PASSES,
     MODULE_VALUES,
     _Mapper,
@@ -116,6 +118,70 @@ def _m_recurrent(m: _Mapper, n: Any, sub: Any) -> Any:
     return _RecurrentResult(op, params, [x, *states], shapes, roles)
 
 
+# torch's functional forms (what the catalog ops' sources call): op, nonlinearity
+_FUNCTIONAL = {"lstm": ("lstm", None), "gru": ("gru", None), "rnn_tanh": ("rnn", "tanh"), "rnn_relu": ("rnn", "relu")}
+
+
+def functional_value(x: Any, hx: Any, params: Any, has_biases: bool, num_layers: int, dropout: float, train: bool,
+                     bidirectional: bool, batch_first: bool) -> Any:
+    """What ``torch.lstm`` / ``torch.gru`` / ``torch.rnn_tanh`` / ``torch.rnn_relu`` return (not the
+    packed-sequence overloads), as meta tensors: (output, h_n[, c_n])."""
+    import torch
+
+    if not isinstance(params, (list, tuple)) or not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise LookupError("a recurrent function of a packed sequence or an unbatched input")
+    h = hx[0] if isinstance(hx, (list, tuple)) else hx
+    d = 2 if bidirectional else 1
+    out = torch.empty((*x.shape[:2], d * h.shape[-1]), dtype=x.dtype, device="meta")
+    states = tuple(torch.empty(t.shape, dtype=t.dtype, device="meta") for t in (hx if isinstance(hx, (list, tuple))
+                                                                                else [hx]))
+    return (out, *states)
+
+
+class _FlatResult(_RecurrentResult):
+    """The flat (output, h_n[, c_n]) tuple of torch's functional forms."""
+
+    def part(self, m: _Mapper, i: Any) -> Any:
+        results = ("output", "h_n", "c_n") if self.op == "lstm" else ("output", "h_n")
+        if not isinstance(i, int) or not -len(results) <= i < len(results):
+            raise _Unsupported(f"part {i!r} of {self.op}'s {len(results)} results")
+        return self.node(m, results[i])
+
+
+def _f_recurrent(m: _Mapper, n: Any) -> Any:
+    name = getattr(n.target, "__name__", "")
+    op, nonlinearity = _FUNCTIONAL[name]
+    names = ("input", "hx", "params", "has_biases", "num_layers", "dropout", "train", "bidirectional", "batch_first")
+    a = {k: m.arg(n, i, k) for i, k in enumerate(names)}
+    if not isinstance(a["params"], (list, tuple)):
+        raise _Unsupported(f"torch.{name} of a packed sequence")
+    x, hx = a["input"], a["hx"]
+    states = list(hx) if op == "lstm" and isinstance(hx, (list, tuple)) else [hx]
+    if len(states) != (2 if op == "lstm" else 1) or not all(m.is_tensor(t) for t in states):
+        raise _Unsupported(f"torch.{name} state must be {'(h0, c0)' if op == 'lstm' else 'one tensor'}")
+    if not m.is_tensor(x) or m.rank(x) != 3:
+        raise _Unsupported(f"torch.{name} of an input that is not a batched (3-D) tensor")
+    params: dict[str, Any] = {"layers": a["num_layers"], "bidirectional": a["bidirectional"],
+                              "batch_first": a["batch_first"], "bias": a["has_biases"]}
+    if not all(isinstance(v, bool) for k, v in params.items() if k != "layers") or not isinstance(params["layers"], int):
+        raise _Unsupported(f"torch.{name} with flags that are not constants")
+    if nonlinearity:
+        params["nonlinearity"] = nonlinearity
+    roles = recurrent_weight_names(params["layers"], params["bidirectional"], params["bias"])
+    if len(a["params"]) != len(roles):
+        raise _Unsupported(f"torch.{name} with {len(a['params'])} weights, expected {len(roles)}")
+    keys = {}
+    for role, w in zip(roles, a["params"]):
+        key = m.state_key(w)
+        if key is None:
+            raise _Unsupported(f"torch.{name} weight {role} is not a parameter of the model")
+        keys[role] = key
+    xs, hs = m.arg_shape(x), m.arg_shape(states[0])
+    d = 2 if params["bidirectional"] else 1
+    shapes = {"output": (*xs[:2], d * hs[-1]), "h_n": hs, "c_n": hs}
+    return _FlatResult(op, params, [x, *states], shapes, keys)
+
+
 def drop_unused_results(gm: Any) -> None:
     """Remove calls that only compute unused values of a recurrent layer's result (``output, h_n =
     self.gru(x, h0)`` returning h_n, or KernelBench's ``out = self.fc(out[:, -1, :])`` left unused
@@ -124,7 +190,8 @@ def drop_unused_results(gm: Any) -> None:
     left as they are."""
     fed: set[Any] = set()
     for n in gm.graph.nodes:
-        layer = n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ in _OPS
+        layer = (n.op == "call_module" and type(gm.get_submodule(n.target)).__name__ in _OPS
+                 or n.op == "call_function" and n.target in _TORCH_FUNCTIONS)
         if layer or any(a in fed for a in n.all_input_nodes):
             fed.add(n)
     for n in reversed(list(gm.graph.nodes)):
@@ -133,7 +200,17 @@ def drop_unused_results(gm: Any) -> None:
             gm.graph.erase_node(n)
 
 
+def _torch_functions() -> frozenset[Any]:
+    import torch
+
+    return frozenset(getattr(torch, name) for name in _FUNCTIONAL)
+
+
+_TORCH_FUNCTIONS = _torch_functions()
 for _name in _OPS:
     _MODULES[_name] = _m_recurrent
     MODULE_VALUES[_name] = recurrent_value
+for _fn in _TORCH_FUNCTIONS:
+    FUNCTION_VALUES[_fn] = functional_value
+_FUNCTIONS.update({name: _f_recurrent for name in _FUNCTIONAL})
 GRAPH_PASSES.append(drop_unused_results)

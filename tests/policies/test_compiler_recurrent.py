@@ -149,3 +149,17 @@ def test_catalog_weights_are_torchs():
             got = {w.name: w.shape for w in spec.weights(ins, (4, 2, 6 * d), p)}
             assert got == {k: tuple(v.shape) for k, v in ref.named_parameters()}, (op, p)
             assert all(isinstance(w, Weight) for w in spec.weights(ins, (4, 2, 6 * d), p))
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
+def test_sampled_sources_trace_back_to_their_ops(op):
+    """A sampled task's source calls torch's functional form (``torch.lstm(x, (h0, c0), [...], ...)[k]``):
+    traced, it gives the sampled node back."""
+    from kernelgym.sampler import Graph, sample_task
+
+    for seed in range(3):
+        task = sample_task(1, seed, ops=[op])
+        sampled = Graph.from_dict(task.graph).nodes[0]
+        traced = graph_from_source(task.source).nodes[0]
+        assert (traced.op, traced.shape) == (sampled.op, sampled.shape)
+        assert {k: v for k, v in traced.params.items() if k != "_state"} == dict(sampled.params)
