@@ -24,6 +24,7 @@ from policies.compiler.trace import (
     _Mapper,
     _mod_params,
     _Parts,
+    _unsqueeze,
     _Unsupported,
 )
 
@@ -182,6 +183,28 @@ def _f_recurrent(m: _Mapper, n: Any) -> Any:
     return _FlatResult(op, params, [x, *states], shapes, keys)
 
 
+def _h_stack(m: _Mapper, n: Any) -> Any:
+    """``torch.stack(parts, dim)``: each part unsqueezed at dim, then concatenated there (what the
+    outputs of an unrolled recurrence are gathered with)."""
+    parts = list(m.arg(n, 0, "tensors") or [])
+    dim = m.arg(n, 1, "dim", 0)
+    if not parts or not all(m.is_tensor(p) for p in parts):
+        raise _Unsupported("stack of something other than a list of tensors")
+    shapes = {m.arg_shape(p) for p in parts}
+    if len(shapes) != 1:
+        raise _Unsupported(f"stack of tensors of different shapes {sorted(shapes)}")
+    r = len(shapes.pop()) + 1
+    if not isinstance(dim, int) or isinstance(dim, bool) or not -r <= dim < r:
+        raise _Unsupported(f"stack dim {dim!r} for rank {r}")
+    axis = dim % r
+    out = _unsqueeze(m, parts[0], axis)
+    for p in parts[1:]:
+        shape = list(m.arg_shape(out))
+        shape[axis] += 1
+        out = m.add("concat", {"dim": r - axis}, [out, _unsqueeze(m, p, axis)], tuple(shape))
+    return out
+
+
 def drop_unused_results(gm: Any) -> None:
     """Remove calls that only compute unused values of a recurrent layer's result (``output, h_n =
     self.gru(x, h0)`` returning h_n, or KernelBench's ``out = self.fc(out[:, -1, :])`` left unused
@@ -213,4 +236,5 @@ for _name in _OPS:
 for _fn in _TORCH_FUNCTIONS:
     FUNCTION_VALUES[_fn] = functional_value
 _FUNCTIONS.update({name: _f_recurrent for name in _FUNCTIONAL})
+_FUNCTIONS["stack"] = _h_stack
 GRAPH_PASSES.append(drop_unused_results)
