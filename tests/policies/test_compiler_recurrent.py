@@ -211,3 +211,28 @@ def test_sampled_sources_trace_back_to_their_ops(op):
         traced = graph_from_source(task.source).nodes[0]
         assert (traced.op, traced.shape) == (sampled.op, sampled.shape)
         assert {k: v for k, v in traced.params.items() if k != "_state"} == dict(sampled.params)
+
+
+def bench_problem(cls: str, body: str, bidirectional: bool, batch_first: bool) -> str:
+    """KernelBench's recurrent sizes: 512 steps, batch 10, 128 inputs, hidden 256, 6 layers."""
+    d = 2 if bidirectional else 1
+    state = f"torch.rand({6 * d}, 10, 256)"
+    return (TEMPLATE.format(cls=cls, width=256 * d, body=body, states="h0, c0" if cls == "LSTM" else "h0",
+                            options=f"6, batch_first={batch_first}, bidirectional={bidirectional}",
+                            x_shape="10, 512, 128" if batch_first else "512, 10, 128",
+                            state_inputs=f"{state}, {state}" if cls == "LSTM" else state)
+            .replace("return [5, 6]", "return [128, 256]"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("cls", "body", "bidirectional", "batch_first"), [
+    ("LSTM", "out, _ = self.rnn(x, (h0, c0))\n        return self.fc(out[:, -1, :])", True, True),
+    ("LSTM", "out, state = self.rnn(x, (h0, c0))\n        return state[1]", False, True),
+    ("GRU", "output, h_n = self.rnn(x, h0)\n        return output", True, False),
+])
+def test_bench_size_layers_are_ok_on_the_gpu(evaluator, cls, body, bidirectional, batch_first):
+    task = Task.from_source(bench_problem(cls, body, bidirectional, batch_first))
+    src = CompilerPolicy().compile(task)
+    v = evaluator.evaluate(task, src, backend="cuda", seed=3)
+    assert v.status == "ok", (v.status, v.error[:500])
+    print(f"{cls} bidirectional={bidirectional}: speedup {v.speedup}")
