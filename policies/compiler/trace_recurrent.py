@@ -209,7 +209,7 @@ def drop_unused_results(gm: Any) -> None:
     """Remove calls that only compute unused values of a recurrent layer's result (``output, h_n =
     self.gru(x, h0)`` returning h_n, or KernelBench's ``out = self.fc(out[:, -1, :])`` left unused
     before ``return state[0]``): each part used is a node that runs the whole layer stack, so an
-    unused one would double the work. In-place methods are kept; calls not fed by a layer are
+    unused one would double the work. In-place calls are kept; calls not fed by a layer are
     left as they are."""
     fed: set[Any] = set()
     for n in gm.graph.nodes:
@@ -218,9 +218,16 @@ def drop_unused_results(gm: Any) -> None:
         if layer or any(a in fed for a in n.all_input_nodes):
             fed.add(n)
     for n in reversed(list(gm.graph.nodes)):
-        if n in fed and not n.users and n.op in ("call_function", "call_method", "call_module") and not (
-                n.op == "call_method" and str(n.target).endswith("_")):
+        if n in fed and not n.users and n.op in ("call_function", "call_method", "call_module") and not _in_place(n):
             gm.graph.erase_node(n)
+
+
+def _in_place(n: Any) -> bool:
+    """A call that may write its arguments (``x.add_(1)``, ``torch.relu_(x)``, ``x[i] = v``)."""
+    import operator
+
+    name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+    return str(name).endswith("_") or n.target is operator.setitem or n.is_impure()
 
 
 def _torch_functions() -> frozenset[Any]:

@@ -236,3 +236,10 @@ def test_bench_size_layers_are_ok_on_the_gpu(evaluator, cls, body, bidirectional
     v = evaluator.evaluate(task, src, backend="cuda", seed=3)
     assert v.status == "ok", (v.status, v.error[:500])
     print(f"{cls} bidirectional={bidirectional}: speedup {v.speedup}")
+
+
+def test_in_place_calls_on_unused_parts_are_kept():
+    """An unused part written in place stays (and is reported: no catalog op), never silently dropped."""
+    src = problem("GRU", "output, h_n = self.rnn(x, h0)\n        output.add_(1.0)\n        return h_n")
+    with pytest.raises(TraceError, match="add_"):
+        graph_from_source(src)
