@@ -159,7 +159,8 @@ def recurrent_kernel(prog: Program, nodes: list[int], stored: list[int], anchor:
     node = prog.graph.nodes[j]
     op, p = node.op, node.params
     gates = RECURRENT_GATES[op]
-    layers, bidir, batch_first, bias = int(p["layers"]), bool(p["bidirectional"]), bool(p["batch_first"]), bool(p["bias"])
+    layers, bidir = int(p["layers"]), bool(p["bidirectional"])
+    batch_first, bias = bool(p["batch_first"]), bool(p["bias"])
     result = p.get("result", "output")
     if result not in (("output", "h_n", "c_n") if op == "lstm" else ("output", "h_n")):
         raise CompileError(f"node {j} ({op}): result {result!r}")
@@ -229,6 +230,7 @@ def recurrent_kernel(prog: Program, nodes: list[int], stored: list[int], anchor:
         f"num_warps={CELL_WARPS})",
     ]
     precision = ', input_precision="ieee"' if prog.dtype == "float32" else ""
-    text = _PROJ.format(name=name, op=op, precision=precision) + "\n\n" + _cell_source(name, op, p.get("nonlinearity", "tanh"))
+    text = (_PROJ.format(name=name, op=op, precision=precision) + "\n\n"
+            + _cell_source(name, op, p.get("nonlinearity", "tanh")))
     return RecurrentKernel(name, "recurrent", [j], [], {}, {}, "", [], list(stored), {"_tanh"},
                            scratch=scratch, text=text, loop=loop)

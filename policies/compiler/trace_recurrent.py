@@ -164,7 +164,8 @@ def _f_recurrent(m: _Mapper, n: Any) -> Any:
         raise _Unsupported(f"torch.{name} of an input that is not a batched (3-D) tensor")
     params: dict[str, Any] = {"layers": a["num_layers"], "bidirectional": a["bidirectional"],
                               "batch_first": a["batch_first"], "bias": a["has_biases"]}
-    if not all(isinstance(v, bool) for k, v in params.items() if k != "layers") or not isinstance(params["layers"], int):
+    flags = [v for k, v in params.items() if k != "layers"]
+    if not all(isinstance(v, bool) for v in flags) or not isinstance(params["layers"], int):
         raise _Unsupported(f"torch.{name} with flags that are not constants")
     if nonlinearity:
         params["nonlinearity"] = nonlinearity
