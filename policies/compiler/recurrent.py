@@ -27,22 +27,27 @@ from policies.compiler.codegen import state_expr
 from policies.compiler.ir import CompileError, Program, Ref
 from policies.compiler.kernels import Kernel, clamp_pow2
 
-# Programs of the cell kernel hold gates x BLOCK_J x BLOCK_K hidden weights in registers at a time.
+# Programs of the cell kernel hold gates x BLOCK_J x BLOCK_H hidden weights in registers at a time.
 CELL_WARPS = 8
 
 
 @dataclass
 class RecurrentKernel(Kernel):
-    """Two jit functions (input products, recurrence) and the loop over layers that launches them."""
+    """Two jit functions (input products, recurrence) and the loop over layers that launches them.
+    `blocks` holds the products' tile (BLOCK_M / BLOCK_N / BLOCK_K, at least 16 for ``tl.dot``) and
+    the recurrence's (BLOCK_J hidden units by BLOCK_H of the hidden products' reduction);
+    `options` the recurrence's launch options: a launch config sets both as for other kernels."""
 
     text: str = ""
-    loop: list[str] = field(default_factory=list)
+    loop: list[str] = field(default_factory=list)   # launch lines with {key} fields for blocks / options
 
     def source(self) -> str:
         return self.text
 
     def launch(self) -> list[str]:
-        return list(self.loop)
+        fields = {k: (max(16, v) if k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") else v) for k, v in self.blocks.items()}
+        fields["options"] = "".join(f", {k}={v}" for k, v in self.options.items())
+        return [line.format(**fields) for line in self.loop]
 
 
 def _ref_expr(prog: Program, ref: Ref) -> str:
@@ -78,11 +83,11 @@ def {name}_proj(x, w, bias, out, sx_t, sx_b, K, M: tl.constexpr, N: tl.constexpr
 _CELL_HEAD = '''@triton.jit
 def {name}_cell(gx, whh, bhh, h0, c0, y, hn, cn, hbuf, cbuf, st_off, y_col, sy_t, sy_b, T: tl.constexpr,
         B: tl.constexpr, H: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_J: tl.constexpr,
-        BLOCK_K: tl.constexpr):
+        BLOCK_H: tl.constexpr):
     """{op}: the recurrence of one layer and direction, one program per batch row, the steps in a loop"""
     b = tl.program_id(0)
     jr = tl.arange(0, BLOCK_J)
-    kr = tl.arange(0, BLOCK_K)
+    kr = tl.arange(0, BLOCK_H)
     for j0 in range(0, H, BLOCK_J):
         j = j0 + jr
         mj = j < H
@@ -95,7 +100,7 @@ def {name}_cell(gx, whh, bhh, h0, c0, y, hn, cn, hbuf, cbuf, st_off, y_col, sy_t
         for j0 in range(0, H, BLOCK_J):
             j = j0 + jr
             mj = j < H
-{zeros}            for k0 in range(0, H, BLOCK_K):
+{zeros}            for k0 in range(0, H, BLOCK_H):
                 k = k0 + kr
                 mk = k < H
                 hk = tl.load(hbuf + cur + b * H + k, mask=mk, other=0.0, volatile=True)
@@ -216,21 +221,24 @@ def recurrent_kernel(prog: Program, nodes: list[int], stored: list[int], anchor:
     m, n = t_len * batch, gates * hidden
     bm, bn = clamp_pow2(m, 16, 64), clamp_pow2(n, 16, 64)
     bk = clamp_pow2(max(xs[2], d * hidden if layers > 1 else 1), 16, 32)
-    bj, bkh = clamp_pow2(hidden, 16, 32), clamp_pow2(hidden, 16, 64)
+    bj, bh = clamp_pow2(hidden, 16, 32), clamp_pow2(hidden, 16, 64)
     loop = ["for xin, sx_t, sx_b, width, wih, bih, whh, bhh, soff, y, sy_t, sy_b, ycol, rev in ("]
     loop += [f"        {r}" for r in rows]
+    loop = [line.replace("{", "{{").replace("}", "}}") for line in loop]   # literal text: no fields
     loop += [
         "):",
-        f'    grid = lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]), triton.cdiv({n}, meta["BLOCK_N"]))  # noqa: E731',
+        f'    grid = lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]), triton.cdiv({n}, meta["BLOCK_N"]))'
+        "  # noqa: E731",
         f"    {name}_proj[grid](xin, wih, bih, {gx}, sx_t, sx_b, width, M={m}, N={n}, B={batch}, HAS_BIAS={bias}, "
-        f"BLOCK_M={bm}, BLOCK_N={bn}, BLOCK_K={bk}, num_warps=4)",
+        "BLOCK_M={BLOCK_M}, BLOCK_N={BLOCK_N}, BLOCK_K={BLOCK_K}, num_warps=4)",
         f"    grid = lambda meta: ({batch},)  # noqa: E731",
         f"    {name}_cell[grid]({gx}, whh, bhh, {h0}, {c0}, y, {hn}, {cn}, {hbuf}, {cbuf}, soff, ycol, sy_t, sy_b, "
-        f"T={t_len}, B={batch}, H={hidden}, REVERSE=rev, HAS_BIAS={bias}, BLOCK_J={bj}, BLOCK_K={bkh}, "
-        f"num_warps={CELL_WARPS})",
+        f"T={t_len}, B={batch}, H={hidden}, REVERSE=rev, HAS_BIAS={bias}, "
+        "BLOCK_J={BLOCK_J}, BLOCK_H={BLOCK_H}{options})",
     ]
     precision = ', input_precision="ieee"' if prog.dtype == "float32" else ""
     text = (_PROJ.format(name=name, op=op, precision=precision) + "\n\n"
             + _cell_source(name, op, p.get("nonlinearity", "tanh")))
-    return RecurrentKernel(name, "recurrent", [j], [], {}, {}, "", [], list(stored), {"_tanh"},
-                           scratch=scratch, text=text, loop=loop)
+    blocks = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_J": bj, "BLOCK_H": bh}
+    return RecurrentKernel(name, "recurrent", [j], [], blocks, {"num_warps": CELL_WARPS}, "", [], list(stored),
+                           {"_tanh"}, scratch=scratch, text=text, loop=loop)

@@ -243,3 +243,14 @@ def test_in_place_calls_on_unused_parts_are_kept():
     src = problem("GRU", "output, h_n = self.rnn(x, h0)\n        output.add_(1.0)\n        return h_n")
     with pytest.raises(TraceError, match="add_"):
         graph_from_source(src)
+
+
+def test_launch_config_reaches_the_recurrent_launches():
+    """num_warps / num_stages set the recurrence's launch; the products' tiles stay >= 16 (tl.dot)."""
+    task = Task.from_source(PROBLEMS["gru_output"][0])
+    policy = CompilerPolicy()
+    src = policy.compile(task, config={"BLOCK_K": 8, "BLOCK_M": 32, "num_warps": 2, "num_stages": 2})
+    proj, cell = [line for line in src.splitlines() if "[grid](" in line]
+    assert "BLOCK_M=32" in proj and "BLOCK_K=16" in proj and "num_warps=4" in proj
+    assert cell.endswith("num_warps=2, num_stages=2)")
+    assert len(policy.propose(task, n=4)) == 4   # launch variants of a recurrent task are distinct
