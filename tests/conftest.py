@@ -68,6 +68,7 @@ SLOW = (
     "tests/policies/test_compiler_linalg.py::test_problems_compile_to_triton_only_and_are_ok",
     "tests/test_guards_runtime.py::test_runtime_layer[legit/relu_add]",
     "tests/test_envs.py::test_batched_vector_env_one_evaluate_batch_call",
+    "tests/policies/test_compiler_recurrent.py::test_problems_compile_to_triton_only_and_are_ok",
 )
 
 

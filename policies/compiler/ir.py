@@ -61,7 +61,10 @@ TAIL_REDUCE = frozenset({"sum", "mean", "amax", "amin", "norm"})
 # products with an online softmax between them, in one kernel)
 MATMUL = frozenset({"linear", "matmul", "bmm", "addmm", "einsum", "sdpa"})
 CONV = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
-ANCHORS = ROW | MATMUL | CONV
+# Recurrent layers (`policies.compiler.recurrent`): a loop over the sequence in their own kernels,
+# alone in their group (nothing fuses into or after them).
+RECURRENT = frozenset({"lstm", "gru", "rnn"})
+ANCHORS = ROW | MATMUL | CONV | RECURRENT
 # Catalog ops the compiler lowers as a few of the ops above (`policies.compiler.composite`),
 # expanded when the program is built, so they never reach a partition.
 COMPOSITE = frozenset({"mse_loss", "smooth_l1_loss", "kl_div", "cross_entropy", "triplet_margin_loss",
@@ -78,7 +81,7 @@ class PartitionError(CompileError):
 
 
 def kind(op: str) -> str:
-    """'pointwise', 'row', 'matmul', 'conv' or 'unknown'."""
+    """'pointwise', 'row', 'matmul', 'conv', 'recurrent' or 'unknown'."""
     if op in POINTWISE:
         return "pointwise"
     if op in ROW:
@@ -87,6 +90,8 @@ def kind(op: str) -> str:
         return "matmul"
     if op in CONV:
         return "conv"
+    if op in RECURRENT:
+        return "recurrent"
     return "unknown"
 
 
@@ -300,6 +305,9 @@ def group_problem(an: Analysis, group: set[int]) -> str | None:
         return f"node {in_torch[0]} ({g.nodes[in_torch[0]].op}) runs in torch and cannot share a kernel"
     if in_torch:
         return None
+    recurrent = sorted(i for i in group if an.kind(i) == "recurrent")
+    if recurrent and len(group) > 1:
+        return f"node {recurrent[0]} ({g.nodes[recurrent[0]].op}) is a recurrent layer and cannot share a kernel"
     anchors = sorted(i for i in group if an.kind(i) != "pointwise")
     tail: set[int] = set()
     if len(anchors) > 2:

@@ -18,6 +18,7 @@ from policies.compiler.kernels import (
     pointwise_kernel,
     row_kernel,
 )
+from policies.compiler.recurrent import recurrent_kernel
 
 BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K", "SPLIT_R")
 OPTION_KEYS = ("num_warps", "num_stages")
@@ -112,7 +113,8 @@ def build_kernels(prog: Program, groups: list[list[int]], stored: list[list[int]
         else:
             a = anchors[0]
             ka = kind(prog.graph.nodes[a].op)
-            builder = {"row": row_kernel, "matmul": matmul_kernel, "conv": conv_kernel}.get(ka)
+            builder = {"row": row_kernel, "matmul": matmul_kernel, "conv": conv_kernel,
+                       "recurrent": recurrent_kernel}.get(ka)
             if builder is None:
                 raise CompileError(f"node {a}: no Triton lowering for {prog.graph.nodes[a].op!r}")
             k = builder(prog, nodes, st, a, name)

@@ -35,6 +35,11 @@ from policies.compiler.ir import CompileError, Program, StateEntry
 # spanning several calls (a reversed scan written as flip / cumsum / flip) by one node the handlers
 # map; registered by the modules that define them (`trace_reduce`).
 GRAPH_PASSES: list[Callable[[Any], None]] = []
+# Modules not run while tracing (the recurrent layers: step by step in Python even on meta): their
+# name -> a function of (module, *args, **kwargs) giving the result's meta tensors (`trace_recurrent`).
+MODULE_VALUES: dict[str, Callable[..., Any]] = {}
+# The same for functions (``torch.lstm``, ...): function -> a function of its arguments.
+FUNCTION_VALUES: dict[Any, Callable[..., Any]] = {}
 
 
 class TraceError(CompileError):
@@ -273,15 +278,19 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
             try:
                 with torch.no_grad(), meta:
                     if kind == "call_function":
-                        return target(*a, **k)
+                        return FUNCTION_VALUES.get(target, target)(*a, **k)
                     if kind == "call_method":
                         return getattr(a[0], target)(*a[1:], **k)
                     if kind == "call_module":
                         sub = self.root.get_submodule(target)
                         if isinstance(sub, torch.nn.RNNBase):
-                            # no catalog op, and on meta it still runs step by step in Python (tens of
-                            # seconds at KernelBench's sizes): left without a value, the mapper names it
-                            raise LookupError(f"{type(sub).__name__} is not run while tracing")
+                            # on meta it would still run step by step in Python (tens of seconds at
+                            # KernelBench's sizes): the module's result shapes come from its
+                            # registered value function, or it is left without a value
+                            value = MODULE_VALUES.get(type(sub).__name__)
+                            if value is None:
+                                raise LookupError(f"{type(sub).__name__} is not run while tracing")
+                            return value(sub, *a, **k)
                         return sub(*a, **k)
                     if kind == "get_attr":
                         obj = self.root
