@@ -35,6 +35,9 @@ from policies.compiler.ir import CompileError, Program, StateEntry
 # spanning several calls (a reversed scan written as flip / cumsum / flip) by one node the handlers
 # map; registered by the modules that define them (`trace_reduce`).
 GRAPH_PASSES: list[Callable[[Any], None]] = []
+# Handlers of Python operators beyond the arithmetic ones `_function_handler` knows (``a == b``),
+# registered by the modules that define them (`trace_nn`).
+OPERATOR_HANDLERS: dict[Any, Callable[[Any, Any], Any]] = {}
 
 
 class TraceError(CompileError):
@@ -293,7 +296,11 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
                 self.computing = False
 
     tracer = ShapeTracer(inputs)
-    graph = tracer.trace(model)
+    # buffers read in forward (a causal mask sliced and compared) are traced as get_attr, like
+    # parameters, instead of being computed eagerly into an anonymous constant
+    tracer.proxy_buffer_attributes = True
+    graph = tracer.trace(model, concrete_args=_unsupplied_defaults(model, len(inputs)))
+    _drop_specialised(graph, len(inputs))
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     for n in gm.graph.nodes:
         if n.op == "get_attr" and "_value" not in n.meta:  # a constant fx lifted (create_node, no proxy)
@@ -314,6 +321,45 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
         if found:
             n.meta["tensor_meta"] = tm
     return gm
+
+
+def _unsupplied_defaults(model: Any, supplied: int) -> dict[str, Any] | None:
+    """forward's parameters after the `supplied` ones get_inputs() gives, with their defaults
+    (``forward(self, x, mask=None)``): bound as constants, so the trace is specialised to the call
+    the reference makes (``if mask is not None`` takes the branch it takes at run time)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    out = {}
+    for p in params[supplied:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            break
+        if p.default is not p.empty:
+            out[p.name] = p.default
+    return out or None
+
+
+def _drop_specialised(graph: Any, supplied: int) -> None:
+    """Erase the placeholders of forward's parameters bound to their defaults
+    (`_unsupplied_defaults`) and the guards fx adds for them (``_assert_is_none``, or
+    ``torch._assert(x == default)``): ModelNew is called with get_inputs() only."""
+    import torch
+
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"][supplied:]
+    for ph in placeholders:
+        for u in list(ph.users):
+            name = getattr(u.target, "__name__", "")
+            if name == "_assert_is_none":
+                graph.erase_node(u)
+            elif u.target is operator.eq and all(a.target is torch._assert for a in u.users):
+                for a in list(u.users):
+                    graph.erase_node(a)
+                graph.erase_node(u)
+        if not ph.users:
+            graph.erase_node(ph)
 
 
 def _init_params(source: str) -> str:
@@ -1482,6 +1528,8 @@ def _function_handler(fn: Any) -> Callable[[_Mapper, Any], Any] | None:
         return _h_getitem
     if fn is getattr:
         return _h_getattr
+    if fn in OPERATOR_HANDLERS:
+        return OPERATOR_HANDLERS[fn]
     if fn in (operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
               operator.matmul, operator.gt, operator.lt, operator.abs):
         return {"add": _FUNCTIONS["add"], "sub": _FUNCTIONS["sub"], "mul": _FUNCTIONS["mul"],
