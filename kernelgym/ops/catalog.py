@@ -867,7 +867,8 @@ register(OpSpec(
     call=lambda a, p: f"{a[0]}.masked_fill({a[1]} {MASK_CMPS[p['cmp']]} {_num(p['c'])}, {_num(p['value'])})",
     shape=lambda a, o, p, c: broadcast(a[0], a[1], o) + same_shape(a[0], o),
     flops=_per_out(2), out_range=REAL,
-    params=(Param("cmp", ("eq", "lt", "gt")), Param("c", (0.0, 0.5)), Param("value", (0.0, -10000.0))),
+    # not "lt" with c 0 and value 0: that is the catalog's masked_fill, which the tracer maps it to
+    params=(Param("cmp", ("eq", "gt", "le")), Param("c", (0.0, 0.5)), Param("value", (0.0, -10000.0))),
     doc="x.masked_fill(mask <cmp> c, value), mask broadcast to x",
 ))
 

@@ -23,8 +23,9 @@ from kernelgym.task import Task
 from policies.base import Attempt
 
 # The tracer handlers of the level-3 modules (trace_nn) and of the reduction / scan / loss family
-# (trace_reduce) register into trace's tables on import; the package imports them (trace itself does not, so the two modules form no cycle), and importing any
-# policies.compiler module runs this first.
+# (trace_reduce) register into trace's tables on import; the package imports them (trace itself
+# does not, so the modules form no cycle), and importing any policies.compiler module runs this
+# first.
 from policies.compiler import trace_nn as _trace_nn  # noqa: E402,F401,I001
 from policies.compiler import trace_reduce as _trace_reduce  # noqa: E402,F401,I001
 from policies.compiler.composite import expand as expand_composites

@@ -1305,6 +1305,27 @@ def _select(m: _Mapper, x: Any, axis: int, index: int) -> Any:
     return m.add("select", {"dim": r - axis, "index": index % size}, [x], tuple(shape))
 
 
+def _strided(m: _Mapper, x: Any, axis: int, start: int, stop: int, step: int) -> Any:
+    """``x[..., start:stop:step]`` (step > 1, Swin's ``x[:, 0::2, 1::2]``): the slice from `start`,
+    padded to a whole number of steps (pad), split into (count, step) (reshape), index 0 of each
+    step (select)."""
+    if step < 1:
+        raise _Unsupported(f"a slice with step {step}")
+    count = len(range(start, stop, step))
+    if count < 1:
+        raise _Unsupported(f"an empty slice [{start}:{stop}:{step}]")
+    cur = _narrow(m, x, axis, start, min(count * step, m.arg_shape(x)[axis] - start))
+    shape = list(m.arg_shape(cur))
+    r = len(shape)
+    if shape[axis] < count * step:   # the last step is short: pad it (the padding is never read)
+        extra = count * step - shape[axis]
+        shape[axis] = count * step
+        cur = m.add("pad", {"pads": (0, 0) * (r - 1 - axis) + (0, extra), "value": 0.0}, [cur], tuple(shape))
+    split = (*shape[:axis], count, step, *shape[axis + 1:])
+    cur = m.add("reshape", {"shape": split}, [cur], split)
+    return _select(m, cur, axis + 1, 0)
+
+
 def _unsqueeze(m: _Mapper, x: Any, axis: int) -> Any:
     shape = list(m.arg_shape(x))
     shape.insert(axis, 1)
@@ -1330,9 +1351,7 @@ def _h_index(m: _Mapper, n: Any) -> Any:
         elif isinstance(it, slice) and all(v is None or (isinstance(v, int) and not isinstance(v, bool))
                                            for v in (it.start, it.stop, it.step)):
             start, stop, step = it.indices(m.arg_shape(cur)[axis])
-            if step != 1:
-                raise _Unsupported(f"a slice with step {step}")
-            cur = _narrow(m, cur, axis, start, stop - start)
+            cur = _narrow(m, cur, axis, start, stop - start) if step == 1 else _strided(m, cur, axis, start, stop, step)
             axis += 1
         else:
             raise _Unsupported(f"indexing with {type(it).__name__} (only ints, slices of step 1, None and ...)")
