@@ -1333,7 +1333,7 @@ def _unsqueeze(m: _Mapper, x: Any, axis: int) -> Any:
 
 
 def _h_index(m: _Mapper, n: Any) -> Any:
-    """Basic indexing ``x[i, a:b, None, ...]``: select, narrow and unsqueeze nodes (slices of step 1)."""
+    """Basic indexing ``x[i, a:b, None, ...]``: select, narrow and unsqueeze nodes (a step > 1: `_strided`)."""
     x, idx = n.args[0], n.args[1]
     items = list(idx) if isinstance(idx, tuple) else [idx]
     used = sum(1 for it in items if it is not None and it is not Ellipsis)
@@ -1354,7 +1354,7 @@ def _h_index(m: _Mapper, n: Any) -> Any:
             cur = _narrow(m, cur, axis, start, stop - start) if step == 1 else _strided(m, cur, axis, start, stop, step)
             axis += 1
         else:
-            raise _Unsupported(f"indexing with {type(it).__name__} (only ints, slices of step 1, None and ...)")
+            raise _Unsupported(f"indexing with {type(it).__name__} (only ints, slices, None and ...)")
     return m.ref(cur)
 
 
