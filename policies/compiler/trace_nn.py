@@ -14,8 +14,11 @@ tables when it is imported:
   eval mode, decomposed into catalog ops: the input projection (one linear producing q, k and v for
   self-attention), the head split (reshape / permute), ``sdpa``, the head merge, the output
   projection; layer norms, the feed-forward linears with their activation, residual adds, dropout
-  as the identity; honouring ``batch_first``, ``norm_first`` and the activation. Masks, extra
-  key/value biases and the attention weights output have no mapping (a precise error).
+  as the identity; honouring ``batch_first``, ``norm_first``, the activation and ``kdim`` /
+  ``vdim`` (a projection weight each). Masks, extra key/value biases and the attention weights
+  output have no mapping (a precise error). Cross-attention with one in-projection weight projects
+  q and k / v each to all three parts and keeps its own (3x the projection FLOPs of the part used;
+  correct, not tuned).
 """
 
 from __future__ import annotations
@@ -169,20 +172,26 @@ def _layer_norm(m: _Mapper, x: Any, prefix: str, norm: Any) -> Ref:
 
 def _attention(m: _Mapper, q: Any, k: Any, v: Any, mha: Any, prefix: str) -> Ref:
     """nn.MultiheadAttention(q, k, v) without masks, in eval mode: the attention output."""
-    if not mha._qkv_same_embed_dim:
-        raise _Unsupported(f"{prefix}: MultiheadAttention with kdim / vdim other than embed_dim")
     if mha.bias_k is not None or mha.add_zero_attn:
         raise _Unsupported(f"{prefix}: MultiheadAttention with add_bias_kv or add_zero_attn")
     e, h = int(mha.embed_dim), int(mha.num_heads)
     d = e // h
     sq, sk, sv = m.arg_shape(q), m.arg_shape(k), m.arg_shape(v)
-    if not (len(sq) == len(sk) == len(sv) == 3 and sq[-1] == sk[-1] == sv[-1] == e and sk[:2] == sv[:2]):
+    if not (len(sq) == len(sk) == len(sv) == 3 and (sq[-1], sk[-1], sv[-1]) == (e, mha.kdim, mha.vdim)
+            and sk[:2] == sv[:2]):
         raise _Unsupported(f"{prefix}: MultiheadAttention of shapes {sq}, {sk}, {sv} (batched 3-D inputs of "
-                           f"embed_dim {e})")
+                           f"embed_dim {e}, kdim {mha.kdim}, vdim {mha.vdim})")
     in_proj = _roles(m, prefix, weight="in_proj_weight", bias="in_proj_bias")
     full: dict[Any, Ref] = {}
 
     def project(x: Any, which: int) -> Ref:
+        if not mha._qkv_same_embed_dim:   # kdim / vdim: a weight per projection, one shared bias
+            out = m.add("linear", {}, [x], (*m.arg_shape(x)[:-1], e),
+                        {"weight": f"{prefix}.{'qkv'[which]}_proj_weight"})
+            if "bias" not in in_proj:
+                return out
+            bias = _narrow(m, ("state", m.state_index[in_proj["bias"]]), 0, which * e, e)
+            return m.add("add", {}, [out, bias], m.arg_shape(out))
         # one linear to (..., 3E) per distinct input; self-attention projects once
         key = x if not isinstance(x, tuple) else ("ref", x)
         if key not in full:

@@ -89,6 +89,9 @@ PROBLEMS = {
     "mha_batch_first_cross": (problem("q, kv", "return self.attn(q, kv, kv, need_weights=False)[0]",
                                       "torch.randn(2, 3, 16), torch.randn(2, 5, 16)",
                                       init=MHA.format(kw=", batch_first=True, bias=False")), None),
+    "mha_kdim_vdim": (problem("q, k, v", "return self.attn(q, k, v)[0]",
+                              "torch.randn(2, 3, 16), torch.randn(2, 5, 12), torch.randn(2, 5, 10)",
+                              init=MHA.format(kw=", kdim=12, vdim=10, batch_first=True")), None),
     # level3/32's form: batch-first post-norm layers; pre-norm with GELU; a stack with a final norm
     "encoder_layer": (problem("x", "return self.layer(x)", "torch.randn(2, 4, 16)",
                               init=LAYER.format(kw=", batch_first=True")), None),
