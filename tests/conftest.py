@@ -28,6 +28,7 @@ SLOW = (
     "tests/policies/test_compiler_rows.py",
     "tests/policies/test_compiler_conv.py",
     "tests/policies/test_compiler_precision.py",
+    "tests/policies/test_compiler_level3.py::test_level3_constructs_compile_to_triton_only_and_are_ok",
     "tests/train/test_train_scripts.py",
     "tests/train/test_train_dataset.py",
     "tests/test_runner.py::test_cli",

@@ -850,6 +850,29 @@ register(OpSpec(
 ))
 
 
+# x.masked_fill(mask <cmp> c, value): attention masks (``att.masked_fill(self.bias[:, :, :T, :T] == 0,
+# float("-inf"))``); the mask broadcasts to x. The tracer maps any comparison and fill value (an
+# infinite one included); the sampler draws finite fills.
+MASK_CMPS = {"eq": "==", "ne": "!=", "lt": "<", "gt": ">", "le": "<=", "ge": ">="}
+
+
+def _num(v: Any) -> str:
+    """A Python literal of a number, infinities and NaN included."""
+    f = float(v)
+    return f"float({str(f)!r})" if f != f or f in (float("inf"), float("-inf")) else repr(v)
+
+
+register(OpSpec(
+    name="masked_fill_cmp", category="where", arity=2,
+    call=lambda a, p: f"{a[0]}.masked_fill({a[1]} {MASK_CMPS[p['cmp']]} {_num(p['c'])}, {_num(p['value'])})",
+    shape=lambda a, o, p, c: broadcast(a[0], a[1], o) + same_shape(a[0], o),
+    flops=_per_out(2), out_range=REAL,
+    # not "lt" with c 0 and value 0: that is the catalog's masked_fill, which the tracer maps it to
+    params=(Param("cmp", ("eq", "gt", "le")), Param("c", (0.0, 0.5)), Param("value", (0.0, -10000.0))),
+    doc="x.masked_fill(mask <cmp> c, value), mask broadcast to x",
+))
+
+
 # ---- gather / embedding --------------------------------------------------------------------------
 
 
@@ -1051,6 +1074,25 @@ _view_op("repeat", _repeat_call,
          lambda a, o, p, c: [a[0].rank >= p["dim"], *keep_except(a[0], o, [p["dim"] - 1]),
                              o.dims[p["dim"] - 1] == a[0].dims[p["dim"] - 1] * p["times"]],
          (_SLOT, Param("times", (2, 3))), "x.repeat(...): one dim tiled `times` times")
+
+
+def _pad_shape(a, o, p, c):
+    # F.pad's order: (before, after) pairs from the last dim inwards, i.e. slot 0 first
+    x, pads = a[0], p["pads"]
+    k = len(pads) // 2
+    if len(pads) % 2 or k > MAX_RANK or min(pads) < 0:
+        return [z3.BoolVal(False)]
+    return [x.rank >= k, *keep_except(x, o, list(range(k))),
+            *[o.dims[m] == x.dims[m] + pads[2 * m] + pads[2 * m + 1] for m in range(k)]]
+
+
+register(OpSpec(
+    name="pad", category="shape", arity=1,
+    call=lambda a, p: f"F.pad({a[0]}, {list(p['pads'])!r}, value={_num(p.get('value', 0.0))})",
+    shape=_pad_shape, flops=lambda ins, o, p: 0, out_range=REAL,
+    params=(Param("pads", ((1, 1), (0, 2), (1, 0, 0, 1), (2, 2, 1, 1))), Param("value", (0.0, 1.0))),
+    doc="F.pad(x, pads, value=v): constant padding (non-negative), last dim first",
+))
 
 # ---- losses --------------------------------------------------------------------------------------
 # Each returns a 0-d tensor (`OpSpec.scalar_out`), so it ends a program: the sampler never feeds it

@@ -23,9 +23,11 @@ from kernelgym.runner import task_phase
 from kernelgym.task import Task
 from policies.base import Attempt
 
-# The recurrent layers' and the reduction / scan / loss family's tracer handlers register into
-# trace's tables on import; the package imports them (trace itself does not, so the modules form
-# no cycle), and importing any policies.compiler module runs this first.
+# The tracer handlers of the recurrent layers (trace_recurrent), the level-3 modules (trace_nn) and
+# the reduction / scan / loss family (trace_reduce) register into trace's tables on import; the
+# package imports them (trace itself does not, so the modules form no cycle), and importing any
+# policies.compiler module runs this first.
+from policies.compiler import trace_nn as _trace_nn  # noqa: E402,F401,I001
 from policies.compiler import trace_recurrent as _trace_recurrent  # noqa: E402,F401,I001
 from policies.compiler import trace_reduce as _trace_reduce  # noqa: E402,F401,I001
 from policies.compiler.composite import expand as expand_composites

@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernelgym.ops.catalog import adaptive_windows, pool_window
+from kernelgym.ops.catalog import MASK_CMPS, adaptive_windows, pool_window
 from policies.compiler.ir import POOLS, CompileError, Program, Ref, numel
 
 INDENT = "    "
@@ -534,6 +534,12 @@ class KernelWriter:
             return f"tl.where({c.dims[-1]} >= {rhs}, {x}, 0.0)"
         if op in VIEW_COPY_OPS:
             return self.value(node.args[0], self._view_copy_coords(j, c), mask)
+        if op == "masked_fill_cmp":
+            x = self.arg(j, 0, c, mask)
+            m = self.arg(j, 1, c, mask)
+            return f"tl.where({m} {MASK_CMPS[p['cmp']]} {lit(p['c'])}, {lit(p['value'])}, {x})"
+        if op == "pad":
+            return self._pad(j, c, mask)
         raise CompileError(f"node {j}: op {op!r} has no pointwise lowering")
 
     def _formula(self, template: str, p: dict[str, Any], **vals: str) -> str:
@@ -690,6 +696,25 @@ class KernelWriter:
         va = self.value(a_ref, Coords(sa, dims_a, ("catA", c.key)), ma)
         vb = self.value(b_ref, Coords(sb, dims_b, ("catB", c.key)), mb)
         return f"tl.where({in_a}, {va}, {vb})"
+
+    def _pad(self, j: int, c: Coords, mask: str) -> str:
+        """F.pad (constant): the input element at the shifted coordinates inside, the fill value in
+        the border (loads masked off there)."""
+        node = self.prog.graph.nodes[j]
+        pads, src = node.params["pads"], tuple(self.prog.shape(node.args[0]))
+        dims, inside = list(c.dims), []
+        for m in range(len(pads) // 2):
+            axis, before = len(src) - 1 - m, int(pads[2 * m])
+            d = c.dims[axis]
+            if before:
+                dims[axis] = Expr(f"{paren(d)} - {before}", d.axes)
+            if pads[2 * m] or pads[2 * m + 1]:
+                inside.append(f"({paren(d)} >= {before}) & ({paren(d)} < {before + src[axis]})")
+        if not inside:
+            return self.value(node.args[0], Coords(src, dims, ("pad", j, c.key)), mask)
+        ins = self.assign("inside", " & ".join(inside))
+        v = self.value(node.args[0], Coords(src, dims, ("pad", j, c.key)), self.assign("mask_in", f"{mask} & {ins}"))
+        return f"tl.where({ins}, {v}, {lit(node.params.get('value', 0.0))})"
 
     def _gather(self, j: int, c: Coords, mask: str) -> str:
         node = self.prog.graph.nodes[j]

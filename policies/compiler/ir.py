@@ -31,7 +31,7 @@ ELEMENTWISE = frozenset({
     "log", "log1p", "sqrt", "rsqrt", "reciprocal", "abs", "neg", "square", "sin", "cos", "erf",
     "add", "sub", "mul", "div", "maximum", "minimum", "where_gt", "masked_fill",
     "add_scalar", "mul_scalar", "div_scalar", "pow_scalar", "clamp", "tril", "batch_norm",
-    "triu", "clone",
+    "triu", "clone", "masked_fill_cmp",
 })
 # Pools: a window of the input per output element (max / average; adaptive pools to an output
 # size other than 1 average windows of varying length). Global average pools are reductions.
@@ -43,6 +43,8 @@ INDEXING = frozenset({"transpose", "permute", "flatten", "merge_last", "concat",
     "unsqueeze", "squeeze", "flip", "narrow", "select", "expand", "repeat", "reshape"})
 # Compiler-internal pointwise ops (no catalog entry), made by `composite.expand`: x[..., idx[...]].
 INDEXING |= frozenset({"pick_last"})
+# Constant padding: an output element is an input element or the fill value.
+INDEXING |= frozenset({"pad"})
 POINTWISE = ELEMENTWISE | INDEXING
 REDUCE = frozenset({"sum", "mean", "amax", "amin", "logsumexp", "var", "std", "norm", *GLOBAL_POOLS,
                     "prod", "argmax", "argmin"})

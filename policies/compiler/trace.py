@@ -40,6 +40,9 @@ GRAPH_PASSES: list[Callable[[Any], None]] = []
 MODULE_VALUES: dict[str, Callable[..., Any]] = {}
 # The same for functions (``torch.lstm``, ...): function -> a function of its arguments.
 FUNCTION_VALUES: dict[Any, Callable[..., Any]] = {}
+# Handlers of Python operators beyond the arithmetic ones `_function_handler` knows (``a == b``),
+# registered by the modules that define them (`trace_nn`).
+OPERATOR_HANDLERS: dict[Any, Callable[[Any, Any], Any]] = {}
 
 
 class TraceError(CompileError):
@@ -302,7 +305,11 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
                 self.computing = False
 
     tracer = ShapeTracer(inputs)
-    graph = tracer.trace(model)
+    # buffers read in forward (a causal mask sliced and compared) are traced as get_attr, like
+    # parameters, instead of being computed eagerly into an anonymous constant
+    tracer.proxy_buffer_attributes = True
+    graph = tracer.trace(model, concrete_args=_unsupplied_defaults(model, len(inputs)))
+    _drop_specialised(graph, len(inputs))
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     for n in gm.graph.nodes:
         if n.op == "get_attr" and "_value" not in n.meta:  # a constant fx lifted (create_node, no proxy)
@@ -323,6 +330,45 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
         if found:
             n.meta["tensor_meta"] = tm
     return gm
+
+
+def _unsupplied_defaults(model: Any, supplied: int) -> dict[str, Any] | None:
+    """forward's parameters after the `supplied` ones get_inputs() gives, with their defaults
+    (``forward(self, x, mask=None)``): bound as constants, so the trace is specialised to the call
+    the reference makes (``if mask is not None`` takes the branch it takes at run time)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    out = {}
+    for p in params[supplied:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            break
+        if p.default is not p.empty:
+            out[p.name] = p.default
+    return out or None
+
+
+def _drop_specialised(graph: Any, supplied: int) -> None:
+    """Erase the placeholders of forward's parameters bound to their defaults
+    (`_unsupplied_defaults`) and the guards fx adds for them (``_assert_is_none``, or
+    ``torch._assert(x == default)``): ModelNew is called with get_inputs() only."""
+    import torch
+
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"][supplied:]
+    for ph in placeholders:
+        for u in list(ph.users):
+            name = getattr(u.target, "__name__", "")
+            if name == "_assert_is_none":
+                graph.erase_node(u)
+            elif u.target is operator.eq and all(a.target is torch._assert for a in u.users):
+                for a in list(u.users):
+                    graph.erase_node(a)
+                graph.erase_node(u)
+        if not ph.users:
+            graph.erase_node(ph)
 
 
 def _init_params(source: str) -> str:
@@ -1268,6 +1314,27 @@ def _select(m: _Mapper, x: Any, axis: int, index: int) -> Any:
     return m.add("select", {"dim": r - axis, "index": index % size}, [x], tuple(shape))
 
 
+def _strided(m: _Mapper, x: Any, axis: int, start: int, stop: int, step: int) -> Any:
+    """``x[..., start:stop:step]`` (step > 1, Swin's ``x[:, 0::2, 1::2]``): the slice from `start`,
+    padded to a whole number of steps (pad), split into (count, step) (reshape), index 0 of each
+    step (select)."""
+    if step < 1:
+        raise _Unsupported(f"a slice with step {step}")
+    count = len(range(start, stop, step))
+    if count < 1:
+        raise _Unsupported(f"an empty slice [{start}:{stop}:{step}]")
+    cur = _narrow(m, x, axis, start, min(count * step, m.arg_shape(x)[axis] - start))
+    shape = list(m.arg_shape(cur))
+    r = len(shape)
+    if shape[axis] < count * step:   # the last step is short: pad it (the padding is never read)
+        extra = count * step - shape[axis]
+        shape[axis] = count * step
+        cur = m.add("pad", {"pads": (0, 0) * (r - 1 - axis) + (0, extra), "value": 0.0}, [cur], tuple(shape))
+    split = (*shape[:axis], count, step, *shape[axis + 1:])
+    cur = m.add("reshape", {"shape": split}, [cur], split)
+    return _select(m, cur, axis + 1, 0)
+
+
 def _unsqueeze(m: _Mapper, x: Any, axis: int) -> Any:
     shape = list(m.arg_shape(x))
     shape.insert(axis, 1)
@@ -1275,7 +1342,7 @@ def _unsqueeze(m: _Mapper, x: Any, axis: int) -> Any:
 
 
 def _h_index(m: _Mapper, n: Any) -> Any:
-    """Basic indexing ``x[i, a:b, None, ...]``: select, narrow and unsqueeze nodes (slices of step 1)."""
+    """Basic indexing ``x[i, a:b, None, ...]``: select, narrow and unsqueeze nodes (a step > 1: `_strided`)."""
     x, idx = n.args[0], n.args[1]
     items = list(idx) if isinstance(idx, tuple) else [idx]
     used = sum(1 for it in items if it is not None and it is not Ellipsis)
@@ -1293,12 +1360,10 @@ def _h_index(m: _Mapper, n: Any) -> Any:
         elif isinstance(it, slice) and all(v is None or (isinstance(v, int) and not isinstance(v, bool))
                                            for v in (it.start, it.stop, it.step)):
             start, stop, step = it.indices(m.arg_shape(cur)[axis])
-            if step != 1:
-                raise _Unsupported(f"a slice with step {step}")
-            cur = _narrow(m, cur, axis, start, stop - start)
+            cur = _narrow(m, cur, axis, start, stop - start) if step == 1 else _strided(m, cur, axis, start, stop, step)
             axis += 1
         else:
-            raise _Unsupported(f"indexing with {type(it).__name__} (only ints, slices of step 1, None and ...)")
+            raise _Unsupported(f"indexing with {type(it).__name__} (only ints, slices, None and ...)")
     return m.ref(cur)
 
 
@@ -1491,6 +1556,8 @@ def _function_handler(fn: Any) -> Callable[[_Mapper, Any], Any] | None:
         return _h_getitem
     if fn is getattr:
         return _h_getattr
+    if fn in OPERATOR_HANDLERS:
+        return OPERATOR_HANDLERS[fn]
     if fn in (operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
               operator.matmul, operator.gt, operator.lt, operator.abs):
         return {"add": _FUNCTIONS["add"], "sub": _FUNCTIONS["sub"], "mul": _FUNCTIONS["mul"],

@@ -203,11 +203,11 @@ def test_catalog_weights_are_torchs():
 def test_sampled_sources_trace_back_to_their_ops(op):
     """A sampled task's source calls torch's functional form (``torch.lstm(x, (h0, c0), [...], ...)[k]``):
     traced, it gives the sampled node back."""
-    from kernelgym.sampler import Graph, sample_task
+    from kernelgym.sampler import sample_task
 
     for seed in range(3):
         task = sample_task(1, seed, ops=[op])
-        sampled = Graph.from_dict(task.graph).nodes[0]
+        sampled = task.graph.nodes[0]   # Task.graph is a Graph
         traced = graph_from_source(task.source).nodes[0]
         assert (traced.op, traced.shape) == (sampled.op, sampled.shape)
         assert {k: v for k, v in traced.params.items() if k != "_state"} == dict(sampled.params)
