@@ -4,7 +4,7 @@ Shows where a kernel template loses (on the GPU: speedup vs eager and vs torch.c
 config) before a default is changed. Tasks are sampled ids (`d3_bench_s4`: difficulty 3, bench
 sizes, seed 4). Every config is `CompilerPolicy.compile(task, config=...)`; "{}" is the default.
 Prints a table (rows: tasks, columns: configs) and writes JSON. Usage:
-    python benchmarks/compiler_variants.py --tasks d3_bench_s4,d3_bench_s1 \\
+    python -m benchmarks.compiler_variants --tasks d3_bench_s4,d3_bench_s1 \\
         [--configs '[{}, {"dot_precision": "ieee"}]'] [--backend auto] [--workers W] [--out F]
 """
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_CONFIGS: list[dict[str, Any]] = [
     {},

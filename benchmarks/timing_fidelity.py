@@ -12,7 +12,7 @@ For each task (a few hand-written KernelBench-style problems and sampler tasks a
 The two should agree within 5 % (ours also contains the short gaps between a forward's kernels
 inside the graph, which the kernel sum does not; the profiler's span, first kernel start to last kernel
 end, is printed too: it contains the gaps of eager launches). Prints a table, writes JSON. GPU only.
-Usage: python benchmarks/timing_fidelity.py [--sampled 6] [--forwards 50]
+Usage: python -m benchmarks.timing_fidelity [--sampled 6] [--forwards 50]
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from kernelgym.examples import relu_mul_add_reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 HANDWRITTEN = {
     "matmul_relu_4096": '''
@@ -110,26 +111,7 @@ def get_inputs():
 def get_init_inputs():
     return []
 ''',
-    "elementwise_16M": '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        return torch.relu(x) * y + x
-
-
-def get_inputs():
-    return [torch.randn(1 << 24), torch.randn(1 << 24)]
-
-
-def get_init_inputs():
-    return []
-''',
+    "elementwise_16M": relu_mul_add_reference("1 << 24"),
 }
 
 
