@@ -359,3 +359,35 @@ def test_trace_coverage_counts_traced_problems_and_reasons(tmp_path, capsys, mon
     assert tc.reasons("TraceError: unsupported calls in Model.forward (no catalog op): sort (call_function sort): "
                       "function torch.sort has no catalog op; view (call_method view): reshape (4, 8) -> (2, 2, 8)") \
         == ["function torch.sort has no catalog op", "reshape (N, N) -> (N, N, N)"]
+
+
+def test_every_benchmark_is_a_module_of_the_package_without_path_hacks():
+    """Each benchmark `kernelgym bench` lists imports as benchmarks.NAME and has a main(); none edits
+    sys.path; the shared `_` modules are not listed."""
+    from kernelgym.benchmarks_cli import available
+
+    names = available()
+    assert "kernelbench" in names and "trace_coverage" in names
+    assert not [n for n in names if n.startswith("_")]
+    for path in sorted(BENCH.glob("*.py")):
+        assert "sys.path.insert" not in path.read_text(), path.name
+    for name in names:
+        assert callable(load(name).main), name
+
+
+def test_benchmarks_run_with_dash_m_and_through_kernelgym_bench(tmp_path):
+    """`python -m benchmarks.NAME` from the checkout, and `kernelgym bench NAME` from any folder."""
+    import subprocess
+
+    root = BENCH.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    direct = subprocess.run([sys.executable, "-m", "benchmarks.kernelbench", "--help"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert direct.returncode == 0 and "--trace-only" in direct.stdout, direct.stderr
+    listed = subprocess.run([sys.executable, "-m", "kernelgym", "bench"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    names = listed.stdout.strip().removeprefix("benchmarks: ").split(", ")
+    assert listed.returncode == 0 and "kernelbench" in names and not [n for n in names if n.startswith("_")]
+    bench = subprocess.run([sys.executable, "-m", "kernelgym", "bench", "trace_coverage", "--help"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert bench.returncode == 0 and "python -m benchmarks.trace_coverage DIR" in bench.stdout, bench.stderr
