@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, int], ...] = (
     ("kernelgym.version", 0),
     ("kernelgym.pyast", 0),
+    ("kernelgym.examples", 0),
     ("kernelgym.ops", 0),
     ("kernelgym.task", 1),
     ("kernelgym.sampler", 2),

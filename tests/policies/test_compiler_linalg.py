@@ -12,35 +12,12 @@ import pytest
 from kernelgym.task import Task
 from policies.compiler import CompileError, CompilerPolicy, TraceError, graph_from_source
 from policies.compiler.kernels import contraction
+from tests.policies._tasks import model_source
 from tests.policies.test_compiler import failures, judge, kernel_defs, torch_compute_calls
 
-TEMPLATE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-INIT
-
-    def forward(self, ARGS):
-        BODY
-
-
-def get_inputs():
-    return [INPUTS]
-
-
-def get_init_inputs():
-    return []
-'''
-
-
-def problem(args: str, body: str, inputs: str, init: str = "        pass") -> str:
-    return (TEMPLATE.replace("ARGS", args).replace("BODY", body).replace("INPUTS", inputs)
-            .replace("INIT", init))
+def problem(args: str, body: str, inputs: str, init: str = "pass") -> str:
+    return model_source(body, args, f"return [{inputs}]", init)
 
 
 # name -> (source, the traced ops)
