@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from benchmarks._output import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_CONFIGS: list[dict[str, Any]] = [
@@ -127,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     wall = time.perf_counter() - t0
     print(f"{sum(r['status'] != 'compile_error' for r in rows)} evaluations in {wall:.1f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"backend": backend, "wall_s": round(wall, 2), "configs": args.configs,
-                               "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"backend": backend, "wall_s": round(wall, 2), "configs": args.configs, "rows": rows})
     return 0
 
 

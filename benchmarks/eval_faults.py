@@ -11,12 +11,12 @@ Usage: python -m benchmarks.eval_faults [--good 16] [--bad-each 2] [--timeout 20
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks._output import write_json
 from kernelgym.examples import RELU_MUL_ADD, binary_candidate, relu_mul_add_reference, store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{same}/{len(good)} good candidates got the same verdict as alone; "
           f"{sum(r['ok'] for r in bad_rows)}/{len(bad_rows)} faults got the expected status; "
           f"alone {alone_s:.1f} s, mixed batch {mixed_s:.1f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "eval_faults", "device": device, "good": rows, "bad": bad_rows,
-                               "same": same, "alone_s": alone_s, "mixed_s": mixed_s, "timeout": args.timeout},
-                              indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"benchmark": "eval_faults", "device": device, "good": rows, "bad": bad_rows, "same": same,
+                          "alone_s": alone_s, "mixed_s": mixed_s, "timeout": args.timeout})
     return 0 if same == len(good) and all(r["ok"] for r in bad_rows) else 1
 
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks._output import write_json
 from kernelgym.examples import binary_candidate, relu_mul_add_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -479,10 +480,7 @@ def _main(args: argparse.Namespace) -> int:
         text = profile_summary(prof_dir, n)
         (prof_dir / "summary.txt").write_text(text)
         print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, report)
     return 0
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks._output import write_json
 from benchmarks.compiler_variants import parse_configs, parse_task_ids, sample_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,12 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     for ci, cfg in enumerate(args.configs):
         print(f"  c{ci} = {json.dumps(cfg)}")
     print(table(rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "kernel_profile", "device": torch.cuda.get_device_name(0),
-                               "versions": {"torch": torch.__version__}, "configs": args.configs,
-                               "forwards": args.forwards, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"benchmark": "kernel_profile", "device": torch.cuda.get_device_name(0),
+                          "versions": {"torch": torch.__version__}, "configs": args.configs,
+                          "forwards": args.forwards, "rows": rows})
     return 0
 
 

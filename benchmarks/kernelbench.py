@@ -52,6 +52,7 @@ from typing import Any
 from benchmarks._children import in_children
 from benchmarks._coverage import trace_and_compile
 from benchmarks._kb_checkout import level_dirs, load_level, published_timings
+from benchmarks._output import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 WITHIN = 0.10   # an eager baseline "agrees" with the published one within 10 %
@@ -523,10 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_levels(args, levels, published_timings(args.path, args.hardware))
     report["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print_tables(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / ("kernelbench_trace.json" if args.trace_only else "kernelbench.json")
-    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out / ("kernelbench_trace.json" if args.trace_only else "kernelbench.json"), report, default=str)
     return 0
 
 

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks._output import write_json
 from kernelgym.examples import binary_candidate, relu_mul_add_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,10 +133,7 @@ def main() -> int:
     report.update(local=local, ray={"init_s": round(ray_up, 2), "startup_s": round(startup, 2), "first": rf,
                                     "steady": rs, "stats": stats, "actors": actors},
                   identical_verdicts=agree, total=total)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, report)
     return 0 if not unexpected and agree == total else 1
 
 

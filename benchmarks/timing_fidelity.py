@@ -18,11 +18,11 @@ Usage: python -m benchmarks.timing_fidelity [--sampled 6] [--forwards 50]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
+from benchmarks._output import write_json
 from kernelgym.examples import relu_mul_add_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,13 +254,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['run_to_run'] * 100:>8.2f}%{flag}")
     print(f"{len(within)}/{len(ok_rows)} tasks within {args.tolerance:.0%} of the kernel sum; "
           f"{sum(abs(r['ratio_span'] - 1) <= args.tolerance for r in ok_rows)}/{len(ok_rows)} of the span")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "timing_fidelity", "device": torch.cuda.get_device_name(0),
-                               "versions": {"torch": torch.__version__}, "rows": rows,
-                               "within": len(within), "tasks": len(ok_rows), "tolerance": args.tolerance},
-                              indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"benchmark": "timing_fidelity", "device": torch.cuda.get_device_name(0),
+                          "versions": {"torch": torch.__version__}, "rows": rows,
+                          "within": len(within), "tasks": len(ok_rows), "tolerance": args.tolerance})
     return 0
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks._output import write_json
 from benchmarks.compiler_variants import parse_task_ids, sample_tasks
 from benchmarks.eval_throughput import fresh_dir_env
 from kernelgym.examples import binary_candidate, relu_mul_add_reference
@@ -159,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             reports.append(rep)
     report = reports[0] if len(reports) == 1 else {"benchmark": "timing_spread", "sizes": reports}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, report)
     return 0
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._tasks import model_source
+
 pytest.importorskip("policies.compiler")
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -170,46 +172,10 @@ def test_fresh_dir_env_sets_a_new_folder_and_restores_the_variable(monkeypatch):
     assert "KERNELGYM_TEST_DIR" not in os.environ
 
 
-KB_RELU = '''import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x):
-        return torch.relu(x)
-
-
-def get_inputs():
-    return [torch.randn(4, 16)]
-
-
-def get_init_inputs():
-    return []
-'''
+KB_RELU = model_source("return torch.relu(x)", inputs="return [torch.randn(4, 16)]")
 KB_ITEM = KB_RELU.replace("return torch.relu(x)", "return x * float(x.sum().item())")   # data-dependent
-KB_LINEAR = '''import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self, n, m):
-        super().__init__()
-        self.linear = nn.Linear(n, m)
-
-    def forward(self, x):
-        return torch.relu(self.linear(x))
-
-
-def get_inputs():
-    return [torch.randn(8, 16)]
-
-
-def get_init_inputs():
-    return [16, 16]
-'''
+KB_LINEAR = model_source("return torch.relu(self.linear(x))", inputs="return [torch.randn(8, 16)]",
+                         init="self.linear = nn.Linear(n, m)", init_params=", n, m", init_inputs="[16, 16]")
 
 
 def kernelbench_dir(tmp_path: Path) -> Path:
@@ -343,9 +309,7 @@ def test_kernelbench_both_modes_judge_a_lenient_candidate_that_differs(tmp_path)
 
 def test_trace_coverage_counts_traced_problems_and_reasons(tmp_path, capsys, monkeypatch):
     tc = load("trace_coverage")
-    good = "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def forward(self, x):\n" \
-           "        return torch.relu(x)\n\n\ndef get_inputs():\n    return [torch.randn(4, 8)]\n\n\n" \
-           "def get_init_inputs():\n    return []\n"
+    good = model_source("return torch.relu(x)", inputs="return [torch.randn(4, 8)]")
     (tmp_path / "a_relu.py").write_text(good)
     (tmp_path / "b_sort.py").write_text(good.replace("torch.relu(x)", "torch.sort(x).values + torch.fft.fft(x).real"))
     out = tmp_path / "cov.json"

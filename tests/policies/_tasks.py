@@ -1,39 +1,9 @@
-"""KernelBench-format sources of small tasks for compiler tests: one template (`model_source`) and
-the shorthands the test files use."""
+"""KernelBench-format sources of small tasks for compiler tests: shorthands over `model_source`
+(tests/_tasks.py) and bench-size tasks."""
 
 from __future__ import annotations
 
-_TEMPLATE = '''import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class Model(nn.Module):
-    def __init__(self{init_params}):
-        super().__init__()
-        {init}
-
-    def forward(self, {args}):
-        {body}
-
-
-def get_inputs():
-    {inputs}
-
-
-def get_init_inputs():
-    return {init_inputs}
-'''
-
-
-def model_source(body: str, args: str = "x", inputs: str = "return [torch.randn(4, 37)]", init: str = "pass",
-                 init_params: str = "", init_inputs: str = "[]") -> str:
-    """A task whose forward(`args`) runs `body`, get_inputs() runs `inputs` and the constructor
-    (taking `init_params`, e.g. ", n, m") runs `init` after super().__init__(); get_init_inputs()
-    returns `init_inputs`. In `body` and `init` the lines after the first are indented 8 spaces
-    (the first line's own indentation is dropped)."""
-    return _TEMPLATE.format(body=body.lstrip(), args=args, inputs=inputs, init=init.lstrip(),
-                            init_params=init_params, init_inputs=init_inputs)
+from tests._tasks import model_source
 
 
 def expr_task(expr: str, shape: str | tuple[int, ...]) -> str:

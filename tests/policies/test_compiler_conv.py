@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from kernelgym.task import Task
-from tests.policies._tasks import model_source, module_task
+from tests._tasks import model_source
+from tests.policies._tasks import module_task
 
 compiler = pytest.importorskip("policies.compiler")
 from policies.compiler.kernels import CONV_TILE_MIN, dot_block_k  # noqa: E402

@@ -12,7 +12,7 @@ from kernelgym.ops.infer import infer_shape
 from kernelgym.sampler import Graph, sample_task
 from kernelgym.task import Task
 from policies.compiler import CompilerPolicy, TraceError, graph_from_source
-from tests.policies._tasks import model_source
+from tests._tasks import model_source
 
 
 def problem(body: str, inputs: str = "return [torch.randn(4, 37)]", args: str = "x", init: str = "pass") -> str:
