@@ -1,6 +1,6 @@
 """Cold `kernelgym eval`: wall and CPU time of one evaluation from a fresh process, and where it goes.
 
-    python benchmarks/cold_eval.py [--repeats 5] [--tree before=/path/to/old/checkout] [--backend interpret]
+    python -m benchmarks.cold_eval [--repeats 5] [--tree before=/path/to/old/checkout] [--backend interpret]
         [--reference F --candidate F] [--json out.json]
 
 Each repeat runs ``python -m kernelgym eval REFERENCE CANDIDATE --json`` in a new process (so the

@@ -12,7 +12,7 @@ ops in failing tasks, and catalog ops whose single-op task is ok.
 
 Exit status 1 when a difficulty's share ok is below `--target` (default 0.99) or a catalog op is
 not covered in strict mode. Usage:
-    python benchmarks/compiler_policy.py [--difficulties 1-3] [--n 100] [--seed 0] [--workers W]
+    python -m benchmarks.compiler_policy [--difficulties 1-3] [--n 100] [--seed 0] [--workers W]
         [--mode strict|lenient] [--target 0.99] [--no-catalog] [--json out.json]
 """
 
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def single_op_task(sampler: Any, op: str, seed: int = 0) -> Any:

@@ -4,7 +4,7 @@ Shows where a kernel template loses (on the GPU: speedup vs eager and vs torch.c
 config) before a default is changed. Tasks are sampled ids (`d3_bench_s4`: difficulty 3, bench
 sizes, seed 4). Every config is `CompilerPolicy.compile(task, config=...)`; "{}" is the default.
 Prints a table (rows: tasks, columns: configs) and writes JSON. Usage:
-    python benchmarks/compiler_variants.py --tasks d3_bench_s4,d3_bench_s1 \\
+    python -m benchmarks.compiler_variants --tasks d3_bench_s4,d3_bench_s1 \\
         [--configs '[{}, {"dot_precision": "ieee"}]'] [--backend auto] [--workers W] [--out F]
 """
 
@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from benchmarks._output import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_CONFIGS: list[dict[str, Any]] = [
     {},
@@ -128,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     wall = time.perf_counter() - t0
     print(f"{sum(r['status'] != 'compile_error' for r in rows)} evaluations in {wall:.1f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"backend": backend, "wall_s": round(wall, 2), "configs": args.configs,
-                               "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"backend": backend, "wall_s": round(wall, 2), "configs": args.configs, "rows": rows})
     return 0
 
 

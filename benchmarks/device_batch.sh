@@ -31,27 +31,27 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the log, never stop the batc
 for s in "$@"; do
   case $s in
     env) step env 60 bash -c 'nvidia-smi; python3 -c "import sys, torch, triton; print(sys.version); print(torch.__version__, triton.__version__, torch.cuda.get_device_name(0))"; nproc' ;;
-    search_gain) step search_gain 260 python3 benchmarks/search_gain.py --sizes bench -d 1-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
-    search_gain23) step search_gain 200 python3 benchmarks/search_gain.py --sizes bench -d 2-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
+    search_gain) step search_gain 260 python3 -m benchmarks.search_gain --sizes bench -d 1-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
+    search_gain23) step search_gain 200 python3 -m benchmarks.search_gain --sizes bench -d 2-3 -n 8 --budget-evals 8 --out "$OUT/search_gain.json" ;;
     run_bench) step run_bench 300 python3 -m kernelgym run --sizes bench --no-progress --out "$OUT/run_bench" ;;
-    variants) step variants 180 python3 benchmarks/compiler_variants.py --tasks "${VARIANT_TASKS:-d3_bench_s4,d3_bench_s1,d2_bench_s3,d1_bench_s5,d1_bench_s7,d2_bench_s4,d2_bench_s5}" --out "$OUT/variants.json" ;;
+    variants) step variants 180 python3 -m benchmarks.compiler_variants --tasks "${VARIANT_TASKS:-d3_bench_s4,d3_bench_s1,d2_bench_s3,d1_bench_s5,d1_bench_s7,d2_bench_s4,d2_bench_s5}" --out "$OUT/variants.json" ;;
     smoke) step smoke 110 python3 -m train.smoke_gpu --out "$OUT/smoke.jsonl" --steps 6 --tasks 2 --group 4 --backend cuda --workers 4 ;;
     sb3) step sb3 "${SB3_LIMIT:-420}" python3 -m train.sb3_tuning --backend cuda --steps 6000 --tasks 6 --k 6 --difficulty 2 --out "$OUT/sb3.json" ;;
     gpu_tests) step gpu_tests "${GPU_TESTS_LIMIT:-400}" python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=150 ${GPU_TESTS:-tests} ;;
     gpu_tests_runner) step gpu_tests_runner 120 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=100 tests/test_runner.py ;;
-    profile) step "profile${PROFILE_TAG:-}" 240 python3 benchmarks/kernel_profile.py --tasks "${PROFILE_TASKS:-d3_bench_s4,d2_bench_s3}" \
+    profile) step "profile${PROFILE_TAG:-}" 240 python3 -m benchmarks.kernel_profile --tasks "${PROFILE_TASKS:-d3_bench_s4,d2_bench_s3}" \
       --configs "${PROFILE_CONFIGS:-[{\}]}" --out "$OUT/profile${PROFILE_TAG:-}.json" ${PROFILE_EXTRA:-} ;;
-    spread) step spread 200 python3 benchmarks/timing_spread.py --numel 16777216,1048576 --out "$OUT/spread.json" ${SPREAD_EXTRA:-} ;;
-    throughput) step throughput 240 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --out "$OUT/eval_throughput.json" ${THROUGHPUT_EXTRA:-} ;;
+    spread) step spread 200 python3 -m benchmarks.timing_spread --numel 16777216,1048576 --out "$OUT/spread.json" ${SPREAD_EXTRA:-} ;;
+    throughput) step throughput 240 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --out "$OUT/eval_throughput.json" ${THROUGHPUT_EXTRA:-} ;;
     scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two
-      step scaling_1gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
-      step scaling_2gpu 200 python3 benchmarks/eval_throughput.py --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
-    kb2_strict) step kb2_strict "${KB_LIMIT:-560}" python3 benchmarks/kernelbench.py "${KB:-kb_local}" --levels 2 \
+      step scaling_1gpu 200 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
+      step scaling_2gpu 200 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
+    kb2_strict) step kb2_strict "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 2 \
       --policy compiler --mode strict --backend cuda --out "$OUT/kb2_strict" ${KB_EXTRA:-} ;;
-    kb2_lenient_search) step kb2_lenient_search "${KB_LIMIT:-560}" python3 benchmarks/kernelbench.py "${KB:-kb_local}" \
+    kb2_lenient_search) step kb2_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
       --levels 2 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
       --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" ${KB_EXTRA:-} ;;
-    kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 benchmarks/kernelbench.py "${KB:-kb_local}" --levels 1 \
+    kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 1 \
       --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" ${KB_EXTRA:-} ;;
     *) echo "unknown step $s" ;;
   esac

@@ -5,70 +5,25 @@ Each good candidate (distinct source, same task) is first judged alone, one at a
 seed; then the whole mixed batch runs concurrently over the pool with the same seeds. Compared per
 good candidate: status, correct, reasons (and the speedups, which are measurements, side by side).
 The bad ones must end as crash (illegal address, OOM) or timeout (infinite loop). GPU only.
-Usage: python benchmarks/eval_faults.py [--good 16] [--bad-each 2] [--timeout 20]
+Usage: python -m benchmarks.eval_faults [--good 16] [--bad-each 2] [--timeout 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks._output import write_json
+from kernelgym.examples import RELU_MUL_ADD, binary_candidate, relu_mul_add_reference, store
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-REFERENCE = '''
-import torch
-import torch.nn as nn
+REFERENCE = relu_mul_add_reference("1 << 22")
 
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        return torch.relu(x) * y + x
-
-
-def get_inputs():
-    return [torch.randn(1 << 22), torch.randn(1 << 22)]
-
-
-def get_init_inputs():
-    return []
-'''
-
-CANDIDATE = '''
-import torch
-import torch.nn as nn
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def k_{name}(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask)
-    y = tl.load(y_ptr + offs, mask=mask)
-{body}
-
-
-class ModelNew(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        out = torch.empty_like(x)
-{pre}        n = out.numel()
-        k_{name}[(triton.cdiv(n, {block}),)](x, y, out, n, BLOCK={block})
-        return out
-'''
-
-GOOD = "    tl.store(out_ptr + offs, tl.maximum(x, 0.0) * y + x, mask=mask)"
+GOOD = store(RELU_MUL_ADD)
 BAD = {
     # 1 TB past the input: an illegal address, a sticky error in that worker's CUDA context.
     "illegal_address": (("    z = tl.load(x_ptr + offs + 1099511627776)\n"
@@ -83,7 +38,7 @@ EXPECT = {"illegal_address": {"crash"}, "infinite_loop": {"timeout"}, "gpu_oom":
 
 
 def candidate(name: str, body: str, pre: str = "", block: int = 1024) -> str:
-    return CANDIDATE.format(name=name, body=body, pre=pre, block=block)
+    return binary_candidate(name=f"k_{name}", body=body, pre=pre, block=block)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{same}/{len(good)} good candidates got the same verdict as alone; "
           f"{sum(r['ok'] for r in bad_rows)}/{len(bad_rows)} faults got the expected status; "
           f"alone {alone_s:.1f} s, mixed batch {mixed_s:.1f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "eval_faults", "device": device, "good": rows, "bad": bad_rows,
-                               "same": same, "alone_s": alone_s, "mixed_s": mixed_s, "timeout": args.timeout},
-                              indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"benchmark": "eval_faults", "device": device, "good": rows, "bad": bad_rows, "same": same,
+                          "alone_s": alone_s, "mixed_s": mixed_s, "timeout": args.timeout})
     return 0 if same == len(good) and all(r["ok"] for r in bad_rows) else 1
 
 

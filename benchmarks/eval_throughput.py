@@ -22,7 +22,7 @@ clamp(rep_ms / (forward + flush), min_reps, max_reps) in both.
 
 Prints a table (evals/s, ratio, CPU seconds an evaluation) and the pool's mean per-phase seconds, and
 writes JSON. Usage:
-    python benchmarks/eval_throughput.py [--backend auto|interpret|cuda] [--n 64] [--workers W]
+    python -m benchmarks.eval_throughput [--backend auto|interpret|cuda] [--n 64] [--workers W]
 """
 
 from __future__ import annotations
@@ -38,74 +38,26 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks._output import write_json
+from kernelgym.examples import binary_candidate, relu_mul_add_reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-REFERENCE = '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        return torch.relu(x) * y + x * SCALE
-
-
-def get_inputs():
-    return [torch.randn(N), torch.randn(N)]
-
-
-def get_init_inputs():
-    return []
-'''
-
-CANDIDATE = '''
-import torch
-import torch.nn as nn
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def fused_kernel_{i}(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask)
-    y = tl.load(y_ptr + offs, mask=mask)
-    r = tl.maximum(x, 0.0)
-    tl.store(out_ptr + offs, {expr}, mask=mask)
-
-
-class ModelNew(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        out = torch.empty_like(x)
-        n = out.numel()
-{pre}        fused_kernel_{i}[(triton.cdiv(n, {block}),)](x, y, out, n, BLOCK={block})
-        return out
-'''
 
 KINDS = ("correct", "correct", "incorrect", "crashing")
 
 
 def make_batch(n: int, numel: int, tasks: int, offset: int = 0) -> list[tuple[int, str, str, str]]:
     """(task index, kind, reference source, candidate source) for n candidates over `tasks` tasks."""
-    refs = [REFERENCE.replace("N)", f"{numel})").replace("SCALE", f"{1.0 + 0.25 * t}") for t in range(tasks)]
+    refs = [relu_mul_add_reference(numel, 1.0 + 0.25 * t) for t in range(tasks)]
     out = []
     for i in range(n):
         t = i % tasks
         j = i // tasks  # candidate index within its task's group
         kind = KINDS[j % len(KINDS)]
         block = (128, 256, 512, 1024)[(j // len(KINDS)) % 4]
-        expr = "r * y + x * SCALE" if kind != "incorrect" else "r * y - x * SCALE"
+        expr = f"tl.maximum(x, 0.0) * y {'+' if kind != 'incorrect' else '-'} x * {1.0 + 0.25 * t}"
         pre = "        raise RuntimeError('launch configuration invalid')\n" if kind == "crashing" else ""
-        cand = CANDIDATE.format(i=i + offset, expr=expr.replace("SCALE", f"{1.0 + 0.25 * t}"), pre=pre, block=block)
+        cand = binary_candidate(expr, name=f"fused_kernel_{i + offset}", block=block, pre=pre)
         out.append((t, kind, refs[t], cand))
     return out
 
@@ -528,10 +480,7 @@ def _main(args: argparse.Namespace) -> int:
         text = profile_summary(prof_dir, n)
         (prof_dir / "summary.txt").write_text(text)
         print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, report)
     return 0
 
 

@@ -5,7 +5,7 @@ times under torch.profiler, every forward after an L2 flush (as `timing_fidelity
 kernel's time is the median over forwards of its summed durations in one forward. Models: "eager",
 "compile" (skip with --no-compile) and one "cN" per compiler config (`--configs`, "{}" = the
 default). Tasks are sampled ids (`d3_bench_s4`). Prints a table and writes JSON. GPU only.
-Usage: python benchmarks/kernel_profile.py --tasks d3_bench_s4,d2_bench_s3 [--configs JSON]
+Usage: python -m benchmarks.kernel_profile --tasks d3_bench_s4,d2_bench_s3 [--configs JSON]
        [--forwards 30] [--no-compile] [--out F]
 """
 
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._output import write_json
+from benchmarks.compiler_variants import parse_configs, parse_task_ids, sample_tasks
 
-from benchmarks.compiler_variants import parse_configs, parse_task_ids, sample_tasks  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def breakdown(forwards: Sequence[Sequence[tuple[float, float, str]]]) -> dict[str, Any]:
@@ -127,12 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     for ci, cfg in enumerate(args.configs):
         print(f"  c{ci} = {json.dumps(cfg)}")
     print(table(rows))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "kernel_profile", "device": torch.cuda.get_device_name(0),
-                               "versions": {"torch": torch.__version__}, "configs": args.configs,
-                               "forwards": args.forwards, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"benchmark": "kernel_profile", "device": torch.cuda.get_device_name(0),
+                          "versions": {"torch": torch.__version__}, "configs": args.configs,
+                          "forwards": args.forwards, "rows": rows})
     return 0
 
 

@@ -24,9 +24,9 @@ and one identical to an ok strict candidate reuses its verdict. A reused row say
 (``lenient_from: "strict"``).
 
 --trace-only (CPU, no evaluation): per level, the problems the compiler traced and compiled in
-strict and lenient mode.
+strict and lenient mode (`benchmarks/_coverage.py`, which `trace_coverage` runs too).
 
-Usage: python benchmarks/kernelbench.py PATH [--levels 1,2,3] [--policy compiler|search|MODULE:ATTR]
+Usage: python -m benchmarks.kernelbench PATH [--levels 1,2,3] [--policy compiler|search|MODULE:ATTR]
        [--mode strict|lenient|both] [--backend auto|cuda|interpret] [--jobs J] [--workers W]
        [--budget-evals N] [--budget-s S]
        [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--out DIR]
@@ -37,149 +37,38 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import re
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._children import in_children
+from benchmarks._coverage import trace_and_compile
+from benchmarks._kb_checkout import level_dirs, load_level, published_timings
+from benchmarks._output import write_json
 
-TIMING_FILES = {"eager": "baseline_time_torch.json", "compile": "baseline_time_torch_compile_inductor_default.json"}
+ROOT = Path(__file__).resolve().parents[1]
 WITHIN = 0.10   # an eager baseline "agrees" with the published one within 10 %
 
 
-# -- the checkout --------------------------------------------------------------------------------
-def level_dirs(path: Path, levels: Sequence[int]) -> dict[int, Path]:
-    """The problem folder of each level: PATH/levelN or PATH/KernelBench/levelN."""
-    out = {}
-    for lv in levels:
-        for cand in (path / f"level{lv}", path / "KernelBench" / f"level{lv}"):
-            if cand.is_dir():
-                out[lv] = cand
-                break
-        else:
-            raise SystemExit(f"kernelbench: no level{lv} folder in {path} (nor in {path / 'KernelBench'})")
-    return out
-
-
-def published_timings(path: Path, hardware: str) -> dict[str, dict[tuple[int, str], float]]:
-    """KernelBench's published baseline times (ms, the mean of its trials) per (level, file name):
-    ``{"eager": {...}, "compile": {...}}`` from PATH/results/timing/<hardware>/ (empty when absent)."""
-    out: dict[str, dict[tuple[int, str], float]] = {}
-    folder = path / "results" / "timing" / hardware
-    for kind, name in TIMING_FILES.items():
-        table: dict[tuple[int, str], float] = {}
-        f = folder / name
-        if f.is_file():
-            try:
-                data = json.loads(f.read_text())
-            except ValueError as exc:
-                raise SystemExit(f"kernelbench: {f} is not JSON: {exc}") from None
-            for level, problems in data.items():
-                m = re.fullmatch(r"level(\d+)", str(level))
-                if not m or not isinstance(problems, dict):
-                    continue
-                for fname, rec in problems.items():
-                    if isinstance(rec, dict) and isinstance(rec.get("mean"), (int, float)):
-                        table[(int(m[1]), str(fname))] = float(rec["mean"])
-        out[kind] = table
-    return out
-
-
-def load_level(folder: Path, filt: str | None, limit: int | None) -> list[Any]:
-    """The level's problems in KernelBench's numeric order, filtered by a substring or regex of the
-    file name, the first `limit` of them."""
-    from kernelgym.task import load_suite
-
-    suite = load_suite(folder)
-    for err in suite.errors:
-        print(f"kernelbench: skipping {err}", file=sys.stderr)
-    tasks = sorted(suite, key=lambda t: (int(m[1]) if (m := re.match(r"(\d+)_", t.id)) else 1 << 30, t.id))
-    if filt:
-        rx = re.compile(filt)
-        tasks = [t for t in tasks if rx.search(t.id)]
-    return tasks[:limit] if limit else tasks
-
-
 # -- proposing in children -----------------------------------------------------------------------
-def _child(conn: Any, job: Callable[[], dict[str, Any]]) -> None:
-    try:
-        out = job()
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        out = {"error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc(limit=3)[-800:]}
-    try:
-        conn.send(out)
-    finally:
-        conn.close()
-        os._exit(0)
-
-
-def in_children(jobs: Sequence[Callable[[], dict[str, Any]]], timeout: float, parallel: int) -> list[dict[str, Any]]:
-    """Run each job in a forked child, `parallel` at a time; a child past `timeout` seconds is
-    killed (its result: ``{"timed_out": True}``). Each result gains ``seconds``."""
-    ctx = multiprocessing.get_context("fork")
-    results: list[dict[str, Any] | None] = [None] * len(jobs)
-    running: dict[Any, tuple[int, Any, float]] = {}
-    todo = list(range(len(jobs)))
-    while todo or running:
-        while todo and len(running) < max(1, parallel):
-            i = todo.pop(0)
-            rd, wr = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_child, args=(wr, jobs[i]), daemon=True)
-            p.start()
-            wr.close()
-            running[rd] = (i, p, time.monotonic())
-        ready = wait_for(list(running), timeout=0.2)
-        now = time.monotonic()
-        for rd in list(running):
-            i, p, t0 = running[rd]
-            if rd in ready:
-                try:
-                    res = rd.recv()
-                except EOFError:
-                    res = {"error": f"child died (exit code {p.exitcode})"}
-            elif now - t0 > timeout:
-                p.kill()
-                res = {"timed_out": True, "error": f"over the {timeout:g} s limit"}
-            else:
-                continue
-            p.join(5)
-            rd.close()
-            del running[rd]
-            results[i] = {**res, "seconds": round(now - t0, 2)}
-    return [r or {} for r in results]
-
-
 def _trace_job(task: Any) -> Callable[[], dict[str, Any]]:
     def job() -> dict[str, Any]:
-        from policies.compiler import CompilerPolicy
-
-        out: dict[str, Any] = {"traced": False, "compiled_strict": False, "compiled_lenient": False}
-        strict = CompilerPolicy("strict")
-        try:
-            strict.program(task)
-        except Exception as exc:  # noqa: BLE001
-            return {**out, "error": f"trace: {type(exc).__name__}: {exc}"[:500]}
-        out["traced"] = True
-        lenient = CompilerPolicy("lenient")
-        lenient._programs = strict._programs   # traced once
-        for name, pol in (("strict", strict), ("lenient", lenient)):
-            try:
-                pol.compile(task)
-                out[f"compiled_{name}"] = True
-            except Exception as exc:  # noqa: BLE001
-                out[f"error_{name}"] = f"{type(exc).__name__}: {exc}"[:300]
+        r = trace_and_compile(task, ("strict", "lenient"))
+        out: dict[str, Any] = {"traced": r["traced"], "compiled_strict": r["compiled"].get("strict", False),
+                               "compiled_lenient": r["compiled"].get("lenient", False)}
+        if not r["traced"]:
+            return {**out, "error": f"trace: {r['errors']['trace']}"[:500]}
+        for mode in ("strict", "lenient"):
+            if mode in r["errors"]:
+                out[f"error_{mode}"] = r["errors"][mode][:300]
         return out
     return job
 
@@ -523,6 +412,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def trace_only(args: argparse.Namespace, levels: dict[int, list[Any]]) -> dict[str, Any]:
+    """Per level, the problems the compiler traced and compiled in strict and lenient mode (CPU)."""
+    import policies.compiler  # noqa: F401 - imported once here, not in every forked child
+
     jobs = args.jobs or max(1, (os.cpu_count() or 2) // 2)
     report: dict[str, Any] = {"benchmark": "kernelbench", "trace_only": True, "task_timeout_s": args.task_timeout,
                               "levels": {}, "rows": []}
@@ -632,10 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate_levels(args, levels, published_timings(args.path, args.hardware))
     report["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print_tables(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / ("kernelbench_trace.json" if args.trace_only else "kernelbench.json")
-    out.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out / ("kernelbench_trace.json" if args.trace_only else "kernelbench.json"), report, default=str)
     return 0
 
 

@@ -12,7 +12,7 @@ Each harness runs a "first" batch (references computed) and a "steady" batch (ne
 the same tasks, new seed). Start-up (Ray, actors, worker processes) is reported, not counted.
 Verdicts are checked against each candidate's kind and against each other (same seed, same
 verdict apart from wall times). Prints a table and writes JSON. Usage:
-    python benchmarks/ray_pool.py [--n 16] [--tasks 4] [--workers 2] [--actors A] [--numel 4096] [--address ray://...]
+    python -m benchmarks.ray_pool [--n 16] [--tasks 4] [--workers 2] [--actors A] [--numel 4096] [--address ray://...]
 """
 
 from __future__ import annotations
@@ -24,56 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks._output import write_json
+from kernelgym.examples import binary_candidate, relu_mul_add_reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-REFERENCE = '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        return torch.relu(x) * y + x * SCALE
-
-
-def get_inputs():
-    return [torch.randn(N), torch.randn(N)]
-
-
-def get_init_inputs():
-    return []
-'''
-
-CANDIDATE = '''
-import torch
-import torch.nn as nn
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def fused_kernel_{i}(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask)
-    y = tl.load(y_ptr + offs, mask=mask)
-    tl.store(out_ptr + offs, {expr}, mask=mask)
-
-
-class ModelNew(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        out = torch.empty_like(x)
-        n = out.numel()
-{pre}        fused_kernel_{i}[(triton.cdiv(n, {block}),)](x, y, out, n, BLOCK={block})
-        return out
-'''
 
 KINDS = ("correct", "correct", "incorrect", "raising")
 EXPECTED = {"correct": "ok", "incorrect": "incorrect", "raising": "runtime_error"}
@@ -81,7 +35,7 @@ EXPECTED = {"correct": "ok", "incorrect": "incorrect", "raising": "runtime_error
 
 def make_batch(n: int, tasks: int, numel: int, offset: int) -> list[tuple[str, str, str]]:
     """(kind, reference, candidate) for n distinct candidates over `tasks` tasks."""
-    refs = [REFERENCE.replace("N)", f"{numel})").replace("SCALE", f"{1.0 + 0.25 * t}") for t in range(tasks)]
+    refs = [relu_mul_add_reference(numel, 1.0 + 0.25 * t) for t in range(tasks)]
     out = []
     for i in range(n):
         t, j = i % tasks, i // tasks
@@ -89,7 +43,8 @@ def make_batch(n: int, tasks: int, numel: int, offset: int) -> list[tuple[str, s
         scale = f"{1.0 + 0.25 * t}"
         expr = f"tl.maximum(x, 0.0) * y {'+' if kind != 'incorrect' else '-'} x * {scale}"
         pre = "        raise RuntimeError('bad launch configuration')\n" if kind == "raising" else ""
-        out.append((kind, refs[t], CANDIDATE.format(i=i + offset, expr=expr, pre=pre, block=(64, 128, 256)[j % 3])))
+        cand = binary_candidate(expr, name=f"fused_kernel_{i + offset}", block=(64, 128, 256)[j % 3], pre=pre)
+        out.append((kind, refs[t], cand))
     return out
 
 
@@ -178,10 +133,7 @@ def main() -> int:
     report.update(local=local, ray={"init_s": round(ray_up, 2), "startup_s": round(startup, 2), "first": rf,
                                     "steady": rs, "stats": stats, "actors": actors},
                   identical_verdicts=agree, total=total)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, report)
     return 0 if not unexpected and agree == total else 1
 
 

@@ -1,6 +1,6 @@
 """Sampler benchmark: tasks/s per difficulty, rejection rate, op-frequency chi-square, pair coverage.
 
-    python benchmarks/sampler.py [--difficulties 1-5] [--n 200] [--uniformity-n 5000] [--workers 2]
+    python -m benchmarks.sampler [--difficulties 1-5] [--n 200] [--uniformity-n 5000] [--workers 2]
         [--sizes tiny] [--json out.json]
 
 Prints a table; the uniformity run samples `--uniformity-n` tasks at difficulty 3 (the issue's

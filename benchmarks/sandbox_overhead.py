@@ -7,7 +7,7 @@ falls on both alike), after a warm-up round that is not counted. Reported: the m
 `Verdict.duration_s` of each, the ratio of the medians, and the worker start time (a confined
 worker sets its rules up once, at start).
 
-Usage: python benchmarks/sandbox_overhead.py [--backend interpret] [--rounds 6] [--json OUT]
+Usage: python -m benchmarks.sandbox_overhead [--backend interpret] [--rounds 6] [--json OUT]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def measure(backend: str = "interpret", rounds: int = 6, seed: int = 0) -> dict[str, Any]:

@@ -10,7 +10,7 @@ timed (GPU) the median speedups, the median / geometric-mean gain (search speedu
 speedup over tasks where both are ok) and, for each, the share of all tasks that are correct and
 faster than eager and than torch.compile (KernelBench's fast_1). Under the interpreter nothing is timed: the share ok is
 the figure. Prints a table and writes JSON. Usage:
-    python benchmarks/search_gain.py [--difficulty 1-3] [-n 10] [--seed 0] [--sizes tiny|bench]
+    python -m benchmarks.search_gain [--difficulty 1-3] [-n 10] [--seed 0] [--sizes tiny|bench]
         [--backend auto|interpret|cuda] [--budget-evals 8] [--budget-s S] [--workers W] [--jobs J]
         [--base compiler|module:attr] [--out runs/bench/search_gain.json]
 """
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _median(xs: list[float]) -> float | None:

@@ -21,7 +21,7 @@ Checked at each checkpoint and at the end:
 - the parent's resident memory growth after warm-up (reported; `--max-growth-mb` bounds it);
 - worker (re)starts per role, evaluations per second and the verdict mix.
 
-Usage: python benchmarks/soak.py [--n 1000] [--backend interpret] [--workers 2] [--seed 0]
+Usage: python -m benchmarks.soak [--n 1000] [--backend interpret] [--workers 2] [--seed 0]
        [--timeout 20] [--checkpoint 100] [--os-sandbox auto] [--json OUT]
 Exit status 1 when a check failed.
 """
@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MARK_ENV = "KERNELGYM_SOAK_RUN"
 

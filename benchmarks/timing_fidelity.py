@@ -12,19 +12,20 @@ For each task (a few hand-written KernelBench-style problems and sampler tasks a
 The two should agree within 5 % (ours also contains the short gaps between a forward's kernels
 inside the graph, which the kernel sum does not; the profiler's span, first kernel start to last kernel
 end, is printed too: it contains the gaps of eager launches). Prints a table, writes JSON. GPU only.
-Usage: python benchmarks/timing_fidelity.py [--sampled 6] [--forwards 50]
+Usage: python -m benchmarks.timing_fidelity [--sampled 6] [--forwards 50]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
+from benchmarks._output import write_json
+from kernelgym.examples import relu_mul_add_reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 HANDWRITTEN = {
     "matmul_relu_4096": '''
@@ -110,26 +111,7 @@ def get_inputs():
 def get_init_inputs():
     return []
 ''',
-    "elementwise_16M": '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        return torch.relu(x) * y + x
-
-
-def get_inputs():
-    return [torch.randn(1 << 24), torch.randn(1 << 24)]
-
-
-def get_init_inputs():
-    return []
-''',
+    "elementwise_16M": relu_mul_add_reference("1 << 24"),
 }
 
 
@@ -272,13 +254,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['run_to_run'] * 100:>8.2f}%{flag}")
     print(f"{len(within)}/{len(ok_rows)} tasks within {args.tolerance:.0%} of the kernel sum; "
           f"{sum(abs(r['ratio_span'] - 1) <= args.tolerance for r in ok_rows)}/{len(ok_rows)} of the span")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "timing_fidelity", "device": torch.cuda.get_device_name(0),
-                               "versions": {"torch": torch.__version__}, "rows": rows,
-                               "within": len(within), "tasks": len(ok_rows), "tolerance": args.tolerance},
-                              indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, {"benchmark": "timing_fidelity", "device": torch.cuda.get_device_name(0),
+                          "versions": {"torch": torch.__version__}, "rows": rows,
+                          "within": len(within), "tasks": len(ok_rows), "tolerance": args.tolerance})
     return 0
 
 

@@ -11,7 +11,7 @@ candidate. `--fresh-compile` gives every run a new pool and an empty Inductor ca
 machine; each run's Inductor autotuning (`timings.compile.autotune`: configs timed, config kept)
 is printed, which tells whether a drifting torch.compile baseline comes from Inductor's choices.
 GPU only: on a machine without CUDA it says so and exits 0. Usage:
-    python benchmarks/timing_spread.py [--runs 5] [--numel 16777216,1048576] [--tasks ID,...]
+    python -m benchmarks.timing_spread [--runs 5] [--numel 16777216,1048576] [--tasks ID,...]
         [--fresh-compile]
 """
 
@@ -19,66 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks._output import write_json
+from benchmarks.compiler_variants import parse_task_ids, sample_tasks
+from benchmarks.eval_throughput import fresh_dir_env
+from kernelgym.examples import binary_candidate, relu_mul_add_reference
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.compiler_variants import parse_task_ids, sample_tasks  # noqa: E402
-from benchmarks.eval_throughput import fresh_dir_env  # noqa: E402
-
-REFERENCE = '''
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        return torch.relu(x) * y + x
-
-
-def get_inputs():
-    return [torch.randn(NUMEL), torch.randn(NUMEL)]
-
-
-def get_init_inputs():
-    return []
-'''
-
-CANDIDATE = '''
-import torch
-import torch.nn as nn
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def fused_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask)
-    y = tl.load(y_ptr + offs, mask=mask)
-    tl.store(out_ptr + offs, tl.maximum(x, 0.0) * y + x, mask=mask)
-
-
-class ModelNew(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x, y):
-        out = torch.empty_like(x)
-        n = out.numel()
-        fused_kernel[(triton.cdiv(n, 1024),)](x, y, out, n, BLOCK=1024)
-        return out
-'''
 
 
 def parse_numels(text: str) -> str:
@@ -185,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     given = (("rep_ms", args.rep_ms), ("max_reps", args.max_reps), ("warmup_ms", args.warmup_ms))
     bench = {k: v for k, v in given if v is not None}
     numels = args.numel if args.numel is not None else ("" if args.tasks else str(1 << 24))
-    jobs: list[tuple[str, Any, str]] = [(f"{n} elements", REFERENCE.replace("NUMEL", str(int(n))), CANDIDATE)
+    jobs: list[tuple[str, Any, str]] = [(f"{n} elements", relu_mul_add_reference(int(n)), binary_candidate())
                                         for n in numels.split(",") if n]
     if args.tasks:
         from policies.compiler import CompilerPolicy
@@ -208,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             reports.append(rep)
     report = reports[0] if len(reports) == 1 else {"benchmark": "timing_spread", "sizes": reports}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_json(args.out, report)
     return 0
 
 

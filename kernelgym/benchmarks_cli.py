@@ -1,8 +1,10 @@
-"""`kernelgym bench [NAME] [ARGS...]`: run a script from the repository's benchmarks/ folder."""
+"""`kernelgym bench [NAME] [ARGS...]`: run a script of the repository's benchmarks/ package, as
+``python -m benchmarks.NAME ARGS`` with the checkout on PYTHONPATH."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,4 +28,6 @@ def main_bench(args: argparse.Namespace) -> int:
     if args.name not in names:
         print(f"kernelgym bench: unknown benchmark {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(BENCH_DIR / f"{args.name}.py"), *args.args])
+    root = str(BENCH_DIR.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.call([sys.executable, "-m", f"benchmarks.{args.name}", *args.args], env=env)

@@ -1,42 +1,38 @@
 """`kernelgym run`: the main job. A policy against tasks, a progress bar, a summary table, a report.
 
-Policies live outside the package (``policies/``, which imports kernelgym, never the reverse), so
-they are resolved at run time: first through the ``kernelgym.policies`` entry-point group
-(declared in pyproject.toml: compiler, search, llm), then as a ``module:attr`` spec (for running
-from ``PYTHONPATH`` without installing, where entry points do not exist). The built-in names fall
-back to their ``policies.*`` specs when their entry point is absent for the same reason.
-
-Policies are built from whatever of the run's options their constructor accepts (``mode``,
-``backend``, ``evaluator``, ``budget_evals``, ``budget_s``, ``model``, ``base_url``, ``seed``);
-a constructor taking ``base`` (the search policy) gets the policy named by ``--base``.
+Which policy a name means and how it is built: `kernelgym.policy_loader`; running it over the
+tasks and judging its candidates: `kernelgym.scheduler`. Both are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import inspect
 import json
 import os
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
-from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
 
-ENTRY_POINT_GROUP = "kernelgym.policies"
-# Where the built-in policies live when their entry points are not installed (PYTHONPATH runs).
-BUILTIN_POLICIES = {
-    "compiler": "policies.compiler:CompilerPolicy",
-    "search": "policies.search:SearchPolicy",
-    "llm": "policies.llm:OpenAIPolicy",
-}
+from kernelgym.policy_loader import (
+    BUILTIN_POLICIES,
+    ENTRY_POINT_GROUP,
+    PolicyNotFound,
+    RunError,
+    build_policy,
+    resolve_policy,
+)
+from kernelgym.scheduler import PolicyTimeout, TaskResult, run_task, run_tasks, task_phase
+
+__all__ = ["BUILTIN_POLICIES", "DEFAULT_DIFFICULTIES", "DEFAULT_N", "DEFAULT_POLICY_TIMEOUT_S",
+           "ENTRY_POINT_GROUP", "RUN_FILE", "PolicyNotFound", "PolicyTimeout", "RunError", "TaskResult",
+           "add_run_arguments", "build_policy", "difficulty_list", "load_tasks", "main_run", "prepare_out",
+           "resolve_policy", "run_task", "run_tasks", "task_phase"]
+
 DEFAULT_N = 20
 DEFAULT_DIFFICULTIES = [1, 2, 3]
 # Wall seconds one task's policy call (propose, or the whole search) may take before the task gets
@@ -44,204 +40,6 @@ DEFAULT_DIFFICULTIES = [1, 2, 3]
 # stall a suite left running. Generous: a GPU search of 8 evaluations takes a few minutes.
 DEFAULT_POLICY_TIMEOUT_S = 1800.0
 RUN_FILE = "run.json"   # the run's settings and task ids, written first: what --resume checks
-
-
-class PolicyNotFound(LookupError):
-    """A policy spec that names no entry point and no importable ``module:attr``."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot start (bad arguments, output directory in the way, ...)."""
-
-
-class PolicyTimeout(RuntimeError):
-    """A policy call that ran past the run's per-task time limit (`--policy-timeout`)."""
-
-
-# -- what each task is doing, for the progress display --------------------------------------------
-_phase = threading.local()
-
-
-@contextlib.contextmanager
-def task_phase(name: str) -> Iterator[None]:
-    """Show `name` ("tracing", "compiling", ...) as what the current thread's task is doing while
-    the block runs, then the phase before it again. Policies call it around their slow steps; it
-    does nothing outside `kernelgym run` (no display listens)."""
-    report = getattr(_phase, "report", None)
-    if report is None:
-        yield
-        return
-    before = getattr(_phase, "name", None)
-    _phase.name = name
-    report(name)
-    try:
-        yield
-    finally:
-        _phase.name = before
-        if before is not None:
-            report(before)
-
-
-def _listen(report: Callable[[str], None] | None) -> None:
-    _phase.report, _phase.name = report, None
-
-
-def _call_with_limit(fn: Callable[[], Any], limit: float | None, report: Callable[[str], None] | None) -> Any:
-    """fn() in this thread, or -- with a limit -- in a helper thread that is waited for at most
-    `limit` seconds; past it `PolicyTimeout` is raised and the call is abandoned (Python cannot stop
-    a thread: it finishes in the background and its result is dropped)."""
-    if not limit:
-        _listen(report)
-        return fn()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        _listen(report)
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the waiting thread
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name="kernelgym-policy", daemon=True)
-    worker.start()
-    worker.join(limit)
-    if worker.is_alive():
-        raise PolicyTimeout(f"the policy ran past the per-task time limit of {limit:g} s (--policy-timeout); "
-                            "its call was abandoned")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-# -- policy resolution ---------------------------------------------------------------------------
-def _entry_point(name: str) -> Any | None:
-    try:
-        eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
-    except TypeError:  # Python < 3.10 API; kept for odd environments
-        eps = metadata.entry_points().get(ENTRY_POINT_GROUP, [])  # type: ignore[attr-defined]
-    return next((ep for ep in eps if ep.name == name), None)
-
-
-def _load_spec(spec: str, what: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise PolicyNotFound(f"{what}: expected 'module:attr', got {spec!r}")
-    try:
-        module = import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise PolicyNotFound(f"{what}: module {module_name!r} not found (is it on PYTHONPATH, "
-                                 f"or installed?)") from None
-        raise PolicyNotFound(f"{what}: importing {module_name!r} failed: {exc}") from exc
-    except Exception as exc:
-        raise PolicyNotFound(f"{what}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise PolicyNotFound(f"{what}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def resolve_policy(spec: str) -> Any:
-    """The policy class / factory / instance that `spec` names.
-
-    `spec` is an entry-point name of the ``kernelgym.policies`` group (compiler, search, llm, or
-    any a plugin declares) or ``module:attr``. Raises `PolicyNotFound` saying what was not found.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise PolicyNotFound(f"policy spec must be a non-empty string, got {spec!r}")
-    spec = spec.strip()
-    if ":" in spec:
-        return _load_spec(spec, f"policy {spec!r}")
-    ep = _entry_point(spec)
-    if ep is not None:
-        try:
-            return ep.load()
-        except Exception as exc:
-            raise PolicyNotFound(f"policy {spec!r}: entry point {ep.value!r} failed to load: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-    if spec in BUILTIN_POLICIES:
-        return _load_spec(BUILTIN_POLICIES[spec], f"policy {spec!r} ({BUILTIN_POLICIES[spec]})")
-    known = sorted({*BUILTIN_POLICIES, *(ep.name for ep in _entry_points())})
-    raise PolicyNotFound(f"unknown policy {spec!r}: no entry point of that name in group {ENTRY_POINT_GROUP!r} "
-                         f"(known: {', '.join(known)}); give a 'module:attr' spec for others")
-
-
-def _entry_points() -> list[Any]:
-    try:
-        return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-    except TypeError:
-        return list(metadata.entry_points().get(ENTRY_POINT_GROUP, []))  # type: ignore[attr-defined]
-
-
-def _accepted(obj: Any) -> tuple[set[str], set[str]]:
-    """(accepted keyword names, required ones) of a policy constructor or factory.
-
-    A class whose ``__init__`` forwards ``**kwargs`` to its parent also accepts the parent's
-    named parameters (e.g. an LLM backend passing ``mode`` and ``seed`` on to its base class).
-    """
-    names: set[str] = set()
-    required: set[str] = set()
-    targets = [c.__init__ for c in inspect.getmro(obj) if "__init__" in vars(c)] if inspect.isclass(obj) else [obj]
-    for i, fn in enumerate(targets):
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            break
-        for p in params.values():
-            if p.name == "self" or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-                continue
-            names.add(p.name)
-            if i == 0 and p.default is inspect.Parameter.empty:
-                required.add(p.name)
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            break
-    return names, required
-
-
-def build_policy(spec: str, base: str | None = "compiler", **options: Any) -> Any:
-    """Resolve `spec` and construct it with the `options` its constructor accepts.
-
-    Options left as None are not passed (the policy's defaults apply). A constructor that takes
-    ``base`` gets ``build_policy(base, None, **options)``. `model` and `base_url` set but taken by
-    no policy in the chain raise `RunError` rather than being silently dropped.
-    """
-    used: set[str] = set()
-    policy = _build(spec, base, options, used)
-    for explicit in ("model", "base_url"):
-        if options.get(explicit) is not None and explicit not in used:
-            raise RunError(f"policy {spec!r} takes no --{explicit.replace('_', '-')} option")
-    return policy
-
-
-def _build(spec: str, base: str | None, options: dict[str, Any], used: set[str]) -> Any:
-    obj = resolve_policy(spec)
-    if not inspect.isclass(obj) and callable(getattr(obj, "propose", None)):
-        return obj   # already a policy instance
-    if not callable(obj):
-        raise RunError(f"policy {spec!r} resolved to a {type(obj).__name__}, which is neither a policy class, "
-                       "a factory nor an object with propose()")
-    if inspect.isabstract(obj):
-        raise RunError(f"policy {spec!r} is the abstract {obj.__name__}; name a concrete class (module:attr)")
-    names, required = _accepted(obj)
-    kwargs = {k: v for k, v in options.items() if v is not None and k in names}
-    if "base" in names:
-        if base is None:
-            raise RunError(f"policy {spec!r} needs a base policy (--base)")
-        kwargs["base"] = _build(base, None, options, used)
-    missing = sorted(required - set(kwargs))
-    if missing:
-        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-        raise RunError(f"policy {spec!r} needs {flags}")
-    try:
-        policy = obj(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise RunError(f"cannot construct policy {spec!r}: {exc}") from exc
-    used.update(kwargs)
-    if not callable(getattr(policy, "propose", None)):
-        raise RunError(f"policy {spec!r} built a {type(policy).__name__} without propose(task, n, history)")
-    return policy
 
 
 # -- tasks ---------------------------------------------------------------------------------------
@@ -275,123 +73,6 @@ def load_tasks(suite: str = "synthetic", difficulties: Sequence[int] | None = No
         raise RunError(f"no tasks to run in {suite!r}" + (f" at difficulties {list(difficulties)}"
                                                          if difficulties else ""))
     return tasks[:n] if n else tasks
-
-
-# -- running -------------------------------------------------------------------------------------
-@dataclass
-class TaskResult:
-    """One task's outcome: the candidate judged and its verdict (plus the search, if any)."""
-
-    task: Any
-    source: str | None
-    verdict: Any
-    search: Any | None = None
-    policy_error: str | None = None
-    elapsed_s: float = 0.0
-
-    def row(self, policy: str) -> dict[str, Any]:
-        """The verdicts.jsonl row: the verdict's fields plus task id, difficulty, ops, policy."""
-        row = {"task_id": self.task.id, "difficulty": self.task.difficulty, "ops": list(self.task.ops),
-               "policy": policy, **self.verdict.to_dict(), "elapsed_s": round(self.elapsed_s, 3)}
-        row["task_id"] = self.task.id   # the verdict's own task_id may be None
-        if (getattr(self.task, "meta", None) or {}).get("dag"):
-            row["dag"] = self.task.meta["dag"]   # the program's DAG, for the report
-        if self.policy_error:
-            row["policy_error"] = self.policy_error
-        if self.search is not None:
-            s = self.search
-            best = s.log[s.best_index] if s.best_index is not None else {}
-            row["search"] = {"evaluations": s.evaluations, "stopped": s.stopped, "best_index": s.best_index,
-                             "best_origin": best.get("origin"), "best_changes": best.get("changes"),
-                             "search_speedup": best.get("speedup")}
-        return row
-
-
-def _no_candidate_verdict(task: Any, backend: str, mode: str, why: str) -> Any:
-    from kernelgym.evaluation import Verdict
-
-    # No source to judge: the closest contract status is a format error (nothing usable was produced).
-    return Verdict(status="format_error", error=why[:500], reasons=["policy:no_candidate"], backend=backend,
-                   mode=mode, task_id=task.id)
-
-
-def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, seed: int | None = None,
-             policy_timeout: float | None = None,
-             on_phase: Callable[[Any, str | None], None] | None = None) -> TaskResult:
-    """Ask `policy` for one candidate and judge it. A policy with ``search(task)`` (the search
-    policy) brings its own verdict; when that verdict was timed, the winner is timed once more
-    with fresh inputs, since the best of several noisy timings overstates the speedup.
-
-    policy_timeout: seconds the policy call may take (None or 0: no limit); past it the task gets
-    a policy-error verdict. on_phase(task, phase): told what the task is doing ("proposing",
-    "searching", the policy's own `task_phase` steps, "judging"; None when it is done)."""
-    t0 = time.perf_counter()
-    search = None
-    report = (lambda phase: on_phase(task, phase)) if on_phase is not None else None
-    try:
-        if callable(getattr(policy, "search", None)):
-            def searched() -> Any:
-                with task_phase("searching"):
-                    return policy.search(task)
-
-            search = _call_with_limit(searched, policy_timeout, report)
-            _listen(report)
-            source, verdict = search.best_source, search.best_verdict
-            if source is not None and verdict is not None and verdict.speedup is not None:
-                with task_phase("judging"):
-                    verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
-        else:
-            def proposed() -> Any:
-                with task_phase("proposing"):
-                    return policy.propose(task, n=1)
-
-            got = _call_with_limit(proposed, policy_timeout, report)
-            _listen(report)
-            source = got[0] if got else None
-            verdict = None
-            if source is not None:
-                with task_phase("judging"):
-                    verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
-    except Exception as exc:  # noqa: BLE001 - one task's policy failure must not end the run
-        why = f"policy error: {type(exc).__name__}: {exc}"
-        return TaskResult(task, None, _no_candidate_verdict(task, backend, mode, why), search, why,
-                          time.perf_counter() - t0)
-    if source is None or verdict is None:
-        errors = [e.get("error") for e in getattr(search, "log", []) if e.get("status") == "policy_error"]
-        why = "policy produced no candidate" + (f": {errors[0]}" if errors else "")
-        return TaskResult(task, None, _no_candidate_verdict(task, backend, mode, why), search, why,
-                          time.perf_counter() - t0)
-    verdict.task_id = verdict.task_id or task.id
-    return TaskResult(task, source, verdict, search, None, time.perf_counter() - t0)
-
-
-def run_tasks(tasks: Sequence[Any], policy: Any, evaluator: Any, backend: str, mode: str, jobs: int = 2,
-              seed: int = 0, on_done: Callable[[TaskResult], None] | None = None,
-              policy_timeout: float | None = None, skip: Collection[str] = (),
-              on_phase: Callable[[Any, str | None], None] | None = None) -> list[TaskResult]:
-    """Run `policy` on every task not in `skip` (task ids), `jobs` tasks at a time; results in task
-    order. Task i is judged with seed ``seed + i`` whatever is skipped, so a resumed run judges as
-    the first would have. On KeyboardInterrupt the tasks not started are cancelled."""
-    results: list[TaskResult | None] = [None] * len(tasks)
-    lock = threading.Lock()
-    skip = set(skip)
-    ex = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelgym-run")
-    try:
-        futures = {ex.submit(run_task, t, policy, evaluator, backend, mode, seed + i, policy_timeout, on_phase): i
-                   for i, t in enumerate(tasks) if t.id not in skip}
-        for fut in as_completed(futures):
-            r = fut.result()
-            results[futures[fut]] = r
-            if on_phase is not None:
-                on_phase(r.task, None)
-            if on_done is not None:
-                with lock:
-                    on_done(r)
-    except BaseException:
-        ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    ex.shutdown(wait=True)
-    return [r for r in results if r is not None]
 
 
 # -- output directory ----------------------------------------------------------------------------
@@ -446,7 +127,8 @@ def difficulty_list(text: str) -> list[int]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The `kernelgym run` options (DESIGN.md contract plus budget, LLM and pool settings)."""
+    """The `kernelgym run` options (the CLI contract of docs/ARCHITECTURE.md plus budget, LLM and pool
+    settings)."""
 
     p.add_argument("--policy", default="search",
                    help="compiler | search | llm | an entry point of group kernelgym.policies | module:attr "

@@ -1,40 +1,9 @@
-"""Small generic Triton kernels for env tests: elementwise unary ops over a flattened input."""
+"""Small generic Triton kernels for env tests: elementwise unary ops over a flattened input
+(`kernelgym.examples.unary_candidate`)."""
 
 from __future__ import annotations
 
-TEMPLATE = '''
-import torch
-import torch.nn as nn
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def unary_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, {load_mask})
-    tl.store(out_ptr + offs, {expr}, {store_mask})
-
-
-class ModelNew(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x0):
-        x = x0.contiguous()
-        out = torch.empty_like(x)
-        n = x.numel()
-        unary_kernel[(triton.cdiv(n, {block}),)](x, out, n, BLOCK={block}, num_warps={warps})
-        return out
-'''
-
-
-def unary(expr: str = "tl.maximum(x, 0.0)", block: int = 64, warps: int = 4, masked: bool = True) -> str:
-    """A ModelNew applying `expr` (of x) elementwise; masked=False forgets the bounds mask."""
-    m = "mask=mask" if masked else "mask=None"
-    return TEMPLATE.format(expr=expr, block=block, warps=warps, load_mask=m, store_mask=m)
-
+from kernelgym.examples import unary_candidate as unary
 
 RELU = unary()
 WRONG_RELU = unary("x")  # identity: wrong on every negative input

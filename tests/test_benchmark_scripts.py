@@ -3,7 +3,7 @@ JSON their notes are made from; bad arguments fail with a message naming them.""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests._tasks import model_source
+
 pytest.importorskip("policies.compiler")
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The benchmark as `python -m benchmarks.NAME` imports it: a module of the benchmarks package."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_compiler_variants_table_and_json(tmp_path, capsys):
@@ -172,46 +172,10 @@ def test_fresh_dir_env_sets_a_new_folder_and_restores_the_variable(monkeypatch):
     assert "KERNELGYM_TEST_DIR" not in os.environ
 
 
-KB_RELU = '''import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x):
-        return torch.relu(x)
-
-
-def get_inputs():
-    return [torch.randn(4, 16)]
-
-
-def get_init_inputs():
-    return []
-'''
+KB_RELU = model_source("return torch.relu(x)", inputs="return [torch.randn(4, 16)]")
 KB_ITEM = KB_RELU.replace("return torch.relu(x)", "return x * float(x.sum().item())")   # data-dependent
-KB_LINEAR = '''import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self, n, m):
-        super().__init__()
-        self.linear = nn.Linear(n, m)
-
-    def forward(self, x):
-        return torch.relu(self.linear(x))
-
-
-def get_inputs():
-    return [torch.randn(8, 16)]
-
-
-def get_init_inputs():
-    return [16, 16]
-'''
+KB_LINEAR = model_source("return torch.relu(self.linear(x))", inputs="return [torch.randn(8, 16)]",
+                         init="self.linear = nn.Linear(n, m)", init_params=", n, m", init_inputs="[16, 16]")
 
 
 def kernelbench_dir(tmp_path: Path) -> Path:
@@ -345,9 +309,7 @@ def test_kernelbench_both_modes_judge_a_lenient_candidate_that_differs(tmp_path)
 
 def test_trace_coverage_counts_traced_problems_and_reasons(tmp_path, capsys, monkeypatch):
     tc = load("trace_coverage")
-    good = "import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n    def forward(self, x):\n" \
-           "        return torch.relu(x)\n\n\ndef get_inputs():\n    return [torch.randn(4, 8)]\n\n\n" \
-           "def get_init_inputs():\n    return []\n"
+    good = model_source("return torch.relu(x)", inputs="return [torch.randn(4, 8)]")
     (tmp_path / "a_relu.py").write_text(good)
     (tmp_path / "b_sort.py").write_text(good.replace("torch.relu(x)", "torch.sort(x).values + torch.fft.fft(x).real"))
     out = tmp_path / "cov.json"
@@ -361,3 +323,35 @@ def test_trace_coverage_counts_traced_problems_and_reasons(tmp_path, capsys, mon
     assert tc.reasons("TraceError: unsupported calls in Model.forward (no catalog op): sort (call_function sort): "
                       "function torch.sort has no catalog op; view (call_method view): reshape (4, 8) -> (2, 2, 8)") \
         == ["function torch.sort has no catalog op", "reshape (N, N) -> (N, N, N)"]
+
+
+def test_every_benchmark_is_a_module_of_the_package_without_path_hacks():
+    """Each benchmark `kernelgym bench` lists imports as benchmarks.NAME and has a main(); none edits
+    sys.path; the shared `_` modules are not listed."""
+    from kernelgym.benchmarks_cli import available
+
+    names = available()
+    assert "kernelbench" in names and "trace_coverage" in names
+    assert not [n for n in names if n.startswith("_")]
+    for path in sorted(BENCH.glob("*.py")):
+        assert "sys.path.insert" not in path.read_text(), path.name
+    for name in names:
+        assert callable(load(name).main), name
+
+
+def test_benchmarks_run_with_dash_m_and_through_kernelgym_bench(tmp_path):
+    """`python -m benchmarks.NAME` from the checkout, and `kernelgym bench NAME` from any folder."""
+    import subprocess
+
+    root = BENCH.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    direct = subprocess.run([sys.executable, "-m", "benchmarks.kernelbench", "--help"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert direct.returncode == 0 and "--trace-only" in direct.stdout, direct.stderr
+    listed = subprocess.run([sys.executable, "-m", "kernelgym", "bench"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    names = listed.stdout.strip().removeprefix("benchmarks: ").split(", ")
+    assert listed.returncode == 0 and "kernelbench" in names and not [n for n in names if n.startswith("_")]
+    bench = subprocess.run([sys.executable, "-m", "kernelgym", "bench", "trace_coverage", "--help"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert bench.returncode == 0 and "python -m benchmarks.trace_coverage DIR" in bench.stdout, bench.stderr

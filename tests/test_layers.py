@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, int], ...] = (
     ("kernelgym.version", 0),
     ("kernelgym.pyast", 0),
+    ("kernelgym.examples", 0),
     ("kernelgym.ops", 0),
     ("kernelgym.graph", 0),  # the task graph: catalog ops over inputs, below Task
     ("kernelgym.task", 1),

@@ -14,7 +14,7 @@ from kernelgym.ops import CATALOG, CATEGORIES, get_op, ops_in
 from kernelgym.ops.infer import infer_shape
 from kernelgym.sampler import TaskSampler
 from kernelgym.sampler.model import VIEW_OPS
-from kernelgym.task import exec_source
+from tests._tasks import model_outputs
 
 REQUIRED = {
     "reduction": {"sum", "mean", "amax", "amin", "logsumexp", "var", "norm"},
@@ -67,13 +67,6 @@ def test_broadcast_rule_matches_torch(a, b):
 _SAMPLER = TaskSampler("tiny", check=False)
 
 
-def _run(task):
-    module = exec_source(task.source)
-    torch.manual_seed(0)
-    model = module.Model(*module.get_init_inputs())
-    with torch.no_grad():
-        out = model(*module.get_inputs())
-    return out if isinstance(out, tuple) else (out,)
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))
@@ -85,7 +78,7 @@ def test_shape_rule_agrees_with_pytorch(name, seed):
     ops = [name] if difficulty == 1 else ["relu", name]
     task = _SAMPLER.sample(difficulty, seed, ops=ops)
     graph = task.graph
-    outs = _run(task)
+    outs = model_outputs(task)
     assert [tuple(o.shape) for o in outs] == [graph.nodes[o].shape for o in graph.outputs]
     i = graph.ops.index(name)
     node = graph.nodes[i]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kernelgym import policy_loader, runner
 from kernelgym import report as report_mod
-from kernelgym import runner
 from kernelgym.cli import build_parser
 from kernelgym.evaluation import Verdict
 
@@ -69,7 +69,7 @@ def test_resolve_module_attr_and_build_with_accepted_options():
 
 
 def test_builtin_names_fall_back_to_module_specs_without_entry_points(monkeypatch):
-    monkeypatch.setattr(runner, "_entry_point", lambda name: None)
+    monkeypatch.setattr(policy_loader, "_entry_point", lambda name: None)
     from policies.search import SearchPolicy
 
     assert runner.resolve_policy("search") is SearchPolicy

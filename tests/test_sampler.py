@@ -21,16 +21,7 @@ from kernelgym.sampler import (
     size_profile,
 )
 from kernelgym.sampler.model import VIEW_OPS
-from kernelgym.task import exec_source
-
-
-def _outputs(task):
-    module = exec_source(task.source)
-    torch.manual_seed(0)
-    model = module.Model(*module.get_init_inputs())
-    with torch.no_grad():
-        out = model(*module.get_inputs())
-    return out if isinstance(out, tuple) else (out,)
+from tests._tasks import model_outputs
 
 
 @pytest.mark.parametrize("difficulty", [1, 2, 3, 4, 5])
@@ -40,7 +31,7 @@ def test_emitted_tasks_run_and_match_graph(difficulty):
         task = sampler.sample(difficulty, seed)
         graph = task.graph
         assert len(task.ops) == difficulty == len(graph.nodes)
-        outs = _outputs(task)
+        outs = model_outputs(task)
         assert [list(o.shape) for o in outs] == task.meta["output_shapes"]
         assert all(torch.isfinite(o).all() for o in outs)
         assert task.meta["flops"] >= 0 and task.meta["bytes"] > 0
@@ -89,7 +80,7 @@ def test_same_seed_same_task_in_a_fresh_process():
 def test_long_programs(difficulty):
     task = TaskSampler("tiny").sample(difficulty, 0)
     assert len(task.ops) == difficulty
-    assert len(_outputs(task)) == len(task.meta["output_shapes"])
+    assert len(model_outputs(task)) == len(task.meta["output_shapes"])
 
 
 def test_bench_sizes_fill_the_gpu():

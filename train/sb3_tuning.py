@@ -32,34 +32,9 @@ import torch
 import kernelgym  # noqa: F401  (registers the env ids)
 from kernelgym.envs.discrete import DiscreteChoiceEnv
 from kernelgym.evaluation import Evaluator, resolve_backend
+from kernelgym.examples import unary_candidate
 from kernelgym.sampler import TaskSampler
 from kernelgym.task import Task
-
-RELU_TEMPLATE = '''import torch
-import torch.nn as nn
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def relu_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask)
-    tl.store(out_ptr + offs, tl.maximum(x, 0.0), mask=mask)
-
-
-class ModelNew(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x0):
-        x = x0.contiguous()
-        out = torch.empty_like(x)
-        n = x.numel()
-        relu_kernel[(triton.cdiv(n, {block}),)](x, out, n, BLOCK={block}, num_warps={warps})
-        return out
-'''
 
 # (BLOCK, num_warps): small blocks launch many programs (slow on large tensors), huge ones waste lanes.
 RELU_CONFIGS = ((32, 1), (128, 4), (256, 4), (1024, 4), (2048, 8), (4096, 8), (64, 2), (512, 4))
@@ -71,7 +46,7 @@ def relu_provider(k: int) -> Provider:
     """K launch configurations of a Triton ReLU (for sampled `relu` tasks)."""
     if not 1 <= k <= len(RELU_CONFIGS):
         raise ValueError(f"k must be in 1..{len(RELU_CONFIGS)} for the relu provider")
-    sources = [RELU_TEMPLATE.format(block=b, warps=w) for b, w in RELU_CONFIGS[:k]]
+    sources = [unary_candidate(name="relu_kernel", block=b, warps=w) for b, w in RELU_CONFIGS[:k]]
     return lambda task: list(sources)
 
 

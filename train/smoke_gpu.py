@@ -30,6 +30,7 @@ import torch
 
 from kernelgym.envs.curriculum import Curriculum
 from kernelgym.evaluation import Evaluator, evaluate_batch, resolve_backend
+from kernelgym.examples import unary_candidate
 from kernelgym.task import Task
 from train.build_dataset import prompt_text, solution_text
 from train.curriculum import CurriculumTaskStream
@@ -39,31 +40,7 @@ from train.verl.reward import make_reward, verdict_score
 BOS, EOS, PAD = 256, 257, 258
 VOCAB = 259
 
-RELU_KERNEL = '''import torch
-import torch.nn as nn
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def relu_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask)
-    tl.store(out_ptr + offs, tl.maximum(x, 0.0), mask=mask)
-
-
-class ModelNew(nn.Module):
-    def __init__(self):
-        super().__init__()
-
-    def forward(self, x0):
-        x = x0.contiguous()
-        out = torch.empty_like(x)
-        n = x.numel()
-        relu_kernel[(triton.cdiv(n, 256),)](x, out, n, BLOCK=256)
-        return out
-'''
+RELU_KERNEL = unary_candidate(name="relu_kernel", block=256, warps=None)
 
 
 class ByteTokenizer:

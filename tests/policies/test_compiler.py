@@ -84,6 +84,18 @@ def failures(names, verdicts) -> dict[str, str]:
     return {n: f"{v.status} {v.reasons[:2]} {v.error[:300]}" for n, v in zip(names, verdicts) if v.status != "ok"}
 
 
+def compile_triton_only(problems: dict[str, tuple]) -> tuple[list[str], list[Task], dict[str, str]]:
+    """Compile every problem (name -> (source, ...)) in strict mode, checking each has kernels and
+    no torch compute in forward: (sorted names, their tasks, the generated source by name)."""
+    policy = CompilerPolicy()
+    names = sorted(problems)
+    tasks = [Task.from_source(problems[n][0]) for n in names]
+    by_name = {n: policy.compile(t) for n, t in zip(names, tasks)}
+    for n, s in by_name.items():
+        assert kernel_defs(s) and torch_compute_calls(s) == [], n
+    return names, tasks, by_name
+
+
 def chain_task() -> Task:
     """A sampled d=3 task linear -> mul_scalar -> gelu (a matmul with an elementwise epilogue)."""
     task = sample_task(3, 1, ops=["linear", "gelu", "mul_scalar"])

@@ -8,32 +8,11 @@ from __future__ import annotations
 import pytest
 
 from kernelgym.task import Task
+from tests._tasks import model_source
+from tests.policies._tasks import module_task
 
 compiler = pytest.importorskip("policies.compiler")
 from policies.compiler.kernels import CONV_TILE_MIN, dot_block_k  # noqa: E402
-
-TEMPLATE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.{cls}({args})
-
-    def forward(self, x):
-        return F.relu(self.conv(x)) + 0.5
-
-
-def get_inputs():
-    return [torch.randn({shape})]
-
-
-def get_init_inputs():
-    return []
-'''
 
 # name: (module class, its arguments, input shape, output positions per image)
 CASES = {
@@ -47,7 +26,8 @@ CASES = {
 
 def case_task(name: str) -> Task:
     cls, args, shape, _ = CASES[name]
-    return Task.from_source(TEMPLATE.format(cls=cls, args=args, shape=shape))
+    return Task.from_source(module_task("F.relu(self.conv(x)) + 0.5", "x", f"torch.randn({shape})",
+                                        f"self.conv = nn.{cls}({args})"))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -73,75 +53,52 @@ def test_dot_block_k_pads_least(k, block):
 
 # -- every argument of nn.Conv* / F.conv*, traced from KernelBench-style sources --------------------
 
-MODULE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-
-class Model(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        LAYERS
-
-    def forward(self, x):
-        BODY
-
-
-def get_inputs():
-    return [torch.randn(SHAPE)]
-
-
-def get_init_inputs():
-    return [IN, OUT]
-'''
-
-
-def module_task(layers: str, body: str, shape: str, cin: int, cout: int) -> str:
-    return (MODULE.replace("LAYERS", layers).replace("BODY", body).replace("SHAPE", shape)
-            .replace("IN,", f"{cin},").replace("OUT]", f"{cout}]"))
+def conv_task(layers: str, body: str, shape: str, cin: int, cout: int) -> str:
+    return model_source(body, "x", f"return [torch.randn({shape})]", layers,
+                        ", in_channels: int, out_channels: int", f"[{cin}, {cout}]")
 
 
 # name: (source, the traced ops, params of node 0 that the tracer must carry)
 TRACED = {
-    "conv3d_asymmetric_grouped_dilated_no_bias": (module_task(
+    "conv3d_asymmetric_grouped_dilated_no_bias": (conv_task(
         "self.conv = nn.Conv3d(in_channels, out_channels, (3, 2, 1), stride=(1, 2, 1), padding=(1, 0, 2), "
         "dilation=(2, 1, 1), groups=2, bias=False)", "return self.conv(x)", "2, 4, 5, 6, 3", 4, 6),
         ("conv3d",), {"kernel": (3, 2, 1), "stride": (1, 2, 1), "padding": (1, 0, 2), "dilation": (2, 1, 1),
                       "groups": 2, "bias": False}),
-    "conv_transpose3d_output_padding_grouped": (module_task(
+    "conv_transpose3d_output_padding_grouped": (conv_task(
         "self.conv = nn.ConvTranspose3d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, "
         "groups=2)", "return torch.relu(self.conv(x))", "1, 4, 3, 2, 4", 4, 2),
         ("conv_transpose3d", "relu"), {"output_padding": (1, 1, 1), "groups": 2, "bias": True}),
-    "depthwise_separable": (module_task(
+    "depthwise_separable": (conv_task(
         "self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)\n"
         "        self.pointwise = nn.Conv2d(in_channels, out_channels, kernel_size=1)",
         "return self.pointwise(self.depthwise(x))", "2, 5, 9, 8", 5, 7),
         ("conv2d", "conv2d"), {"groups": 5, "kernel": (3, 3), "bias": False}),
-    "depthwise_multiplier_asymmetric": (module_task(
+    "depthwise_multiplier_asymmetric": (conv_task(
         "self.conv = nn.Conv2d(in_channels, out_channels, (3, 1), stride=(2, 1), dilation=(1, 2), "
         "groups=in_channels)", "return self.conv(x) * 2.0", "1, 3, 10, 6", 3, 6),
         ("conv2d", "mul_scalar"), {"groups": 3, "stride": (2, 1), "dilation": (1, 2)}),
-    "conv_transpose2d_one_channel_a_group": (module_task(
+    "conv_transpose2d_one_channel_a_group": (conv_task(
         "self.conv = nn.ConvTranspose2d(in_channels, out_channels, (2, 3), stride=(2, 1), padding=(0, 1), "
         "groups=in_channels, bias=False)", "return self.conv(x)", "2, 3, 4, 5", 3, 6),
         ("conv_transpose2d",), {"groups": 3, "output_padding": (0, 0), "bias": False}),
-    "functional_conv2d_grouped_dilated": (module_task(
+    "functional_conv2d_grouped_dilated": (conv_task(
         "self.weight = nn.Parameter(torch.randn(out_channels, in_channels // 4, 3, 3) * 0.3)",
         "return F.conv2d(x, self.weight, None, 1, (2, 1), (2, 1), 4)", "2, 8, 7, 6", 8, 8),
         ("conv2d",), {"groups": 4, "padding": (2, 1), "dilation": (2, 1), "bias": False}),
-    "functional_conv_transpose1d_dilated": (module_task(
+    "functional_conv_transpose1d_dilated": (conv_task(
         "self.weight = nn.Parameter(torch.randn(in_channels, out_channels, 3) * 0.3)\n"
         "        self.bias = nn.Parameter(torch.randn(out_channels))",
         "return F.conv_transpose1d(x, self.weight, self.bias, stride=3, padding=1, output_padding=2, dilation=2)",
         "2, 3, 7", 3, 4),
         ("conv_transpose1d",), {"stride": (3,), "output_padding": (2,), "dilation": (2,), "bias": True}),
     # regression: a length-1 output dim made the taps kernel's window masks Python bools
-    "conv_transpose2d_one_channel_a_group_width_one": (module_task(
+    "conv_transpose2d_one_channel_a_group_width_one": (conv_task(
         "self.conv = nn.ConvTranspose2d(in_channels, out_channels, 5, padding=2, groups=in_channels, bias=False)",
         "return self.conv(x) - 1.0", "3, 4, 6, 1", 4, 4),
         ("conv_transpose2d", "add_scalar"), {"groups": 4, "bias": False}),
-    "conv1d_padding_same_and_valid": (module_task(
+    "conv1d_padding_same_and_valid": (conv_task(
         "self.a = nn.Conv1d(in_channels, out_channels, 5, padding='same', dilation=2)\n"
         "        self.b = nn.Conv1d(out_channels, out_channels, 3, padding='valid')",
         "return self.b(self.a(x))", "2, 3, 20", 3, 4),
@@ -178,7 +135,7 @@ def test_unsupported_conv_arguments_are_named(layer, message):
     from policies.compiler.trace import TraceError, graph_from_source
 
     with pytest.raises(TraceError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        graph_from_source(module_task(f"self.conv = {layer}", "return self.conv(x)", "1, 2, 8, 8", 2, 3))
+        graph_from_source(conv_task(f"self.conv = {layer}", "return self.conv(x)", "1, 2, 8, 8", 2, 3))
 
 
 # -- on a GPU, at sizes like KernelBench's (level 1 problems 61, 72, 80, 82, 85, 87) -----------------
@@ -201,7 +158,7 @@ GPU_CASES = {
 @pytest.mark.parametrize("name", sorted(GPU_CASES))
 def test_kernelbench_sized_convolutions_on_the_gpu(evaluator, name, capsys):
     layer, shape, cin, cout = GPU_CASES[name]
-    task = Task.from_source(module_task(f"self.conv = {layer}", "return self.conv(x)", shape, cin, cout))
+    task = Task.from_source(conv_task(f"self.conv = {layer}", "return self.conv(x)", shape, cin, cout))
     v = evaluator.evaluate(task, compiler.CompilerPolicy().compile(task), backend="cuda", seed=3)
     assert v.status == "ok", (v.status, v.error[:500])
     with capsys.disabled():

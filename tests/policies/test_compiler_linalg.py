@@ -10,35 +10,17 @@ import pytest
 from kernelgym.task import Task
 from policies.compiler import CompileError, CompilerPolicy, TraceError, graph_from_source
 from policies.compiler.kernels import contraction
-from tests.policies.test_compiler import failures, judge, kernel_defs, torch_compute_calls
-
-TEMPLATE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-INIT
-
-    def forward(self, ARGS):
-        BODY
+from tests._tasks import model_source
+from tests.policies.test_compiler import (
+    compile_triton_only,
+    failures,
+    judge,
+    kernel_defs,
+)
 
 
-def get_inputs():
-    return [INPUTS]
-
-
-def get_init_inputs():
-    return []
-'''
-
-
-def problem(args: str, body: str, inputs: str, init: str = "        pass") -> str:
-    return (TEMPLATE.replace("ARGS", args).replace("BODY", body).replace("INPUTS", inputs)
-            .replace("INIT", init))
+def problem(args: str, body: str, inputs: str, init: str = "pass") -> str:
+    return model_source(body, args, f"return [{inputs}]", init)
 
 
 # name -> (source, the traced ops)
@@ -100,13 +82,7 @@ def test_problems_trace_to_the_family_ops(name):
 
 
 def test_problems_compile_to_triton_only_and_are_ok(evaluator):
-    policy = CompilerPolicy()
-    names = sorted(TRACED)
-    tasks = [Task.from_source(TRACED[n][0]) for n in names]
-    srcs = [policy.compile(t) for t in tasks]
-    for n, s in zip(names, srcs):
-        assert kernel_defs(s) and torch_compute_calls(s) == [], n
-    by_name = dict(zip(names, srcs))
+    names, tasks, by_name = compile_triton_only(TRACED)
     # one kernel each: triu as the product's epilogue, views as prologues, attention with its
     # scale prologue and epilogue (the scores never reach memory)
     for n in ("triu_matmul", "diag_matmul", "sdpa", "sdpa_causal_scaled", "einsum_4d_matrix", "matmul_4d_broadcast"):
@@ -114,7 +90,7 @@ def test_problems_compile_to_triton_only_and_are_ok(evaluator):
     # the flip is the scan's prologue, the scale its epilogue
     assert kernel_defs(by_name["flip_then_cumsum"]) == ["k0_flip_cumsum_mul_scalar"]
     assert "tl.dot(" in by_name["sdpa"] and "tl.exp(" in by_name["sdpa"]
-    verdicts = judge(evaluator, list(zip(tasks, srcs)), seed=7)
+    verdicts = judge(evaluator, [(t, by_name[n]) for n, t in zip(names, tasks)], seed=7)
     assert failures(names, verdicts) == {}
 
 

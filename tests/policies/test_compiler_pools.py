@@ -10,36 +10,14 @@ import pytest
 
 from kernelgym.ops import get_op
 from kernelgym.task import Task
+from tests.policies._tasks import module_task
 
 compiler = pytest.importorskip("policies.compiler")
 from policies.compiler import CompilerPolicy, TraceError, graph_from_source  # noqa: E402
 
-TEMPLATE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = LAYER
-
-    def forward(self, x):
-        return FORWARD
-
-
-def get_inputs():
-    return [torch.randn(SHAPE)]
-
-
-def get_init_inputs():
-    return []
-'''
-
 
 def source(layer: str, forward: str, shape: str) -> str:
-    return TEMPLATE.replace("LAYER", layer).replace("FORWARD", forward).replace("SHAPE", shape)
+    return module_task(forward, "x", f"torch.randn({shape})", f"self.layer = {layer}")
 
 
 # name: (module in __init__ (or nn.Identity()), forward expression, input shape, traced ops, params

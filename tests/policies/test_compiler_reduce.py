@@ -12,34 +12,11 @@ from kernelgym.ops.infer import infer_shape
 from kernelgym.sampler import sample_task
 from kernelgym.task import Task
 from policies.compiler import CompilerPolicy, TraceError, graph_from_source
-
-TEMPLATE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        INIT
-
-    def forward(self, ARGS):
-        BODY
-
-
-def get_inputs():
-    INPUTS
-
-
-def get_init_inputs():
-    return []
-'''
+from tests._tasks import model_source
 
 
 def problem(body: str, inputs: str = "return [torch.randn(4, 37)]", args: str = "x", init: str = "pass") -> str:
-    return (TEMPLATE.replace("INIT", init).replace("ARGS", args).replace("BODY", body)
-            .replace("INPUTS", inputs))
+    return model_source(body, args, inputs, init)
 
 
 PAIR = "return [torch.randn(6, 33), torch.randn(6, 33)]"

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from kernelgym.task import Task
-from policies.compiler import CompilerPolicy, graph_from_source
-from tests.policies.test_compiler import failures, judge, kernel_defs, torch_compute_calls
+from policies.compiler import graph_from_source
+from tests.policies.test_compiler import (
+    compile_triton_only,
+    failures,
+    judge,
+    kernel_defs,
+)
 from tests.policies.test_compiler_linalg import problem
 
 # name -> (source, the traced ops)
@@ -57,16 +61,10 @@ def test_merges_of_adjacent_dims_stay_flatten():
 
 
 def test_reshapes_compile_to_triton_only_and_are_ok(evaluator):
-    policy = CompilerPolicy()
-    names = sorted(PROBLEMS)
-    tasks = [Task.from_source(PROBLEMS[n][0]) for n in names]
-    srcs = [policy.compile(t) for t in tasks]
-    for n, s in zip(names, srcs):
-        assert kernel_defs(s) and torch_compute_calls(s) == [], n
-    by_name = dict(zip(names, srcs))
+    names, tasks, by_name = compile_triton_only(PROBLEMS)
     # a reshape is a coordinate map: it fuses into its consumer, never a kernel of its own
     assert len(kernel_defs(by_name["param_unit_dims"])) == 1, kernel_defs(by_name["param_unit_dims"])
     assert len(kernel_defs(by_name["regroup"])) == 1, kernel_defs(by_name["regroup"])
     assert len(kernel_defs(by_name["head_split_matmul"])) == 1, kernel_defs(by_name["head_split_matmul"])
-    verdicts = judge(evaluator, list(zip(tasks, srcs)), seed=3)
+    verdicts = judge(evaluator, [(t, by_name[n]) for n, t in zip(names, tasks)], seed=3)
     assert failures(names, verdicts) == {}

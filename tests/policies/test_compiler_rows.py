@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.policies._tasks import BENCH_LOG_SOFTMAX_MIDDLE, expr_task
+from tests.policies._tasks import BENCH_LOG_SOFTMAX_MIDDLE, expr_task, module_task
 
 compiler = pytest.importorskip("policies.compiler")
 
@@ -48,28 +48,10 @@ def test_short_contiguous_rows_take_one_warp_a_tile():
     assert warps == {97: 1, 300: 4, 8192: 8}
 
 
-TAIL_TEMPLATE = '''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+def tail_task(expr: str, shape: str, r: int) -> str:
+    """A task returning `expr` of x (`shape`) with a LayerNorm over the last `r` elements as self.ln."""
+    return module_task(expr, "x", f"torch.randn({shape})", f"self.ln = nn.LayerNorm({r})")
 
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln = nn.LayerNorm({r})
-
-    def forward(self, x):
-        return {expr}
-
-
-def get_inputs():
-    return [torch.randn({shape})]
-
-
-def get_init_inputs():
-    return []
-'''
 
 TAILS = {  # name: (forward expression, input shape, normalised length)
     "layer_norm_amax": ("torch.amax(self.ln(x), dim=-1)", "6, 40", 40),
@@ -93,7 +75,7 @@ def test_a_normalised_row_and_its_reduction_are_one_kernel(evaluator, name):
     from kernelgym.task import Task
 
     expr, shape, r = TAILS[name]
-    task = Task.from_source(TAIL_TEMPLATE.format(expr=expr, shape=shape, r=r))
+    task = Task.from_source(tail_task(expr, shape, r))
     policy = compiler.CompilerPolicy()
     src = policy.compile(task)
     assert kernel_count(src) == 1 and "tail = " in src, src
@@ -111,7 +93,7 @@ def test_a_normalised_row_and_its_reduction_are_one_kernel(evaluator, name):
 def test_reductions_that_cannot_be_a_tail(expr, shape, message):
     from kernelgym.task import Task
 
-    task = Task.from_source(TAIL_TEMPLATE.format(expr=expr, shape=shape, r=40))
+    task = Task.from_source(tail_task(expr, shape, 40))
     policy = compiler.CompilerPolicy()
     assert kernel_count(policy.compile(task)) == 2
     with pytest.raises(compiler.PartitionError, match=message):
@@ -138,7 +120,7 @@ def test_every_normalising_row_takes_every_tail_reduction(evaluator):
     pairs = []
     for norm, (y, shape) in sorted(NORMS.items()):
         for tail, fmt in sorted(TAIL_OPS.items()):
-            task = Task.from_source(TAIL_TEMPLATE.format(expr=fmt.format(y=y), shape=shape, r=37))
+            task = Task.from_source(tail_task(fmt.format(y=y), shape, 37))
             src = policy.compile(task)
             assert kernel_count(src) == 1 and "tail = " in src, (norm, tail)
             pairs.append((task, src))
