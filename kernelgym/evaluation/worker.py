@@ -2,7 +2,9 @@
 
 Started by `pool.Worker` with its environment already set (TRITON_INTERPRET=1 for interpreter
 candidates, CUDA_VISIBLE_DEVICES="" for CPU roles), in its own session so the parent can kill the
-whole process group. It imports torch and triton once, then serves requests over the socket `FD`:
+whole process group: either forked from a template process that imported torch, Triton and dynamo
+once (`template`, the default; `serve` runs in the child) or exec'd (`main`). It confines itself
+(`sandbox`), then serves requests over the socket `FD`:
 each request gets any number of ``{"type": "phase"}`` messages (the parent's per-phase timeout
 restarts at each) and then one ``{"type": "result"}``. Messages use `codec` in both directions.
 """
@@ -175,8 +177,32 @@ class WorkerProfiler:
                 self.profile.dump_stats(os.path.join(self.directory, f"{self.role}-{os.getpid()}.prof"))
 
 
+def preload() -> None:
+    """Import what every worker needs (torch, Triton, dynamo, the jobs' modules): in each exec'd
+    worker after its confinement, or once in the template that forks workers (`template`)."""
+    import torch
+
+    # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
+    # and loads code generators, which the runtime guards would rightly call patching.
+    import torch._dynamo
+    import torch.utils._python_dispatch
+    import triton  # noqa: F401
+
+    from kernelgym.evaluation import codec, jobs  # noqa: F401
+
+    _handlers()
+    del torch
+
+
 def main(argv: list[str]) -> int:
-    role, fd = argv[0], int(argv[1])
+    """`python -m kernelgym.evaluation.worker ROLE FD`: a worker started by exec."""
+    return serve(argv[0], int(argv[1]))
+
+
+def serve(role: str, fd: int) -> int:
+    """Run a worker of `role` on the socket `fd` until the parent says exit (or goes away); its
+    environment must already be the role's (`pool.Role.env`). Confines the process before anything
+    of a candidate runs; imports what `preload` did not."""
     _harden()
     from multiprocessing.connection import Connection
 
@@ -189,12 +215,8 @@ def main(argv: list[str]) -> int:
     confined = _confine(role, tmpdir)
     if role != "ptx" and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
         set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
+    preload()
     import torch
-
-    # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
-    # and loads code generators, which the runtime guards would rightly call patching.
-    import torch._dynamo
-    import torch.utils._python_dispatch
     import triton
 
     torch.set_num_threads(1)
