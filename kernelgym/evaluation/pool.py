@@ -66,7 +66,7 @@ class Role:
     """What a worker is for; decides its environment. `backend` is "cuda" or "interpret"; `device`
     the index (among the GPUs this process sees) a cuda worker is pinned to, None for CPU roles."""
 
-    name: str  # "reference" | "candidate" | "ptx"
+    name: str  # "reference" | "candidate" | "ptx" | "precompile"
     backend: str
     device: int | None = None
     os_sandbox: str = "auto"   # `sandbox.MODES`: how workers running candidate code confine themselves
@@ -82,14 +82,14 @@ class Role:
             "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
         })
         env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-        if self.backend == "interpret" or self.name == "ptx":
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        if self.backend == "interpret" or self.name in ("ptx", "precompile"):
+            env["CUDA_VISIBLE_DEVICES"] = ""   # CPU roles; precompile compiles for a GPU it never sees
         elif self.device is not None:
             # Pinned: the worker sees one GPU, as cuda:0, so nothing in it can pick another.
             env["CUDA_VISIBLE_DEVICES"] = physical_device(self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if self.backend == "interpret" and self.name == "candidate":
             env["TRITON_INTERPRET"] = "1"
-        if self.backend == "cuda" and gpu_fraction:
+        if self.backend == "cuda" and gpu_fraction and self.name != "precompile":
             env["KERNELGYM_GPU_FRACTION"] = str(gpu_fraction)
         env[MODE_ENV] = self.os_sandbox
         env.pop(OUTPUT_ENV, None)   # both set per worker (`Worker`)
@@ -472,10 +472,10 @@ class RolePool:
                 self._idle.append(w)
             self._cond.notify_all()
 
-    def prestart(self) -> None:
-        """Start one worker in the background if none is idle and there is room (no waiting)."""
+    def prestart(self, n: int = 1) -> None:
+        """Start workers until `n` are idle, as far as there is room, without waiting for them."""
         with self._cond:
-            if not self.closed and not self._idle and len(self._busy) < self.size:
+            while not self.closed and len(self._idle) < n and len(self._idle) + len(self._busy) < self.size:
                 self._idle.append(self._spawn())
                 self._cond.notify_all()
 

@@ -183,9 +183,10 @@ class Template:
             self._log.seek(max(0, self._log.tell() - 2000))
             err = self._log.read()
         with self._cond:
-            if self.state == "starting":
+            if self.state == "starting":   # it would fail again: the pool starts workers by exec
+                self.state = "unusable"
                 self.why = f"the template process ended before it was ready: {err.decode('utf-8', 'replace')}"
-            if self.state != "unusable":
+            elif self.state != "unusable":
                 self.state = "dead"
             # Closed by us: it killed and reaped its children itself (their pids may be reused now).
             children = [] if self._closing else [c for c in self._children.values() if c.returncode is None]
@@ -275,9 +276,8 @@ def acquire(role_env: dict[str, str]) -> Template:
     with _LOCK:
         entry = _SHARED.get(key)
         if entry is None or not entry[0].alive and entry[0].state != "unusable":
-            if entry is not None:
-                entry[0].close()
-            entry = _SHARED[key] = [Template(env), entry[1] if entry else 0]
+            # A dead one's users each release it (closing it) and acquire this one.
+            entry = _SHARED[key] = [Template(env), 0]
         entry[1] += 1
         return entry[0]
 

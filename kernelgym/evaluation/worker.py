@@ -24,7 +24,7 @@ MAX_REQUEST_BYTES = 4 << 30
 
 
 def _handlers() -> dict[str, Any]:
-    from kernelgym.evaluation import candidate, ptx, reference
+    from kernelgym.evaluation import candidate, precompile, ptx, reference
 
     return {
         "reference": reference.run_reference,
@@ -38,6 +38,7 @@ def _handlers() -> dict[str, Any]:
         "end_candidate": candidate.end_candidate,
         "ptx": ptx.run_ptx_check,
         "footprint": reference.estimate_footprint,
+        "precompile": precompile.run_precompile,
     }
 
 
@@ -76,18 +77,23 @@ def _harden() -> None:
         pass
 
 
+CONFINED_ROLES = ("candidate", "ptx", "precompile")   # the roles that run candidate code
+CPU_ROLES = ("ptx", "precompile")                     # never touch a GPU, never take the GPU lock
+
+
 def _confine(role: str, tmpdir: str) -> str:
     """Confine a worker that runs candidate code (`sandbox`), first thing, while it has one thread:
     its provenance label ("landlock-abi<N>", or "false" when it runs unconfined)."""
-    if role not in ("candidate", "ptx"):
+    if role not in CONFINED_ROLES:
         return "false"   # reference workers run the task's code, never a candidate's
     from kernelgym.evaluation import sandbox
 
+    # A precompile worker compiles for a GPU (Triton's tools) without having one.
     gpu = role == "candidate" and os.environ.get("TRITON_INTERPRET") != "1"
     # A benchmark that profiles the workers (PROFILE_ENV, set by whoever runs the evaluator, never by
     # a candidate) needs its folder writable to dump the profile at exit.
     profile = os.environ.get(PROFILE_ENV)
-    rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role == "ptx", gpu_devices=gpu,
+    rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role in ("ptx", "precompile"), gpu_devices=gpu,
                            writable=[profile] if profile else [])
     if not rep.active and os.environ.get(sandbox.MODE_ENV, "auto") != "off":
         print(f"kernelgym: {role} worker runs without an OS sandbox: {rep.why}", file=sys.stderr)
@@ -213,7 +219,7 @@ def serve(role: str, fd: int) -> int:
 
     tmpdir = os.environ.get(SCRATCH_ENV) or tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
     confined = _confine(role, tmpdir)
-    if role != "ptx" and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
+    if role not in CPU_ROLES and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
         set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
     preload()
     import torch
@@ -253,15 +259,15 @@ def serve(role: str, fd: int) -> int:
             profiler.dump()
             return 0
         t_job = time.perf_counter()
-        if op in ("candidate", "ptx") and confined != "false":
+        if op in CONFINED_ROLES and confined != "false":
             from kernelgym.evaluation.sandbox import fresh_triton_cache
 
             fresh_triton_cache(tmpdir)   # nothing a previous candidate wrote there is loaded
-        gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
+        gpu.enabled = bool(msg.get("gpu_lock")) and role not in CPU_ROLES  # the parent passed a lock for this request
         try:
             with profiler.request():
                 result = handlers[op](state, msg, progress)
-            if role != "ptx":
+            if role not in CPU_ROLES:
                 # Before the reply, under the request's GPU lock: a trim never overlaps a timing.
                 # A poisoned context is the next request's failure to report, not this one's.
                 with contextlib.suppress(Exception):

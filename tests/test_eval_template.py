@@ -1,0 +1,154 @@
+"""Workers forked from a warm template process (`evaluation.template`): each has its role's
+environment, session and OS sandbox; a crashed worker is replaced without importing torch again; a
+dead template is replaced; a template that cannot fork leaves the pool starting workers by exec;
+nothing outlives the evaluator or its parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kernelgym.evaluation import Evaluator, sandbox, template
+from kernelgym.evaluation.pool import Role, Worker, tree_cpu_seconds
+from tests.eval_cases import CAND_ADD, REF_ADD, add_variant
+
+B = "interpret"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[1])
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def _wait_dead(pids: list[int], seconds: float = 20.0) -> list[int]:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def test_forked_workers_have_their_roles_environment_session_and_sandbox(evaluator):
+    assert evaluator.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
+    cand, ref = evaluator.pool("candidate", B), evaluator.pool("reference", B)
+    cw, rw = cand.acquire(), ref.acquire()
+    try:
+        for w in (cw, rw):
+            w.wait_ready()
+            assert w.forked, "the worker was exec'd, not forked from the template"
+            assert _ppid(w.pid) == cand._template.pid == ref._template.pid   # one template for both
+            assert os.getsid(w.pid) == w.pid and os.getpgid(w.pid) == w.pid   # its own session and group
+        # Each reads its role's variables after the fork (/proc/PID/environ shows the template's, as
+        # exec'd): TRITON_INTERPRET for the candidate only, each its own scratch folder.
+        assert cw.info["device"] == "cpu (triton interpreter)" and rw.info["device"] == "cpu"
+        assert cw.info["tmpdir"] == cw.scratch and rw.info["tmpdir"] == rw.scratch
+        # The candidate confined itself after the fork; the reference runs no candidate code.
+        probe = sandbox.probe()
+        assert cw.info["versions"]["os_sandbox"] == probe.label
+        assert rw.info["versions"]["os_sandbox"] == "false"
+        # The template itself never ran a role: no sandbox, no role variables.
+        tenv = _environ(cand._template.pid)
+        assert not set(template.ROLE_KEYS) & set(tenv)
+    finally:
+        cand.release(cw)
+        ref.release(rw)
+
+
+def test_a_crashed_worker_is_replaced_by_a_fork_not_a_fresh_import(evaluator):
+    pool = evaluator.pool("candidate", B)
+    pool.warm()
+    started = pool.started
+    v = evaluator.evaluate(REF_ADD, add_variant("        import os\n        os._exit(3)\n"), backend=B,
+                           skip_static_guards=True)
+    assert v.status == "crash" and "exited with code 3" in v.error   # the template reported the code
+    assert pool.started == started + 1
+    w = pool.acquire()
+    try:
+        t = time.perf_counter()
+        w.wait_ready()
+        # An exec'd worker spends seconds of CPU importing torch, Triton and dynamo; a fork, almost none.
+        assert w.forked and tree_cpu_seconds(w.pid) < 1.0, (tree_cpu_seconds(w.pid), time.perf_counter() - t)
+    finally:
+        pool.release(w)
+    assert evaluator.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
+
+
+def test_a_killed_template_is_replaced_and_its_workers_with_it():
+    with Evaluator(workers=1, reference_workers=1, ptx_workers=1, timeout=60) as ev:
+        assert ev.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
+        pool = ev.pool("candidate", B)
+        old = pool._template
+        workers = ev.worker_pids()
+        os.kill(old.pid, signal.SIGKILL)
+        assert not _wait_dead([old.pid, *workers]), "the workers of a dead template must not live on"
+        v = ev.evaluate(REF_ADD, CAND_ADD, backend=B)
+        assert v.status == "ok", v.error
+        assert pool._template is not old and pool._template.alive
+        live = [p for p in ev.worker_pids() if _alive(p)]   # a dead idle worker is replaced when next taken
+        assert live and all(_ppid(p) == pool._template.pid for p in live)
+        new = pool._template.pid
+    assert _wait_dead([new]) == [], "the template outlived the evaluator"
+
+
+def test_a_template_that_cannot_start_leaves_workers_to_exec(tmp_path):
+    env = Role("reference", B).env(None)
+    env["PYTHONPATH"] = str(tmp_path)   # kernelgym cannot be imported there
+    env["PYTHONSAFEPATH"] = "1"
+    t = template.Template(template.template_env(env))
+    try:
+        assert not t.wait_ready(60) and t.state == "unusable" and "before it was ready" in t.why
+        with pytest.raises(template.TemplateError):
+            t.spawn("reference", env, 0, 0)
+        w = Worker(Role("reference", B), None, None, t)
+        try:
+            assert not w.forked and w.wait_ready()["type"] == "ready"
+        finally:
+            w.close()
+    finally:
+        t.close()
+
+
+def test_start_method_is_checked(monkeypatch):
+    monkeypatch.setenv(template.START_ENV, "exec")
+    assert template.start_method() == "exec"
+    monkeypatch.setenv(template.START_ENV, "spawn")
+    with pytest.raises(ValueError, match="KERNELGYM_WORKER_START"):
+        template.start_method()
+
+
+def test_template_and_workers_end_with_their_parent(tmp_path):
+    """A parent killed outright (no close) leaves neither its template nor its workers behind."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from kernelgym.evaluation import Evaluator
+        ev = Evaluator(workers=1, reference_workers=1, ptx_workers=1)
+        pool = ev.pool("candidate", "interpret")
+        pool.warm()
+        print(pool._template.pid, *ev.worker_pids(), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) >= 2, out.stderr[-2000:]
+    assert not _wait_dead(pids), "template or workers outlived their parent"
