@@ -24,7 +24,7 @@ MAX_REQUEST_BYTES = 4 << 30
 
 
 def _handlers() -> dict[str, Any]:
-    from kernelgym.evaluation import candidate, precompile, ptx, reference
+    from kernelgym.evaluation import candidate, compile_only, ptx, reference
 
     return {
         "reference": reference.run_reference,
@@ -38,7 +38,7 @@ def _handlers() -> dict[str, Any]:
         "end_candidate": candidate.end_candidate,
         "ptx": ptx.run_ptx_check,
         "footprint": reference.estimate_footprint,
-        "precompile": precompile.run_precompile,
+        "precompile": compile_only.run_precompile,
     }
 
 
