@@ -55,7 +55,7 @@ def test_forked_workers_have_their_roles_environment_session_and_sandbox(evaluat
         for w in (cw, rw):
             w.wait_ready()
             assert w.forked, "the worker was exec'd, not forked from the template"
-            assert _ppid(w.pid) == cand._template.pid == ref._template.pid   # one template for both
+            assert _ppid(w.pid) == (cand if w is cw else ref)._template.pid
             assert os.getsid(w.pid) == w.pid and os.getpgid(w.pid) == w.pid   # its own session and group
         # Each reads its role's variables after the fork (/proc/PID/environ shows the template's, as
         # exec'd): TRITON_INTERPRET for the candidate only, each its own scratch folder.
@@ -65,12 +65,24 @@ def test_forked_workers_have_their_roles_environment_session_and_sandbox(evaluat
         probe = sandbox.probe()
         assert cw.info["versions"]["os_sandbox"] == probe.label
         assert rw.info["versions"]["os_sandbox"] == "false"
-        # The template itself never ran a role: no sandbox, no role variables.
-        tenv = _environ(cand._template.pid)
-        assert not set(template.ROLE_KEYS) & set(tenv)
+        # The templates never ran a role (no role variables); Triton was imported interpreted in the
+        # candidates' template only (it decorates tl.max and the like at import).
+        tenv, renv = _environ(cand._template.pid), _environ(ref._template.pid)
+        assert not set(template.ROLE_KEYS) & (set(tenv) | set(renv))
+        assert tenv.get("TRITON_INTERPRET") == "1" and "TRITON_INTERPRET" not in renv
+        assert ref._template is evaluator.pool("ptx", B)._template is not cand._template
     finally:
         cand.release(cw)
         ref.release(rw)
+
+
+def test_triton_library_functions_are_interpreted_in_forked_candidates(evaluator):
+    """tl.max is a @triton.jit function of Triton's own library, decorated when triton is imported:
+    interpreted only if TRITON_INTERPRET was set before, in the template (it once was not: "Cannot
+    call @triton.jit'd outside of the scope of a kernel")."""
+    body = "    m = tl.max(x, axis=0)\n    tl.store(out_ptr + offs, x + y + (m - m), mask=mask)\n"
+    v = evaluator.evaluate(REF_ADD, add_variant("", kernel_body=body), backend=B)
+    assert v.status == "ok", v.error
 
 
 def test_a_crashed_worker_is_replaced_by_a_fork_not_a_fresh_import(evaluator):
@@ -152,3 +164,20 @@ def test_template_and_workers_end_with_their_parent(tmp_path):
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) >= 2, out.stderr[-2000:]
     assert not _wait_dead(pids), "template or workers outlived their parent"
+
+
+@pytest.mark.gpu
+def test_forked_cuda_workers_see_their_pinned_gpu_and_the_template_never_loads_cuda():
+    import torch
+
+    with Evaluator(workers=1, reference_workers=1, timeout=120) as ev:
+        assert ev.evaluate(REF_ADD, CAND_ADD, backend="cuda").status == "ok"
+        pool = ev.pool("candidate", "cuda")
+        w = pool.acquire()
+        try:
+            assert w.forked and w.info["device"] == torch.cuda.get_device_name(0)
+            assert w.info["capability"] == list(torch.cuda.get_device_capability(0))
+            maps = Path(f"/proc/{pool._template.pid}/maps").read_text()
+            assert "libcuda.so" not in maps and "libnvidia-ml.so" not in maps
+        finally:
+            pool.release(w)

@@ -24,10 +24,13 @@ by exec as before, `Template.why` says why): one thread only (a fork copies only
 a lock another thread held would stay locked in the child; OMP/MKL/OpenBLAS are told to use one
 thread, as in every worker), and the CUDA driver and NVML never loaded (CUDA reads
 CUDA_VISIBLE_DEVICES when it initialises and its state does not survive a fork: each cuda worker
-initialises it itself, after setting its pinned device). Only variables that every role sets alike
-may matter at import time; the role-specific ones (`ROLE_KEYS`) are read later (Triton reads
-TRITON_INTERPRET when a kernel is decorated, CUDA its devices when initialised). Templates are
-keyed by the rest of the environment, so a changed environment gets a template of its own.
+initialises it itself, after setting its pinned device). Only variables that every role of a template sets
+alike may matter at import time; the role-specific ones (`ROLE_KEYS`) are read later (CUDA reads
+its devices when it initialises). Templates are keyed by the rest of the environment, so a changed
+environment gets a template of its own, and so does TRITON_INTERPRET: Triton reads it when a
+function is decorated, its own library's at import. On the interpreter backend the candidate
+workers therefore have a template of their own (TRITON_INTERPRET=1) and the reference and ptx
+workers another; on cuda all roles share one.
 
 The template ends when its parent does (end of file on its socket), killing
 the children it still has. A template that died is replaced on the next spawn; its live workers
@@ -57,7 +60,9 @@ import time
 from typing import Any
 
 # Environment variables that differ between roles: set in each forked child, never in the template.
-ROLE_KEYS = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "KERNELGYM_GPU_FRACTION", "KERNELGYM_OS_SANDBOX",
+# TRITON_INTERPRET is not one: Triton decorates its own library functions (tl.max, ...) when it is
+# imported, as interpreted or compiled functions by that variable, so it keys the template instead.
+ROLE_KEYS = ("CUDA_VISIBLE_DEVICES", "KERNELGYM_GPU_FRACTION", "KERNELGYM_OS_SANDBOX",
              "KERNELGYM_OUTPUT_DIR", "KERNELGYM_SCRATCH_DIR")
 START_ENV = "KERNELGYM_WORKER_START"   # "template" (default) or "exec": how pools start workers
 STARTS = ("template", "exec")
@@ -280,6 +285,12 @@ def acquire(role_env: dict[str, str]) -> Template:
             entry = _SHARED[key] = [Template(env), 0]
         entry[1] += 1
         return entry[0]
+
+
+def pids() -> list[int]:
+    """The live templates of this process (their children are the pools' workers)."""
+    with _LOCK:
+        return [entry[0].pid for entry in _SHARED.values() if entry[0].alive]
 
 
 def release(t: Template) -> None:
