@@ -65,6 +65,12 @@ def test_forked_workers_have_their_roles_environment_session_and_sandbox(evaluat
         probe = sandbox.probe()
         assert cw.info["versions"]["os_sandbox"] == probe.label
         assert rw.info["versions"]["os_sandbox"] == "false"
+        # Nothing of the template's stays open in a worker: stdio (its own log) and its one socket.
+        for w in (cw, rw):
+            fds = {int(f): os.readlink(f"/proc/{w.pid}/fd/{f}") for f in os.listdir(f"/proc/{w.pid}/fd")}
+            assert fds[1] == fds[2] == w.log_path, fds
+            assert [t for f, t in fds.items() if f > 2 and not t.startswith("socket:")] == [], fds
+            assert sum(t.startswith("socket:") for t in fds.values()) == 1, fds
         # The templates never ran a role (no role variables); Triton was imported interpreted in the
         # candidates' template only (it decorates tl.max and the like at import).
         tenv, renv = _environ(cand._template.pid), _environ(ref._template.pid)
@@ -109,14 +115,18 @@ def test_a_killed_template_is_replaced_and_its_workers_with_it():
         assert ev.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
         pool = ev.pool("candidate", B)
         old = pool._template
-        workers = ev.worker_pids()
+        workers = [p for p in ev.worker_pids() if _ppid(p) == old.pid]
+        others = [p for p in ev.worker_pids() if _ppid(p) != old.pid]   # the other template's (reference, ptx)
+        assert workers and others
         os.kill(old.pid, signal.SIGKILL)
         assert not _wait_dead([old.pid, *workers]), "the workers of a dead template must not live on"
+        assert all(_alive(p) for p in others)
         v = ev.evaluate(REF_ADD, CAND_ADD, backend=B)
         assert v.status == "ok", v.error
         assert pool._template is not old and pool._template.alive
-        live = [p for p in ev.worker_pids() if _alive(p)]   # a dead idle worker is replaced when next taken
+        live = [p for p in pool.pids() if _alive(p)]   # a dead idle worker is replaced when next taken
         assert live and all(_ppid(p) == pool._template.pid for p in live)
+        assert all(_alive(p) for p in others)
         new = pool._template.pid
     assert _wait_dead([new]) == [], "the template outlived the evaluator"
 

@@ -412,6 +412,13 @@ class RolePool:
         if template.start_method() == "template":
             self._template = template.acquire(role.env(gpu_fraction))
 
+    def _template_ready(self) -> None:
+        """Wait for a starting template outside the pool's lock (its imports take seconds; a fork
+        under the lock then takes milliseconds, and `pids` or `shutdown` never wait for imports)."""
+        t = self._template
+        if t is not None:
+            t.wait_ready()
+
     def _spawn(self) -> Worker:
         t = self._template
         if t is not None and not t.alive and t.state != "unusable":   # it died: a new one
@@ -423,6 +430,7 @@ class RolePool:
 
     def acquire(self) -> Worker:
         """A free worker: the most recently used idle one with the fewest claims, or a new one."""
+        self._template_ready()
         with self._cond:
             while True:
                 if self.closed:
@@ -462,6 +470,7 @@ class RolePool:
 
     def release(self, w: Worker, recycle: bool = False) -> None:
         """Return a worker; a recycled (or dead) one is killed and a replacement started at once."""
+        self._template_ready()
         with self._cond:
             self._busy.discard(w)
             if recycle or w.dead or self.closed:
@@ -473,7 +482,9 @@ class RolePool:
             self._cond.notify_all()
 
     def prestart(self, n: int = 1) -> None:
-        """Start workers until `n` are idle, as far as there is room, without waiting for them."""
+        """Start workers until `n` are idle, as far as there is room, without waiting for them to be
+        ready (but for their template, if it is still importing)."""
+        self._template_ready()
         with self._cond:
             while not self.closed and len(self._idle) < n and len(self._idle) + len(self._busy) < self.size:
                 self._idle.append(self._spawn())

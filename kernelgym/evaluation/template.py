@@ -112,6 +112,8 @@ class ForkedProcess:
         """The parent is done with this (exited or killed) worker: the template reaps the zombie."""
         if not self._released:
             self._released = True
+            with self.template._cond:
+                self.template._children.pop(self.pid, None)
             self.template._send({"op": "reap", "pid": self.pid})
 
 
@@ -170,7 +172,11 @@ class Template:
                     self.state = "ready"
                 elif kind == "unusable":
                     self.state, self.why = "unusable", str(msg.get("why", ""))[:2000]
-                elif kind in ("spawned", "spawn_failed"):
+                elif kind == "spawned":   # registered here, before an "exited" that may follow at once
+                    child = ForkedProcess(self, int(msg["pid"]))
+                    self._children[child.pid] = child
+                    self._replies[int(msg["id"])] = {"type": "spawned", "child": child}
+                elif kind == "spawn_failed":
                     self._replies[int(msg["id"])] = msg
                 elif kind == "exited":
                     child = self._children.get(int(msg["pid"]))
@@ -227,9 +233,7 @@ class Template:
                 raise TemplateError(self.why or f"the template process is {self.state}")
             if reply.get("type") != "spawned":
                 raise TemplateError(f"fork failed: {reply.get('error', '')}")
-            child = ForkedProcess(self, int(reply["pid"]))
-            self._children[child.pid] = child
-            return child
+            return reply["child"]
 
     @property
     def alive(self) -> bool:
@@ -237,8 +241,14 @@ class Template:
             return self.state in ("starting", "ready")
 
     def close(self) -> None:
-        """End the template (it kills the children it still has) and wait for it."""
+        """End the template (it kills the children it still has) and wait for it. One still importing
+        is killed at once: it reads its socket only when ready, and has no children yet."""
         self._closing = True
+        with self._cond:
+            starting = self.state == "starting"
+        if starting:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         try:
