@@ -191,3 +191,23 @@ def test_forked_cuda_workers_see_their_pinned_gpu_and_the_template_never_loads_c
             assert "libcuda.so" not in maps and "libnvidia-ml.so" not in maps
         finally:
             pool.release(w)
+
+
+def test_precompile_is_a_pool_role_forked_and_confined_like_the_others():
+    from kernelgym.evaluation.precompile import Precompiler
+
+    pre = Precompiler(1, timeout=60)
+    try:
+        pre.warm()
+        w = pre._pool.acquire()
+        try:
+            info = w.wait_ready()
+            assert w.forked and w.role.name == "precompile" and info["device"] == "cpu"
+            assert info["versions"]["os_sandbox"] == sandbox.probe().label
+        finally:
+            pre._pool.release(w)
+        pids = pre.pids()
+        assert pids and pre.started == 1
+    finally:
+        pre.close()
+    assert not _wait_dead(pids)
