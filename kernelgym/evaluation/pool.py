@@ -156,6 +156,10 @@ class Worker:
                 self.forked = True
             except template.TemplateError as exc:
                 template.warn_unusable(str(exc))
+                # A fork the template made after all must not share the exec'd worker's socket.
+                parent_sock.close()
+                child_sock.close()
+                parent_sock, child_sock = socket.socketpair()
         if self.proc is None:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kernelgym.evaluation.worker", role.name, str(child_sock.fileno())],
