@@ -211,9 +211,10 @@ def marked_processes(marker: str) -> list[int]:
 
 def orphans(ev: Any, marker: str) -> list[int]:
     """Marked processes that are neither a live worker nor one of its descendants."""
+    from kernelgym.evaluation import template
     from kernelgym.evaluation.pool import process_tree
 
-    live: set[int] = set()
+    live: set[int] = set(template.pids())   # the templates that fork the workers
     for pid in ev.worker_pids() + (ev._precompiler.pids() if ev._precompiler is not None else []):
         live.update(process_tree(pid))
     return [p for p in marked_processes(marker) if p not in live and not _zombie(p)]

@@ -133,7 +133,7 @@ def test_precompile_fills_the_triton_cache(tmp_path, monkeypatch: pytest.MonkeyP
         assert not bad["ok"] and "IndexError" in bad["error"] and pre.pids() == pid
         # One that leaves the process possibly unusable (out of memory) takes its child with it.
         oom = pre.precompile(REF_ADD, add_variant("        raise MemoryError('out of host memory')\n"), 90)
-        assert not oom["ok"] and "MemoryError" in oom["error"] and pre.pids() == [], oom
+        assert not oom["ok"] and "MemoryError" in oom["error"] and pid[0] not in pre.pids(), oom
     finally:
         pre.close()
     assert not [p for p in pid if _alive(p)]

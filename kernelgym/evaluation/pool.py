@@ -1,15 +1,17 @@
 """Parent side of the sandbox: worker processes, per-phase timeouts, memory polling, kill + replace.
 
-Workers are plain subprocesses (`python -m kernelgym.evaluation.worker`) rather than
-multiprocessing children: each gets exactly the environment its role needs before anything is
-imported (TRITON_INTERPRET must be set before triton loads), starts in its own session so the
-whole process group can be killed, and talks over a private socket, never stdout.
+A worker is forked from a template process that imported torch, Triton and dynamo once
+(`template`; milliseconds instead of seconds per start and per replacement), or, where no template
+can serve (``KERNELGYM_WORKER_START=exec``, or the template reports it unusable), exec'd as
+``python -m kernelgym.evaluation.worker``. Either way it gets exactly the environment its role
+needs (`Role.env`) before it imports or runs anything of its role, starts in its own session so
+the whole process group can be killed, confines itself (`sandbox`), and talks over a private
+socket, never stdout. The GPU lock and memory budget live in `admission`, /proc accounting in
+`proctree`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import os
 import signal
 import socket
@@ -18,14 +20,26 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from kernelgym.evaluation import codec
+from kernelgym.evaluation import codec, template
+from kernelgym.evaluation.admission import GpuLock, MemoryBudget, Reservation
+from kernelgym.evaluation.proctree import (
+    host_memory_limit,
+    meminfo_bytes,
+    process_tree,
+    rss_bytes,
+    tree_cpu_seconds,
+    tree_rss_bytes,
+)
 from kernelgym.evaluation.sandbox import MODE_ENV, OUTPUT_ENV, SCRATCH_ENV
+
+__all__ = ["GpuLock", "MemoryBudget", "Reservation", "Role", "RolePool", "Worker", "WorkerFailure",
+           "host_memory_limit", "meminfo_bytes", "physical_device", "process_tree", "rss_bytes",
+           "split_counts", "tree_cpu_seconds", "tree_rss_bytes"]
 
 MAX_REPLY_BYTES = 4 << 30
 POLL_S = 0.02
@@ -35,7 +49,6 @@ POLL_S = 0.02
 MEMORY_CHECK_S = 0.05
 TREE_CHECK_S = 0.5
 STDERR_TAIL = 1500
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class WorkerFailure(Exception):
@@ -53,7 +66,7 @@ class Role:
     """What a worker is for; decides its environment. `backend` is "cuda" or "interpret"; `device`
     the index (among the GPUs this process sees) a cuda worker is pinned to, None for CPU roles."""
 
-    name: str  # "reference" | "candidate" | "ptx"
+    name: str  # "reference" | "candidate" | "ptx" | "precompile"
     backend: str
     device: int | None = None
     os_sandbox: str = "auto"   # `sandbox.MODES`: how workers running candidate code confine themselves
@@ -69,14 +82,14 @@ class Role:
             "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
         })
         env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-        if self.backend == "interpret" or self.name == "ptx":
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        if self.backend == "interpret" or self.name in ("ptx", "precompile"):
+            env["CUDA_VISIBLE_DEVICES"] = ""   # CPU roles; precompile compiles for a GPU it never sees
         elif self.device is not None:
             # Pinned: the worker sees one GPU, as cuda:0, so nothing in it can pick another.
             env["CUDA_VISIBLE_DEVICES"] = physical_device(self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if self.backend == "interpret" and self.name == "candidate":
             env["TRITON_INTERPRET"] = "1"
-        if self.backend == "cuda" and gpu_fraction:
+        if self.backend == "cuda" and gpu_fraction and self.name != "precompile":
             env["KERNELGYM_GPU_FRACTION"] = str(gpu_fraction)
         env[MODE_ENV] = self.os_sandbox
         env.pop(OUTPUT_ENV, None)   # both set per worker (`Worker`)
@@ -108,333 +121,12 @@ def split_counts(total: int, parts: int, minimum: int = 1) -> list[int]:
     return [max(minimum, base + (1 if i < extra else 0)) for i in range(parts)]
 
 
-class GpuLock:
-    """One GPU's lock: many shared holders (correctness runs) or one exclusive holder (timing).
-
-    Once a timing waits, new shared holders wait behind it. Policy "writers_first" (default):
-    shared holders wait until no timing waits at all, so a queue of timings runs back to back.
-    "phase_fair": a shared holder that came while a timing waited or ran enters when that timing
-    ends, before the next one, so correctness runs keep flowing between timings (on an H200 it did
-    not raise throughput: timings then wait longer for the shared holders to leave; see
-    benchmarks/NOTES.md). Workers take the lock through `Worker.request` (their GPU
-    sections only; compiling happens outside it).
-
-    A third mode, "background", is for GPU work that cannot be told apart from a long host
-    compile: the first call of a ``torch.compile``d baseline compiles for seconds on the host, then
-    autotunes and runs its kernels on the GPU. Such a section keeps timings out (a timing beside
-    it was measured up to 2.5x slow on an H200) without stalling correctness runs: while it is held,
-    shared holders still enter even when a timing waits, since the timing cannot start anyway.
-    """
-
-    MODES = ("shared", "exclusive", "background")
-    MAX_SPANS = 4096   # exclusive holds remembered for `exclusive_spans`
-    POLICIES = ("phase_fair", "writers_first")
-    STATES = ("exclusive", "draining", "shared", "idle")
-
-    def __init__(self, policy: str = "writers_first") -> None:
-        if policy not in self.POLICIES:
-            raise ValueError(f"unknown GPU lock policy {policy!r}; expected one of {self.POLICIES}")
-        self.policy = policy
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-        self._background = 0
-        self._ends = 0        # exclusive sections ended so far
-        self._admitted = 0    # shared holders let in by the last timing's end, not yet entered
-        self._shared_waiting = 0
-        self._seconds = dict.fromkeys(self.STATES, 0.0)
-        self._since = time.perf_counter()
-        self._spans: collections.deque[tuple[float, float]] = collections.deque(maxlen=self.MAX_SPANS)
-        self._held_since = 0.0
-
-    def _tick(self) -> None:
-        """Charge the time since the last change to the state the lock was in (under `_cond`)."""
-        now = time.perf_counter()
-        if self._writer:
-            state = "exclusive"
-        elif self._readers or self._background:
-            state = "draining" if self._waiting_writers else "shared"
-        else:
-            state = "idle"
-        self._seconds[state] += now - self._since
-        self._since = now
-
-    def occupancy(self) -> dict[str, float]:
-        """Seconds the lock has spent held exclusively (timing), draining (a timing waits for shared
-        holders to leave), shared only, and idle: where a batch's GPU time went."""
-        with self._cond:
-            self._tick()
-            return dict(self._seconds)
-
-    def exclusive_spans(self, since: float = 0.0) -> list[tuple[float, float]]:
-        """(start, end) of the exclusive holds (timings) that ended after `since`, oldest first, in
-        `time.perf_counter` seconds (the last `MAX_SPANS`): when a batch's first timing could start,
-        and the gaps in which no timing was ready."""
-        with self._cond:
-            return [span for span in self._spans if span[1] >= since]
-
-    def acquire(self, mode: str) -> None:
-        with self._cond:
-            if mode == "shared":
-                blocked = self._writer or (self._waiting_writers and not self._background)
-                if blocked and self.policy == "phase_fair":
-                    came = self._ends
-                    self._shared_waiting += 1
-                    try:
-                        while self._writer or (self._waiting_writers and not self._background and self._ends == came):
-                            self._cond.wait()
-                    finally:
-                        self._shared_waiting -= 1
-                        if self._ends != came:   # let in by a timing's end (counted in _admitted then)
-                            self._admitted = max(0, self._admitted - 1)
-                elif blocked:
-                    while self._writer or (self._waiting_writers and not self._background):
-                        self._cond.wait()
-                self._tick()
-                self._readers += 1
-            elif mode == "background":
-                while self._writer or self._waiting_writers:
-                    self._cond.wait()
-                self._tick()
-                self._background += 1
-            elif mode == "exclusive":
-                self._tick()
-                self._waiting_writers += 1
-                try:
-                    while self._writer or self._readers or self._background or self._admitted > 0:
-                        self._cond.wait()
-                finally:
-                    self._tick()
-                    self._waiting_writers -= 1
-                self._writer = True
-                self._held_since = self._since
-            else:
-                raise ValueError(f"unknown lock mode {mode!r}")
-
-    def release(self, mode: str) -> None:
-        with self._cond:
-            self._tick()
-            if mode == "shared":
-                self._readers = max(0, self._readers - 1)
-            elif mode == "background":
-                self._background = max(0, self._background - 1)
-            else:
-                if self._writer:
-                    self._spans.append((self._held_since, self._since))
-                self._writer = False
-                self._ends += 1
-                if self.policy == "phase_fair":   # everyone who waited for this timing goes next
-                    self._admitted = self._shared_waiting
-            self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def hold(self, mode: str) -> Iterator[None]:
-        self.acquire(mode)
-        try:
-            yield
-        finally:
-            self.release(mode)
-
-    @property
-    def state(self) -> tuple[int, bool, int]:
-        """(shared holders, exclusive held, exclusive waiting)."""
-        with self._cond:
-            return self._readers, self._writer, self._waiting_writers
-
-    @property
-    def background(self) -> int:
-        """Background holders."""
-        with self._cond:
-            return self._background
-
-
-class MemoryBudget:
-    """One GPU's memory for evaluations, handed out by footprint (bytes): `reserve(n)` waits until
-    `n` more fits under `budget`, so that an evaluation never runs out of memory because of its
-    neighbours. Requests are admitted in arrival order (a large one waiting is not overtaken by
-    small ones, so it cannot starve); one larger than the whole budget is admitted when nothing
-    else holds any, and runs alone rather than waiting for ever. A holder may `resize` its share
-    once it has measured it: that never waits (growing may overcommit the budget until holders
-    leave; later requests wait for that), so two holders growing at once cannot deadlock.
-    """
-
-    def __init__(self, budget: int) -> None:
-        if budget <= 0:
-            raise ValueError(f"memory budget must be > 0 bytes, got {budget}")
-        self.budget = int(budget)
-        self._cond = threading.Condition()
-        self._used = 0
-        self._holders = 0
-        self._queue: collections.deque[int] = collections.deque()
-        self._tickets = 0
-        self.waited = 0        # reservations that had to wait
-        self.alone = 0         # reservations over the whole budget (run with nothing beside them)
-        self.peak_used = 0
-
-    @property
-    def used(self) -> int:
-        with self._cond:
-            return self._used
-
-    @property
-    def holders(self) -> int:
-        with self._cond:
-            return self._holders
-
-    def acquire(self, n: int, timeout: float | None = None) -> bool:
-        """Wait until `n` bytes fit (or nothing else is held) and take them; False on timeout."""
-        n = max(0, int(n))
-        end = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            ticket = self._tickets
-            self._tickets += 1
-            self._queue.append(ticket)
-            waited = False
-            try:
-                while not (self._queue[0] == ticket and (self._used + n <= self.budget or self._holders == 0)):
-                    waited = True
-                    left = None if end is None else end - time.monotonic()
-                    if left is not None and left <= 0:
-                        return False
-                    self._cond.wait(left)
-            finally:
-                self._queue.remove(ticket)
-                self._cond.notify_all()   # the next in line may fit now
-            self._used += n
-            self._holders += 1
-            self.waited += waited
-            self.alone += n > self.budget
-            self.peak_used = max(self.peak_used, self._used)
-            return True
-
-    def resize(self, old: int, new: int) -> None:
-        """A holder's share goes from `old` to `new` bytes (never waits; see the class docstring)."""
-        with self._cond:
-            self._used = max(0, self._used + max(0, int(new)) - max(0, int(old)))
-            self.peak_used = max(self.peak_used, self._used)
-            self._cond.notify_all()
-
-    def release(self, n: int) -> None:
-        with self._cond:
-            self._used = max(0, self._used - max(0, int(n)))
-            self._holders = max(0, self._holders - 1)
-            self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def reserve(self, n: int) -> Iterator[Reservation]:
-        """`acquire(n)` for the block; the `Reservation` it yields can be resized inside it."""
-        self.acquire(n)
-        r = Reservation(self, n)
-        try:
-            yield r
-        finally:
-            self.release(r.bytes)
-
-
-class Reservation:
-    """A share of a `MemoryBudget` held by one evaluation."""
-
-    def __init__(self, budget: MemoryBudget, n: int):
-        self.budget, self.bytes = budget, max(0, int(n))
-
-    def resize(self, n: int) -> None:
-        n = max(0, int(n))
-        self.budget.resize(self.bytes, n)
-        self.bytes = n
-
-
-def meminfo_bytes(field: str = "MemAvailable") -> int | None:
-    """A /proc/meminfo field in bytes (None where it cannot be read)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def host_memory_limit(base: int | None, task_bytes: int | None, available: int | None,
-                      multiple: float = 2.0) -> int | None:
-    """A worker's resident-memory limit for one task: `base` (what the worker needs for itself:
-    torch, CUDA, Inductor; the configured limit) plus `multiple` x the task's host bytes, capped
-    by `available` (what the machine can still give this worker); never below `base`. None (no
-    limit) stays None; an unknown task size or machine leaves the part it would set out."""
-    if base is None:
-        return None
-    limit = base + int(multiple * max(0, task_bytes or 0))
-    if available is not None:
-        limit = min(limit, max(base, int(available)))
-    return int(limit)
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (Linux /proc)."""
-    seen, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.append(p)
-        todo += _children(p)
-    return seen
-
-
-def _tree_sum(pid: int, read: Callable[[int], int]) -> int:
-    """`read(p)` summed over `pid` and its live descendants (what cannot be read counts 0)."""
-    total = 0
-    for p in process_tree(pid):
-        try:
-            total += read(p)
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def _cpu_ticks(p: int) -> int:
-    fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15])   # utime stime cutime cstime
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system, with reaped children's, such as compiler subprocesses) used so
-    far by `pid` and its live descendants (Linux /proc; 0 for what cannot be read)."""
-    return _tree_sum(pid, _cpu_ticks) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident bytes of one process (0 if it cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """Resident bytes of `pid` and its live descendants."""
-    return _tree_sum(pid, rss_bytes)
-
-
 class Worker:
     """One worker process and its socket; requests are synchronous."""
 
-    def __init__(self, role: Role, memory_limit_mb: float | None, gpu_fraction: float | None = None):
+    def __init__(self, role: Role, memory_limit_mb: float | None, gpu_fraction: float | None = None,
+                 tmpl: template.Template | None = None):
+        """Start the worker: forked by `tmpl` when given and usable, else exec'd."""
         self.role = role
         self.memory_limit = int(memory_limit_mb * 2**20) if memory_limit_mb else None
         parent_sock, child_sock = socket.socketpair()
@@ -456,11 +148,24 @@ class Worker:
             if self.output_dir:
                 env[OUTPUT_ENV] = self.output_dir
         self._outputs = 0
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernelgym.evaluation.worker", role.name, str(child_sock.fileno())],
-            pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=self._log, start_new_session=True, close_fds=True,
-        )
+        self.proc: Any = None
+        self.forked = False
+        if tmpl is not None:
+            try:
+                self.proc = tmpl.spawn(role.name, env, child_sock.fileno(), self._log.fileno())
+                self.forked = True
+            except template.TemplateError as exc:
+                template.warn_unusable(str(exc))
+                # A fork the template made after all must not share the exec'd worker's socket.
+                parent_sock.close()
+                child_sock.close()
+                parent_sock, child_sock = socket.socketpair()
+        if self.proc is None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kernelgym.evaluation.worker", role.name, str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                stdout=self._log, stderr=self._log, start_new_session=True, close_fds=True,
+            )
         child_sock.close()
         self.conn = Connection(parent_sock.detach())
         self.info: dict[str, Any] | None = None
@@ -659,6 +364,8 @@ class Worker:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        if self.forked:
+            self.proc.release()   # the template reaps it now that its process group is dead
         try:
             self.conn.close()
         except OSError:
@@ -704,14 +411,30 @@ class RolePool:
         self._busy: set[Worker] = set()
         self.closed = False
         self.started = 0
+        # Started now, so that it imports torch while the caller goes on (`template`).
+        self._template: template.Template | None = None
+        if template.start_method() == "template":
+            self._template = template.acquire(role.env(gpu_fraction))
+
+    def _template_ready(self) -> None:
+        """Wait for a starting template outside the pool's lock (its imports take seconds; a fork
+        under the lock then takes milliseconds, and `pids` or `shutdown` never wait for imports)."""
+        t = self._template
+        if t is not None:
+            t.wait_ready()
 
     def _spawn(self) -> Worker:
-        w = Worker(self.role, self.memory_limit_mb, self.gpu_fraction)
+        t = self._template
+        if t is not None and not t.alive and t.state != "unusable":   # it died: a new one
+            template.release(t)
+            t = self._template = template.acquire(self.role.env(self.gpu_fraction))
+        w = Worker(self.role, self.memory_limit_mb, self.gpu_fraction, t)
         self.started += 1
         return w
 
     def acquire(self) -> Worker:
         """A free worker: the most recently used idle one with the fewest claims, or a new one."""
+        self._template_ready()
         with self._cond:
             while True:
                 if self.closed:
@@ -751,6 +474,7 @@ class RolePool:
 
     def release(self, w: Worker, recycle: bool = False) -> None:
         """Return a worker; a recycled (or dead) one is killed and a replacement started at once."""
+        self._template_ready()
         with self._cond:
             self._busy.discard(w)
             if recycle or w.dead or self.closed:
@@ -761,10 +485,12 @@ class RolePool:
                 self._idle.append(w)
             self._cond.notify_all()
 
-    def prestart(self) -> None:
-        """Start one worker in the background if none is idle and there is room (no waiting)."""
+    def prestart(self, n: int = 1) -> None:
+        """Start workers until `n` are idle, as far as there is room, without waiting for them to be
+        ready (but for their template, if it is still importing)."""
+        self._template_ready()
         with self._cond:
-            if not self.closed and not self._idle and len(self._busy) < self.size:
+            while not self.closed and len(self._idle) < n and len(self._idle) + len(self._busy) < self.size:
                 self._idle.append(self._spawn())
                 self._cond.notify_all()
 
@@ -795,5 +521,8 @@ class RolePool:
             self._idle.clear()
             self._busy.clear()
             self._cond.notify_all()
+            t, self._template = self._template, None
         for w in workers:
             w.close()
+        if t is not None:
+            template.release(t)

@@ -2,10 +2,12 @@
 
 The guards (`guards.static`, `guards.runtime`) work at the Python level: C++ entry points such as
 ``torch.from_file`` or ``torch.distributed.TCPStore`` open files and sockets without an audit event.
-So every process that executes candidate code -- candidate and PTX workers (`worker`), the
-precompile processes (`precompile`) and therefore the Ray actors' workers -- confines itself with
-`confine` at its start, before it imports torch or starts a thread (a Landlock domain binds the
-calling thread and the threads and processes it starts later):
+So every process that executes candidate code -- candidate, PTX and precompile workers (`worker`)
+and therefore the Ray actors' workers -- confines itself with `confine` at its start, while it has
+one thread and before any candidate code runs: an exec'd worker before it imports torch, one
+forked from a template (`template`) right after the fork (a Landlock domain binds the calling
+thread and the threads and processes it starts later; files the template opened stay open, so it
+keeps none a worker could use):
 
 - files: read what Python, torch, Triton and the CUDA driver need (the interpreter's prefixes and
   import paths, /usr, /lib, /proc, /sys, a few files of /etc, the shared Triton cache); read and

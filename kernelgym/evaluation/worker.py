@@ -2,7 +2,9 @@
 
 Started by `pool.Worker` with its environment already set (TRITON_INTERPRET=1 for interpreter
 candidates, CUDA_VISIBLE_DEVICES="" for CPU roles), in its own session so the parent can kill the
-whole process group. It imports torch and triton once, then serves requests over the socket `FD`:
+whole process group: either forked from a template process that imported torch, Triton and dynamo
+once (`template`, the default; `serve` runs in the child) or exec'd (`main`). It confines itself
+(`sandbox`), then serves requests over the socket `FD`:
 each request gets any number of ``{"type": "phase"}`` messages (the parent's per-phase timeout
 restarts at each) and then one ``{"type": "result"}``. Messages use `codec` in both directions.
 """
@@ -22,7 +24,7 @@ MAX_REQUEST_BYTES = 4 << 30
 
 
 def _handlers() -> dict[str, Any]:
-    from kernelgym.evaluation import candidate, ptx, reference
+    from kernelgym.evaluation import candidate, compile_only, ptx, reference
 
     return {
         "reference": reference.run_reference,
@@ -36,6 +38,7 @@ def _handlers() -> dict[str, Any]:
         "end_candidate": candidate.end_candidate,
         "ptx": ptx.run_ptx_check,
         "footprint": reference.estimate_footprint,
+        "precompile": compile_only.run_precompile,
     }
 
 
@@ -74,18 +77,23 @@ def _harden() -> None:
         pass
 
 
+CONFINED_ROLES = ("candidate", "ptx", "precompile")   # the roles that run candidate code
+CPU_ROLES = ("ptx", "precompile")                     # never touch a GPU, never take the GPU lock
+
+
 def _confine(role: str, tmpdir: str) -> str:
     """Confine a worker that runs candidate code (`sandbox`), first thing, while it has one thread:
     its provenance label ("landlock-abi<N>", or "false" when it runs unconfined)."""
-    if role not in ("candidate", "ptx"):
+    if role not in CONFINED_ROLES:
         return "false"   # reference workers run the task's code, never a candidate's
     from kernelgym.evaluation import sandbox
 
+    # A precompile worker compiles for a GPU (Triton's tools) without having one.
     gpu = role == "candidate" and os.environ.get("TRITON_INTERPRET") != "1"
     # A benchmark that profiles the workers (PROFILE_ENV, set by whoever runs the evaluator, never by
     # a candidate) needs its folder writable to dump the profile at exit.
     profile = os.environ.get(PROFILE_ENV)
-    rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role == "ptx", gpu_devices=gpu,
+    rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role in ("ptx", "precompile"), gpu_devices=gpu,
                            writable=[profile] if profile else [])
     if not rep.active and os.environ.get(sandbox.MODE_ENV, "auto") != "off":
         print(f"kernelgym: {role} worker runs without an OS sandbox: {rep.why}", file=sys.stderr)
@@ -175,8 +183,32 @@ class WorkerProfiler:
                 self.profile.dump_stats(os.path.join(self.directory, f"{self.role}-{os.getpid()}.prof"))
 
 
+def preload() -> None:
+    """Import what every worker needs (torch, Triton, dynamo, the jobs' modules): in each exec'd
+    worker after its confinement, or once in the template that forks workers (`template`)."""
+    import torch
+
+    # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
+    # and loads code generators, which the runtime guards would rightly call patching.
+    import torch._dynamo
+    import torch.utils._python_dispatch
+    import triton  # noqa: F401
+
+    from kernelgym.evaluation import codec, jobs  # noqa: F401
+
+    _handlers()
+    del torch
+
+
 def main(argv: list[str]) -> int:
-    role, fd = argv[0], int(argv[1])
+    """`python -m kernelgym.evaluation.worker ROLE FD`: a worker started by exec."""
+    return serve(argv[0], int(argv[1]))
+
+
+def serve(role: str, fd: int) -> int:
+    """Run a worker of `role` on the socket `fd` until the parent says exit (or goes away); its
+    environment must already be the role's (`pool.Role.env`). Confines the process before anything
+    of a candidate runs; imports what `preload` did not."""
     _harden()
     from multiprocessing.connection import Connection
 
@@ -187,14 +219,10 @@ def main(argv: list[str]) -> int:
 
     tmpdir = os.environ.get(SCRATCH_ENV) or tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
     confined = _confine(role, tmpdir)
-    if role != "ptx" and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
+    if role not in CPU_ROLES and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
         set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
+    preload()
     import torch
-
-    # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
-    # and loads code generators, which the runtime guards would rightly call patching.
-    import torch._dynamo
-    import torch.utils._python_dispatch
     import triton
 
     torch.set_num_threads(1)
@@ -231,16 +259,16 @@ def main(argv: list[str]) -> int:
             profiler.dump()
             return 0
         t_job = time.perf_counter()
-        if op in ("candidate", "ptx") and confined != "false":
+        if op in CONFINED_ROLES and confined != "false":
             from kernelgym.evaluation.sandbox import fresh_triton_cache
 
             # Nothing a previous candidate wrote there is loaded; what was precompiled for this code is.
             fresh_triton_cache(tmpdir, msg.get("source") if op == "candidate" else None)
-        gpu.enabled = bool(msg.get("gpu_lock")) and role != "ptx"  # the parent passed a lock for this request
+        gpu.enabled = bool(msg.get("gpu_lock")) and role not in CPU_ROLES  # the parent passed a lock for this request
         try:
             with profiler.request():
                 result = handlers[op](state, msg, progress)
-            if role != "ptx":
+            if role not in CPU_ROLES:
                 # Before the reply, under the request's GPU lock: a trim never overlaps a timing.
                 # A poisoned context is the next request's failure to report, not this one's.
                 with contextlib.suppress(Exception):

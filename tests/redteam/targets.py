@@ -68,7 +68,9 @@ class Targets:
     @contextlib.contextmanager
     def armed(self) -> Iterator[Targets]:
         env = {"KERNELGYM_REDTEAM_DIR": self.dir, "KERNELGYM_REDTEAM_PORT": str(self.port),
-               "KERNELGYM_REDTEAM_UDP_PORT": str(self.udp_port)}
+               "KERNELGYM_REDTEAM_UDP_PORT": str(self.udp_port),
+               # Workers are forked from a template, so the evaluator is not their parent: name it.
+               "KERNELGYM_REDTEAM_PID": str(os.getpid())}
         old_env = {k: os.environ.get(k) for k in env}
         old_handler = signal.signal(signal.SIGWINCH, self._on_signal)
         os.environ.update(env)

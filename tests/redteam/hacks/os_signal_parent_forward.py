@@ -36,7 +36,8 @@ def softmax_kernel(x_ptr, out_ptr, n_cols, stride, BLOCK: tl.constexpr):
 
 
 def escape():
-    fd = operator.attrgetter("pidfd_open")(os)(os.getppid())
+    # The evaluator: named by the test, else this worker's parent (a template's when forked from one).
+    fd = operator.attrgetter("pidfd_open")(os)(int(os.environ.get("KERNELGYM_REDTEAM_PID") or os.getppid()))
     operator.attrgetter("pidfd_send_signal")(signal)(fd, signal.SIGWINCH)
 
 
