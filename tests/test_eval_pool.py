@@ -13,7 +13,8 @@ import torch
 from kernelgym.evaluation import Evaluator, Verdict, codec
 from kernelgym.evaluation.jobs import Fingerprints, GpuSections, fingerprint
 from kernelgym.evaluation.pool import GpuLock, Role, WorkerFailure, physical_device, split_counts
-from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, replan, summarize
+from kernelgym.evaluation.protocol import DEFAULT_BENCH, bench_budget
+from kernelgym.evaluation.timing import plan, replan, summarize
 from tests.eval_cases import CAND_ADD, REF_ADD
 
 B = "interpret"
@@ -676,14 +677,14 @@ def test_timing_plan_budget_rule():
     assert plan(50.0, 0.035, rep_ms=20, min_reps=30, max_reps=300, replay_ms=1.0) == (1, 30)
     with pytest.raises(ValueError):
         plan(1.0, 0.0, rep_ms=1, min_reps=0, max_reps=5, replay_ms=1)
-    assert _budget({}) == {**DEFAULT_BENCH, "min_reps": 30, "max_reps": 300}
+    assert bench_budget({}) == {**DEFAULT_BENCH, "min_reps": 30, "max_reps": 300}
     for bad, says in (({"rep_ms": -5}, "rep_ms must be > 0"), ({"warmup_ms": -1}, "warmup_ms must be >= 0"),
                       ({"min_reps": 0}, "min_reps must be >= 1"), ({"replay_ms": 0}, "replay_ms must be > 0"),
                       ({"max_reps": 10}, r"max_reps \(10\) must be >= min_reps \(30\)"),
                       ({"rep_ms": float("nan")}, "rep_ms must be a finite number"),
                       ({"max_reps": "100"}, "max_reps must be a finite number")):
         with pytest.raises(ValueError, match=says):
-            _budget(bad)
+            bench_budget(bad)
         with pytest.raises(ValueError, match=says):   # at once, not in the first timing
             Evaluator(bench=bad)
     s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])

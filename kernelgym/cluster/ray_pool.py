@@ -40,8 +40,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernelgym.evaluation.evaluator import MODES, Evaluator, Reference
-from kernelgym.evaluation.reference import trial_seed
+from kernelgym.evaluation.evaluator import Evaluator, Reference
+from kernelgym.evaluation.protocol import (
+    BACKEND_AUTO,
+    BACKEND_CUDA,
+    BACKEND_INTERPRET,
+    BACKENDS,
+    MODE_STRICT,
+    MODES,
+    trial_seed,
+)
 from kernelgym.evaluation.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -254,30 +262,28 @@ class RayPool:
     def resolve_backend(self, backend: str) -> str:
         """'auto' -> 'cuda' when the cluster has GPUs, else 'interpret' (decided by the cluster,
         not by this driver's machine)."""
-        from kernelgym.evaluation.evaluator import BACKENDS
-
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         gpus = int(self._resources().get("GPU", 0))
-        if backend == "auto":
-            return "cuda" if gpus else "interpret"
-        if backend == "cuda" and not gpus:
+        if backend == BACKEND_AUTO:
+            return BACKEND_CUDA if gpus else BACKEND_INTERPRET
+        if backend == BACKEND_CUDA and not gpus:
             raise ValueError("backend 'cuda' requested but the Ray cluster has no GPU")
         return backend
 
     def _wanted(self, backend: str) -> dict[str, int]:
         res = self._resources()
-        gpus = int(res.get("GPU", 0)) if backend == "cuda" else 0
+        gpus = int(res.get("GPU", 0)) if backend == BACKEND_CUDA else 0
         n_gpu = self.gpu_actors if self.gpu_actors is not None else gpus
-        if backend == "cuda":
+        if backend == BACKEND_CUDA:
             n_gpu = max(1, min(n_gpu, gpus))
         else:
             n_gpu = 0
         spare = int(res.get("CPU", 1)) - n_gpu
         n_cpu = self.cpu_actors if self.cpu_actors is not None else max(1, spare // self.cpus_per_actor)
-        if backend == "cuda" and not self.precompile:
+        if backend == BACKEND_CUDA and not self.precompile:
             n_cpu = 0
-        return {"cpu": max(0 if backend == "cuda" else 1, n_cpu), "gpu": n_gpu}
+        return {"cpu": max(0 if backend == BACKEND_CUDA else 1, n_cpu), "gpu": n_gpu}
 
     def _spawn(self, role: str) -> _Slot:
         workers = self.gpu_workers if role == "gpu" else self.cpus_per_actor
@@ -304,12 +310,12 @@ class RayPool:
         """The live actor handles by role (for inspection and fault-injection tests)."""
         return {r: [s.handle for s in ss if not s.dead] for r, ss in self._slots.items()}
 
-    def warm(self, backend: str = "auto") -> None:
+    def warm(self, backend: str = BACKEND_AUTO) -> None:
         """Start the actors a batch on `backend` uses and their evaluators' workers, and wait."""
         backend = self.resolve_backend(backend)
         self._ensure(backend)
         # On a GPU run the CPU actors only precompile, in subprocesses of their own: nothing to warm.
-        role = "gpu" if backend == "cuda" else "cpu"
+        role = "gpu" if backend == BACKEND_CUDA else "cpu"
         refs = [s.handle.warm.remote(backend) for s in self._slots[role] if not s.dead]
         self.ray.get(refs, timeout=self.actor_start_timeout)
         slots = [s for ss in self._slots.values() for s in ss if not s.dead and s.info is None]
@@ -325,7 +331,7 @@ class RayPool:
                 self._spawn(role)
 
     # -- the batch -------------------------------------------------------------------------------
-    def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
+    def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = BACKEND_AUTO, mode: str = MODE_STRICT,
                        *, seed: int | None = None, trials: int = 3, timeout: float | None = None) -> list[Verdict]:
         """Evaluate (reference, candidate) pairs over the actors; verdicts in input order.
 
@@ -387,7 +393,7 @@ class _Batch:
         self.pool, self.ray = pool, pool.ray
         self.backend, self.mode, self.trials, self.timeout = backend, mode, trials, timeout
         self.results: list[Verdict | None] = [None] * len(items)
-        gpu_run = backend == "cuda"
+        gpu_run = backend == BACKEND_CUDA
         # cuda: CPU actors precompile from `to_compile`, GPU actors evaluate `ready` first, then
         # take uncompiled items rather than idle. interpret: CPU actors evaluate `ready`.
         self.to_compile: collections.deque[_Item] = collections.deque(items if gpu_run and pool.precompile else [])

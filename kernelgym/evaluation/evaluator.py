@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Union
 
-from kernelgym.evaluation.check import TrialResult
 from kernelgym.evaluation.clusters import parse_cluster, remote_batch
 from kernelgym.evaluation.extract import FormatError, check_format, extract_code
 from kernelgym.evaluation.guards.static import check_source as static_check
@@ -55,15 +54,25 @@ from kernelgym.evaluation.pool import (
     split_counts,
     tree_cpu_seconds,
 )
-from kernelgym.evaluation.reference import trial_seed
+from kernelgym.evaluation.protocol import (
+    BACKEND_AUTO,
+    BACKEND_CUDA,
+    BACKEND_INTERPRET,
+    BACKENDS,
+    MODE_LENIENT,
+    MODE_STRICT,
+    MODES,
+    SYNC_ENV,
+    SYNC_SCHEDULES,
+    TrialResult,
+    bench_budget,
+    trial_seed,
+)
 from kernelgym.evaluation.sandbox import SPILL_PREFIX
 from kernelgym.evaluation.tolerances import tolerance_for
 from kernelgym.evaluation.verdict import Verdict
-from kernelgym.evaluation.worker import SYNC_ENV, SYNC_SCHEDULES
 from kernelgym.task import Task, TaskFormatError, check_source, source_hash
 
-BACKENDS = ("auto", "cuda", "interpret")
-MODES = ("strict", "lenient")
 Reference = Union[Task, str]  # noqa: UP007 - a runtime alias, kept importable on Python 3.9 tools
 
 
@@ -160,9 +169,9 @@ def resolve_backend(backend: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'interpret'."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if backend == "auto":
-        return "cuda" if cuda_available() else "interpret"
-    if backend == "cuda" and not cuda_available():
+    if backend == BACKEND_AUTO:
+        return BACKEND_CUDA if cuda_available() else BACKEND_INTERPRET
+    if backend == BACKEND_CUDA and not cuda_available():
         raise ValueError("backend 'cuda' requested but no CUDA GPU is visible")
     return backend
 
@@ -227,7 +236,6 @@ class Evaluator:
                  gpu_memory_budget_mb: float | None = None, host_memory_multiple: float = 2.0,
                  os_sandbox: str = "auto"):
         from kernelgym.evaluation import sandbox
-        from kernelgym.evaluation.timing import _budget
 
         # Checked first: "require" must refuse before anything starts.
         self.os_sandbox = sandbox.check_mode(os_sandbox)
@@ -253,7 +261,7 @@ class Evaluator:
         self.skip_static_guards = skip_static_guards
         self.ptx_check = ptx_check
         self.bench = dict(bench or {})
-        _budget(self.bench)  # unknown keys fail here, not in the first timing
+        bench_budget(self.bench)  # unknown keys fail here, not in the first timing
         if recycle_on_failure not in ("probe", "always"):
             raise ValueError("recycle_on_failure must be 'probe' or 'always'")
         self.recycle_on_failure = recycle_on_failure
@@ -388,7 +396,7 @@ class Evaluator:
         first of `devices`)."""
         if role not in ("candidate", "reference", "ptx"):
             raise ValueError(f"unknown worker role {role!r}")
-        if backend == "cuda" and role != "ptx":
+        if backend == BACKEND_CUDA and role != "ptx":
             device = self.devices[0] if device is None else int(device)
             if device not in self.devices:
                 raise ValueError(f"GPU {device} is not one of this evaluator's devices {self.devices}")
@@ -397,7 +405,7 @@ class Evaluator:
         key = Role(role, backend, device, self.os_sandbox)
         size = self._device_share(role, device)
         frac = None
-        if backend == "cuda" and device is not None:
+        if backend == BACKEND_CUDA and device is not None:
             # A reference worker runs the task, whose footprint the GPU's memory budget admits; a
             # candidate worker's cap is raised per evaluation to its footprint (candidate.set_gpu_limit).
             frac = self.gpu_memory_fraction or (0.9 if role == "reference" else
@@ -410,13 +418,13 @@ class Evaluator:
                 self._pools[key] = RolePool(key, size, limit, frac)
             return self._pools[key]
 
-    def warm(self, backend: str = "auto") -> None:
+    def warm(self, backend: str = BACKEND_AUTO) -> None:
         """Start every worker the backend uses now (otherwise they start on first use)."""
         backend = resolve_backend(backend)
-        roles = ["reference", "candidate"] + (["ptx"] if backend == "interpret" and self.ptx_check else [])
-        devs: list[int | None] = list(self.devices) if backend == "cuda" else [None]
+        roles = ["reference", "candidate"] + (["ptx"] if backend == BACKEND_INTERPRET and self.ptx_check else [])
+        devs: list[int | None] = list(self.devices) if backend == BACKEND_CUDA else [None]
         pools = [self.pool(r, backend, d) for r in roles for d in (devs if r != "ptx" else [None])]
-        got = self._precompile_pool() if backend == "cuda" else None
+        got = self._precompile_pool() if backend == BACKEND_CUDA else None
         if got is not None:
             got[0].warm()   # they import torch while the workers do
         with ThreadPoolExecutor(len(pools)) as ex:
@@ -468,7 +476,7 @@ class Evaluator:
         """GPU `device`'s compute capability, as its started workers report it (None before any has
         started: the parent itself never initialises CUDA)."""
         with self._lock:
-            pools = [p for r, p in self._pools.items() if r.backend == "cuda" and r.device == device]
+            pools = [p for r, p in self._pools.items() if r.backend == BACKEND_CUDA and r.device == device]
         for p in pools:
             cap = (p.ready_info() or {}).get("capability")
             if isinstance(cap, list) and len(cap) == 2:
@@ -561,7 +569,7 @@ class Evaluator:
         self.close()
 
     # -- API ---------------------------------------------------------------------------------
-    def evaluate(self, reference: Reference, candidate: str, backend: str = "auto", mode: str = "strict", *,
+    def evaluate(self, reference: Reference, candidate: str, backend: str = BACKEND_AUTO, mode: str = MODE_STRICT, *,
                  seed: int | None = None, trials: int = 3, timeout: float | None = None,
                  task_id: str | None = None, skip_static_guards: bool | None = None) -> Verdict:
         """Judge one candidate; never raises for anything the candidate or reference does.
@@ -603,7 +611,7 @@ class Evaluator:
         return v.refresh_components()
 
     def _go(self, run: _Run, reference: Reference, candidate: str, task_id: str | None, alone: str) -> Verdict:
-        hold = self._alone.hold(alone) if run.backend == "cuda" else contextlib.nullcontext()
+        hold = self._alone.hold(alone) if run.backend == BACKEND_CUDA else contextlib.nullcontext()
         try:
             with hold:
                 return run.go(reference, candidate, task_id)
@@ -617,7 +625,7 @@ class Evaluator:
         finally:
             self._running.discard(run)
 
-    def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
+    def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = BACKEND_AUTO, mode: str = MODE_STRICT,
                        cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
                        timeout: float | None = None) -> list[Verdict]:
         """Evaluate many (reference, candidate) pairs in parallel over the pools, in input order.
@@ -632,8 +640,8 @@ class Evaluator:
         pairs = list(pairs)
         seeds = [None if seed is None else trial_seed(seed, 1000 + i) for i in range(len(pairs))]
         # Enough threads that every pool stage (reference, precompile, candidate, ptx) has evaluations queued.
-        extra = self.ptx_workers if backend == "interpret" and self.ptx_check else \
-            self.precompile_workers if backend == "cuda" else 0
+        extra = self.ptx_workers if backend == BACKEND_INTERPRET and self.ptx_check else \
+            self.precompile_workers if backend == BACKEND_CUDA else 0
         n_threads = max(1, min(len(pairs), self.workers + self.reference_workers + extra))
 
         def one(i: int) -> Verdict:
@@ -682,7 +690,7 @@ def _oom_beside_others(v: Verdict) -> bool:
     reference that failed so (`invalid_task`) is judged again too: a legitimate task must not
     become invalid because of its neighbours."""
     ref_failed = v.status == "invalid_task" and bool({"task:reference_error", "task:reference_crash"} & set(v.reasons))
-    if v.backend != "cuda" or not (v.status in ("crash", "runtime_error") or ref_failed) \
+    if v.backend != BACKEND_CUDA or not (v.status in ("crash", "runtime_error") or ref_failed) \
             or "sandbox:memory" in v.reasons:
         return False
     text = v.error or ""
@@ -710,7 +718,7 @@ class _Run:
 
     def __init__(self, ev: Evaluator, backend: str, mode: str, seed: int, trials: int, timeout: float):
         self.ev, self.backend, self.mode, self.seed, self.trials, self.timeout = ev, backend, mode, seed, trials, timeout
-        self.device = "cuda" if backend == "cuda" else "cpu"
+        self.device = "cuda" if backend == BACKEND_CUDA else "cpu"
         self.gpu_index: int | None = None
         self.versions = _versions()
         self.device_name = ""
@@ -837,7 +845,7 @@ class _Run:
                                     reasons=_unique(f.reason for f in findings), compiled=False)
         else:
             self.notes.append("static guards skipped (sandbox testing mode)")
-        if self.backend != "cuda":
+        if self.backend != BACKEND_CUDA:
             return self._run(ref_src, code)
         self.gpu_index = self.ev._pick_device()
         try:
@@ -850,7 +858,7 @@ class _Run:
         return self.ev.pool(role, self.backend, self.gpu_index)
 
     def _run(self, ref_src: str, code: str) -> Verdict:
-        if self.backend != "cuda":
+        if self.backend != BACKEND_CUDA:
             return self._run_admitted(ref_src, code)
         n_ref = self.trials + 1
         fp = self._footprint(ref_src, n_ref)
@@ -934,11 +942,11 @@ class _Run:
             fp.update(gpu_bytes=need, measured_peak_bytes=peak, method="measured")
 
     def _run_admitted(self, ref_src: str, code: str) -> Verdict:
-        n_ref = self.trials + (1 if self.backend == "cuda" else 0)  # +1: the post-timing trial
+        n_ref = self.trials + (1 if self.backend == BACKEND_CUDA else 0)  # +1: the post-timing trial
         # Cold pools: let the candidate (and ptx) workers import torch while the reference runs.
         self._pool("candidate").prestart()
-        if self.backend == "interpret" and self.ev.ptx_check:
-            self.ev.pool("ptx", "interpret").prestart()
+        if self.backend == BACKEND_INTERPRET and self.ev.ptx_check:
+            self.ev.pool("ptx", BACKEND_INTERPRET).prestart()
         self.ref_src = ref_src
         self.key = f"{source_hash(ref_src)}:{self.seed}:{n_ref}:{self.mode}:{os.getpid()}:{next(self.ev._keys)}"
         pre = self.ev.precompile(ref_src, code, self.gpu_index, self.mode, self.seed) \
@@ -976,13 +984,13 @@ class _Run:
             for path in self.spills:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        if v.status in ("ok", "incorrect") and self.backend == "interpret" and self.ev.ptx_check and launches:
+        if v.status in ("ok", "incorrect") and self.backend == BACKEND_INTERPRET and self.ev.ptx_check and launches:
             v = self._ptx(code, v, launches)
         return v
 
     def _ref_msg(self, n: int) -> dict[str, Any]:
         return {"key": self.key, "source": self.ref_src, "seed": self.seed, "trials": n, "device": self.device,
-                "want_ops": self.mode == "lenient", "store_bytes": self.ev.reference_cache_bytes}
+                "want_ops": self.mode == MODE_LENIENT, "store_bytes": self.ev.reference_cache_bytes}
 
     def _reference_job(self, src: str, n: int) -> dict[str, Any] | Verdict:
         pool = self._pool("reference")
@@ -1003,7 +1011,7 @@ class _Run:
             if reply.get("stored"):
                 self.ref_worker = w
                 w.claims += 1
-            if self.backend == "cuda":
+            if self.backend == BACKEND_CUDA:
                 with self._ph("baseline"):
                     reply["_baseline"] = self._baselines(w, src, reply)
             return reply
@@ -1143,7 +1151,7 @@ class _Run:
             if bad:
                 reasons += _unique(r.reason for r in bad)
                 error = bad[0].message
-            if status == "ok" and self.backend == "cuda" and not _hack(findings):
+            if status == "ok" and self.backend == BACKEND_CUDA and not _hack(findings):
                 status, error, timings, speedup, speedup_c, more, ended = self._time(w, ref, baseline, results)
                 reasons += more
         elif status == "internal_error":
@@ -1165,7 +1173,7 @@ class _Run:
                          timings=timings, speedup=speedup, speedup_vs_compile=speedup_c)
         # A sticky CUDA error poisons the context: after a failure on the GPU the worker is retired
         # (recycle_on_failure="always") or kept only if a probe kernel still runs ("probe").
-        failed_gpu = self.backend == "cuda" and status != "ok"
+        failed_gpu = self.backend == BACKEND_CUDA and status != "ok"
         if failed_gpu and self.ev.recycle_on_failure == "probe" and not ended.get("_dead"):
             failed_gpu = not ended.get("cuda_ok", False)
         # A worker whose probe fails is retired whatever the verdict (e.g. its RNG left unusable).
@@ -1289,7 +1297,7 @@ class _Run:
         return v
 
     def _ptx_job(self, code: str, launches: list[dict[str, Any]]) -> dict[str, Any]:
-        pool = self.ev.pool("ptx", "interpret")
+        pool = self.ev.pool("ptx", BACKEND_INTERPRET)
         with self._ph("ptx_wait"):
             w = pool.acquire()
         recycle, cacheable = False, False
