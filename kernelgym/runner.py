@@ -503,6 +503,7 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
 
     from kernelgym.evaluation import Evaluator
     from kernelgym.evaluation.evaluator import resolve_backend
+    from kernelgym.evaluation.protocol import BACKEND_CUDA
     from kernelgym.report import rich_table, write_report
 
     try:
@@ -523,8 +524,8 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
     if args.suite != "synthetic" and not Path(args.suite).is_dir():
         raise RunError(f"--suite must be 'synthetic' or a directory of KernelBench-format files; "
                        f"{args.suite!r} is not a directory")
-    sizes = args.sizes or ("bench" if backend == "cuda" else "tiny")
-    budget_evals = args.budget_evals or (8 if backend == "cuda" else 4)
+    sizes = args.sizes or ("bench" if backend == BACKEND_CUDA else "tiny")
+    budget_evals = args.budget_evals or (8 if backend == BACKEND_CUDA else 4)
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     console = Console(stderr=True)

@@ -709,31 +709,32 @@ H200_OOM = ("out of memory in forward (trial 0): OutOfMemoryError: CUDA out of m
 
 
 def test_which_gpu_out_of_memory_failures_are_judged_again_alone():
-    from kernelgym.evaluation.evaluator import _oom_beside_others
+    from kernelgym.evaluation.admission import oom_beside_others
 
     def v(status, error, backend="cuda", reasons=()):
         return Verdict(status=status, error=error, backend=backend, reasons=list(reasons))
 
-    assert _oom_beside_others(v("crash", H200_OOM))   # seen on an H200: neighbours held the memory
-    assert _oom_beside_others(v("runtime_error", "candidate result could not be returned: AcceleratorError: "
+    assert oom_beside_others(v("crash", H200_OOM))   # seen on an H200: neighbours held the memory
+    assert oom_beside_others(v("runtime_error", "candidate result could not be returned: AcceleratorError: "
                                                  "CUDA error: out of memory"))   # size not stated
     own = H200_OOM.replace("80.00 MiB", "4.00 TiB")
-    assert not _oom_beside_others(v("crash", own))   # the candidate's own huge allocation
-    assert not _oom_beside_others(v("crash", H200_OOM.replace("80.00 MiB", "40.00 GiB")))   # > 1/4 of the GPU
-    assert not _oom_beside_others(v("crash", H200_OOM, backend="interpret"))
-    assert not _oom_beside_others(v("crash", "host memory limit", reasons=["sandbox:memory"]))
-    assert not _oom_beside_others(v("incorrect", H200_OOM))
-    assert not _oom_beside_others(v("crash", "illegal memory access"))
+    assert not oom_beside_others(v("crash", own))   # the candidate's own huge allocation
+    assert not oom_beside_others(v("crash", H200_OOM.replace("80.00 MiB", "40.00 GiB")))   # > 1/4 of the GPU
+    assert not oom_beside_others(v("crash", H200_OOM, backend="interpret"))
+    assert not oom_beside_others(v("crash", "host memory limit", reasons=["sandbox:memory"]))
+    assert not oom_beside_others(v("incorrect", H200_OOM))
+    assert not oom_beside_others(v("crash", "illegal memory access"))
     # a reference that ran out beside others: judged again, not an invalid task
-    assert _oom_beside_others(v("invalid_task", "reference failed in reference trial 0: " + H200_OOM,
+    assert oom_beside_others(v("invalid_task", "reference failed in reference trial 0: " + H200_OOM,
                                 reasons=["task:reference_error"]))
-    assert not _oom_beside_others(v("invalid_task", H200_OOM, reasons=["task:reference_output"]))
+    assert not oom_beside_others(v("invalid_task", H200_OOM, reasons=["task:reference_output"]))
 
 
 def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
     """The retry takes the evaluator's lock exclusively (no other GPU evaluation runs meanwhile),
     uses the same seed, and says so in the verdict; a second failure stands."""
     from kernelgym.evaluation import evaluator as evmod
+    from kernelgym.evaluation.pipeline import Run
 
     monkeypatch.setattr(evmod, "resolve_backend", lambda b: b)   # "cuda" on this CPU machine
     calls = []
@@ -744,7 +745,7 @@ def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
             return Verdict(status="crash", error=H200_OOM, backend=run.backend, reasons=["sandbox:crash"])
         return Verdict(status="ok", correct=True, backend=run.backend)
 
-    monkeypatch.setattr(evmod._Run, "go", fake_go)
+    monkeypatch.setattr(Run, "go", fake_go)
     ev = evmod.Evaluator(workers=1)
     try:
         v = ev.evaluate("ref", "cand", backend="cuda", seed=7)
@@ -801,22 +802,23 @@ def test_a_candidate_ended_beside_the_final_comparison_is_always_waited_for(monk
     """`_end_in_background` (the timed path ends the candidate while its final outputs are compared):
     the reply comes back, a phase added from both threads is not lost, and a pipeline error in the
     ending counts as a dead worker (replaced) instead of vanishing with its thread."""
-    from kernelgym.evaluation import evaluator as evmod
+    from kernelgym.evaluation.pipeline import Run
+    from kernelgym.evaluation.stages import Ended
 
     with Evaluator(workers=1) as ev:
-        run = evmod._Run(ev, "interpret", "strict", 1, 3, 10.0)
+        run = Run(ev, "interpret", "strict", 1, 3, 10.0)
         gate = threading.Event()
 
         def end(w):
             gate.wait(5)
             run._add("ipc", 0.25)
-            return {"status": "ended", "cuda_ok": True, "w": w}
+            return Ended(cuda_ok=True, error=w)
 
         monkeypatch.setattr(run, "_end", end)
         wait = run._end_in_background("worker")
         run._add("ipc", 0.5)   # the comparison's share, from this thread
         gate.set()
-        assert wait() == {"status": "ended", "cuda_ok": True, "w": "worker"}
+        assert wait() == Ended(cuda_ok=True, error="worker")
         assert run.phases["ipc"] == pytest.approx(0.75)
 
         def broken(w):
@@ -824,7 +826,7 @@ def test_a_candidate_ended_beside_the_final_comparison_is_always_waited_for(monk
 
         monkeypatch.setattr(run, "_end", broken)
         got = run._end_in_background("worker")()
-        assert got["_dead"] is True and "KeyError" in got["error"]
+        assert got.dead is True and "KeyError" in got.error
 
 
 def test_an_evaluation_waits_only_for_a_precompile_that_is_running(monkeypatch):
@@ -833,11 +835,11 @@ def test_an_evaluation_waits_only_for_a_precompile_that_is_running(monkeypatch):
     each outcome is counted."""
     from concurrent.futures import Future
 
-    from kernelgym.evaluation import evaluator as evmod
+    from kernelgym.evaluation import pipeline
 
-    monkeypatch.setattr(evmod, "PRECOMPILE_WAIT_S", 0.2)
+    monkeypatch.setattr(pipeline, "PRECOMPILE_WAIT_S", 0.2)
     with Evaluator(workers=1) as ev:
-        run = evmod._Run(ev, "interpret", "strict", 1, 3, 10.0)
+        run = pipeline.Run(ev, "interpret", "strict", 1, 3, 10.0)
         queued = Future()
         run._await_precompile(queued)
         assert queued.cancelled() and ev.stats["precompile_skipped"] == 1

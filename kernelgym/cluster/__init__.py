@@ -44,7 +44,7 @@ def get_ray_pool(address: str | None = None, evaluator: Evaluator | None = None,
     `use_pool` for `address` comes first."""
     from kernelgym.cluster.ray_pool import RayPool, evaluator_options
 
-    key = (address, repr(sorted(evaluator_options(evaluator).items())), repr(sorted(kwargs.items())))
+    key = (address, repr(evaluator_options(evaluator)), repr(sorted(kwargs.items())))
     with _POOLS_LOCK:
         registered = _REGISTERED.get(address)
         if registered is not None and not registered.closed and not kwargs:

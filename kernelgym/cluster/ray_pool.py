@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import inspect
 import logging
 import os
 import random
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernelgym.evaluation.evaluator import Evaluator, Reference
+from kernelgym.evaluation.options import EvaluatorOptions
 from kernelgym.evaluation.protocol import (
     BACKEND_AUTO,
     BACKEND_CUDA,
@@ -55,11 +55,6 @@ from kernelgym.evaluation.verdict import Verdict
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray evaluation pool needs Ray: pip install 'kernelgym[ray]'"
-
-# Evaluator settings an actor copies from the caller's evaluator (the pool sizes are the actor's own).
-_COPIED = ("memory_limit_mb", "timeout", "baseline_timeout", "skip_static_guards", "ptx_check", "bench",
-           "recycle_on_failure", "reference_memory_limit_mb", "os_sandbox", "host_memory_multiple")
-
 
 class ClusterError(RuntimeError):
     """The Ray cluster cannot be used: unreachable address, actors that cannot be started."""
@@ -93,12 +88,10 @@ def connect(address: str | None = None, **init_kwargs: Any) -> Any:
     return ray
 
 
-def evaluator_options(ev: Evaluator | None) -> dict[str, Any]:
-    """The settings of `ev` that decide verdicts (limits, timeouts, checks), for the actors' evaluators."""
-    if ev is None:
-        return {}
-    accepted = inspect.signature(Evaluator.__init__).parameters
-    return {k: getattr(ev, k) for k in _COPIED if k in accepted and hasattr(ev, k)}
+def evaluator_options(ev: Evaluator | None) -> EvaluatorOptions:
+    """The settings of `ev` that decide verdicts (limits, timeouts, checks), for the actors'
+    evaluators (`EvaluatorOptions.verdict_settings`; the defaults without `ev`)."""
+    return ev.options.verdict_settings() if ev is not None else EvaluatorOptions()
 
 
 # ----------------------------------------------------------------------------- the actor
@@ -106,18 +99,20 @@ def evaluator_options(ev: Evaluator | None) -> dict[str, Any]:
 class EvalActor:
     """One Ray actor: a local `Evaluator` (and its sandboxed worker processes) on one node.
 
-    role: "gpu" or "cpu". The class is plain Python; `RayPool` wraps it with `ray.remote`.
+    role: "gpu" or "cpu"; its evaluator takes `options` with `settings` (`EvaluatorOptions` field
+    names) changed. The class is plain Python; `RayPool` wraps it with `ray.remote`.
     """
 
-    def __init__(self, role: str, options: dict[str, Any], triton_cache_dir: str | None):
+    def __init__(self, role: str, options: EvaluatorOptions, settings: dict[str, Any],
+                 triton_cache_dir: str | None):
         # Set before any worker starts: workers inherit the actor's environment.
         cache = triton_cache_dir or os.environ.get("TRITON_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".triton", "cache")
         os.makedirs(cache, exist_ok=True)
         os.environ["TRITON_CACHE_DIR"] = cache
         self.role = role
-        self.options = dict(options)
-        self.ev = Evaluator(**self.options)
+        self.options = options.replace(**settings)   # an unknown setting fails here, naming it
+        self.ev = Evaluator(self.options)
         self._pre: Any = None  # a Precompiler, started on the first precompile
         self._pre_lock = threading.Lock()
 
@@ -245,7 +240,8 @@ class RayPool:
         self.cpu_actors, self.gpu_actors = cpu_actors, gpu_actors
         self.cpus_per_actor, self.gpu_workers = int(cpus_per_actor), int(gpu_workers)
         self.max_in_flight, self.max_deaths = max_in_flight, int(max_deaths)
-        self.options = {**evaluator_options(evaluator), **(evaluator_kwargs or {})}
+        self.options = evaluator_options(evaluator)
+        self.evaluator_kwargs = dict(evaluator_kwargs or {})   # checked by the actors' evaluators
         self.precompile = precompile
         self.triton_cache_dir = triton_cache_dir
         self.actor_start_timeout = float(actor_start_timeout)
@@ -293,7 +289,7 @@ class RayPool:
         threads = max(self.max_in_flight or 0, 2 * workers + 4) + 2
         actor = self._remote.options(**resources, max_concurrency=threads, scheduling_strategy="SPREAD",
                                      max_restarts=0)
-        handle = actor.remote(role, {**self.options, "workers": workers}, self.triton_cache_dir)
+        handle = actor.remote(role, self.options, {**self.evaluator_kwargs, "workers": workers}, self.triton_cache_dir)
         slot = _Slot(role, handle, self.max_in_flight or workers + 1)
         self._slots[role].append(slot)
         self.stats["actors_started"] += 1

@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from kernelgym.envs.prompts import CHARSET, MAX_TEXT, build_prompt, clean, render_verdict
 from kernelgym.evaluation import Evaluator, Verdict, default_evaluator
-from kernelgym.evaluation.evaluator import BACKENDS, MODES
+from kernelgym.evaluation.protocol import BACKENDS, MODES
 from kernelgym.rewards import RewardSpec, get_reward, score
 from kernelgym.sampler import default_sampler
 from kernelgym.sampler.profiles import difficulty_profile

@@ -1,8 +1,8 @@
 """Evaluation: judge a candidate Triton program against a KernelBench-format reference.
 
 `evaluate` and `evaluate_batch` run on a lazily created module-level `Evaluator` (worker pools);
-create your own `Evaluator(...)` for other pool sizes, limits or timeouts and pass it as
-`evaluator=`, or call its methods directly.
+create your own `Evaluator(...)` (settings: an `EvaluatorOptions` or its fields as keywords) for
+other pool sizes, limits or timeouts and pass it as `evaluator=`, or call its methods directly.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kernelgym.evaluation.evaluator import Evaluator, Reference, default_evaluator, resolve_backend
+from kernelgym.evaluation.options import EvaluatorOptions
 from kernelgym.evaluation.verdict import STATUSES, Verdict
 
 
@@ -43,6 +44,7 @@ def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = "auto"
 __all__ = [
     "STATUSES",
     "Evaluator",
+    "EvaluatorOptions",
     "Verdict",
     "default_evaluator",
     "evaluate",
