@@ -66,11 +66,11 @@ def test_evaluator_layout_over_gpus():
             ev.pool("candidate", "cuda", 2)
         assert ev.gpu_lock(0) is ev.gpu_lock(0) and ev.gpu_lock(0) is not ev.gpu_lock(1)
         # Evaluations go to the GPU with the fewest in flight.
-        picks = [ev._pick_device() for _ in range(4)]
+        picks = [ev.pick_device() for _ in range(4)]
         assert picks == [0, 1, 0, 1]
-        ev._done_device(1)
-        ev._done_device(1)
-        assert ev._pick_device() == 1
+        ev.done_device(1)
+        ev.done_device(1)
+        assert ev.pick_device() == 1
         assert ev.worker_pids() == []
     with pytest.raises(ValueError):
         Evaluator(devices=[0, 0])

@@ -126,3 +126,17 @@ def test_an_evaluator_takes_options_or_their_fields():
     with pytest.raises(TypeError, match="workers"):
         Evaluator(2, workers=3)
     assert evaluator_options(None) == EvaluatorOptions()
+
+
+def test_the_evaluations_of_an_evaluator_share_its_counters_and_caches():
+    from kernelgym.evaluation import Evaluator
+
+    with Evaluator(workers=1, os_sandbox="off") as ev:
+        assert ev.stats is ev.shared.stats and ev.shared.lock is ev._lock
+        ev.shared.count("ptx_cache_hits")
+        assert ev.stats["ptx_cache_hits"] == 1
+        ev.shared.ptx_cache["k"] = {"ok": True}
+        ev.shared.baselines[("t", "0:gpu", "float32")] = {"eager": {}}
+        ev.clear_caches()
+        assert not ev.shared.ptx_cache and not ev.shared.baselines
+        assert next(ev.shared.keys) != next(ev.shared.keys)   # each reference store gets its own name

@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -52,6 +51,7 @@ from kernelgym.evaluation.protocol import (
     trial_seed,
 )
 from kernelgym.evaluation.sandbox import SPILL_PREFIX
+from kernelgym.evaluation.stages import Shared
 from kernelgym.evaluation.verdict import Verdict
 
 
@@ -160,23 +160,19 @@ class Evaluator:
         self._lock = threading.Lock()
         self._gpu_locks: dict[int, GpuLock] = {}
         self._inflight: dict[int, int] = {}
-        self._baselines: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._baseline_locks: dict[tuple[str, str, str], threading.Lock] = {}
-        # sm_90 compile-check results per (candidate source, launch signatures, mode).
-        self._ptx_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._keys = itertools.count()
-        self.stats = {"reference_recomputed": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0,
-                      "compare_elsewhere": 0, "rejudged_alone": 0, "precompiled": 0, "precompile_failed": 0,
-                      "precompile_late": 0, "precompile_skipped": 0}
+        # Caches and counters of the evaluations (`stats` is its counters), under the same lock.
+        self.shared = Shared(lock=self._lock, stats={
+            "reference_recomputed": 0, "ptx_cache_hits": 0, "baseline_cache_hits": 0, "compare_elsewhere": 0,
+            "rejudged_alone": 0, "precompiled": 0, "precompile_failed": 0, "precompile_late": 0,
+            "precompile_skipped": 0, "memory_waited": 0, "memory_alone": 0, "footprint_estimated": 0,
+            "footprint_unknown": 0})
+        self.stats = self.shared.stats
         # GPU evaluations share this; one judged again alone after running out of GPU memory
         # beside the others takes it exclusively (see `admission.oom_beside_others`).
         self._alone = GpuLock()
         self._spill_dir: str | None = None
         self._spills = itertools.count()
         self._budgets: dict[int, MemoryBudget] = {}
-        self._footprints: dict[tuple[str, int], dict[str, Any]] = {}
-        self.stats.update({"memory_waited": 0, "memory_alone": 0, "footprint_estimated": 0,
-                           "footprint_unknown": 0})
         self.closed = False
         self._running: weakref.WeakSet[Run] = weakref.WeakSet()   # for `in_flight`
         _LIVE.add(self)
@@ -221,8 +217,9 @@ class Evaluator:
                 self._gpu_locks[device] = GpuLock(self.gpu_lock_policy)
             return self._gpu_locks[device]
 
-    def _pick_device(self) -> int:
-        """The GPU with the fewest evaluations in flight (ties: the lowest index)."""
+    def pick_device(self) -> int:
+        """The GPU with the fewest evaluations in flight (ties: the lowest index), counted in flight
+        until `done_device`."""
         devs = self.devices
         with self._lock:
             d = min(devs, key=lambda x: (self._inflight.get(x, 0), devs.index(x)))
@@ -255,7 +252,7 @@ class Evaluator:
         return {d: {"budget": b.budget, "used": b.used, "peak_used": b.peak_used, "waited": b.waited,
                     "alone": b.alone} for d, b in budgets}
 
-    def _done_device(self, device: int) -> None:
+    def done_device(self, device: int) -> None:
         with self._lock:
             self._inflight[device] = max(0, self._inflight.get(device, 0) - 1)
 
@@ -383,8 +380,8 @@ class Evaluator:
     def clear_caches(self) -> None:
         """Forget cached baselines and ptx results (e.g. to re-time a baseline)."""
         with self._lock:
-            self._baselines.clear()
-            self._ptx_cache.clear()
+            self.shared.baselines.clear()
+            self.shared.ptx_cache.clear()
 
     def close(self) -> None:
         """Shut every worker down (idempotent); no worker process outlives this call."""

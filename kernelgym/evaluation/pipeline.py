@@ -75,7 +75,7 @@ class Run(Stages):
                     stat = "precompile_late"
                 except Exception:  # noqa: BLE001 - e.g. the evaluator closed under it
                     stat = "precompile_failed"
-        self._count(stat)
+        self.ev.shared.count(stat)
 
     # -- the pipeline ------------------------------------------------------------------------
     def go(self, reference: Reference, candidate: str, task_id: str | None) -> Verdict:
@@ -111,11 +111,11 @@ class Run(Stages):
             self.notes.append("static guards skipped (sandbox testing mode)")
         if self.backend != BACKEND_CUDA:
             return self._run(ref_src, code)
-        self.gpu_index = self.ev._pick_device()
+        self.gpu_index = self.ev.pick_device()
         try:
             return self._run(ref_src, code)
         finally:
-            self.ev._done_device(self.gpu_index)
+            self.ev.done_device(self.gpu_index)
 
     def _run(self, ref_src: str, code: str) -> Verdict:
         """Admit the evaluation onto its GPU by its footprint (waiting while the budget is taken), then run it."""
@@ -133,7 +133,7 @@ class Run(Stages):
         self.reservation = Reservation(budget, need)
         stat = "memory_alone" if need > budget.budget else "memory_waited" if time.perf_counter() - t > 0.01 else None
         if stat:
-            self._count(stat)
+            self.ev.shared.count(stat)
         if need > budget.budget:
             self.notes.append(f"ran alone on its GPU: footprint {need / 2**30:.1f} GiB over the GPU's memory "
                               f"budget of {budget.budget / 2**30:.1f} GiB")
@@ -147,8 +147,8 @@ class Run(Stages):
         worker's meta-device estimate (`reference.estimate_footprint`); ``gpu_bytes`` is the
         evaluation's GPU footprint, absent when unknown. Sets this run's host-memory limits."""
         key = (source_hash(ref_src), n_ref)
-        with self.ev._lock:
-            fp = self.ev._footprints.get(key)
+        with self.ev.shared.lock:
+            fp = self.ev.shared.footprints.get(key)
         if fp is None:
             try:
                 with self.hold(self._pool("reference"), "reference_wait", timed_release=False) as held:
@@ -166,9 +166,9 @@ class Run(Stages):
             else:
                 fp["error"] = str(est.get("error", ""))[:300]
                 stat = "footprint_unknown"
-            with self.ev._lock:
-                self.ev._footprints.setdefault(key, fp)
-                self.ev.stats[stat] += 1
+            with self.ev.shared.lock:
+                self.ev.shared.footprints.setdefault(key, fp)
+                self.ev.shared.stats[stat] += 1
         self.footprint = fp
         self.host_bytes = fp.get("host_bytes")
         return fp
@@ -183,8 +183,8 @@ class Run(Stages):
         if need > self.reservation.bytes:
             self.reservation.resize(need)
         key = (source_hash(self.ref_src), ref.trials)
-        with self.ev._lock:
-            fp = self.ev._footprints.setdefault(key, {})
+        with self.ev.shared.lock:
+            fp = self.ev.shared.footprints.setdefault(key, {})
             fp.update(gpu_bytes=need, measured_peak_bytes=peak, method="measured")
 
     def _run_admitted(self, ref_src: str, code: str) -> Verdict:
@@ -194,7 +194,7 @@ class Run(Stages):
         if self.backend == BACKEND_INTERPRET and self.ev.ptx_check:
             self.ev.pool("ptx", BACKEND_INTERPRET).prestart()
         self.ref_src = ref_src
-        self.key = f"{source_hash(ref_src)}:{self.seed}:{n_ref}:{self.mode}:{os.getpid()}:{next(self.ev._keys)}"
+        self.key = f"{source_hash(ref_src)}:{self.seed}:{n_ref}:{self.mode}:{os.getpid()}:{next(self.ev.shared.keys)}"
         pre = self.ev.precompile(ref_src, code, self.gpu_index, self.mode, self.seed) \
             if self.gpu_index is not None else None
         launches: list[dict[str, Any]] = []
@@ -277,7 +277,7 @@ class Run(Stages):
             if self.ref_worker is not None:
                 w = pool.acquire_worker(self.ref_worker, timeout=self.timeout)
             if w is None:
-                self.ev.stats["compare_elsewhere"] += 1
+                self.ev.shared.stats["compare_elsewhere"] += 1
                 w = pool.acquire()
         with self.holding(pool, w, timed_release=False) as held:
             try:
@@ -294,7 +294,7 @@ class Run(Stages):
         if reply.get("status") != "ok":
             raise CompareFailed(str(reply.get("error", "comparison failed")))
         if reply.get("recomputed"):
-            self.ev.stats["reference_recomputed"] += 1
+            self.ev.shared.stats["reference_recomputed"] += 1
         return [TrialResult(**r) for r in reply["results"]]
 
     def _forget_reference(self) -> None:
@@ -314,10 +314,10 @@ class Run(Stages):
         name = (w.info or {}).get("device", "cuda")
         dtype = (ref.input_dtypes or ["none"])[0]
         key = (source_hash(src), f"{self.gpu_index}:{name}", dtype)
-        with self.ev._lock:
-            lock = self.ev._baseline_locks.setdefault(key, threading.Lock())
+        with self.ev.shared.lock:
+            lock = self.ev.shared.baseline_locks.setdefault(key, threading.Lock())
         with lock:
-            if key not in self.ev._baselines:
+            if key not in self.ev.shared.baselines:
                 try:
                     # The worker holds the GPU lock itself: none while torch.compile compiles,
                     # exclusive while timing.
@@ -328,10 +328,10 @@ class Run(Stages):
                     res = {"status": "error", "error": f"baseline worker failed: {f}"}
                 if res.get("status") != "ok":
                     return {"error": res.get("error", "baseline failed")}  # not cached: retried next time
-                self.ev._baselines[key] = res
+                self.ev.shared.baselines[key] = res
             else:
-                self.ev.stats["baseline_cache_hits"] += 1
-            return self.ev._baselines[key]
+                self.ev.shared.stats["baseline_cache_hits"] += 1
+            return self.ev.shared.baselines[key]
 
     # -- candidate side ----------------------------------------------------------------------
     def _check_inputs(self, ref: ReferenceRun, reply: dict[str, Any]) -> str:
@@ -516,11 +516,11 @@ class Run(Stages):
     # -- sm_90 compile check (interpret backend) -----------------------------------------------
     def _ptx(self, code: str, v: Verdict, launches: list[dict[str, Any]]) -> Verdict:
         key = ptx_cache_key(code, self.mode, launches)
-        with self.ev._lock:
-            hit = self.ev._ptx_cache.get(key)
+        with self.ev.shared.lock:
+            hit = self.ev.shared.ptx_cache.get(key)
             if hit is not None:
-                self.ev._ptx_cache.move_to_end(key)
-                self.ev.stats["ptx_cache_hits"] += 1
+                self.ev.shared.ptx_cache.move_to_end(key)
+                self.ev.shared.stats["ptx_cache_hits"] += 1
         res = {**hit, "cached": True} if hit is not None else self._ptx_job(code, launches, key)
         v.ptx = res
         if not res.get("ok"):
@@ -545,8 +545,8 @@ class Run(Stages):
         res.pop("type", None)
         res.pop("tainted", None)
         if cacheable:
-            with self.ev._lock:
-                self.ev._ptx_cache[key] = dict(res)
-                while len(self.ev._ptx_cache) > 4096:
-                    self.ev._ptx_cache.popitem(last=False)
+            with self.ev.shared.lock:
+                self.ev.shared.ptx_cache[key] = dict(res)
+                while len(self.ev.shared.ptx_cache) > 4096:
+                    self.ev.shared.ptx_cache.popitem(last=False)
         return res

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +138,25 @@ def unique_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass(eq=False)
+class Shared:
+    """What the evaluations of one `Evaluator` share, under one lock: counters (`Evaluator.stats`)
+    and caches -- baselines per (task, GPU, dtype), sm_90 compile-check results per `ptx_cache_key`,
+    task footprints per (task, reference trials) -- and the counter that names reference stores."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stats: dict[str, int] = field(default_factory=dict)
+    baselines: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    baseline_locks: dict[tuple[str, str, str], threading.Lock] = field(default_factory=dict)
+    ptx_cache: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    footprints: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    keys: Iterator[int] = field(default_factory=itertools.count)
+
+    def count(self, stat: str) -> None:
+        with self.lock:
+            self.stats[stat] += 1
+
+
+@dataclass(eq=False)
 class Held:
     """A worker a stage holds (`Stages.hold`); set `recycle` to have it replaced when given back."""
 
@@ -200,10 +221,6 @@ class Stages:
         if seconds:
             with self.phase_lock:   # the final comparison and the candidate's end run side by side
                 self.phases[name] = self.phases.get(name, 0.0) + seconds
-
-    def _count(self, stat: str) -> None:
-        with self.ev._lock:
-            self.ev.stats[stat] += 1
 
     @contextlib.contextmanager
     def holding(self, pool: RolePool, w: Worker, *, timed_release: bool = True) -> Iterator[Held]:
