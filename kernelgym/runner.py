@@ -447,7 +447,7 @@ def difficulty_list(text: str) -> list[int]:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The `kernelgym run` options (DESIGN.md contract plus budget, LLM and pool settings)."""
-    from kernelgym.evaluation.protocol import BACKENDS, MODES
+    from kernelgym.evaluation.protocol import BACKEND_AUTO, BACKENDS, MODE_STRICT, MODES
 
     p.add_argument("--policy", default="search",
                    help="compiler | search | llm | an entry point of group kernelgym.policies | module:attr "
@@ -462,8 +462,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "all for a suite); `sample -n` counts per difficulty")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed and evaluation seed base (default 0)")
     p.add_argument("--sizes", choices=["tiny", "bench"], default=None, help="default: bench on GPU, else tiny")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--mode", choices=MODES, default="strict")
+    p.add_argument("--backend", choices=BACKENDS, default=BACKEND_AUTO)
+    p.add_argument("--mode", choices=MODES, default=MODE_STRICT)
     p.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     p.add_argument("--budget-evals", type=int, default=None,

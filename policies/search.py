@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernelgym.evaluation.protocol import BACKEND_CUDA, BACKEND_INTERPRET
 from kernelgym.task import Task
 from policies.base import Attempt, Policy
 from policies.launch import variants
@@ -132,9 +133,9 @@ class SearchPolicy:
         return self.evaluator
 
     def _timed_backend(self) -> bool:
-        if self.backend == "cuda":
+        if self.backend == BACKEND_CUDA:
             return True
-        if self.backend == "interpret":
+        if self.backend == BACKEND_INTERPRET:
             return False
         from kernelgym.evaluation.evaluator import cuda_available
 

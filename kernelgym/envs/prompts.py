@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from kernelgym.evaluation.protocol import BACKEND_INTERPRET, MODE_STRICT
+from kernelgym.evaluation.protocol import BACKEND_AUTO, BACKEND_INTERPRET, MODE_STRICT
 from kernelgym.task import Task
 
 # Every printable ASCII character and whitespace, plus Latin-1 and a few symbols found in docstrings.
@@ -35,7 +35,7 @@ def device_name(backend: str) -> str:
                                           if backend == BACKEND_INTERPRET else "")
 
 
-def build_prompt(task: Task, backend: str = "auto", mode: str = "strict") -> str:
+def build_prompt(task: Task, backend: str = BACKEND_AUTO, mode: str = MODE_STRICT) -> str:
     """A complete instruction for an LLM: the reference, what to write, how it is judged, the target."""
     rules = ("Every compute op of forward must run in a Triton kernel (@triton.jit); torch may only "
              "allocate outputs, make views and compute shapes." if mode == MODE_STRICT else

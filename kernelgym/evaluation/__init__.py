@@ -11,10 +11,11 @@ from collections.abc import Sequence
 
 from kernelgym.evaluation.evaluator import Evaluator, Reference, default_evaluator, resolve_backend
 from kernelgym.evaluation.options import EvaluatorOptions
+from kernelgym.evaluation.protocol import BACKEND_AUTO, MODE_STRICT
 from kernelgym.evaluation.verdict import STATUSES, Verdict
 
 
-def evaluate(reference: Reference, candidate: str, backend: str = "auto", mode: str = "strict", *,
+def evaluate(reference: Reference, candidate: str, backend: str = BACKEND_AUTO, mode: str = MODE_STRICT, *,
              seed: int | None = None, trials: int = 3, timeout: float | None = None,
              evaluator: Evaluator | None = None, task_id: str | None = None) -> Verdict:
     """Judge `candidate` (source or an LLM reply with a fenced block) against `reference`.
@@ -30,7 +31,7 @@ def evaluate(reference: Reference, candidate: str, backend: str = "auto", mode: 
                        task_id=task_id)
 
 
-def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
+def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = BACKEND_AUTO, mode: str = MODE_STRICT,
                    cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
                    timeout: float | None = None, evaluator: Evaluator | None = None) -> list[Verdict]:
     """Evaluate (reference, candidate) pairs in parallel over the worker pool; same order as `pairs`.
