@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kernelgym.evaluation.protocol import BACKEND_AUTO, BACKENDS, MODE_STRICT, MODES
     from kernelgym.runner import add_run_arguments, difficulty_list
 
     parser = argparse.ArgumentParser(prog="kernelgym", description=__doc__)
@@ -32,14 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "the policy's kernel: supervised warm-up pairs")
     p.add_argument("--policy", default="compiler",
                    help="policy that writes the solutions with --pairs: a name or MODULE:ATTR (default compiler)")
-    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default=BACKEND_AUTO,
                    help="backend that judges the solutions with --pairs (default auto)")
 
     p = sub.add_parser("eval", help="judge one candidate against a reference")
     p.add_argument("reference", help="KernelBench-format reference file")
     p.add_argument("candidate", help="candidate source file (defines ModelNew)")
-    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
-    p.add_argument("--mode", choices=["strict", "lenient"], default="strict")
+    p.add_argument("--backend", choices=BACKENDS, default=BACKEND_AUTO)
+    p.add_argument("--mode", choices=MODES, default=MODE_STRICT)
     p.add_argument("--trials", type=int, default=3, help="correctness trials, at least 3 (default 3)")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: random)")
     p.add_argument("--timeout", type=float, default=None,

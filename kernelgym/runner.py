@@ -129,6 +129,7 @@ def difficulty_list(text: str) -> list[int]:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The `kernelgym run` options (the CLI contract of docs/ARCHITECTURE.md plus budget, LLM and pool
     settings)."""
+    from kernelgym.evaluation.protocol import BACKEND_AUTO, BACKENDS, MODE_STRICT, MODES
 
     p.add_argument("--policy", default="search",
                    help="compiler | search | llm | an entry point of group kernelgym.policies | module:attr "
@@ -143,8 +144,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "all for a suite); `sample -n` counts per difficulty")
     p.add_argument("--seed", type=int, default=0, help="first sampling seed and evaluation seed base (default 0)")
     p.add_argument("--sizes", choices=["tiny", "bench"], default=None, help="default: bench on GPU, else tiny")
-    p.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
-    p.add_argument("--mode", choices=["strict", "lenient"], default="strict")
+    p.add_argument("--backend", choices=BACKENDS, default=BACKEND_AUTO)
+    p.add_argument("--mode", choices=MODES, default=MODE_STRICT)
     p.add_argument("--out", default=None, help="report directory (default runs/<timestamp>)")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     p.add_argument("--budget-evals", type=int, default=None,
@@ -184,6 +185,7 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
 
     from kernelgym.evaluation import Evaluator
     from kernelgym.evaluation.evaluator import resolve_backend
+    from kernelgym.evaluation.protocol import BACKEND_CUDA
     from kernelgym.report import rich_table, write_report
 
     try:
@@ -204,8 +206,8 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
     if args.suite != "synthetic" and not Path(args.suite).is_dir():
         raise RunError(f"--suite must be 'synthetic' or a directory of KernelBench-format files; "
                        f"{args.suite!r} is not a directory")
-    sizes = args.sizes or ("bench" if backend == "cuda" else "tiny")
-    budget_evals = args.budget_evals or (8 if backend == "cuda" else 4)
+    sizes = args.sizes or ("bench" if backend == BACKEND_CUDA else "tiny")
+    budget_evals = args.budget_evals or (8 if backend == BACKEND_CUDA else 4)
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     console = Console(stderr=True)

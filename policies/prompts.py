@@ -20,6 +20,7 @@ from typing import Any
 
 from kernelgym.envs.prompts import build_prompt, feedback
 from kernelgym.evaluation.extract import FormatError, check_format, extract_code
+from kernelgym.evaluation.protocol import BACKENDS, MODES
 from kernelgym.pyast import parse
 from kernelgym.task import Task
 from policies.base import Attempt
@@ -57,9 +58,9 @@ class PromptOptions:
     def __post_init__(self) -> None:
         if self.system is not None and not isinstance(self.system, str):
             raise TypeError(f"system must be a str or None, got {type(self.system).__name__}")
-        if self.backend not in ("auto", "cuda", "interpret"):
+        if self.backend not in BACKENDS:
             raise ValueError(f"backend must be 'auto', 'cuda' or 'interpret', got {self.backend!r}")
-        if self.mode not in ("strict", "lenient"):
+        if self.mode not in MODES:
             raise ValueError(f"mode must be 'strict' or 'lenient', got {self.mode!r}")
         if isinstance(self.max_history, bool) or not isinstance(self.max_history, int) or self.max_history < 0:
             raise ValueError(f"max_history must be an int >= 0, got {self.max_history!r}")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernelgym.evaluation.protocol import BACKEND_CUDA, BACKEND_INTERPRET
 from kernelgym.task import Task
 from policies.base import Attempt, Compiler, Policy, as_compiler
 from policies.launch import variants
@@ -92,6 +93,8 @@ class SearchPolicy:
     def __init__(self, base: Policy, budget_evals: int = 16, budget_s: float | None = None,
                  evaluator: Any | None = None, backend: str = "auto", mode: str = "strict", *,
                  batch_size: int | None = None, partitions: int = 8, refine: bool = True, seed: int = 0):
+        from kernelgym.evaluation.protocol import BACKENDS, MODES
+
         if not callable(getattr(base, "propose", None)):
             raise TypeError(f"base policy must have propose(task, n, history); got {type(base).__name__}")
         self.compiler: Compiler | None = as_compiler(base)
@@ -99,9 +102,9 @@ class SearchPolicy:
             raise ValueError(f"budget_evals must be >= 1, got {budget_evals}")
         if budget_s is not None and budget_s <= 0:
             raise ValueError(f"budget_s must be > 0 or None, got {budget_s}")
-        if backend not in ("auto", "cuda", "interpret"):
+        if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected auto, cuda or interpret")
-        if mode not in ("strict", "lenient"):
+        if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected strict or lenient")
         self.base = base
         self.budget_evals = int(budget_evals)
@@ -133,9 +136,9 @@ class SearchPolicy:
         return self.evaluator
 
     def _timed_backend(self) -> bool:
-        if self.backend == "cuda":
+        if self.backend == BACKEND_CUDA:
             return True
-        if self.backend == "interpret":
+        if self.backend == BACKEND_INTERPRET:
             return False
         from kernelgym.evaluation.evaluator import cuda_available
 

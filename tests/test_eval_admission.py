@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kernelgym.evaluation import evaluator as evmod
+from kernelgym.evaluation import footprint
 from kernelgym.evaluation.pool import MemoryBudget, Role, Worker, WorkerFailure, host_memory_limit
 from kernelgym.evaluation.reference import estimate_footprint
 
@@ -101,12 +101,12 @@ def test_host_memory_limit_follows_the_task_and_the_machine():
 def test_footprint_model():
     gib = 1 << 30
     total = 80 * gib
-    assert evmod.gpu_budget_bytes(total, 12, 1 * gib) == int(0.9 * total) - 12 * (evmod.GPU_CONTEXT_BYTES + gib)
-    assert evmod.gpu_budget_bytes(total, 1000, gib) == total // 4               # at least a quarter
+    assert footprint.gpu_budget_bytes(total, 12, 1 * gib) == int(0.9 * total) - 12 * (footprint.GPU_CONTEXT_BYTES + gib)
+    assert footprint.gpu_budget_bytes(total, 1000, gib) == total // 4               # at least a quarter
     fp = {"weight_bytes": 100, "input_bytes": 10, "output_bytes": 20, "forward_peak_bytes": 40}
-    assert evmod.estimated_reference_peak(fp, 4) == 100 + 4 * 30 + 40
-    assert evmod.host_task_bytes(fp, 4) == 300 + 4 * 30
-    assert evmod.evaluation_footprint(1000, 20, 3) == 2000 + 80 + 2 * evmod.TIMING_ALLOWANCE_BYTES
+    assert footprint.estimated_reference_peak(fp, 4) == 100 + 4 * 30 + 40
+    assert footprint.host_task_bytes(fp, 4) == 300 + 4 * 30
+    assert footprint.evaluation_footprint(1000, 20, 3) == 2000 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
 
 
 SIZED_TASK = '''

@@ -78,7 +78,7 @@ def test_batch_spreads_over_gpus():
         assert [v.status for v in vs] == ["incorrect" if i % 3 == 0 else "ok" for i in range(8)]
         assert alone == ["incorrect", "ok"]
         assert {v.timings["gpu"] for v in vs if v.ok} == {0, 1}
-        assert len(ev._baselines) == 2  # one eager baseline per GPU
+        assert len(ev.shared.baselines) == 2  # one eager baseline per GPU
 
 
 def test_fingerprints_are_the_same_on_the_gpu_and_the_host():

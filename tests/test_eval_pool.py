@@ -13,7 +13,8 @@ import torch
 from kernelgym.evaluation import Evaluator, Verdict, codec
 from kernelgym.evaluation.jobs import Fingerprints, GpuSections, fingerprint
 from kernelgym.evaluation.pool import GpuLock, Role, WorkerFailure, physical_device, split_counts
-from kernelgym.evaluation.timing import DEFAULT_BENCH, _budget, plan, replan, summarize
+from kernelgym.evaluation.protocol import DEFAULT_BENCH, bench_budget
+from kernelgym.evaluation.timing import plan, replan, summarize
 from tests.eval_cases import CAND_ADD, REF_ADD
 
 B = "interpret"
@@ -65,11 +66,11 @@ def test_evaluator_layout_over_gpus():
             ev.pool("candidate", "cuda", 2)
         assert ev.gpu_lock(0) is ev.gpu_lock(0) and ev.gpu_lock(0) is not ev.gpu_lock(1)
         # Evaluations go to the GPU with the fewest in flight.
-        picks = [ev._pick_device() for _ in range(4)]
+        picks = [ev.pick_device() for _ in range(4)]
         assert picks == [0, 1, 0, 1]
-        ev._done_device(1)
-        ev._done_device(1)
-        assert ev._pick_device() == 1
+        ev.done_device(1)
+        ev.done_device(1)
+        assert ev.pick_device() == 1
         assert ev.worker_pids() == []
     with pytest.raises(ValueError):
         Evaluator(devices=[0, 0])
@@ -676,14 +677,14 @@ def test_timing_plan_budget_rule():
     assert plan(50.0, 0.035, rep_ms=20, min_reps=30, max_reps=300, replay_ms=1.0) == (1, 30)
     with pytest.raises(ValueError):
         plan(1.0, 0.0, rep_ms=1, min_reps=0, max_reps=5, replay_ms=1)
-    assert _budget({}) == {**DEFAULT_BENCH, "min_reps": 30, "max_reps": 300}
+    assert bench_budget({}) == {**DEFAULT_BENCH, "min_reps": 30, "max_reps": 300}
     for bad, says in (({"rep_ms": -5}, "rep_ms must be > 0"), ({"warmup_ms": -1}, "warmup_ms must be >= 0"),
                       ({"min_reps": 0}, "min_reps must be >= 1"), ({"replay_ms": 0}, "replay_ms must be > 0"),
                       ({"max_reps": 10}, r"max_reps \(10\) must be >= min_reps \(30\)"),
                       ({"rep_ms": float("nan")}, "rep_ms must be a finite number"),
                       ({"max_reps": "100"}, "max_reps must be a finite number")):
         with pytest.raises(ValueError, match=says):
-            _budget(bad)
+            bench_budget(bad)
         with pytest.raises(ValueError, match=says):   # at once, not in the first timing
             Evaluator(bench=bad)
     s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
@@ -708,31 +709,32 @@ H200_OOM = ("out of memory in forward (trial 0): OutOfMemoryError: CUDA out of m
 
 
 def test_which_gpu_out_of_memory_failures_are_judged_again_alone():
-    from kernelgym.evaluation.evaluator import _oom_beside_others
+    from kernelgym.evaluation.footprint import oom_beside_others
 
     def v(status, error, backend="cuda", reasons=()):
         return Verdict(status=status, error=error, backend=backend, reasons=list(reasons))
 
-    assert _oom_beside_others(v("crash", H200_OOM))   # seen on an H200: neighbours held the memory
-    assert _oom_beside_others(v("runtime_error", "candidate result could not be returned: AcceleratorError: "
+    assert oom_beside_others(v("crash", H200_OOM))   # seen on an H200: neighbours held the memory
+    assert oom_beside_others(v("runtime_error", "candidate result could not be returned: AcceleratorError: "
                                                  "CUDA error: out of memory"))   # size not stated
     own = H200_OOM.replace("80.00 MiB", "4.00 TiB")
-    assert not _oom_beside_others(v("crash", own))   # the candidate's own huge allocation
-    assert not _oom_beside_others(v("crash", H200_OOM.replace("80.00 MiB", "40.00 GiB")))   # > 1/4 of the GPU
-    assert not _oom_beside_others(v("crash", H200_OOM, backend="interpret"))
-    assert not _oom_beside_others(v("crash", "host memory limit", reasons=["sandbox:memory"]))
-    assert not _oom_beside_others(v("incorrect", H200_OOM))
-    assert not _oom_beside_others(v("crash", "illegal memory access"))
+    assert not oom_beside_others(v("crash", own))   # the candidate's own huge allocation
+    assert not oom_beside_others(v("crash", H200_OOM.replace("80.00 MiB", "40.00 GiB")))   # > 1/4 of the GPU
+    assert not oom_beside_others(v("crash", H200_OOM, backend="interpret"))
+    assert not oom_beside_others(v("crash", "host memory limit", reasons=["sandbox:memory"]))
+    assert not oom_beside_others(v("incorrect", H200_OOM))
+    assert not oom_beside_others(v("crash", "illegal memory access"))
     # a reference that ran out beside others: judged again, not an invalid task
-    assert _oom_beside_others(v("invalid_task", "reference failed in reference trial 0: " + H200_OOM,
+    assert oom_beside_others(v("invalid_task", "reference failed in reference trial 0: " + H200_OOM,
                                 reasons=["task:reference_error"]))
-    assert not _oom_beside_others(v("invalid_task", H200_OOM, reasons=["task:reference_output"]))
+    assert not oom_beside_others(v("invalid_task", H200_OOM, reasons=["task:reference_output"]))
 
 
 def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
     """The retry takes the evaluator's lock exclusively (no other GPU evaluation runs meanwhile),
     uses the same seed, and says so in the verdict; a second failure stands."""
     from kernelgym.evaluation import evaluator as evmod
+    from kernelgym.evaluation.pipeline import Run
 
     monkeypatch.setattr(evmod, "resolve_backend", lambda b: b)   # "cuda" on this CPU machine
     calls = []
@@ -743,7 +745,7 @@ def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
             return Verdict(status="crash", error=H200_OOM, backend=run.backend, reasons=["sandbox:crash"])
         return Verdict(status="ok", correct=True, backend=run.backend)
 
-    monkeypatch.setattr(evmod._Run, "go", fake_go)
+    monkeypatch.setattr(Run, "go", fake_go)
     ev = evmod.Evaluator(workers=1)
     try:
         v = ev.evaluate("ref", "cand", backend="cuda", seed=7)
@@ -800,22 +802,23 @@ def test_a_candidate_ended_beside_the_final_comparison_is_always_waited_for(monk
     """`_end_in_background` (the timed path ends the candidate while its final outputs are compared):
     the reply comes back, a phase added from both threads is not lost, and a pipeline error in the
     ending counts as a dead worker (replaced) instead of vanishing with its thread."""
-    from kernelgym.evaluation import evaluator as evmod
+    from kernelgym.evaluation.pipeline import Run
+    from kernelgym.evaluation.stages import Ended
 
     with Evaluator(workers=1) as ev:
-        run = evmod._Run(ev, "interpret", "strict", 1, 3, 10.0)
+        run = Run(ev, "interpret", "strict", 1, 3, 10.0)
         gate = threading.Event()
 
         def end(w):
             gate.wait(5)
             run._add("ipc", 0.25)
-            return {"status": "ended", "cuda_ok": True, "w": w}
+            return Ended(cuda_ok=True, error=w)
 
         monkeypatch.setattr(run, "_end", end)
         wait = run._end_in_background("worker")
         run._add("ipc", 0.5)   # the comparison's share, from this thread
         gate.set()
-        assert wait() == {"status": "ended", "cuda_ok": True, "w": "worker"}
+        assert wait() == Ended(cuda_ok=True, error="worker")
         assert run.phases["ipc"] == pytest.approx(0.75)
 
         def broken(w):
@@ -823,7 +826,7 @@ def test_a_candidate_ended_beside_the_final_comparison_is_always_waited_for(monk
 
         monkeypatch.setattr(run, "_end", broken)
         got = run._end_in_background("worker")()
-        assert got["_dead"] is True and "KeyError" in got["error"]
+        assert got.dead is True and "KeyError" in got.error
 
 
 def test_an_evaluation_waits_only_for_a_precompile_that_is_running(monkeypatch):
@@ -832,11 +835,11 @@ def test_an_evaluation_waits_only_for_a_precompile_that_is_running(monkeypatch):
     each outcome is counted."""
     from concurrent.futures import Future
 
-    from kernelgym.evaluation import evaluator as evmod
+    from kernelgym.evaluation import pipeline
 
-    monkeypatch.setattr(evmod, "PRECOMPILE_WAIT_S", 0.2)
+    monkeypatch.setattr(pipeline, "PRECOMPILE_WAIT_S", 0.2)
     with Evaluator(workers=1) as ev:
-        run = evmod._Run(ev, "interpret", "strict", 1, 3, 10.0)
+        run = pipeline.Run(ev, "interpret", "strict", 1, 3, 10.0)
         queued = Future()
         run._await_precompile(queued)
         assert queued.cancelled() and ev.stats["precompile_skipped"] == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernelgym.evaluation.evaluator import _oom_beside_others
+from kernelgym.evaluation.footprint import oom_beside_others
 from kernelgym.evaluation.verdict import Verdict
 from kernelgym.pyast import syntax_problem
 from kernelgym.task import TaskFormatError, check_source
@@ -57,4 +57,4 @@ def test_syntax_problem_always_has_a_line():
 def test_host_allocation_failure_is_not_rejudged_alone():
     v = Verdict(status="crash", backend="cuda", error="out of memory in import: RuntimeError: DefaultCPUAllocator: "
                 "can't allocate memory: you tried to allocate 400 bytes")
-    assert not _oom_beside_others(v)
+    assert not oom_beside_others(v)

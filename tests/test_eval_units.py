@@ -191,7 +191,7 @@ def test_workers_give_cached_gpu_memory_back_beyond_the_keep_limit():
 def test_timing_method_notes_flag_unlike_timings():
     """A speedup from a CUDA-graph timing over an eager one (a forward that could not be captured)
     says so in the verdict's notes, with the capture error; like-for-like timings add nothing."""
-    from kernelgym.evaluation.evaluator import timing_method_notes
+    from kernelgym.evaluation.stages import timing_method_notes
 
     graph = {"median_ms": 0.1, "method": "cuda_graph"}
     eager = {"median_ms": 0.3, "method": "eager", "graph_error": "RuntimeError: capture failed"}

@@ -29,6 +29,7 @@ from typing import Any
 
 from kernelgym.envs.prompts import build_prompt
 from kernelgym.evaluation import Evaluator, evaluate_batch
+from kernelgym.evaluation.protocol import BACKEND_CUDA, BACKEND_INTERPRET, BACKENDS, MODES
 from kernelgym.sampler import TaskSampler
 from kernelgym.task import Task, load_suite
 
@@ -276,8 +277,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="sampler processes")
     p.add_argument("--suite", help="a KernelBench-format directory (an evaluation set)")
     p.add_argument("--out", "-o", required=True, help="output directory")
-    p.add_argument("--mode", default="strict", choices=["strict", "lenient"])
-    p.add_argument("--target-backend", default="cuda", choices=["cuda", "interpret"],
+    p.add_argument("--mode", default="strict", choices=MODES)
+    p.add_argument("--target-backend", default="cuda", choices=[BACKEND_CUDA, BACKEND_INTERPRET],
                    help="the backend named in prompts (the GPU the policy writes for)")
     p.add_argument("--multi-turn", action="store_true",
                    help="add interaction_kwargs for KernelGymInteraction (verl's multi-turn rollout)")
@@ -286,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="compiler", help="SFT policy: compiler or module:attr")
     p.add_argument("--sft-candidates", type=int, default=1, help="proposals per task")
     p.add_argument("--sft-keep", type=int, default=1, help="accepted solutions kept per task")
-    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "interpret"], help="SFT judging backend")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="SFT judging backend")
     p.add_argument("--hf", action="store_true", help="also save HF datasets under OUT/hf/<split>")
     return p
 

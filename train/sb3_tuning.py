@@ -32,6 +32,7 @@ import torch
 import kernelgym  # noqa: F401  (registers the env ids)
 from kernelgym.envs.discrete import DiscreteChoiceEnv
 from kernelgym.evaluation import Evaluator, resolve_backend
+from kernelgym.evaluation.protocol import BACKENDS
 from kernelgym.examples import unary_candidate
 from kernelgym.sampler import TaskSampler
 from kernelgym.task import Task
@@ -189,7 +190,7 @@ def print_table(summary: dict[str, Any]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.sb3_tuning", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "interpret"])
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--steps", type=int, default=6000,
                    help="PPO environment steps (per-task choices took about 1000 a task on a CPU test)")
     p.add_argument("--tasks", type=int, default=8)

@@ -30,6 +30,7 @@ import torch
 
 from kernelgym.envs.curriculum import Curriculum
 from kernelgym.evaluation import Evaluator, evaluate_batch, resolve_backend
+from kernelgym.evaluation.protocol import BACKENDS
 from kernelgym.examples import unary_candidate
 from kernelgym.task import Task
 from train.build_dataset import prompt_text, solution_text
@@ -135,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=["drpo", "grpo"], default="drpo")
     p.add_argument("--lam", type=float, default=1.0, help="DRPO speed temperature")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "interpret"])
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="auto", help="model device: auto, cuda or cpu")
     p.add_argument("--reference", default="auto", choices=["auto", "compiler", "builtin"],
                    help="source of the known-good completion in each group")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kernelgym.evaluation.clusters import ENV_VAR, parse_cluster
+from kernelgym.evaluation.protocol import BACKEND_AUTO, MODE_STRICT
 
 if TYPE_CHECKING:
     from kernelgym.cluster.ray_pool import RayPool
@@ -44,7 +45,7 @@ def get_ray_pool(address: str | None = None, evaluator: Evaluator | None = None,
     `use_pool` for `address` comes first."""
     from kernelgym.cluster.ray_pool import RayPool, evaluator_options
 
-    key = (address, repr(sorted(evaluator_options(evaluator).items())), repr(sorted(kwargs.items())))
+    key = (address, repr(evaluator_options(evaluator)), repr(sorted(kwargs.items())))
     with _POOLS_LOCK:
         registered = _REGISTERED.get(address)
         if registered is not None and not registered.closed and not kwargs:
@@ -55,8 +56,8 @@ def get_ray_pool(address: str | None = None, evaluator: Evaluator | None = None,
         return pool
 
 
-def evaluate_batch_on_cluster(cluster: str | None, pairs: Sequence[tuple[Reference, str]], backend: str = "auto",
-                              mode: str = "strict", *, seed: int | None = None, trials: int = 3,
+def evaluate_batch_on_cluster(cluster: str | None, pairs: Sequence[tuple[Reference, str]], backend: str = BACKEND_AUTO,
+                              mode: str = MODE_STRICT, *, seed: int | None = None, trials: int = 3,
                               timeout: float | None = None, evaluator: Evaluator | None = None) -> list[Verdict]:
     """`evaluate_batch` on a non-local cluster (what the evaluator's ``cluster=`` branch calls)."""
     kind, address = parse_cluster(cluster)

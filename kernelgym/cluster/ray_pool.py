@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import inspect
 import logging
 import os
 import random
@@ -40,18 +39,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernelgym.evaluation.evaluator import MODES, Evaluator, Reference
-from kernelgym.evaluation.reference import trial_seed
+from kernelgym.evaluation.evaluator import Evaluator, Reference
+from kernelgym.evaluation.options import EvaluatorOptions
+from kernelgym.evaluation.protocol import (
+    BACKEND_AUTO,
+    BACKEND_CUDA,
+    BACKEND_INTERPRET,
+    BACKENDS,
+    MODE_STRICT,
+    MODES,
+    trial_seed,
+)
 from kernelgym.evaluation.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the Ray evaluation pool needs Ray: pip install 'kernelgym[ray]'"
-
-# Evaluator settings an actor copies from the caller's evaluator (the pool sizes are the actor's own).
-_COPIED = ("memory_limit_mb", "timeout", "baseline_timeout", "skip_static_guards", "ptx_check", "bench",
-           "recycle_on_failure", "reference_memory_limit_mb", "os_sandbox", "host_memory_multiple")
-
 
 class ClusterError(RuntimeError):
     """The Ray cluster cannot be used: unreachable address, actors that cannot be started."""
@@ -85,12 +88,10 @@ def connect(address: str | None = None, **init_kwargs: Any) -> Any:
     return ray
 
 
-def evaluator_options(ev: Evaluator | None) -> dict[str, Any]:
-    """The settings of `ev` that decide verdicts (limits, timeouts, checks), for the actors' evaluators."""
-    if ev is None:
-        return {}
-    accepted = inspect.signature(Evaluator.__init__).parameters
-    return {k: getattr(ev, k) for k in _COPIED if k in accepted and hasattr(ev, k)}
+def evaluator_options(ev: Evaluator | None) -> EvaluatorOptions:
+    """The settings of `ev` that decide verdicts (limits, timeouts, checks), for the actors'
+    evaluators (`EvaluatorOptions.verdict_settings`; the defaults without `ev`)."""
+    return ev.options.verdict_settings() if ev is not None else EvaluatorOptions()
 
 
 # ----------------------------------------------------------------------------- the actor
@@ -98,18 +99,20 @@ def evaluator_options(ev: Evaluator | None) -> dict[str, Any]:
 class EvalActor:
     """One Ray actor: a local `Evaluator` (and its sandboxed worker processes) on one node.
 
-    role: "gpu" or "cpu". The class is plain Python; `RayPool` wraps it with `ray.remote`.
+    role: "gpu" or "cpu"; its evaluator takes `options` with `settings` (`EvaluatorOptions` field
+    names) changed. The class is plain Python; `RayPool` wraps it with `ray.remote`.
     """
 
-    def __init__(self, role: str, options: dict[str, Any], triton_cache_dir: str | None):
+    def __init__(self, role: str, options: EvaluatorOptions, settings: dict[str, Any],
+                 triton_cache_dir: str | None):
         # Set before any worker starts: workers inherit the actor's environment.
         cache = triton_cache_dir or os.environ.get("TRITON_CACHE_DIR") or os.path.join(
             os.path.expanduser("~"), ".triton", "cache")
         os.makedirs(cache, exist_ok=True)
         os.environ["TRITON_CACHE_DIR"] = cache
         self.role = role
-        self.options = dict(options)
-        self.ev = Evaluator(**self.options)
+        self.options = options.replace(**settings)   # an unknown setting fails here, naming it
+        self.ev = Evaluator(self.options)
         self._pre: Any = None  # a Precompiler, started on the first precompile
         self._pre_lock = threading.Lock()
 
@@ -237,7 +240,8 @@ class RayPool:
         self.cpu_actors, self.gpu_actors = cpu_actors, gpu_actors
         self.cpus_per_actor, self.gpu_workers = int(cpus_per_actor), int(gpu_workers)
         self.max_in_flight, self.max_deaths = max_in_flight, int(max_deaths)
-        self.options = {**evaluator_options(evaluator), **(evaluator_kwargs or {})}
+        self.options = evaluator_options(evaluator)
+        self.evaluator_kwargs = dict(evaluator_kwargs or {})   # checked by the actors' evaluators
         self.precompile = precompile
         self.triton_cache_dir = triton_cache_dir
         self.actor_start_timeout = float(actor_start_timeout)
@@ -254,30 +258,28 @@ class RayPool:
     def resolve_backend(self, backend: str) -> str:
         """'auto' -> 'cuda' when the cluster has GPUs, else 'interpret' (decided by the cluster,
         not by this driver's machine)."""
-        from kernelgym.evaluation.evaluator import BACKENDS
-
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
         gpus = int(self._resources().get("GPU", 0))
-        if backend == "auto":
-            return "cuda" if gpus else "interpret"
-        if backend == "cuda" and not gpus:
+        if backend == BACKEND_AUTO:
+            return BACKEND_CUDA if gpus else BACKEND_INTERPRET
+        if backend == BACKEND_CUDA and not gpus:
             raise ValueError("backend 'cuda' requested but the Ray cluster has no GPU")
         return backend
 
     def _wanted(self, backend: str) -> dict[str, int]:
         res = self._resources()
-        gpus = int(res.get("GPU", 0)) if backend == "cuda" else 0
+        gpus = int(res.get("GPU", 0)) if backend == BACKEND_CUDA else 0
         n_gpu = self.gpu_actors if self.gpu_actors is not None else gpus
-        if backend == "cuda":
+        if backend == BACKEND_CUDA:
             n_gpu = max(1, min(n_gpu, gpus))
         else:
             n_gpu = 0
         spare = int(res.get("CPU", 1)) - n_gpu
         n_cpu = self.cpu_actors if self.cpu_actors is not None else max(1, spare // self.cpus_per_actor)
-        if backend == "cuda" and not self.precompile:
+        if backend == BACKEND_CUDA and not self.precompile:
             n_cpu = 0
-        return {"cpu": max(0 if backend == "cuda" else 1, n_cpu), "gpu": n_gpu}
+        return {"cpu": max(0 if backend == BACKEND_CUDA else 1, n_cpu), "gpu": n_gpu}
 
     def _spawn(self, role: str) -> _Slot:
         workers = self.gpu_workers if role == "gpu" else self.cpus_per_actor
@@ -287,7 +289,7 @@ class RayPool:
         threads = max(self.max_in_flight or 0, 2 * workers + 4) + 2
         actor = self._remote.options(**resources, max_concurrency=threads, scheduling_strategy="SPREAD",
                                      max_restarts=0)
-        handle = actor.remote(role, {**self.options, "workers": workers}, self.triton_cache_dir)
+        handle = actor.remote(role, self.options, {**self.evaluator_kwargs, "workers": workers}, self.triton_cache_dir)
         slot = _Slot(role, handle, self.max_in_flight or workers + 1)
         self._slots[role].append(slot)
         self.stats["actors_started"] += 1
@@ -304,12 +306,12 @@ class RayPool:
         """The live actor handles by role (for inspection and fault-injection tests)."""
         return {r: [s.handle for s in ss if not s.dead] for r, ss in self._slots.items()}
 
-    def warm(self, backend: str = "auto") -> None:
+    def warm(self, backend: str = BACKEND_AUTO) -> None:
         """Start the actors a batch on `backend` uses and their evaluators' workers, and wait."""
         backend = self.resolve_backend(backend)
         self._ensure(backend)
         # On a GPU run the CPU actors only precompile, in subprocesses of their own: nothing to warm.
-        role = "gpu" if backend == "cuda" else "cpu"
+        role = "gpu" if backend == BACKEND_CUDA else "cpu"
         refs = [s.handle.warm.remote(backend) for s in self._slots[role] if not s.dead]
         self.ray.get(refs, timeout=self.actor_start_timeout)
         slots = [s for ss in self._slots.values() for s in ss if not s.dead and s.info is None]
@@ -325,7 +327,7 @@ class RayPool:
                 self._spawn(role)
 
     # -- the batch -------------------------------------------------------------------------------
-    def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
+    def evaluate_batch(self, pairs: Sequence[tuple[Reference, str]], backend: str = BACKEND_AUTO, mode: str = MODE_STRICT,
                        *, seed: int | None = None, trials: int = 3, timeout: float | None = None) -> list[Verdict]:
         """Evaluate (reference, candidate) pairs over the actors; verdicts in input order.
 
@@ -387,7 +389,7 @@ class _Batch:
         self.pool, self.ray = pool, pool.ray
         self.backend, self.mode, self.trials, self.timeout = backend, mode, trials, timeout
         self.results: list[Verdict | None] = [None] * len(items)
-        gpu_run = backend == "cuda"
+        gpu_run = backend == BACKEND_CUDA
         # cuda: CPU actors precompile from `to_compile`, GPU actors evaluate `ready` first, then
         # take uncompiled items rather than idle. interpret: CPU actors evaluate `ready`.
         self.to_compile: collections.deque[_Item] = collections.deque(items if gpu_run and pool.precompile else [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from kernelgym.evaluation.protocol import BACKEND_AUTO, BACKEND_INTERPRET, MODE_STRICT
 from kernelgym.task import Task
 
 # Every printable ASCII character and whitespace, plus Latin-1 and a few symbols found in docstrings.
@@ -31,13 +32,13 @@ def device_name(backend: str) -> str:
     except Exception:  # noqa: BLE001
         pass
     return "an NVIDIA H100 (CUDA) GPU" + (" (judged here with the Triton interpreter on CPU)"
-                                          if backend == "interpret" else "")
+                                          if backend == BACKEND_INTERPRET else "")
 
 
-def build_prompt(task: Task, backend: str = "auto", mode: str = "strict") -> str:
+def build_prompt(task: Task, backend: str = BACKEND_AUTO, mode: str = MODE_STRICT) -> str:
     """A complete instruction for an LLM: the reference, what to write, how it is judged, the target."""
     rules = ("Every compute op of forward must run in a Triton kernel (@triton.jit); torch may only "
-             "allocate outputs, make views and compute shapes." if mode == "strict" else
+             "allocate outputs, make views and compute shapes." if mode == MODE_STRICT else
              "torch may do part of the work, but at least one Triton kernel must do real work that the "
              "reference's torch ops would have done.")
     return f"""You are an expert GPU kernel engineer. Rewrite the PyTorch program below as fast Triton kernels.

@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from kernelgym.envs.prompts import CHARSET, MAX_TEXT, build_prompt, clean, render_verdict
 from kernelgym.evaluation import Evaluator, Verdict, default_evaluator
-from kernelgym.evaluation.evaluator import BACKENDS, MODES
+from kernelgym.evaluation.protocol import BACKEND_AUTO, BACKENDS, MODE_STRICT, MODES
 from kernelgym.rewards import RewardSpec, get_reward, score
 from kernelgym.sampler import default_sampler
 from kernelgym.sampler.profiles import difficulty_profile
@@ -56,7 +56,7 @@ class KernelEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}
 
-    def __init__(self, *, backend: str = "auto", mode: str = "strict", reward: RewardSpec = "decoupled",
+    def __init__(self, *, backend: str = BACKEND_AUTO, mode: str = MODE_STRICT, reward: RewardSpec = "decoupled",
                  evaluator: Evaluator | None = None, timeout: float | None = None,
                  render_mode: str | None = None) -> None:
         if backend not in BACKENDS:

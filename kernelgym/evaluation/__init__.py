@@ -1,8 +1,8 @@
 """Evaluation: judge a candidate Triton program against a KernelBench-format reference.
 
 `evaluate` and `evaluate_batch` run on a lazily created module-level `Evaluator` (worker pools);
-create your own `Evaluator(...)` for other pool sizes, limits or timeouts and pass it as
-`evaluator=`, or call its methods directly.
+create your own `Evaluator(...)` (settings: an `EvaluatorOptions` or its fields as keywords) for
+other pool sizes, limits or timeouts and pass it as `evaluator=`, or call its methods directly.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kernelgym.evaluation.evaluator import Evaluator, Reference, default_evaluator, resolve_backend
+from kernelgym.evaluation.options import EvaluatorOptions
+from kernelgym.evaluation.protocol import BACKEND_AUTO, MODE_STRICT
 from kernelgym.evaluation.verdict import STATUSES, Verdict
 
 
-def evaluate(reference: Reference, candidate: str, backend: str = "auto", mode: str = "strict", *,
+def evaluate(reference: Reference, candidate: str, backend: str = BACKEND_AUTO, mode: str = MODE_STRICT, *,
              seed: int | None = None, trials: int = 3, timeout: float | None = None,
              evaluator: Evaluator | None = None, task_id: str | None = None) -> Verdict:
     """Judge `candidate` (source or an LLM reply with a fenced block) against `reference`.
@@ -29,7 +31,7 @@ def evaluate(reference: Reference, candidate: str, backend: str = "auto", mode: 
                        task_id=task_id)
 
 
-def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = "auto", mode: str = "strict",
+def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = BACKEND_AUTO, mode: str = MODE_STRICT,
                    cluster: str | None = None, *, seed: int | None = None, trials: int = 3,
                    timeout: float | None = None, evaluator: Evaluator | None = None) -> list[Verdict]:
     """Evaluate (reference, candidate) pairs in parallel over the worker pool; same order as `pairs`.
@@ -43,6 +45,7 @@ def evaluate_batch(pairs: Sequence[tuple[Reference, str]], backend: str = "auto"
 __all__ = [
     "STATUSES",
     "Evaluator",
+    "EvaluatorOptions",
     "Verdict",
     "default_evaluator",
     "evaluate",

@@ -1,40 +1,18 @@
 """Correctness comparison, run in the reference worker on outputs decoded from the workers.
 
-torch is imported inside the functions: the parent process imports this module (for
-`TrialResult`) and must not pay for loading torch (see benchmarks/cold_eval.py)."""
+torch is imported inside the functions, as everywhere a worker module can be imported without
+running a job (see benchmarks/cold_eval.py). `TrialResult`, what the parent reads, is `protocol`'s."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
 from kernelgym.evaluation.jobs import read_scalars
+from kernelgym.evaluation.protocol import TrialResult
 from kernelgym.evaluation.tolerances import tolerance_for
-
-
-@dataclass
-class TrialResult:
-    """One trial's comparison: `reason` is empty when it passed."""
-
-    trial: int
-    seed: int
-    ok: bool
-    reason: str = ""
-    message: str = ""
-    max_abs_err: float | None = None
-    max_rel_err: float | None = None
-    mismatched: int = 0
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "trial": self.trial, "seed": self.seed, "ok": self.ok, "reason": self.reason,
-            "message": self.message, "max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err,
-            "mismatched": self.mismatched, "outputs": self.outputs,
-        }
 
 
 def as_outputs(value: Any) -> list[Any]:

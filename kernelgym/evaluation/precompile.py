@@ -88,13 +88,14 @@ class Precompiler:
         from kernelgym.evaluation.extract import FormatError, check_format, extract_code
         from kernelgym.evaluation.guards.static import check_source as static_check
         from kernelgym.evaluation.pool import WorkerFailure
+        from kernelgym.evaluation.protocol import MODES
         from kernelgym.task import Task
 
         t0 = time.perf_counter()
         ref_src = reference.source if isinstance(reference, Task) else reference
         if not isinstance(ref_src, str):
             raise TypeError(f"reference must be a Task or source text, got {type(reference).__name__}")
-        if mode not in ("strict", "lenient"):
+        if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected 'strict' or 'lenient'")
         try:
             code = extract_code(candidate).code

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernelgym.evaluation.jobs import describe
+from kernelgym.evaluation.protocol import MODE_STRICT
 
 TARGET = ("cuda", 90, 32)
 
@@ -87,7 +88,7 @@ def run_ptx_check(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     filename = os.path.join(state["tmpdir"], f"candidate_{digest}.py")
     with open(filename, "w", encoding="utf-8") as fh:
         fh.write(source)
-    guard = RuntimeGuard(msg.get("mode", "strict"), collections.Counter(), filename, "cpu")
+    guard = RuntimeGuard(msg.get("mode", MODE_STRICT), collections.Counter(), filename, "cpu")
     guard.install()
     name = f"kernelgym_ptx_{digest}"
     module = types.ModuleType(name)

@@ -25,14 +25,9 @@ from kernelgym.evaluation.jobs import (
     to_device,
     trial_inputs,
 )
+from kernelgym.evaluation.protocol import trial_seed
 
-SEED_MASK = (1 << 63) - 1
 DEFAULT_STORE_BYTES = 2 << 30
-
-
-def trial_seed(seed: int, t: int) -> int:
-    """Seed of trial `t` derived from the evaluation seed (stable across versions)."""
-    return (seed * 6364136223846793005 + 1442695040888963407 * (t + 1)) & SEED_MASK
 
 
 def _gpu(state: dict[str, Any]) -> Any:

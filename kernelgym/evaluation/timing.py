@@ -51,13 +51,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kernelgym.evaluation.protocol import DEFAULT_BENCH, bench_budget  # noqa: F401 - DEFAULT_BENCH: timing.DEFAULT_BENCH as before
+
 MIN_FLUSH_BYTES = 64 * 1024 * 1024
 TAIL_SLACK_MS = 0.05
-# warmup_ms: 1 ms of replays after the uploading one (and the measure's settling replay). 10 ms read
-# the same medians alone and in a busy pool, and cost the pool a fifth of its throughput in GPU time
-# that correctness runs and timings waited behind (benchmarks/NOTES.md, session 8).
-DEFAULT_BENCH: dict[str, float] = {"warmup_ms": 1.0, "rep_ms": 20.0, "min_reps": 30, "max_reps": 300,
-                                   "replay_ms": 1.0}
 MAX_FORWARDS_PER_GRAPH = 200
 MAX_WARMUP_REPLAYS = 50
 
@@ -123,25 +120,6 @@ def _trimmed_mean(values: list[float], cut: float = 0.1) -> float:
     return statistics.fmean(v[k:len(v) - k] if len(v) - 2 * k > 0 else v)
 
 
-def _budget(opts: dict[str, Any]) -> dict[str, float]:
-    unknown = set(opts) - set(DEFAULT_BENCH)
-    if unknown:
-        raise ValueError(f"unknown timing option(s) {sorted(unknown)}; known: {sorted(DEFAULT_BENCH)}")
-    b = {**DEFAULT_BENCH, **opts}
-    for k, v in b.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"timing option {k} must be a finite number, got {v!r}")
-    b["min_reps"], b["max_reps"] = int(b["min_reps"]), int(b["max_reps"])
-    problems = [f"{k} must be > 0, got {b[k]}" for k in ("rep_ms", "replay_ms") if b[k] <= 0]
-    problems += [f"warmup_ms must be >= 0, got {b['warmup_ms']}"] if b["warmup_ms"] < 0 else []
-    problems += [f"min_reps must be >= 1, got {b['min_reps']}"] if b["min_reps"] < 1 else []
-    problems += [f"max_reps ({b['max_reps']}) must be >= min_reps ({b['min_reps']})"] \
-        if b["max_reps"] < b["min_reps"] else []
-    if problems:
-        raise ValueError("bad timing budget: " + "; ".join(problems))
-    return b
-
-
 def _tensors(obj: Any) -> list[Any]:
     import torch
 
@@ -166,7 +144,7 @@ class EagerBench:
             raise RuntimeError("timing needs a CUDA device")
         if not input_sets:
             raise ValueError("timing needs at least one input set")
-        self.fn, self.input_sets, self.opts = fn, input_sets, _budget(opts)
+        self.fn, self.input_sets, self.opts = fn, input_sets, bench_budget(opts)
 
     def run(self) -> dict[str, Any]:
         import torch
@@ -217,7 +195,7 @@ class GraphBench:
             raise RuntimeError("timing needs a CUDA device")
         if not input_sets:
             raise ValueError("timing needs at least one input set")
-        self.fn, self.input_sets, self.opts = fn, input_sets, _budget(opts)
+        self.fn, self.input_sets, self.opts = fn, input_sets, bench_budget(opts)
         self.stream = stream if stream is not None else torch.cuda.current_stream()
         if self.stream.cuda_stream == torch.cuda.default_stream().cuda_stream:
             raise ValueError("CUDA graphs cannot be captured on the default stream; pass another stream")
@@ -571,7 +549,7 @@ def naive_bench(fn: Callable[[list[Any]], Any], input_sets: list[list[Any]], **o
     """
     import torch
 
-    b = _budget(opts)
+    b = bench_budget(opts)
     k = len(input_sets)
     cache = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
     s0, s1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

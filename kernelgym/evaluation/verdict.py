@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernelgym.evaluation.protocol import MODE_STRICT
+
 STATUSES = (
     "ok",
     "format_error",
@@ -46,7 +48,7 @@ class Verdict:
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
     # Fields beyond the contract.
-    mode: str = "strict"
+    mode: str = MODE_STRICT
     task_id: str | None = None
     notes: list[str] = field(default_factory=list)
     trials: list[dict[str, Any]] = field(default_factory=list)

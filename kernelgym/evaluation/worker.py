@@ -20,6 +20,8 @@ import tempfile
 import time
 from typing import Any
 
+from kernelgym.evaluation.protocol import SYNC_ENV, SYNC_SCHEDULES
+
 MAX_REQUEST_BYTES = 4 << 30
 
 
@@ -100,9 +102,6 @@ def _confine(role: str, tmpdir: str) -> str:
     return rep.label
 
 
-SYNC_ENV = "KERNELGYM_CUDA_SYNC"
-# CU_CTX_SCHED_* of the CUDA driver API: how a host thread waits for the GPU.
-SYNC_SCHEDULES = {"auto": 0, "spin": 1, "yield": 2, "block": 4}
 
 
 def set_sync_schedule(mode: str, lib: Any = None) -> bool:

@@ -74,15 +74,16 @@ def _solve(tasks: list, args: argparse.Namespace) -> dict[str, tuple[str | None,
     """Each task's solution source (None when not accepted) and its verdict, by task id."""
     from kernelgym.evaluation import Evaluator
     from kernelgym.evaluation.evaluator import resolve_backend
+    from kernelgym.evaluation.protocol import MODE_STRICT
     from kernelgym.runner import build_policy, run_tasks
 
     backend = resolve_backend(args.backend)
     with Evaluator() as evaluator:
         # The policy is resolved at run time (entry points or MODULE:ATTR), so kernelgym does not
         # import policies/ itself.
-        policy = build_policy(args.policy, "compiler", mode="strict", backend=backend, evaluator=evaluator,
+        policy = build_policy(args.policy, "compiler", mode=MODE_STRICT, backend=backend, evaluator=evaluator,
                               seed=args.seed)
-        results = run_tasks(tasks, policy, evaluator, backend, "strict", jobs=max(2, evaluator.workers),
+        results = run_tasks(tasks, policy, evaluator, backend, MODE_STRICT, jobs=max(2, evaluator.workers),
                             seed=args.seed)
     return {r.task.id: (r.source if r.verdict.status == "ok" else None, r.verdict) for r in results}
 

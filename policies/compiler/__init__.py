@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from kernelgym.evaluation.protocol import MODES
 from kernelgym.ops import get_op
 from kernelgym.runner import task_phase
 from kernelgym.task import Task
@@ -81,7 +82,7 @@ class CompilerPolicy:
 
     def __init__(self, mode: str = "strict", config: Mapping[str, Any] | None = None,
                  torch_ops: Iterable[str] = (), extern: str | Iterable[int] = "auto"):
-        if mode not in ("strict", "lenient"):
+        if mode not in MODES:
             raise ValueError(f"mode must be 'strict' or 'lenient', got {mode!r}")
         if isinstance(extern, str) and extern not in ("auto", "none", "all"):
             raise ValueError(f"extern must be 'auto', 'none', 'all' or node indices, got {extern!r}")
