@@ -446,7 +446,7 @@ def difficulty_list(text: str) -> list[int]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The `kernelgym run` options (DESIGN.md contract plus budget, LLM and pool settings)."""
+    """The `kernelgym run` options (the contract in README.md "Main job" plus budget, LLM and pool settings)."""
 
     p.add_argument("--policy", default="search",
                    help="compiler | search | llm | an entry point of group kernelgym.policies | module:attr "
