@@ -127,8 +127,7 @@ def difficulty_list(text: str) -> list[int]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The `kernelgym run` options (the CLI contract of docs/ARCHITECTURE.md plus budget, LLM and pool
-    settings)."""
+    """The `kernelgym run` options (the contract in README.md "Main job" plus budget, LLM and pool settings)."""
     from kernelgym.evaluation.protocol import BACKEND_AUTO, BACKENDS, MODE_STRICT, MODES
 
     p.add_argument("--policy", default="search",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernelgym.envs.prompts import build_prompt, feedback
-from kernelgym.evaluation.extract import FormatError, check_format, extract_code
+from kernelgym.evaluation.extract import PY_LANGS, FormatError, check_format, code_blocks, extract_code
 from kernelgym.evaluation.protocol import BACKENDS, MODES
 from kernelgym.pyast import parse
 from kernelgym.task import Task
@@ -30,8 +30,6 @@ Message = dict[str, str]
 MAX_SOURCE_CHARS = 16_000   # of one earlier attempt shown back to the model (a 1 MB candidate would fill its context)
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
-_PY_LANGS = {"", "python", "py", "python3", "triton"}
-_OPEN_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([A-Za-z0-9_+.-]*)[^`\n]*$")
 _THINK_TAGS = "think|thinking|reasoning"
 _THINK_BLOCK = re.compile(rf"<({_THINK_TAGS})>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 _THINK_CLOSE = re.compile(rf"</({_THINK_TAGS})>", re.IGNORECASE)
@@ -160,32 +158,6 @@ def split_reasoning(reply: str) -> tuple[str, str]:
     return answer, "\n".join(reasoning)
 
 
-@dataclass(frozen=True)
-class Block:
-    lang: str
-    code: str
-    closed: bool
-
-
-def code_blocks(text: str) -> list[Block]:
-    """The fenced blocks of `text` in order; a fence still open at the end (a cut reply) counts too."""
-    blocks: list[Block] = []
-    fence, lang, body = None, "", []
-    for line in text.splitlines():
-        if fence is None:
-            m = _OPEN_FENCE.match(line)
-            if m:
-                fence, lang, body = m.group(1), m.group(2).lower(), []
-        elif line.strip().startswith(fence[0] * len(fence)) and not line.strip().strip(fence[0]):
-            blocks.append(Block(lang, "\n".join(body) + "\n", True))
-            fence = None
-        else:
-            body.append(line)
-    if fence is not None and body:
-        blocks.append(Block(lang, "\n".join(body) + "\n", False))
-    return blocks
-
-
 def _valid(code: str) -> bool:
     try:
         check_format(code)
@@ -229,10 +201,10 @@ def _code_in(text: str) -> tuple[str | None, str | None]:
         return None, None
     if _valid(text):
         return text, None
-    blocks = code_blocks(text)
+    blocks = [b for b in code_blocks(text) if b.closed or b.code]
     if not blocks:
         return _bare_code(text), None
-    py = [b for b in blocks if b.lang in _PY_LANGS] or blocks
+    py = [b for b in blocks if b.lang in PY_LANGS] or blocks
     # The last complete module wins: models revise a first draft, and a cut-off final block does not parse.
     for b in reversed(py):
         if _valid(b.code):

@@ -11,7 +11,13 @@ import torch
 
 from kernelgym.evaluation import codec
 from kernelgym.evaluation.check import compare_trial, reference_problem
-from kernelgym.evaluation.extract import MAX_CANDIDATE_BYTES, FormatError, check_format, extract_code
+from kernelgym.evaluation.extract import (
+    MAX_CANDIDATE_BYTES,
+    FormatError,
+    check_format,
+    code_blocks,
+    extract_code,
+)
 from kernelgym.evaluation.tolerances import table, tolerance_for
 
 
@@ -48,6 +54,24 @@ def test_extract_fenced_reply_prefers_block_with_modelnew():
     assert ex.code.strip() == "class ModelNew:\n    pass"
     assert ex.notes and "markdown fence" in ex.notes[0]
     assert extract_code("class ModelNew: pass\n").notes == []
+
+
+def test_code_blocks_scans_fences_as_commonmark_does():
+    """The one fence scanner (the evaluator's extraction and the LLM policies' reply parsing): a
+    block's text is the reply's byte for byte, a closing fence may be longer than its opening one,
+    a fence left open at the end is a block marked unclosed, and a backtick fence's info string
+    holds no backticks."""
+    reply = "Intro\r\n```Python extra\r\ns = '\u2028'\r\n````\r\n~~~\n```\nx = 1\n~~~\n```py\ncut"
+    blocks = code_blocks(reply)
+    assert [(b.lang, b.code, b.closed) for b in blocks] == [
+        ("python", "s = '\u2028'\r\n", True), ("", "```\nx = 1\n", True), ("py", "cut", False)]
+    assert reply[blocks[0].start:].startswith("```Python")
+    # not an opening line (a backtick in a backtick fence's info string), so the last line opens one
+    assert [(b.code, b.closed) for b in code_blocks("```python `x`\ncode\n```\n")] == [("", False)]
+    assert [b.code for b in code_blocks("```python\n")] == [""]     # opened; nothing came yet
+    assert code_blocks("```python") == [] and code_blocks("no fences\n") == []
+    # The evaluator judges a CRLF reply's block (the closing "```\r" closes it).
+    assert extract_code("```python\r\nclass ModelNew: pass\r\n```\r\n").code == "class ModelNew: pass\r\n"
 
 
 def test_extract_unterminated_fence_and_limits():

@@ -33,11 +33,6 @@ def text_space(max_length: int = MAX_TEXT) -> spaces.Text:
     return TextSpace(max_length=max_length, min_length=0, charset=CHARSET)
 
 
-def shared(evaluator: Evaluator) -> Evaluator:
-    """`evaluator` itself: kept for callers of earlier versions; an Evaluator now copies to itself."""
-    return evaluator
-
-
 def check_difficulty(difficulty: Any) -> int:
     """`difficulty` as an int in 1..16, or a ValueError saying what is wrong."""
     if isinstance(difficulty, bool) or not isinstance(difficulty, (int, np.integer)):

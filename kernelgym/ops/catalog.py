@@ -313,6 +313,15 @@ register(OpSpec(
 # ---- linear algebra ------------------------------------------------------------------------------
 
 
+def _product_flops(ins, o, p):
+    """A product over the first input's last dim: a multiply and an add per output and term."""
+    return 2 * numel(o) * ins[0][-1]
+
+
+def _product_log_flops(a, o, p, c):
+    return sum(o.logs) + a[0].logs[0] + 1
+
+
 def _linear_shape(a, o, p, c):
     x = a[0]
     n = c.fresh("out_features")
@@ -323,10 +332,10 @@ register(OpSpec(
     name="linear", category="matmul", arity=1,
     call=lambda a, p: f"F.linear({a[0]}, {p['_w']['weight']}, {p['_w']['bias']})",
     shape=_linear_shape,
-    flops=lambda ins, o, p: 2 * numel(o) * ins[0][-1],
+    flops=_product_flops,
     weights=lambda ins, o, p: [Weight("weight", (o[-1], ins[0][-1]), "randn_scaled"), Weight("bias", (o[-1],), "randn")],
     min_rank=2, doc="F.linear(x, W, b) over the last dim",
-    log_flops=lambda a, o, p, c: sum(o.logs) + a[0].logs[0] + 1,
+    log_flops=_product_log_flops,
 ))
 
 
@@ -337,12 +346,13 @@ def _matmul_shape(a, o, p, c):
             o.dims[0] == y.dims[0]]
 
 
-register(OpSpec(
-    name="matmul", category="matmul", arity=2,
-    call=lambda a, p: f"torch.matmul({a[0]}, {a[1]})",
-    shape=_matmul_shape, flops=lambda ins, o, p: 2 * numel(o) * ins[0][-1], min_rank=2,
-    doc="torch.matmul of (..., M, K) and (K, N)", log_flops=lambda a, o, p, c: sum(o.logs) + a[0].logs[0] + 1,
-))
+def _product(name: str, shape: Any, min_rank: int, doc: str) -> OpSpec:
+    """torch.<name>(a, b): a matrix product of two inputs."""
+    return OpSpec(name=name, category="matmul", arity=2, call=lambda a, p: f"torch.{name}({a[0]}, {a[1]})",
+                  shape=shape, flops=_product_flops, min_rank=min_rank, doc=doc, log_flops=_product_log_flops)
+
+
+register(_product("matmul", _matmul_shape, 2, "torch.matmul of (..., M, K) and (K, N)"))
 
 
 def _bmm_shape(a, o, p, c):
@@ -351,12 +361,7 @@ def _bmm_shape(a, o, p, c):
             o.dims[2] == x.dims[2], o.dims[1] == x.dims[1], o.dims[0] == y.dims[0], *pad_ones(o, 3)]
 
 
-register(OpSpec(
-    name="bmm", category="matmul", arity=2,
-    call=lambda a, p: f"torch.bmm({a[0]}, {a[1]})",
-    shape=_bmm_shape, flops=lambda ins, o, p: 2 * numel(o) * ins[0][-1], min_rank=3,
-    doc="torch.bmm of (B, M, K) and (B, K, N)", log_flops=lambda a, o, p, c: sum(o.logs) + a[0].logs[0] + 1,
-))
+register(_product("bmm", _bmm_shape, 3, "torch.bmm of (B, M, K) and (B, K, N)"))
 
 
 def _addmm_shape(a, o, p, c):
@@ -751,17 +756,20 @@ _cumulative("logcumsumexp", "torch.logcumsumexp({0}, dim={dim})", out=REAL, flop
 # ---- shape ops (data movement) -------------------------------------------------------------------
 
 
+def _view_op(name: str, call: Any, shape: Any, params: tuple[Param, ...], doc: str, min_rank: int = 1,
+             category: str = "shape") -> None:
+    """Register a data-movement op of one input: no FLOPs, its output values are the input's."""
+    register(OpSpec(name=name, category=category, arity=1, call=call, shape=shape, flops=lambda ins, o, p: 0,
+                    params=params, min_rank=min_rank, out_range="first", doc=doc))
+
+
 def _transpose_shape(a, o, p, c):
     x = a[0]
     return [x.rank >= 2, *keep_except(x, o, [0, 1]), o.dims[0] == x.dims[1], o.dims[1] == x.dims[0]]
 
 
-register(OpSpec(
-    name="transpose", category="shape", arity=1,
-    call=lambda a, p: f"{a[0]}.transpose(-1, -2).contiguous()",
-    shape=_transpose_shape, flops=lambda ins, o, p: 0, min_rank=2, out_range="first",
-    doc="x.transpose(-1, -2).contiguous()",
-))
+_view_op("transpose", lambda a, p: f"{a[0]}.transpose(-1, -2).contiguous()", _transpose_shape, (),
+         "x.transpose(-1, -2).contiguous()", min_rank=2)
 
 
 def _permute_shape(a, o, p, c):
@@ -776,12 +784,8 @@ def _permute_shape(a, o, p, c):
     return cs
 
 
-register(OpSpec(
-    name="permute", category="shape", arity=1,
-    call=lambda a, p: f"{a[0]}.permute(0, *range(2, {a[0]}.dim()), 1).contiguous()",
-    shape=_permute_shape, flops=lambda ins, o, p: 0, min_rank=3, out_range="first",
-    doc="(N, C, *S) -> (N, *S, C), contiguous",
-))
+_view_op("permute", lambda a, p: f"{a[0]}.permute(0, *range(2, {a[0]}.dim()), 1).contiguous()", _permute_shape, (),
+         "(N, C, *S) -> (N, *S, C), contiguous", min_rank=3)
 
 
 def _flatten_shape(a, o, p, c):
@@ -792,11 +796,7 @@ def _flatten_shape(a, o, p, c):
     return cs
 
 
-register(OpSpec(
-    name="flatten", category="shape", arity=1,
-    call=lambda a, p: f"torch.flatten({a[0]}, 1)",
-    shape=_flatten_shape, flops=lambda ins, o, p: 0, min_rank=3, out_range="first", doc="torch.flatten(x, 1)",
-))
+_view_op("flatten", lambda a, p: f"torch.flatten({a[0]}, 1)", _flatten_shape, (), "torch.flatten(x, 1)", min_rank=3)
 
 
 def _merge_last_shape(a, o, p, c):
@@ -842,12 +842,19 @@ register(OpSpec(
     shape=_cat_shape, flops=lambda ins, o, p: 0, params=(Param("dim", (1, 2)),), out_range="min",
     doc="torch.cat([a, b], dim)",
 ))
-register(OpSpec(
-    name="tril", category="where", arity=1,
-    call=lambda a, p: f"torch.tril({a[0]})",
-    shape=lambda a, o, p, c: same_shape(a[0], o) + [a[0].rank >= 2, a[0].dims[0] >= 2, a[0].dims[1] >= 2],
-    flops=_per_out(1), min_rank=2, out_range=REAL, doc="torch.tril(x): mask above the diagonal",
-))
+
+
+def _triangle(name: str, masked: str) -> OpSpec:
+    """torch.tril / torch.triu: zero the elements on one side of the (last two dims') diagonal."""
+    return OpSpec(
+        name=name, category="where", arity=1,
+        call=lambda a, p: f"torch.{name}({a[0]})",
+        shape=lambda a, o, p, c: same_shape(a[0], o) + [a[0].rank >= 2, a[0].dims[0] >= 2, a[0].dims[1] >= 2],
+        flops=_per_out(1), min_rank=2, out_range=REAL, doc=f"torch.{name}(x): mask {masked} the diagonal",
+    )
+
+
+register(_triangle("tril", "above"))
 
 
 # x.masked_fill(mask <cmp> c, value): attention masks (``att.masked_fill(self.bias[:, :, :T, :T] == 0,
@@ -1002,12 +1009,7 @@ register(OpSpec(
     # lead * L * Ev (the output) * S * E, over-counting when Ev and E differ (a budget, not a count)
     log_flops=lambda a, o, p, c: sum(o.logs) + a[1].logs[1] + a[0].logs[0] + 2,
 ))
-register(OpSpec(
-    name="triu", category="where", arity=1,
-    call=lambda a, p: f"torch.triu({a[0]})",
-    shape=lambda a, o, p, c: same_shape(a[0], o) + [a[0].rank >= 2, a[0].dims[0] >= 2, a[0].dims[1] >= 2],
-    flops=_per_out(1), min_rank=2, out_range=REAL, doc="torch.triu(x): mask below the diagonal",
-))
+register(_triangle("triu", "below"))
 
 
 def _unsqueeze_shape(a, o, p, c):
@@ -1015,12 +1017,6 @@ def _unsqueeze_shape(a, o, p, c):
     cs = [o.rank == x.rank + 1, x.rank + 1 >= p["dim"], x.rank <= MAX_RANK - 1, o.dims[k] == 1]
     cs += [o.dims[m] == (x.dims[m] if m < k else x.dims[m - 1]) for m in range(MAX_RANK) if m != k]
     return cs
-
-
-def _view_op(name: str, call: Any, shape: Any, params: tuple[Param, ...], doc: str, min_rank: int = 1,
-             category: str = "shape") -> None:
-    register(OpSpec(name=name, category=category, arity=1, call=call, shape=shape, flops=lambda ins, o, p: 0,
-                    params=params, min_rank=min_rank, out_range="first", doc=doc))
 
 
 _SLOT = Param("dim", (1, 2))

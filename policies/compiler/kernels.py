@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernelgym.ops.catalog import conv_groups
+from kernelgym.ops.catalog import conv_dims, conv_groups
 from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, broadcast, lit, paren
 from policies.compiler.ir import (
     GLOBAL_POOLS,
@@ -1075,11 +1075,9 @@ def _conv_taps(w: KernelWriter, x_ref: Any, x_shape: tuple[int, ...], wref: Any,
 
 
 def _per_dim(v: Any, n: int) -> tuple[int, ...]:
-    if isinstance(v, (list, tuple)):
-        if len(v) != n:
-            raise CompileError(f"expected {n} values, got {v!r}")
-        return tuple(int(x) for x in v)
-    return (int(v),) * n
+    if isinstance(v, (list, tuple)) and len(v) != n:
+        raise CompileError(f"expected {n} values, got {v!r}")
+    return conv_dims(v, n)
 
 
 def _lin(a: Expr, sa: int, b: Expr, sb: int, c: int) -> str:
@@ -1184,18 +1182,21 @@ def einsum_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
         w.emit(f"a_mask = (rm[:, None] < {m}) & (rk[None, :] < {k})")
         w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
         red1 = w.decompose("rk", [ct.sizes[ch] for ch in ct.red], ak, "r")
-        with w.tile(["m", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
-            ea = exprs | {ch: _view(e, "[None, :]") for ch, e in zip(ct.red, red1)}
-            flat = f"{_bofs(batch > 1, m * k)}rm[:, None] * {k} + rk[None, :]" \
-                if ct.a == ct.batch + ct.rows + ct.red else None
-            a = _operand(w, a_ref, Coords(a_shape, _letter_coords(ct.a, ea), w.new_key(), flat,
-                                          am | ak if flat else frozenset()), "a_mask", "a")
-        with w.tile(["k", "n"], "b_mask", ["BLOCK_K", "BLOCK_N"]):
-            eb = exprs | {ch: _view(e, "[:, None]") for ch, e in zip(ct.red, red1)}
-            flat = f"{_bofs(batch > 1, k * n)}rk[:, None] * {n} + rn[None, :]" \
-                if ct.b == ct.batch + ct.red + ct.cols else None
-            b = _operand(w, b_ref, Coords(b_shape, _letter_coords(ct.b, eb), w.new_key(), flat,
-                                          ak | an_ if flat else frozenset()), "b_mask", "b")
+
+        def operand(side: str, ref: Any, shape: tuple, subs: str, axes: list[str], red_view: str,
+                    flat: str | None, keys: frozenset) -> str:
+            """One operand's tile: by flat index (`flat`, None for a transposed layout) or coordinates."""
+            with w.tile(axes, f"{side}_mask", [f"BLOCK_{x.upper()}" for x in axes]):
+                e = exprs | {ch: _view(x, red_view) for ch, x in zip(ct.red, red1)}
+                coords = Coords(shape, _letter_coords(subs, e), w.new_key(), flat, keys if flat else frozenset())
+                return _operand(w, ref, coords, f"{side}_mask", side)
+
+        a = operand("a", a_ref, a_shape, ct.a, ["m", "k"], "[None, :]",
+                    f"{_bofs(batch > 1, m * k)}rm[:, None] * {k} + rk[None, :]"
+                    if ct.a == ct.batch + ct.rows + ct.red else None, am | ak)
+        b = operand("b", b_ref, b_shape, ct.b, ["k", "n"], "[:, None]",
+                    f"{_bofs(batch > 1, k * n)}rk[:, None] * {n} + rn[None, :]"
+                    if ct.b == ct.batch + ct.red + ct.cols else None, ak | an_)
         w.emit(f"acc += {_dot(w, a, b)}")
     w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
     with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"]):

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kernelgym.ops.catalog import per_dim
 from kernelgym.pyast import parse
 from kernelgym.sampler.graph import Graph, InputSpec, Node
 from policies.compiler.ir import CompileError, Program, StateEntry
@@ -177,27 +178,22 @@ def shape_trace(model: Any, inputs: list[Any]) -> Any:
 
     meta = torch.device("meta")
 
+    def known_or_traced(attr: str) -> property:
+        """A proxy property: the attribute of the proxy's known tensor, else traced as fx would."""
+        def get(self: Any) -> Any:
+            t = self._known()
+            return getattr(t, attr) if t is not None else torch.fx.Proxy.__getattr__(self, attr)
+        return property(get)
+
     class ShapeProxy(torch.fx.Proxy):
         value: Any = None  # a class attribute, so reading it never reaches Proxy.__getattr__
+        shape = known_or_traced("shape")
+        ndim = known_or_traced("ndim")
+        dtype = known_or_traced("dtype")
 
         def _known(self) -> Any:
             v = self.value
             return v if isinstance(v, torch.Tensor) else None
-
-        @property
-        def shape(self) -> Any:
-            t = self._known()
-            return t.shape if t is not None else torch.fx.Proxy.__getattr__(self, "shape")
-
-        @property
-        def ndim(self) -> Any:
-            t = self._known()
-            return t.ndim if t is not None else torch.fx.Proxy.__getattr__(self, "ndim")
-
-        @property
-        def dtype(self) -> Any:
-            t = self._known()
-            return t.dtype if t is not None else torch.fx.Proxy.__getattr__(self, "dtype")
 
         @property
         def device(self) -> Any:
@@ -1008,13 +1004,9 @@ def _conv_params(op: str, kernel: tuple[int, ...], stride: Any, padding: Any, di
 
 def _per_dim(v: Any, spatial: int) -> tuple[int, ...]:
     """An int or a per-dim tuple / list as a tuple of `spatial` ints."""
-    if isinstance(v, (tuple, list)):
-        if len(v) == 1:
-            return (int(v[0]),) * spatial
-        if len(v) != spatial:
-            raise _Unsupported(f"{len(v)} values {tuple(v)} for a {spatial}-D convolution")
-        return tuple(int(x) for x in v)
-    return (int(v),) * spatial
+    if isinstance(v, (tuple, list)) and len(v) not in (1, spatial):
+        raise _Unsupported(f"{len(v)} values {tuple(v)} for a {spatial}-D convolution")
+    return per_dim(v, spatial)
 
 
 def _eps(m: _Mapper, eps: Any) -> float:

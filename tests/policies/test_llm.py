@@ -119,6 +119,19 @@ def test_extract_source_finds_the_final_module(reply, expect):
     check_format(src)
 
 
+def test_extract_source_scans_fences_with_the_evaluators_scanner():
+    """One fence scanner: the policy's reply parsing and the evaluator's extraction agree on blocks
+    (a CRLF reply, a closing fence longer than its opening one, a cut block)."""
+    import policies.prompts as prompts
+    from kernelgym.evaluation import extract
+
+    assert prompts.code_blocks is extract.code_blocks
+    crlf = GOOD.replace("\n", "\r\n")
+    assert extract_source(f"Sure:\r\n```python\r\n{crlf}```\r\nDone.") == crlf
+    assert extract_source(f"```python\n{DRAFT}````\nthen\n```python\n{GOOD}```") == GOOD
+    assert extract_source("```python\n") == ""
+
+
 def test_extract_source_never_raises():
     cut = "Here:\n```python\nimport torch\nclass ModelNew(torch.nn.Module):\n    def forward(self, x):\n        ret"
     assert extract_source(cut).startswith("import torch\nclass ModelNew")   # broken, judged compile/format error

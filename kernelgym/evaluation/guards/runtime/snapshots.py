@@ -1,0 +1,111 @@
+"""Patching detection: identity snapshots of what candidate code must not replace.
+
+At install the guard records, for torch, triton, time, builtins, math, sys, os, threading and every
+loaded kernelgym module (and the classes they define), which object each callable, module,
+property or static/class method attribute is; after every sandboxed block and forward the
+identities are compared again. Replaced, deleted or added attributes are a ``patching`` finding.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+import os
+import sys
+import threading
+import types
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from kernelgym.evaluation.guards import Finding
+
+_MISSING = object()
+
+
+def _watched_owners() -> list[tuple[str, Any]]:
+    import time
+
+    import triton
+    import triton.language as tl
+    from triton.runtime import jit
+
+    owners: list[tuple[str, Any]] = [
+        ("torch", torch), ("torch.nn.functional", torch.nn.functional), ("torch.nn", torch.nn),
+        ("torch.Tensor", torch.Tensor), ("torch.nn.Module", torch.nn.Module), ("torch.cuda", torch.cuda),
+        ("torch.cuda.Event", torch.cuda.Event), ("triton", triton), ("triton.language", tl),
+        ("triton.runtime.jit", jit), ("JITFunction", jit.JITFunction), ("KernelInterface", jit.KernelInterface),
+        ("time", time), ("builtins", builtins), ("math", math), ("sys", sys), ("os", os), ("threading", threading),
+        ("threading.Thread", threading.Thread),
+    ]
+    interp = sys.modules.get("triton.runtime.interpreter")
+    if interp is not None:
+        owners += [("triton.runtime.interpreter", interp), ("InterpretedFunction", interp.InterpretedFunction),
+                   ("GridExecutor", interp.GridExecutor)]
+    for name, mod in list(sys.modules.items()):
+        if (name == "kernelgym" or name.startswith("kernelgym.")) and mod is not None:
+            owners.append((name, mod))
+            # The evaluator's own classes (RuntimeGuard.after_forward = ... would silence it).
+            for attr, v in list(vars(mod).items()):
+                if isinstance(v, type) and getattr(v, "__module__", None) == name:
+                    owners.append((f"{name}.{attr}", v))
+    return owners
+
+
+_WATCHED_TYPES = (types.ModuleType, property, classmethod, staticmethod)
+
+
+def _watchable(v: Any) -> bool:
+    return callable(v) or isinstance(v, _WATCHED_TYPES)
+
+
+class Owned(NamedTuple):
+    """One watched owner at snapshot time: its watched attributes (as a dict, and as parallel key
+    and value tuples for the fast comparison) and every attribute name it had."""
+
+    owner: Any
+    before: dict[str, Any]
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]
+    known: frozenset[str]
+
+
+def snapshot() -> dict[str, Owned]:
+    """The identities of every watched attribute of every watched owner, now."""
+    snap: dict[str, Owned] = {}
+    for name, owner in _watched_owners():
+        try:
+            items = dict(vars(owner))
+        except TypeError:
+            continue
+        before = {k: v for k, v in items.items() if callable(v) or isinstance(v, _WATCHED_TYPES)}
+        snap[name] = Owned(owner, before, tuple(before), tuple(before.values()), frozenset(items))
+    return snap
+
+
+def diff(snap: dict[str, Owned], vars: Callable[[Any], Any] = vars, any: Callable[..., bool] = any,
+         map: type = map, is_not: Callable[[Any, Any], bool] = operator.is_not) -> list[str]:
+    """Watched attributes replaced, deleted or added since the snapshot. Runs after every
+    sandboxed block, so the common case (nothing changed) compares identities in C (`map`, `any`)
+    rather than attribute by attribute in Python; the builtins it uses are bound at import."""
+    changed: list[str] = []
+    for name, o in snap.items():
+        now = vars(o.owner)
+        if any(map(is_not, map(now.get, o.keys), o.values)):
+            changed += [f"{name}.{k}" for k, v in o.before.items() if now.get(k, _MISSING) is not v]
+        if not o.known.issuperset(now):  # in C, without building a set of every name
+            changed += [f"{name}.{k} (added)" for k in now.keys() - o.known
+                        if _watchable(now[k]) and not isinstance(now[k], types.ModuleType)]
+    return changed
+
+
+def report_patching(guard: Any, diff: Callable[..., list[str]] = diff, finding: type = Finding) -> None:
+    """Add a patching finding to a `RuntimeGuard` (whose module imports this one); its helpers are
+    bound at import time, before any candidate runs."""
+    if guard._snap:
+        changed = diff(guard._snap)
+        if changed:
+            guard._add(finding("patching", "replaced: " + ", ".join(changed[:8])))
+            guard._tainted = True
