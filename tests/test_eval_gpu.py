@@ -173,7 +173,7 @@ def test_precompiled_kernels_reach_a_confined_gpu_worker(tmp_path, monkeypatch):
     import tarfile
     from pathlib import Path
 
-    from kernelgym.evaluation import sandbox
+    from kernelgym.evaluation import sandbox, triton_cache
 
     if not sandbox.probe().complete:
         pytest.skip(f"no OS sandbox: {sandbox.probe().incomplete_why}")
@@ -188,6 +188,6 @@ def test_precompiled_kernels_reach_a_confined_gpu_worker(tmp_path, monkeypatch):
         cubins = list(Path(pool.ready_info()["tmpdir"]).rglob("add_kernel.cubin"))
     assert len(cubins) == 1, cubins
     assert not list((tmp_path / "cache").rglob("*.cubin"))   # nothing shared was written
-    (archive,) = (tmp_path / f"cache{sandbox.PRECOMPILED_SUFFIX}").glob("*.tar")
+    (archive,) = (tmp_path / f"cache{triton_cache.PRECOMPILED_SUFFIX}").glob("*.tar")
     with tarfile.open(archive) as tar:
         assert f"{cubins[0].parent.name}/add_kernel.cubin" in tar.getnames(), tar.getnames()

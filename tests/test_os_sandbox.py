@@ -14,7 +14,7 @@ import warnings
 
 import pytest
 
-from kernelgym.evaluation import sandbox
+from kernelgym.evaluation import sandbox, triton_cache
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_sandbox = pytest.mark.skipif(not sandbox.probe().active, reason=f"no OS sandbox: {sandbox.probe().why}")
@@ -194,9 +194,9 @@ def test_refusals_become_findings(exc, name):
 
 def test_each_candidate_gets_a_fresh_triton_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/shared")
-    first = sandbox.fresh_triton_cache(str(tmp_path))
+    first = triton_cache.fresh_triton_cache(str(tmp_path))
     (tmp_path / os.path.basename(first) / "planted.cubin").write_bytes(b"x")
-    second = sandbox.fresh_triton_cache(str(tmp_path))
+    second = triton_cache.fresh_triton_cache(str(tmp_path))
     assert first != second and os.environ["TRITON_CACHE_DIR"] == second
     assert not os.path.exists(first) and os.listdir(second) == []
 
@@ -272,48 +272,46 @@ def test_precompiled_kernels_are_filed_by_the_parent_and_unpacked_for_the_same_c
     scratch, root = tmp_path / "child", tmp_path / "root"
     scratch.mkdir()
     _fake_child_cache(scratch)
-    assert sandbox.file_precompiled(str(scratch), "code A", root=str(root)) == 2
-    archive = root / f"{sandbox.candidate_digest('code A')}.tar"
+    assert triton_cache.file_precompiled(str(scratch), "code A", root=str(root)) == 2
+    archive = root / f"{triton_cache.candidate_digest('code A')}.tar"
     with tarfile.open(archive) as tar:
         assert sorted(tar.getnames()) == ["KEY/__grp__add_kernel.json", "KEY/add_kernel.cubin"]
     assert oct(archive.stat().st_mode & 0o777) == oct(0o644)
-    assert sandbox.file_precompiled(str(tmp_path / "nothing"), "code B", root=str(root)) == 0
+    assert triton_cache.file_precompiled(str(tmp_path / "nothing"), "code B", root=str(root)) == 0
 
-    monkeypatch.setattr(sandbox, "_PRECOMPILED", [str(root)])
+    monkeypatch.setattr(triton_cache, "_PRECOMPILED", [str(root)])
     monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/shared")
     worker = tmp_path / "worker"
     worker.mkdir()
-    mine = sandbox.fresh_triton_cache(str(worker), "code A")
+    mine = triton_cache.fresh_triton_cache(str(worker), "code A")
     assert sorted(p.name for p in (worker / os.path.basename(mine)).rglob("*")) == [
         "KEY", "__grp__add_kernel.json", "add_kernel.cubin"]
     assert (worker / os.path.basename(mine) / "KEY" / "add_kernel.cubin").read_bytes() == b"\x7fELF cubin"
-    other = sandbox.fresh_triton_cache(str(worker), "code B")   # another candidate: nothing of A's
+    other = triton_cache.fresh_triton_cache(str(worker), "code B")   # another candidate: nothing of A's
     assert os.listdir(other) == [] and not os.path.exists(mine)
 
 
 def test_precompiled_archives_are_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(sandbox, "PRECOMPILED_KEEP", 3)
+    monkeypatch.setattr(triton_cache, "PRECOMPILED_KEEP", 3)
     scratch = tmp_path / "child"
     scratch.mkdir()
     _fake_child_cache(scratch)
     for i in range(5):
-        sandbox.file_precompiled(str(scratch), f"code {i}", root=str(tmp_path / "root"))
-        os.utime(tmp_path / "root" / f"{sandbox.candidate_digest(f'code {i}')}.tar", (i, i))
+        triton_cache.file_precompiled(str(scratch), f"code {i}", root=str(tmp_path / "root"))
+        os.utime(tmp_path / "root" / f"{triton_cache.candidate_digest(f'code {i}')}.tar", (i, i))
     left = sorted(os.listdir(tmp_path / "root"))
-    assert left == sorted(f"{sandbox.candidate_digest(f'code {i}')}.tar" for i in (2, 3, 4)), left
+    assert left == sorted(f"{triton_cache.candidate_digest(f'code {i}')}.tar" for i in (2, 3, 4)), left
 
 
 _GPU_CHILD = textwrap.dedent("""
     import json, os, sys
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("sandbox", os.path.join(sys.argv[3], "sandbox.py"))
-    sandbox = sys.modules["sandbox"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sandbox)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(sys.argv[3]))))
+    from kernelgym.evaluation import sandbox, triton_cache   # imports neither torch nor threads
     scratch, code = sys.argv[1:3]
-    root = sandbox.precompiled_root()
+    root = triton_cache.precompiled_root()
     rep = sandbox.confine("candidate", scratch, mode="auto", gpu_devices=True)
     res = {"active": rep.active}
-    cache = sandbox.fresh_triton_cache(scratch, code)
+    cache = triton_cache.fresh_triton_cache(scratch, code)
     res["unpacked"] = sorted(os.path.relpath(os.path.join(d, f), cache) for d, _, fs in os.walk(cache) for f in fs)
     for name, fn in (("list_root", lambda: os.listdir(root)),
                      ("write_root", lambda: open(os.path.join(root, "planted.tar"), "wb").write(b"x"))):
@@ -334,10 +332,12 @@ def test_confined_gpu_worker_reads_its_own_archive_and_nothing_else(tmp_path):
     child = tmp_path / "child"
     child.mkdir()
     _fake_child_cache(child)
-    env = {**os.environ, "TRITON_CACHE_DIR": str(shared), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    # One thread, as a worker's environment keeps it (`pool.Role.env`): numpy's BLAS starts none.
+    env = {**os.environ, "TRITON_CACHE_DIR": str(shared), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     # The worker's root is derived from the shared cache's path, as the parent's is.
-    root = str(shared.resolve()) + sandbox.PRECOMPILED_SUFFIX
-    assert sandbox.file_precompiled(str(child), "code A", root=root) == 2
+    root = str(shared.resolve()) + triton_cache.PRECOMPILED_SUFFIX
+    assert triton_cache.file_precompiled(str(child), "code A", root=root) == 2
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     p = subprocess.run([sys.executable, "-c", _GPU_CHILD, str(scratch), "code A", os.path.dirname(sandbox.__file__)],
@@ -369,8 +369,8 @@ def test_confined_precompile_files_its_kernels_for_the_candidates_gpu_worker(tmp
         pre.close()
     assert rep["ok"] and rep["filed"] >= 2, rep
     assert not list((tmp_path / "cache").rglob("*.cubin"))   # nothing written to the shared cache
-    archive = tmp_path / f"cache{sandbox.PRECOMPILED_SUFFIX}" / \
-        f"{sandbox.candidate_digest(extract_code(softmax.source).code)}.tar"
+    archive = tmp_path / f"cache{triton_cache.PRECOMPILED_SUFFIX}" / \
+        f"{triton_cache.candidate_digest(extract_code(softmax.source).code)}.tar"
     with tarfile.open(archive) as tar:
         assert any(n.endswith("softmax_kernel.cubin") for n in tar.getnames()), tar.getnames()
 
@@ -379,11 +379,11 @@ def test_a_retired_triton_cache_is_gone_and_the_next_is_fresh(tmp_path, monkeypa
     """A worker retires its candidate's cache after the reply (off the evaluation's clock); the next
     `fresh_triton_cache` then has nothing to remove, and one never retired is removed there."""
     monkeypatch.setenv("TRITON_CACHE_DIR", "/somewhere/shared")
-    first = sandbox.fresh_triton_cache(str(tmp_path))
+    first = triton_cache.fresh_triton_cache(str(tmp_path))
     (tmp_path / os.path.basename(first) / "planted.cubin").write_bytes(b"x")
-    sandbox.retire_triton_cache(str(tmp_path))
+    triton_cache.retire_triton_cache(str(tmp_path))
     assert not os.path.exists(first) and os.environ["TRITON_CACHE_DIR"] == first
-    second = sandbox.fresh_triton_cache(str(tmp_path))
+    second = triton_cache.fresh_triton_cache(str(tmp_path))
     assert second != first and os.listdir(second) == []
-    sandbox.retire_triton_cache(str(tmp_path / "elsewhere"))   # not this scratch folder's cache: kept
+    triton_cache.retire_triton_cache(str(tmp_path / "elsewhere"))   # not this scratch folder's cache: kept
     assert os.path.isdir(second)

@@ -13,8 +13,8 @@ source, the specialisation, the target and the options, so when the GPU worker o
 launches the same kernel with the same arguments it loads the cubin instead of compiling it.
 Under the OS sandbox the worker compiles into a cache of its own (it may write nowhere shared);
 after each request this side archives that cache's regular files for the candidate's code
-(`sandbox.file_precompiled`) and the confined GPU worker unpacks them into its fresh cache
-before it runs that same code (`sandbox.fresh_triton_cache`).
+(`triton_cache.file_precompiled`) and the confined GPU worker unpacks them into its fresh cache
+before it runs that same code (`triton_cache.fresh_triton_cache`).
 
 This is a hint, never a judgement: the GPU actor still runs the whole pipeline, and a candidate
 whose forward fails here (data-dependent control flow, hard-coded ``device="cuda"``, a kernel
@@ -57,10 +57,10 @@ class Precompiler:
 
         self.os_sandbox = check_mode(os_sandbox)
         # Where confined children's kernels are filed, fixed now: the GPU workers started from this
-        # environment derive the same folder (`sandbox.precompiled_root`).
+        # environment derive the same folder (`triton_cache.precompiled_root`).
         self.store: str | None = None
         if self.os_sandbox != "off":
-            from kernelgym.evaluation.sandbox import precompiled_root
+            from kernelgym.evaluation.triton_cache import precompiled_root
 
             self.store = precompiled_root()
         self.size = max(1, int(size))
@@ -83,7 +83,7 @@ class Precompiler:
         reference: a `kernelgym.task.Task` or KernelBench-format source (for the init inputs and
         the inputs' shapes). Returns ``{"ok", "kernels": [{"kernel", "hash", "seconds"}], "error",
         "seconds", "skipped", "filed"}`` (filed: cache files handed on for a confined GPU worker,
-        `sandbox.file_precompiled`); never raises for anything the candidate does.
+        `triton_cache.file_precompiled`); never raises for anything the candidate does.
         """
         from kernelgym.evaluation.extract import FormatError, check_format, extract_code
         from kernelgym.evaluation.guards.static import check_source as static_check
@@ -127,7 +127,7 @@ class Precompiler:
             if self.store is not None and tmpdir:
                 # Confined, the worker compiled into a cache of its own: file its kernels where this
                 # candidate's (confined) GPU worker reads them, from here, never from the worker.
-                from kernelgym.evaluation.sandbox import file_precompiled
+                from kernelgym.evaluation.triton_cache import file_precompiled
 
                 with contextlib.suppress(OSError):   # e.g. a read-only home: the GPU worker compiles
                     filed = file_precompiled(tmpdir, code, root=self.store)

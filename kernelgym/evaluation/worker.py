@@ -259,7 +259,7 @@ def serve(role: str, fd: int) -> int:
             return 0
         t_job = time.perf_counter()
         if op in CONFINED_ROLES and confined != "false":
-            from kernelgym.evaluation.sandbox import fresh_triton_cache
+            from kernelgym.evaluation.triton_cache import fresh_triton_cache
 
             # Nothing a previous candidate wrote there is loaded; what was precompiled for this code is.
             fresh_triton_cache(tmpdir, msg.get("source") if op == "candidate" else None)
@@ -282,7 +282,7 @@ def serve(role: str, fd: int) -> int:
             blob = codec.encode({"type": "result", "status": "internal_error", "error": describe(exc)})
         conn.send_bytes(blob)
         if op in ("end_candidate", "ptx") and confined != "false":
-            from kernelgym.evaluation.sandbox import retire_triton_cache
+            from kernelgym.evaluation.triton_cache import retire_triton_cache
 
             # The candidate is judged: its cache goes now, while idle, rather than in the next
             # request (removing a folder costs milliseconds on some disks).
