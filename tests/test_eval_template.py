@@ -76,7 +76,16 @@ def test_forked_workers_have_their_roles_environment_session_and_sandbox(evaluat
         tenv, renv = _environ(cand._template.pid), _environ(ref._template.pid)
         assert not set(template.ROLE_KEYS) & (set(tenv) | set(renv))
         assert tenv.get("TRITON_INTERPRET") == "1" and "TRITON_INTERPRET" not in renv
-        assert ref._template is evaluator.pool("ptx", B)._template is not cand._template
+        # Reference and ptx workers share one template: one per environment. (The session's
+        # evaluator made its pools in different tests, so pytest's PYTEST_CURRENT_TEST may differ.)
+        ptx = evaluator.pool("ptx", B)._template
+
+        def env(t: template.Template) -> dict[str, str]:
+            return {k: v for k, v in t.env.items() if k != "PYTEST_CURRENT_TEST"}
+
+        assert env(ptx) == env(ref._template) != env(cand._template)
+        if ptx.env == ref._template.env and ptx.alive and ref._template.alive:
+            assert ptx is ref._template
     finally:
         cand.release(cw)
         ref.release(rw)
@@ -215,3 +224,14 @@ def test_precompile_is_a_pool_role_forked_and_confined_like_the_others():
     finally:
         pre.close()
     assert not _wait_dead(pids)
+
+
+def test_each_interpreted_candidate_gets_a_fresh_process(evaluator):
+    """The interpreter stores to host memory without bounds checks, so a candidate may corrupt its
+    worker's heap (and still be judged ok): the worker is never given another candidate."""
+    assert evaluator.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
+    pool = evaluator.pool("candidate", B)
+    before = set(pool.pids())
+    assert evaluator.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
+    after = set(pool.pids())
+    assert before and len(before - after) == 1, (before, after)   # the one that served it is gone

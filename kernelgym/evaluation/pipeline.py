@@ -417,7 +417,13 @@ class Run(Stages):
             failed_gpu = not ended.cuda_ok
         # A worker whose probe fails is retired whatever the verdict (e.g. its RNG left unusable).
         failed_gpu = failed_gpu or ended.cuda_ok is False
-        held.recycle = tainted or status == "crash" or failed_gpu or w.dead or w.has_descendants()
+        # Triton's interpreter runs a kernel's loads and stores on host memory without bounds
+        # checks: a store past a tensor (masked wrongly, or on purpose, in a candidate judged ok all
+        # the same) corrupts the worker's heap, and the next candidate in that process would crash
+        # in malloc (the soak saw legit candidates die so). Each interpreted candidate gets a fresh
+        # process (a fork of the warm template: milliseconds).
+        single_use = self.backend == BACKEND_INTERPRET
+        held.recycle = single_use or tainted or status == "crash" or failed_gpu or w.dead or w.has_descendants()
         return v, list(reply.get("launches", []))
 
     def _time(self, w: Worker, ref: ReferenceRun, results: list[TrialResult]) -> Timed:
