@@ -16,6 +16,7 @@ MODULE_VALUES: dict[str, Callable[..., Any]] = {}
 # The same for functions (``torch.lstm``, ...): function -> a function of its arguments.
 FUNCTION_VALUES: dict[Any, Callable[..., Any]] = {}
 
+
 def shape_trace(model: Any, inputs: list[Any]) -> Any:
     """`torch.fx.symbolic_trace` with concrete sizes: every proxy carries the value of its node,
     computed on (meta copies of) the example inputs as tracing goes, so ``x.shape``, ``x.size(d)``,

@@ -127,6 +127,7 @@ def _h_instance_norm(m: _Mapper, n: Any) -> Any:
     params = {"affine": bool(st), "eps": float(m.arg(n, 7, "eps", 1e-5))}
     return m.add("instance_norm", params, [n.args[0]], m.shape_of(n), st)
 
+
 def _h_pool(op: str) -> Callable[[_Mapper, Any], Any]:
     """F.max_pool*d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices) and
     F.avg_pool*d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)."""

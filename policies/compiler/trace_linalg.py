@@ -30,6 +30,7 @@ def _h_addmm(m: _Mapper, n: Any) -> Any:
         raise _Unsupported("addmm with alpha or beta")
     return m.add("addmm", {}, [n.args[0], n.args[1], n.args[2]], m.shape_of(n))
 
+
 def _matmul_equation(sa: tuple[int, ...], sb: tuple[int, ...]) -> str:
     """The einsum equation of torch.matmul of shapes sa (..., M, K) and sb (..., K, N), batch dims
     broadcast: a batch dim of size 1 on one side only gets a letter of its own there."""

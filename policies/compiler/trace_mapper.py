@@ -229,7 +229,8 @@ class _Mapper:
 
 
 class _Unsupported(Exception):
-    pass
+    """A call with no catalog op: the mapper records it, with where it is, and goes on."""
+
 
 def _where(n: Any) -> str:
     stack = n.meta.get("stack_trace") or ""
@@ -256,6 +257,7 @@ def _only_pattern_users(n: Any, env: dict[Any, Any]) -> bool:
             continue
         return False
     return True
+
 
 def _scalar(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -62,6 +62,7 @@ def _h_pow(m: _Mapper, n: Any) -> Any:
         return m.unary("sqrt", n)
     return m.unary("pow_scalar", n, {"c": e})
 
+
 def _h_arith(kind: str) -> Callable[[_Mapper, Any], Any]:
     def handler(m: _Mapper, n: Any) -> Any:
         a, b = n.args[0], n.args[1]
@@ -137,6 +138,7 @@ def _h_masked_fill(m: _Mapper, n: Any) -> Any:
         return m.add("masked_fill", {}, [x, c.lhs], m.shape_of(n))
     raise _Unsupported("masked_fill is only supported as x.masked_fill(y < 0, 0.0)")
 
+
 _REDUCE_NAMES = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin", "logsumexp": "logsumexp",
                  "var": "var", "std": "std", "vector_norm": "norm", "norm": "norm"}
 
@@ -205,8 +207,10 @@ def _h_scan(op: str) -> Callable[[_Mapper, Any], Any]:
 
     return handler
 
+
 def _h_tril(m: _Mapper, n: Any) -> Any:
     return m.unary("tril", n, {"diagonal": int(m.arg(n, 1, "diagonal", 0))})
+
 
 def _h_triu(m: _Mapper, n: Any) -> Any:
     return m.unary("triu", n, {"diagonal": int(m.arg(n, 1, "diagonal", 0))})

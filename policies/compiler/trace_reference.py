@@ -34,6 +34,7 @@ class TracedGraph(Graph):
             return tuple(self.state[ref[1]].shape)
         return super().arg_shape(ref)
 
+
 def load_reference(source: str) -> tuple[Any, list[Any]]:
     """(Model instance in eval mode, get_inputs()) of a source, on the meta device: shapes and
     dtypes only. Raises `TraceError` when the task's code fails."""
@@ -66,6 +67,7 @@ def load_reference(source: str) -> tuple[Any, list[Any]]:
         raise TraceError(f"running the reference failed: {type(exc).__name__}: {exc}") from None
     # numpy-made (from_numpy) or CPU-fallback tensors: to meta too, so nothing below computes
     return model, [t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs]
+
 
 def _init_params(source: str) -> str:
     """Text of Model.__init__'s parameters after self (ModelNew repeats it)."""

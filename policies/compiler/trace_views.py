@@ -26,6 +26,7 @@ def _h_getitem(m: _Mapper, n: Any) -> Any:
     raise _Unsupported("indexing or slicing has no catalog op (only the values of cummax / max / min: [0] or "
                        ".values)")
 
+
 def _h_transpose(m: _Mapper, n: Any) -> Any:
     x = n.args[0]
     r = m.rank(x)
@@ -80,6 +81,7 @@ def _h_reshape(m: _Mapper, n: Any) -> Any:
 def _h_identity(m: _Mapper, n: Any) -> Any:
     return m.ref(n.args[0])
 
+
 def _h_cat(m: _Mapper, n: Any) -> Any:
     parts = list(n.args[0])
     dim = m.arg(n, 1, "dim", 0)
@@ -95,11 +97,13 @@ def _h_cat(m: _Mapper, n: Any) -> Any:
         out = m.add("concat", {"dim": r - ax}, [out, p], tuple(shape))
     return out
 
+
 def _h_gather(m: _Mapper, n: Any) -> Any:
     x, dim, idx = n.args[0], m.arg(n, 1, "dim"), m.arg(n, 2, "index")
     if int(dim) % m.rank(x) != m.rank(x) - 1:
         raise _Unsupported("gather over a dim other than the last")
     return m.add("gather", {}, [x, idx], m.shape_of(n))
+
 
 def _h_getattr(m: _Mapper, n: Any) -> Any:
     src = m.env.get(n.args[0])
@@ -118,6 +122,7 @@ def _h_getattr(m: _Mapper, n: Any) -> Any:
 def _h_meta(m: _Mapper, n: Any) -> Any:
     return ("meta", 0)  # x.size(), x.shape, x.dim(): shape logic, no tensor
 
+
 def _h_flatten(m: _Mapper, n: Any) -> Any:
     x = n.args[0]
     r = m.rank(x)
@@ -126,6 +131,7 @@ def _h_flatten(m: _Mapper, n: Any) -> Any:
     if start == end:
         return m.ref(x)
     return m.add("flatten", {"start": start, "end": end}, [x], m.shape_of(n))
+
 
 class _Parts:
     """The pieces of ``split`` / ``chunk`` along one axis: each becomes a narrow node when used."""
@@ -225,6 +231,7 @@ def _h_index(m: _Mapper, n: Any) -> Any:
             raise _Unsupported(f"indexing with {type(it).__name__} (only ints, slices, None and ...)")
     return m.ref(cur)
 
+
 def _h_unsqueeze(m: _Mapper, n: Any) -> Any:
     x = n.args[0]
     return _unsqueeze(m, x, _axis(m, x, m.arg(n, 1, "dim"), extra=1))
@@ -316,6 +323,7 @@ def _h_split(kind: str) -> Callable[[_Mapper, Any], Any]:
         return _Parts(x, axis, [(s, s + length) for s, length in zip(starts, lengths)])
 
     return handler
+
 
 def _h_to(m: _Mapper, n: Any) -> Any:
     """x.to(x.device), x.to(x.dtype), x.type_as(y) of the same dtype: x itself (tracing sees one
