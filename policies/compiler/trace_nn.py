@@ -27,22 +27,10 @@ import operator
 from typing import Any
 
 from kernelgym.ops.catalog import MASK_CMPS
-from policies.compiler.trace import (
-    _FUNCTIONS,
-    _METHODS,
-    _MODULES,
-    GRAPH_PASSES,
-    OPERATOR_HANDLERS,
-    _axis,
-    _Cmp,
-    _h_cmp,
-    _h_masked_fill,
-    _Mapper,
-    _Multi,
-    _narrow,
-    _scalar,
-    _Unsupported,
-)
+from policies.compiler.trace import _FUNCTIONS, _METHODS, _MODULES, GRAPH_PASSES, OPERATOR_HANDLERS
+from policies.compiler.trace_mapper import _Cmp, _Mapper, _Multi, _scalar, _Unsupported
+from policies.compiler.trace_math import _h_cmp, _h_masked_fill
+from policies.compiler.trace_views import _axis, _narrow
 
 Ref = tuple[str, int]
 # the comparison with its operands swapped: 0 == m is m == 0, 0 < m is m > 0

@@ -15,18 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from kernelgym.ops.catalog import recurrent_weight_names
-from policies.compiler.trace import (
-    _FUNCTIONS,
-    _MODULES,
-    FUNCTION_VALUES,
-    GRAPH_PASSES,
-    MODULE_VALUES,
-    _Mapper,
-    _mod_params,
-    _Parts,
-    _unsqueeze,
-    _Unsupported,
-)
+from policies.compiler.trace import _FUNCTIONS, _MODULES, FUNCTION_VALUES, GRAPH_PASSES, MODULE_VALUES
+from policies.compiler.trace_mapper import _Mapper, _Unsupported
+from policies.compiler.trace_modules import _mod_params
+from policies.compiler.trace_views import _Parts, _unsqueeze
 
 _OPS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 

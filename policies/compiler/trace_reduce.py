@@ -21,17 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from policies.compiler.trace import (
-    _FUNCTIONS,
-    _METHODS,
-    _MODULES,
-    GRAPH_PASSES,
-    _h_minmax,
-    _h_scan,
-    _Mapper,
-    _Multi,
-    _Unsupported,
-)
+from policies.compiler.trace import _FUNCTIONS, _METHODS, _MODULES, GRAPH_PASSES
+from policies.compiler.trace_mapper import _Mapper, _Multi, _Unsupported
+from policies.compiler.trace_math import _h_minmax, _h_scan
 
 # The call_method target of a fused scan node made by `fuse_scan_idioms` (never executed: the
 # graph's values are already propagated when it runs).
@@ -82,7 +74,7 @@ class _ValuesIndices(_Multi):
 
 def _h_max(kind: str) -> Callable[[_Mapper, Any], Any]:
     """torch.max / min: over a dim, values and indices; of a whole tensor, amax / amin over every
-    dim; of two tensors, maximum / minimum (`trace._h_minmax`)."""
+    dim; of two tensors, maximum / minimum (`trace_math._h_minmax`)."""
     pairwise = _h_minmax(kind)
     red, arg = ("amax", "argmax") if kind == "maximum" else ("amin", "argmin")
 
