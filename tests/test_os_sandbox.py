@@ -387,3 +387,15 @@ def test_a_retired_triton_cache_is_gone_and_the_next_is_fresh(tmp_path, monkeypa
     assert second != first and os.listdir(second) == []
     triton_cache.retire_triton_cache(str(tmp_path / "elsewhere"))   # not this scratch folder's cache: kept
     assert os.path.isdir(second)
+
+
+def test_a_tool_that_is_a_script_brings_its_interpreter_and_real_binary(tmp_path):
+    """Ubuntu's /sbin/ldconfig is a shell script running /sbin/ldconfig.real: a confined GPU worker
+    (Triton runs ``ldconfig -p`` to find libcuda) must be allowed to execute all three."""
+    wrapper = tmp_path / "ldconfig"
+    wrapper.write_text('#!/bin/sh\nexec /sbin/ldconfig.real "$@"\n')
+    (tmp_path / "ldconfig.real").write_bytes(b"\x7fELF")
+    assert sandbox._script_parts(str(wrapper)) == [f"{wrapper}.real", "/bin/sh"]
+    binary = tmp_path / "ptxas"
+    binary.write_bytes(b"\x7fELF\x02\x01")
+    assert sandbox._script_parts(str(binary)) == []

@@ -164,6 +164,23 @@ def _python_paths() -> list[str]:
     return _existing(paths)
 
 
+def _script_parts(path: str) -> list[str]:
+    """What running `path` also executes when it is a script: its interpreter, and the binary a
+    distribution's wrapper hands on to (Ubuntu's /sbin/ldconfig is a shell script that runs
+    /sbin/ldconfig.real; Triton runs ``ldconfig -p`` to find libcuda)."""
+    parts = [path + ".real"] if os.path.exists(path + ".real") else []
+    try:
+        with open(path, "rb") as fh:
+            head = fh.readline(256)
+    except OSError:
+        return parts
+    if head.startswith(b"#!"):
+        words = head[2:].decode(errors="replace").split()
+        if words:
+            parts.append(words[0])
+    return parts
+
+
 def _tools() -> list[str]:
     """Executables a role that compiles for a GPU may run."""
     found: list[str] = []
@@ -184,7 +201,7 @@ def _tools() -> list[str]:
     for tool in _TOOLS:
         w = shutil.which(tool, path=search)
         if w:
-            found.append(w)
+            found += [w, *_script_parts(w)]
     found += list(_TOOL_DIRS) + list(_LOADERS)
     if os.path.isdir("/usr/lib"):
         found += [os.path.join("/usr/lib", d) for d in os.listdir("/usr/lib") if d.startswith("llvm")]
@@ -300,6 +317,10 @@ def _restrict(rep: Report, scratch: str, writable: Sequence[str], gpu_tools: boo
         if gpu_devices and os.path.isdir("/dev"):
             nv = [os.path.join("/dev", d) for d in os.listdir("/dev") if d.startswith("nvidia")]
             allow(nv, AccessFS.READ_FILE | AccessFS.WRITE_FILE | AccessFS.READ_DIR | AccessFS.IOCTL_DEV)
+            # The CUDA driver writes into the process's own /proc entries at cuInit (without it:
+            # error 304, "OS call failed", on an H100 with driver 580); "/proc/self" resolves to this
+            # process's folder when the rule is made, so no other process's entries are writable.
+            allow(["/proc/self"], AccessFS.READ_FILE | AccessFS.WRITE_FILE | AccessFS.READ_DIR | AccessFS.TRUNCATE)
         rs.restrict()
     rep.denied_net = [f.name for f in AccessNet if f and f in handled_net and f.name]
     rep.scoped = [f.name for f in Scope if f and f in scoped and f.name]

@@ -155,11 +155,13 @@ class WorkerProfiler:
     """CPU profile of a worker's requests, for benchmarks: with ``KERNELGYM_WORKER_PROFILE=DIR`` set,
     requests handled while the file ``DIR/on`` exists run under cProfile (process CPU time, so
     waits for the GPU lock or the GPU cost nothing), and the worker writes ``DIR/<role>-<pid>.prof``
-    when it exits (see benchmarks/eval_throughput.py --profile-workers). A no-op otherwise."""
+    after each of them and when it exits (see benchmarks/eval_throughput.py --profile-workers). A
+    no-op otherwise."""
 
     def __init__(self, directory: str, role: str):
         self.directory, self.role = directory, role
         self.profile: Any = None
+        self.used = False   # a profile of nothing is not written (pstats cannot read one)
         if directory:
             import cProfile
 
@@ -169,17 +171,24 @@ class WorkerProfiler:
     def request(self) -> Any:
         on = self.profile is not None and os.path.exists(os.path.join(self.directory, "on"))
         if on:
+            self.used = True
             self.profile.enable()
         try:
             yield
         finally:
             if on:
                 self.profile.disable()
+                # Written after each profiled request, before its reply: a worker the pool replaces
+                # after one candidate (every interpreted one) is killed, never told to exit.
+                self.dump()
 
     def dump(self) -> None:
-        if self.profile is not None:
+        """Write the profile so far, whole (a reader never sees a half-written file)."""
+        if self.profile is not None and self.used:
+            path = os.path.join(self.directory, f"{self.role}-{os.getpid()}.prof")
             with contextlib.suppress(OSError):
-                self.profile.dump_stats(os.path.join(self.directory, f"{self.role}-{os.getpid()}.prof"))
+                self.profile.dump_stats(path + ".tmp")
+                os.replace(path + ".tmp", path)
 
 
 def preload() -> None:
