@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, lit
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import NEG_INF, ZERO, Coords, Expr, lit
 from policies.compiler.dot import batch_offset, dot, dot_operand
 from policies.compiler.ir import CompileError, Program, numel
-from policies.compiler.template import NEG_INF, Kernel, clamp_pow2, reserve, store_result
+from policies.compiler.template import Kernel, clamp_pow2, reserve, store_result
 
 # Widest slice of the value dim one attention program keeps in registers; wider heads split over
 # the grid (each slice recomputes the scores).
@@ -67,11 +68,11 @@ def attention_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int],
             with w.tile(["m", "e"], "q_mask", ["BLOCK_M", "BLOCK_K"]):
                 flat = f"{batch_offset(batch > 1, seq_q * e)}rm[:, None] * {e} + re[None, :]"
                 qv = dot_operand(w, q_ref, Coords(q_shape, [*bdims, rm2, Expr("re[None, :]", ae)], w.new_key(), flat,
-                                               am | ae), "q_mask", "q")
+                                                  am | ae), "q_mask", "q")
             with w.tile(["e", "n"], "k_mask", ["BLOCK_K", "BLOCK_N"]):
                 # k^T: a [BLOCK_K, BLOCK_N] tile of k (S, E)
                 kv = dot_operand(w, k_ref, Coords(k_shape, [*bdims, Expr("rn[None, :]", an_), Expr("re[:, None]", ae)],
-                                               w.new_key()), "k_mask", "kt")
+                                                  w.new_key()), "k_mask", "kt")
             w.emit(f"s += {dot(w, qv, kv)}")
         valid = f"(rn[None, :] < {seq_k})" + (" & (rn[None, :] <= rm[:, None])" if causal else "")
         w.emit(f"s = tl.where({valid}, s * {lit(scale)}, {NEG_INF})")
@@ -85,7 +86,7 @@ def attention_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int],
         with w.tile(["n", "v"], "v_mask", ["BLOCK_N", str(dv_block)]):
             flat = f"{batch_offset(batch > 1, seq_k * dv)}rn[:, None] * {dv} + rv[None, :]"
             vv = dot_operand(w, v_ref, Coords(v_shape, [*bdims, Expr("rn[:, None]", an_), rv2], w.new_key(), flat,
-                                           an_ | av), "v_mask", "v")
+                                              an_ | av), "v_mask", "v")
         w.emit(f"acc = acc * alpha[:, None] + {dot(w, 'p', vv)}")
         w.emit("m_i = m_new")
     w.emit(f"out_mask = (rm[:, None] < {seq_q}) & (rv[None, :] < {dv})")

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernelgym.ops.catalog import conv_dims, conv_groups
-from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, paren
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import ZERO, Coords, Expr, paren
 from policies.compiler.dot import DOT_BLOCK_M, batch_offset, dot, dot_kernel, dot_operand
 from policies.compiler.ir import CompileError, Program, numel
 from policies.compiler.template import Kernel, clamp_pow2, reserve, store_result, tile_view

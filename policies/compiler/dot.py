@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from policies.compiler.codegen import Coords, KernelWriter
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import Coords
 from policies.compiler.template import PROGRAMS_MIN, Kernel, clamp_pow2
 
 # Largest default row tile of a tl.dot kernel (see `dot_kernel`).

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import ZERO, Coords, Expr
 from policies.compiler.dot import batch_offset, dot, dot_kernel, dot_operand
 from policies.compiler.ir import CompileError, Program, numel
 from policies.compiler.template import Kernel, reserve, store_result, tile_view

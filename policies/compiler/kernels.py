@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from policies.compiler.attention import ATTN_DV_MAX, attention_kernel
 from policies.compiler.conv import CONV_TILE_MIN, ConvWindow, conv_kernel
+from policies.compiler.coords import NEG_INF, POS_INF
 from policies.compiler.dot import DEFAULT_DOT_PRECISION, DOT_BLOCK_M, SPLIT_K_MIN, dot_block_k, split_k
 from policies.compiler.einsum import Contraction, contraction, einsum_kernel
 from policies.compiler.matmul import GEMV_PROGRAMS, matmul_kernel
@@ -29,8 +30,6 @@ from policies.compiler.rows import (
     split_rows,
 )
 from policies.compiler.template import (
-    NEG_INF,
-    POS_INF,
     PROGRAMS_MIN,
     Kernel,
     clamp_pow2,

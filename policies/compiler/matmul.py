@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from policies.compiler.attention import attention_kernel
-from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, broadcast
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import ZERO, Coords, Expr, broadcast
 from policies.compiler.dot import batch_offset, dot, dot_blocks, dot_kernel, dot_operand, grid_axis, split_k
 from policies.compiler.einsum import einsum_kernel
 from policies.compiler.ir import CompileError, Program, numel

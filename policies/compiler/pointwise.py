@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from policies.compiler.codegen import Coords, KernelWriter
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import Coords
 from policies.compiler.ir import Program, numel
 from policies.compiler.template import Kernel, clamp_pow2, reserve
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from policies.compiler.codegen import Coords, Expr, KernelWriter, lit, paren
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import NEG_INF, POS_INF, Coords, Expr, lit, paren
 from policies.compiler.ir import GLOBAL_POOLS, CompileError
-from policies.compiler.template import NEG_INF, POS_INF
 
 # Row ops whose statistic is one running fold of the row's masked chunks (`fold_init`, `fold_step`):
 # a sum, a sum of squares, a max or a min. A normalising row's tail reduction is one of them too.

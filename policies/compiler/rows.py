@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, paren
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import ZERO, Coords, Expr, paren
 from policies.compiler.ir import (
     GLOBAL_POOLS,
     NORMALIZE,

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from policies.compiler.codegen import ZERO, Coords, Expr, KernelWriter, paren
+from policies.compiler.codegen import KernelWriter
+from policies.compiler.coords import ZERO, Coords, Expr, paren
 
-NEG_INF = '-float("inf")'
-POS_INF = 'float("inf")'
 # Programs a memory-bound kernel aims for (about 4 per SM of a 132-SM H100/H200): row kernels over
 # non-contiguous rows shrink their tiles towards it, and products with few tiles split k.
 PROGRAMS_MIN = 512
@@ -77,6 +76,7 @@ def tile_view(e: Expr, suffix: str) -> Expr:
 
 
 def reserve(w: KernelWriter, *names: str) -> None:
+    """Keep the template's own variable names from `KernelWriter.fresh` (no generated value takes them)."""
     w.names.update(names)
 
 
