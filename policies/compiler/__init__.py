@@ -9,8 +9,9 @@ state-dict names. `candidate_partitions` lists alternative valid fusions and `co
 partition=, config=)` builds any of them with any launch configuration, for the search policy
 (`CompilerPolicy` implements `policies.base.Compiler`, the protocol the search drives).
 
-Modules: `ir` (op kinds, programs, partitions), `codegen` (coordinates and the pointwise value
-generator), `kernels` (kernel templates), `module` (the action module), `trace` (fx tracing).
+Modules: `ir` (op kinds, programs, partitions), `codegen` (the pointwise value generator, over
+`coords`, `formulas`, `views`, `pools`), `kernels` (the kernel templates: `pointwise`, `rows`,
+`matmul`, `einsum`, `attention`, `conv`, ...), `module` (the action module), `trace` (fx tracing).
 """
 
 from __future__ import annotations

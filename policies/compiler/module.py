@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kernelgym.ops import get_op
-from policies.compiler.codegen import HELPER_ORDER, HELPERS, state_expr
+from policies.compiler.codegen import state_expr
 from policies.compiler.extern import extern_line
+from policies.compiler.formulas import HELPER_ORDER, HELPERS
 from policies.compiler.ir import CompileError, Program, StateEntry, kind, numel
 from policies.compiler.kernels import (
     DEFAULT_DOT_PRECISION,
