@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from kernelgym.evaluation import Evaluator
+from tests._procs import alive as _alive
 from tests.eval_cases import CAND_ADD, REF_ADD, add_variant
 
 B = "interpret"
@@ -18,13 +19,6 @@ B = "interpret"
 def _run(evaluator, cand, **kw):
     return evaluator.evaluate(REF_ADD, cand, backend=B, skip_static_guards=True, **kw)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_os_exit_crash_then_worker_replaced_and_next_ok(evaluator):

@@ -17,18 +17,12 @@ import pytest
 
 from kernelgym.evaluation import Evaluator, sandbox, template
 from kernelgym.evaluation.pool import Role, Worker, tree_cpu_seconds
+from tests._procs import alive as _alive
 from tests.eval_cases import CAND_ADD, REF_ADD, add_variant
 
 B = "interpret"
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _ppid(pid: int) -> int:

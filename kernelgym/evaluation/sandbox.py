@@ -12,9 +12,10 @@ keeps none a worker could use):
 - files: read what Python, torch, Triton and the CUDA driver need (the interpreter's prefixes and
   import paths, /usr, /lib, /proc, /sys, a few files of /etc, the shared Triton cache); read and
   write only the process's scratch folder (also its ``TMPDIR`` and its own Triton cache) and the
-  output folder the parent made for it (``KERNELGYM_OUTPUT_DIR``); execute only the tools Triton
-  calls (ptxas and friends, the C compiler for its launcher, ldconfig) in roles that compile for a
-  GPU; ioctl only on /dev/nvidia*;
+  output folder the parent made for it (``KERNELGYM_OUTPUT_DIR``), and a GPU worker its own /proc
+  entries (the CUDA driver writes there at cuInit); execute only the tools Triton calls (ptxas and
+  friends, the C compiler for its launcher, ldconfig) in roles that compile for a GPU; ioctl only
+  on /dev/nvidia*;
 - network: no TCP bind or connect (Landlock ABI 4); UDP too where the kernel has ABI 10;
 - signals and abstract unix sockets: nothing outside the process's own domain (ABI 6), so no
   signal reaches the evaluator or another worker;

@@ -406,5 +406,15 @@ def state_expr(prog: Program, key: str) -> str:
     return f'self.{getter}("{key}")'
 
 
+def ref_expr(prog: Program, ref: Ref) -> str:
+    """How forward names a graph input (``x{k}``), a node's value (``v{k}``) or a state tensor."""
+    kind_, k = ref
+    if kind_ == "input":
+        return f"x{k}"
+    if kind_ == "state":
+        return state_expr(prog, prog.state[k].key)
+    return f"v{k}"
+
+
 def numel_of(prog: Program, ref: Ref) -> int:
     return numel(prog.shape(ref))

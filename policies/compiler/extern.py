@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from kernelgym.ops.catalog import conv_groups
-from policies.compiler.codegen import state_expr
+from policies.compiler.codegen import ref_expr, state_expr
 from policies.compiler.ir import CompileError, Program, kind
 
 CONV_FNS = {op: f"F.{op}" for op in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
@@ -39,7 +39,7 @@ def vendor_call(prog: Program, j: int) -> str | None:
     and the reference's weights, or None when `j` has none (not a convolution or product, or
     params the call cannot take)."""
     node = prog.graph.nodes[j]
-    args = [_ref_expr(prog, r) for r in node.args]
+    args = [ref_expr(prog, r) for r in node.args]
     w = {role: state_expr(prog, key) for role, key in prog.weights.get(j, {}).items()}
     # keys with a leading underscore are the tracer's notes (the state keys), not call params
     params: dict[str, Any] = {k: v for k, v in node.params.items() if not k.startswith("_")}
@@ -62,15 +62,6 @@ def vendor_call(prog: Program, j: int) -> str | None:
         return f"{MATMUL_FNS[node.op]}({', '.join(args)})"
     return None
 
-
-def _ref_expr(prog: Program, ref: tuple[str, int]) -> str:
-    """How forward names a graph input (``x{k}``), a node's value (``v{k}``) or a state tensor."""
-    kind_, k = ref
-    if kind_ == "input":
-        return f"x{k}"
-    if kind_ == "state":
-        return state_expr(prog, prog.state[k].key)
-    return f"v{k}"
 
 
 def absorbed_views(prog: Program, extern: Iterable[int]) -> frozenset[int]:
@@ -153,7 +144,7 @@ def extern_line(prog: Program, j: int) -> str:
     node = prog.graph.nodes[j]
     if node.op == "transpose":
         d0, d1 = node.params.get("dims", (-2, -1))
-        return f"v{j} = {_ref_expr(prog, node.args[0])}.transpose({d0}, {d1})  # transpose: a view the vendor call reads"
+        return f"v{j} = {ref_expr(prog, node.args[0])}.transpose({d0}, {d1})  # transpose: a view the vendor call reads"
     call = vendor_call(prog, j)
     if call is None:
         raise CompileError(f"node {j} ({prog.graph.nodes[j].op}) has no vendor call")

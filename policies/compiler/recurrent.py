@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kernelgym.ops.catalog import RECURRENT_GATES
-from policies.compiler.codegen import state_expr
-from policies.compiler.ir import CompileError, Program, Ref
+from policies.compiler.codegen import ref_expr, state_expr
+from policies.compiler.ir import CompileError, Program
 from policies.compiler.kernels import Kernel, clamp_pow2
 
 # Programs of the cell kernel hold gates x BLOCK_J x BLOCK_H hidden weights in registers at a time.
@@ -49,14 +49,6 @@ class RecurrentKernel(Kernel):
         fields["options"] = "".join(f", {k}={v}" for k, v in self.options.items())
         return [line.format(**fields) for line in self.loop]
 
-
-def _ref_expr(prog: Program, ref: Ref) -> str:
-    kind_, k = ref
-    if kind_ == "input":
-        return f"x{k}"
-    if kind_ == "state":
-        return state_expr(prog, prog.state[k].key)
-    return f"v{k}"
 
 
 _PROJ = '''@triton.jit
@@ -194,14 +186,14 @@ def recurrent_kernel(prog: Program, nodes: list[int], stored: list[int], anchor:
     y_scratch = [buf(f"y{i}", (t_len, batch, d * hidden)) for i in range(min(2, layers - (1 if final else 0)))]
     hn = out_var if result == "h_n" and out_var else buf("hn", hs)
     cn = (out_var if result == "c_n" and out_var else buf("cn", hs)) if op == "lstm" else hn
-    h0 = _ref_expr(prog, node.args[1])
-    c0 = _ref_expr(prog, node.args[2]) if op == "lstm" else h0
+    h0 = ref_expr(prog, node.args[1])
+    c0 = ref_expr(prog, node.args[2]) if op == "lstm" else h0
     # per (layer, direction): the input with its (time, batch) strides and width, the weights, the
     # state offset, where the step outputs go (strides and column), the direction
     rows = []
     for k in range(layers):
         if k == 0:
-            xin, width = _ref_expr(prog, node.args[0]), xs[2]
+            xin, width = ref_expr(prog, node.args[0]), xs[2]
             sx_t, sx_b = (width, t_len * width) if batch_first else (batch * width, width)
         else:
             xin, width = y_scratch[(k - 1) % 2], d * hidden
