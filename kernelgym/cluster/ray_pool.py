@@ -9,8 +9,11 @@ schedules. Actors:
   the GPU's timing lock, so only one timing runs at a time per GPU.
 * CPU actors: on a CPU-only run (backend ``interpret``) they run the whole interpreter evaluation;
   on a GPU run they compile each candidate's kernels for the GPUs' target ahead of its GPU
-  evaluation (`kernelgym.evaluation.precompile`) into the node's shared ``TRITON_CACHE_DIR``, where
-  the GPU worker finds them. Every actor of a node uses the same cache directory.
+  evaluation (`kernelgym.evaluation.precompile`): unconfined into the node's shared
+  ``TRITON_CACHE_DIR``, where the GPU worker finds them; under the OS sandbox (the default where
+  the machine has it) into a cache of their own, which the actor files as an archive beside the
+  shared cache for the candidate's confined GPU worker to unpack (`evaluation.triton_cache`). Every
+  actor of a node uses the same cache directory, so both find the same archives.
 
 Scheduling (driver side, one thread, `ray.wait`): at most `max_in_flight` calls per actor
 (back-pressure: nothing else is submitted until one returns); a call whose actor died (node lost,
