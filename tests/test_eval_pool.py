@@ -86,6 +86,8 @@ def test_evaluator_layout_over_gpus():
 class _StartedGpuPool:
     """Stands in for a started cuda pool of GPU 0: its workers report an sm_90 device."""
 
+    retired_cpu_s = 0.0
+
     def ready_info(self):
         return {"type": "ready", "capability": [9, 0]}
 

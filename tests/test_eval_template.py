@@ -229,3 +229,5 @@ def test_each_interpreted_candidate_gets_a_fresh_process(evaluator):
     assert evaluator.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
     after = set(pool.pids())
     assert before and len(before - after) == 1, (before, after)   # the one that served it is gone
+    # ... and the CPU it spent still counts for its role
+    assert pool.retired_cpu_s > 0 and evaluator.cpu_seconds()["candidate"] >= pool.retired_cpu_s

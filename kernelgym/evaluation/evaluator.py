@@ -312,14 +312,16 @@ class Evaluator:
         return out
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds used so far by the live workers of each role ("candidate", "reference",
-        "ptx", "precompile"), their subprocesses included; a worker replaced since takes its share
-        with it."""
+        """CPU seconds used so far by the workers of each role ("candidate", "reference", "ptx",
+        "precompile"), their subprocesses included: the live ones and those a pool replaced (read
+        just before their kill; every interpreted candidate's worker is replaced). A precompile
+        process replaced since takes its share with it."""
         with self._lock:
             pools = list(self._pools.items())
         out: dict[str, float] = {}
         for role, pool in pools:
-            out[role.name] = out.get(role.name, 0.0) + sum(tree_cpu_seconds(pid) for pid in pool.pids())
+            live = sum(tree_cpu_seconds(pid) for pid in pool.pids())
+            out[role.name] = out.get(role.name, 0.0) + live + pool.retired_cpu_s
         if self._precompiler is not None:
             out["precompile"] = sum(tree_cpu_seconds(pid) for pid in self._precompiler.pids())
         return out

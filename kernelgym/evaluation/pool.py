@@ -411,6 +411,7 @@ class RolePool:
         self._busy: set[Worker] = set()
         self.closed = False
         self.started = 0
+        self.retired_cpu_s = 0.0   # CPU seconds of the workers killed so far (`Evaluator.cpu_seconds`)
         # Started now, so that it imports torch while the caller goes on (`template`).
         self._template: template.Template | None = None
         if template.start_method() == "template":
@@ -478,6 +479,8 @@ class RolePool:
         with self._cond:
             self._busy.discard(w)
             if recycle or w.dead or self.closed:
+                if not w.dead:   # read before the kill: a dead process's CPU time is gone
+                    self.retired_cpu_s += tree_cpu_seconds(w.pid)
                 w.kill()
                 if not self.closed:
                     self._idle.append(self._spawn())  # import torch now, not when the next job waits
