@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -305,7 +306,7 @@ def test_precompiled_archives_are_bounded(tmp_path, monkeypatch):
 
 _GPU_CHILD = textwrap.dedent("""
     import json, os, sys
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(sys.argv[3]))))
+    sys.path.insert(0, sys.argv[3])   # the checkout
     from kernelgym.evaluation import sandbox, triton_cache   # imports neither torch nor threads
     scratch, code = sys.argv[1:3]
     root = triton_cache.precompiled_root()
@@ -340,7 +341,7 @@ def test_confined_gpu_worker_reads_its_own_archive_and_nothing_else(tmp_path):
     assert triton_cache.file_precompiled(str(child), "code A", root=root) == 2
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    p = subprocess.run([sys.executable, "-c", _GPU_CHILD, str(scratch), "code A", os.path.dirname(sandbox.__file__)],
+    p = subprocess.run([sys.executable, "-c", _GPU_CHILD, str(scratch), "code A", str(Path(sandbox.__file__).parents[2])],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])

@@ -123,14 +123,14 @@ class Precompiler:
             if rep.get("status") == "internal_error":
                 return _report(t0, error=f"precompile process failed: {str(rep.get('error', ''))[:2000]}")
             recycle = bool(rep.get("recycle")) or w.evaluations >= MAX_REQUESTS
-            tmpdir = (w.info or {}).get("tmpdir")
-            if self.store is not None and tmpdir:
-                # Confined, the worker compiled into a cache of its own: file its kernels where this
-                # candidate's (confined) GPU worker reads them, from here, never from the worker.
+            if self.store is not None:
+                # Confined, the worker compiled into a cache of its own in its scratch folder (made
+                # here): file its kernels where this candidate's (confined) GPU worker reads them,
+                # from here, never from the worker.
                 from kernelgym.evaluation.triton_cache import file_precompiled
 
                 with contextlib.suppress(OSError):   # e.g. a read-only home: the GPU worker compiles
-                    filed = file_precompiled(tmpdir, code, root=self.store)
+                    filed = file_precompiled(w.scratch, code, root=self.store)
         except WorkerFailure as exc:
             return _report(t0, error=f"precompile process: {exc}")
         finally:

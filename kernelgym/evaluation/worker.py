@@ -93,15 +93,13 @@ def _confine(role: str, tmpdir: str) -> str:
     # A precompile worker compiles for a GPU (Triton's tools) without having one.
     gpu = role == "candidate" and os.environ.get("TRITON_INTERPRET") != "1"
     # A benchmark that profiles the workers (PROFILE_ENV, set by whoever runs the evaluator, never by
-    # a candidate) needs its folder writable to dump the profile at exit.
+    # a candidate) needs its folder writable to write the profile.
     profile = os.environ.get(PROFILE_ENV)
     rep = sandbox.from_env(role, tmpdir, gpu_tools=gpu or role in ("ptx", "precompile"), gpu_devices=gpu,
                            writable=[profile] if profile else [])
     if not rep.active and os.environ.get(sandbox.MODE_ENV, "auto") != "off":
         print(f"kernelgym: {role} worker runs without an OS sandbox: {rep.why}", file=sys.stderr)
     return rep.label
-
-
 
 
 def set_sync_schedule(mode: str, lib: Any = None) -> bool:
@@ -155,8 +153,7 @@ class WorkerProfiler:
     """CPU profile of a worker's requests, for benchmarks: with ``KERNELGYM_WORKER_PROFILE=DIR`` set,
     requests handled while the file ``DIR/on`` exists run under cProfile (process CPU time, so
     waits for the GPU lock or the GPU cost nothing), and the worker writes ``DIR/<role>-<pid>.prof``
-    after each of them and when it exits (see benchmarks/eval_throughput.py --profile-workers). A
-    no-op otherwise."""
+    after each of them (see benchmarks/eval_throughput.py --profile-workers). A no-op otherwise."""
 
     def __init__(self, directory: str, role: str):
         self.directory, self.role = directory, role
@@ -178,8 +175,9 @@ class WorkerProfiler:
         finally:
             if on:
                 self.profile.disable()
-                # Written after each profiled request, before its reply: a worker the pool replaces
-                # after one candidate (every interpreted one) is killed, never told to exit.
+                # Written after each profiled request, before its reply (nothing is profiled
+                # outside one): a worker the pool replaces, as after every interpreted candidate, is
+                # killed, never told to exit.
                 self.dump()
 
     def dump(self) -> None:
@@ -260,11 +258,9 @@ def serve(role: str, fd: int) -> int:
         try:
             msg = codec.decode(conn.recv_bytes(MAX_REQUEST_BYTES), trust_file=True)  # from the parent
         except EOFError:
-            profiler.dump()
             return 0
         op = msg.get("op")
         if op == "exit":
-            profiler.dump()
             return 0
         t_job = time.perf_counter()
         if op in CONFINED_ROLES and confined != "false":
