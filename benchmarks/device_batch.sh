@@ -2,7 +2,7 @@
 # One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
 # then run the named steps, each under its own time limit, writing everything under $OUT.
 #   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
-#       gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient_search kb1_lenient
+#       probe_cc overhead soak gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient_search kb1_lenient
 # (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
 # THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100";
@@ -41,6 +41,11 @@ for s in "$@"; do
     gpu_tests_runner) step gpu_tests_runner 120 python3 -m pytest -v -m gpu -p no:cacheprovider --durations=0 -o faulthandler_timeout=100 tests/test_runner.py ;;
     profile) step "profile${PROFILE_TAG:-}" 240 python3 -m benchmarks.kernel_profile --tasks "${PROFILE_TASKS:-d3_bench_s4,d2_bench_s3}" \
       --configs "${PROFILE_CONFIGS:-[{\}]}" --out "$OUT/profile${PROFILE_TAG:-}.json" ${PROFILE_EXTRA:-} ;;
+    probe_cc) step probe_cc 30 bash -c 'cc=$(command -v gcc || command -v clang); echo "cc=$cc"; ls -la "$cc"; file -L "$cc" 2>/dev/null;
+      head -c 600 "$cc" | tr -c "[:print:]\n" "?"; echo; "$cc" -print-search-dirs | head -3; python3 -c "from kernelgym.evaluation import sandbox; print(sandbox._tools())"' ;;
+    overhead) step overhead "${OVERHEAD_LIMIT:-120}" python3 -m benchmarks.sandbox_overhead --backend cuda --rounds "${OVERHEAD_ROUNDS:-4}" --json "$OUT/overhead.json" ;;
+    soak) step soak "${SOAK_LIMIT:-150}" python3 -m benchmarks.soak --backend cuda --n "${SOAK_N:-200}" --workers 4 --timeout 10 \
+      --os-sandbox require --json "$OUT/soak.json" ;;
     spread) step spread 200 python3 -m benchmarks.timing_spread --numel 16777216,1048576 --out "$OUT/spread.json" ${SPREAD_EXTRA:-} ;;
     throughput) step throughput 240 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --out "$OUT/eval_throughput.json" ${THROUGHPUT_EXTRA:-} ;;
     scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two

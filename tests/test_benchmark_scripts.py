@@ -357,3 +357,15 @@ def test_benchmarks_run_with_dash_m_and_through_kernelgym_bench(tmp_path):
     bench = subprocess.run([sys.executable, "-m", "kernelgym", "bench", "trace_coverage", "--help"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=120)
     assert bench.returncode == 0 and "python -m benchmarks.trace_coverage DIR" in bench.stdout, bench.stderr
+
+
+def test_sandbox_overhead_judges_a_fresh_copy_of_each_kernel():
+    """Each evaluation's kernels get a new Triton cache key (their source), nothing else changes."""
+    from benchmarks.sandbox_overhead import fresh_copy
+    from tests.redteam.manifest import cases
+
+    src = next(c.source for c in cases() if c.id == "legit/row_softmax")
+    a, b = fresh_copy(src, 1), fresh_copy(src, 2)
+    assert a != b and a.replace("    # copy 1\n", "") == src
+    body = a.split("def softmax_kernel", 1)[1]
+    assert body.index("# copy 1") < body.index("tl.program_id")

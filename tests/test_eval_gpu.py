@@ -177,7 +177,10 @@ def test_precompiled_kernels_reach_a_confined_gpu_worker(tmp_path, monkeypatch):
 
     if not sandbox.probe().complete:
         pytest.skip(f"no OS sandbox: {sandbox.probe().incomplete_why}")
+    from kernelgym.evaluation.worker import KEEP_CACHE_ENV
+
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(KEEP_CACHE_ENV, "1")   # else retired as soon as the candidate is judged
     with Evaluator(workers=1, reference_workers=1, timeout=60, precompile_workers=1, os_sandbox="require") as ev:
         ev.warm("cuda")
         v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=1)

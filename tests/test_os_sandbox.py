@@ -400,3 +400,48 @@ def test_a_tool_that_is_a_script_brings_its_interpreter_and_real_binary(tmp_path
     binary = tmp_path / "ptxas"
     binary.write_bytes(b"\x7fELF\x02\x01")
     assert sandbox._script_parts(str(binary)) == []
+
+
+_COMPILER_CHILD = textwrap.dedent("""
+    import json, os, subprocess, sys
+    sys.path.insert(0, sys.argv[2])
+    from kernelgym.evaluation import sandbox
+    rep = sandbox.confine("precompile", sys.argv[1], mode="auto", gpu_tools=True)
+    run = subprocess.run([os.environ["CC"], "-c", "x.c"], capture_output=True, text=True)
+    print(json.dumps({"active": rep.active, "rc": run.returncode, "out": run.stdout + run.stderr}))
+""")
+
+
+@needs_sandbox
+def test_a_compiler_under_its_own_prefix_may_run_its_passes(tmp_path):
+    """The GPU image's C compiler is /opt/gcc/bin/gcc, whose passes live in /opt/gcc/libexec: with
+    only the driver executable every launcher build failed with exit status 126. Here a compiler
+    driver that runs its pass by a path relative to itself (no absolute path to find in it)."""
+    prefix = tmp_path / "gcc"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "libexec").mkdir()
+    driver, cc1 = prefix / "bin" / "gcc", prefix / "libexec" / "cc1"
+    driver.write_text('#!/bin/sh\nexec "${0%/bin/gcc}/libexec/cc1" "$@"\n')
+    cc1.write_text("#!/bin/sh\necho compiled\n")
+    driver.chmod(0o755)
+    cc1.chmod(0o755)
+    assert str(prefix) in sandbox._compiler_parts(str(driver))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "CC": str(driver), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", _COMPILER_CHILD, str(scratch), HERE], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["active"] and res["rc"] == 0 and res["out"].strip() == "compiled", res
+
+
+def test_a_wrapper_script_brings_the_executables_it_names(tmp_path):
+    """A wrapper that hands on to a binary by absolute path (``exec /opt/x/gcc-13 "$@"``)."""
+    real = tmp_path / "gcc-13"
+    real.write_bytes(b"\x7fELF")
+    real.chmod(0o755)
+    (tmp_path / "notes.txt").write_text("x")
+    wrapper = tmp_path / "gcc"
+    wrapper.write_text(f'#!/bin/sh\n# see {tmp_path}/notes.txt\nexec {real} "$@"\n')
+    assert sandbox._script_parts(str(wrapper)) == ["/bin/sh", str(real)]

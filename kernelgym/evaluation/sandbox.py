@@ -41,7 +41,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
@@ -70,6 +72,10 @@ _DEVICES_R = ("/dev/urandom", "/dev/random")
 # The C toolchain Triton's launcher build runs (gcc driver, its passes, assembler, linker).
 _TOOLS = ("gcc", "cc", "clang", "as", "ld", "ld.bfd", "ld.gold", "collect2", "ldconfig")
 _TOOL_DIRS = ("/usr/lib/gcc", "/usr/libexec/gcc", "/usr/lib/llvm")
+# Folders of everything: never opened for execution as a whole because a compiler lives there.
+_GENERIC_DIRS = frozenset(("/", "/bin", "/sbin", "/usr", "/usr/bin", "/usr/sbin", "/usr/local", "/usr/local/bin",
+                           "/usr/local/sbin", "/opt"))
+_ABS_PATH = re.compile(rb"(?<![\w.$])(/[\w.+@-]+(?:/[\w.+@-]+)+)")
 _LOADERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux.so.2")
 
 
@@ -166,19 +172,61 @@ def _python_paths() -> list[str]:
 
 
 def _script_parts(path: str) -> list[str]:
-    """What running `path` also executes when it is a script: its interpreter, and the binary a
+    """What running `path` also executes when it is a script: its interpreter, the binary a
     distribution's wrapper hands on to (Ubuntu's /sbin/ldconfig is a shell script that runs
-    /sbin/ldconfig.real; Triton runs ``ldconfig -p`` to find libcuda)."""
+    /sbin/ldconfig.real; Triton runs ``ldconfig -p`` to find libcuda), and every executable file
+    the script names by absolute path (a wrapper such as ``exec /opt/x/bin/gcc-13 "$@"``)."""
     parts = [path + ".real"] if os.path.exists(path + ".real") else []
     try:
         with open(path, "rb") as fh:
-            head = fh.readline(256)
+            text = fh.read(65536)
     except OSError:
         return parts
-    if head.startswith(b"#!"):
-        words = head[2:].decode(errors="replace").split()
-        if words:
-            parts.append(words[0])
+    if not text.startswith(b"#!"):
+        return parts
+    words = text[2:].split(b"\n", 1)[0].decode(errors="replace").split()
+    if words:
+        parts.append(words[0])
+    for m in _ABS_PATH.finditer(text):
+        named = m.group(1).decode(errors="replace")
+        if named not in parts and os.path.isfile(named) and os.access(named, os.X_OK):
+            parts.append(named)
+    return parts
+
+
+def _c_compiler() -> str | None:
+    """The C compiler Triton builds its launcher and driver utilities with (Triton's own order:
+    ``$CC``, then gcc, then clang)."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc) or cc
+    return shutil.which("gcc") or shutil.which("clang")
+
+
+def _compiler_parts(cc: str) -> list[str]:
+    """What the C compiler `cc` executes besides itself: its passes and linker wrapper (cc1,
+    collect2, lto-wrapper, found in the program folders it reports) and, for a compiler installed
+    under its own prefix (``/opt/gcc/bin/gcc``), that prefix, whose libexec holds those passes. A
+    GPU image with gcc in /opt/gcc failed every launcher build under confinement without it."""
+    parts: list[str] = []
+    real = os.path.realpath(cc)
+    bindir = os.path.dirname(real)
+    prefix = os.path.dirname(bindir)
+    if os.path.basename(bindir) == "bin" and prefix not in _GENERIC_DIRS:
+        parts.append(prefix)
+    try:
+        out = subprocess.run([cc, "-print-search-dirs"], capture_output=True, text=True, timeout=20,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        key, _, dirs = line.partition(":")
+        if key not in ("install", "programs"):
+            continue
+        for d in dirs.strip().lstrip("=").split(os.pathsep):
+            d = os.path.normpath(d) if d else ""
+            if d and os.path.isdir(d) and os.path.realpath(d) not in _GENERIC_DIRS and d not in parts:
+                parts.append(d)
     return parts
 
 
@@ -203,6 +251,9 @@ def _tools() -> list[str]:
         w = shutil.which(tool, path=search)
         if w:
             found += [w, *_script_parts(w)]
+    cc = _c_compiler()
+    if cc:
+        found += [cc, *_script_parts(cc), *_compiler_parts(cc)]
     found += list(_TOOL_DIRS) + list(_LOADERS)
     if os.path.isdir("/usr/lib"):
         found += [os.path.join("/usr/lib", d) for d in os.listdir("/usr/lib") if d.startswith("llvm")]

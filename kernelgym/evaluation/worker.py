@@ -80,6 +80,8 @@ def _harden() -> None:
 
 
 CONFINED_ROLES = ("candidate", "ptx", "precompile")   # the roles that run candidate code
+# Set: a confined worker keeps its last candidate's Triton cache until the next candidate (to inspect it).
+KEEP_CACHE_ENV = "KERNELGYM_KEEP_TRITON_CACHE"
 CPU_ROLES = ("ptx", "precompile")                     # never touch a GPU, never take the GPU lock
 
 
@@ -228,6 +230,10 @@ def serve(role: str, fd: int) -> int:
     if role not in CPU_ROLES and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
         set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
     preload()
+    if confined != "false" and role not in CPU_ROLES and os.environ.get("TRITON_INTERPRET") != "1":
+        from kernelgym.evaluation.driver_modules import keep_compiled
+
+        keep_compiled()   # its Triton cache is fresh per candidate; launchers need not be rebuilt
     import torch
     import triton
 
@@ -286,7 +292,7 @@ def serve(role: str, fd: int) -> int:
             gpu.mode = None  # the parent releases what this request held when the result arrives
             blob = codec.encode({"type": "result", "status": "internal_error", "error": describe(exc)})
         conn.send_bytes(blob)
-        if op in ("end_candidate", "ptx") and confined != "false":
+        if op in ("end_candidate", "ptx") and confined != "false" and not os.environ.get(KEEP_CACHE_ENV):
             from kernelgym.evaluation.triton_cache import retire_triton_cache
 
             # The candidate is judged: its cache goes now, while idle, rather than in the next
