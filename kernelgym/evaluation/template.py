@@ -22,9 +22,11 @@ so its pid and process group cannot be reused, until the parent, having killed t
 What must hold in the template, checked before it reports ready (otherwise the pool starts workers
 by exec as before, `Template.why` says why): one thread only (a fork copies only the calling thread;
 a lock another thread held would stay locked in the child; OMP/MKL/OpenBLAS are told to use one
-thread, as in every worker), and the CUDA driver and NVML never loaded (CUDA reads
+thread, as in every worker), and the CUDA driver and NVML never initialised (CUDA reads
 CUDA_VISIBLE_DEVICES when it initialises and its state does not survive a fork: each cuda worker
-initialises it itself, after setting its pinned device). Only variables that every role of a template sets
+initialises it itself, after setting its pinned device). Merely loaded is fine: on the GPU
+machine's image torch's imports load libcuda, and the templates were refused there until each
+library was asked, by a call that answers "not initialised", whether it was. Only variables that every role of a template sets
 alike may matter at import time; the role-specific ones (`ROLE_KEYS`) are read later (CUDA reads
 its devices when it initialises). Templates are keyed by the rest of the environment, so a changed
 environment gets a template of its own, and so does TRITON_INTERPRET: Triton reads it when a
@@ -57,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # Environment variables that differ between roles: set in each forked child, never in the template.
@@ -318,16 +321,43 @@ def release(t: Template) -> None:
 
 # ----------------------------------------------------------------------------- template process
 
+# Libraries whose initialised state a fork must not copy, and a call of each that answers "not
+# initialised" (rather than initialising) when this process never initialised it.
+_DRIVERS = (("libcuda.so", "cuDeviceGetCount", 3),          # CUDA_ERROR_NOT_INITIALIZED
+            ("libnvidia-ml.so", "nvmlDeviceGetCount_v2", 1))   # NVML_ERROR_UNINITIALIZED
+
+
+def _initialised(path: str, symbol: str, not_initialised: int) -> bool:
+    """Whether the already-loaded library at `path` was initialised in this process (True when
+    that cannot be told)."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        count = ctypes.c_uint(0)
+        return getattr(lib, symbol)(ctypes.byref(count)) != not_initialised
+    except (OSError, AttributeError):
+        return True
+
+
 def _unsafe_to_fork() -> str:
     """Why forking this process would be wrong ("" when it is safe)."""
     threads = len(os.listdir("/proc/self/task"))
     if threads > 1:
         return f"the template runs {threads} threads after its imports (a fork copies only one)"
     with open("/proc/self/maps") as fh:
-        maps = fh.read()
-    for lib in ("libcuda.so", "libnvidia-ml.so"):
-        if lib in maps:
-            return f"{lib} was loaded by the imports (CUDA must initialise in each worker, not before the fork)"
+        return _drivers_initialised(fh.read())
+
+
+def _drivers_initialised(maps: str, initialised: Callable[[str, str, int], bool] = _initialised) -> str:
+    """Which GPU driver library mapped in `maps` (/proc/self/maps) this process initialised ("" when
+    none). Loading the CUDA driver is harmless (torch's imports load it on some machines);
+    initialising it is not: a forked child of a process that called cuInit cannot use CUDA."""
+    paths = {line.split(None, 5)[-1] for line in maps.splitlines() if len(line.split(None, 5)) == 6}
+    for lib, symbol, code in _DRIVERS:
+        for path in sorted(p for p in paths if os.path.basename(p).startswith(lib)):
+            if initialised(path, symbol, code):
+                return f"{lib} was initialised by the imports (CUDA must initialise in each worker, not before the fork)"
     return ""
 
 
