@@ -130,6 +130,9 @@ class Template:
         self._replies: dict[int, dict[str, Any]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._closing = False
+        # When it was started and when it reported ready (`time.monotonic`; None until then).
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close(); a file, so it never blocks the template
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
@@ -169,7 +172,7 @@ class Template:
             with self._cond:
                 kind = msg.get("type")
                 if kind == "ready":
-                    self.state = "ready"
+                    self.state, self.ready_at = "ready", time.monotonic()
                 elif kind == "unusable":
                     self.state, self.why = "unusable", str(msg.get("why", ""))[:2000]
                 elif kind == "spawned":   # registered here, before an "exited" that may follow at once
