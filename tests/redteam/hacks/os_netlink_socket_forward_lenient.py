@@ -13,7 +13,9 @@ import triton.language as tl
 
 # Modules the static layer would refuse to import, reached through torch's own references.
 os = operator.attrgetter("os")(torch)
-socket = operator.attrgetter("distributed._symmetric_memory.socket")(torch)
+# (Through multiprocessing's reduction module: interpreter workers no longer load torch._dynamo, which
+# loaded torch.distributed._symmetric_memory, this file's first way to the socket module.)
+socket = operator.attrgetter("multiprocessing.reductions.reduction.socket")(torch)
 # Called from a torch frame (its pytree map), not from this file, the calls raise no audit event
 # the runtime guard attributes to the candidate.
 via_torch = operator.attrgetter("utils._pytree.tree_map")(torch)

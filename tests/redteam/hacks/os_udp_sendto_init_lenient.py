@@ -13,7 +13,7 @@ import triton.language as tl
 
 # Modules the static layer would refuse to import, reached through torch's own references.
 os = operator.attrgetter("os")(torch)
-socket = operator.attrgetter("distributed._symmetric_memory.socket")(torch)
+socket = operator.attrgetter("multiprocessing.reductions.reduction.socket")(torch)   # socket, past the static layer
 # Called from a torch frame (its pytree map), not from this file, the calls raise no audit event
 # the runtime guard attributes to the candidate.
 via_torch = operator.attrgetter("utils._pytree.tree_map")(torch)
