@@ -1,6 +1,7 @@
 """Worker processes forked from a warm template process, so that torch is imported once, not per worker.
 
-A worker needs torch, Triton and dynamo loaded (about 3 s of CPU); a cold `kernelgym eval` used to
+A worker needs torch, Triton and (but on the interpreter backend: `protocol.LAZY_DYNAMO_ENV`) dynamo
+loaded (about 1.7 s of CPU, 3 s with dynamo); a cold `kernelgym eval` used to
 start three workers that each imported them, and a pool that replaces a crashed or tainted worker
 paid the same again per replacement. Here one template process per environment
 (`python -m kernelgym.evaluation.template FD`) imports them once (`worker.preload`) and forks
