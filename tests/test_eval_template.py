@@ -94,6 +94,17 @@ def test_triton_library_functions_are_interpreted_in_forked_candidates(evaluator
     assert v.status == "ok", v.error
 
 
+def test_a_cold_evaluation_starts_its_templates_side_by_side():
+    """Every template of a cold evaluation starts before the first is ready (each imports torch for
+    seconds): they once started one after the other, the candidates' template, then the reference's."""
+    with Evaluator(workers=1, reference_workers=1, ptx_workers=1, timeout=60) as ev:
+        assert ev.evaluate(REF_ADD, CAND_ADD, backend=B).status == "ok"
+        ts = [ev.pool(r, B)._template for r in ("candidate", "reference", "ptx")]
+        assert all(t is not None and t.ready_at is not None for t in ts)
+        assert max(t.started_at for t in ts) < min(t.ready_at for t in ts), \
+            [(t.started_at, t.ready_at) for t in ts]
+
+
 def test_a_crashed_worker_is_replaced_by_a_fork_not_a_fresh_import(evaluator):
     pool = evaluator.pool("candidate", B)
     pool.warm()

@@ -189,10 +189,16 @@ class Run(Stages):
 
     def _run_admitted(self, ref_src: str, code: str) -> Verdict:
         n_ref = self.trials + (1 if self.backend == BACKEND_CUDA else 0)  # +1: the post-timing trial
-        # Cold pools: let the candidate (and ptx) workers import torch while the reference runs.
-        self._pool("candidate").prestart()
+        # Cold pools: every pool's template starts importing torch when the pool is made, so make
+        # them all first (the templates import side by side), then let the candidate (and ptx)
+        # workers start while the reference runs. `prestart` waits for its pool's template: made
+        # one after the other, a cold evaluation waited for one template's imports, then the next's.
+        pools = [self._pool("candidate"), self._pool("reference")]
         if self.backend == BACKEND_INTERPRET and self.ev.ptx_check:
-            self.ev.pool("ptx", BACKEND_INTERPRET).prestart()
+            pools.append(self.ev.pool("ptx", BACKEND_INTERPRET))
+        for pool in pools:
+            if pool.role.name != "reference":
+                pool.prestart()
         self.ref_src = ref_src
         self.key = f"{source_hash(ref_src)}:{self.seed}:{n_ref}:{self.mode}:{os.getpid()}:{next(self.ev.shared.keys)}"
         pre = self.ev.precompile(ref_src, code, self.gpu_index, self.mode, self.seed) \

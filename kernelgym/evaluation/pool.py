@@ -35,6 +35,7 @@ from kernelgym.evaluation.proctree import (
     tree_cpu_seconds,
     tree_rss_bytes,
 )
+from kernelgym.evaluation.protocol import LAZY_DYNAMO_ENV
 from kernelgym.evaluation.sandbox import MODE_ENV, OUTPUT_ENV, SCRATCH_ENV
 
 __all__ = ["GpuLock", "MemoryBudget", "Reservation", "Role", "RolePool", "Worker", "WorkerFailure",
@@ -89,6 +90,10 @@ class Role:
             env["CUDA_VISIBLE_DEVICES"] = physical_device(self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         if self.backend == "interpret" and self.name == "candidate":
             env["TRITON_INTERPRET"] = "1"
+        if self.backend == "interpret":
+            env[LAZY_DYNAMO_ENV] = "1"   # nothing compiles with torch.compile (guards.runtime.lazy_dynamo)
+        else:
+            env.pop(LAZY_DYNAMO_ENV, None)
         if self.backend == "cuda" and gpu_fraction and self.name != "precompile":
             env["KERNELGYM_GPU_FRACTION"] = str(gpu_fraction)
         env[MODE_ENV] = self.os_sandbox

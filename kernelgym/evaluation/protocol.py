@@ -37,6 +37,9 @@ def trial_seed(seed: int, t: int) -> int:
 # How a GPU worker's host threads wait for the GPU, read from the environment at the worker's
 # start: CU_CTX_SCHED_* of the CUDA driver API per schedule name (see worker.set_sync_schedule).
 SYNC_ENV = "KERNELGYM_CUDA_SYNC"
+# "1": the worker does not load torch._dynamo at start (interpreter-backend workers: nothing there
+# compiles with torch.compile, and its import is half of a worker's start; see guards.runtime.lazy_dynamo).
+LAZY_DYNAMO_ENV = "KERNELGYM_LAZY_DYNAMO"
 SYNC_SCHEDULES = {"auto": 0, "spin": 1, "yield": 2, "block": 4}
 
 # The timing budget (`Evaluator(bench=...)`, checked in the parent, used by the timing worker).

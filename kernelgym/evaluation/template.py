@@ -1,6 +1,7 @@
 """Worker processes forked from a warm template process, so that torch is imported once, not per worker.
 
-A worker needs torch, Triton and dynamo loaded (about 3 s of CPU); a cold `kernelgym eval` used to
+A worker needs torch, Triton and (but on the interpreter backend: `protocol.LAZY_DYNAMO_ENV`) dynamo
+loaded (about 1.7 s of CPU, 3 s with dynamo); a cold `kernelgym eval` used to
 start three workers that each imported them, and a pool that replaces a crashed or tainted worker
 paid the same again per replacement. Here one template process per environment
 (`python -m kernelgym.evaluation.template FD`) imports them once (`worker.preload`) and forks
@@ -133,6 +134,9 @@ class Template:
         self._replies: dict[int, dict[str, Any]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._closing = False
+        # When it was started and when it reported ready (`time.monotonic`; None until then).
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close(); a file, so it never blocks the template
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock = ours
@@ -172,7 +176,7 @@ class Template:
             with self._cond:
                 kind = msg.get("type")
                 if kind == "ready":
-                    self.state = "ready"
+                    self.state, self.ready_at = "ready", time.monotonic()
                 elif kind == "unusable":
                     self.state, self.why = "unusable", str(msg.get("why", ""))[:2000]
                 elif kind == "spawned":   # registered here, before an "exited" that may follow at once

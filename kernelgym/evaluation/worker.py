@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from kernelgym.evaluation.protocol import SYNC_ENV, SYNC_SCHEDULES
+from kernelgym.evaluation.protocol import LAZY_DYNAMO_ENV, SYNC_ENV, SYNC_SCHEDULES
 
 MAX_REQUEST_BYTES = 4 << 30
 
@@ -197,8 +197,10 @@ def preload() -> None:
     import torch
 
     # Loaded now, not lazily inside a candidate's run: importing dynamo rewraps torch.manual_seed
-    # and loads code generators, which the runtime guards would rightly call patching.
-    import torch._dynamo
+    # and loads code generators, which the runtime guards would rightly call patching -- but for
+    # workers that never compile (LAZY_DYNAMO_ENV), whose guard tells torch's own import of it apart.
+    if os.environ.get(LAZY_DYNAMO_ENV) != "1":
+        import torch._dynamo
     import torch.utils._python_dispatch
     import triton  # noqa: F401
 

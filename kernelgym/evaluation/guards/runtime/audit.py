@@ -193,10 +193,17 @@ def wrap_calls() -> None:
     if graphs is not None:
         targets.append((graphs, "is_current_stream_capturing", "timing_probe",
                         "torch.cuda.graphs.is_current_stream_capturing"))
-    dyn = sys.modules.get("torch._dynamo")
-    if dyn is not None:
-        targets.append((dyn, "optimize", "code_generation", "torch._dynamo.optimize"))
     for owner, attr, name, label in targets:
         orig = getattr(owner, attr, None)
         if orig is not None and not hasattr(orig, "__kernelgym_wrapped__"):
             setattr(owner, attr, _deny_wrapper(orig, name, label))
+    deny_dynamo_optimize()
+
+
+def deny_dynamo_optimize() -> None:
+    """Deny ``torch._dynamo.optimize`` to candidate code, once dynamo is loaded (at `wrap_calls`,
+    or when torch loads it later: `lazy_dynamo`)."""
+    dyn = sys.modules.get("torch._dynamo")
+    orig = getattr(dyn, "optimize", None)
+    if STATE.calls_wrapped and orig is not None and not hasattr(orig, "__kernelgym_wrapped__"):
+        dyn.optimize = _deny_wrapper(orig, "code_generation", "torch._dynamo.optimize")

@@ -89,6 +89,14 @@ class Recorder(TorchDispatchMode):
         self.in_launch = 0
         self.paused = 0
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch (2.13) wraps a mode's __torch_dispatch__ in torch._disable_dynamo unless this says
+        # False, and that wrapper imports torch._dynamo (1.3 s) on its first call. Nothing compiles
+        # under this mode (candidate code may not; the reference's ops are recorded eagerly), so
+        # there is nothing for dynamo to skip; interpreter workers start without it (`lazy_dynamo`).
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if self.paused:

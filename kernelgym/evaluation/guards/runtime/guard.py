@@ -21,6 +21,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from kernelgym.evaluation.guards import Finding
+from kernelgym.evaluation.guards.runtime import lazy_dynamo
 from kernelgym.evaluation.guards.runtime.audit import GEN_MODULES, install_audit_hook, wrap_calls
 from kernelgym.evaluation.guards.runtime.dispatch import Recorder, family, format_ops
 from kernelgym.evaluation.guards.runtime.launches import LaunchRecord, describe, wrap_launches
@@ -115,8 +116,10 @@ class RuntimeGuard:
             import triton.runtime.interpreter  # noqa: F401
         except ImportError:
             pass
-        # Entering a dispatch mode imports torch._dynamo the first time (seconds); do it now, not
-        # inside the candidate's first forward where it would look like a code generator loading.
+        # A worker started without torch._dynamo (`protocol.LAZY_DYNAMO_ENV`): torch may still
+        # import it from its own functions during the run; that import is not the candidate's.
+        lazy_dynamo.watch()
+        # The first dispatch of a mode does one-time work; not in the candidate's first forward.
         with Recorder():
             torch.ones(1).add_(1)
         # Start torch's intra-op pool now so that its threads are not taken for the candidate's.
@@ -168,7 +171,7 @@ class RuntimeGuard:
                 self._add(Finding("thread_started", f"{len(names)} native thread(s) left running: {', '.join(names)}"))
 
     def _check_modules(self) -> None:
-        new = [m for m in set(sys.modules) - self._modules if m.startswith(GEN_MODULES)]
+        new = [m for m in set(sys.modules) - self._modules - lazy_dynamo.loaded() if m.startswith(GEN_MODULES)]
         if new:
             self._add(Finding("code_generation", "code generator loaded during the candidate's run: "
                               + ", ".join(sorted(new)[:5])))

@@ -85,16 +85,44 @@ def snapshot() -> dict[str, Owned]:
     return snap
 
 
+def _disable_dynamo_code() -> Any:
+    """The code of torch's ``_disable_dynamo`` wrappers (one code object for all), or None."""
+    make = getattr(torch, "_disable_dynamo", None)
+    code = getattr(make(lambda: None), "__code__", None) if callable(make) else None
+    return code if code is not None and "fn" in code.co_freevars else None
+
+
+_DISABLE_DYNAMO_CODE = _disable_dynamo_code()
+
+
+def _dynamo_rewrap(old: Any, new: Any) -> bool:
+    """`new` is torch's own ``_disable_dynamo`` wrapper around `old`, now: what importing
+    torch._dynamo makes of ``torch.manual_seed`` (see `lazy_dynamo`). The same function, hidden from
+    dynamo; its closure is read now, so a wrapper whose function was swapped after is still reported."""
+    code = getattr(new, "__code__", None)
+    if code is None or code is not _DISABLE_DYNAMO_CODE or "torch._dynamo" not in sys.modules:
+        return False
+    cells = getattr(new, "__closure__", None) or ()
+    i = code.co_freevars.index("fn")
+    try:
+        return i < len(cells) and cells[i].cell_contents is old
+    except ValueError:   # an empty cell
+        return False
+
+
 def diff(snap: dict[str, Owned], vars: Callable[[Any], Any] = vars, any: Callable[..., bool] = any,
-         map: type = map, is_not: Callable[[Any, Any], bool] = operator.is_not) -> list[str]:
+         map: type = map, is_not: Callable[[Any, Any], bool] = operator.is_not,
+         rewrap: Callable[[Any, Any], bool] = _dynamo_rewrap) -> list[str]:
     """Watched attributes replaced, deleted or added since the snapshot. Runs after every
     sandboxed block, so the common case (nothing changed) compares identities in C (`map`, `any`)
-    rather than attribute by attribute in Python; the builtins it uses are bound at import."""
+    rather than attribute by attribute in Python; the builtins it uses are bound at import.
+    Not a change: dynamo's own wrapper around the same function (`_dynamo_rewrap`)."""
     changed: list[str] = []
     for name, o in snap.items():
         now = vars(o.owner)
         if any(map(is_not, map(now.get, o.keys), o.values)):
-            changed += [f"{name}.{k}" for k, v in o.before.items() if now.get(k, _MISSING) is not v]
+            changed += [f"{name}.{k}" for k, v in o.before.items()
+                        if now.get(k, _MISSING) is not v and not rewrap(v, now.get(k, _MISSING))]
         if not o.known.issuperset(now):  # in C, without building a set of every name
             changed += [f"{name}.{k} (added)" for k in now.keys() - o.known
                         if _watchable(now[k]) and not isinstance(now[k], types.ModuleType)]
