@@ -7,8 +7,9 @@
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
 # THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100";
 # the kb* steps (benchmarks/kernelbench.py, one per 10-minute call) read KB, the KernelBench folder
-# (default kb_local), KB_LIMIT (seconds, default 560), KB_EXTRA (e.g. "--limit 50"), and for the
-# search KB_EVALS, KB_SEARCH_S and KB_JOBS)
+# (default kb_local), KB_LIMIT (seconds, default 560), KB_EXTRA (e.g. "--limit 50"), KB_RESUME (a
+# carried folder with STEP/kernelbench.progress.jsonl of a call cut short: that call's verdicts are
+# kept and only the rest judged), and for the search KB_EVALS, KB_SEARCH_S and KB_JOBS)
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
 set -u
@@ -26,6 +27,12 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the log, never stop the batc
   local rc=$?
   echo "=== $name rc=$rc in $((SECONDS - t0))s"
   tail -n 25 "$OUT/$name.log"
+}
+
+resume() {  # resume NAME: with KB_RESUME (a folder carried over, holding NAME/kernelbench.progress.jsonl
+  # from a call cut short), seed $OUT/NAME with it and print --resume, so the run judges only the rest
+  local f="${KB_RESUME:-}/$1/kernelbench.progress.jsonl"
+  if [ -n "${KB_RESUME:-}" ] && [ -f "$f" ]; then mkdir -p "$OUT/$1" && cp "$f" "$OUT/$1/" && echo --resume; fi
 }
 
 for s in "$@"; do
@@ -52,12 +59,12 @@ for s in "$@"; do
       step scaling_1gpu 200 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
       step scaling_2gpu 200 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
     kb2_strict) step kb2_strict "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 2 \
-      --policy compiler --mode strict --backend cuda --out "$OUT/kb2_strict" ${KB_EXTRA:-} ;;
+      --policy compiler --mode strict --backend cuda --out "$OUT/kb2_strict" $(resume kb2_strict) ${KB_EXTRA:-} ;;
     kb2_lenient_search) step kb2_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
       --levels 2 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
-      --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" ${KB_EXTRA:-} ;;
+      --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" $(resume kb2_lenient_search) ${KB_EXTRA:-} ;;
     kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 1 \
-      --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" ${KB_EXTRA:-} ;;
+      --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" $(resume kb1_lenient) ${KB_EXTRA:-} ;;
     *) echo "unknown step $s" ;;
   esac
 done

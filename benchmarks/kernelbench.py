@@ -106,9 +106,11 @@ def pretrace(tasks: Sequence[Any], compiler: Any, timeout: float, jobs: int,
 
 def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode: str, args: argparse.Namespace,
                  jobs: int, cache: dict[str, dict[str, Any]] | None = None,
-                 on_verdict: Callable[[Any, Any], None] | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+                 on_verdict: Callable[[Any, dict[str, Any], Any], None] | None = None,
+                 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """(proposals, verdicts) of a searching policy over `tasks`: traced first (`pretrace`, when the
-    base is the compiler), then searched `jobs` problems at a time."""
+    base is the compiler), then searched `jobs` problems at a time; `on_verdict(task, proposal,
+    verdict)` as each is judged."""
     from kernelgym.runner import run_tasks
 
     base = getattr(policy, "base", None)
@@ -118,9 +120,10 @@ def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode:
         props = [{} for _ in tasks]
     todo = [i for i, p in enumerate(props) if p.get("traced", True)]
     verdicts: list[Any] = [None] * len(tasks)
-    results = run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed,
-                        on_done=(lambda r: on_verdict(r.task, r.verdict)) if on_verdict else None)
-    for i, r in zip(todo, results):
+    index = {id(tasks[i]): i for i in todo}
+
+    def settle(r: Any) -> int:
+        i = index[id(r.task)]
         props[i].update(source=r.source, error=r.policy_error)
         if r.search is not None:
             best = r.search.log[r.search.best_index] if r.search.best_index is not None else {}
@@ -129,6 +132,16 @@ def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode:
                                   "elapsed_s": round(r.search.elapsed_s, 1)}
         props[i]["seconds"] = round(r.elapsed_s, 2)
         verdicts[i] = r.verdict if r.source else None
+        return i
+
+    def done(r: Any) -> None:
+        i = settle(r)
+        if on_verdict is not None and verdicts[i] is not None:
+            on_verdict(tasks[i], props[i], verdicts[i])
+
+    results = run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed, on_done=done)
+    for r in results:
+        settle(r)
     return props, verdicts
 
 
@@ -173,22 +186,41 @@ def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict
 # -- judging -------------------------------------------------------------------------------------
 class Progress:
     """One JSON line per judged problem in OUT/kernelbench.progress.jsonl, written as verdicts
-    arrive: what a GPU call cut short by its time limit still measured."""
+    arrive: what a GPU call cut short by its time limit still measured. Each line holds the
+    problem's whole row and candidate source, so `--resume` continues such a run in a later call
+    and judges only what is missing."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resume: bool = False):
         import threading
 
         self.path = path
         self.lock = threading.Lock()
+        self.done: dict[tuple[int, str, str], dict[str, Any]] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")   # this run's lines only
+        if resume and path.exists():
+            for n, text in enumerate(path.read_text().splitlines(), 1):
+                try:
+                    line = json.loads(text)
+                except json.JSONDecodeError:   # a line cut short when the run was killed
+                    print(f"kernelbench: {path}:{n}: not JSON, judged again", file=sys.stderr)
+                    continue
+                if isinstance(line, dict) and isinstance(line.get("row"), dict):
+                    self.done[(int(line["level"]), str(line["mode"]), str(line["problem"]))] = line
+            # the kept lines only: a cut last line would run into the next one appended
+            path.write_text("".join(json.dumps(line, default=str) + "\n" for line in self.done.values()))
+        else:
+            path.write_text("")   # this run's lines only
 
-    def __call__(self, level: int, mode: str, task: Any, verdict: Any) -> None:
-        v = verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict or {})
-        line = {"level": level, "mode": mode, "problem": f"{task.id}.py", "status": v.get("status"),
-                "speedup": v.get("speedup"), "speedup_vs_compile": v.get("speedup_vs_compile")}
+    def __call__(self, level: int, mode: str, row: dict[str, Any], source: str | None) -> None:
+        line = {"level": level, "mode": mode, "problem": row["problem"], "status": row.get("status"),
+                "speedup": row.get("speedup"), "speedup_vs_compile": row.get("speedup_vs_compile"),
+                "row": row, "source": source}
         with self.lock, self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+            f.write(json.dumps(line, default=str) + "\n")
+
+    def judged(self, level: int, mode: str) -> dict[str, dict[str, Any]]:
+        """Problem file name -> its line, for what an earlier run of this level and mode judged."""
+        return {name: line for (lv, m, name), line in self.done.items() if lv == level and m == mode}
 
 
 def judge(tasks: Sequence[Any], proposals: Sequence[dict[str, Any]], evaluator: Any, backend: str, mode: str,
@@ -391,6 +423,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="the published timings to compare with: PATH/results/timing/<this> (default H100_Modal)")
     ap.add_argument("--profile-losers", type=int, default=5, help="profile the K slowest ok problems (GPU; 0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep what OUT/kernelbench.progress.jsonl already holds (a run cut short) and judge the rest")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "kernelbench")
     args = ap.parse_args(argv)
     if not args.path.is_dir():
@@ -456,7 +490,7 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                               "levels": {}, "rows": []}
     sources: dict[tuple[int, str, str], str] = {}
     search_kw = {"budget_evals": args.budget_evals, "budget_s": args.budget_s}
-    progress = Progress(args.out / "kernelbench.progress.jsonl")
+    progress = Progress(args.out / "kernelbench.progress.jsonl", resume=args.resume)
     t0 = time.perf_counter()
     with Evaluator(**ev_kw) as ev:
         jobs = args.jobs or max(2, ev.workers)
@@ -472,23 +506,32 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
             for mode in modes:
                 policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed,
                                       **search_kw)
+                earlier = progress.judged(lv, mode)   # --resume: judged by an earlier run, kept as it was
+                for name, line in earlier.items():
+                    if line.get("source"):
+                        sources[(lv, name, mode)] = line["source"]
+
+                def record(t: Any, p: dict[str, Any], v: Any, lv: int = lv, mode: str = mode) -> None:
+                    progress(lv, mode, row_of(lv, t, p, v, mode, published), p.get("source"))
+
                 if callable(getattr(policy, "search", None)):   # searches judge as they go: in this process
-                    todo = [t for t in tasks if f"{t.id}.py" not in done]
-                    reuse = set(done)
-                    props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces,
-                                                   lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
+                    todo = [t for t in tasks if f"{t.id}.py" not in done and f"{t.id}.py" not in earlier]
+                    reuse = set(done) - set(earlier)
+                    props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces, record)
                 else:
                     # every problem is proposed again: a lenient candidate differs from the strict one
                     # when it has extern anchors, and only an identical one reuses the strict verdict
-                    todo = list(tasks)
+                    todo = [t for t in tasks if f"{t.id}.py" not in earlier]
                     props = in_children([_propose_job(t, make(mode)) for t in todo], args.task_timeout, jobs)
                     reuse = {f"{t.id}.py" for t, p in zip(todo, props) if f"{t.id}.py" in done
                              and same_candidate(p.get("source"), sources.get((lv, f"{t.id}.py", "strict")))}
+                    by_task = {id(t): p for t, p in zip(todo, props)}
                     verdicts = judge(todo, [{} if f"{t.id}.py" in reuse else p for t, p in zip(todo, props)], ev,
                                      backend, mode, jobs, args.seed,
-                                     lambda t, v, lv=lv, mode=mode: progress(lv, mode, t, v))
+                                     lambda t, v: record(t, by_task[id(t)], v))
                 rows = {f"{t.id}.py": row_of(lv, t, p, v, mode, published) for t, p, v in zip(todo, props, verdicts)
                         if f"{t.id}.py" not in reuse}
+                rows.update({name: line["row"] for name, line in earlier.items()})
                 for t, p in zip(todo, props):
                     if p.get("source") and f"{t.id}.py" not in reuse:
                         sources[(lv, f"{t.id}.py", mode)] = p["source"]

@@ -369,3 +369,31 @@ def test_sandbox_overhead_judges_a_fresh_copy_of_each_kernel():
     assert a != b and a.replace("    # copy 1\n", "") == src
     body = a.split("def softmax_kernel", 1)[1]
     assert body.index("# copy 1") < body.index("tl.program_id")
+
+
+def test_kernelbench_resume_keeps_what_a_cut_run_judged(tmp_path, capsys):
+    """--resume: problems the progress file holds whole rows for are kept as they were (not judged
+    again), the rest are judged; a line cut short by a kill is named and judged again."""
+    kbm = load("kernelbench")
+    kb = kernelbench_dir(tmp_path)
+    (kb / "level1" / "3_Relu_again.py").write_text(KB_RELU)
+    out = tmp_path / "out"
+    argv = [str(kb), "--levels", "1", "--backend", "interpret", "--mode", "strict", "--workers", "1", "--jobs", "1",
+            "--out", str(out)]
+    assert kbm.main(argv) == 0
+    path = out / "kernelbench.progress.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert sorted(x["problem"] for x in lines) == ["1_Relu.py", "3_Relu_again.py"]
+    assert all(x["row"]["status"] == "ok" and "class ModelNew" in x["source"] for x in lines)
+    kept = next(x for x in lines if x["problem"] == "1_Relu.py")
+    kept["row"]["candidate_ms"] = 12345.0   # a marker: only a kept row carries it
+    path.write_text(json.dumps(kept) + "\n" + '{"level": 1, "mode": "strict", "problem": "3_Re')
+    assert kbm.main([*argv, "--resume"]) == 0
+    assert "not JSON, judged again" in capsys.readouterr().err
+    report = json.loads((out / "kernelbench.json").read_text())
+    rows = {r["problem"]: r for r in report["rows"]}
+    assert rows["1_Relu.py"]["candidate_ms"] == 12345.0
+    assert rows["3_Relu_again.py"]["status"] == "ok" and rows["3_Relu_again.py"]["candidate_ms"] != 12345.0
+    assert rows["2_Item_scale.py"]["status"] == "no_candidate"
+    assert report["levels"]["1"]["strict"]["ok"] == 2
+    assert [json.loads(x)["problem"] for x in path.read_text().splitlines()] == ["1_Relu.py", "3_Relu_again.py"]
