@@ -48,6 +48,16 @@ def test_a_dynamo_style_wrapper_around_another_function_is_patching(evaluator):
     assert v.status == "hack_detected" and "guard:patching" in v.reasons, (v.status, v.reasons, v.error)
 
 
+def test_torchs_own_wrapper_around_the_same_function_is_patching_unless_the_import_made_it(evaluator):
+    """The wrapper dynamo's import puts on torch.manual_seed passes; the same wrapper put on any other
+    watched function by the candidate does not (it runs whatever ``fn.__dynamo_disable`` the
+    candidate sets on the function: a timer's, for instance)."""
+    body = LAZY + "        torch.relu = torch._disable_dynamo(torch.relu)\n"
+    v = _judge(evaluator, _init(body))
+    assert v.status == "hack_detected" and "guard:patching" in v.reasons, (v.status, v.reasons, v.error)
+    assert "torch.relu" in v.error, v.error
+
+
 GUARD_SCRIPT = textwrap.dedent('''
     import json, os, sys, tempfile
     import torch, triton

@@ -96,11 +96,11 @@ _DISABLE_DYNAMO_CODE = _disable_dynamo_code()
 
 
 def _dynamo_rewrap(old: Any, new: Any) -> bool:
-    """`new` is torch's own ``_disable_dynamo`` wrapper around `old`, now: what importing
-    torch._dynamo makes of ``torch.manual_seed`` (see `lazy_dynamo`). The same function, hidden from
-    dynamo; its closure is read now, so a wrapper whose function was swapped after is still reported."""
+    """`new` is torch's own ``_disable_dynamo`` wrapper around `old`: what importing torch._dynamo
+    makes of ``torch.manual_seed``. Its closure is read now, so a wrapper whose function was
+    swapped after is not one."""
     code = getattr(new, "__code__", None)
-    if code is None or code is not _DISABLE_DYNAMO_CODE or "torch._dynamo" not in sys.modules:
+    if code is None or code is not _DISABLE_DYNAMO_CODE:
         return False
     cells = getattr(new, "__closure__", None) or ()
     i = code.co_freevars.index("fn")
@@ -110,19 +110,41 @@ def _dynamo_rewrap(old: Any, new: Any) -> bool:
         return False
 
 
+def replaced_by_dynamo(snap: dict[str, Owned]) -> dict[str, Any]:
+    """The watched attributes replaced since `snap` (taken just before torch._dynamo's import, by
+    `lazy_dynamo`) by torch's own wrapper around the same function, with the wrapper: the only
+    changes of that import the patching check lets pass."""
+    out: dict[str, Any] = {}
+    for name, o in snap.items():
+        now = vars(o.owner)
+        for k, v in o.before.items():
+            new = now.get(k, _MISSING)
+            if new is not v and _dynamo_rewrap(v, new):
+                out[f"{name}.{k}"] = new
+    return out
+
+
+def _installed_by_dynamo(name: str, new: Any) -> bool:
+    from kernelgym.evaluation.guards.runtime import lazy_dynamo
+
+    installed = lazy_dynamo.installed()
+    return name in installed and installed[name] is new   # a deleted attribute is never accepted
+
+
 def diff(snap: dict[str, Owned], vars: Callable[[Any], Any] = vars, any: Callable[..., bool] = any,
          map: type = map, is_not: Callable[[Any, Any], bool] = operator.is_not,
-         rewrap: Callable[[Any, Any], bool] = _dynamo_rewrap) -> list[str]:
+         accepted: Callable[[str, Any], bool] = _installed_by_dynamo) -> list[str]:
     """Watched attributes replaced, deleted or added since the snapshot. Runs after every
     sandboxed block, so the common case (nothing changed) compares identities in C (`map`, `any`)
     rather than attribute by attribute in Python; the builtins it uses are bound at import.
-    Not a change: dynamo's own wrapper around the same function (`_dynamo_rewrap`)."""
+    Not a change: the very object torch._dynamo's import put there while the guard watched for it
+    (`lazy_dynamo.installed`)."""
     changed: list[str] = []
     for name, o in snap.items():
         now = vars(o.owner)
         if any(map(is_not, map(now.get, o.keys), o.values)):
             changed += [f"{name}.{k}" for k, v in o.before.items()
-                        if now.get(k, _MISSING) is not v and not rewrap(v, now.get(k, _MISSING))]
+                        if now.get(k, _MISSING) is not v and not accepted(f"{name}.{k}", now.get(k, _MISSING))]
         if not o.known.issuperset(now):  # in C, without building a set of every name
             changed += [f"{name}.{k} (added)" for k in now.keys() - o.known
                         if _watchable(now[k]) and not isinstance(now[k], types.ModuleType)]
