@@ -81,6 +81,8 @@ GUARD_SCRIPT = textwrap.dedent('''
     out = {"before": "torch._dynamo" in sys.modules}
     out["lazy"] = run("p = torch.nn.Parameter(torch.zeros(1))\\ntorch.optim.SGD([p], lr=0.1).zero_grad()\\n")
     out["after"] = "torch._dynamo" in sys.modules
+    from kernelgym.evaluation.guards.runtime import snapshots
+    out["accepted"] = sorted(snapshots.dynamo_installed())
     out["seed_ok"] = run("torch.manual_seed(3)\\n")
     out["optimize"] = run("getattr(torch, '_dyn' + 'amo').optimize('eager')(lambda x: x)\\n")
     print(json.dumps(out))
@@ -98,6 +100,7 @@ def test_the_guard_in_a_worker_without_dynamo(tmp_path):
     assert out["before"] is False and out["after"] is True, out
     assert out["lazy"] == [[], ""], out
     assert out["seed_ok"] == [[], ""], out
+    assert "torch.manual_seed" in out["accepted"] and len(out["accepted"]) <= 3, out   # what the import rewrapped
     assert out["optimize"] == [["code_generation"], "PermissionError"], out
 
 

@@ -13,8 +13,8 @@ forbidden module whose importing frame is the candidate's.
 import loads (`loaded`) are exempt from the code-generator check, and ``torch._dynamo.optimize`` is
 denied to candidate code from then on, as when it was loaded before the guard. Modules loaded
 afterwards (a compile's) are still reported. Removing the finder only makes the import reported.
-The watched attributes the import itself replaced (`installed`: the objects it put there, e.g.
-``torch.manual_seed``) are what the patching check accepts, and only those objects: a candidate
+The watched attributes the import itself replaced (`snapshots.accept_dynamo_import`: the objects it
+put there, e.g. ``torch.manual_seed``) are what the patching check accepts, and only those objects: a candidate
 that wraps any other function the same way, or replaces these again, is reported.
 """
 
@@ -27,13 +27,6 @@ from typing import Any
 
 DYNAMO = "torch._dynamo"
 _LOADED: set[str] = set()
-_INSTALLED: dict[str, Any] = {}   # "owner.attr" -> the object torch._dynamo's import put there
-
-
-def installed() -> dict[str, Any]:
-    """The watched attributes (`snapshots` names) that the import of torch._dynamo replaced while
-    `watch` was in place, with the object it put in each."""
-    return dict(_INSTALLED)
 
 
 def loaded() -> frozenset[str]:
@@ -60,8 +53,7 @@ class _Loader(importlib.abc.Loader):
         finally:
             _LOADED.update(set(sys.modules) - before)
             _LOADED.add(DYNAMO)
-            for name, new in snapshots.replaced_by_dynamo(owners).items():
-                _INSTALLED[name] = new
+            snapshots.accept_dynamo_import(owners)
         from kernelgym.evaluation.guards.runtime.audit import deny_dynamo_optimize
 
         deny_dynamo_optimize()

@@ -110,10 +110,15 @@ def _dynamo_rewrap(old: Any, new: Any) -> bool:
         return False
 
 
-def replaced_by_dynamo(snap: dict[str, Owned]) -> dict[str, Any]:
-    """The watched attributes replaced since `snap` (taken just before torch._dynamo's import, by
-    `lazy_dynamo`) by torch's own wrapper around the same function, with the wrapper: the only
-    changes of that import the patching check lets pass."""
+# Watched attribute ("owner.attr") -> the object torch._dynamo's own import put there while
+# `lazy_dynamo` watched for it: the one change the patching check lets pass.
+_DYNAMO_INSTALLED: dict[str, Any] = {}
+
+
+def accept_dynamo_import(snap: dict[str, Owned]) -> dict[str, Any]:
+    """Called by `lazy_dynamo` right after torch._dynamo's import, with a snapshot taken just
+    before it: the watched attributes that import replaced by torch's own wrapper around the same
+    function (``torch.manual_seed``) are accepted from now on, as those very objects. Returns them."""
     out: dict[str, Any] = {}
     for name, o in snap.items():
         now = vars(o.owner)
@@ -121,14 +126,17 @@ def replaced_by_dynamo(snap: dict[str, Owned]) -> dict[str, Any]:
             new = now.get(k, _MISSING)
             if new is not v and _dynamo_rewrap(v, new):
                 out[f"{name}.{k}"] = new
+    _DYNAMO_INSTALLED.update(out)
     return out
 
 
-def _installed_by_dynamo(name: str, new: Any) -> bool:
-    from kernelgym.evaluation.guards.runtime import lazy_dynamo
+def dynamo_installed() -> dict[str, Any]:
+    """What `accept_dynamo_import` accepted in this process."""
+    return dict(_DYNAMO_INSTALLED)
 
-    installed = lazy_dynamo.installed()
-    return name in installed and installed[name] is new   # a deleted attribute is never accepted
+
+def _installed_by_dynamo(name: str, new: Any) -> bool:
+    return name in _DYNAMO_INSTALLED and _DYNAMO_INSTALLED[name] is new   # a deleted attribute never is
 
 
 def diff(snap: dict[str, Owned], vars: Callable[[Any], Any] = vars, any: Callable[..., bool] = any,
@@ -138,7 +146,7 @@ def diff(snap: dict[str, Owned], vars: Callable[[Any], Any] = vars, any: Callabl
     sandboxed block, so the common case (nothing changed) compares identities in C (`map`, `any`)
     rather than attribute by attribute in Python; the builtins it uses are bound at import.
     Not a change: the very object torch._dynamo's import put there while the guard watched for it
-    (`lazy_dynamo.installed`)."""
+    (`accept_dynamo_import`)."""
     changed: list[str] = []
     for name, o in snap.items():
         now = vars(o.owner)
