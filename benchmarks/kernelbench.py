@@ -122,7 +122,7 @@ def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode:
     verdicts: list[Any] = [None] * len(tasks)
     index = {id(tasks[i]): i for i in todo}
 
-    def settle(r: Any) -> int:
+    def done(r: Any) -> None:   # run_tasks calls it for every result it returns
         i = index[id(r.task)]
         props[i].update(source=r.source, error=r.policy_error)
         if r.search is not None:
@@ -132,16 +132,10 @@ def search_level(tasks: Sequence[Any], policy: Any, ev: Any, backend: str, mode:
                                   "elapsed_s": round(r.search.elapsed_s, 1)}
         props[i]["seconds"] = round(r.elapsed_s, 2)
         verdicts[i] = r.verdict if r.source else None
-        return i
-
-    def done(r: Any) -> None:
-        i = settle(r)
         if on_verdict is not None and verdicts[i] is not None:
             on_verdict(tasks[i], props[i], verdicts[i])
 
-    results = run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed, on_done=done)
-    for r in results:
-        settle(r)
+    run_tasks([tasks[i] for i in todo], policy, ev, backend, mode, jobs=jobs, seed=args.seed, on_done=done)
     return props, verdicts
 
 

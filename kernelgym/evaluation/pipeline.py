@@ -193,12 +193,12 @@ class Run(Stages):
         # them all first (the templates import side by side), then let the candidate (and ptx)
         # workers start while the reference runs. `prestart` waits for its pool's template: made
         # one after the other, a cold evaluation waited for one template's imports, then the next's.
-        pools = [self._pool("candidate"), self._pool("reference")]
+        early = [self._pool("candidate")]
+        self._pool("reference")   # made now, so that its template imports beside the others'
         if self.backend == BACKEND_INTERPRET and self.ev.ptx_check:
-            pools.append(self.ev.pool("ptx", BACKEND_INTERPRET))
-        for pool in pools:
-            if pool.role.name != "reference":
-                pool.prestart()
+            early.append(self.ev.pool("ptx", BACKEND_INTERPRET))
+        for pool in early:
+            pool.prestart()
         self.ref_src = ref_src
         self.key = f"{source_hash(ref_src)}:{self.seed}:{n_ref}:{self.mode}:{os.getpid()}:{next(self.ev.shared.keys)}"
         pre = self.ev.precompile(ref_src, code, self.gpu_index, self.mode, self.seed) \

@@ -242,18 +242,17 @@ def _tools() -> list[str]:
                 found.append(os.path.join(loc, "backends", "nvidia", "bin"))
     except (ImportError, ValueError):
         pass
-    for var in ("TRITON_PTXAS_PATH", "TRITON_CUOBJDUMP_PATH", "TRITON_NVDISASM_PATH", "CC"):
+    for var in ("TRITON_PTXAS_PATH", "TRITON_CUOBJDUMP_PATH", "TRITON_NVDISASM_PATH"):
         v = os.environ.get(var)
         if v:
             found.append(shutil.which(v) or v)
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"])
-    for tool in _TOOLS:
-        w = shutil.which(tool, path=search)
+    cc = _c_compiler()   # usually also one of _TOOLS: each executable's script is read once
+    for w in dict.fromkeys([*(shutil.which(tool, path=search) for tool in _TOOLS), cc]):
         if w:
             found += [w, *_script_parts(w)]
-    cc = _c_compiler()
     if cc:
-        found += [cc, *_script_parts(cc), *_compiler_parts(cc)]
+        found += _compiler_parts(cc)
     found += list(_TOOL_DIRS) + list(_LOADERS)
     if os.path.isdir("/usr/lib"):
         found += [os.path.join("/usr/lib", d) for d in os.listdir("/usr/lib") if d.startswith("llvm")]

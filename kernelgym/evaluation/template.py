@@ -357,7 +357,8 @@ def _drivers_initialised(maps: str, initialised: Callable[[str, str, int], bool]
     """Which GPU driver library mapped in `maps` (/proc/self/maps) this process initialised ("" when
     none). Loading the CUDA driver is harmless (torch's imports load it on some machines);
     initialising it is not: a forked child of a process that called cuInit cannot use CUDA."""
-    paths = {line.split(None, 5)[-1] for line in maps.splitlines() if len(line.split(None, 5)) == 6}
+    fields = (line.split(None, 5) for line in maps.splitlines())
+    paths = {f[5] for f in fields if len(f) == 6}
     for lib, symbol, code in _DRIVERS:
         for path in sorted(p for p in paths if os.path.basename(p).startswith(lib)):
             if initialised(path, symbol, code):

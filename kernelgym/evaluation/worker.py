@@ -229,10 +229,11 @@ def serve(role: str, fd: int) -> int:
 
     tmpdir = os.environ.get(SCRATCH_ENV) or tempfile.mkdtemp(prefix=f"kernelgym-{role}-")
     confined = _confine(role, tmpdir)
-    if role not in CPU_ROLES and os.environ.get("TRITON_INTERPRET") != "1" and os.environ.get(SYNC_ENV):
+    on_gpu = role not in CPU_ROLES and os.environ.get("TRITON_INTERPRET") != "1"
+    if on_gpu and os.environ.get(SYNC_ENV):
         set_sync_schedule(os.environ[SYNC_ENV])   # before torch initialises CUDA
     preload()
-    if confined != "false" and role not in CPU_ROLES and os.environ.get("TRITON_INTERPRET") != "1":
+    if on_gpu and confined != "false":
         from kernelgym.evaluation.driver_modules import keep_compiled
 
         keep_compiled()   # its Triton cache is fresh per candidate; launchers need not be rebuilt
