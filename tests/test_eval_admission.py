@@ -106,7 +106,7 @@ def test_footprint_model():
     fp = {"weight_bytes": 100, "input_bytes": 10, "output_bytes": 20, "forward_peak_bytes": 40}
     assert footprint.estimated_reference_peak(fp, 4) == 100 + 4 * 30 + 40
     assert footprint.host_task_bytes(fp, 4) == 300 + 4 * 30
-    assert footprint.evaluation_footprint(1000, 20, 3) == 2000 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
+    assert footprint.evaluation_footprint(1000, 20, 3) == 3000 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
 
 
 SIZED_TASK = '''
@@ -161,3 +161,48 @@ def test_a_request_may_carry_its_own_memory_limit():
         assert info.value.kind == "memory" and "memory limit of 1 MB" in str(info.value)
     finally:
         w.kill()
+
+
+def _mapped_file_task(path: str, mb: int) -> str:
+    """A task whose import maps `mb` MB of a file and reads every page (resident, not allocated)."""
+    return (f"import mmap, time\nfh = open({path!r}, 'rb')\nm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)\n"
+            f"s = sum(m[i] for i in range(0, {mb} << 20, 4096))\ntime.sleep(1.5)\n" + SIZED_TASK)
+
+
+def test_the_memory_limit_charges_allocations_not_mapped_files(tmp_path):
+    """Resident size counts mapped files (shared libraries, page cache): a worker is killed over
+    what it allocated, and the message gives the account per process."""
+    from kernelgym.evaluation.proctree import memory_use
+
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\1" * (256 * MiB))
+    w = Worker(Role("reference", "interpret"), memory_limit_mb=16384)
+    try:
+        w.wait_ready()
+        assert w.request({"op": "footprint", "source": SIZED_TASK}, 60)["status"] == "ok"
+        own = memory_use(w.pid)
+        if "anon" not in own:
+            pytest.skip("/proc/PID/smaps_rollup is not readable here")
+        limit = own["charged"] + 128 * MiB   # under what the mapped file makes resident
+        reply = w.request({"op": "footprint", "source": _mapped_file_task(str(big), 256)}, 60, memory_limit=limit)
+        assert reply["status"] == "ok"
+        allocating = "import time\nb = bytearray(256 << 20)\ntime.sleep(1.5)\n" + SIZED_TASK
+        with pytest.raises(WorkerFailure) as info:
+            w.request({"op": "footprint", "source": allocating}, 60, memory_limit=limit)
+        assert info.value.kind == "memory" and "MB allocated" in str(info.value) and "anon" in str(info.value)
+    finally:
+        w.kill()
+
+
+def test_memory_use_splits_allocations_from_mapped_files():
+    import os
+
+    from kernelgym.evaluation.proctree import memory_use, tree_memory
+
+    use = memory_use(os.getpid())
+    if "anon" not in use:
+        pytest.skip("/proc/PID/smaps_rollup is not readable here")
+    assert use["charged"] == use["anon"] + use["shmem"] and use["file"] > 0
+    total, account = tree_memory(os.getpid())
+    assert total >= use["charged"] and f"{os.getpid()}: anon" in account
+    assert memory_use(2**22 + 12345) == {}   # no such process

@@ -764,6 +764,38 @@ def test_gpu_oom_beside_others_is_judged_again_with_the_gpu_alone(monkeypatch):
         ev.close()
 
 
+def test_a_reference_over_its_host_memory_limit_is_judged_again_alone(monkeypatch):
+    """`task:reference_memory` is judged again alone in a fresh worker before the task is called
+    invalid (any backend); a second failure stands; other invalid tasks are not retried."""
+    from kernelgym.evaluation import evaluator as evmod
+    from kernelgym.evaluation.footprint import reference_over_host_limit
+    from kernelgym.evaluation.pipeline import Run
+
+    over = Verdict(status="invalid_task", error="reference ran out of memory: memory limit of 9216 MB exceeded",
+                   backend="cuda", reasons=["task:reference_memory"])
+    assert reference_over_host_limit(over)
+    assert not reference_over_host_limit(Verdict(status="invalid_task", reasons=["task:reference_error"]))
+    assert not reference_over_host_limit(Verdict(status="crash", reasons=["sandbox:memory"]))
+    calls = []
+
+    def fake_go(run, reference, candidate, task_id):
+        calls.append(run.seed)
+        if reference == "huge" or len(calls) == 1:
+            return Verdict(status=over.status, error=over.error, backend=run.backend, reasons=list(over.reasons))
+        return Verdict(status="ok", correct=True, backend=run.backend)
+
+    monkeypatch.setattr(Run, "go", fake_go)
+    ev = evmod.Evaluator(workers=1)
+    try:
+        v = ev.evaluate("ref", "cand", backend="interpret", seed=3)
+        assert v.status == "ok" and calls == [3, 3] and "host-memory limit" in v.notes[-1]
+        calls.clear()
+        v = ev.evaluate("huge", "cand", backend="interpret", seed=4)
+        assert v.status == "invalid_task" and calls == [4, 4] and v.reasons == ["task:reference_memory"]
+    finally:
+        ev.close()
+
+
 def test_tree_cpu_seconds_counts_a_busy_process_and_its_children():
     import subprocess
     import sys

@@ -24,16 +24,35 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = [c for c in cases() if c.legit or c.layer in ("runtime", "both")]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runtime")
-    spec = [dict(id=c.id, task=str(c.task), candidate=str(c.path), mode=c.mode) for c in CASES]
+def _run_cases(d: Path, cases: list, **env_extra: str) -> dict:
+    spec = [dict(id=c.id, task=str(c.task), candidate=str(c.path), mode=c.mode) for c in cases]
     (d / "cases.json").write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
     proc = subprocess.run([sys.executable, "-m", "tests.redteam._runtime_runner", str(d / "cases.json"),
                            str(d / "out.json")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((d / "out.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return _run_cases(tmp_path_factory.mktemp("runtime"), CASES)
+
+
+# The cases whose verdict rests on the write and mutation checks, and the legit kernels.
+WRITE_CASES = [c for c in CASES if c.legit or {"guard:output_not_from_triton", "guard:input_mutated",
+                                                "guard:output_reused"} & set(c.expect)]
+
+
+@pytest.mark.parametrize("case", WRITE_CASES, ids=lambda c: c.id)
+def test_write_checks_by_block_sums(case, probed):
+    """The large-storage paths (block-sum probes, comparisons in slices) reach the same verdicts."""
+    test_runtime_layer(case, probed)
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    return _run_cases(tmp_path_factory.mktemp("probed"), WRITE_CASES, KG_PROBE_ALL="1")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

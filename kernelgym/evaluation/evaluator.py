@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from kernelgym.evaluation.clusters import parse_cluster, remote_batch
-from kernelgym.evaluation.footprint import gpu_budget_bytes, oom_beside_others
+from kernelgym.evaluation.footprint import gpu_budget_bytes, oom_beside_others, reference_over_host_limit
 from kernelgym.evaluation.options import EvaluatorOptions
 from kernelgym.evaluation.pipeline import Reference, Run
 from kernelgym.evaluation.pool import (
@@ -460,14 +460,17 @@ class Evaluator:
 
         run = new_run()
         v = self._go(run, reference, candidate, task_id, "shared")
-        if oom_beside_others(v):
-            # Other evaluations' memory may be why: judge it again with the GPU to itself (same
-            # seed), so a neighbour's footprint never becomes this candidate's verdict.
+        gpu_oom = oom_beside_others(v)
+        if gpu_oom or reference_over_host_limit(v):
+            # Other evaluations' memory (or the reference worker's from earlier tasks) may be why:
+            # judge it again alone (same seed; the failed worker is gone), so a neighbour's
+            # footprint never becomes this candidate's verdict nor this task's.
             first, run = v, new_run()
             v = self._go(run, reference, candidate, task_id, "exclusive")
             self.stats["rejudged_alone"] += 1
-            v.notes.append("judged again alone: the first run ran out of GPU memory beside other evaluations "
-                           f"({first.error[:200]})")
+            why = "ran out of GPU memory beside other evaluations" if gpu_oom else \
+                "went over the reference worker's host-memory limit"
+            v.notes.append(f"judged again alone: the first run {why} ({first.error[:200]})")
         if v.status != "ok" and not v.reasons:
             # Every failure carries a machine-readable reason; a path that named none still says
             # which status it is, so counting reasons never misses a verdict.

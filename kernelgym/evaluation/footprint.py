@@ -28,13 +28,22 @@ def gpu_budget_bytes(total: int, workers_on_gpu: int, cache_keep: int) -> int:
     return max(total // 4, int(0.9 * total) - workers_on_gpu * (GPU_CONTEXT_BYTES + cache_keep))
 
 
+# The candidate worker's GPU memory in units of the reference build's peak: the same weights,
+# inputs and forward temporaries, plus the runtime guards' copies of one trial's inputs and of the
+# weights (mutation checks) and the timing's CUDA-graph pool (a forward's temporaries and outputs
+# again). At 1x, six KernelBench level-2 candidates ran out of memory under their own cap on an
+# H100 with 60 GiB free (session 14).
+CANDIDATE_PEAKS = 2
+
+
 def evaluation_footprint(reference_peak: int, output_bytes: int, trials: int) -> int:
     """GPU bytes one evaluation holds at once, from the reference build's peak (weights, every
     trial's inputs and outputs, a forward's temporaries): the reference worker holds that; the
-    candidate worker about as much (the same weights and inputs, its forwards' temporaries); the
-    comparison brings the candidate's outputs of `trials` trials (and the final one) to the
-    reference worker; each of the two timing processes needs its flush buffer."""
-    return 2 * max(0, reference_peak) + (trials + 1) * max(0, output_bytes) + 2 * TIMING_ALLOWANCE_BYTES
+    candidate worker `CANDIDATE_PEAKS` times as much; the comparison brings the candidate's outputs
+    of `trials` trials (and the final one) to the reference worker; each of the two timing
+    processes needs its flush buffer."""
+    return ((1 + CANDIDATE_PEAKS) * max(0, reference_peak) + (trials + 1) * max(0, output_bytes)
+            + 2 * TIMING_ALLOWANCE_BYTES)
 
 
 def estimated_reference_peak(fp: dict[str, Any], n_ref: int) -> int:
@@ -73,3 +82,11 @@ def oom_beside_others(v: Verdict) -> bool:
     if tried and total:
         return float(tried[1]) * _UNITS[tried[2]] < 0.25 * float(total[1]) * _UNITS[total[2]]
     return not tried or float(tried[1]) * _UNITS[tried[2]] < 2**34   # 16 GiB when the total is not stated
+
+
+def reference_over_host_limit(v: Verdict) -> bool:
+    """A reference worker killed over its host-memory limit (`task:reference_memory`): judged again
+    alone, in a fresh worker, before the task is called invalid. A worker reused across tasks
+    keeps memory of earlier ones, and its limit is this task's: on an H100, four small level-1
+    KernelBench matmuls became `invalid_task` so (session 14)."""
+    return v.status == "invalid_task" and v.reasons == ["task:reference_memory"]

@@ -24,9 +24,10 @@ class EvaluatorOptions:
     to half of that and ptx_workers (interpreter only: an sm_90 compile costs about as much as the
     interpreted run) to half (at least 1). On the cuda backend both are spread over `devices` (GPU
     indices as this process sees them; default every visible GPU), at least one of each per GPU.
-    memory_limit_mb: resident-memory limit per candidate/ptx worker process tree, polled by the
-    parent (over it: killed, verdict `crash`); reference_memory_limit_mb the same for reference
-    workers (default max(memory_limit_mb, 8192)). timeout: wall seconds per phase (import,
+    memory_limit_mb: memory limit per candidate/ptx worker process tree (what it allocated,
+    `proctree.memory_use`; resident size is the cheap first test), polled by the parent (over it:
+    killed, verdict `crash`); reference_memory_limit_mb the same for reference workers
+    (default max(memory_limit_mb, 8192)). timeout: wall seconds per phase (import,
     construct, each trial, timing). baseline_timeout: seconds for the eager and torch.compile
     baselines. gpu_memory_fraction: per-worker `torch.cuda.set_per_process_memory_fraction`
     (default 2 / candidate workers of its GPU). bench: timing budget (`timing.DEFAULT_BENCH` keys:

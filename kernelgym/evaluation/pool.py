@@ -33,6 +33,7 @@ from kernelgym.evaluation.proctree import (
     process_tree,
     rss_bytes,
     tree_cpu_seconds,
+    tree_memory,
     tree_rss_bytes,
 )
 from kernelgym.evaluation.protocol import LAZY_DYNAMO_ENV
@@ -281,7 +282,7 @@ class Worker:
     def _receive(self, deadline: float, phase: str, phase_timeout: float,
                  raw_tensors: bool = False, spill: str | None = None) -> dict[str, Any]:
         hard_deadline = time.monotonic() + phase_timeout * 50  # forged phase messages cannot stall us
-        next_memory = next_tree = 0.0
+        next_memory = next_tree = next_confirm = 0.0
         while True:
             try:
                 ready = self.conn.poll(POLL_S)
@@ -326,10 +327,16 @@ class Worker:
                     rss = tree_rss_bytes(self.proc.pid)
                 else:
                     rss = rss_bytes(self.proc.pid)
-                if rss > limit:
-                    self.kill()
-                    raise WorkerFailure("memory", f"memory limit of {limit / 2**20:.0f} MB exceeded "
-                                        f"(resident {rss / 2**20:.0f} MB) in phase '{phase}'", phase)
+                if rss > limit and now >= next_confirm:
+                    # Resident size is an upper bound, cheap to poll; it also counts mapped files
+                    # and pages shared with the template. Kill on what the tree allocated.
+                    next_confirm = now + TREE_CHECK_S
+                    charged, account = tree_memory(self.proc.pid)
+                    if charged > limit:
+                        self.kill()
+                        raise WorkerFailure("memory", f"memory limit of {limit / 2**20:.0f} MB exceeded "
+                                            f"({charged / 2**20:.0f} MB allocated, resident {rss / 2**20:.0f} MB; "
+                                            f"{account[:600]}) in phase '{phase}'", phase)
 
     def _died(self, phase: str) -> None:
         try:

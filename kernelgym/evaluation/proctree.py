@@ -98,3 +98,45 @@ def rss_bytes(pid: int) -> int:
 def tree_rss_bytes(pid: int) -> int:
     """Resident bytes of `pid` and its live descendants."""
     return _tree_sum(pid, rss_bytes)
+
+
+_ROLLUP = {"Pss_Anon": "anon", "Pss_Shmem": "shmem", "Pss_File": "file"}
+
+
+def memory_use(pid: int) -> dict[str, int]:
+    """One process's proportional memory (/proc/PID/smaps_rollup), in bytes: ``anon`` and ``shmem``
+    (what it allocated), ``file`` (mapped files: shared libraries, page cache the kernel can drop),
+    and ``charged`` = anon + shmem, the part a memory limit charges it for. A page it shares (a
+    worker forked from a template shares the template's) counts divided among the sharers.
+    Where smaps_rollup cannot be read (older kernels, no permission), ``charged`` is the resident
+    size and the parts are absent; {} for a process that is gone."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in _ROLLUP:
+                    out[_ROLLUP[key]] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if "anon" in out and "shmem" in out:
+        out["charged"] = out["anon"] + out["shmem"]
+        return out
+    rss = rss_bytes(pid)
+    return {"charged": rss} if rss else {}
+
+
+def tree_memory(pid: int) -> tuple[int, str]:
+    """What `pid` and its live descendants are charged for (`memory_use`), and a short account of
+    it per process (``pid: anon A MB, shmem S MB, file F MB``), for the message that names a
+    worker killed over its memory limit."""
+    total, parts = 0, []
+    for p in process_tree(pid):
+        use = memory_use(p)
+        if not use:
+            continue
+        total += use["charged"]
+        mb = {k: f"{v / 2**20:.0f}" for k, v in use.items()}
+        parts.append(f"{p}: anon {mb['anon']} MB, shmem {mb['shmem']} MB, file {mb['file']} MB"
+                     if "anon" in use else f"{p}: resident {mb['charged']} MB")
+    return total, "; ".join(parts)

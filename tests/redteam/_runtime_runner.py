@@ -3,7 +3,9 @@ child per case so that a hack that patches or poisons the process cannot affect 
 
 Usage: python -m tests.redteam._runtime_runner CASES.json OUT.json
 CASES.json: [{"id", "task", "candidate", "mode"}] (paths); OUT.json: {id: {"findings", "correct", "error"}}.
-Sets TRITON_INTERPRET=1 before Triton is imported (CPU interpreter).
+Sets TRITON_INTERPRET=1 before Triton is imported (CPU interpreter). With KG_PROBE_ALL=1 every
+storage's write check is a probe of block sums and every comparison goes in small slices (the
+large-storage paths of `guards.runtime.storage`, at the red team's tiny sizes).
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ def run_case(case: dict, tmpdir: str) -> dict:
 
 def main(cases_path: str, out_path: str, jobs: int = 2) -> None:
     cases = json.load(open(cases_path))
+    if os.environ.get("KG_PROBE_ALL") == "1":
+        from kernelgym.evaluation.guards.runtime import storage
+
+        storage.PROBE_COPY_BYTES, storage.COMPARE_CHUNK_BYTES, storage.PROBE_BLOCK_WORDS = 0, 64, 8
     with _Recorder():  # the first dispatch mode imports torch._dynamo: pay it once, before forking
         torch.ones(1).add_(1)
     tmpdir = tempfile.mkdtemp(prefix="kg_redteam_")

@@ -27,7 +27,14 @@ from kernelgym.evaluation.guards.runtime.dispatch import Recorder, family, forma
 from kernelgym.evaluation.guards.runtime.launches import LaunchRecord, describe, wrap_launches
 from kernelgym.evaluation.guards.runtime.snapshots import Owned, report_patching, snapshot
 from kernelgym.evaluation.guards.runtime.state import STATE
-from kernelgym.evaluation.guards.runtime.storage import bytes_changed, storage_bytes, storage_key, tensors
+from kernelgym.evaluation.guards.runtime.storage import (
+    bytes_changed,
+    probe_changed,
+    storage_bytes,
+    storage_key,
+    tensors,
+    write_probe,
+)
 from kernelgym.evaluation.jobs import read_scalars
 
 
@@ -232,7 +239,7 @@ class RuntimeGuard:
                 for t in launched:
                     k = storage_key(t)
                     if k is not None and k not in before:
-                        before[k] = (t, storage_bytes(t).clone())
+                        before[k] = (t, write_probe(storage_bytes(t)))
                         rec.passed.add(k)
         if recorder is not None:
             recorder.in_launch += 1
@@ -245,7 +252,7 @@ class RuntimeGuard:
             with _disable_current_modes():
                 for k, (t, old) in before.items():
                     # queued right behind the launch on this stream; read in after_forward
-                    rec.pending_writes.append((k, bytes_changed(storage_bytes(t), old)))
+                    rec.pending_writes.append((k, probe_changed(storage_bytes(t), old)))
         return result
 
     def _allowed_stream(self, dev: torch.device) -> int:
