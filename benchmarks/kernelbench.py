@@ -260,6 +260,8 @@ def row_of(level: int, task: Any, prop: dict[str, Any], verdict: Any, mode: str,
             row[f"published_{kind}_ms"] = pub
             row[f"{kind}_ratio"] = ms / pub if ms and pub else None
         row["candidate_ms"] = (t.get("candidate") or {}).get("median_ms")
+        row["duration_s"] = v.get("duration_s")
+        row["phases_s"] = t.get("phases_s")
     return row
 
 
@@ -284,6 +286,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "geomean_speedup": _geomean([r["speedup"] for r in ok if r.get("speedup")]),
         "geomean_speedup_vs_compile": _geomean([r["speedup_vs_compile"] for r in ok if r.get("speedup_vs_compile")]),
     }
+    # Where the evaluations' time went (seconds summed over the problems, largest first): what to
+    # make faster for a level to finish sooner.
+    phases: Counter = Counter()
+    for r in rows:
+        phases.update({k: x for k, x in (r.get("phases_s") or {}).items() if k != "total"})
+    out["phases_s_sum"] = {k: round(x, 1) for k, x in phases.most_common(10)}
     for kind in ("eager", "compile"):
         ratios = [r[f"{kind}_ratio"] for r in rows if r.get(f"{kind}_ratio")]
         out[f"{kind}_vs_published"] = {

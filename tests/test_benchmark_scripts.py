@@ -230,9 +230,9 @@ def test_kernelbench_summary_counts_failures_as_not_fast(tmp_path):
     kbm = load("kernelbench")
     rows = [
         {"status": "ok", "traced": True, "compiled": True, "speedup": 2.0, "speedup_vs_compile": 0.5,
-         "eager_ratio": 1.02, "compile_ratio": None},
+         "eager_ratio": 1.02, "compile_ratio": None, "phases_s": {"reference": 1.0, "baseline": 3.0, "total": 5.0}},
         {"status": "ok", "traced": True, "compiled": True, "speedup": 0.5, "speedup_vs_compile": 0.25,
-         "eager_ratio": 0.8, "compile_ratio": None},
+         "eager_ratio": 0.8, "compile_ratio": None, "phases_s": {"baseline": 2.5, "candidate": 0.5}},
         {"status": "incorrect", "traced": True, "compiled": True, "speedup": None},
         {"status": "no_candidate", "traced": False, "compiled": False, "speedup": None},
     ]
@@ -241,6 +241,8 @@ def test_kernelbench_summary_counts_failures_as_not_fast(tmp_path):
     assert s["fast_1"] == 0.25 and s["fast_1_vs_compile"] == 0.0
     assert s["geomean_speedup"] == pytest.approx(1.0)
     assert s["eager_vs_published"] == {"n": 2, "median_ratio": pytest.approx(0.91), "within_10pct": 1}
+    assert s["phases_s_sum"] == {"baseline": 5.5, "reference": 1.0, "candidate": 0.5}   # largest first, no total
+    assert list(s["phases_s_sum"]) == ["baseline", "reference", "candidate"]
     pub = kbm.published_timings(kernelbench_dir(tmp_path), "H100_Modal")
     assert pub["eager"][(1, "1_Relu.py")] == 0.0123 and pub["compile"] == {}
 
