@@ -111,6 +111,36 @@ def test_compare_trial_reasons():
     assert compare_trial(0, 1, ints, [torch.arange(5) + (torch.arange(5) == 3)]).reason == "check:mismatch"
 
 
+@pytest.mark.parametrize("slice_elems", [1 << 24, 7])
+def test_compare_trial_in_slices_gives_the_whole_tensor_figures(monkeypatch, slice_elems):
+    """Compared a few elements at a time (as a multi-GiB output is), every count and maximum is
+    the whole tensor's, wherever the bad elements sit (a transposed, non-contiguous output too)."""
+    from kernelgym.evaluation import check
+
+    monkeypatch.setattr(check, "COMPARE_SLICE", slice_elems)
+    ref = torch.linspace(-2, 2, 60).reshape(6, 10)
+    out = ref.clone()
+    out[0, 0] += 0.5
+    out[5, 9] -= 3.0          # the largest error, in the last slice
+    out[2, 3] *= 1.001        # within tolerance
+    r = compare_trial(0, 1, [ref], [out])
+    assert r.reason == "check:mismatch" and r.mismatched == 2 and r.max_abs_err == pytest.approx(3.0)
+    nan = ref.clone()
+    nan[4, 7] = float("nan")
+    r = compare_trial(0, 1, [ref], [nan])
+    assert r.reason == "check:nan" and r.mismatched == 1
+    t = ref.t().contiguous().t()   # same values, column-major
+    assert compare_trial(0, 1, [ref], [t]).ok
+    ints = torch.arange(50)
+    bad = ints.clone()
+    bad[[3, 49]] += 2
+    r = compare_trial(0, 1, [ints], [bad])
+    assert r.reason == "check:mismatch" and r.mismatched == 2 and r.max_abs_err == 2.0
+    flags = torch.arange(30) % 3 == 0
+    assert compare_trial(0, 1, [flags], [flags.clone()]).ok
+    assert compare_trial(0, 1, [flags], [~flags]).mismatched == 30
+
+
 def test_reference_problem_and_tolerances():
     assert reference_problem([[torch.ones(2)], [torch.ones(2), torch.arange(3)]]) is None
     nan = torch.tensor([1.0, float("nan")])

@@ -56,28 +56,15 @@ def compare_trial(trial: int, seed: int, reference: list[Any], candidate: list[A
         if ref.numel() == 0:
             continue
         if not (ref.is_floating_point() or ref.is_complex()):
-            bad = out != ref
-            n_bad = int(bad.sum())
-            diff = (out.to(torch.float64) - ref.to(torch.float64)).abs() if ref.dtype != torch.bool else bad.double()
-            worst_abs = max(worst_abs, float(diff.max()))
+            n_bad_f, max_abs = _exact_stats(ref, out)
+            n_bad, worst_abs = int(n_bad_f), max(worst_abs, max_abs)
             if n_bad:
                 res.reason, res.message, res.mismatched = "check:mismatch", (
                     f"{where}: {n_bad}/{ref.numel()} elements differ (exact match required for {ref.dtype})"), n_bad
                 break
             continue
-        ref64 = ref.to(torch.complex128 if ref.is_complex() else torch.float64)
-        out64 = out.to(ref64.dtype)
-        ref_finite = torch.isfinite(ref64)
-        out_finite = torch.isfinite(out64)
-        fin = ref_finite & out_finite
-        diff = (out64 - ref64).abs()
-        abs_err = torch.where(fin, diff, 0.0)
-        rel_err = torch.where(fin, diff / ref64.abs().clamp_min(1e-12), 0.0)
-        close = torch.isclose(out64, ref64, rtol=tol["rtol"], atol=tol["atol"], equal_nan=False)
-        # One transfer to the host: every scalar read is a device sync, and syncs are slow on a busy GPU.
-        stats = torch.stack([(ref_finite & ~out_finite).sum().double(), abs_err.max().double(),
-                             rel_err.max().double(), (~close).sum().double()]).tolist()
-        n_nan, max_abs, max_rel, n_bad = int(stats[0]), stats[1], stats[2], int(stats[3])
+        n_nan, max_abs, max_rel, n_bad = _close_stats(ref, out, tol)
+        n_nan, n_bad = int(n_nan), int(n_bad)
         if n_nan:
             res.reason, res.message, res.mismatched = "check:nan", (
                 f"{where}: {n_nan}/{ref.numel()} elements are NaN/Inf where the reference is finite "
@@ -93,6 +80,54 @@ def compare_trial(trial: int, seed: int, reference: list[Any], candidate: list[A
     res.max_abs_err, res.max_rel_err = worst_abs, worst_rel
     res.ok = not res.reason
     return res
+
+
+# Elements compared per step: the float64 temporaries of a comparison are about 40 bytes an
+# element, so a whole 3.2 GiB output (a KernelBench ConvTranspose3d) once took 53 GiB of the
+# reference worker's GPU memory at once (H100, session 14). Per slice they stay under 1 GiB.
+COMPARE_SLICE = 1 << 24
+
+
+def _slices(ref: Any, out: Any) -> Any:
+    """Matching flat slices of two same-shape tensors, COMPARE_SLICE elements at a time."""
+    r, o = ref.reshape(-1), out.reshape(-1)
+    for i in range(0, r.numel(), COMPARE_SLICE):
+        yield r[i:i + COMPARE_SLICE], o[i:i + COMPARE_SLICE]
+
+
+def _exact_stats(ref: Any, out: Any) -> list[float]:
+    """[elements that differ, max |out - ref|] of an integer or bool output, one host read."""
+    import torch
+
+    parts = []
+    for r, o in _slices(ref, out):
+        bad = o != r
+        diff = bad.double() if r.dtype == torch.bool else (o.to(torch.float64) - r.to(torch.float64)).abs()
+        parts.append(torch.stack([bad.sum().double(), diff.max().double()]))
+    p = torch.stack(parts)
+    return torch.stack([p[:, 0].sum(), p[:, 1].max()]).tolist()
+
+
+def _close_stats(ref: Any, out: Any, tol: dict[str, float]) -> list[float]:
+    """[NaN/Inf where the reference is finite, max abs error, max rel error, elements outside
+    tolerance] of a floating or complex output, computed in float64 slice by slice and read back
+    to the host once (every scalar read is a device sync, and syncs are slow on a busy GPU)."""
+    import torch
+
+    parts = []
+    for r, o in _slices(ref, out):
+        ref64 = r.to(torch.complex128 if r.is_complex() else torch.float64)
+        out64 = o.to(ref64.dtype)
+        ref_finite, out_finite = torch.isfinite(ref64), torch.isfinite(out64)
+        fin = ref_finite & out_finite
+        diff = (out64 - ref64).abs()
+        abs_err = torch.where(fin, diff, 0.0)
+        rel_err = torch.where(fin, diff / ref64.abs().clamp_min(1e-12), 0.0)
+        close = torch.isclose(out64, ref64, rtol=tol["rtol"], atol=tol["atol"], equal_nan=False)
+        parts.append(torch.stack([(ref_finite & ~out_finite).sum().double(), abs_err.max().double(),
+                                  rel_err.max().double(), (~close).sum().double()]))
+    p = torch.stack(parts)
+    return torch.stack([p[:, 0].sum(), p[:, 1].max(), p[:, 2].max(), p[:, 3].sum()]).tolist()
 
 
 def reference_problem(trials: list[list[Any]]) -> str | None:
