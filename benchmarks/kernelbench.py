@@ -29,12 +29,14 @@ strict and lenient mode (`benchmarks/_coverage.py`, which `trace_coverage` runs 
 Usage: python -m benchmarks.kernelbench PATH [--levels 1,2,3] [--policy compiler|search|MODULE:ATTR]
        [--mode strict|lenient|both] [--backend auto|cuda|interpret] [--jobs J] [--workers W]
        [--budget-evals N] [--budget-s S]
-       [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--out DIR]
+       [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--heartbeat S]
+       [--resume] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -44,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,7 @@ class Progress:
         self.path = path
         self.lock = threading.Lock()
         self.done: dict[tuple[int, str, str], dict[str, Any]] = {}
+        self.count = 0   # lines written by this run
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume and path.exists():
             for n, text in enumerate(path.read_text().splitlines(), 1):
@@ -211,10 +214,47 @@ class Progress:
                 "row": row, "source": source}
         with self.lock, self.path.open("a") as f:
             f.write(json.dumps(line, default=str) + "\n")
+            self.count += 1
 
     def judged(self, level: int, mode: str) -> dict[str, dict[str, Any]]:
         """Problem file name -> its line, for what an earlier run of this level and mode judged."""
         return {name: line for (lv, m, name), line in self.done.items() if lv == level and m == mode}
+
+
+def status_line(ev: Any, judged: int, elapsed: float) -> str:
+    """One line on a running evaluator: problems judged, evaluations in flight by phase (how many,
+    the longest so far), the memory counters and each GPU's reserved / budget GiB. Printed every
+    --heartbeat seconds, so a run cut off by a time limit still shows where its time went."""
+    phases: dict[str, list[float]] = {}
+    for phase, age in ev.in_flight():
+        phases.setdefault(phase or "?", []).append(age)
+    flight = ", ".join(f"{p} {len(a)} (longest {max(a):.0f} s)" for p, a in sorted(phases.items(), key=lambda x: -len(x[1])))
+    stats = {k: ev.stats.get(k, 0) for k in ("memory_waited", "memory_alone", "rejudged_alone")}
+    mem = "; ".join(f"GPU {d}: {m['used'] / 2**30:.1f}/{m['budget'] / 2**30:.1f} GiB"
+                    for d, m in ev.gpu_memory().items())
+    return (f"[{elapsed:.0f} s] judged {judged}; in flight: {flight or 'none'}; "
+            + ", ".join(f"{k} {v}" for k, v in stats.items()) + (f"; {mem}" if mem else ""))
+
+
+@contextlib.contextmanager
+def heartbeat(ev: Any, progress: Progress, every: float) -> Iterator[None]:
+    """Print `status_line` to stderr every `every` seconds (0: never) while the block runs."""
+    import threading
+
+    stop = threading.Event()
+    t0 = time.perf_counter()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            print(status_line(ev, progress.count, time.perf_counter() - t0), file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, name="kernelbench-heartbeat", daemon=True) if every > 0 else None
+    if thread is not None:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def judge(tasks: Sequence[Any], proposals: Sequence[dict[str, Any]], evaluator: Any, backend: str, mode: str,
@@ -425,6 +465,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="the published timings to compare with: PATH/results/timing/<this> (default H100_Modal)")
     ap.add_argument("--profile-losers", type=int, default=5, help="profile the K slowest ok problems (GPU; 0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heartbeat", type=float, default=30.0,
+                    help="print the evaluations in flight every S seconds (0: never)")
     ap.add_argument("--resume", action="store_true",
                     help="keep what OUT/kernelbench.progress.jsonl already holds (a run cut short) and judge the rest")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "kernelbench")
@@ -494,7 +536,7 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
     search_kw = {"budget_evals": args.budget_evals, "budget_s": args.budget_s}
     progress = Progress(args.out / "kernelbench.progress.jsonl", resume=args.resume)
     t0 = time.perf_counter()
-    with Evaluator(**ev_kw) as ev:
+    with Evaluator(**ev_kw) as ev, heartbeat(ev, progress, args.heartbeat):
         jobs = args.jobs or max(2, ev.workers)
 
         def make(mode: str) -> Callable[[], Any]:

@@ -247,6 +247,23 @@ def test_kernelbench_summary_counts_failures_as_not_fast(tmp_path):
     assert pub["eager"][(1, "1_Relu.py")] == 0.0123 and pub["compile"] == {}
 
 
+def test_kernelbench_status_line_names_what_is_in_flight():
+    kbm = load("kernelbench")
+
+    class FakeEvaluator:
+        stats = {"memory_waited": 2, "memory_alone": 1}
+
+        def in_flight(self):
+            return [("baseline", 40.2), ("candidate", 3.0), ("baseline", 12.0)]
+
+        def gpu_memory(self):
+            return {0: {"used": 12 << 30, "budget": 60 << 30}}
+
+    line = kbm.status_line(FakeEvaluator(), 17, 95.4)
+    assert line == ("[95 s] judged 17; in flight: baseline 2 (longest 40 s), candidate 1 (longest 3 s); "
+                    "memory_waited 2, memory_alone 1, rejudged_alone 0; GPU 0: 12.0/60.0 GiB")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["/no/such/kernelbench"], "is not a directory"),
     (["{kb}", "--levels", "1,x"], "--levels"),
