@@ -21,7 +21,7 @@ from typing import Any
 
 from policies.compiler.codegen import KernelWriter
 from policies.compiler.coords import ZERO, Coords, Expr, paren, strides
-from policies.compiler.dot import dot, dot_kernel, dot_operand
+from policies.compiler.dot import dot, dot_blocks, dot_kernel, dot_operand
 from policies.compiler.ir import numel
 from policies.compiler.template import Kernel, reserve, store_result, tile_view
 
@@ -105,8 +105,10 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
         if s == 1:
             out_dims.append(q)
             continue
-        o = w.assign(f"o{d}", " + ".join(t for t in (f"{paren(q)} * {s}" if not q.is_zero else "", str(f)) if t))
-        out_dims.append(Expr(o, frozenset() if q.is_zero else ap))
+        # a [BLOCK_M, 1] tensor even on a one-position sub-grid: the interpreter refuses a mask
+        # that broadcasts a scalar tensor
+        o = w.assign(f"o{d}", f"{paren(q)} * {s} + {f}" if not q.is_zero else f"{f} + 0 * rp[:, None]")
+        out_dims.append(Expr(o, ap))
         if outs[d] % s:  # the last phases have one position less
             out_conds.append(f"({o} < {outs[d]})")
     if g == 1:
@@ -149,9 +151,18 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
             bv = w.load(bias, Coords((co,), [Expr("rc[None, :]", ac)], ("bias", oc.key)), name=f"n{anchor}_b")
             res = w.assign("res", f"acc + {bv}")
         store_result(w, oc, res, stored)
-    k_max = cig * max((numel(c) for c in by_counts), default=1)
-    return dot_kernel(w, name, "conv", nodes, m_rows, cols, k_max, groups=images * classes,
-                      col_groups=1 if g == 1 else g)
+    ks = [cig * numel(c) for c, n in by_counts.items() for _ in range(n)] or [cig]
+    blocks = {**dot_blocks(m_rows, cols, max(ks)), "BLOCK_K": phase_block_k(ks)}
+    return dot_kernel(w, name, "conv", nodes, m_rows, cols, max(ks), groups=images * classes,
+                      col_groups=1 if g == 1 else g, blocks=blocks)
+
+
+def phase_block_k(ks: Sequence[int]) -> int:
+    """BLOCK_K for phase classes reducing over `ks` each: 16 where 32 would pad their sum by over
+    an eighth more (as `dot.dot_block_k` for one reduction). Three input channels in 3-D with
+    kernel 3, stride 2 (K = 3 .. 24 by class): 144 padded products with 16, 256 with 32."""
+    pad16, pad32 = (sum(-(-k // b) * b for k in ks) for b in (16, 32))
+    return 16 if pad32 * 8 > pad16 * 9 else 32
 
 
 @dataclass

@@ -60,6 +60,11 @@ CASES = {
         args="x, y", inputs="torch.randn(1, 4, 3, 4, 3), torch.randn(1, 4, 6, 8, 6)"),
     "3d_even_kernel_prologue": _task("ConvTranspose3d(4, 2, 4, stride=2, padding=1)", "self.conv(x * 2.0)",
                                      "2, 4, 2, 3, 2"),
+    # regression: a sub-grid of one position made the output's phase mask a scalar tensor
+    "1d_one_position_sub_grid": _task("ConvTranspose1d(2, 3, 3, stride=4)", "torch.tanh(self.conv(x))", "1, 2, 1"),
+    # a pool fused before the convolution (KernelBench level 2 problem 38's form)
+    "2d_pool_prologue": _task("ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)",
+                              "torch.clamp(self.conv(F.avg_pool2d(x, 2)), -0.5, 0.5)", "2, 3, 6, 8"),
     # a phase's sub-grid of 8 x 8 >= CONV_TILE_MIN: tiles inside one image (pid_b)
     "2d_tiles_per_image": _task("ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)",
                                 "self.conv(x) * 0.5", "2, 2, 8, 8"),
