@@ -110,3 +110,28 @@ def test_phase_kernels_are_judged_ok(evaluator, sources):
 def test_other_transposed_convolutions_keep_their_kernels(layer):
     src = compiler.CompilerPolicy().compile(_task(layer))
     assert "ph = pid_p" not in src
+
+
+# -- on a GPU, at KernelBench level 2 sizes (problems 26 and 5: 3-D kernel 3 and 2-D kernel 4, stride 2) ----
+
+GPU_CASES = {
+    "3d_kernel3_add_hardswish": (
+        "ConvTranspose3d(32, 64, 3, stride=2, padding=1, output_padding=1)", "(lambda v: v * F.hardswish(v))"
+        "(self.conv(x) + y)", "x, y", "torch.randn(128, 32, 16, 16, 16), torch.randn(128, 64, 32, 32, 32)"),
+    "2d_kernel4_subtract_tanh": (
+        "ConvTranspose2d(64, 64, 4, stride=2, padding=1, output_padding=1)", "torch.tanh(self.conv(x) - 0.5)", "x",
+        "torch.rand(32, 64, 256, 256)"),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(GPU_CASES))
+def test_kernelbench_sized_phase_kernels_on_the_gpu(evaluator, name, capsys):
+    layer, expr, args, inputs = GPU_CASES[name]
+    task = _task(layer, expr, args=args, inputs=inputs)
+    src = compiler.CompilerPolicy().compile(task)
+    assert "ph = pid_p % " in src
+    v = evaluator.evaluate(task, src, backend="cuda", seed=3)
+    assert v.status == "ok", (v.status, v.error[:500])
+    with capsys.disabled():
+        print(f"\n{name}: speedup {v.speedup:.2f}x over eager")
