@@ -11,6 +11,7 @@ from typing import Any
 
 from kernelgym.ops.catalog import conv_dims, conv_groups
 from policies.compiler.codegen import KernelWriter
+from policies.compiler.conv_phases import phase_kernel
 from policies.compiler.coords import ZERO, Coords, Expr, paren
 from policies.compiler.dot import DOT_BLOCK_M, batch_offset, dot, dot_kernel, dot_operand
 from policies.compiler.ir import CompileError, Program, numel
@@ -57,6 +58,9 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
             "out_mask")
     ap, ac = frozenset({"p"}), frozenset({"c"})
     direct = cig == 1 and g > 1
+    if transposed and not direct and any(s > 1 for s in win.stride):  # by phases: no taps masked off
+        return phase_kernel(w, name, nodes, stored, anchor, x_ref, tuple(x_shape), wref, out_shape, win.kernel,
+                            win.stride, win.padding, win.dilation, g, CONV_TILE_MIN)
     w.emit("pid_p = tl.program_id(0)")
     w.emit("pid_c = tl.program_id(1)")
     # A tile of positions inside one image: its output rows are then provably contiguous, so
