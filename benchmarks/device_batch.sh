@@ -3,13 +3,15 @@
 # then run the named steps, each under its own time limit, writing everything under $OUT.
 #   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
 #       probe_cc overhead soak gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient_search kb1_lenient
+#       suite1 suite2
 # (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
 # THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100";
 # the kb* steps (benchmarks/kernelbench.py, one per 10-minute call) read KB, the KernelBench folder
 # (default kb_local), KB_LIMIT (seconds, default 560), KB_EXTRA (e.g. "--limit 50"), KB_RESUME (a
 # carried folder with STEP/kernelbench.progress.jsonl of a call cut short: that call's verdicts are
-# kept and only the rest judged), and for the search KB_EVALS, KB_SEARCH_S and KB_JOBS)
+# kept and only the rest judged), and for the search KB_EVALS, KB_SEARCH_S and KB_JOBS; suite1 / suite2 run
+# `kernelgym run --suite KB/levelN` with its defaults, KB_RESUME continuing from STEP/run.json and verdicts.jsonl)
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
 set -u
@@ -65,6 +67,14 @@ for s in "$@"; do
       --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" $(resume kb2_lenient_search) ${KB_EXTRA:-} ;;
     kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 1 \
       --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" $(resume kb1_lenient) ${KB_EXTRA:-} ;;
+    suite1|suite2)  # issue 18's target: `kernelgym run --suite <KernelBench level N>` with its defaults
+      # (KB_RESUME: a carried folder holding STEP/ from a call cut short, run.json and verdicts.jsonl)
+      lv=${s#suite}; args=(--out "$OUT/$s")
+      if [ -n "${KB_RESUME:-}" ] && [ -f "$KB_RESUME/$s/run.json" ]; then
+        mkdir -p "$OUT/$s" && cp "$KB_RESUME/$s/run.json" "$KB_RESUME/$s/verdicts.jsonl" "$OUT/$s/" && args=(--resume "$OUT/$s")
+      fi
+      step "$s" "${KB_LIMIT:-560}" python3 -m kernelgym run --suite "${KB:-kb_local}/level$lv" --backend cuda --no-progress \
+        "${args[@]}" ${KB_EXTRA:-} ;;
     *) echo "unknown step $s" ;;
   esac
 done
