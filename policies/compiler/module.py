@@ -23,15 +23,17 @@ from policies.compiler.recurrent import recurrent_kernel
 
 BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K", "SPLIT_R")
 OPTION_KEYS = ("num_warps", "num_stages")
-# fp32 tl.dot precisions worth trying: 3xTF32 (the default: tensor cores at about fp32 accuracy)
-# and IEEE (CUDA-core products). Plain TF32 is left out: it missed the fp32 tolerance at bench sizes.
-DOT_PRECISIONS = ("tf32x3", "ieee")
+# fp32 tl.dot precisions: 3xTF32 (the default: tensor cores at about fp32 accuracy), IEEE
+# (CUDA-core products) and plain TF32, which missed the fp32 tolerance on products at bench sizes
+# (their references run in full fp32) but matches a convolution's reference: PyTorch runs fp32
+# convolutions on cuDNN in TF32 by default (`CompilerPolicy.seed_configs`).
+DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
 _TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 
 
 def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a launch config: block sizes (powers of two), num_warps, num_stages,
-    ``dot_precision`` (fp32 ``tl.dot``: "tf32x3" or "ieee") and optional per-kernel overrides
+    ``dot_precision`` (fp32 ``tl.dot``: "tf32x3", "ieee" or "tf32") and optional per-kernel overrides
     under ``"kernels"`` (kernel index or name -> the same keys)."""
     if config is None:
         return {}
