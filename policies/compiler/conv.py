@@ -12,10 +12,11 @@ from typing import Any
 from kernelgym.ops.catalog import conv_dims, conv_groups
 from policies.compiler.codegen import KernelWriter
 from policies.compiler.conv_phases import phase_kernel
+from policies.compiler.conv_tiles import channel_tile, store_tile
 from policies.compiler.coords import ZERO, Coords, Expr, paren
 from policies.compiler.dot import DOT_BLOCK_M, batch_offset, dot, dot_kernel, dot_operand
 from policies.compiler.ir import CompileError, Program, numel
-from policies.compiler.template import Kernel, clamp_pow2, reserve, store_result, tile_view
+from policies.compiler.template import Kernel, clamp_pow2, reserve, tile_view
 
 # Output positions an image needs for convolution tiles of its own (below, images share tiles).
 CONV_TILE_MIN = 64
@@ -82,15 +83,7 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
         w.emit("rp = pid_p * BLOCK_M + tl.arange(0, BLOCK_M)  # output positions (batch, spatial...)")
         pos2 = [tile_view(e, "[:, None]") for e in w.decompose("rp", (nb, *outs), ap, "o")]
         span, images, out_flat = nb * numel(outs), 1, None
-    if direct or g == 1:
-        w.emit("rc = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels")
-        cols, c_mask = co, f"(rc[None, :] < {co})"
-    else:  # the grid's second axis runs over groups x tiles of a group's output channels
-        w.emit(f"pid_g = pid_c // (({cog} + BLOCK_N - 1) // BLOCK_N)  # group")
-        w.emit(f"rj = pid_c % (({cog} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N + tl.arange(0, BLOCK_N)"
-               "  # output channels in the group")
-        w.emit(f"rc = pid_g * {cog} + rj  # output channels")
-        cols, c_mask = cog, f"(rj[None, :] < {cog})"
+    cols, c_mask = channel_tile(w, co, cog, grouped=not direct and g > 1)
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
     if direct:
         _conv_taps(w, x_ref, x_shape, wref, pos2, win, span, c_mask, cog)
@@ -99,12 +92,7 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
     w.emit(f"out_mask = (rp[:, None] < {span}) & {c_mask}")
     with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
         oc = Coords(out_shape, [pos2[0], Expr("rc[None, :]", ac), *pos2[1:]], w.new_key(), out_flat, ap | ac)
-        res = "acc"
-        bias = w.weight_ref(anchor, "bias")
-        if bias is not None:
-            bv = w.load(bias, Coords((co,), [Expr("rc[None, :]", ac)], ("bias", oc.key)), name=f"n{anchor}_b")
-            res = w.assign("res", f"acc + {bv}")
-        store_result(w, oc, res, stored)
+        store_tile(w, anchor, co, oc, stored)
     if direct:
         blocks = {"BLOCK_M": clamp_pow2(span, 16, DOT_BLOCK_M), "BLOCK_N": 16}
         return dot_kernel(w, name, "conv", nodes, span, co, 1, groups=images, blocks=blocks)

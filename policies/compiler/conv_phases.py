@@ -20,10 +20,11 @@ from math import gcd
 from typing import Any
 
 from policies.compiler.codegen import KernelWriter
+from policies.compiler.conv_tiles import channel_tile, store_tile
 from policies.compiler.coords import ZERO, Coords, Expr, paren, strides
 from policies.compiler.dot import dot, dot_blocks, dot_kernel, dot_operand
 from policies.compiler.ir import numel
-from policies.compiler.template import Kernel, reserve, store_result, tile_view
+from policies.compiler.template import Kernel, reserve, tile_view
 
 
 @dataclass(frozen=True)
@@ -111,15 +112,7 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
         out_dims.append(Expr(o, ap))
         if outs[d] % s:  # the last phases have one position less
             out_conds.append(f"({o} < {outs[d]})")
-    if g == 1:
-        w.emit("rc = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels")
-        cols, c_mask = co, f"(rc[None, :] < {co})"
-    else:
-        w.emit(f"pid_g = pid_c // (({cog} + BLOCK_N - 1) // BLOCK_N)  # group")
-        w.emit(f"rj = pid_c % (({cog} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N + tl.arange(0, BLOCK_N)"
-               "  # output channels in the group")
-        w.emit(f"rc = pid_g * {cog} + rj  # output channels")
-        cols, c_mask = cog, f"(rj[None, :] < {cog})"
+    cols, c_mask = channel_tile(w, co, cog, grouped=g > 1)
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
     # per dim, each phase's first tap, input shift and tap count: scalars picked by the phase
     firsts = [_pick(w, f"first{d}", f, [t.first for t in tab]) for d, (f, tab) in enumerate(zip(phases, tables))]
@@ -145,12 +138,7 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
     w.emit(f"out_mask = {' & '.join([span_mask, c_mask, *out_conds])}")
     with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
         oc = Coords(out_shape, [image, Expr("rc[None, :]", ac), *out_dims], w.new_key())
-        res = "acc"
-        bias = w.weight_ref(anchor, "bias")
-        if bias is not None:
-            bv = w.load(bias, Coords((co,), [Expr("rc[None, :]", ac)], ("bias", oc.key)), name=f"n{anchor}_b")
-            res = w.assign("res", f"acc + {bv}")
-        store_result(w, oc, res, stored)
+        store_tile(w, anchor, co, oc, stored)
     ks = [cig * numel(c) for c, n in by_counts.items() for _ in range(n)] or [cig]
     blocks = {**dot_blocks(m_rows, cols, max(ks)), "BLOCK_K": phase_block_k(ks)}
     return dot_kernel(w, name, "conv", nodes, m_rows, cols, max(ks), groups=images * classes,
