@@ -69,12 +69,14 @@ def record_launches(task: Any, source: str) -> list[dict[str, Any]]:
                 launches.append(_describe_launch(self.fn, args, kwargs))
             return launch
 
-    for name, fn in find_jit_functions(mod).items():
-        if name in mod:
-            mod[name] = Recorder(fn)
-    with torch.device("meta"), torch.no_grad():
-        model = mod["ModelNew"](*ref["get_init_inputs"]())
-        model(*ref["get_inputs"]())
+    jitted = {name: fn for name, fn in find_jit_functions(mod).items() if name in mod}
+    mod.update({name: Recorder(fn) for name, fn in jitted.items()})
+    try:
+        with torch.device("meta"), torch.no_grad():
+            model = mod["ModelNew"](*ref["get_init_inputs"]())
+            model(*ref["get_inputs"]())
+    finally:
+        mod.update(jitted)   # kernels calling jit helpers (_tanh...) compile against the real ones
     return launches
 
 
@@ -239,6 +241,10 @@ def main() -> int:
             print(f"estimate / Triton: min {ratios[0]:.2f}, median {ratios[len(ratios) // 2]:.2f}, max {ratios[-1]:.2f}; "
                   f"estimate below Triton's figure for {len(short)} launch(es)"
                   + (f", worst by {max(r['shared'] - r['estimate'] for r in short)} bytes" if short else ""))
+    unknown = [r for r in measured if r.get("unknown")]
+    if unknown:
+        print(f"launches with loads or products of a shape the estimate could not tell: {len(unknown)} "
+              f"({', '.join(sorted({r['problem'] for r in unknown})[:5])})")
     for name, err in failed:
         print(f"  not measured: {name}: {err[:160]}")
     if args.json:

@@ -15,7 +15,8 @@ loop; the final stores), what those phases keep in shared memory:
 
 - an innermost dynamic loop (``range``/``tl.range``/``while``, no loop nested in it: Triton
   pipelines only those) holding a ``tl.dot``: ``(num_stages - 1)`` x the bytes of every tile
-  loaded in it (``tl.static_range`` bodies counted once per trip: they are unrolled);
+  loaded in it (``tl.static_range`` bodies counted once per trip: they are unrolled; a
+  ``tl.range(..., num_stages=N)`` loop at its own N);
 - per product, its operand staging: 3xTF32 (``input_precision="tf32x3"``) splits each operand in
   two (big + small parts): 2 x (A + B) bytes, or 2 x B when both come straight from loads (A is
   then read from registers); any other precision: A + B;
@@ -91,6 +92,7 @@ class _Loop:
     dynamic: bool
     trips: int
     nested: bool = False                  # a dynamic loop inside: Triton does not pipeline it
+    stages: int | None = None             # ``tl.range(..., num_stages=N)``: the loop's own depth
     loads: int = 0                        # bytes loaded per iteration (unrolled static loops included)
     staging: list[int] = field(default_factory=list)
 
@@ -196,7 +198,11 @@ class _Walker:
                 self.unknown += 1
         if isinstance(s.target, ast.Name):
             self.env[s.target.id] = _SCALAR
+        own = next((k.value for k in it.keywords if k.arg == "num_stages"), None) if isinstance(it, ast.Call) \
+            else None
         with self.loop(not static, trips):
+            if own is not None:
+                self.loops[-1].stages = self.expr(own).const
             self.body(s.body)
 
     @contextmanager
@@ -405,7 +411,8 @@ class _Walker:
                 for j, s in enumerate(f.staging):
                     phases[f"loop {i} dot {j}"] = s
             elif f.staging:
-                phases[f"loop {i}"] = max(0, num_stages - 1) * f.loads + sum(f.staging)
+                stages = f.stages if f.stages is not None else num_stages
+                phases[f"loop {i}"] = max(0, stages - 1) * f.loads + sum(f.staging)
         for j, s in enumerate(self.outer.staging):
             phases[f"dot {j}"] = s
         phases["store"] = self.stores

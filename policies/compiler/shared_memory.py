@@ -19,19 +19,6 @@ from policies.smem import DEFAULT_STAGES, estimate_function, fit_launch, has_dot
 ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def kernel_smem(k: Kernel, element_bytes: int, blocks: dict[str, int] | None = None,
-                num_stages: int | None = None) -> int | None:
-    """The estimated shared memory (bytes) of `k` at its launch config (or `blocks` /
-    `num_stages`); None for a kernel without ``tl.dot``."""
-    fns = [f for f in jit_functions(parse(k.source())).values() if has_dot(f)]
-    if not fns:
-        return None
-    blocks = dict(k.blocks if blocks is None else blocks)
-    stages = _stages(k) if num_stages is None else num_stages
-    ests = [estimate_function(f, blocks, stages, element_bytes) for f in fns]
-    return max(e.bytes for e in ests if e is not None)
-
-
 def _stages(k: Kernel) -> int:
     # a recurrent kernel's options are its cell's; its products launch at Triton's default
     if isinstance(k, RecurrentKernel):

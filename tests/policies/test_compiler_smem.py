@@ -166,6 +166,9 @@ def test_unrolled_loads_count_once_per_trip_and_outer_loops_are_not_pipelined():
     # a loop inside the k loop: Triton pipelines neither; the product's operands are staged once
     assert estimate_function(nested, TILES, 3).phases["loop 1 dot 0"] == 16384 + 8192
     assert estimate_function(fn_of(MATMUL.replace("acc += tl.dot(A, B{precision})", "acc += a")), TILES) is None
+    own = fn_of(MATMUL.replace("range(0, 4096, BLOCK_K)", "tl.range(0, 4096, BLOCK_K, num_stages=5)")
+                .replace("A, B", "a, b").replace("{precision}", ""))
+    assert estimate_function(own, TILES, 2).phases["loop 0"] == 4 * (16384 + 8192) + (16384 + 8192)
 
 
 def test_launch_estimates_read_the_launch_literals():
