@@ -11,7 +11,8 @@ partition=, config=)` builds any of them with any launch configuration, for the 
 
 Modules: `ir` (op kinds, programs, partitions), `codegen` (the pointwise value generator, over
 `coords`, `formulas`, `views`, `pools`), `kernels` (the kernel templates: `pointwise`, `rows`,
-`matmul`, `einsum`, `attention`, `conv`, ...), `module` (the action module), `trace` (fx tracing).
+`matmul`, `einsum`, `attention`, `conv`, ...), `module` (the action module), `shared_memory`
+(tl.dot launches fitted to the GPU's shared memory), `trace` (fx tracing).
 """
 
 from __future__ import annotations

@@ -218,6 +218,13 @@ def test_fit_launch_lowers_stages_then_block_k_then_the_wider_side():
         ({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16}, 3)   # 128 -> 64, then BLOCK_N on the tie
 
 
+def test_search_checks_half_tasks_at_two_bytes_an_element():
+    from policies.search import _element_bytes
+
+    assert _element_bytes(Task.from_source(POOL_CONV_T)) == 4
+    assert _element_bytes(Task.from_source(POOL_CONV_T, meta={"dtype": "float16"})) == 2
+
+
 def test_policy_rejects_a_bad_budget():
     for bad in (0, -5, 1.5, True, "200k"):
         with pytest.raises(ValueError, match="smem_budget"):
