@@ -20,8 +20,9 @@ loop; the final stores), what those phases keep in shared memory:
   parameters in a fused pool window; a ``tl.range(..., num_stages=N)`` loop at its own N; a loop
   of one trip, by its constant bounds, pipelines nothing);
 - per product, its operand staging: 3xTF32 (``input_precision="tf32x3"``) splits each operand in
-  two (big + small parts): 2 x (A + B) bytes, or 2 x B when both come straight from loads (A is
-  then read from registers); any other precision: A + B;
+  two (big + small parts): 2 x (A + B) bytes, or A + 2 x B when both come straight from loads
+  (A's parts then live in registers; A passes through shared memory on its way there); any other
+  precision: A + B;
 - the largest stored tile (the accumulator's layout change before the store).
 
 The kernel's estimate is the largest phase (Triton reuses shared memory whose lifetimes do not
@@ -420,7 +421,8 @@ class _Walker:
         else:
             sa, sb = na * a.nbytes, nb * b.nbytes
             if precision == "tf32x3" and max(a.nbytes, b.nbytes) >= 4:
-                staged = 2 * sb if a.loaded and b.loaded else 2 * (sa + sb)
+                # both loaded: B's two parts, and A on its way to the tensor cores' registers
+                staged = sa + 2 * sb if a.loaded and b.loaded else 2 * (sa + sb)
             else:
                 staged = sa + sb
             f.staging.append(staged * mult)
