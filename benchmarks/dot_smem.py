@@ -19,6 +19,7 @@ Problems run one at a time, each in a forked child killed past `--timeout` secon
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import sys
@@ -159,7 +160,8 @@ def problem_rows(path: str, budget: int | None) -> dict[str, Any]:
         row: dict[str, Any] = {"problem": Path(path).stem, "kernel": launch["kernel"],
                                "blocks": {k: v for k, v in consts.items() if k.startswith(("BLOCK", "SPLIT"))},
                                "num_warps": launch["num_warps"], "num_stages": launch["num_stages"],
-                               "estimate": est.bytes if est else None, "unknown": est.unknown if est else None}
+                               "estimate": est.bytes if est else None, "unknown": est.unknown if est else None,
+                               "fitted": "launch fitted to shared memory" in (ast.get_docstring(fn_ast) or "")}
         t0 = time.perf_counter()
         try:
             row["shared"] = compile_shared(launch)
@@ -241,6 +243,10 @@ def main() -> int:
             print(f"estimate / Triton: min {ratios[0]:.2f}, median {ratios[len(ratios) // 2]:.2f}, max {ratios[-1]:.2f}; "
                   f"estimate below Triton's figure for {len(short)} launch(es)"
                   + (f", worst by {max(r['shared'] - r['estimate'] for r in short)} bytes" if short else ""))
+    fitted = [r for r in rows if r.get("fitted")]
+    if fitted:
+        print(f"launches the compiler fitted to the budget: {len(fitted)} in {len({r['problem'] for r in fitted})} "
+              f"problem(s)")
     unknown = [r for r in measured if r.get("unknown")]
     if unknown:
         print(f"launches with loads or products of a shape the estimate could not tell: {len(unknown)} "
