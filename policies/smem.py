@@ -44,7 +44,7 @@ from kernelgym.pyast import parse
 
 # Shared memory a generated launch may ask for (bytes): 224 KiB, 3 KiB under the 227 KiB (232448
 # bytes) an H100 / H200 block may use. On every tl.dot launch the compiler writes for KernelBench
-# levels 1-3 (1335 launches; benchmarks/NOTES.md) the estimate was Triton's sm_90 figure or more,
+# levels 1-3 (1448 launches; benchmarks/NOTES.md) the estimate was Triton's sm_90 figure or more,
 # equal to it for the fused-prologue products that approach the limit, and Triton 3.6 on an H100
 # reported the same 327680 bytes for level 2 problem 38 as Triton 3.9 here. The largest launches
 # that fit today (a batch norm + ReLU fused into a convolution's operand: 229376 bytes at 3
