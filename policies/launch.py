@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kernelgym.pyast import parse
+from policies.smem import SMEM_BUDGET, over_budget
 
 _BLOCK_NAME = re.compile(r"(?i)block|tile|^b_?[mnk]$")
 KINDS = ("block", "num_warps", "num_stages")
@@ -169,13 +170,16 @@ def neighbours(knob: Knob) -> list[int]:
 
 
 def variants(source: str, limit: int = 8, kinds: Iterable[str] = KINDS,
-             exclude: Iterable[str] = (), weights: Mapping[str, float] | None = None) -> list[Variant]:
+             exclude: Iterable[str] = (), weights: Mapping[str, float] | None = None,
+             smem_budget: int | None = SMEM_BUDGET, element_bytes: int = 4) -> list[Variant]:
     """Up to `limit` distinct rewrites of `source`: single-knob moves to the nearest choices first
     (round-robin over knobs, the heaviest kernels' first), then pairs of single moves. `kinds`
     restricts the knob kinds (e.g. ``("block",)`` where num_warps cannot matter); sources in
     `exclude` are skipped. `weights`: kernel name -> cost, from a policy that knows its kernels
     (`CompilerPolicy.kernel_costs`); kernels it does not name rank below those it does, in
-    `kernel_weights` order."""
+    `kernel_weights` order. Rewrites with a tl.dot launch whose shared memory estimate
+    (`policies.smem`, loads of `element_bytes`-byte elements: 4 for fp32 tasks, 2 for fp16 /
+    bf16) exceeds `smem_budget` bytes are skipped: the GPU would refuse them (None: no check)."""
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
@@ -199,7 +203,8 @@ def variants(source: str, limit: int = 8, kinds: Iterable[str] = KINDS,
         new = rewrite(code, changes)
         if new not in seen:
             seen.add(new)
-            out.append(Variant(dict(changes), new))
+            if smem_budget is None or not over_budget(new, smem_budget, element_bytes):
+                out.append(Variant(dict(changes), new))
         return len(out) >= limit
 
     moves = [[(k.name, v) for v in neighbours(k)] for k in knobs]

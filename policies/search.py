@@ -145,6 +145,13 @@ class SearchPolicy:
         return cuda_available()
 
 
+def _element_bytes(task: Task) -> int:
+    """Bytes of a task tensor's element for the shared memory check of launch moves: 2 for a
+    sampled fp16 / bf16 task (its metadata says), else 4 (fp32, KernelBench; an overestimate for
+    an unknown half-precision task, which only makes the check stricter)."""
+    return 2 if str(task.meta.get("dtype", "")) in ("float16", "bfloat16") else 4
+
+
 def _jsonable_partition(p: Any) -> list[list[int]]:
     return [[int(i) for i in part] for part in p]
 
@@ -272,7 +279,8 @@ class _Search:
                 kinds = ("block",)   # e.g. a block too small for a row: launch knobs can fix that
             if kinds is not None and source is not None:
                 try:
-                    for var in variants(source, limit, kinds=kinds, exclude=self.seen, weights=self.costs(best)):
+                    for var in variants(source, limit, kinds=kinds, exclude=self.seen, weights=self.costs(best),
+                                        element_bytes=_element_bytes(self.task)):
                         self.add(var.source, "launch", var.changes, best)
                 except Exception as exc:  # noqa: BLE001 - odd source (LaunchError) or a rewriter bug: log, go on
                     self.policy_error("launch", {}, f"{type(exc).__name__}: {exc}")

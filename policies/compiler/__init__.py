@@ -11,7 +11,8 @@ partition=, config=)` builds any of them with any launch configuration, for the 
 
 Modules: `ir` (op kinds, programs, partitions), `codegen` (the pointwise value generator, over
 `coords`, `formulas`, `views`, `pools`), `kernels` (the kernel templates: `pointwise`, `rows`,
-`matmul`, `einsum`, `attention`, `conv`, ...), `module` (the action module), `trace` (fx tracing).
+`matmul`, `einsum`, `attention`, `conv`, ...), `module` (the action module), `shared_memory`
+(tl.dot launches fitted to the GPU's shared memory), `trace` (fx tracing).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from policies.compiler.ir import (
 )
 from policies.compiler.module import build_kernels, check_config, render_module
 from policies.compiler.trace import TraceError, graph_from_source, program_from_source
+from policies.smem import SMEM_BUDGET
 
 # Catalog ops the compiler writes in torch (lenient mode only): none left; kept as the switch for
 # ops added to the catalog before their lowering exists.
@@ -78,12 +80,16 @@ class CompilerPolicy:
     extern: which convolutions / products run as the vendor call with the ops around them fused
     into Triton (lenient only; `policies.compiler.extern`): ``"auto"`` (lenient: every
     convolution, `default_extern`; strict: none), ``"none"``, ``"all"`` or node indices.
+    smem_budget: the shared memory (bytes) a tl.dot kernel's launch may need by its estimate
+    (`policies.smem`); a launch over it gets fewer stages, then smaller tiles (default
+    `SMEM_BUDGET`, safe on H100/H200; None: no check).
     """
 
     name = "compiler"
 
     def __init__(self, mode: str = "strict", config: Mapping[str, Any] | None = None,
-                 torch_ops: Iterable[str] = (), extern: str | Iterable[int] = "auto"):
+                 torch_ops: Iterable[str] = (), extern: str | Iterable[int] = "auto",
+                 smem_budget: int | None = SMEM_BUDGET):
         if mode not in MODES:
             raise ValueError(f"mode must be 'strict' or 'lenient', got {mode!r}")
         if isinstance(extern, str) and extern not in ("auto", "none", "all"):
@@ -92,6 +98,10 @@ class CompilerPolicy:
             extern = tuple(extern)
         if mode == "strict" and (extern == "all" or not isinstance(extern, str) and extern):
             raise ValueError("extern anchors need mode='lenient' (strict mode computes everything in Triton)")
+        if smem_budget is not None and (isinstance(smem_budget, bool) or not isinstance(smem_budget, int)
+                                        or smem_budget <= 0):
+            raise ValueError(f"smem_budget must be a positive number of bytes or None, got {smem_budget!r}")
+        self.smem_budget = smem_budget
         self.extern: str | tuple[int, ...] = extern
         self.mode = mode
         self.config = check_config(config)
@@ -171,7 +181,8 @@ class CompilerPolicy:
         ext = self.extern_nodes(task, extern)
         with task_phase("compiling"):
             groups, stored = self._groups(prog, partition, ext)
-            return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name, ext)
+            return render_module(prog, groups, stored, cfg, self.mode, self.torch_ops, prog.name, ext,
+                                 self.smem_budget)
 
     def _groups(self, prog: Program, partition: Sequence[Iterable[int]] | None,
                 extern: frozenset[int] = frozenset()) -> tuple[list[list[int]], list[list[int]]]:

@@ -20,6 +20,8 @@ from policies.compiler.kernels import (
     row_kernel,
 )
 from policies.compiler.recurrent import recurrent_kernel
+from policies.compiler.shared_memory import ELEMENT_BYTES, fit_shared_memory
+from policies.smem import SMEM_BUDGET
 
 BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K", "SPLIT_R")
 OPTION_KEYS = ("num_warps", "num_stages")
@@ -174,13 +176,16 @@ def _fallback_line(prog: Program, j: int) -> str:
 
 def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]], config: dict[str, Any],
                   mode: str, torch_ops: frozenset[str], title: str = "",
-                  extern: frozenset[int] = frozenset()) -> str:
+                  extern: frozenset[int] = frozenset(), smem_budget: int | None = SMEM_BUDGET) -> str:
     """The whole action module for `groups` (already validated and in launch order); nodes in
-    `extern` are vendor calls (`policies.compiler.extern`)."""
+    `extern` are vendor calls (`policies.compiler.extern`). tl.dot kernels whose shared memory
+    estimate exceeds `smem_budget` bytes get fewer stages, then smaller tiles (None: no check)."""
     items = build_kernels(prog, groups, stored, torch_ops, extern)
     anchors = sorted(j for j in extern if kind(prog.graph.nodes[j].op) in ("conv", "matmul"))
     kernels = [k for k in items if isinstance(k, Kernel)]
     _apply_config(kernels, config)
+    if smem_budget is not None:
+        fit_shared_memory(kernels, ELEMENT_BYTES[prog.dtype], smem_budget)
     if not kernels:
         raise CompileError("every op would run in torch; no Triton kernel to write")
     helpers = set().union(*(k.helpers for k in kernels))
