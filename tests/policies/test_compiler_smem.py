@@ -34,9 +34,11 @@ POOL_CONV_T = model_source(
         b, c, d, h, w = x.shape
         x = torch.softmax(x.view(b, c, -1), dim=2).view(b, c, d, h, w)
         return x * self.scale""",
-    "x", "return [torch.rand(1, 2, 4, 8, 8)]",
+    "x", "return [torch.rand(1, 2, 8, 16, 16)]",
+    # stride 1: the gather form, whose k loop reads all 8 pool taps a step (a strided transposed
+    # convolution goes by phases, `conv_phases`, with far smaller k steps)
     """self.avg_pool = nn.AvgPool3d(2)
-        self.conv_transpose = nn.ConvTranspose3d(2, 64, 3, stride=2, padding=1, output_padding=1)
+        self.conv_transpose = nn.ConvTranspose3d(2, 64, 3, stride=1, padding=1)
         self.scale = nn.Parameter(torch.ones(1, 64, 1, 1, 1))""")
 # Per k step: 8 pool-tap tiles of 128 x 32 fp32 and a 32 x 64 weight tile, pipelined over
 # num_stages - 1 buffers; the 3xTF32 operands (the pooled one computed) staged as big + small parts.
