@@ -159,3 +159,36 @@ def test_cli_eval_json(tmp_path):
     out = subprocess.run([sys.executable, "-m", "kernelgym", "eval", str(DATA / "ref_add.py"), str(bad), "--json"],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0 and json.loads(out.stdout.strip().splitlines()[-1])["status"] == "format_error"
+
+
+def test_ptx_check_refuses_a_kernel_over_the_blocks_shared_memory(tmp_path, monkeypatch):
+    """A kernel that compiles for sm_90 but needs more shared memory than a block has fails the
+    check (the GPU refuses it at launch); here the limit is lowered under a small product's need."""
+    pytest.importorskip("triton.backends.nvidia")
+    import importlib.util
+
+    from kernelgym.evaluation import ptx
+
+    path = tmp_path / "dot_kernel.py"
+    path.write_text(
+        "import triton\nimport triton.language as tl\n\n\n@triton.jit\n"
+        "def dot_kernel(a_ptr, b_ptr, c_ptr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):\n"
+        "    r = tl.arange(0, BM)\n    c = tl.arange(0, BN)\n    k = tl.arange(0, BK)\n"
+        "    acc = tl.zeros([BM, BN], dtype=tl.float32)\n"
+        "    for i in range(0, 4):\n"
+        "        a = tl.load(a_ptr + r[:, None] * BK + k[None, :] + i)\n"
+        "        b = tl.load(b_ptr + k[:, None] * BN + c[None, :] + i)\n"
+        "        acc += tl.dot(a, b)\n"
+        "    tl.store(c_ptr + r[:, None] * BN + c[None, :], acc)\n")
+    spec = importlib.util.spec_from_file_location("kg_test_dot_kernel", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    launch = {"kernel": "dot_kernel", "signature": {"a_ptr": "*fp32", "b_ptr": "*fp32", "c_ptr": "*fp32",
+                                                   "BM": "constexpr", "BN": "constexpr", "BK": "constexpr"},
+              "constexprs": {"BM": 32, "BN": 32, "BK": 32}, "num_warps": 4, "num_stages": 3}
+    fits = ptx.compile_launch(mod.dot_kernel, launch)
+    assert fits["ok"] and 0 < fits["shared_bytes"] <= ptx.SM90_SHARED_LIMIT
+    monkeypatch.setattr(ptx, "SM90_SHARED_LIMIT", fits["shared_bytes"] - 1)
+    over = ptx.compile_launch(mod.dot_kernel, launch)
+    assert not over["ok"] and "out of resource: shared memory" in over["error"]
+    assert f"required {fits['shared_bytes']} bytes" in over["error"]

@@ -17,6 +17,11 @@ from kernelgym.evaluation.jobs import describe
 from kernelgym.evaluation.protocol import MODE_STRICT
 
 TARGET = ("cuda", 90, 32)
+# Shared memory one block may use on sm_90 (an H100 / H200: 227 KiB with the opt-in Triton makes).
+# A kernel that compiles but asks for more is refused at launch ("out of resource: shared
+# memory"): the check reports it, so the interpreter's verdict is the GPU's (a KernelBench level-2
+# candidate once passed here and failed on an H100 with 327680 bytes).
+SM90_SHARED_LIMIT = 232448
 
 
 def find_jit_functions(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -65,11 +70,16 @@ def compile_launch(fn: Any, launch: dict[str, Any]) -> dict[str, Any]:
     src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
     kernel = triton.compile(src, target=GPUTarget(*TARGET), options=options)
     md = kernel.metadata
-    return {
+    shared = getattr(md, "shared", None)
+    out = {
         "kernel": launch["kernel"], "ok": True, "seconds": round(time.perf_counter() - t0, 3),
         "ptx_bytes": len(kernel.asm.get("ptx", "")), "cubin_bytes": len(kernel.asm.get("cubin", b"")),
-        "shared_bytes": getattr(md, "shared", None), "num_warps": getattr(md, "num_warps", None),
+        "shared_bytes": shared, "num_warps": getattr(md, "num_warps", None),
     }
+    if isinstance(shared, int) and shared > SM90_SHARED_LIMIT:
+        out.update(ok=False, error=f"out of resource: shared memory, required {shared} bytes, an sm_90 block has "
+                                   f"{SM90_SHARED_LIMIT} (smaller blocks or fewer num_stages)")
+    return out
 
 
 def run_ptx_check(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
@@ -116,7 +126,9 @@ def run_ptx_check(state: dict[str, Any], msg: dict[str, Any], progress: Callable
                 continue
             try:
                 with guard.sandboxed():
-                    result["kernels"].append(compile_launch(fn, launch))
+                    got = compile_launch(fn, launch)
+                result["kernels"].append(got)
+                result["ok"] = result["ok"] and got["ok"]
             except BaseException as exc:  # noqa: BLE001
                 result["ok"] = False
                 result["kernels"].append({"kernel": launch["kernel"], "ok": False, "error": describe(exc)})
