@@ -44,6 +44,7 @@ import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -236,17 +237,22 @@ def status_line(ev: Any, judged: int, elapsed: float) -> str:
             + ", ".join(f"{k} {v}" for k, v in stats.items()) + (f"; {mem}" if mem else ""))
 
 
+# Held while a heartbeat writes its line, and by every fork (proposals run in forked children):
+# a child forked while another thread held stderr's or the evaluator's lock would wait on it forever.
+_BEAT = threading.Lock()
+os.register_at_fork(before=_BEAT.acquire, after_in_parent=_BEAT.release, after_in_child=_BEAT.release)
+
+
 @contextlib.contextmanager
 def heartbeat(ev: Any, progress: Progress, every: float) -> Iterator[None]:
     """Print `status_line` to stderr every `every` seconds (0: never) while the block runs."""
-    import threading
-
     stop = threading.Event()
     t0 = time.perf_counter()
 
     def beat() -> None:
         while not stop.wait(every):
-            print(status_line(ev, progress.count, time.perf_counter() - t0), file=sys.stderr, flush=True)
+            with _BEAT:
+                print(status_line(ev, progress.count, time.perf_counter() - t0), file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=beat, name="kernelbench-heartbeat", daemon=True) if every > 0 else None
     if thread is not None:

@@ -264,6 +264,35 @@ def test_kernelbench_status_line_names_what_is_in_flight():
                     "memory_waited 2, memory_alone 1, rejudged_alone 0; GPU 0: 12.0/60.0 GiB")
 
 
+def test_kernelbench_heartbeat_beside_forked_children(tmp_path, capsys):
+    """Children forked while the heartbeat writes (every millisecond here) never inherit a held
+    lock: every one finishes, each writing to stderr itself."""
+    import sys as _sys
+
+    from benchmarks._children import in_children
+
+    kbm = load("kernelbench")
+
+    class Quiet:
+        stats: dict = {}
+
+        def in_flight(self):
+            return []
+
+        def gpu_memory(self):
+            return {}
+
+    def job():
+        print("child says hello", file=_sys.stderr, flush=True)
+        return {"ok": True}
+
+    progress = kbm.Progress(tmp_path / "p.jsonl")
+    with kbm.heartbeat(Quiet(), progress, 0.001):
+        results = in_children([job] * 24, 20.0, 4)
+    assert all(r.get("ok") for r in results), results
+    assert "judged 0; in flight: none" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["/no/such/kernelbench"], "is not a directory"),
     (["{kb}", "--levels", "1,x"], "--levels"),
