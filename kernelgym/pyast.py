@@ -38,3 +38,15 @@ def syntax_problem(exc: SyntaxError, source: str) -> str:
     if exc.lineno is None:
         return f"syntax error: {exc.msg}"
     return f"syntax error at line {exc.lineno}: {exc.msg}"
+
+
+def dotted(node: ast.AST) -> str:
+    """The dotted name an attribute chain spells: ``tl.dot`` for ``tl.dot``; for a chain on
+    something else (a call's result, a subscript) only its attributes, "" for no attribute."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))

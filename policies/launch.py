@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kernelgym.pyast import parse
+from kernelgym.pyast import dotted, parse
 from policies.smem import SMEM_BUDGET, over_budget
 
 _BLOCK_NAME = re.compile(r"(?i)block|tile|^b_?[mnk]$")
@@ -155,7 +155,7 @@ def kernel_weights(source: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for fn in ast.walk(parse(_code(source))):
         if isinstance(fn, ast.FunctionDef) and _kernel_info(fn) is not None:
-            calls = {_dotted(n.func).split(".")[-1] for n in ast.walk(fn) if isinstance(n, ast.Call)}
+            calls = {dotted(n.func).split(".")[-1] for n in ast.walk(fn) if isinstance(n, ast.Call)}
             loops = any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(fn))
             out[fn.name] = 2 if "dot" in calls else 1 if loops else 0
     return out
@@ -240,16 +240,6 @@ def _check_value(knob: Knob, value: object) -> None:
         raise LaunchError(f"{knob.name}: {knob.kind} must be a power of two, got {value}")
 
 
-def _dotted(node: ast.AST) -> str:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-    return ".".join(reversed(parts))
-
-
 def _int(node: ast.AST | None) -> int | None:
     if isinstance(node, ast.Constant) and type(node.value) is int:
         return node.value
@@ -275,13 +265,13 @@ class _Text:
 
 
 def _kernel_info(fn: ast.FunctionDef) -> _Kernel | None:
-    names = [_dotted(d.func if isinstance(d, ast.Call) else d) for d in fn.decorator_list]
+    names = [dotted(d.func if isinstance(d, ast.Call) else d) for d in fn.decorator_list]
     if not any(n.split(".")[-1] == "jit" for n in names):
         return None
     a = fn.args
     params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
     constexpr = {p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)
-                 if p.annotation is not None and _dotted(p.annotation).split(".")[-1] == "constexpr"}
+                 if p.annotation is not None and dotted(p.annotation).split(".")[-1] == "constexpr"}
     positional = [*a.posonlyargs, *a.args]
     defaults = {p.arg: d for p, d in zip(positional[len(positional) - len(a.defaults):], a.defaults)}
     defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
@@ -294,7 +284,7 @@ def _kernel_info(fn: ast.FunctionDef) -> _Kernel | None:
 def _heuristic_params(fn: ast.FunctionDef) -> set[str]:
     out: set[str] = set()
     for d in fn.decorator_list:
-        if isinstance(d, ast.Call) and _dotted(d.func).split(".")[-1] == "heuristics" and d.args \
+        if isinstance(d, ast.Call) and dotted(d.func).split(".")[-1] == "heuristics" and d.args \
                 and isinstance(d.args[0], ast.Dict):
             out.update(k.value for k in d.args[0].keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
     return out
@@ -304,7 +294,7 @@ def _axis_params(fn: ast.FunctionDef, constexpr: set[str]) -> dict[int, set[str]
     """Which constexprs multiply `tl.program_id(axis)` (directly or through a name bound to it)."""
 
     def axis_of(node: ast.AST) -> int | None:
-        if isinstance(node, ast.Call) and _dotted(node.func).split(".")[-1] == "program_id":
+        if isinstance(node, ast.Call) and dotted(node.func).split(".")[-1] == "program_id":
             arg = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "axis"), None)
             return _int(arg)
         if isinstance(node, ast.Name):
@@ -349,7 +339,7 @@ class _Collector(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         f = node.func
         if isinstance(f, ast.Subscript):
-            name = _dotted(f.value).split(".")[-1]
+            name = dotted(f.value).split(".")[-1]
             if name in self.kernels:
                 self.launches.append(_Launch(name, node, f.slice, self.func[-1] if self.func else None,
                                              self.cls[-1] if self.cls else None))
@@ -432,7 +422,7 @@ def _grid_divisors(grid: ast.expr, launch: _Launch, tree: ast.Module,
         for node in ast.walk(elem):
             div: ast.expr | None = None
             minus1: ast.expr | None = None
-            if isinstance(node, ast.Call) and _dotted(node.func).split(".")[-1] == "cdiv" and len(node.args) == 2:
+            if isinstance(node, ast.Call) and dotted(node.func).split(".")[-1] == "cdiv" and len(node.args) == 2:
                 div = node.args[1]
             elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.FloorDiv):
                 div = node.right

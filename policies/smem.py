@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from kernelgym.pyast import parse
+from kernelgym.pyast import dotted, parse
 
 # Shared memory a generated launch may ask for (bytes): 224 KiB, 3 KiB under the 227 KiB (232448
 # bytes) an H100 / H200 block may use. On every tl.dot launch the compiler writes for KernelBench
@@ -102,16 +102,6 @@ class _Loop:
     single: bool = False                  # one trip (constant bounds): nothing to pipeline
     loads: int = 0                        # bytes loaded per iteration (unrolled static loops included)
     staging: list[int] = field(default_factory=list)
-
-
-def _dotted(node: ast.AST) -> str:
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-    return ".".join(reversed(parts))
 
 
 def _broadcast(*vals: _Val) -> tuple[int, ...] | None:
@@ -206,7 +196,7 @@ class _Walker:
 
     def for_loop(self, s: ast.For) -> None:
         it = s.iter
-        name = _dotted(it.func) if isinstance(it, ast.Call) else ""
+        name = dotted(it.func) if isinstance(it, ast.Call) else ""
         args = [self.expr(a) for a in it.args] if isinstance(it, ast.Call) else []
         static = name.split(".")[-1] == "static_range"
         trips, single = 1, False
@@ -331,7 +321,7 @@ class _Walker:
         return None
 
     def call(self, e: ast.Call) -> _Val:
-        name = _dotted(e.func)
+        name = dotted(e.func)
         short = name.split(".")[-1]
         kw = {k.arg: k.value for k in e.keywords if k.arg}
         if isinstance(e.func, ast.Attribute) and not name.startswith(("tl.", "triton.")) and short in (
@@ -505,12 +495,12 @@ def _reduce(v: _Val, axis: int | None) -> _Val:
 def _dtype_bytes(node: ast.expr | None) -> int:
     if node is None:
         return 4
-    return _DTYPE_BYTES.get(_dotted(node).split(".")[-1], 4)
+    return _DTYPE_BYTES.get(dotted(node).split(".")[-1], 4)
 
 
 def has_dot(fn: ast.FunctionDef) -> bool:
     """Whether the function calls ``tl.dot`` (or ``dot`` of any module)."""
-    return any(isinstance(n, ast.Call) and _dotted(n.func).split(".")[-1] == "dot" for n in ast.walk(fn))
+    return any(isinstance(n, ast.Call) and dotted(n.func).split(".")[-1] == "dot" for n in ast.walk(fn))
 
 
 def estimate_function(fn: ast.FunctionDef, constexprs: Mapping[str, int], num_stages: int = DEFAULT_STAGES,
@@ -533,7 +523,7 @@ def jit_functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
     out: dict[str, ast.FunctionDef] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and any(
-                _dotted(d.func if isinstance(d, ast.Call) else d).split(".")[-1] == "jit" for d in node.decorator_list):
+                dotted(d.func if isinstance(d, ast.Call) else d).split(".")[-1] == "jit" for d in node.decorator_list):
             out[node.name] = node
     return out
 
@@ -560,10 +550,10 @@ def launch_estimates(source: str, element_bytes: int = 4) -> list[LaunchEstimate
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)):
             continue
-        name = _dotted(node.func.value).split(".")[-1]
+        name = dotted(node.func.value).split(".")[-1]
         fn = fns.get(name)
         if fn is None or not has_dot(fn) or any(
-                _dotted(d.func if isinstance(d, ast.Call) else d).split(".")[-1] == "autotune"
+                dotted(d.func if isinstance(d, ast.Call) else d).split(".")[-1] == "autotune"
                 for d in fn.decorator_list):
             continue
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):

@@ -46,3 +46,18 @@ def test_many_threads_parse_at_once():
     with ThreadPoolExecutor(8) as ex:
         trees = list(ex.map(lambda _: pyast.parse(src), range(64)))
     assert all(len(t.body) == 201 for t in trees)
+
+
+def test_dotted_names_an_attribute_chain():
+    import ast
+
+    from kernelgym.pyast import dotted
+
+    def expr(src):
+        return ast.parse(src, mode="eval").body
+
+    assert dotted(expr("tl.dot")) == "tl.dot"
+    assert dotted(expr("triton.language.range")) == "triton.language.range"
+    assert dotted(expr("x")) == "x"
+    assert dotted(expr("f().attr")) == "attr"   # only the attributes of a chain on a call
+    assert dotted(expr("f()")) == ""

@@ -12,7 +12,7 @@ from typing import Any
 from kernelgym.ops.catalog import conv_dims, conv_groups
 from policies.compiler.codegen import KernelWriter
 from policies.compiler.conv_phases import phase_kernel
-from policies.compiler.conv_tiles import channel_tile, store_tile
+from policies.compiler.conv_tiles import channel_tile, position_tile, store_tile
 from policies.compiler.coords import ZERO, Coords, Expr, paren
 from policies.compiler.dot import DOT_BLOCK_M, batch_offset, dot, dot_kernel, dot_operand
 from policies.compiler.ir import CompileError, Program, numel
@@ -64,25 +64,12 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
                             win.stride, win.padding, win.dilation, g, CONV_TILE_MIN)
     w.emit("pid_p = tl.program_id(0)")
     w.emit("pid_c = tl.program_id(1)")
-    # A tile of positions inside one image: its output rows are then provably contiguous, so
-    # Triton coalesces the stores (positions across images cannot be: an image boundary breaks the
-    # run, and the output stride between channels is the image's size). Small images share tiles.
-    # `span`: the positions rp runs over (one image's, or all images' when they share tiles).
-    if numel(outs) >= CONV_TILE_MIN:
-        span, images = numel(outs), nb
-        if nb > 1:
-            w.emit(f"pid_b = pid_p // (({span} + BLOCK_M - 1) // BLOCK_M)  # image")
-            w.emit(f"rp = pid_p % (({span} + BLOCK_M - 1) // BLOCK_M) * BLOCK_M + tl.arange(0, BLOCK_M)"
-                   "  # output positions in the image")
-        else:
-            w.emit("rp = pid_p * BLOCK_M + tl.arange(0, BLOCK_M)  # output positions")
-        image = Expr("pid_b") if nb > 1 else ZERO
-        pos2 = [image, *(tile_view(e, "[:, None]") for e in w.decompose("rp", outs, ap, "o"))]
-        out_flat = f"{batch_offset(nb > 1, co * span)}rc[None, :] * {span} + rp[:, None]"
-    else:
-        w.emit("rp = pid_p * BLOCK_M + tl.arange(0, BLOCK_M)  # output positions (batch, spatial...)")
-        pos2 = [tile_view(e, "[:, None]") for e in w.decompose("rp", (nb, *outs), ap, "o")]
-        span, images, out_flat = nb * numel(outs), 1, None
+    # `span`: the positions rp runs over (one image's, or all images' when they share tiles)
+    image, coords, span, images = position_tile(w, "pid_p", tuple(outs), nb, CONV_TILE_MIN, "output positions", "o")
+    pos2 = [image, *(tile_view(e, "[:, None]") for e in coords)]
+    # the store's flat offset when a tile stays in one image (its rows are contiguous)
+    out_flat = f"{batch_offset(nb > 1, co * span)}rc[None, :] * {span} + rp[:, None]" \
+        if numel(outs) >= CONV_TILE_MIN else None
     cols, c_mask = channel_tile(w, co, cog, grouped=not direct and g > 1)
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
     if direct:

@@ -20,7 +20,7 @@ from math import gcd
 from typing import Any
 
 from policies.compiler.codegen import KernelWriter
-from policies.compiler.conv_tiles import channel_tile, store_tile
+from policies.compiler.conv_tiles import channel_tile, position_tile, store_tile
 from policies.compiler.coords import ZERO, Coords, Expr, paren, strides
 from policies.compiler.dot import dot, dot_blocks, dot_kernel, dot_operand
 from policies.compiler.ir import numel
@@ -82,22 +82,8 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
     w.emit("pid_c = tl.program_id(1)")
     w.emit(f"ph = pid_p % {classes}  # phase class: the outputs with o % stride == its phase per dim")
     w.emit(f"pid_t = pid_p // {classes}")
-    span = numel(subs)
-    if span >= tile_min:  # tiles inside one image's sub-grid
-        images = nb
-        if nb > 1:
-            w.emit(f"pid_b = pid_t // (({span} + BLOCK_M - 1) // BLOCK_M)  # image")
-            w.emit(f"rp = pid_t % (({span} + BLOCK_M - 1) // BLOCK_M) * BLOCK_M + tl.arange(0, BLOCK_M)"
-                   "  # positions in the phase's sub-grid of the image")
-        else:
-            w.emit("rp = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)  # positions in the phase's sub-grid")
-        image = Expr("pid_b") if nb > 1 else ZERO
-        qs = w.decompose("rp", subs, ap, "q")
-    else:  # small images share tiles
-        images = 1
-        w.emit("rp = pid_t * BLOCK_M + tl.arange(0, BLOCK_M)  # (image, positions in the phase's sub-grid)")
-        dec = w.decompose("rp", (nb, *subs), ap, "q")
-        image, qs = tile_view(dec[0], "[:, None]"), dec[1:]
+    image, qs, m_rows, images = position_tile(w, "pid_t", subs, nb, tile_min, "positions in the phase's sub-grid",
+                                              "q")
     phases = w.decompose("ph", stride, frozenset(), "f")  # scalars: each dim's phase
     rows = [tile_view(q, "[:, None]") for q in qs]
     out_dims: list[Expr] = []
@@ -124,7 +110,6 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
             by_counts[counts] = by_counts.get(counts, 0) + 1
     varying = [d for d, tab in enumerate(tables) if len({t.count for t in tab}) > 1]
     counts_of = {d: _pick(w, f"taps{d}", phases[d], [t.count for t in tables[d]]) for d in varying}
-    m_rows = span if span >= tile_min else nb * span
     span_mask = f"(rp[:, None] < {m_rows})"
     gemm = _PhaseGemm(w, x_ref, x_shape, wref, image, rows, ins, kernel, tables, firsts, shifts, cig, cog, g,
                       span_mask)
