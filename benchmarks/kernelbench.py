@@ -188,8 +188,6 @@ class Progress:
     and judges only what is missing."""
 
     def __init__(self, path: Path, resume: bool = False):
-        import threading
-
         self.path = path
         self.lock = threading.Lock()
         self.done: dict[tuple[int, str, str], dict[str, Any]] = {}
