@@ -34,7 +34,7 @@ from policies.compiler import trace_nn as _trace_nn  # noqa: E402,F401,I001
 from policies.compiler import trace_recurrent as _trace_recurrent  # noqa: E402,F401,I001
 from policies.compiler import trace_reduce as _trace_reduce  # noqa: E402,F401,I001
 from policies.compiler.composite import expand as expand_composites
-from policies.compiler.dot import DEFAULT_DOT_PRECISION
+from policies.compiler.dot import CONV_DOT_PRECISION
 from policies.compiler.extern import check_extern, default_extern, extern_anchors, extern_choices
 from policies.compiler.ir import (
     SUPPORTED,
@@ -244,26 +244,25 @@ class CompilerPolicy:
 
     def seed_configs(self, task: Task | str) -> list[dict[str, Any]]:
         """Configs besides the default that a search should try once each (`SearchPolicy` seeds),
-        for fp32 ``tl.dot`` kernels (the evaluator decides what is correct and faster): plain TF32
-        in the convolution kernels first, then IEEE products (CUDA cores, exact fp32 products)
-        beside the default 3xTF32 ones. A reference's fp32 convolution runs on cuDNN in TF32
-        (PyTorch's default, ``torch.backends.cudnn.allow_tf32``), and 3xTF32 does three times the
-        tensor-core work: KernelBench's 1_Conv2D_ReLU_BiasAdd ran 7.1 ms against eager's 4.4 ms on
-        an H100 (benchmarks/NOTES.md, session 14)."""
-        if 'input_precision="tf32x3"' not in self.compile(task):
+        for fp32 ``tl.dot`` kernels (the evaluator decides what is correct and faster): 3xTF32 in
+        the convolution kernels first (they default to plain TF32, as cuDNN runs the reference's:
+        `policies.compiler.dot.CONV_DOT_PRECISION`; 3xTF32 is the accurate alternative should a
+        long reduction miss the tolerance), then IEEE products everywhere (CUDA cores, exact fp32
+        products) beside the default 3xTF32 products."""
+        if "input_precision=" not in self.compile(task):
             return []
-        convs = self._tf32x3_kernels(task, "conv")
-        return ([{"kernels": {name: {"dot_precision": "tf32"} for name in convs}}] if convs else []) + \
+        convs = self._dot_kernels(task, "conv", CONV_DOT_PRECISION)
+        return ([{"kernels": {name: {"dot_precision": "tf32x3"} for name in convs}}] if convs else []) + \
             [{"dot_precision": "ieee"}]
 
-    def _tf32x3_kernels(self, task: Task | str, kind_: str) -> list[str]:
-        """Names of the default compilation's `kind_` kernels with 3xTF32 products."""
+    def _dot_kernels(self, task: Task | str, kind_: str, precision: str) -> list[str]:
+        """Names of the default compilation's `kind_` kernels with fp32 products in `precision`."""
         prog = self.program(task)
         ext = self.extern_nodes(task, None)
         groups, stored = self._groups(prog, None, ext)
         return [k.name for k in build_kernels(prog, groups, stored, self.torch_ops, ext)
                 if not isinstance(k, int) and k.kind == kind_
-                and any(f'input_precision="{DEFAULT_DOT_PRECISION}"' in line for line in k.body)]
+                and any(f'input_precision="{precision}"' in line for line in k.body)]
 
     def propose(self, task: Task, n: int = 1, history: Sequence[Attempt] = ()) -> list[str]:
         """Up to `n` distinct candidates: the default compilation, then alternative partitions and

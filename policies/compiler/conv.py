@@ -14,7 +14,7 @@ from policies.compiler.codegen import KernelWriter
 from policies.compiler.conv_phases import phase_kernel
 from policies.compiler.conv_tiles import channel_tile, position_tile, store_tile
 from policies.compiler.coords import ZERO, Coords, Expr, paren
-from policies.compiler.dot import DOT_BLOCK_M, batch_offset, dot, dot_kernel, dot_operand
+from policies.compiler.dot import CONV_DOT_PRECISION, DOT_BLOCK_M, batch_offset, dot, dot_kernel, dot_operand
 from policies.compiler.ir import CompileError, Program, numel
 from policies.compiler.template import Kernel, clamp_pow2, reserve, tile_view
 
@@ -159,7 +159,7 @@ def _conv_gemm(w: KernelWriter, x_ref: Any, x_shape: tuple[int, ...], wref: Any,
                 flat = f"rc[None, :] * {kr} + rk[:, None]"
             wc = Coords(tuple(wshape), [ZERO] * len(wshape), w.new_key(), flat, ak | ac)
             b = w.load(wref, wc, name="wt")
-        w.emit(f"acc += {dot(w, a, b)}")
+        w.emit(f"acc += {dot(w, a, b, CONV_DOT_PRECISION)}")
 
 
 def _conv_taps(w: KernelWriter, x_ref: Any, x_shape: tuple[int, ...], wref: Any, pos2: list[Expr],

@@ -22,7 +22,7 @@ from typing import Any
 from policies.compiler.codegen import KernelWriter
 from policies.compiler.conv_tiles import channel_tile, position_tile, store_tile
 from policies.compiler.coords import ZERO, Coords, Expr, paren, strides
-from policies.compiler.dot import dot, dot_blocks, dot_kernel, dot_operand
+from policies.compiler.dot import CONV_DOT_PRECISION, dot, dot_blocks, dot_kernel, dot_operand
 from policies.compiler.ir import numel
 from policies.compiler.template import Kernel, reserve, tile_view
 
@@ -210,7 +210,7 @@ class _PhaseGemm:
                 wc = Coords(tuple(wshape), [ZERO] * len(wshape), w.new_key(), " + ".join(t for t in terms if t),
                             ac | ak if along_k else ac)
                 b = w.load(self.wref, wc, name="wt")
-            w.emit(f"acc += {dot(w, a, b)}")
+            w.emit(f"acc += {dot(w, a, b, CONV_DOT_PRECISION)}")
 
 
 def _pick(w: KernelWriter, base: str, phase: Expr, values: Sequence[int]) -> str:

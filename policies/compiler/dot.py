@@ -16,8 +16,14 @@ DOT_BLOCK_M = 128
 SPLIT_K_MIN = 256
 # fp32 tl.dot products. Measured on an H200 (benchmarks/NOTES.md): 3xTF32 was judged correct on
 # every bench task tried and ran 1.02-2.9x faster than IEEE products on the four matmul /
-# convolution tasks of a bench run (plain TF32, tl.dot's own default, missed fp32 tolerance).
+# convolution tasks of a bench run (plain TF32, tl.dot's own default, missed fp32 tolerance on
+# the products: cuBLAS runs an fp32 reference's matmuls in full fp32).
 DEFAULT_DOT_PRECISION = "tf32x3"
+# A convolution's fp32 reference runs on cuDNN in plain TF32 (PyTorch's default,
+# ``torch.backends.cudnn.allow_tf32``), so its Triton lowering does too: 3xTF32 is three times the
+# tensor-core work (KernelBench level 2's 1_Conv2D_ReLU_BiasAdd ran 7.1 ms against eager's 4.4 ms
+# on an H100, benchmarks/NOTES.md session 14); the search offers 3xTF32 and IEEE beside it.
+CONV_DOT_PRECISION = "tf32"
 
 
 def dot_block_k(k: int) -> int:
@@ -92,10 +98,11 @@ def dot_operand(w: KernelWriter, ref: Any, c: Coords, mask: str, name: str) -> s
     return v
 
 
-def dot(w: KernelWriter, a: str, b: str) -> str:
+def dot(w: KernelWriter, a: str, b: str, precision: str = DEFAULT_DOT_PRECISION) -> str:
     """``tl.dot`` of two operand tiles. fp16/bf16 tasks feed tensor cores in their own dtype; fp32
-    asks for 3xTF32 products (`DEFAULT_DOT_PRECISION`), because tl.dot's TF32 default (10-bit
-    mantissa) misses the fp32 tolerance on long reductions, and IEEE products run on CUDA cores."""
+    asks for `precision`: 3xTF32 products by default (`DEFAULT_DOT_PRECISION`), because tl.dot's
+    TF32 default (10-bit mantissa) misses the fp32 tolerance of a full-fp32 reference on long
+    reductions, and IEEE products run on CUDA cores; convolutions pass `CONV_DOT_PRECISION`."""
     if w.float_dtype:
         return f"tl.dot({a}.to({w.float_dtype}), {b}.to({w.float_dtype}))"
-    return f'tl.dot({a}, {b}, input_precision="{DEFAULT_DOT_PRECISION}")'
+    return f'tl.dot({a}, {b}, input_precision="{precision}")'

@@ -3,6 +3,7 @@ constructor signature and state-dict names, output allocation and the launches i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +13,6 @@ from policies.compiler.extern import extern_line
 from policies.compiler.formulas import HELPER_ORDER, HELPERS
 from policies.compiler.ir import CompileError, Program, StateEntry, kind, numel
 from policies.compiler.kernels import (
-    DEFAULT_DOT_PRECISION,
     Kernel,
     conv_kernel,
     matmul_kernel,
@@ -25,11 +25,13 @@ from policies.smem import SMEM_BUDGET
 
 BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K", "SPLIT_R")
 OPTION_KEYS = ("num_warps", "num_stages")
-# fp32 tl.dot precisions: 3xTF32 (the default: tensor cores at about fp32 accuracy), IEEE
-# (CUDA-core products) and plain TF32, which missed the fp32 tolerance on products at bench sizes
-# (their references run in full fp32) but matches a convolution's reference: PyTorch runs fp32
-# convolutions on cuDNN in TF32 by default (`CompilerPolicy.seed_configs`).
+# fp32 tl.dot precisions: 3xTF32 (the products' default: tensor cores at about fp32 accuracy),
+# IEEE (CUDA-core products) and plain TF32 (the convolutions' default), which missed the fp32
+# tolerance on products at bench sizes (their references run in full fp32) but matches a
+# convolution's reference: PyTorch runs fp32 convolutions on cuDNN in TF32 by default
+# (`policies.compiler.dot.CONV_DOT_PRECISION`).
 DOT_PRECISIONS = ("tf32x3", "ieee", "tf32")
+_PRECISION = re.compile(r'input_precision="[a-z0-9]+"')
 _TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 
 
@@ -85,8 +87,7 @@ def _apply_config(kernels: list[Kernel], config: dict[str, Any]) -> None:
             elif key in OPTION_KEYS:
                 k.options[key] = v
             elif key == "dot_precision":   # fp32 dots only: half-precision ones carry no precision
-                k.body = [line.replace(f'input_precision="{DEFAULT_DOT_PRECISION}"', f'input_precision="{v}"')
-                          for line in k.body]
+                k.body = [_PRECISION.sub(f'input_precision="{v}"', line) for line in k.body]
 
 
 def _describe(prog: Program, nodes: Sequence[int]) -> str:

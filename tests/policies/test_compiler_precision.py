@@ -1,7 +1,7 @@
-"""fp32 matmuls and convolutions ask tl.dot for 3xTF32 products (its TF32 default failed fp32
-tolerances at bench sizes on an H200, IEEE products ran up to 2.9x slower); IEEE is the search's
-alternative, and plain TF32 in convolution kernels (their references run in TF32 on cuDNN);
-half-precision tasks keep tensor cores in their dtype."""
+"""fp32 matmuls ask tl.dot for 3xTF32 products (its TF32 default failed fp32 tolerances at bench
+sizes on an H200, IEEE products ran up to 2.9x slower), fp32 convolutions for plain TF32 (their
+references run in TF32 on cuDNN); the search's alternatives are 3xTF32 convolutions and IEEE
+products; half-precision tasks keep tensor cores in their dtype."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from kernelgym.sampler import TaskSampler
 compiler = pytest.importorskip("policies.compiler")
 
 
-@pytest.mark.parametrize("op, seed", [("addmm", 1), ("linear", 0), ("conv1d", 0)])
-def test_fp32_dots_are_3xtf32_and_judged_ok(op, seed):
+@pytest.mark.parametrize("op, seed, precision", [("addmm", 1, "tf32x3"), ("linear", 0, "tf32x3"),
+                                              ("conv1d", 0, "tf32"), ("conv_transpose2d", 0, "tf32")])
+def test_fp32_products_are_3xtf32_convolutions_tf32_and_judged_ok(op, seed, precision):
     task = TaskSampler("tiny", "float32").sample(1, seed, ops=[op])   # addmm seed 0 is a GEMV: no tl.dot
     src = compiler.CompilerPolicy().compile(task)
     dots = [line for line in src.splitlines() if "tl.dot(" in line]
-    assert dots and all('input_precision="tf32x3"' in line for line in dots), dots
+    assert dots and all(f'input_precision="{precision}")' in line for line in dots), dots
     assert evaluate(task, src, backend="interpret").status == "ok"
 
 
@@ -46,10 +47,10 @@ def test_dot_precision_config_switches_fp32_dots_and_is_validated():
     assert policy.compile(relu, config={"dot_precision": "ieee"}) == policy.compile(relu)
 
 
-def test_convolution_kernels_are_offered_plain_tf32_first():
-    """A task with a convolution: the search's first seed runs that kernel's products in plain
-    TF32 (as cuDNN runs the reference's), leaving any other product kernel at 3xTF32; a task
-    with products only gets no TF32 seed."""
+def test_convolution_kernels_run_plain_tf32_and_are_offered_3xtf32():
+    """A task with a convolution and a product: the conv kernel's products are plain TF32 (as
+    cuDNN runs the reference's), the linear's 3xTF32; the search's first seed puts the conv kernel
+    at 3xTF32, the second every product at IEEE; a task with products only gets IEEE alone."""
     from kernelgym.task import Task
 
     src = (
@@ -65,13 +66,18 @@ def test_convolution_kernels_are_offered_plain_tf32_first():
         "def get_init_inputs():\n    return []\n")
     task = Task.from_source(src)
     policy = compiler.CompilerPolicy()
+    default = {line.strip() for line in policy.compile(task).splitlines() if "tl.dot(" in line}
+    assert sorted(d.rsplit("input_precision=", 1)[1] for d in default) == ['"tf32")', '"tf32x3")'], default
     seeds = policy.seed_configs(task)
     assert len(seeds) == 2 and seeds[1] == {"dot_precision": "ieee"}
     (name, cfg), = seeds[0]["kernels"].items()
-    assert "conv" in name and cfg == {"dot_precision": "tf32"}
+    assert "conv" in name and cfg == {"dot_precision": "tf32x3"}
     out = policy.compile(task, config=seeds[0])
     dots = {line.strip() for line in out.splitlines() if "tl.dot(" in line}
-    assert any('input_precision="tf32")' in d for d in dots) and any('"tf32x3"' in d for d in dots), dots
+    assert dots and all('input_precision="tf32x3")' in d for d in dots), dots
     assert evaluate(task, out, backend="interpret").status == "ok"
+    ieee = policy.compile(task, config=seeds[1])
+    dots = [line for line in ieee.splitlines() if "tl.dot(" in line]
+    assert len(dots) == 2 and all('input_precision="ieee")' in d for d in dots), dots
     linear = TaskSampler("tiny", "float32").sample(1, 0, ops=["linear"])
     assert policy.seed_configs(linear) == [{"dot_precision": "ieee"}]
