@@ -28,7 +28,7 @@ from kernelgym.policy_loader import (
 )
 from kernelgym.scheduler import PolicyTimeout, TaskResult, run_task, run_tasks, task_phase
 
-__all__ = ["BUILTIN_POLICIES", "DEFAULT_DIFFICULTIES", "DEFAULT_N", "DEFAULT_POLICY_TIMEOUT_S",
+__all__ = ["BUILTIN_POLICIES", "DEFAULT_DIFFICULTIES", "DEFAULT_N", "DEFAULT_POLICY_TIMEOUT_S", "DEFAULT_TIME_BUDGET_S",
            "ENTRY_POINT_GROUP", "RUN_FILE", "PolicyNotFound", "PolicyTimeout", "RunError", "TaskResult",
            "add_run_arguments", "build_policy", "difficulty_list", "load_tasks", "main_run", "prepare_out",
            "resolve_policy", "run_task", "run_tasks", "task_phase"]
@@ -39,6 +39,11 @@ DEFAULT_DIFFICULTIES = [1, 2, 3]
 # a policy-error verdict and the run goes on: a hung LLM request or a runaway search must not
 # stall a suite left running. Generous: a GPU search of 8 evaluations takes a few minutes.
 DEFAULT_POLICY_TIMEOUT_S = 1800.0
+# Wall seconds the searches of a GPU run share (`kernelgym.scheduler.TimeShares`): a KernelBench
+# level of 100 problems then ends in about a quarter hour however many evaluations a search would
+# like (each task still gets its first candidate judged); untimed (interpreter) searches stop at
+# their first correct candidate and get none.
+DEFAULT_TIME_BUDGET_S = 600.0
 RUN_FILE = "run.json"   # the run's settings and task ids, written first: what --resume checks
 
 
@@ -160,6 +165,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="wall seconds the policy may spend on one task (the whole search, for search) before "
                         f"the task gets a policy-error verdict and the run goes on; 0: no limit "
                         f"(default {DEFAULT_POLICY_TIMEOUT_S:g})")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="wall seconds the whole run's searches share: each task may search for its share of "
+                        "what is left as it starts, and one that starts with none left is judged on its "
+                        f"first candidate; 0: no budget (default {DEFAULT_TIME_BUDGET_S:g} on cuda, none "
+                        "under the interpreter)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="finish the run in report directory DIR: tasks it already judged are skipped; the "
                         "other options must be those the run was started with")
@@ -198,6 +208,9 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
     policy_timeout = getattr(args, "policy_timeout", None)
     if policy_timeout is not None and not policy_timeout >= 0:
         raise RunError(f"--policy-timeout must be >= 0 (0: no limit), got {policy_timeout}")
+    time_budget = getattr(args, "time_budget", None)
+    if time_budget is not None and not time_budget >= 0:
+        raise RunError(f"--time-budget must be >= 0 seconds (0: no budget), got {time_budget}")
     resume = getattr(args, "resume", None)
     if resume is not None:
         _check_resumable(resume, args.out)
@@ -207,6 +220,8 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
                        f"{args.suite!r} is not a directory")
     sizes = args.sizes or ("bench" if backend == BACKEND_CUDA else "tiny")
     budget_evals = args.budget_evals or (8 if backend == BACKEND_CUDA else 4)
+    if time_budget is None:
+        time_budget = DEFAULT_TIME_BUDGET_S if backend == BACKEND_CUDA else 0.0
     started = datetime.now().isoformat(timespec="seconds")
     t0 = time.perf_counter()
     console = Console(stderr=True)
@@ -246,7 +261,7 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
             console.print(f"resuming {out}: {len(earlier)} of {len(tasks)} tasks already judged")
         try:
             results = _run_with_progress(tasks, policy, evaluator, backend, args, jobs, console, keep,
-                                         policy_timeout, set(earlier))
+                                         policy_timeout, set(earlier), time_budget)
         except KeyboardInterrupt:
             print(f"kernelgym run: interrupted; the verdicts of the tasks that ended are in {out}/verdicts.jsonl "
                   f"(finish with the same options and --resume {out})", file=sys.stderr)
@@ -257,7 +272,7 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
                 "mode": args.mode, "sizes": sizes if args.suite == "synthetic" else None, "seed": args.seed,
                 "n": len(tasks), "difficulties": sorted({t.difficulty for t in tasks if t.difficulty is not None}),
                 "budget_evals": budget_evals if policy_name.startswith("search") else None,
-                "budget_s": args.budget_s, "jobs": jobs, "elapsed_s": round(time.perf_counter() - t0, 2),
+                "budget_s": args.budget_s, "time_budget_s": time_budget or None, "jobs": jobs, "elapsed_s": round(time.perf_counter() - t0, 2),
                 "started": started, "argv": sys.argv[1:]}
     if earlier:
         run_meta["resumed"] = len(earlier)   # tasks judged by the run before (elapsed_s counts this one)
@@ -272,7 +287,7 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
 def _run_with_progress(tasks: Sequence[Any], policy: Any, evaluator: Any, backend: str,
                        args: argparse.Namespace, jobs: int, console: Any,
                        on_done: Callable[[TaskResult], None] | None = None, policy_timeout: float | None = None,
-                       skip: Collection[str] = ()) -> list[TaskResult]:
+                       skip: Collection[str] = (), time_budget: float | None = None) -> list[TaskResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     counts = {"ok": 0, "done": 0}
@@ -307,7 +322,7 @@ def _run_with_progress(tasks: Sequence[Any], policy: Any, evaluator: Any, backen
                 on_done(r)
 
         return run_tasks(tasks, policy, evaluator, backend, args.mode, jobs, args.seed, done,
-                         policy_timeout=policy_timeout, skip=skip, on_phase=phase)
+                         policy_timeout=policy_timeout, skip=skip, on_phase=phase, time_budget=time_budget)
 
 
 def _check_resumable(resume: str, out: str | None) -> None:

@@ -1,10 +1,12 @@
 """Running a policy over tasks: ask it for a candidate (or let it search), judge the candidate, one
-task or many at once, with a per-task time limit on the policy and what each task is doing for a
-progress display (`task_phase`)."""
+task or many at once, with a per-task time limit on the policy, a time budget for the whole run
+shared among the searches (`TimeShares`) and what each task is doing for a progress display
+(`task_phase`)."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -72,6 +74,43 @@ def _call_with_limit(fn: Callable[[], Any], limit: float | None, report: Callabl
     return box["value"]
 
 
+class TimeShares:
+    """A run's time budget, shared among its tasks as each starts: with `jobs` tasks at a time and
+    R tasks not yet started (this one included), a task may search for (time left) x min(jobs, R) / R
+    seconds, so the tasks still to come keep their part however long the earlier ones took. A task
+    that starts with nothing left gets one evaluation (the base's default candidate): every task
+    is still judged, and the run ends about one evaluation per slot after its budget."""
+
+    def __init__(self, budget_s: float, jobs: int, tasks: int):
+        if not budget_s > 0:
+            raise ValueError(f"a time budget must be > 0 seconds, got {budget_s}")
+        self.deadline = time.perf_counter() + budget_s
+        self.jobs = max(1, int(jobs))
+        self.left = max(0, int(tasks))
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """Seconds the task starting now may search (<= 0: none; judge its first candidate only)."""
+        with self._lock:
+            r = max(1, self.left)
+            self.left = max(0, self.left - 1)
+            return (self.deadline - time.perf_counter()) * min(self.jobs, r) / r
+
+
+def _search_call(policy: Any, task: Any, share: float | None) -> Any:
+    """policy.search(task) within `share` seconds (None: the policy's own budgets; <= 0: one
+    evaluation). A search without budget keywords (another project's policy) gets a plain call."""
+    if share is None:
+        return policy.search(task)
+    try:
+        params = inspect.signature(policy.search).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "budget_s" not in params or "budget_evals" not in params:
+        return policy.search(task)
+    return policy.search(task, budget_evals=1) if share <= 0 else policy.search(task, budget_s=share)
+
+
 @dataclass
 class TaskResult:
     """One task's outcome: the candidate judged and its verdict (plus the search, if any)."""
@@ -111,14 +150,17 @@ def _no_candidate_verdict(task: Any, backend: str, mode: str, why: str) -> Any:
 
 def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, seed: int | None = None,
              policy_timeout: float | None = None,
-             on_phase: Callable[[Any, str | None], None] | None = None) -> TaskResult:
+             on_phase: Callable[[Any, str | None], None] | None = None,
+             share: float | None = None) -> TaskResult:
     """Ask `policy` for one candidate and judge it. A policy with ``search(task)`` (the search
-    policy) brings its own verdict; when that verdict was timed, the winner is timed once more
-    with fresh inputs, since the best of several noisy timings overstates the speedup.
+    policy) brings its own verdict; when it chose among several timed candidates, the winner is
+    timed once more with fresh inputs, since the best of several noisy timings overstates the
+    speedup.
 
     policy_timeout: seconds the policy call may take (None or 0: no limit); past it the task gets
     a policy-error verdict. on_phase(task, phase): told what the task is doing ("proposing",
-    "searching", the policy's own `task_phase` steps, "judging"; None when it is done)."""
+    "searching", the policy's own `task_phase` steps, "judging"; None when it is done).
+    share: seconds this task's search may take (`TimeShares.take`; <= 0: one evaluation)."""
     t0 = time.perf_counter()
     search = None
     report = (lambda phase: on_phase(task, phase)) if on_phase is not None else None
@@ -126,12 +168,13 @@ def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, se
         if callable(getattr(policy, "search", None)):
             def searched() -> Any:
                 with task_phase("searching"):
-                    return policy.search(task)
+                    return _search_call(policy, task, share)
 
             search = _call_with_limit(searched, policy_timeout, report)
             _listen(report)
             source, verdict = search.best_source, search.best_verdict
-            if source is not None and verdict is not None and verdict.speedup is not None:
+            timed = sum(1 for e in getattr(search, "log", []) if e.get("speedup") is not None)
+            if source is not None and verdict is not None and verdict.speedup is not None and timed != 1:
                 with task_phase("judging"):
                     verdict = evaluator.evaluate(task, source, backend, mode, seed=seed, task_id=task.id)
         else:
@@ -162,17 +205,27 @@ def run_task(task: Any, policy: Any, evaluator: Any, backend: str, mode: str, se
 def run_tasks(tasks: Sequence[Any], policy: Any, evaluator: Any, backend: str, mode: str, jobs: int = 2,
               seed: int = 0, on_done: Callable[[TaskResult], None] | None = None,
               policy_timeout: float | None = None, skip: Collection[str] = (),
-              on_phase: Callable[[Any, str | None], None] | None = None) -> list[TaskResult]:
+              on_phase: Callable[[Any, str | None], None] | None = None,
+              time_budget: float | None = None) -> list[TaskResult]:
     """Run `policy` on every task not in `skip` (task ids), `jobs` tasks at a time; results in task
     order. Task i is judged with seed ``seed + i`` whatever is skipped, so a resumed run judges as
-    the first would have. On KeyboardInterrupt the tasks not started are cancelled."""
+    the first would have. On KeyboardInterrupt the tasks not started are cancelled.
+
+    time_budget: wall seconds for the searches of the whole run (None or 0: none), shared among
+    the tasks as each starts (`TimeShares`); a policy without ``search`` is not affected."""
     results: list[TaskResult | None] = [None] * len(tasks)
     lock = threading.Lock()
     skip = set(skip)
+    todo = [(i, t) for i, t in enumerate(tasks) if t.id not in skip]
+    shares = TimeShares(time_budget, jobs, len(todo)) if time_budget else None
+
+    def one(i: int, t: Any) -> TaskResult:
+        share = shares.take() if shares is not None else None
+        return run_task(t, policy, evaluator, backend, mode, seed + i, policy_timeout, on_phase, share)
+
     ex = ThreadPoolExecutor(max(1, jobs), thread_name_prefix="kernelgym-run")
     try:
-        futures = {ex.submit(run_task, t, policy, evaluator, backend, mode, seed + i, policy_timeout, on_phase): i
-                   for i, t in enumerate(tasks) if t.id not in skip}
+        futures = {ex.submit(one, i, t): i for i, t in todo}
         for fut in as_completed(futures):
             r = fut.result()
             results[futures[fut]] = r

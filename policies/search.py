@@ -124,9 +124,20 @@ class SearchPolicy:
         return [result.best_source] if result.best_source is not None else []
 
     # -- search ----------------------------------------------------------------------------------
-    def search(self, task: Task, history: Sequence[Attempt] = ()) -> SearchResult:
-        """Run the budgeted search on `task`; never raises for what candidates or the base do."""
-        return _Search(self, task, list(history)).run()
+    def search(self, task: Task, history: Sequence[Attempt] = (), *, budget_evals: int | None = None,
+               budget_s: float | None = None) -> SearchResult:
+        """Run the budgeted search on `task`; never raises for what candidates or the base do.
+
+        budget_evals / budget_s: this call's budgets where tighter than the policy's (a run's time
+        budget gives each task its share: `kernelgym.scheduler`); with one evaluation only the
+        base's default proposal is made and judged."""
+        if budget_evals is not None and int(budget_evals) < 1:
+            raise ValueError(f"budget_evals must be >= 1, got {budget_evals}")
+        if budget_s is not None and budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0 or None, got {budget_s}")
+        evals = self.budget_evals if budget_evals is None else min(self.budget_evals, int(budget_evals))
+        wall = min((b for b in (self.budget_s, budget_s) if b is not None), default=None)
+        return _Search(self, task, list(history), evals, wall).run()
 
     def _evaluator(self) -> Any:
         if self.evaluator is None:
@@ -157,8 +168,11 @@ def _jsonable_partition(p: Any) -> list[list[int]]:
 
 
 class _Search:
-    def __init__(self, policy: SearchPolicy, task: Task, history: list[Attempt]):
+    def __init__(self, policy: SearchPolicy, task: Task, history: list[Attempt], budget_evals: int,
+                 budget_s: float | None):
         self.p = policy
+        self.budget_evals = budget_evals
+        self.budget_s = budget_s
         self.task = task
         self.history = history
         self.t0 = time.perf_counter()
@@ -177,10 +191,10 @@ class _Search:
 
     # budget ---------------------------------------------------------------------------------------
     def evals_left(self) -> int:
-        return self.p.budget_evals - self.evaluations
+        return self.budget_evals - self.evaluations
 
     def time_left(self) -> bool:
-        return self.p.budget_s is None or time.perf_counter() - self.t0 < self.p.budget_s
+        return self.budget_s is None or time.perf_counter() - self.t0 < self.budget_s
 
     def batch(self) -> int:
         if self.p.batch_size:
@@ -219,7 +233,7 @@ class _Search:
         n0 = 1 if comp is not None else max(1, min(self.batch(), self.evals_left()))
         for s in self.ask("default", {}, base.propose, task, n=n0, history=self.history):
             self.add(s, "default" if not self.pending else "propose", {})
-        if comp is None:
+        if comp is None or self.budget_evals <= 1:   # one evaluation: the default alone, no other seeds built
             return
         # Configs the base itself suggests (the compiler: IEEE dots), one candidate each.
         for cfg in self.ask("config", {}, comp.seed_configs, task):

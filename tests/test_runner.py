@@ -123,6 +123,8 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(runner.RunError, match="-n must be >= 1"):
         runner.load_tasks("synthetic", n=0)
     assert runner.main_run(_args("--budget-evals", "0", "--out", str(tmp_path / "o"))) == 2
+    assert runner.main_run(_args("--time-budget", "-5", "--out", str(tmp_path / "o"))) == 2
+    assert not (tmp_path / "o").exists()   # refused before anything was written
 
 
 def test_synthetic_tasks_spread_over_difficulties():
@@ -202,6 +204,8 @@ def test_run_search_over_a_fake_base_end_to_end(suite, tmp_path, evaluator):
     _check_report(out, 2)
     rows = report_mod.read_rows(out / "verdicts.jsonl")
     assert all(r["policy"] == "search(legit)" and r["search"]["evaluations"] >= 1 for r in rows)
+    # under the interpreter the searches share no time budget unless asked (GPU runs: 600 s)
+    assert json.loads((out / "summary.json").read_text())["run"]["time_budget_s"] is None
     log = json.loads((out / "search" / "relu_add.json").read_text())
     assert log["stopped"] == "found" and log["log"][0]["origin"] == "default"
 
@@ -311,6 +315,22 @@ def test_resume_refuses_what_is_not_a_run(tmp_path, suite, capsys):
                                  "--out", str(tmp_path / "other"))) == 2
     assert "--out" in capsys.readouterr().err
     assert runner.main_run(_args("--policy-timeout", "-1", "--out", str(tmp_path / "o"))) == 2
+
+
+def test_a_run_out_of_time_judges_each_task_on_its_first_candidate(suite, tmp_path, evaluator):
+    """--time-budget shared among the searches: with none left each task is judged on the base's
+    default candidate alone (one evaluation), and the report records the budget."""
+    out = tmp_path / "report"
+    rc = runner.main_run(_args("--policy", "search", "--base", LEGIT, "--suite", str(suite), "--backend", "interpret",
+                               "--budget-evals", "3", "--time-budget", "1e-9", "--out", str(out), "--no-progress"),
+                         evaluator=evaluator)
+    assert rc == 0
+    rows = {r["task_id"]: r for r in report_mod.read_rows(out / "verdicts.jsonl")}
+    assert all(r["search"]["evaluations"] == 1 for r in rows.values())
+    assert rows["row_softmax"]["search"]["stopped"] == "budget_evals"   # the others: found (correct, untimed)
+    # row_softmax's wrong default would have been searched further with time left; here it is its verdict
+    assert rows["row_softmax"]["status"] == "incorrect" and rows["relu_add"]["status"] == "ok"
+    assert json.loads((out / "summary.json").read_text())["run"]["time_budget_s"] == 1e-9
 
 
 def test_a_policy_past_the_time_limit_gets_a_verdict_and_the_run_goes_on(suite, tmp_path, evaluator):

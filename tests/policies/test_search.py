@@ -438,6 +438,34 @@ def test_search_over_fusion_partitions():
     assert "# partition [[0, 1], [2]]" in r.best_source and len(ev.batches) == 1
 
 
+def test_a_calls_budgets_tighten_the_policys():
+    """search(task, budget_evals=, budget_s=): a run's time share per task. One evaluation judges the
+    base's default alone and builds no other seed; a budget above the policy's does not widen it."""
+    from kernelgym.sampler import sample_task
+
+    task = sample_task(3, 0)
+    calls = []
+
+    class Counting(Partitioner):
+        def compile(self, task, partition=None, config=None, extern=None):
+            calls.append(partition)
+            return super().compile(task, partition, config, extern)
+
+    ev = FakeEvaluator(lambda src: ("ok", 1.0), workers=4)
+    policy = SearchPolicy(Counting(), budget_evals=4, evaluator=ev, backend="cuda")
+    r = policy.search(task, budget_evals=1)
+    assert [e["origin"] for e in r.log] == ["default"] and r.stopped == "budget_evals" and ev.count == 1
+    assert calls == [None] and r.best_verdict.status == "ok"   # the default's compile only
+    assert policy.search(task, budget_evals=99).evaluations == 4   # the policy's 4 stays the bound
+    slow = FakeEvaluator(lambda src: ("ok", 1.0), delay=0.3, workers=1)
+    r = SearchPolicy(Counting(), budget_evals=4, evaluator=slow, backend="cuda").search(task, budget_s=0.1)
+    assert r.stopped == "budget_s" and r.evaluations == 2   # checked between rounds: the first (of two) ran
+    with pytest.raises(ValueError, match="budget_evals must be >= 1"):
+        policy.search(task, budget_evals=0)
+    with pytest.raises(ValueError, match="budget_s must be > 0"):
+        policy.search(task, budget_s=0)
+
+
 # -- a real search under the interpreter ----------------------------------------------------------
 def test_real_search_fixes_a_too_small_block_under_the_interpreter(evaluator):
     """Row softmax with BLOCK=16 misses most of each 37-wide row; the search's block variants find
