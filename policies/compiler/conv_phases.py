@@ -22,7 +22,7 @@ from typing import Any
 from policies.compiler.codegen import KernelWriter
 from policies.compiler.conv_tiles import channel_tile, position_tile, store_tile
 from policies.compiler.coords import ZERO, Coords, Expr, paren, strides
-from policies.compiler.dot import CONV_DOT_PRECISION, dot, dot_blocks, dot_kernel, dot_operand
+from policies.compiler.dot import CONV_DOT_PRECISION, dot, dot_block_k, dot_blocks, dot_kernel, dot_operand
 from policies.compiler.ir import numel
 from policies.compiler.template import Kernel, reserve, tile_view
 
@@ -125,17 +125,11 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
         oc = Coords(out_shape, [image, Expr("rc[None, :]", ac), *out_dims], w.new_key())
         store_tile(w, anchor, co, oc, stored)
     ks = [cig * numel(c) for c, n in by_counts.items() for _ in range(n)] or [cig]
-    blocks = {**dot_blocks(m_rows, cols, max(ks)), "BLOCK_K": phase_block_k(ks)}
+    # three input channels in 3-D with kernel 3, stride 2 (K = 3 .. 24 by class): 144 padded
+    # products with BLOCK_K 16, 256 with 32
+    blocks = {**dot_blocks(m_rows, cols, max(ks)), "BLOCK_K": dot_block_k(*ks)}
     return dot_kernel(w, name, "conv", nodes, m_rows, cols, max(ks), groups=images * classes,
                       col_groups=1 if g == 1 else g, blocks=blocks)
-
-
-def phase_block_k(ks: Sequence[int]) -> int:
-    """BLOCK_K for phase classes reducing over `ks` each: 16 where 32 would pad their sum by over
-    an eighth more (as `dot.dot_block_k` for one reduction). Three input channels in 3-D with
-    kernel 3, stride 2 (K = 3 .. 24 by class): 144 padded products with 16, 256 with 32."""
-    pad16, pad32 = (sum(-(-k // b) * b for k in ks) for b in (16, 32))
-    return 16 if pad32 * 8 > pad16 * 9 else 32
 
 
 @dataclass

@@ -26,11 +26,14 @@ DEFAULT_DOT_PRECISION = "tf32x3"
 CONV_DOT_PRECISION = "tf32"
 
 
-def dot_block_k(k: int) -> int:
-    """BLOCK_K of a tl.dot loop over a k-long reduction: 32, or 16 where 32 would pad k by over an
-    eighth more. A convolution's k (channels x window) is often just over a power of two: k = 39
-    runs 48 products a row with 16, 64 with 32; a long k hardly pads and gains from fewer steps."""
-    return 16 if -(-k // 32) * 32 * 8 > -(-k // 16) * 16 * 9 else 32
+def dot_block_k(k: int, *more: int) -> int:
+    """BLOCK_K of a tl.dot loop over a k-long reduction (or of one loop each over k and `more`, a
+    kernel's alternative reductions: a transposed convolution's phase classes): 32, or 16 where 32
+    would pad their sum by over an eighth more. A convolution's k (channels x window) is often just
+    over a power of two: k = 39 runs 48 products a row with 16, 64 with 32; a long k hardly pads
+    and gains from fewer steps."""
+    pad16, pad32 = (sum(-(-n // b) * b for n in (k, *more)) for b in (16, 32))
+    return 16 if pad32 * 8 > pad16 * 9 else 32
 
 
 def split_k(tiles: int, k: int, programs: int = PROGRAMS_MIN) -> int:

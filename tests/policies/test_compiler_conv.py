@@ -52,6 +52,13 @@ def test_dot_block_k_pads_least(k, block):
     assert dot_block_k(k) == block
 
 
+def test_dot_block_k_pads_least_over_several_reductions():
+    # a ConvTranspose3d's phase classes (3 input channels, kernel 3, stride 2): 144 padded products
+    # a row with 16, 256 with 32; alike reductions choose as one does
+    assert dot_block_k(24, 12, 12, 12, 6, 6, 6, 3) == 16
+    assert dot_block_k(64, 64) == dot_block_k(64) == 32 and dot_block_k(39, 39) == 16
+
+
 # -- every argument of nn.Conv* / F.conv*, traced from KernelBench-style sources --------------------
 
 
