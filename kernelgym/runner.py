@@ -272,8 +272,8 @@ def _main(args: argparse.Namespace, shared_evaluator: Any | None = None) -> int:
                 "mode": args.mode, "sizes": sizes if args.suite == "synthetic" else None, "seed": args.seed,
                 "n": len(tasks), "difficulties": sorted({t.difficulty for t in tasks if t.difficulty is not None}),
                 "budget_evals": budget_evals if policy_name.startswith("search") else None,
-                "budget_s": args.budget_s, "time_budget_s": time_budget or None, "jobs": jobs, "elapsed_s": round(time.perf_counter() - t0, 2),
-                "started": started, "argv": sys.argv[1:]}
+                "budget_s": args.budget_s, "time_budget_s": time_budget or None, "jobs": jobs,
+                "elapsed_s": round(time.perf_counter() - t0, 2), "started": started, "argv": sys.argv[1:]}
     if earlier:
         run_meta["resumed"] = len(earlier)   # tasks judged by the run before (elapsed_s counts this one)
     summary = write_report(out, rows, run_meta, title=f"KernelGym run: {policy_name} on {args.suite}")

@@ -98,10 +98,7 @@ class SearchPolicy:
         if not callable(getattr(base, "propose", None)):
             raise TypeError(f"base policy must have propose(task, n, history); got {type(base).__name__}")
         self.compiler: Compiler | None = as_compiler(base)
-        if int(budget_evals) < 1:
-            raise ValueError(f"budget_evals must be >= 1, got {budget_evals}")
-        if budget_s is not None and budget_s <= 0:
-            raise ValueError(f"budget_s must be > 0 or None, got {budget_s}")
+        _check_budgets(budget_evals, budget_s)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected auto, cuda or interpret")
         if mode not in MODES:
@@ -131,10 +128,7 @@ class SearchPolicy:
         budget_evals / budget_s: this call's budgets where tighter than the policy's (a run's time
         budget gives each task its share: `kernelgym.scheduler`); with one evaluation only the
         base's default proposal is made and judged."""
-        if budget_evals is not None and int(budget_evals) < 1:
-            raise ValueError(f"budget_evals must be >= 1, got {budget_evals}")
-        if budget_s is not None and budget_s <= 0:
-            raise ValueError(f"budget_s must be > 0 or None, got {budget_s}")
+        _check_budgets(budget_evals, budget_s)
         evals = self.budget_evals if budget_evals is None else min(self.budget_evals, int(budget_evals))
         wall = min((b for b in (self.budget_s, budget_s) if b is not None), default=None)
         return _Search(self, task, list(history), evals, wall).run()
@@ -154,6 +148,14 @@ class SearchPolicy:
         from kernelgym.evaluation.evaluator import cuda_available
 
         return cuda_available()
+
+
+def _check_budgets(budget_evals: int | None, budget_s: float | None) -> None:
+    """ValueError naming a budget out of range (None: not given)."""
+    if budget_evals is not None and int(budget_evals) < 1:
+        raise ValueError(f"budget_evals must be >= 1, got {budget_evals}")
+    if budget_s is not None and budget_s <= 0:
+        raise ValueError(f"budget_s must be > 0 or None, got {budget_s}")
 
 
 def _element_bytes(task: Task) -> int:
