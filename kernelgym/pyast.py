@@ -50,3 +50,9 @@ def dotted(node: ast.AST) -> str:
     if isinstance(node, ast.Name):
         parts.append(node.id)
     return ".".join(reversed(parts))
+
+
+def decorator_names(fn: ast.FunctionDef) -> list[str]:
+    """The last name of each decorator of `fn`, called or not: ``jit`` for ``@triton.jit`` and
+    ``@jit(...)``, ``autotune`` for ``@triton.autotune(...)``."""
+    return [dotted(d.func if isinstance(d, ast.Call) else d).split(".")[-1] for d in fn.decorator_list]

@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kernelgym.pyast import dotted, parse
+from kernelgym.pyast import decorator_names, dotted, parse
 from policies.smem import SMEM_BUDGET, over_budget
 
 _BLOCK_NAME = re.compile(r"(?i)block|tile|^b_?[mnk]$")
@@ -265,8 +265,8 @@ class _Text:
 
 
 def _kernel_info(fn: ast.FunctionDef) -> _Kernel | None:
-    names = [dotted(d.func if isinstance(d, ast.Call) else d) for d in fn.decorator_list]
-    if not any(n.split(".")[-1] == "jit" for n in names):
+    names = decorator_names(fn)
+    if "jit" not in names:
         return None
     a = fn.args
     params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
@@ -276,7 +276,7 @@ def _kernel_info(fn: ast.FunctionDef) -> _Kernel | None:
     defaults = {p.arg: d for p, d in zip(positional[len(positional) - len(a.defaults):], a.defaults)}
     defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
     return _Kernel(fn.name, params, constexpr, defaults,
-                   autotuned=any(n.split(".")[-1] == "autotune" for n in names),
+                   autotuned="autotune" in names,
                    heuristic=_heuristic_params(fn),
                    axis_params=_axis_params(fn, constexpr))
 

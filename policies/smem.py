@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from kernelgym.pyast import dotted, parse
+from kernelgym.pyast import decorator_names, dotted, parse
 
 # Shared memory a generated launch may ask for (bytes): 224 KiB, 3 KiB under the 227 KiB (232448
 # bytes) an H100 / H200 block may use. On every tl.dot launch the compiler writes for KernelBench
@@ -522,8 +522,7 @@ def jit_functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
     """name -> every function decorated with ``triton.jit`` / ``jit`` in the module."""
     out: dict[str, ast.FunctionDef] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and any(
-                dotted(d.func if isinstance(d, ast.Call) else d).split(".")[-1] == "jit" for d in node.decorator_list):
+        if isinstance(node, ast.FunctionDef) and "jit" in decorator_names(node):
             out[node.name] = node
     return out
 
@@ -552,9 +551,7 @@ def launch_estimates(source: str, element_bytes: int = 4) -> list[LaunchEstimate
             continue
         name = dotted(node.func.value).split(".")[-1]
         fn = fns.get(name)
-        if fn is None or not has_dot(fn) or any(
-                dotted(d.func if isinstance(d, ast.Call) else d).split(".")[-1] == "autotune"
-                for d in fn.decorator_list):
+        if fn is None or not has_dot(fn) or "autotune" in decorator_names(fn):
             continue
         if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
             continue

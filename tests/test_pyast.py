@@ -61,3 +61,11 @@ def test_dotted_names_an_attribute_chain():
     assert dotted(expr("x")) == "x"
     assert dotted(expr("f().attr")) == "attr"   # only the attributes of a chain on a call
     assert dotted(expr("f()")) == ""
+
+
+def test_decorator_names_are_the_last_names_called_or_not():
+    from kernelgym.pyast import decorator_names
+
+    fn = ast.parse("@triton.jit\n@triton.autotune(configs=[])\n@jit(debug=True)\n@f().g\ndef k(): pass").body[0]
+    assert decorator_names(fn) == ["jit", "autotune", "jit", "g"]
+    assert decorator_names(ast.parse("def k(): pass").body[0]) == []
