@@ -66,6 +66,10 @@ class Tile:
     axes: frozenset[str]
     mask: str
     zero: Expr  # an int32 zero tensor of the full tile shape (to give loads the tile's shape)
+    # axis -> its part of `mask` (at the tile's rank), for tiles whose masked-off lanes are only
+    # ever stored under `mask` (a product's or convolution's output tile): there a load over some
+    # of the axes (a bias, a norm's per-channel parameters) keeps its own shape (`KernelWriter.load`)
+    axis_masks: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,8 +129,11 @@ class KernelWriter(ViewValues, PoolValues):
         return any(blk is b for b in self.stack)
 
     @contextmanager
-    def tile(self, axes: Sequence[str], mask: str, shape: Sequence[str]) -> Iterator[Tile]:
-        """Code for the lanes of a tile of block-size names `shape` over `axes`, masked by `mask`."""
+    def tile(self, axes: Sequence[str], mask: str, shape: Sequence[str],
+             axis_masks: dict[str, str] | None = None) -> Iterator[Tile]:
+        """Code for the lanes of a tile of block-size names `shape` over `axes`, masked by `mask`.
+
+        axis_masks: each axis's part of `mask`, given only for an output tile (see `Tile`)."""
         slot = self.stack[-1].slot()
         shape_txt = ", ".join(shape)
 
@@ -135,7 +142,7 @@ class KernelWriter(ViewValues, PoolValues):
             slot.add(f"{name} = tl.zeros([{shape_txt}], dtype=tl.int32)")
             return name
 
-        t = Tile(frozenset(axes), mask, Expr(None, frozenset(axes), define_zero))
+        t = Tile(frozenset(axes), mask, Expr(None, frozenset(axes), define_zero), dict(axis_masks or {}))
         self.tiles.append(t)
         try:
             yield t
@@ -224,19 +231,38 @@ class KernelWriter(ViewValues, PoolValues):
     def offset(self, c: Coords) -> str:
         """Flat offset of coordinates `c` in a contiguous tensor, shaped like the current tile."""
         t = self.tiles[-1]
-        if c.flat is not None:
-            text, axes = c.flat, c.flat_axes
-        else:
-            terms, axes = [], frozenset()
-            for d, s, size in zip(c.dims, strides(c.shape), c.shape):
-                if size == 1 or d.is_zero:
-                    continue
-                terms.append(f"{paren(d)} * {s}" if s != 1 else str(d))
-                axes |= d.axes
-            text = " + ".join(terms) if terms else "0"
+        text, axes = self._flat(c)
         if not t.axes <= axes:
             text = str(t.zero) if text == "0" else f"{text} + {t.zero}"
         return text
+
+    @staticmethod
+    def _flat(c: Coords) -> tuple[str, frozenset[str]]:
+        """Flat offset of `c` in a contiguous tensor and the tile axes it spans."""
+        if c.flat is not None:
+            return c.flat, c.flat_axes
+        terms, axes = [], frozenset()
+        for d, s, size in zip(c.dims, strides(c.shape), c.shape):
+            if size == 1 or d.is_zero:
+                continue
+            terms.append(f"{paren(d)} * {s}" if s != 1 else str(d))
+            axes |= d.axes
+        return (" + ".join(terms) if terms else "0"), axes
+
+    def _broadcast_mask(self, c: Coords, mask: str) -> str | None:
+        """The mask of a load at `c` kept at its own shape, or None to load at the tile's shape.
+
+        On an output tile (`Tile.axis_masks`), an operand over some of the tile's axes (a bias,
+        a norm's per-channel parameters) is read once per distinct coordinate and broadcast by
+        the arithmetic: loaded at the tile's shape it holds a register per lane (a 128 x 64 fp32
+        epilogue with six per-channel parameters spilled about 1 KB a thread on sm_90). The
+        lanes the tile masks off then hold that parameter instead of 0, which only a store
+        under the tile's mask ever reads."""
+        t = self.tiles[-1]
+        _, axes = self._flat(c)
+        if mask != t.mask or not axes or not axes < t.axes or not axes <= t.axis_masks.keys():
+            return None
+        return " & ".join(paren(t.axis_masks[a]) for a in sorted(axes))
 
     def load(self, ref: Hashable, c: Coords, mask: str | None = None, name: str | None = None,
              index: bool = False) -> str:
@@ -249,7 +275,11 @@ class KernelWriter(ViewValues, PoolValues):
             return hit
         ptr = self.ptr(ref)
         other = "0" if index else "0.0"
-        expr = f"tl.load({ptr} + {self.offset(c)}, mask={mask}, other={other})"
+        own = None if index else self._broadcast_mask(c, mask)
+        if own is not None:
+            expr = f"tl.load({ptr} + {self._flat(c)[0]}, mask={own}, other={other})"
+        else:
+            expr = f"tl.load({ptr} + {self.offset(c)}, mask={mask}, other={other})"
         if not index and self.float_dtype is not None:
             expr += ".to(tl.float32)"
         var = self.assign(name or ptr.removesuffix("_ptr"), expr)
@@ -373,7 +403,11 @@ class KernelWriter(ViewValues, PoolValues):
         eps = lit(node.params.get("eps", 1e-5))
         rm = self.load(self.weight_ref(j, "running_mean"), ch, mask, name=f"n{j}_mean")
         rv = self.load(self.weight_ref(j, "running_var"), ch, mask, name=f"n{j}_var")
-        out = f"({x} - {rm}) / tl.sqrt({rv} + {eps})"
+        # a product by the inverse deviation, as torch's kernels compute it: a division per
+        # element (an IEEE div.rn.f32 is a call on sm_90, its slow path spilling around it) costs a
+        # pool window of batch-normed taps kilobytes of local memory per thread
+        rstd = self.assign(f"n{j}_rstd", f"1.0 / tl.sqrt({rv} + {eps})")
+        out = f"({x} - {rm}) * {rstd}"
         if self.weight_ref(j, "weight"):
             w = self.load(self.weight_ref(j, "weight"), ch, mask, name=f"n{j}_w")
             out = f"{out} * {w}"

@@ -77,7 +77,7 @@ def conv_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anch
     else:
         _conv_gemm(w, x_ref, x_shape, wref, pos2, win, span, c_mask, cig, cog, g)
     w.emit(f"out_mask = (rp[:, None] < {span}) & {c_mask}")
-    with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
+    with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"], {"p": f"rp[:, None] < {span}", "c": c_mask}):
         oc = Coords(out_shape, [pos2[0], Expr("rc[None, :]", ac), *pos2[1:]], w.new_key(), out_flat, ap | ac)
         store_tile(w, anchor, co, oc, stored)
     if direct:

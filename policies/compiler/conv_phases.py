@@ -121,7 +121,7 @@ def phase_kernel(w: KernelWriter, name: str, nodes: Sequence[int], stored: Seque
         with w.block(f"if {cond}:  # the phase classes with {'x'.join(map(str, counts))} taps"):
             gemm.emit(counts)
     w.emit(f"out_mask = {' & '.join([span_mask, c_mask, *out_conds])}")
-    with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
+    with w.tile(["p", "c"], "out_mask", ["BLOCK_M", "BLOCK_N"], {"c": c_mask}):
         oc = Coords(out_shape, [image, Expr("rc[None, :]", ac), *out_dims], w.new_key())
         store_tile(w, anchor, co, oc, stored)
     ks = [cig * numel(c) for c, n in by_counts.items() for _ in range(n)] or [cig]

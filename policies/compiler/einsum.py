@@ -105,7 +105,8 @@ def einsum_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
                     if ct.b == ct.batch + ct.red + ct.cols else None, ak | an_)
         w.emit(f"acc += {dot(w, a, b)}")
     w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
-    with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
+    with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"],
+                {"m": f"rm[:, None] < {m}", "n": f"rn[None, :] < {n}"}):
         flat = f"{batch_offset(batch > 1, m * n)}rm[:, None] * {n} + rn[None, :]" \
             if ct.out == ct.batch + ct.rows + ct.cols else None
         oc = Coords(out_shape, _letter_coords(ct.out, exprs), w.new_key(), flat, am | an_ if flat else frozenset())

@@ -110,7 +110,8 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
             b = dot_operand(w, b_ref, bc, "b_mask", "b")
         w.emit(f"acc += {dot(w, a, b)}")
     w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
-    with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"]):
+    with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"],
+                {"m": f"rm[:, None] < {m}", "n": f"rn[None, :] < {n}"}):
         if rows:
             oc = Coords(out_shape, lead2 + [rn2], w.new_key(), f"rm[:, None] * {n} + rn[None, :]", am | an_)
         elif batched:

@@ -34,7 +34,7 @@ from policies.compiler import (
 )
 from policies.compiler.ir import CONV, MATMUL, SUPPORTED
 from policies.compiler.module import check_config
-from tests.policies._tasks import expr_task
+from tests.policies._tasks import expr_task, module_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -377,6 +377,36 @@ def test_matmul_epilogue_is_one_kernel_with_tl_dot():
     assert "tl.dot(" in body and "tl.erf(" in body and "* 3.0" in body  # matmul, gelu, mul_scalar
     # only the output is allocated: the intermediate values never reach memory
     assert forward_calls(src).count("torch.empty") == 1
+
+
+# KernelBench level 2 #33 (Gemm, scale, batch norm) and #52's tail (a convolution, then a batch norm)
+# at tiny sizes: neither 37 rows nor 5 / 7 channels fill a tile, so every edge is masked
+GEMM_SCALE_BN = module_task("self.bn(self.gemm(x) * self.scale)", "x", "torch.randn(37, 40)",
+                            "self.gemm = nn.Linear(40, 5)\n        self.scale = nn.Parameter(torch.randn(5))\n"
+                            "        self.bn = nn.BatchNorm1d(5)")
+CONV_BN_EPILOGUE = module_task("self.bn(self.conv(x))", "x", "torch.randn(2, 3, 9, 7)",
+                      "self.conv = nn.Conv2d(3, 7, 3)\n        self.bn = nn.BatchNorm2d(7)")
+
+
+def test_epilogue_parameters_are_loaded_once_per_column(evaluator):
+    """A per-channel parameter in a product's or convolution's epilogue (bias, scale, a batch
+    norm's statistics) is loaded at its own shape, masked by the column mask, and broadcast by the
+    arithmetic: loaded at the tile's shape (``+ zero2``) it held a register per lane, and Gemm +
+    BatchNorm spilled about 1 KB a thread on sm_90. Masked rows then hold the parameter, not 0,
+    and are never stored."""
+    policy = CompilerPolicy()
+    names, pairs = [], []
+    for name, source, col in (("gemm_scale_bn", GEMM_SCALE_BN, "(rn[None, :] < 5)"),
+                              ("conv_bn", CONV_BN_EPILOGUE, "(rc[None, :] < 7)")):
+        task = Task.from_source(source)
+        src = policy.compile(task)
+        (kernel,) = kernel_defs(src)
+        assert "zero2" not in src, name
+        params = re.findall(r"= tl\.load\((\w+)_ptr \+ r[nc]\[None, :\], mask=(.*?), other=0\.0\)", src)
+        assert len(params) >= 4 and {m for _, m in params} == {col}, (name, params)
+        names.append(name)
+        pairs.append((task, src))
+    assert failures(names, judge(evaluator, pairs, seed=6)) == {}
 
 
 @pytest.mark.parametrize("ops,seed,nodes", [
