@@ -11,9 +11,15 @@ from typing import Any
 from kernelgym.ops.catalog import adaptive_windows, pool_window
 from policies.compiler.coords import NEG_INF, Coords, Expr, lit, paren
 
+# A window (with the windows around it) of at most this many taps is unrolled (tl.static_range)
+# in a 1-D tile (1024 lanes, 8 a thread), an eighth of it in a 2-D one (up to 4096 lanes).
+UNROLL_TAPS = 32
+
 
 class PoolValues:
     """`KernelWriter`'s values of pooling ops (`_node_expr` dispatches here)."""
+
+    _unrolled = 1   # taps of the unrolled windows the code being written sits in
 
     def _pool(self, j: int, c: Coords, mask: str) -> str:
         """A max / average pool at output coordinates `c`: a loop over the window (unrolled with
@@ -52,11 +58,19 @@ class PoolValues:
         acc = self.fresh("pool_acc")
         self.emit(f"{acc} = {t.zero}.to(tl.float32)" + (f" + {NEG_INF}" if is_max else ""))
         volume = math.prod(n for _, n, _, _ in dims)
-        loop = "tl.static_range" if volume <= 64 else "range"
+        # Unrolled taps of this window and of the windows it sits in: Triton issues an unrolled
+        # window's loads together, a register each per lane a thread holds, so a pool of a pool
+        # (8 x 8 taps, 8 lanes a thread) spilled on sm_90, and so did 8 or 16 taps in a 2-D tile
+        # (a convolution's operand, a row chunk: 4096 lanes, 16-32 a thread)
+        outer = self._unrolled
+        unroll = outer * volume <= (UNROLL_TAPS if len(t.axes) <= 1 else UNROLL_TAPS // 8)
+        loop = "tl.static_range" if unroll else "range"
         key = self.new_key()
         idx: list[Expr] = []
         conds: list[str] = []
         with ExitStack() as stack:
+            self._unrolled = outer * volume if unroll else outer
+            stack.callback(setattr, self, "_unrolled", outer)
             for d, ((start, n, step, end), size) in enumerate(zip(dims, sizes)):
                 var = self.fresh(f"kw{d}")
                 stack.enter_context(self.block(f"for {var} in {loop}({n}):"))

@@ -126,3 +126,28 @@ def test_unsupported_pool_and_norm_forms_are_named(layer, message):
     forward = "self.layer(x)[0]" if "indices" in layer else "self.layer(x)"
     with pytest.raises(TraceError, match=message):
         graph_from_source(source(layer, forward, "2, 3, 4, 4"))
+
+
+# KernelBench level 2 #72 (batch norm, then two 2 x 2 x 2 average pools) and #65 (a 4 x 4 average
+# pool in a row kernel's chunk), at tiny sizes
+POOL_OF_POOL = module_task("self.pool2(self.pool1(self.bn(x)))", "x", "torch.randn(2, 3, 9, 8, 8)",
+                           "self.bn = nn.BatchNorm3d(3)\n        self.pool1 = nn.AvgPool3d(2)\n"
+                           "        self.pool2 = nn.AvgPool3d(2)")
+POOL_IN_A_ROW = module_task("torch.sum(torch.sigmoid(self.pool(x)), dim=[1, 2, 3])", "x", "torch.randn(2, 3, 16, 12)",
+                            "self.pool = nn.AvgPool2d(4)")
+
+
+def test_windows_unroll_within_a_tap_budget(evaluator):
+    """An unrolled window's loads are issued together, a register each per lane a thread holds: a
+    pool of a pool (8 x 8 taps) and a 16-tap window in a row chunk (4096 lanes) spilled registers
+    on sm_90, so the inner window loops (`pools.UNROLL_TAPS`); the batch norm multiplies by its
+    inverse deviation (one division per channel, not per tap)."""
+    policy = CompilerPolicy()
+    nested = policy.compile(Task.from_source(POOL_OF_POOL))
+    assert "in tl.static_range(2)" in nested and "in range(2)" in nested
+    assert "_rstd = 1.0 / tl.sqrt(" in nested and ") / tl.sqrt(" not in nested
+    row = policy.compile(Task.from_source(POOL_IN_A_ROW))
+    assert "in range(4)" in row and "static_range" not in row
+    pairs = [(Task.from_source(s), src) for s, src in ((POOL_OF_POOL, nested), (POOL_IN_A_ROW, row))]
+    verdicts = evaluator.evaluate_batch(pairs, "interpret", "strict", "local", seed=5)
+    assert [(v.status, v.error[:300]) for v in verdicts] == [("ok", ""), ("ok", "")]
