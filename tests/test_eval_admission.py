@@ -106,7 +106,7 @@ def test_footprint_model():
     fp = {"weight_bytes": 100, "input_bytes": 10, "output_bytes": 20, "forward_peak_bytes": 40}
     assert footprint.estimated_reference_peak(fp, 4) == 100 + 4 * 30 + 40
     assert footprint.host_task_bytes(fp, 4) == 300 + 4 * 30
-    assert footprint.evaluation_footprint(1000, 20, 3) == 3000 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
+    assert footprint.evaluation_footprint(1000, 20, 3) == 2000 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
 
 
 SIZED_TASK = '''

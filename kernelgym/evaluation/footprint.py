@@ -29,11 +29,12 @@ def gpu_budget_bytes(total: int, workers_on_gpu: int, cache_keep: int) -> int:
 
 
 # The candidate worker's GPU memory in units of the reference build's peak: the same weights,
-# inputs and forward temporaries, plus the runtime guards' copies of one trial's inputs and of the
-# weights (mutation checks) and the timing's CUDA-graph pool (a forward's temporaries and outputs
-# again). At 1x, six KernelBench level-2 candidates ran out of memory under their own cap on an
-# H100 with 60 GiB free (session 14).
-CANDIDATE_PEAKS = 2
+# inputs and forward temporaries. The runtime guards' write checks hold at most 64 MiB a storage
+# (`guards.runtime.storage.write_probe`): when they copied whole storages, six KernelBench level-2
+# candidates ran out of memory under a 1x cap (session 14). At 2x (session 16, an H100, the
+# level-2 search) nearly every level-2 evaluation was over the whole budget or waited for one
+# that was: one problem judged in 540 s.
+CANDIDATE_PEAKS = 1
 
 
 def evaluation_footprint(reference_peak: int, output_bytes: int, trials: int) -> int:
