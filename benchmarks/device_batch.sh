@@ -3,7 +3,7 @@
 # then run the named steps, each under its own time limit, writing everything under $OUT.
 #   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
 #       probe_cc overhead soak gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient_search kb1_lenient
-#       suite1 suite2
+#       kb1_lenient_search suite1 suite2
 # (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
 # THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100";
@@ -65,6 +65,9 @@ for s in "$@"; do
     kb2_lenient_search) step kb2_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
       --levels 2 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
       --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" $(resume kb2_lenient_search) ${KB_EXTRA:-} ;;
+    kb1_lenient_search) step kb1_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
+      --levels 1 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
+      --jobs "${KB_JOBS:-8}" --out "$OUT/kb1_lenient_search" $(resume kb1_lenient_search) ${KB_EXTRA:-} ;;
     kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 1 \
       --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" $(resume kb1_lenient) ${KB_EXTRA:-} ;;
     suite1|suite2)  # issue 18's target: `kernelgym run --suite <KernelBench level N>` with its defaults
