@@ -261,7 +261,7 @@ def _fake_child_cache(scratch):
     key = scratch / "triton-cache-3" / "KEY"
     key.mkdir(parents=True)
     (key / "add_kernel.cubin").write_bytes(b"\x7fELF cubin")
-    (key / "__grp__add_kernel.json").write_text('{"child_paths": {}}')
+    (key / "__grp__add_kernel.json").write_text(json.dumps({"child_paths": {"add_kernel.cubin": str(key / "add_kernel.cubin")}}))
     (key / "secret.cubin").symlink_to("/etc/hostname")          # a link to a file the parent can read
     (scratch / "triton-cache-3" / "etc").symlink_to("/etc")      # a link to a folder
     (scratch / "triton-cache-3" / "stray").write_text("not Triton's layout")
@@ -288,8 +288,21 @@ def test_precompiled_kernels_are_filed_by_the_parent_and_unpacked_for_the_same_c
     assert sorted(p.name for p in (worker / os.path.basename(mine)).rglob("*")) == [
         "KEY", "__grp__add_kernel.json", "add_kernel.cubin"]
     assert (worker / os.path.basename(mine) / "KEY" / "add_kernel.cubin").read_bytes() == b"\x7fELF cubin"
+    # the group file names the unpacked files, not the precompile process's cache (which a confined
+    # GPU worker may not open: on an H100 a legitimate kernel was judged hack_detected so)
+    group = json.loads((worker / os.path.basename(mine) / "KEY" / "__grp__add_kernel.json").read_text())
+    assert group == {"child_paths": {"add_kernel.cubin": str(worker / os.path.basename(mine) / "KEY" / "add_kernel.cubin")}}
     other = triton_cache.fresh_triton_cache(str(worker), "code B")   # another candidate: nothing of A's
     assert os.listdir(other) == [] and not os.path.exists(mine)
+
+
+def test_a_precompiled_group_file_keeps_only_names_in_its_folder():
+    """A group file is written by the process that ran the candidate: its paths are reduced to
+    file names in the unpacked folder, and one that does not parse makes Triton compile again."""
+    moved = triton_cache._regroup(json.dumps({"child_paths": {"k.cubin": "/etc/../etc/passwd"}}).encode(), "/c/KEY")
+    assert json.loads(moved) == {"child_paths": {"k.cubin": "/c/KEY/passwd"}}
+    for bad in (b"not json", b"[]", b'{"child_paths": 3}', b"{}"):
+        assert triton_cache._regroup(bad, "/c/KEY") == b"{}"
 
 
 def test_precompiled_archives_are_bounded(tmp_path, monkeypatch):
