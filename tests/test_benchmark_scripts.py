@@ -445,3 +445,29 @@ def test_kernelbench_resume_keeps_what_a_cut_run_judged(tmp_path, capsys):
     assert rows["2_Item_scale.py"]["status"] == "no_candidate"
     assert report["levels"]["1"]["strict"]["ok"] == 2
     assert [json.loads(x)["problem"] for x in path.read_text().splitlines()] == ["1_Relu.py", "3_Relu_again.py"]
+
+
+def test_registers_reports_spills_of_each_launch(tmp_path, capsys, monkeypatch):
+    """Each distinct launch compiled for sm_90 on this CPU (Triton bundles ptxas): registers and
+    spill bytes per row, the summary and the JSON."""
+    pytest.importorskip("triton.backends.nvidia")
+    reg = load("registers")
+    probs = tmp_path / "level"
+    probs.mkdir()
+    (probs / "1_Linear_BN.py").write_text(model_source(
+        "return self.bn(self.fc(x))", "x", "return [torch.randn(64, 256)]",
+        "self.fc = nn.Linear(256, 128)\n        self.bn = nn.BatchNorm1d(128)"))
+    (probs / "2_Bad.py").write_text("this is not python")
+    monkeypatch.setattr(sys, "argv", ["registers", str(probs), "--json", str(tmp_path / "r.json"), "--timeout", "240"])
+    try:
+        assert reg.main() == 0
+    except Exception as exc:  # noqa: BLE001 - no sm_90 toolchain here
+        pytest.skip(f"sm_90 compile unavailable: {type(exc).__name__}: {exc}")
+    out = json.loads((tmp_path / "r.json").read_text())
+    (row,) = out["rows"]
+    assert row["problem"] == "1_Linear_BN" and row["kernel"].startswith("k0_linear")
+    assert 0 < row["registers"] <= reg.MAX_REGISTERS and row["spill_stores"] == 0 and row["shared"] > 0
+    assert out["summary"]["launches"] == 1 and out["summary"]["spilling"] == 0
+    assert [name for name, _ in out["failed"]] == ["2_Bad"]
+    text = capsys.readouterr().out
+    assert "1 launches compiled for sm_90" in text and "not measured: 2_Bad" in text
