@@ -385,7 +385,7 @@ GEMM_SCALE_BN = module_task("self.bn(self.gemm(x) * self.scale)", "x", "torch.ra
                             "self.gemm = nn.Linear(40, 5)\n        self.scale = nn.Parameter(torch.randn(5))\n"
                             "        self.bn = nn.BatchNorm1d(5)")
 CONV_BN_EPILOGUE = module_task("self.bn(self.conv(x))", "x", "torch.randn(2, 3, 9, 7)",
-                      "self.conv = nn.Conv2d(3, 7, 3)\n        self.bn = nn.BatchNorm2d(7)")
+                               "self.conv = nn.Conv2d(3, 7, 3)\n        self.bn = nn.BatchNorm2d(7)")
 
 
 def test_epilogue_parameters_are_loaded_once_per_column(evaluator):
