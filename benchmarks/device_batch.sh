@@ -2,15 +2,17 @@
 # One batched call on a lent GPU machine (the `device` tool): install the carried wheels (.whl/),
 # then run the named steps, each under its own time limit, writing everything under $OUT.
 #   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
-#       probe_cc overhead soak gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient_search kb1_lenient
-#       kb1_lenient_search suite1 suite2
+#       probe_cc overhead soak gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient kb2_lenient_search
+#       kb1_lenient kb1_lenient_search suite1 suite2
 # (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
 # THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100";
 # the kb* steps (benchmarks/kernelbench.py, one per 10-minute call) read KB, the KernelBench folder
 # (default kb_local), KB_LIMIT (seconds, default 560), KB_EXTRA (e.g. "--limit 50"), KB_RESUME (a
 # carried folder with STEP/kernelbench.progress.jsonl of a call cut short: that call's verdicts are
-# kept and only the rest judged), and for the search KB_EVALS, KB_SEARCH_S and KB_JOBS; suite1 / suite2 run
+# kept and only the rest judged), and for the search KB_EVALS, KB_SEARCH_S, KB_JOBS and KB_LOSERS (a carried
+# compiler run's progress file, e.g. kb_local/runs/kb2_lenient/kernelbench.progress.jsonl: only the problems
+# it did not make faster than eager and torch.compile are searched); suite1 / suite2 run
 # `kernelgym run --suite KB/levelN` with its defaults, KB_RESUME continuing from STEP/run.json and verdicts.jsonl)
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
@@ -35,6 +37,10 @@ resume() {  # resume NAME: with KB_RESUME (a folder carried over, holding NAME/k
   # from a call cut short), seed $OUT/NAME with it and print --resume, so the run judges only the rest
   local f="${KB_RESUME:-}/$1/kernelbench.progress.jsonl"
   if [ -n "${KB_RESUME:-}" ] && [ -f "$f" ]; then mkdir -p "$OUT/$1" && cp "$f" "$OUT/$1/" && echo --resume; fi
+}
+
+losers() {  # with KB_LOSERS (a carried compiler run's kernelbench.progress.jsonl), search only its losers
+  if [ -n "${KB_LOSERS:-}" ]; then echo --search-losers "$KB_LOSERS"; fi
 }
 
 for s in "$@"; do
@@ -62,12 +68,14 @@ for s in "$@"; do
       step scaling_2gpu 200 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
     kb2_strict) step kb2_strict "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 2 \
       --policy compiler --mode strict --backend cuda --out "$OUT/kb2_strict" $(resume kb2_strict) ${KB_EXTRA:-} ;;
+    kb2_lenient) step kb2_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 2 \
+      --policy compiler --mode lenient --backend cuda --out "$OUT/kb2_lenient" $(resume kb2_lenient) ${KB_EXTRA:-} ;;
     kb2_lenient_search) step kb2_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
       --levels 2 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
-      --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" $(resume kb2_lenient_search) ${KB_EXTRA:-} ;;
+      --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" $(resume kb2_lenient_search) $(losers) ${KB_EXTRA:-} ;;
     kb1_lenient_search) step kb1_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
       --levels 1 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
-      --jobs "${KB_JOBS:-8}" --out "$OUT/kb1_lenient_search" $(resume kb1_lenient_search) ${KB_EXTRA:-} ;;
+      --jobs "${KB_JOBS:-8}" --out "$OUT/kb1_lenient_search" $(resume kb1_lenient_search) $(losers) ${KB_EXTRA:-} ;;
     kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 1 \
       --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" $(resume kb1_lenient) ${KB_EXTRA:-} ;;
     suite1|suite2)  # issue 18's target: `kernelgym run --suite <KernelBench level N>` with its defaults

@@ -23,6 +23,13 @@ problems strict mode did not solve; a non-searching policy's lenient candidates 
 and one identical to an ok strict candidate reuses its verdict. A reused row says so
 (``lenient_from: "strict"``).
 
+--search-losers FILE (a searching policy): the progress file of a compiler run of the same levels
+and mode (its OUT/kernelbench.progress.jsonl). A problem that run judged ok and faster than both
+eager and torch.compile keeps that row (``search_skipped``: a search's first candidate is that
+very one, so it would only look for more speed there); only the others are searched. On a GPU
+session's budget a search of every level-2 problem takes hours; this spends it where it can
+change fast_1.
+
 --trace-only (CPU, no evaluation): per level, the problems the compiler traced and compiled in
 strict and lenient mode (`benchmarks/_coverage.py`, which `trace_coverage` runs too).
 
@@ -30,7 +37,7 @@ Usage: python -m benchmarks.kernelbench PATH [--levels 1,2,3] [--policy compiler
        [--mode strict|lenient|both] [--backend auto|cuda|interpret] [--jobs J] [--workers W]
        [--budget-evals N] [--budget-s S]
        [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--heartbeat S]
-       [--resume] [--out DIR]
+       [--resume] [--search-losers FILE] [--out DIR]
 """
 
 from __future__ import annotations
@@ -220,6 +227,26 @@ class Progress:
         return {name: line for (lv, m, name), line in self.done.items() if lv == level and m == mode}
 
 
+def compiler_winners(path: Path, level: int, mode: str) -> dict[str, dict[str, Any]]:
+    """Problem file name -> its progress line, for the problems a compiler run (`path`, its
+    progress file) judged ok and faster than both eager and torch.compile at `level` in `mode`;
+    each row marked ``search_skipped``. A line that does not parse is skipped (that problem is
+    searched)."""
+    out: dict[str, dict[str, Any]] = {}
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        row = line.get("row") if isinstance(line, dict) else None
+        if not isinstance(row, dict) or line.get("level") != level or line.get("mode") != mode:
+            continue
+        if row.get("status") == "ok" and (row.get("speedup") or 0) > 1 and (row.get("speedup_vs_compile") or 0) > 1:
+            row = {**row, "search_skipped": f"the compiler's candidate ({path}) is faster than eager and torch.compile"}
+            out[str(line["problem"])] = {**line, "row": row}
+    return out
+
+
 def status_line(ev: Any, judged: int, elapsed: float) -> str:
     """One line on a running evaluator: problems judged, evaluations in flight by phase (how many,
     the longest so far), the memory counters and each GPU's reserved / budget GiB. Printed every
@@ -327,6 +354,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fast_1_vs_compile": sum(1 for r in ok if (r.get("speedup_vs_compile") or 0) > 1) / n if n else None,
         "timed": sum(1 for r in ok if r.get("speedup")),
         "ok_with_vendor_calls": sum(1 for r in ok if r.get("vendor_calls")),
+        "search_skipped": sum(1 for r in rows if r.get("search_skipped")),
         "geomean_speedup": _geomean([r["speedup"] for r in ok if r.get("speedup")]),
         "geomean_speedup_vs_compile": _geomean([r["speedup_vs_compile"] for r in ok if r.get("speedup_vs_compile")]),
     }
@@ -422,6 +450,11 @@ def print_tables(report: dict[str, Any]) -> None:
                       _num(s["geomean_speedup_vs_compile"]), str(s.get("ok_with_vendor_calls", 0)),
                       f"{_num(pub['median_ratio'], '.3f')} ({pub['n']}, {pub['within_10pct']})")
     console.print(t)
+    for lv, modes in report["levels"].items():
+        for mode, s in modes.items():
+            if s.get("search_skipped"):
+                console.print(f"level {lv} {mode}: {s['search_skipped']} problem(s) kept from the compiler run "
+                              f"(--search-losers), {s['problems'] - s['search_skipped']} searched")
     for p in report.get("loser_profiles", []):
         console.print(f"\n[bold]loser[/bold] level {p['level']} {p['problem']} ({p['mode']}): speedup {p['speedup']:.2f}")
         if "error" in p:
@@ -473,6 +506,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="print the evaluations in flight every S seconds (0: never)")
     ap.add_argument("--resume", action="store_true",
                     help="keep what OUT/kernelbench.progress.jsonl already holds (a run cut short) and judge the rest")
+    ap.add_argument("--search-losers", type=Path, default=None, metavar="FILE",
+                    help="a compiler run's kernelbench.progress.jsonl: search only the problems it did not make "
+                         "faster than eager and torch.compile, keep its rows for the rest")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "kernelbench")
     args = ap.parse_args(argv)
     if not args.path.is_dir():
@@ -485,6 +521,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--budget-s must be > 0, got {args.budget_s}")
     if not args.task_timeout > 0:
         ap.error(f"--task-timeout must be > 0, got {args.task_timeout}")
+    if args.search_losers is not None and args.policy == "compiler":
+        ap.error("--search-losers keeps a compiler run's winners and searches the rest: it needs --policy search")
+    if args.search_losers is not None and not args.search_losers.is_file():
+        ap.error(f"--search-losers {str(args.search_losers)!r} is not a file (a compiler run's kernelbench.progress.jsonl)")
     if args.filter is not None:
         try:
             re.compile(args.filter)
@@ -555,6 +595,11 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                 policy = build_policy(args.policy, args.base, mode=mode, backend=backend, evaluator=ev, seed=args.seed,
                                       **search_kw)
                 earlier = progress.judged(lv, mode)   # --resume: judged by an earlier run, kept as it was
+                if args.search_losers is not None:
+                    if not callable(getattr(policy, "search", None)):
+                        raise SystemExit(f"kernelbench: --search-losers needs a searching policy; {args.policy!r} "
+                                         "has no search()")
+                    earlier = {**compiler_winners(args.search_losers, lv, mode), **earlier}
                 for name, line in earlier.items():
                     if line.get("source"):
                         sources[(lv, name, mode)] = line["source"]

@@ -299,6 +299,8 @@ def test_kernelbench_heartbeat_beside_forked_children(tmp_path, capsys):
     (["{kb}", "--levels", "3"], "no level3 folder"),
     (["{kb}", "--limit", "0"], "--limit must be >= 1"),
     (["{kb}", "--filter", "("], "not a regular expression"),
+    (["{kb}", "--policy", "search", "--search-losers", "/no/such/progress.jsonl"], "is not a file"),
+    (["{kb}", "--search-losers", "{kb}/level1/1_Relu.py"], "it needs --policy search"),
 ])
 def test_kernelbench_bad_arguments(tmp_path, argv, message, capsys):
     kb = kernelbench_dir(tmp_path)
@@ -445,6 +447,38 @@ def test_kernelbench_resume_keeps_what_a_cut_run_judged(tmp_path, capsys):
     assert rows["2_Item_scale.py"]["status"] == "no_candidate"
     assert report["levels"]["1"]["strict"]["ok"] == 2
     assert [json.loads(x)["problem"] for x in path.read_text().splitlines()] == ["1_Relu.py", "3_Relu_again.py"]
+
+
+def test_kernelbench_search_losers_searches_only_what_the_compiler_did_not_win(tmp_path, capsys):
+    """--search-losers FILE: a problem the compiler run judged faster than eager and torch.compile
+    keeps its row (marked, not judged again); the others are searched; the summary counts them."""
+    kbm = load("kernelbench")
+    kb = tmp_path / "kb"
+    (kb / "level2").mkdir(parents=True)
+    (kb / "level2" / "1_Linear_ReLU.py").write_text(KB_LINEAR)
+    (kb / "level2" / "2_Relu.py").write_text(KB_RELU)
+    common = [str(kb), "--levels", "2", "--backend", "interpret", "--mode", "lenient", "--workers", "1", "--jobs", "1"]
+    assert kbm.main([*common, "--out", str(tmp_path / "compiler")]) == 0
+    path = tmp_path / "compiler" / "kernelbench.progress.jsonl"
+    lines = {x["problem"]: x for x in map(json.loads, path.read_text().splitlines())}
+    assert set(lines) == {"1_Linear_ReLU.py", "2_Relu.py"}
+    won = lines["1_Linear_ReLU.py"]   # the interpreter times nothing: as a GPU run would have it
+    won["row"].update(speedup=1.5, speedup_vs_compile=1.2, candidate_ms=777.0)
+    lost = lines["2_Relu.py"]
+    lost["row"].update(speedup=1.5, speedup_vs_compile=0.9)   # not faster than torch.compile: searched
+    path.write_text(json.dumps(won) + "\n" + json.dumps(lost) + "\n{cut")
+    assert kbm.main([*common, "--policy", "search", "--budget-evals", "2", "--search-losers", str(path),
+                     "--out", str(tmp_path / "search")]) == 0
+    report = json.loads((tmp_path / "search" / "kernelbench.json").read_text())
+    rows = {r["problem"]: r for r in report["rows"]}
+    kept, searched = rows["1_Linear_ReLU.py"], rows["2_Relu.py"]
+    assert kept["candidate_ms"] == 777.0 and "faster than eager and torch.compile" in kept["search_skipped"]
+    assert "search" not in kept
+    assert searched["status"] == "ok" and searched["search"]["evaluations"] >= 1 and not searched.get("search_skipped")
+    assert report["levels"]["2"]["lenient"]["search_skipped"] == 1
+    assert "1 problem(s) kept from the compiler run (--search-losers), 1 searched" in capsys.readouterr().out
+    progress = [json.loads(x)["problem"] for x in (tmp_path / "search" / "kernelbench.progress.jsonl").read_text().splitlines()]
+    assert progress == ["2_Relu.py"]
 
 
 def test_registers_reports_spills_of_each_launch(tmp_path, capsys, monkeypatch):
