@@ -190,7 +190,9 @@ def test_precompiled_kernels_reach_a_confined_gpu_worker(tmp_path, monkeypatch):
         (pool,) = [p for r, p in ev._pools.items() if r.name == "candidate"]
         cubins = list(Path(pool.ready_info()["tmpdir"]).rglob("add_kernel.cubin"))
     assert len(cubins) == 1, cubins
-    assert not list((tmp_path / "cache").rglob("*.cubin"))   # nothing shared was written
+    # the candidate's kernel was not written to the shared cache (the torch.compile baseline's
+    # Inductor kernels are, by the reference worker: an H100 showed two triton_poi_fused_add_0)
+    assert not list((tmp_path / "cache").rglob("add_kernel.*"))
     (archive,) = (tmp_path / f"cache{triton_cache.PRECOMPILED_SUFFIX}").glob("*.tar")
     with tarfile.open(archive) as tar:
         assert f"{cubins[0].parent.name}/add_kernel.cubin" in tar.getnames(), tar.getnames()
