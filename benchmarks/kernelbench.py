@@ -247,16 +247,37 @@ def compiler_winners(path: Path, level: int, mode: str) -> dict[str, dict[str, A
     return out
 
 
-def status_line(ev: Any, judged: int, elapsed: float) -> str:
+def device_memory() -> dict[int, tuple[float, float]]:
+    """GiB in use and in all per GPU as nvidia-smi reports them ({} without it): what the
+    processes hold, beside what the memory admission reserved."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return {}
+    try:
+        out = subprocess.run([exe, "--query-gpu=index,memory.used,memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return {int(i): (float(u) / 1024, float(t) / 1024)
+                for i, u, t in (line.split(",") for line in out.strip().splitlines())}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+
+
+def status_line(ev: Any, judged: int, elapsed: float, in_use: dict[int, tuple[float, float]] | None = None) -> str:
     """One line on a running evaluator: problems judged, evaluations in flight by phase (how many,
-    the longest so far), the memory counters and each GPU's reserved / budget GiB. Printed every
-    --heartbeat seconds, so a run cut off by a time limit still shows where its time went."""
+    the longest so far), the memory counters and each GPU's reserved / budget GiB (and, with
+    `in_use` from `device_memory`, what its processes hold). Printed every --heartbeat seconds, so
+    a run cut off by a time limit still shows where its time went."""
     phases: dict[str, list[float]] = {}
     for phase, age in ev.in_flight():
         phases.setdefault(phase or "?", []).append(age)
     flight = ", ".join(f"{p} {len(a)} (longest {max(a):.0f} s)" for p, a in sorted(phases.items(), key=lambda x: -len(x[1])))
     stats = {k: ev.stats.get(k, 0) for k in ("memory_waited", "memory_alone", "rejudged_alone")}
+    in_use = in_use or {}
     mem = "; ".join(f"GPU {d}: {m['used'] / 2**30:.1f}/{m['budget'] / 2**30:.1f} GiB"
+                    + (f" reserved, {in_use[d][0]:.1f}/{in_use[d][1]:.1f} GiB in use" if d in in_use else "")
                     for d, m in ev.gpu_memory().items())
     return (f"[{elapsed:.0f} s] judged {judged}; in flight: {flight or 'none'}; "
             + ", ".join(f"{k} {v}" for k, v in stats.items()) + (f"; {mem}" if mem else ""))
@@ -276,8 +297,9 @@ def heartbeat(ev: Any, progress: Progress, every: float) -> Iterator[None]:
 
     def beat() -> None:
         while not stop.wait(every):
+            in_use = device_memory()   # a subprocess: started outside _BEAT, which every fork takes
             with _BEAT:
-                print(status_line(ev, progress.count, time.perf_counter() - t0), file=sys.stderr, flush=True)
+                print(status_line(ev, progress.count, time.perf_counter() - t0, in_use), file=sys.stderr, flush=True)
 
     thread = threading.Thread(target=beat, name="kernelbench-heartbeat", daemon=True) if every > 0 else None
     if thread is not None:

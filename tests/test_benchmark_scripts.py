@@ -262,6 +262,22 @@ def test_kernelbench_status_line_names_what_is_in_flight():
     line = kbm.status_line(FakeEvaluator(), 17, 95.4)
     assert line == ("[95 s] judged 17; in flight: baseline 2 (longest 40 s), candidate 1 (longest 3 s); "
                     "memory_waited 2, memory_alone 1, rejudged_alone 0; GPU 0: 12.0/60.0 GiB")
+    # with nvidia-smi's figures: what the GPU's processes hold beside what was reserved
+    assert kbm.status_line(FakeEvaluator(), 17, 95.4, {0: (30.25, 79.6)}).endswith(
+        "GPU 0: 12.0/60.0 GiB reserved, 30.2/79.6 GiB in use")
+
+
+def test_kernelbench_device_memory_reads_nvidia_smi(tmp_path, monkeypatch):
+    kbm = load("kernelbench")
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, 40960, 81559'\necho '1, 1024, 81559'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert kbm.device_memory() == {0: (40.0, 81559 / 1024), 1: (1.0, 81559 / 1024)}
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\n")
+    assert kbm.device_memory() == {}
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert kbm.device_memory() == {}
 
 
 def test_kernelbench_heartbeat_beside_forked_children(tmp_path, capsys):
