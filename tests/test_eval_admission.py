@@ -206,3 +206,22 @@ def test_memory_use_splits_allocations_from_mapped_files():
     total, account = tree_memory(os.getpid())
     assert total >= use["charged"] and f"{os.getpid()}: anon" in account
     assert memory_use(2**22 + 12345) == {}   # no such process
+
+
+def test_a_gpus_budget_sets_aside_each_workers_context_and_kept_cache(monkeypatch):
+    """Without `gpu_memory_budget_mb` the budget is 90 % of the GPU less each worker's context and
+    the cache it may keep (`worker.DEFAULT_GPU_CACHE_MB`, or KERNELGYM_GPU_CACHE_MB): the same
+    figure the workers trim their caches to."""
+    from kernelgym.evaluation import Evaluator
+    from kernelgym.evaluation.worker import DEFAULT_GPU_CACHE_MB
+
+    gib = 1 << 30
+    monkeypatch.delenv("KERNELGYM_GPU_CACHE_MB", raising=False)
+    with Evaluator(workers=16, reference_workers=8) as ev:
+        assert ev.memory_budget(0) is None   # nothing known of the GPU yet
+        budget = ev.memory_budget(0, 80 * gib).budget
+    assert budget == footprint.gpu_budget_bytes(80 * gib, 24, DEFAULT_GPU_CACHE_MB << 20)
+    assert budget >= 50 * gib   # an 80 GiB H100 with 24 workers: 36 GiB when each kept 1 GiB
+    monkeypatch.setenv("KERNELGYM_GPU_CACHE_MB", "1024")
+    with Evaluator(workers=16, reference_workers=8) as ev:
+        assert ev.memory_budget(0, 80 * gib).budget == footprint.gpu_budget_bytes(80 * gib, 24, gib)

@@ -42,9 +42,9 @@ def test_workers_hold_little_gpu_memory_after_big_evaluations():
 
 
 def test_several_big_evaluations_at_once_wait_for_memory_rather_than_crash():
-    """Six evaluations of ~21 GiB footprints (three 512 MiB tensors a trial, four trials; the
-    reference worker holds that, the candidate twice as much) on a budget of 32 GiB: every one is
-    judged ok; the others waited their turn."""
+    """Six evaluations of ~14.5 GiB footprints (three 512 MiB tensors a trial, four trials; the
+    reference worker holds that, the candidate as much again, plus the compared outputs) on a
+    budget of 32 GiB: every one is judged ok; the others waited their turn."""
     with Evaluator(workers=6, reference_workers=3, gpu_memory_budget_mb=32 * 1024) as ev:
         verdicts = ev.evaluate_batch([(HUGE_ADD, CAND_ADD)] * 6, backend="cuda", seed=7)
         assert [v.status for v in verdicts] == ["ok"] * 6, [v.error for v in verdicts]

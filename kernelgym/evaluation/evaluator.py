@@ -53,6 +53,7 @@ from kernelgym.evaluation.protocol import (
 from kernelgym.evaluation.sandbox import SPILL_PREFIX
 from kernelgym.evaluation.stages import Shared
 from kernelgym.evaluation.verdict import Verdict
+from kernelgym.evaluation.worker import DEFAULT_GPU_CACHE_MB
 
 
 def _no_nvidia_device() -> bool:
@@ -235,7 +236,7 @@ class Evaluator:
                 if self.gpu_memory_budget_mb is not None:
                     n = int(self.gpu_memory_budget_mb * 2**20)
                 elif total_bytes:
-                    keep = int(float(os.environ.get("KERNELGYM_GPU_CACHE_MB", 1024)) * 2**20)
+                    keep = int(float(os.environ.get("KERNELGYM_GPU_CACHE_MB", DEFAULT_GPU_CACHE_MB)) * 2**20)
                     workers = split_counts(self.workers, len(self._devices or [device]))[0] + \
                         split_counts(self.reference_workers, len(self._devices or [device]))[0]
                     n = gpu_budget_bytes(int(total_bytes), workers, keep)

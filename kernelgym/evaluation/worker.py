@@ -44,8 +44,12 @@ def _handlers() -> dict[str, Any]:
     }
 
 
-# Cached-but-unused GPU memory a worker may keep between requests (KERNELGYM_GPU_CACHE_MB).
-DEFAULT_GPU_CACHE_MB = 1024
+# Cached-but-unused GPU memory a worker may keep between requests (KERNELGYM_GPU_CACHE_MB). The
+# GPU's memory budget sets this much aside for each of its workers (`footprint.gpu_budget_bytes`):
+# at 1024, 24 workers took 24 GiB of an 80 GiB H100's budget, which left 35 GiB for evaluations and
+# ran KernelBench level 2 mostly one evaluation at a time (session 16). A task's tensors larger
+# than this are allocated afresh per request either way.
+DEFAULT_GPU_CACHE_MB = 256
 
 
 def trim_gpu_cache(keep_bytes: int, cuda: Any = None, hold: Any = None) -> bool:
