@@ -12,7 +12,7 @@
 # carried folder with STEP/kernelbench.progress.jsonl of a call cut short: that call's verdicts are
 # kept and only the rest judged), and for the search KB_EVALS, KB_SEARCH_S, KB_JOBS and KB_LOSERS (a carried
 # compiler run's progress file, e.g. kb_local/runs/kb2_lenient/kernelbench.progress.jsonl: only the problems
-# it did not make faster than eager and torch.compile are searched); suite1 / suite2 run
+# it did not make faster than eager and torch.compile are searched; KB_LOSERS_VS=eager: than eager); suite1 / suite2 run
 # `kernelgym run --suite KB/levelN` with its defaults, KB_RESUME continuing from STEP/run.json and verdicts.jsonl)
 # The machine's python3 has torch, triton and transformers; gymnasium, z3-solver, cloudpickle and
 # stable-baselines3 travel as wheels (see README "Running on a GPU").
@@ -40,7 +40,8 @@ resume() {  # resume NAME: with KB_RESUME (a folder carried over, holding NAME/k
 }
 
 losers() {  # with KB_LOSERS (a carried compiler run's kernelbench.progress.jsonl), search only its losers
-  if [ -n "${KB_LOSERS:-}" ]; then echo --search-losers "$KB_LOSERS"; fi
+  # (KB_LOSERS_VS=eager: those not faster than eager; default: than eager and torch.compile)
+  if [ -n "${KB_LOSERS:-}" ]; then echo --search-losers "$KB_LOSERS" --search-losers-vs "${KB_LOSERS_VS:-both}"; fi
 }
 
 for s in "$@"; do

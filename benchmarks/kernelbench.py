@@ -25,8 +25,9 @@ and one identical to an ok strict candidate reuses its verdict. A reused row say
 
 --search-losers FILE (a searching policy): the progress file of a compiler run of the same levels
 and mode (its OUT/kernelbench.progress.jsonl). A problem that run judged ok and faster than both
-eager and torch.compile keeps that row (``search_skipped``: a search's first candidate is that
-very one, so it would only look for more speed there); only the others are searched. On a GPU
+eager and torch.compile (`--search-losers-vs eager`: than eager) keeps that row
+(``search_skipped``: a search's first candidate is that very one, so it would only look for more
+speed there); only the others are searched. On a GPU
 session's budget a search of every level-2 problem takes hours; this spends it where it can
 change fast_1.
 
@@ -37,7 +38,7 @@ Usage: python -m benchmarks.kernelbench PATH [--levels 1,2,3] [--policy compiler
        [--mode strict|lenient|both] [--backend auto|cuda|interpret] [--jobs J] [--workers W]
        [--budget-evals N] [--budget-s S]
        [--limit N] [--filter TEXT] [--task-timeout S] [--trace-only] [--profile-losers K] [--heartbeat S]
-       [--resume] [--search-losers FILE] [--out DIR]
+       [--resume] [--search-losers FILE [--search-losers-vs both|eager]] [--out DIR]
 """
 
 from __future__ import annotations
@@ -227,11 +228,11 @@ class Progress:
         return {name: line for (lv, m, name), line in self.done.items() if lv == level and m == mode}
 
 
-def compiler_winners(path: Path, level: int, mode: str) -> dict[str, dict[str, Any]]:
+def compiler_winners(path: Path, level: int, mode: str, versus: str = "both") -> dict[str, dict[str, Any]]:
     """Problem file name -> its progress line, for the problems a compiler run (`path`, its
-    progress file) judged ok and faster than both eager and torch.compile at `level` in `mode`;
-    each row marked ``search_skipped``. A line that does not parse is skipped (that problem is
-    searched)."""
+    progress file) judged ok and faster than eager and (`versus` "both") torch.compile at `level`
+    in `mode`; each row marked ``search_skipped``. A line that does not parse is skipped (that
+    problem is searched)."""
     out: dict[str, dict[str, Any]] = {}
     for text in path.read_text().splitlines():
         try:
@@ -241,8 +242,10 @@ def compiler_winners(path: Path, level: int, mode: str) -> dict[str, dict[str, A
         row = line.get("row") if isinstance(line, dict) else None
         if not isinstance(row, dict) or line.get("level") != level or line.get("mode") != mode:
             continue
-        if row.get("status") == "ok" and (row.get("speedup") or 0) > 1 and (row.get("speedup_vs_compile") or 0) > 1:
-            row = {**row, "search_skipped": f"the compiler's candidate ({path}) is faster than eager and torch.compile"}
+        beats = (row.get("speedup") or 0) > 1 and (versus == "eager" or (row.get("speedup_vs_compile") or 0) > 1)
+        if row.get("status") == "ok" and beats:
+            than = "eager" if versus == "eager" else "eager and torch.compile"
+            row = {**row, "search_skipped": f"the compiler's candidate ({path}) is faster than {than}"}
             out[str(line["problem"])] = {**line, "row": row}
     return out
 
@@ -531,6 +534,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--search-losers", type=Path, default=None, metavar="FILE",
                     help="a compiler run's kernelbench.progress.jsonl: search only the problems it did not make "
                          "faster than eager and torch.compile, keep its rows for the rest")
+    ap.add_argument("--search-losers-vs", choices=["both", "eager"], default="both",
+                    help="with --search-losers: a problem is kept when faster than eager and torch.compile "
+                         "(both, default) or than eager alone")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "kernelbench")
     args = ap.parse_args(argv)
     if not args.path.is_dir():
@@ -621,7 +627,7 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                     if not callable(getattr(policy, "search", None)):
                         raise SystemExit(f"kernelbench: --search-losers needs a searching policy; {args.policy!r} "
                                          "has no search()")
-                    earlier = {**compiler_winners(args.search_losers, lv, mode), **earlier}
+                    earlier = {**compiler_winners(args.search_losers, lv, mode, args.search_losers_vs), **earlier}
                 for name, line in earlier.items():
                     if line.get("source"):
                         sources[(lv, name, mode)] = line["source"]

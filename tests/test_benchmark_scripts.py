@@ -495,6 +495,11 @@ def test_kernelbench_search_losers_searches_only_what_the_compiler_did_not_win(t
     assert "1 problem(s) kept from the compiler run (--search-losers), 1 searched" in capsys.readouterr().out
     progress = [json.loads(x)["problem"] for x in (tmp_path / "search" / "kernelbench.progress.jsonl").read_text().splitlines()]
     assert progress == ["2_Relu.py"]
+    # --search-losers-vs eager: a problem faster than eager is kept though torch.compile beat it
+    kept = kbm.compiler_winners(path, 2, "lenient", "eager")
+    assert set(kept) == {"1_Linear_ReLU.py", "2_Relu.py"}
+    assert kept["2_Relu.py"]["row"]["search_skipped"].endswith("is faster than eager")
+    assert kbm.compiler_winners(path, 1, "lenient") == {} and kbm.compiler_winners(path, 2, "strict") == {}
 
 
 def test_registers_reports_spills_of_each_launch(tmp_path, capsys, monkeypatch):
