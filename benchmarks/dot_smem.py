@@ -39,8 +39,8 @@ _PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16", "float64": 
 
 def record_launches(task: Any, source: str) -> list[dict[str, Any]]:
     """Run `source`'s ModelNew on the meta device with the task's inputs, recording each
-    ``kernel[grid](...)`` launch (kernel, signature, constexprs, attrs, num_warps, num_stages)
-    instead of running it."""
+    ``kernel[grid](...)`` launch (kernel, signature, constexprs, attrs, num_warps, num_stages,
+    the programs its grid asks for) instead of running it."""
     import torch
 
     from kernelgym.evaluation.ptx import find_jit_functions
@@ -67,7 +67,7 @@ def record_launches(task: Any, source: str) -> list[dict[str, Any]]:
 
         def __getitem__(self, grid: Any) -> Callable[..., None]:
             def launch(*args: Any, **kwargs: Any) -> None:
-                launches.append(_describe_launch(self.fn, args, kwargs))
+                launches.append({**_describe_launch(self.fn, args, kwargs), "programs": _programs_of(grid, kwargs)})
             return launch
 
     jitted = {name: fn for name, fn in find_jit_functions(mod).items() if name in mod}
@@ -79,6 +79,18 @@ def record_launches(task: Any, source: str) -> list[dict[str, Any]]:
     finally:
         mod.update(jitted)   # kernels calling jit helpers (_tanh...) compile against the real ones
     return launches
+
+
+def _programs_of(grid: Any, meta: dict[str, Any]) -> int | None:
+    """Programs a launch's grid (a tuple, or a callable of the launch's keywords) asks for."""
+    try:
+        dims = grid(meta) if callable(grid) else grid
+        n = 1
+        for d in dims:
+            n *= int(d)
+        return n
+    except Exception:  # noqa: BLE001 - a grid of another form: not counted
+        return None
 
 
 def _describe_launch(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,9 @@ distinct launch is compiled with ``triton.compile(..., target=GPUTarget("cuda", 
 goes through the ptxas Triton uses for that target (``ptxas -v``), which reports the registers a
 thread uses and the bytes it spills to local memory. A spilling kernel reads and writes local
 memory in its loop or epilogue: on KernelBench level 2 this found Gemm + BatchNorm epilogues
-spilling about 1 KB a thread, and nested pool windows 11 KB (benchmarks/NOTES.md, "Registers and
-spills"). Prints one row per launch and a summary (launches spilling, at the 255-register cap).
+spilling about 1 KB a thread, and nested pool windows 11 KB (benchmarks/NOTES.md, session 16).
+Prints one row per launch (with the programs its grid asks for) and a summary: launches spilling,
+at the 255-register cap, and with fewer programs than an H100 has SMs.
 
 Problems run one at a time, each in a forked child killed past `--timeout` seconds. Usage:
     python -m benchmarks.registers DIR [DIR ...] [--mode strict|lenient] [--filter REGEX]
@@ -33,6 +34,9 @@ from benchmarks._output import write_json
 from benchmarks.dot_smem import _problems, record_launches
 
 MAX_REGISTERS = 255   # per thread on sm_90: a kernel at the cap has likely been squeezed into it
+# Programs under one per SM of an H100 (132): a launch with fewer leaves SMs idle whatever its
+# registers (KernelBench level 1's LayerNorm: 16 rows of 4M elements, one program a row).
+FEW_PROGRAMS = 132
 
 
 def ptxas_report(ptx: str) -> dict[str, int]:
@@ -90,7 +94,8 @@ def problem_rows(path: str, mode: str) -> dict[str, Any]:
         seen.add(key)
         row: dict[str, Any] = {"problem": Path(path).stem, "kernel": launch["kernel"],
                                "blocks": {k: v for k, v in consts.items() if k.isupper()},
-                               "num_warps": launch["num_warps"], "num_stages": launch["num_stages"]}
+                               "num_warps": launch["num_warps"], "num_stages": launch["num_stages"],
+                               "programs": launch.get("programs")}
         try:
             row.update(launch_report(launch))
         except Exception as exc:  # noqa: BLE001
@@ -115,6 +120,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"launches": len(ok), "not_compiled": len(rows) - len(ok), "spilling": len(spilling),
             "spill_bytes": sum(r["spill_stores"] for r in spilling),
             "at_cap": sum(r["registers"] >= MAX_REGISTERS - 1 for r in ok),
+            "few_programs": sorted(f"{r['problem']} {r['kernel']} ({r['programs']})" for r in rows
+                                   if r.get("programs") is not None and r["programs"] < FEW_PROGRAMS),
             "worst": f"{worst['problem']} {worst['kernel']} ({worst['spill_stores']} bytes)" if worst else None,
             "spilling_problems": sorted({r["problem"] for r in spilling})}
 
@@ -132,7 +139,8 @@ def main() -> int:
 
     rows: list[dict[str, Any]] = []
     failed: list[tuple[str, str]] = []
-    print(f"{'problem':44s} {'kernel':34s} {'w':>2s} {'st':>2s} {'regs':>4s} {'spill B':>7s} {'shared':>7s}", flush=True)
+    print(f"{'problem':44s} {'kernel':34s} {'programs':>8s} {'w':>2s} {'st':>2s} {'regs':>4s} {'spill B':>7s} "
+          f"{'shared':>7s}", flush=True)
     t0 = time.perf_counter()
     for path in _problems(args.dirs, args.filter, args.limit):
         got = in_children([_job(path, args.mode)], args.timeout, 1)[0]
@@ -143,8 +151,8 @@ def main() -> int:
             rows.append(r)
             figures = (f"{r['registers']:>4} {r['spill_stores']:>7} {r['shared']:>7}" if "registers" in r
                        else r.get("error", "?")[:60])
-            print(f"{r['problem'][:44]:44s} {r['kernel'][:34]:34s} {r['num_warps']:>2} {r['num_stages']:>2} {figures}",
-                  flush=True)
+            print(f"{r['problem'][:44]:44s} {r['kernel'][:34]:34s} {r['programs'] or '?':>8} {r['num_warps']:>2} "
+                  f"{r['num_stages']:>2} {figures}", flush=True)
     s = summary(rows)
     print(f"\n{s['launches']} launches compiled for sm_90 ({s['not_compiled']} not), {len(failed)} problems not "
           f"compiled/recorded; {time.perf_counter() - t0:.0f} s")
@@ -152,6 +160,8 @@ def main() -> int:
           f"at the {MAX_REGISTERS}-register cap: {s['at_cap']}")
     if s["spilling_problems"]:
         print("problems with a spilling launch: " + ", ".join(s["spilling_problems"]))
+    if s["few_programs"]:
+        print(f"launches of fewer than {FEW_PROGRAMS} programs: " + ", ".join(s["few_programs"]))
     for name, err in failed:
         print(f"  not measured: {name}: {err[:160]}")
     if args.json:

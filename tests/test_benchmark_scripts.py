@@ -523,6 +523,8 @@ def test_registers_reports_spills_of_each_launch(tmp_path, capsys, monkeypatch):
     assert row["problem"] == "1_Linear_BN" and row["kernel"].startswith("k0_linear")
     assert 0 < row["registers"] <= reg.MAX_REGISTERS and row["spill_stores"] == 0 and row["shared"] > 0
     assert out["summary"]["launches"] == 1 and out["summary"]["spilling"] == 0
+    # 64 x 128 outputs in 128 x 64 tiles: 2 programs, named among the launches leaving SMs idle
+    assert row["programs"] == 2 and out["summary"]["few_programs"] == [f"1_Linear_BN {row['kernel']} (2)"]
     assert [name for name, _ in out["failed"]] == ["2_Bad"]
     text = capsys.readouterr().out
     assert "1 launches compiled for sm_90" in text and "not measured: 2_Bad" in text
