@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,20 @@ def _job(path: str, budget: int | None) -> Callable[[], dict[str, Any]]:
     return job
 
 
-def _problems(dirs: list[str], filt: str | None, limit: int | None) -> list[str]:
+def problem_results(paths: list[str], timeout: float, job_of: Callable[[str], Callable[[], dict[str, Any]]],
+                    failed: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+    """Each problem's result (a dict with ``rows``) from `job_of(path)` run in a forked child
+    killed past `timeout` seconds, one problem at a time; a problem without rows goes to `failed`
+    as (name, error)."""
+    for path in paths:
+        got = in_children([job_of(path)], timeout, 1)[0]
+        if "rows" not in got:
+            failed.append((Path(path).stem, got.get("error", "no result")))
+            continue
+        yield got
+
+
+def problem_paths(dirs: list[str], filt: str | None, limit: int | None) -> list[str]:
     out: list[str] = []
     rx = re.compile(filt) if filt else None
     for d in dirs:
@@ -226,11 +239,8 @@ def main() -> int:
     print(f"{'problem':44s} {'kernel':34s} {'BM':>4s} {'BN':>4s} {'BK':>4s} {'w':>2s} {'st':>2s} "
           f"{'estimate':>9s} {'triton':>9s} {'est/tri':>7s}", flush=True)
     t0 = time.perf_counter()
-    for path in _problems(args.dirs, args.filter, args.limit):
-        got = in_children([_job(path, budget)], args.timeout, 1)[0]
-        if "rows" not in got:
-            failed.append((Path(path).stem, got.get("error", "no result")))
-            continue
+    for got in problem_results(problem_paths(args.dirs, args.filter, args.limit), args.timeout,
+                               lambda path: _job(path, budget), failed):
         for r in got["rows"]:
             rows.append(r)
             b = r["blocks"]

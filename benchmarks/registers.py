@@ -29,9 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._children import in_children
 from benchmarks._output import write_json
-from benchmarks.dot_smem import _problems, record_launches
+from benchmarks.dot_smem import problem_paths, problem_results, record_launches
 
 MAX_REGISTERS = 255   # per thread on sm_90: a kernel at the cap has likely been squeezed into it
 # Programs under one per SM of an H100 (132): a launch with fewer leaves SMs idle whatever its
@@ -142,11 +141,8 @@ def main() -> int:
     print(f"{'problem':44s} {'kernel':34s} {'programs':>8s} {'w':>2s} {'st':>2s} {'regs':>4s} {'spill B':>7s} "
           f"{'shared':>7s}", flush=True)
     t0 = time.perf_counter()
-    for path in _problems(args.dirs, args.filter, args.limit):
-        got = in_children([_job(path, args.mode)], args.timeout, 1)[0]
-        if "rows" not in got:
-            failed.append((Path(path).stem, got.get("error", "no result")))
-            continue
+    for got in problem_results(problem_paths(args.dirs, args.filter, args.limit), args.timeout,
+                               lambda path: _job(path, args.mode), failed):
         for r in got["rows"]:
             rows.append(r)
             figures = (f"{r['registers']:>4} {r['spill_stores']:>7} {r['shared']:>7}" if "registers" in r
