@@ -125,16 +125,33 @@ def _describe_launch(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
             "num_warps": int(options.get("num_warps", 4)), "num_stages": int(options.get("num_stages", 3))}
 
 
-def compile_shared(launch: dict[str, Any]) -> int:
-    """Triton's shared memory (bytes) for `launch` compiled for sm_90."""
+def compile_sm90(launch: dict[str, Any]) -> Any:
+    """`launch` (a `record_launches` entry) compiled for sm_90: Triton's compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     src = triton.compiler.ASTSource(fn=launch["fn"], signature=launch["signature"],
                                     constexprs=launch["constexprs"], attrs=launch["attrs"])
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": launch["num_warps"], "num_stages": launch["num_stages"]})
-    return int(kernel.metadata.shared)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": launch["num_warps"], "num_stages": launch["num_stages"]})
+
+
+def compile_shared(launch: dict[str, Any]) -> int:
+    """Triton's shared memory (bytes) for `launch` compiled for sm_90."""
+    return int(compile_sm90(launch).metadata.shared)
+
+
+def distinct_launches(launches: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
+    """Each launch of a distinct compilation (kernel, signature, integer constexprs, warps,
+    stages) once, with its integer constexprs."""
+    seen: set[str] = set()
+    for launch in launches:
+        consts = {k: int(v) for k, v in launch["constexprs"].items() if isinstance(v, (int, bool))}
+        key = repr((launch["kernel"], sorted(launch["signature"].items()), sorted(consts.items()),
+                    launch["num_warps"], launch["num_stages"]))
+        if key not in seen:
+            seen.add(key)
+            yield launch, consts
 
 
 def problem_rows(path: str, budget: int | None) -> dict[str, Any]:
@@ -157,17 +174,9 @@ def problem_rows(path: str, budget: int | None) -> dict[str, Any]:
     element_bytes = 2 if re.search(r"^DTYPE = torch\.(float16|bfloat16)$", source, re.M) else 4
     fns = {name: f for name, f in jit_functions(parse(source)).items() if has_dot(f)}
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for launch in record_launches(task, source):
-        fn_ast = fns.get(launch["kernel"])
-        if fn_ast is None:
-            continue
-        consts = {k: int(v) for k, v in launch["constexprs"].items() if isinstance(v, (int, bool))}
-        key = repr((launch["kernel"], sorted(launch["signature"].items()), sorted(consts.items()),
-                    launch["num_warps"], launch["num_stages"]))
-        if key in seen:
-            continue
-        seen.add(key)
+    dot_launches = [la for la in record_launches(task, source) if la["kernel"] in fns]
+    for launch, consts in distinct_launches(dot_launches):
+        fn_ast = fns[launch["kernel"]]
         est = estimate_function(fn_ast, consts, launch["num_stages"], element_bytes)
         row: dict[str, Any] = {"problem": Path(path).stem, "kernel": launch["kernel"],
                                "blocks": {k: v for k, v in consts.items() if k.startswith(("BLOCK", "SPLIT"))},

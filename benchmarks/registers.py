@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._output import write_json
-from benchmarks.dot_smem import problem_paths, problem_results, record_launches
+from benchmarks.dot_smem import (
+    compile_sm90,
+    distinct_launches,
+    problem_paths,
+    problem_results,
+    record_launches,
+)
 
 MAX_REGISTERS = 255   # per thread on sm_90: a kernel at the cap has likely been squeezed into it
 # Programs under one per SM of an H100 (132): a launch with fewer leaves SMs idle whatever its
@@ -59,13 +65,7 @@ def ptxas_report(ptx: str) -> dict[str, int]:
 
 def launch_report(launch: dict[str, Any]) -> dict[str, int]:
     """`ptxas_report` of one recorded launch compiled for sm_90 (with Triton's shared memory)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    src = triton.compiler.ASTSource(fn=launch["fn"], signature=launch["signature"],
-                                    constexprs=launch["constexprs"], attrs=launch["attrs"])
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": launch["num_warps"], "num_stages": launch["num_stages"]})
+    kernel = compile_sm90(launch)
     return {**ptxas_report(kernel.asm["ptx"]), "shared": int(kernel.metadata.shared)}
 
 
@@ -83,14 +83,7 @@ def problem_rows(path: str, mode: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a problem the compiler cannot do is a result here
         return {"problem": Path(path).stem, "error": f"compile: {type(exc).__name__}: {exc}"[:300]}
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for launch in record_launches(task, source):
-        consts = {k: v for k, v in launch["constexprs"].items() if isinstance(v, (int, bool))}
-        key = repr((launch["kernel"], sorted(launch["signature"].items()), sorted(consts.items()),
-                    launch["num_warps"], launch["num_stages"]))
-        if key in seen:
-            continue
-        seen.add(key)
+    for launch, consts in distinct_launches(record_launches(task, source)):
         row: dict[str, Any] = {"problem": Path(path).stem, "kernel": launch["kernel"],
                                "blocks": {k: v for k, v in consts.items() if k.isupper()},
                                "num_warps": launch["num_warps"], "num_stages": launch["num_stages"],
