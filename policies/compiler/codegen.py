@@ -230,8 +230,11 @@ class KernelWriter(ViewValues, PoolValues):
     # -- offsets and loads -----------------------------------------------------------------------
     def offset(self, c: Coords) -> str:
         """Flat offset of coordinates `c` in a contiguous tensor, shaped like the current tile."""
+        return self._tile_shaped(*self._flat(c))
+
+    def _tile_shaped(self, text: str, axes: frozenset[str]) -> str:
+        """Offset `text` over tile `axes` given the current tile's shape (plus its zero tensor)."""
         t = self.tiles[-1]
-        text, axes = self._flat(c)
         if not t.axes <= axes:
             text = str(t.zero) if text == "0" else f"{text} + {t.zero}"
         return text
@@ -249,8 +252,9 @@ class KernelWriter(ViewValues, PoolValues):
             axes |= d.axes
         return (" + ".join(terms) if terms else "0"), axes
 
-    def _broadcast_mask(self, c: Coords, mask: str) -> str | None:
-        """The mask of a load at `c` kept at its own shape, or None to load at the tile's shape.
+    def _broadcast_mask(self, axes: frozenset[str], mask: str) -> str | None:
+        """The mask of a load over tile `axes` kept at its own shape, or None to load at the tile's
+        shape.
 
         On an output tile (`Tile.axis_masks`), an operand over some of the tile's axes (a bias,
         a norm's per-channel parameters) is read once per distinct coordinate and broadcast by
@@ -259,7 +263,6 @@ class KernelWriter(ViewValues, PoolValues):
         lanes the tile masks off then hold that parameter instead of 0, which only a store
         under the tile's mask ever reads."""
         t = self.tiles[-1]
-        _, axes = self._flat(c)
         if mask != t.mask or not axes or not axes < t.axes or not axes <= t.axis_masks.keys():
             return None
         return " & ".join(paren(t.axis_masks[a]) for a in sorted(axes))
@@ -275,11 +278,10 @@ class KernelWriter(ViewValues, PoolValues):
             return hit
         ptr = self.ptr(ref)
         other = "0" if index else "0.0"
-        own = None if index else self._broadcast_mask(c, mask)
-        if own is not None:
-            expr = f"tl.load({ptr} + {self._flat(c)[0]}, mask={own}, other={other})"
-        else:
-            expr = f"tl.load({ptr} + {self.offset(c)}, mask={mask}, other={other})"
+        text, axes = self._flat(c)
+        own = None if index else self._broadcast_mask(axes, mask)
+        offset = text if own is not None else self._tile_shaped(text, axes)
+        expr = f"tl.load({ptr} + {offset}, mask={own or mask}, other={other})"
         if not index and self.float_dtype is not None:
             expr += ".to(tl.float32)"
         var = self.assign(name or ptr.removesuffix("_ptr"), expr)
