@@ -67,18 +67,15 @@ for s in "$@"; do
     scaling)  # issue 7 on nvidia-h200-x2: the same batch on one GPU, then on two
       step scaling_1gpu 200 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --serial-n 8 --devices 0 --out "$OUT/scaling_1gpu.json"
       step scaling_2gpu 200 python3 -m benchmarks.eval_throughput --backend cuda --n 64 --serial-n 8 --devices 0,1 --out "$OUT/scaling_2gpu.json" ;;
-    kb2_strict) step kb2_strict "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 2 \
-      --policy compiler --mode strict --backend cuda --out "$OUT/kb2_strict" $(resume kb2_strict) ${KB_EXTRA:-} ;;
-    kb2_lenient) step kb2_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 2 \
-      --policy compiler --mode lenient --backend cuda --out "$OUT/kb2_lenient" $(resume kb2_lenient) ${KB_EXTRA:-} ;;
-    kb2_lenient_search) step kb2_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
-      --levels 2 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
-      --jobs "${KB_JOBS:-8}" --out "$OUT/kb2_lenient_search" $(resume kb2_lenient_search) $(losers) ${KB_EXTRA:-} ;;
-    kb1_lenient_search) step kb1_lenient_search "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
-      --levels 1 --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" --budget-s "${KB_SEARCH_S:-20}" \
-      --jobs "${KB_JOBS:-8}" --out "$OUT/kb1_lenient_search" $(resume kb1_lenient_search) $(losers) ${KB_EXTRA:-} ;;
-    kb1_lenient) step kb1_lenient "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels 1 \
-      --policy compiler --mode lenient --backend cuda --out "$OUT/kb1_lenient" $(resume kb1_lenient) ${KB_EXTRA:-} ;;
+    kb2_strict|kb2_lenient|kb1_lenient)  # the compiler alone: kbN_MODE is level N in MODE
+      lv=${s:2:1}; mode=${s#kb?_}
+      step "$s" "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels "$lv" \
+        --policy compiler --mode "$mode" --backend cuda --out "$OUT/$s" $(resume "$s") ${KB_EXTRA:-} ;;
+    kb2_lenient_search|kb1_lenient_search)  # the search around the compiler on level N, lenient
+      lv=${s:2:1}
+      step "$s" "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
+        --levels "$lv" --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" \
+        --budget-s "${KB_SEARCH_S:-20}" --jobs "${KB_JOBS:-8}" --out "$OUT/$s" $(resume "$s") $(losers) ${KB_EXTRA:-} ;;
     suite1|suite2)  # issue 18's target: `kernelgym run --suite <KernelBench level N>` with its defaults
       # (KB_RESUME: a carried folder holding STEP/ from a call cut short, run.json and verdicts.jsonl)
       lv=${s#suite}; args=(--out "$OUT/$s")
