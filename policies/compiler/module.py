@@ -73,13 +73,19 @@ def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _apply_config(kernels: list[Kernel], config: dict[str, Any]) -> None:
+def _kernel_config(config: Mapping[str, Any], i: int, name: str) -> dict[str, Any]:
+    """What `config` sets for kernel `i` (counting kernels only) named `name`: the top-level keys,
+    then its per-kernel entries by index and by name."""
     per = config.get("kernels", {})
+    over = {key: v for key, v in config.items() if key != "kernels"}
+    over.update(per.get(str(i), {}))
+    over.update(per.get(name, {}))
+    return over
+
+
+def _apply_config(kernels: list[Kernel], config: dict[str, Any]) -> None:
     for i, k in enumerate(kernels):
-        over = {key: v for key, v in config.items() if key != "kernels"}
-        over.update(per.get(str(i), {}))
-        over.update(per.get(k.name, {}))
-        for key, v in over.items():
+        for key, v in _kernel_config(config, i, k.name).items():
             if key in k.blocks:
                 if k.kind in ("matmul", "conv") and key != "SPLIT_K" and v < 16:
                     raise CompileError(f"{k.name}: {key}={v}; tl.dot needs blocks of at least 16")
@@ -101,9 +107,11 @@ def _kernel_name(prog: Program, gi: int, nodes: Sequence[int]) -> str:
 
 
 def build_kernels(prog: Program, groups: list[list[int]], stored: list[list[int]],
-                  torch_ops: frozenset[str], extern: frozenset[int] = frozenset()) -> list[Kernel | int]:
+                  torch_ops: frozenset[str], extern: frozenset[int] = frozenset(),
+                  config: Mapping[str, Any] | None = None) -> list[Kernel | int]:
     """A Kernel per group, or the node index of a group left to torch (lenient fallback, or an
-    extern anchor: a vendor call)."""
+    extern anchor: a vendor call). `config` (checked) decides what a row kernel's code is: a
+    softmax or norm whose row fits its BLOCK_R is written without a chunk loop (`rows.row_kernel`)."""
     out: list[Kernel | int] = []
     for gi, (nodes, st) in enumerate(zip(groups, stored)):
         ops = [prog.graph.nodes[i].op for i in nodes]
@@ -123,7 +131,12 @@ def build_kernels(prog: Program, groups: list[list[int]], stored: list[list[int]
                        "recurrent": recurrent_kernel}.get(ka)
             if builder is None:
                 raise CompileError(f"node {a}: no Triton lowering for {prog.graph.nodes[a].op!r}")
-            k = builder(prog, nodes, st, a, name)
+            if ka == "row":
+                n_kernels = sum(isinstance(x, Kernel) for x in out)
+                k = row_kernel(prog, nodes, st, a, name,
+                               _kernel_config(config or {}, n_kernels, name).get("BLOCK_R"))
+            else:
+                k = builder(prog, nodes, st, a, name)
         k.comment = _describe(prog, nodes)
         out.append(k)
     return out
@@ -181,7 +194,7 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
     """The whole action module for `groups` (already validated and in launch order); nodes in
     `extern` are vendor calls (`policies.compiler.extern`). tl.dot kernels whose shared memory
     estimate exceeds `smem_budget` bytes get fewer stages, then smaller tiles (None: no check)."""
-    items = build_kernels(prog, groups, stored, torch_ops, extern)
+    items = build_kernels(prog, groups, stored, torch_ops, extern, config)
     anchors = sorted(j for j in extern if kind(prog.graph.nodes[j].op) in ("conv", "matmul"))
     kernels = [k for k in items if isinstance(k, Kernel)]
     _apply_config(kernels, config)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.compiler.codegen import KernelWriter
-from policies.compiler.coords import ZERO, Coords, Expr, paren
+from policies.compiler.coords import NEG_INF, ZERO, Coords, Expr, paren
 from policies.compiler.ir import (
     GLOBAL_POOLS,
     NORMALIZE,
@@ -51,6 +51,13 @@ ROW_CHUNK_MAX = 4096
 ROW_SPLIT_PROGRAMS = 1024
 ROW_SPLIT_CHUNKS = 4
 SPLIT_FOLDS = frozenset({"sum", "mean", "norm", *GLOBAL_POOLS})
+# A softmax or norm over contiguous rows of up to ROW_STASH_MAX elements takes a row in one chunk
+# and keeps it in registers between its statistics and its output (`_stash_row`): the chunked
+# form reads the row twice and recomputes what is fused before the op (a batch norm, tanh and
+# max pool before KernelBench level 2's group norm 11) in both passes. Such a tile of
+# STASH_WIDE elements or more gets 16 warps (16 of them a thread for 8192).
+ROW_STASH_MAX = 16384
+STASH_WIDE = 8192
 
 
 @dataclass
@@ -121,7 +128,11 @@ def _chan(g: Expr, cg_coord: Expr, cg: int) -> str:
     return f"{paren(g)} * {cg} + {paren(cg_coord)}"
 
 
-def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
+def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str,
+               block_r: int | None = None) -> Kernel:
+    """The row kernel of `anchor` (a reduction, softmax, norm or scan) with the pointwise `nodes`
+    around it. `block_r`: the chunk a launch config asks for (None: `_row_blocks`'); a softmax or
+    norm whose row fits one chunk keeps the row in registers (`_stash_row`) and has no BLOCK_R."""
     node = prog.graph.nodes[anchor]
     op, p = node.op, node.params
     x_ref = node.args[0]
@@ -132,11 +143,13 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
     # A normalising row's tail reduction over the same rows (`ir.TAIL_REDUCE`), if the group has one.
     tail = next((j for j in nodes if j != anchor and kind(prog.graph.nodes[j].op) != "pointwise"), None)
     tail_op = prog.graph.nodes[tail].op if tail is not None else ""
-    block_m, block_r, split = _row_blocks(plan, m, r, op in SPLIT_FOLDS)
+    block_m, default_r, split = _row_blocks(plan, m, r, op in SPLIT_FOLDS, op in NORMALIZE)
+    block_r = block_r or default_r
+    stash = op in NORMALIZE and split == 1 and block_r >= r
     reserve(w, "pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
             "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
             "xz", "chunk_max", "tail", "pid_r", "r_lo", "done", "total", "ws_ptr", "cnt_ptr", "r_out", "r_in",
-            "mask_in", "best", "best_i", "chunk_best", "chunk_i", "take")
+            "mask_in", "best", "best_i", "chunk_best", "chunk_i", "take", "ex")
     w.emit("pid = tl.program_id(0)")
     if split > 1:
         w.emit("pid_r = tl.program_id(1)")
@@ -174,14 +187,16 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         w.emit(f"r_lo = pid_r * {span}")
         loop = f"for r0 in range(r_lo, r_lo + {span}, BLOCK_R):"
     f32 = "dtype=tl.float32"
-    with w.tile(["m", "r"], "mask", ["BLOCK_M", "BLOCK_R"]):
-        if op in REDUCE or op in NORMALIZE:
+    with w.tile(["m", "r"], "mask", ["BLOCK_M", str(block_r) if stash else "BLOCK_R"]):
+        if stash:
+            _stash_row(w, op, p, anchor, block_r, r, coords_at, x_ref, plan, kept2, stored, tail, f32)
+        elif op in REDUCE:
             stats = row_stats(w, op, p, loop, x_coords, x_ref, r, f32)
-        if op in NORMALIZE:
-            norm_prelude(w, op, p, r)
-        if op in REDUCE and split == 1:
-            res = reduce_result(w, op, p, stats, r)
+            if split == 1:
+                res = reduce_result(w, op, p, stats, r)
         elif op in NORMALIZE:
+            stats = row_stats(w, op, p, loop, x_coords, x_ref, r, f32)
+            norm_prelude(w, op, p, r)
             if tail is not None:
                 w.emit(fold_init(tail_op, "tail", f32))
             with w.block(loop):
@@ -195,7 +210,7 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                         w.store(j, c)
                 if tail is not None:
                     w.emit(fold_step(tail_op, "tail", w.value(prog.graph.nodes[tail].args[0], c, "mask")))
-        elif op not in REDUCE:
+        else:
             row_scan(w, op, p, loop, chunk_lanes, coords_at, x_ref, anchor, stored, f32, r)
     if op in REDUCE or tail is not None:
         j = anchor if op in REDUCE else tail
@@ -216,9 +231,12 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                 w.provided[(tail, oc.key)] = reduce_result(w, tail_op, {}, {"acc": "tail"}, r)
                 w.store(tail, oc)
     warps = 8 if block_m * block_r >= 4096 and split == 1 else 4
+    if stash and block_m * block_r >= STASH_WIDE:
+        warps = 16
     if plan.contiguous_rows and block_r <= SHORT_ROW:
         warps = 1
-    blocks = {"BLOCK_M": block_m, "BLOCK_R": block_r} | ({"SPLIT_R": split} if split > 1 else {})
+    blocks = ({"BLOCK_M": block_m} | ({} if stash else {"BLOCK_R": block_r})
+              | ({"SPLIT_R": split} if split > 1 else {}))
     axis = ', meta["SPLIT_R"]' if split > 1 else ","  # a tuple either way
     scratch = {f"{name}_ws": f"torch.zeros(({m},), device={{dev}}, dtype=torch.float32)",
                f"{name}_cnt": f"torch.zeros(({m},), device={{dev}}, dtype=torch.int32)"} if split > 1 else {}
@@ -227,14 +245,56 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                   scratch=scratch)
 
 
-def _row_blocks(plan: RowPlan, m: int, r: int, splittable: bool) -> tuple[int, int, int]:
-    """Default (BLOCK_M, BLOCK_R, SPLIT_R) of a row kernel over m rows of r elements."""
+def _stash_row(w: KernelWriter, op: str, p: dict[str, Any], anchor: int, width: int, r: int,
+               coords_at: Callable[[str], Coords], x_ref: Any, plan: RowPlan, kept2: list[Expr],
+               stored: Sequence[int], tail: int | None, f32: str) -> None:
+    """A softmax or norm over rows that fit one tile of `width` lanes: each row is read (and what
+    is fused before the op computed) once, its statistics are reductions of those registers and
+    its output is computed from them, where the chunked form reads and recomputes it twice."""
+    w.emit(f"rr = tl.arange(0, {width})")
+    w.emit(f"mask = row_mask[:, None] & (rr[None, :] < {r})")
+    c = coords_at("rr")
+    xv = w.value(x_ref, c, "mask")
+    if op in ("softmax", "log_softmax"):
+        w.emit(f"xm = tl.where(mask, {xv}, {NEG_INF})")
+        w.emit("run_max = tl.max(xm, axis=1)")
+        w.emit("# a row with no finite value keeps an offset of 0 (no inf - inf)")
+        w.emit(f"safe_max = tl.where(run_max == {NEG_INF}, 0.0, run_max)")
+        w.emit("ex = tl.exp(xm - safe_max[:, None])")
+        w.emit("run_sum = tl.sum(ex, axis=1)")
+        y = "ex / run_sum[:, None]" if op == "softmax" else f"{xv} - (safe_max + tl.log(run_sum))[:, None]"
+    else:
+        if op == "rms_norm":
+            w.emit(f"acc = tl.sum(tl.where(mask, {xv} * {xv}, 0.0), axis=1)")
+        else:   # mean, then the squared deviations from it: exact, and the row is at hand
+            w.emit(f"mean = tl.sum(tl.where(mask, {xv}, 0.0), axis=1) / {r}")
+            w.emit(f"dev = tl.where(mask, {xv} - mean[:, None], 0.0)")
+            w.emit("m2 = tl.sum(dev * dev, axis=1)")
+        norm_prelude(w, op, p, r)
+        y = normalize(w, op, p, anchor, {}, xv, plan.weight_coords, kept2, c)
+    y = w.assign("y", y)
+    w.provided[(anchor, c.key)] = y
+    for j in stored:
+        if j != tail:
+            w.store(j, c)
+    if tail is not None:
+        tail_op = w.prog.graph.nodes[tail].op
+        w.emit(fold_init(tail_op, "tail", f32))
+        w.emit(fold_step(tail_op, "tail", w.value(w.prog.graph.nodes[tail].args[0], c, "mask")))
+
+
+def _row_blocks(plan: RowPlan, m: int, r: int, splittable: bool, stashable: bool = False) -> tuple[int, int, int]:
+    """Default (BLOCK_M, BLOCK_R, SPLIT_R) of a row kernel over m rows of r elements; `stashable`
+    (a softmax or norm): a contiguous row of up to `ROW_STASH_MAX` is one chunk."""
     if plan.contiguous_rows:
         # Chunks of up to 4096: in H200 search runs a layer_norm over rows of 8192 ran 1.24x /
         # 1.34x eager with 1024 / 2048 a chunk; with its amax as a tail, 2.40x with 2048 and 2.64x
         # with 4096, and a logsumexp over rows of 8192 6.46x / 7.28x (session 6, run 9).
-        # Short rows: tiles of 512 elements (below, one warp each).
+        # Short rows: tiles of 512 elements (below, one warp each). A softmax or norm takes a row
+        # of up to ROW_STASH_MAX whole (`_stash_row`).
         block_r = clamp_pow2(r, 1, ROW_CHUNK_MAX)
+        if stashable and next_pow2(r) <= ROW_STASH_MAX:
+            block_r = next_pow2(r)
         block_m = clamp_pow2(m, 1, max(1, (SHORT_ROW_TILE if block_r <= SHORT_ROW else 1024) // block_r))
         split = split_rows(-(-m // block_m), r, block_r) if splittable else 1
         return block_m, block_r, split

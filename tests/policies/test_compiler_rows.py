@@ -28,14 +28,75 @@ def test_non_innermost_reduction_tiles_follow_the_contiguous_run():
     ((2048, 8192), 2, {"BLOCK_M": 16, "BLOCK_R": 128}),    # 32 a tile would launch only 256 programs
     ((4, 100, 3), 2, {"BLOCK_M": 16, "BLOCK_R": 128}),     # a short reduced axis: rows fill the tile
     ((8, 4096), 1, {"BLOCK_M": 1, "BLOCK_R": 4096}),       # contiguous rows: chunks of up to 4096
-    ((8, 8192), 1, {"BLOCK_M": 1, "BLOCK_R": 4096}),
+    ((8, 32768), 1, {"BLOCK_M": 1, "BLOCK_R": 4096}),
     ((1000, 97), 1, {"BLOCK_M": 4, "BLOCK_R": 128}),       # short rows: tiles of 512 elements
     ((1000, 16), 1, {"BLOCK_M": 32, "BLOCK_R": 16}),
     ((64, 300), 1, {"BLOCK_M": 2, "BLOCK_R": 512}),        # short contiguous rows share a tile
 ])
 def test_row_tile_rule(shape, dim, blocks):
-    src = expr_task(f"torch.softmax(x, dim={-dim})", shape)
+    src = expr_task(f"torch.logsumexp(x, dim={-dim})", shape)
     assert launch_blocks(compiler.CompilerPolicy().compile(src)) == blocks
+
+
+@pytest.mark.parametrize("expr,shape,width,warps", [
+    ("torch.softmax(x, dim=-1)", (8, 8192), 8192, 16),          # a contiguous row of up to 16384: whole
+    ("F.layer_norm(x, (4624,))", (8, 4624), 8192, 16),
+    ("torch.log_softmax(x, dim=-1)", (64, 300), 512, 4),        # short rows: BLOCK_M rows a tile
+    ("torch.softmax(x, dim=1)", (4, 100, 64), 128, 4),          # a non-innermost axis within one chunk
+])
+def test_a_norm_whose_row_fits_one_tile_reads_it_once(expr, shape, width, warps):
+    """A softmax or norm whose whole row fits one tile keeps it in registers: no chunk loop, no
+    BLOCK_R for a launch config or the search to shrink below the row, one load of x."""
+    src = compiler.CompilerPolicy().compile(expr_task(expr, shape))
+    assert "for r0" not in src and "BLOCK_R" not in src, src
+    assert f"rr = tl.arange(0, {width})" in src and f"num_warps={warps}" in src
+    assert src.count("tl.load(x0_ptr") == 1
+
+
+def test_a_row_longer_than_the_stash_or_a_smaller_block_r_is_chunked():
+    from policies.compiler.rows import ROW_STASH_MAX
+
+    long = compiler.CompilerPolicy().compile(expr_task("torch.softmax(x, dim=-1)", (2, 2 * ROW_STASH_MAX)))
+    assert "for r0 in range(0, 32768, BLOCK_R)" in long and launch_blocks(long)["BLOCK_R"] == 4096
+    task = expr_task("torch.softmax(x, dim=-1)", (8, 8192))
+    small = compiler.CompilerPolicy().compile(task, config={"BLOCK_R": 1024})
+    assert small.count("for r0 in range(0, 8192, BLOCK_R)") == 2 and launch_blocks(small)["BLOCK_R"] == 1024
+    per_kernel = compiler.CompilerPolicy().compile(task, config={"kernels": {"0": {"BLOCK_R": 2048}}})
+    assert launch_blocks(per_kernel)["BLOCK_R"] == 2048
+    assert "for r0" not in compiler.CompilerPolicy().compile(task, config={"BLOCK_R": 8192})
+
+
+# Rows kept in registers against the chunked form (BLOCK_R 16), with what is fused before the
+# norm: KernelBench level 2's batch norm -> tanh -> max pool -> group norm (11), a max pool before
+# a channel softmax (89), a GELU before a softmax (99), and a norm with a tail reduction.
+STASHED = {
+    "bn_tanh_pool_group_norm": ("self.gn(F.max_pool2d(torch.tanh(self.bn(x)), 2))", "2, 8, 6, 6",
+                                "self.bn = nn.BatchNorm2d(8).eval(); self.gn = nn.GroupNorm(2, 8)"),
+    "pool_channel_softmax": ("torch.softmax(F.max_pool2d(x, 2), dim=1) - 0.5", "2, 20, 4, 4", "pass"),
+    "gelu_softmax": ("torch.softmax(F.gelu(x), dim=1)", "3, 50", "pass"),
+    "gelu_log_softmax": ("torch.log_softmax(F.gelu(x), dim=-1)", "3, 50", "pass"),
+    "rms_norm_relu": ("torch.relu(F.rms_norm(x * 2.0, (20,)))", "3, 20", "pass"),
+    "instance_norm_sum": ("torch.sum(F.instance_norm(torch.sigmoid(x)), dim=(2, 3))", "2, 3, 5, 5", "pass"),
+    "layer_norm_amax": ("torch.amax(self.ln(x), dim=-1)", "6, 40", "self.ln = nn.LayerNorm(40)"),
+}
+
+
+def test_rows_kept_in_registers_match_the_chunked_form(evaluator):
+    from kernelgym.task import Task
+
+    pairs = []
+    policy = compiler.CompilerPolicy()
+    for name, (expr, shape, init) in sorted(STASHED.items()):
+        task = Task.from_source(module_task(expr, "x", f"torch.randn({shape})", init))
+        src = policy.compile(task)
+        assert "BLOCK_R" not in src, (name, src)
+        chunked = policy.compile(task, config={"BLOCK_R": 16})
+        assert "for r0" in chunked, name
+        pairs += [(task, src), (task, chunked)]
+    verdicts = evaluator.evaluate_batch(pairs, backend="interpret", seed=5)
+    bad = [(p[0].source.split("return ")[1].split("\n")[0], v.status, v.error[:300])
+           for p, v in zip(pairs, verdicts) if v.status != "ok"]
+    assert not bad, bad
 
 
 def test_short_contiguous_rows_take_one_warp_a_tile():
