@@ -313,7 +313,8 @@ class KernelWriter(ViewValues, PoolValues):
         mask = mask or self.tiles[-1].mask
         kind, j = ref
         if kind != "node" or j not in self.group:
-            return self.load(ref, c, mask, index=self.prog.is_index(ref))
+            v = self.load(ref, c, mask, index=self.prog.is_index(ref))
+            return self._late_bias(j, c, mask, v) if kind == "node" and j in self.prog.late_bias else v
         hit = self.provided.get((j, c.key))
         if hit is not None:
             return hit if hit.isidentifier() else paren(hit)
@@ -325,6 +326,20 @@ class KernelWriter(ViewValues, PoolValues):
             return hit
         expr = self._node_expr(j, c, mask)
         var = self.assign(f"v{j}", expr)
+        self.cache[key] = (var, self.stack[-1])
+        return var
+
+    def _late_bias(self, j: int, c: Coords, mask: str, v: str) -> str:
+        """Extern convolution `j`'s value `v` (loaded at `c`) plus its bias, which the vendor call
+        left out (`extern.late_bias`). Loaded under the same mask, so a masked-off lane (a dot
+        operand's padding) stays 0."""
+        key = ("late_bias", j, c.key, mask)
+        hit = self._cached(key)
+        if hit:
+            return hit
+        ch = Coords((self.prog.shape(("node", j))[1],), [c.dims[1]], ("ch", c.key))
+        b = self.load(self.weight_ref(j, "bias"), ch, mask, name=f"n{j}_b")
+        var = self.assign(f"v{j}_b", f"{v} + {b}")
         self.cache[key] = (var, self.stack[-1])
         return var
 

@@ -51,7 +51,8 @@ def vendor_call(prog: Program, j: int) -> str | None:
             params["groups"] = conv_groups(params, prog.shape(node.args[0])[1])
         # "kernel" is the weight's shape and "bias" whether it has one: neither is a keyword
         kw = "".join(f", {k}={_py(params[k])}" for k in sorted(params) if k not in ("kernel", "bias"))
-        return f"{CONV_FNS[node.op]}({args[0]}, {w['weight']}, {w.get('bias', 'None')}{kw})"
+        bias = "None" if j in prog.late_bias else w.get("bias", "None")
+        return f"{CONV_FNS[node.op]}({args[0]}, {w['weight']}, {bias}{kw})"
     if node.op in MATMUL_FNS and not params:
         if node.op == "linear":
             if "weight" not in w or len(args) != 1:
@@ -138,6 +139,26 @@ def extern_choices(prog: Program, limit: int = 6) -> list[frozenset[int]]:
     return out[:max(limit, 1)]
 
 
+def late_bias(prog: Program, extern: Iterable[int]) -> frozenset[int]:
+    """The extern convolutions of `extern` whose bias the Triton kernels reading them add: those
+    with a bias, not an output of the graph, read only by Triton kernels that read through
+    `KernelWriter.value` (not a vendor call, not the recurrent template). torch adds a
+    convolution's bias in a kernel of its own after cuDNN's, a whole pass over the output (on
+    KernelBench level 2's ConvTranspose2d + Subtract + Tanh, a 2.1 GiB output: about 1.4 ms of
+    the candidate's 7.4 ms, against torch.compile's 3.5 ms); added where the output is read
+    anyway, it costs a load of C floats."""
+    ext = frozenset(extern)
+    out = set()
+    for j in ext:
+        node = prog.graph.nodes[j]
+        if node.op not in CONV_FNS or "bias" not in prog.weights.get(j, {}) or j in prog.outputs:
+            continue
+        readers = prog.consumers[j]
+        if readers and all(c not in ext and kind(prog.graph.nodes[c].op) != "recurrent" for c in readers):
+            out.add(j)
+    return frozenset(out)
+
+
 def extern_line(prog: Program, j: int) -> str:
     """The forward line computing extern anchor `j` (or the view an extern product reads,
     `absorbed_views`)."""
@@ -148,4 +169,5 @@ def extern_line(prog: Program, j: int) -> str:
     call = vendor_call(prog, j)
     if call is None:
         raise CompileError(f"node {j} ({prog.graph.nodes[j].op}) has no vendor call")
-    return f"v{j} = {call}  # {prog.graph.nodes[j].op}: extern anchor (vendor call)"
+    late = "; its bias is added by the kernels reading it" if j in prog.late_bias else ""
+    return f"v{j} = {call}  # {prog.graph.nodes[j].op}: extern anchor (vendor call){late}"

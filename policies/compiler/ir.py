@@ -123,6 +123,9 @@ class Program:
     state: list[StateEntry] = field(default_factory=list)
     init_params: str = ""
     name: str = ""
+    # extern convolutions run without their bias: every Triton kernel that reads one adds it
+    # (`extern.late_bias`)
+    late_bias: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         g = self.graph

@@ -3,13 +3,14 @@ constructor signature and state-dict names, output allocation and the launches i
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kernelgym.ops import get_op
 from policies.compiler.codegen import state_expr
-from policies.compiler.extern import extern_line
+from policies.compiler.extern import extern_line, late_bias
 from policies.compiler.formulas import HELPER_ORDER, HELPERS
 from policies.compiler.ir import CompileError, Program, StateEntry, kind, numel
 from policies.compiler.kernels import (
@@ -194,6 +195,9 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
     """The whole action module for `groups` (already validated and in launch order); nodes in
     `extern` are vendor calls (`policies.compiler.extern`). tl.dot kernels whose shared memory
     estimate exceeds `smem_budget` bytes get fewer stages, then smaller tiles (None: no check)."""
+    late = late_bias(prog, extern)
+    if late:
+        prog = dataclasses.replace(prog, late_bias=late)
     items = build_kernels(prog, groups, stored, torch_ops, extern, config)
     anchors = sorted(j for j in extern if kind(prog.graph.nodes[j].op) in ("conv", "matmul"))
     kernels = [k for k in items if isinstance(k, Kernel)]

@@ -297,3 +297,63 @@ def test_propose_offers_the_other_extern_set_after_the_partitions():
     vendor = [bool(_vendor_calls(s)) for s in got]
     assert vendor[:n_parts] == [True] * n_parts and vendor[n_parts] is False, vendor
     assert len(set(got)) == len(got)
+
+
+def _conv_task(forward: str, init: str, shape: str = "2, 3, 9, 9") -> Task:
+    return Task.from_source(HEAD + f'''
+    def __init__(self):
+        super().__init__()
+        {init}
+
+    def forward(self, x):
+        return {forward}
+
+
+def get_inputs():
+    return [torch.randn({shape})]
+
+
+def get_init_inputs():
+    return []
+''')
+
+
+# An extern convolution read by Triton kernels of every template: a pointwise chain, a padded
+# max pool (masked taps -inf), a norm kept in registers, a Triton convolution's padded operand
+# (masked lanes must stay 0), a transposed one, and a 1-D one read twice.
+LATE_BIAS = {
+    "pointwise": ("torch.relu(self.conv(x)) * 2.0", "self.conv = nn.Conv2d(3, 4, 3)"),
+    "padded_max_pool": ("F.max_pool2d(self.conv(x), 3, stride=2, padding=1)", "self.conv = nn.Conv2d(3, 4, 3)"),
+    "group_norm": ("self.gn(self.conv(x))", "self.conv = nn.Conv2d(3, 4, 3); self.gn = nn.GroupNorm(2, 4)"),
+    "triton_conv_operand": ("self.c2(torch.relu(self.conv(x)))",
+                            "self.conv = nn.Conv2d(3, 4, 3); self.c2 = nn.Conv2d(4, 5, 3, padding=1)"),
+    "conv_transpose": ("torch.tanh(self.conv(x) - 0.5)", "self.conv = nn.ConvTranspose2d(3, 4, 3, stride=2)"),
+    "read_twice": ("torch.sigmoid(y := self.conv(x)) * y", "self.conv = nn.Conv2d(3, 4, 3)"),
+}
+
+
+def test_an_extern_convolutions_bias_is_added_by_the_kernels_reading_it(evaluator):
+    """cuDNN's call leaves the bias out and the fused kernel after it adds it (torch adds it in a
+    pass of its own over the output); correct for every template that reads the output."""
+    pairs = []
+    for name, (forward, init) in sorted(LATE_BIAS.items()):
+        task = _conv_task(forward, init)
+        src = CompilerPolicy("lenient").compile(task, extern=[0])
+        fwd = src[src.index("def forward"):]
+        assert "self.conv.weight, None" in fwd and "its bias is added by the kernels reading it" in fwd, (name, src)
+        assert "v0_b = v0 + n0_b" in src, (name, src)
+        pairs.append((task, src))
+    verdicts = evaluator.evaluate_batch(pairs, backend="interpret", mode="lenient", seed=8)
+    bad = [(name, v.status, v.error[:300]) for name, v in zip(sorted(LATE_BIAS), verdicts) if v.status != "ok"]
+    assert not bad, bad
+
+
+def test_a_convolution_output_or_one_read_by_a_vendor_call_keeps_its_bias():
+    returned = _conv_task("(y := self.conv(x), torch.relu(y))", "self.conv = nn.Conv2d(3, 4, 3)")
+    src = CompilerPolicy("lenient").compile(returned, extern=[0])
+    assert "self.conv.weight, self.conv.bias" in src and "n0_b" not in src
+    chained = _conv_task("torch.relu(self.c2(self.conv(x)))",
+                         "self.conv = nn.Conv2d(3, 4, 3); self.c2 = nn.Conv2d(4, 5, 3)")
+    src = CompilerPolicy("lenient").compile(chained)
+    assert "self.conv.weight, self.conv.bias" in src     # read by the second vendor call
+    assert "self.c2.weight, None" in src                  # read by the relu kernel only
