@@ -193,7 +193,8 @@ class Progress:
     """One JSON line per judged problem in OUT/kernelbench.progress.jsonl, written as verdicts
     arrive: what a GPU call cut short by its time limit still measured. Each line holds the
     problem's whole row and candidate source, so `--resume` continues such a run in a later call
-    and judges only what is missing."""
+    and judges only what is missing (and, for a policy that does not search, a row whose
+    candidate is not the one proposed now: `stale_rows`)."""
 
     def __init__(self, path: Path, resume: bool = False):
         self.path = path
@@ -226,6 +227,15 @@ class Progress:
     def judged(self, level: int, mode: str) -> dict[str, dict[str, Any]]:
         """Problem file name -> its line, for what an earlier run of this level and mode judged."""
         return {name: line for (lv, m, name), line in self.done.items() if lv == level and m == mode}
+
+
+def stale_rows(earlier: dict[str, dict[str, Any]], tasks: Sequence[Any],
+               proposed: Sequence[dict[str, Any]]) -> set[str]:
+    """The resumed rows (problem file name -> progress line) whose candidate is not the one the
+    policy proposes now (`proposed[i]` for `tasks[i]`): judged at another commit of the compiler,
+    they are judged again rather than reported for code that is no longer what it writes."""
+    now = {f"{t.id}.py": p.get("source") for t, p in zip(tasks, proposed)}
+    return {name for name, line in earlier.items() if name in now and line.get("source") != now[name]}
 
 
 def compiler_winners(path: Path, level: int, mode: str, versus: str = "both") -> dict[str, dict[str, Any]]:
@@ -641,9 +651,18 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
                     props, verdicts = search_level(todo, policy, ev, backend, mode, args, jobs, traces, record)
                 else:
                     # every problem is proposed again: a lenient candidate differs from the strict one
-                    # when it has extern anchors, and only an identical one reuses the strict verdict
+                    # when it has extern anchors, and only an identical one reuses the strict verdict;
+                    # an earlier row (--resume) is kept only for the very candidate proposed now
+                    proposed = in_children([_propose_job(t, make(mode)) for t in tasks], args.task_timeout, jobs)
+                    stale = stale_rows(earlier, tasks, proposed)
+                    if stale:
+                        print(f"level {lv} {mode}: {len(stale)} resumed row(s) judged again, their candidate "
+                              f"changed: {', '.join(sorted(stale))}", file=sys.stderr, flush=True)
+                    for name in stale:
+                        del earlier[name]
+                        sources.pop((lv, name, mode), None)
                     todo = [t for t in tasks if f"{t.id}.py" not in earlier]
-                    props = in_children([_propose_job(t, make(mode)) for t in todo], args.task_timeout, jobs)
+                    props = [p for t, p in zip(tasks, proposed) if f"{t.id}.py" not in earlier]
                     reuse = {f"{t.id}.py" for t, p in zip(todo, props) if f"{t.id}.py" in done
                              and same_candidate(p.get("source"), sources.get((lv, f"{t.id}.py", "strict")))}
                     by_task = {id(t): p for t, p in zip(todo, props)}

@@ -463,6 +463,17 @@ def test_kernelbench_resume_keeps_what_a_cut_run_judged(tmp_path, capsys):
     assert rows["2_Item_scale.py"]["status"] == "no_candidate"
     assert report["levels"]["1"]["strict"]["ok"] == 2
     assert [json.loads(x)["problem"] for x in path.read_text().splitlines()] == ["1_Relu.py", "3_Relu_again.py"]
+    # a row judged for another candidate (the compiler changed since) is judged again
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    for x in lines:
+        x["row"]["candidate_ms"] = 12345.0
+    lines[1]["source"] += "# written by an older compiler\n"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert kbm.main([*argv, "--resume"]) == 0
+    assert "1 resumed row(s) judged again, their candidate changed: 3_Relu_again.py" in capsys.readouterr().err
+    rows = {r["problem"]: r for r in json.loads((out / "kernelbench.json").read_text())["rows"]}
+    assert rows["1_Relu.py"]["candidate_ms"] == 12345.0
+    assert rows["3_Relu_again.py"]["status"] == "ok" and rows["3_Relu_again.py"]["candidate_ms"] != 12345.0
 
 
 def test_kernelbench_search_losers_searches_only_what_the_compiler_did_not_win(tmp_path, capsys):
