@@ -539,3 +539,45 @@ def test_registers_reports_spills_of_each_launch(tmp_path, capsys, monkeypatch):
     assert [name for name, _ in out["failed"]] == ["2_Bad"]
     text = capsys.readouterr().out
     assert "1 launches compiled for sm_90" in text and "not measured: 2_Bad" in text
+
+
+KB_CONVS = '''
+import torch
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+        self.up = nn.ConvTranspose2d(6, 3, 2, stride=2, bias=False)
+
+    def forward(self, x):
+        return self.up(torch.relu(self.conv(x)))
+
+
+def get_inputs():
+    return [torch.randn(2, 4, 5, 5)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_conv_layout_reads_each_convolution_of_a_problem(tmp_path, capsys, monkeypatch):
+    """conv_layout's calls: every convolution's op, input and weight shapes and call keywords, from
+    the traced program (what it then times in NCHW and channels-last on a GPU)."""
+    cl = load("conv_layout")
+    path = tmp_path / "1_Conv_ConvT.py"
+    path.write_text(KB_CONVS)
+    calls = cl.conv_calls(str(path))
+    assert [(c["op"], c["x"], c["w"], c["bias"]) for c in calls] == [
+        ("conv2d", (2, 4, 5, 5), (6, 2, 3, 3), True), ("conv_transpose2d", (2, 6, 5, 5), (6, 3, 2, 2), False)]
+    assert calls[0]["kw"]["groups"] == 2 and calls[0]["kw"]["padding"] == (1, 1)
+    assert calls[1]["kw"]["stride"] == (2, 2)
+    import torch
+
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", ["conv_layout", str(tmp_path)])
+        assert cl.main() == 2 and "needs a CUDA GPU" in capsys.readouterr().err
