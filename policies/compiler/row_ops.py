@@ -70,8 +70,9 @@ def row_stats(w: KernelWriter, op: str, p: dict[str, Any], loop: str, x_coords: 
         w.emit(f"m2 = tl.zeros([BLOCK_M], {f32})")
         with w.block(loop):
             xv = w.value(x_ref, x_coords(), "mask")
-            # the chunk's element count: the same for every row (a scalar, not one more reduction)
-            w.emit(f"n_c = tl.minimum({r} - r0, BLOCK_R).to(tl.float32)")
+            # the chunk's element count: the same for every row (a scalar, not one more reduction);
+            # none for a chunk past the row's end (a split norm's last span)
+            w.emit(f"n_c = tl.maximum(tl.minimum({r} - r0, BLOCK_R), 0).to(tl.float32)")
             w.emit(f"mean_c = tl.sum(tl.where(mask, {xv}, 0.0), axis=1) / tl.maximum(n_c, 1.0)")
             w.emit(f"dev = tl.where(mask, {xv} - mean_c[:, None], 0.0)")
             w.emit("n_new = cnt + n_c")

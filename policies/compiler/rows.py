@@ -128,28 +128,33 @@ def _chan(g: Expr, cg_coord: Expr, cg: int) -> str:
     return f"{paren(g)} * {cg} + {paren(cg_coord)}"
 
 
-def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str,
-               block_r: int | None = None) -> Kernel:
-    """The row kernel of `anchor` (a reduction, softmax, norm or scan) with the pointwise `nodes`
-    around it. `block_r`: the chunk a launch config asks for (None: `_row_blocks`'); a softmax or
-    norm whose row fits one chunk keeps the row in registers (`_stash_row`) and has no BLOCK_R."""
-    node = prog.graph.nodes[anchor]
-    op, p = node.op, node.params
-    x_ref = node.args[0]
-    x_shape = prog.shape(x_ref)
-    plan = row_plan(prog, anchor)
-    m, r = numel(plan.kept), numel(plan.red)
-    w = KernelWriter(prog, set(nodes), anchor)
-    # A normalising row's tail reduction over the same rows (`ir.TAIL_REDUCE`), if the group has one.
-    tail = next((j for j in nodes if j != anchor and kind(prog.graph.nodes[j].op) != "pointwise"), None)
-    tail_op = prog.graph.nodes[tail].op if tail is not None else ""
-    block_m, default_r, split = _row_blocks(plan, m, r, op in SPLIT_FOLDS, op in NORMALIZE)
-    block_r = block_r or default_r
-    stash = op in NORMALIZE and split == 1 and block_r >= r
-    reserve(w, "pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
-            "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
-            "xz", "chunk_max", "tail", "pid_r", "r_lo", "done", "total", "ws_ptr", "cnt_ptr", "r_out", "r_in",
-            "mask_in", "best", "best_i", "chunk_best", "chunk_i", "take", "ex")
+# The variable names the row template writes itself (`reserve`: no generated value takes them).
+_ROW_NAMES = ("pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "run_sum", "lse", "xm", "new_max",
+              "safe_max", "cnt", "mean", "m2", "n_c", "mean_c", "dev", "n_new", "delta", "frac", "rstd", "carry",
+              "xz", "chunk_max", "tail", "pid_r", "r_lo", "done", "total", "ws_ptr", "cnt_ptr", "r_out", "r_in",
+              "mask_in", "best", "best_i", "chunk_best", "chunk_i", "take", "ex", "sp", "part", "p_cnt", "p_mean",
+              "p_m2", "p_max", "p_sum")
+# What a split norm's first kernel stores per (row, span) for the second to merge (`_merge_partials`).
+_PARTIALS = {"layer_norm": ("cnt", "mean", "m2"), "group_norm": ("cnt", "mean", "m2"),
+             "instance_norm": ("cnt", "mean", "m2"), "rms_norm": ("acc",), "softmax": ("run_max", "run_sum"),
+             "log_softmax": ("run_max", "run_sum")}
+
+
+@dataclass
+class _RowHead:
+    """A row kernel's program header (written by `_row_head`) and its coordinate helpers."""
+
+    kept1: list[Expr]                     # the rows' kept coordinates over [BLOCK_M]
+    kept2: list[Expr]                     # the same in the [BLOCK_M, BLOCK_R] tile
+    chunk_lanes: Callable[[], None]       # rr and mask of the current chunk (inside a chunk loop)
+    coords_at: Callable[[str], Coords]    # input coordinates at reduced positions (a [BLOCK_R] variable)
+    x_coords: Callable[[], Coords]        # chunk_lanes, then the input coordinates at rr
+    loop: str                             # the chunk loop's header: the row, or with SPLIT_R this program's span
+
+
+def _row_head(w: KernelWriter, plan: RowPlan, m: int, r: int, x_shape: Sequence[int], split: int) -> _RowHead:
+    """Write the program ids, rows and row mask of a row kernel over m rows of r elements (with
+    SPLIT_R programs a row tile when `split` > 1, each over its span of whole chunks)."""
     w.emit("pid = tl.program_id(0)")
     if split > 1:
         w.emit("pid_r = tl.program_id(1)")
@@ -160,23 +165,19 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
     kept2 = [tile_view(e, "[:, None]") for e in kept1]
 
     def chunk_lanes() -> None:
-        """The current chunk's reduced positions `rr` and lane mask (call inside a chunk loop)."""
         w.emit("rr = r0 + tl.arange(0, BLOCK_R)")
         w.emit(f"mask = row_mask[:, None] & (rr[None, :] < {r})")
 
     def coords_at(pos: str) -> Coords:
-        """Input coordinates at reduced positions `pos` (a [BLOCK_R] variable: rr, or a scan's
-        reversed or shifted positions)."""
         red1 = w.decompose(pos, plan.red, ar, "q")
         red2 = [tile_view(e, "[None, :]") for e in red1]
         flat = f"rm[:, None] * {r} + {pos}[None, :]" if plan.contiguous_rows else None
         dims = plan.coords(kept2, red2)
-        c = Coords(x_shape, dims, w.new_key(), flat, am | ar if flat else frozenset())
+        c = Coords(tuple(x_shape), dims, w.new_key(), flat, am | ar if flat else frozenset())
         c.red2 = red2  # type: ignore[attr-defined]
         return c
 
     def x_coords() -> Coords:
-        """Input coordinates for the current chunk (call inside a chunk loop)."""
         chunk_lanes()
         return coords_at("rr")
 
@@ -186,16 +187,46 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         span = f"(({r} + SPLIT_R * BLOCK_R - 1) // (SPLIT_R * BLOCK_R)) * BLOCK_R"
         w.emit(f"r_lo = pid_r * {span}")
         loop = f"for r0 in range(r_lo, r_lo + {span}, BLOCK_R):"
+    return _RowHead(kept1, kept2, chunk_lanes, coords_at, x_coords, loop)
+
+
+def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str,
+               block_r: int | None = None) -> Kernel:
+    """The row kernel of `anchor` (a reduction, softmax, norm or scan) with the pointwise `nodes`
+    around it. `block_r`: the chunk a launch config asks for (None: `_row_blocks`'); a softmax or
+    norm whose row fits one chunk keeps the row in registers (`_stash_row`) and has no BLOCK_R;
+    one over few long rows splits them over programs in two kernels (`_partials_kernel`)."""
+    node = prog.graph.nodes[anchor]
+    op, p = node.op, node.params
+    x_ref = node.args[0]
+    x_shape = prog.shape(x_ref)
+    plan = row_plan(prog, anchor)
+    m, r = numel(plan.kept), numel(plan.red)
+    w = KernelWriter(prog, set(nodes), anchor)
+    # A normalising row's tail reduction over the same rows (`ir.TAIL_REDUCE`), if the group has one.
+    tail = next((j for j in nodes if j != anchor and kind(prog.graph.nodes[j].op) != "pointwise"), None)
+    tail_op = prog.graph.nodes[tail].op if tail is not None else ""
+    splittable = op in SPLIT_FOLDS or (op in NORMALIZE and tail is None)
+    block_m, default_r, split = _row_blocks(plan, m, r, splittable, op in NORMALIZE)
+    block_r = block_r or default_r
+    stash = op in NORMALIZE and split == 1 and block_r >= r
+    reserve(w, *_ROW_NAMES)
+    head = _row_head(w, plan, m, r, x_shape, split)
+    kept1, kept2, loop, x_coords = head.kept1, head.kept2, head.loop, head.x_coords
+    am = frozenset({"m"})
     f32 = "dtype=tl.float32"
     with w.tile(["m", "r"], "mask", ["BLOCK_M", str(block_r) if stash else "BLOCK_R"]):
         if stash:
-            _stash_row(w, op, p, anchor, block_r, r, coords_at, x_ref, plan, kept2, stored, tail, f32)
+            _stash_row(w, op, p, anchor, block_r, r, head.coords_at, x_ref, plan, kept2, stored, tail, f32)
         elif op in REDUCE:
             stats = row_stats(w, op, p, loop, x_coords, x_ref, r, f32)
             if split == 1:
                 res = reduce_result(w, op, p, stats, r)
         elif op in NORMALIZE:
-            stats = row_stats(w, op, p, loop, x_coords, x_ref, r, f32)
+            if split > 1:
+                stats = _merge_partials(w, op, name)
+            else:
+                stats = row_stats(w, op, p, loop, x_coords, x_ref, r, f32)
             norm_prelude(w, op, p, r)
             if tail is not None:
                 w.emit(fold_init(tail_op, "tail", f32))
@@ -211,7 +242,7 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
                 if tail is not None:
                     w.emit(fold_step(tail_op, "tail", w.value(prog.graph.nodes[tail].args[0], c, "mask")))
         else:
-            row_scan(w, op, p, loop, chunk_lanes, coords_at, x_ref, anchor, stored, f32, r)
+            row_scan(w, op, p, loop, head.chunk_lanes, head.coords_at, x_ref, anchor, stored, f32, r)
     if op in REDUCE or tail is not None:
         j = anchor if op in REDUCE else tail
         out_shape = tuple(prog.graph.nodes[j].shape)
@@ -235,14 +266,78 @@ def row_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], ancho
         warps = 16
     if plan.contiguous_rows and block_r <= SHORT_ROW:
         warps = 1
+    # the two kernels of a split norm share these dicts: a config's SPLIT_R or block sizes set both
     blocks = ({"BLOCK_M": block_m} | ({} if stash else {"BLOCK_R": block_r})
               | ({"SPLIT_R": split} if split > 1 else {}))
+    options = {"num_warps": warps}
     axis = ', meta["SPLIT_R"]' if split > 1 else ","  # a tuple either way
-    scratch = {f"{name}_ws": f"torch.zeros(({m},), device={{dev}}, dtype=torch.float32)",
-               f"{name}_cnt": f"torch.zeros(({m},), device={{dev}}, dtype=torch.int32)"} if split > 1 else {}
-    return Kernel(name, "row", list(nodes), w.params, blocks, {"num_warps": warps},
-                  f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]){axis})', w.body_lines(), w.stored, w.helpers,
-                  scratch=scratch)
+    grid = f'lambda meta: (triton.cdiv({m}, meta["BLOCK_M"]){axis})'
+    scratch: dict[str, str] = {}
+    pre = None
+    if op in NORMALIZE and split > 1:
+        width = len(_PARTIALS[op])
+        scratch = {f"{name}_ws": f"torch.empty(({m * width} * {{SPLIT_R}},), device={{dev}}, dtype=torch.float32)"}
+        pre = _partials_kernel(prog, nodes, anchor, name, plan, m, r, blocks, options, grid)
+    elif split > 1:
+        scratch = {f"{name}_ws": f"torch.zeros(({m},), device={{dev}}, dtype=torch.float32)",
+                   f"{name}_cnt": f"torch.zeros(({m},), device={{dev}}, dtype=torch.int32)"}
+    helpers = set(w.helpers) | (pre.helpers if pre else set())
+    return Kernel(name, "row", list(nodes), w.params, blocks, options, grid, w.body_lines(), w.stored, helpers,
+                  scratch=scratch, pre=pre)
+
+
+def _partials_kernel(prog: Program, nodes: Sequence[int], anchor: int, name: str, plan: RowPlan, m: int, r: int,
+                     blocks: dict[str, int], options: dict[str, int], grid: str) -> Kernel:
+    """The first of a split norm's two kernels: each program folds its span of its rows into
+    running statistics (computing what the group fuses before the norm) and stores them, the
+    `_PARTIALS` of its op, at ``ws[(row * SPLIT_R + span) * len(partials) + i]``; the second kernel
+    (`row_kernel`) merges a row's partials (`_merge_partials`) and normalises its own span. A
+    LayerNorm of KernelBench level 1 (16 rows of 4M elements) ran one program a row."""
+    op, p = prog.graph.nodes[anchor].op, prog.graph.nodes[anchor].params
+    x_ref = prog.graph.nodes[anchor].args[0]
+    w = KernelWriter(prog, set(nodes), anchor)
+    reserve(w, *_ROW_NAMES)
+    head = _row_head(w, plan, m, r, prog.shape(x_ref), 2)
+    with w.tile(["m", "r"], "mask", ["BLOCK_M", "BLOCK_R"]):
+        stats = row_stats(w, op, p, head.loop, head.x_coords, x_ref, r, "dtype=tl.float32")
+    names = {"cnt": "cnt", "mean": stats.get("mean"), "m2": stats.get("m2"), "acc": stats.get("acc"),
+             "run_max": stats.get("max"), "run_sum": stats.get("sum")}
+    partials = _PARTIALS[op]
+    w.params.append(("ws_ptr", f"{name}_ws"))
+    w.emit(f"part = ws_ptr + (rm * SPLIT_R + pid_r) * {len(partials)}")
+    for i, key in enumerate(partials):
+        w.emit(f"tl.store(part + {i}, {names[key]}, mask=row_mask)")
+    return Kernel(f"{name}_stats", "row", list(nodes), w.params, blocks, options, grid, w.body_lines(), [],
+                  w.helpers, comment=f"statistics of {op} (node {anchor}) over each program's span of its rows")
+
+
+def _merge_partials(w: KernelWriter, op: str, name: str) -> dict[str, str]:
+    """A split norm's row statistics from the SPLIT_R partials `_partials_kernel` stored for each
+    row (Chan's merge of counts, means and squared deviations; maxima and rescaled sums)."""
+    partials = _PARTIALS[op]
+    w.params.append(("ws_ptr", f"{name}_ws"))
+    w.emit("sp = tl.arange(0, SPLIT_R)")
+    w.emit(f"part = ws_ptr + (rm[:, None] * SPLIT_R + sp[None, :]) * {len(partials)}")
+    if partials == ("cnt", "mean", "m2"):
+        w.emit("p_cnt = tl.load(part, mask=row_mask[:, None], other=0.0)")
+        w.emit("p_mean = tl.load(part + 1, mask=row_mask[:, None], other=0.0)")
+        w.emit("p_m2 = tl.load(part + 2, mask=row_mask[:, None], other=0.0)")
+        w.emit("cnt = tl.sum(p_cnt, axis=1)")
+        w.emit("mean = tl.sum(p_cnt * p_mean, axis=1) / tl.maximum(cnt, 1.0)")
+        w.emit("delta = p_mean - mean[:, None]")
+        w.emit("m2 = tl.sum(p_m2 + p_cnt * delta * delta, axis=1)")
+        return {"mean": "mean", "m2": "m2"}
+    if partials == ("acc",):
+        w.emit("acc = tl.sum(tl.load(part, mask=row_mask[:, None], other=0.0), axis=1)")
+        return {"acc": "acc"}
+    w.emit(f"p_max = tl.load(part, mask=row_mask[:, None], other={NEG_INF})")
+    w.emit("p_sum = tl.load(part + 1, mask=row_mask[:, None], other=0.0)")
+    w.emit("run_max = tl.max(p_max, axis=1)")
+    w.emit("# a row with no finite value yet keeps an offset of 0 (no inf - inf)")
+    w.emit(f"safe_max = tl.where(run_max == {NEG_INF}, 0.0, run_max)")
+    w.emit("run_sum = tl.sum(p_sum * tl.exp(p_max - safe_max[:, None]), axis=1)")
+    w.emit("lse = run_max + tl.log(run_sum)")
+    return {"lse": "lse", "max": "run_max", "sum": "run_sum"}
 
 
 def _stash_row(w: KernelWriter, op: str, p: dict[str, Any], anchor: int, width: int, r: int,

@@ -37,19 +37,24 @@ class Kernel:
     helpers: set[str] = field(default_factory=set)
     comment: str = ""
     zero_init: bool = False           # outputs must be zeroed first (split-K adds partial sums)
-    scratch: dict[str, str] = field(default_factory=dict)  # forward variable -> its allocation (zeroed)
+    # forward variable -> its allocation text (``{dev}`` and the block sizes, e.g. ``{SPLIT_R}``,
+    # filled in at the launch)
+    scratch: dict[str, str] = field(default_factory=dict)
+    pre: Kernel | None = None         # a kernel launched just before this one (a split norm's statistics)
 
     def source(self) -> str:
         sig = ", ".join([p for p, _ in self.params] + [f"{b}: tl.constexpr" for b in self.blocks])
         lines = ["@triton.jit", f"def {self.name}({sig}):"]
         if self.comment:
             lines.append(f'    """{self.comment}"""')
-        return "\n".join(lines + self.body) + "\n"
+        own = "\n".join(lines + self.body) + "\n"
+        return (self.pre.source() + "\n\n" + own) if self.pre is not None else own
 
     def launch(self) -> list[str]:
         args = [e for _, e in self.params] + [f"{b}={v}" for b, v in self.blocks.items()]
         args += [f"{k}={v}" for k, v in self.options.items()]
-        return [f"grid = {self.grid}  # noqa: E731", f"{self.name}[grid]({', '.join(args)})"]
+        own = [f"grid = {self.grid}  # noqa: E731", f"{self.name}[grid]({', '.join(args)})"]
+        return (self.pre.launch() + own) if self.pre is not None else own
 
 
 def next_pow2(n: int) -> int:

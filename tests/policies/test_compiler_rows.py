@@ -56,7 +56,7 @@ def test_a_norm_whose_row_fits_one_tile_reads_it_once(expr, shape, width, warps)
 def test_a_row_longer_than_the_stash_or_a_smaller_block_r_is_chunked():
     from policies.compiler.rows import ROW_STASH_MAX
 
-    long = compiler.CompilerPolicy().compile(expr_task("torch.softmax(x, dim=-1)", (2, 2 * ROW_STASH_MAX)))
+    long = compiler.CompilerPolicy().compile(expr_task("torch.softmax(x, dim=-1)", (512, 2 * ROW_STASH_MAX)))
     assert "for r0 in range(0, 32768, BLOCK_R)" in long and launch_blocks(long)["BLOCK_R"] == 4096
     task = expr_task("torch.softmax(x, dim=-1)", (8, 8192))
     small = compiler.CompilerPolicy().compile(task, config={"BLOCK_R": 1024})
@@ -236,3 +236,50 @@ def test_split_rows_rule():
     assert split_rows(1, 2048, 64) == 8                          # stops at 4 chunks a program
     assert split_rows(1, 255, 64) == 1                           # under 2 x 4 chunks: no split
     assert split_rows(4, 1 << 24, 2048) * 4 == ROW_SPLIT_PROGRAMS
+
+
+# Norms over few long rows (2 rows of 40000, 2 instances of 200 x 200 ...): the row's statistics
+# are split over SPLIT_R programs in a first kernel and merged by the second, which normalises its
+# own span; with what the group fuses before and after the norm. The inputs rise along the row
+# (`torch.linspace`), so the spans' means differ and merging them needs the between-span term.
+SPLIT_NORMS = {
+    "layer_norm": ("torch.relu(self.ln(x * 2.0)) - 0.5", "2, 40000", "self.ln = nn.LayerNorm(40000)"),
+    "group_norm": ("torch.tanh(self.gn(torch.sigmoid(x)))", "2, 4, 130, 130", "self.gn = nn.GroupNorm(2, 4)"),
+    "instance_norm": ("F.instance_norm(x) * 3.0", "1, 2, 200, 200", "pass"),
+    "rms_norm": ("F.rms_norm(x - 1.0, (40000,))", "2, 40000", "pass"),
+    "softmax": ("torch.softmax(x * 4.0, dim=-1) * 1000.0", "2, 40000", "pass"),
+    "log_softmax": ("torch.log_softmax(torch.exp(x), dim=-1)", "2, 40000", "pass"),
+}
+
+
+def test_norms_over_few_long_rows_split_their_statistics(evaluator):
+    """Correct for the default split, one span a row, and spans past the row's end (SPLIT_R 32
+    x BLOCK_R 1024 over 40000: a third of the programs hold no element and store empty partials)."""
+    from kernelgym.task import Task
+
+    pairs = []
+    policy = compiler.CompilerPolicy()
+    for name, (expr, shape, init) in sorted(SPLIT_NORMS.items()):
+        last = shape.rsplit(",", 1)[1].strip()
+        task = Task.from_source(module_task(expr, "x", f"torch.randn({shape}) + torch.linspace(0, 8, {last})", init))
+        src = policy.compile(task)
+        assert src.count("[grid](") == 2 and re.search(r"SPLIT_R=([2-9]|\d\d+)", src), (name, src)
+        assert "as 2 Triton kernel(s)" in src
+        assert "_stats[grid](" in src and "_ws = torch.empty((" in src, name
+        variants = [src] + [policy.compile(task, config=c) for c in ({"SPLIT_R": 1}, {"SPLIT_R": 32, "BLOCK_R": 1024})]
+        assert "SPLIT_R=32" in variants[2] and "* 32,)" in variants[2], variants[2]
+        pairs += [(task, v) for v in variants]
+    verdicts = evaluator.evaluate_batch(pairs, backend="interpret", seed=6)
+    bad = [(p[0].source.split("return ")[1].split("\n")[0], v.status, v.error[:300])
+           for p, v in zip(pairs, verdicts) if v.status != "ok"]
+    assert not bad, bad
+
+
+def test_a_norm_with_a_tail_or_many_rows_is_not_split():
+    from kernelgym.task import Task
+
+    policy = compiler.CompilerPolicy()
+    tail = policy.compile(Task.from_source(tail_task("torch.amax(self.ln(x), dim=-1)", "2, 40000", 40000)))
+    many = policy.compile(Task.from_source(expr_task("torch.softmax(x, dim=-1)", "1024, 40000")))
+    for src in (tail, many):
+        assert "SPLIT_R" not in src and "_stats" not in src and src.count("[grid](") == 1
