@@ -228,9 +228,10 @@ class KernelWriter(ViewValues, PoolValues):
         return ("w", key) if key is not None else None
 
     # -- offsets and loads -----------------------------------------------------------------------
-    def offset(self, c: Coords) -> str:
-        """Flat offset of coordinates `c` in a contiguous tensor, shaped like the current tile."""
-        return self._tile_shaped(*self._flat(c))
+    def offset(self, c: Coords, layout: str = "") -> str:
+        """Flat offset of coordinates `c` in a dense tensor of `layout` ("" row-major,
+        "channels_last"), shaped like the current tile."""
+        return self._tile_shaped(*self._flat(c, layout))
 
     def _tile_shaped(self, text: str, axes: frozenset[str]) -> str:
         """Offset `text` over tile `axes` given the current tile's shape (plus its zero tensor)."""
@@ -240,12 +241,12 @@ class KernelWriter(ViewValues, PoolValues):
         return text
 
     @staticmethod
-    def _flat(c: Coords) -> tuple[str, frozenset[str]]:
-        """Flat offset of `c` in a contiguous tensor and the tile axes it spans."""
-        if c.flat is not None:
+    def _flat(c: Coords, layout: str = "") -> tuple[str, frozenset[str]]:
+        """Flat offset of `c` in a dense tensor of `layout` and the tile axes it spans."""
+        if c.flat is not None and c.flat_layout == layout:
             return c.flat, c.flat_axes
         terms, axes = [], frozenset()
-        for d, s, size in zip(c.dims, strides(c.shape), c.shape):
+        for d, s, size in zip(c.dims, strides(c.shape, layout), c.shape):
             if size == 1 or d.is_zero:
                 continue
             terms.append(f"{paren(d)} * {s}" if s != 1 else str(d))
@@ -278,7 +279,7 @@ class KernelWriter(ViewValues, PoolValues):
             return hit
         ptr = self.ptr(ref)
         other = "0" if index else "0.0"
-        text, axes = self._flat(c)
+        text, axes = self._flat(c, self.prog.layout(ref))
         own = None if index else self._broadcast_mask(axes, mask)
         offset = text if own is not None else self._tile_shaped(text, axes)
         expr = f"tl.load({ptr} + {offset}, mask={own or mask}, other={other})"
@@ -301,9 +302,10 @@ class KernelWriter(ViewValues, PoolValues):
         val = self.value(("node", node), c, mask)
         ptr = self.ptr(("node", node))
         if atomic:
-            self.emit(f'tl.atomic_add({ptr} + {self.offset(c)}, {val}, mask={mask}, sem="relaxed")')
+            self.emit(f'tl.atomic_add({ptr} + {self.offset(c, self.prog.layout(("node", node)))}, {val}, '
+                      f'mask={mask}, sem="relaxed")')
         else:
-            self.emit(f"tl.store({ptr} + {self.offset(c)}, {val}, mask={mask})")
+            self.emit(f"tl.store({ptr} + {self.offset(c, self.prog.layout(('node', node)))}, {val}, mask={mask})")
         if node not in self.stored:
             self.stored.append(node)
 

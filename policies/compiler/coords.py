@@ -62,8 +62,9 @@ def _balanced(s: str) -> bool:
 class Coords:
     """Coordinates of one element per tile lane in a tensor of `shape` (one Expr per dim).
 
-    `flat` is the row-major flat index when known (then a load from a contiguous tensor of this
-    shape needs no index arithmetic); `key` identifies the coordinates for caching.
+    `flat` is the flat index when known (then a load from a tensor of this shape in layout
+    `flat_layout` needs no index arithmetic: "" row-major, "channels_last" the channels-last one);
+    `key` identifies the coordinates for caching.
     """
 
     shape: tuple[int, ...]
@@ -71,6 +72,12 @@ class Coords:
     key: Hashable
     flat: str | None = None
     flat_axes: frozenset[str] = frozenset()
+    flat_layout: str = ""
+
+    def carried_flat(self) -> tuple[str | None, frozenset[str]]:
+        """The flat index for coordinates derived from these with the same elements in the same
+        row-major order (a view): only a row-major flat index carries over."""
+        return (self.flat, self.flat_axes) if self.flat is not None and not self.flat_layout else (None, frozenset())
 
     def __post_init__(self) -> None:
         if len(self.dims) != len(self.shape):
@@ -84,7 +91,17 @@ class Coords:
         return out
 
 
-def strides(shape: Sequence[int]) -> list[int]:
+def strides(shape: Sequence[int], layout: str = "") -> list[int]:
+    """Element strides of a dense tensor of `shape`: row-major, or with `layout`
+    "channels_last" dim 1 innermost (torch.channels_last / channels_last_3d)."""
+    if layout == "channels_last":
+        order = [0, *range(2, len(shape)), 1]   # outermost to innermost
+        out = [1] * len(shape)
+        step = 1
+        for d in reversed(order):
+            out[d] = step
+            step *= shape[d]
+        return out
     out = [1] * len(shape)
     for k in range(len(shape) - 2, -1, -1):
         out[k] = out[k + 1] * shape[k + 1]
@@ -119,7 +136,7 @@ def broadcast(c: Coords, shape: Sequence[int]) -> Coords:
             else:
                 raise CompileError(f"shape {shape} does not broadcast to {c.shape}")
     same = _strip(shape) == _strip(c.shape)
-    return Coords(shape, dims, ("bc", c.key, shape), c.flat if same else None, c.flat_axes if same else frozenset())
+    return Coords(shape, dims, ("bc", c.key, shape), *(c.carried_flat() if same else (None, frozenset())))
 
 
 def lit(v: Any) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from kernelgym.ops.catalog import conv_groups
 from policies.compiler.codegen import ref_expr, state_expr
 from policies.compiler.ir import CompileError, Program, kind
+from policies.compiler.layout import FORMATS as CL_FORMATS
 
 CONV_FNS = {op: f"F.{op}" for op in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                                      "conv_transpose3d")}
@@ -52,7 +53,12 @@ def vendor_call(prog: Program, j: int) -> str | None:
         # "kernel" is the weight's shape and "bias" whether it has one: neither is a keyword
         kw = "".join(f", {k}={_py(params[k])}" for k in sorted(params) if k not in ("kernel", "bias"))
         bias = "None" if j in prog.late_bias else w.get("bias", "None")
-        return f"{CONV_FNS[node.op]}({args[0]}, {w['weight']}, {bias}{kw})"
+        x, weight = args[0], w["weight"]
+        if j in prog.channels_last:   # cuDNN's NHWC kernels (`layout`): operands and result so
+            fmt = CL_FORMATS[len(node.shape)]
+            x, weight = f"{x}.contiguous(memory_format={fmt})", f"{weight}.contiguous(memory_format={fmt})"
+            return f"{CONV_FNS[node.op]}({x}, {weight}, {bias}{kw}).contiguous(memory_format={fmt})"
+        return f"{CONV_FNS[node.op]}({x}, {weight}, {bias}{kw})"
     if node.op in MATMUL_FNS and not params:
         if node.op == "linear":
             if "weight" not in w or len(args) != 1:
@@ -170,4 +176,5 @@ def extern_line(prog: Program, j: int) -> str:
     if call is None:
         raise CompileError(f"node {j} ({prog.graph.nodes[j].op}) has no vendor call")
     late = "; its bias is added by the kernels reading it" if j in prog.late_bias else ""
+    late += "; channels-last" if j in prog.channels_last else ""
     return f"v{j} = {call}  # {prog.graph.nodes[j].op}: extern anchor (vendor call){late}"

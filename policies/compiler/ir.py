@@ -126,6 +126,9 @@ class Program:
     # extern convolutions run without their bias: every Triton kernel that reads one adds it
     # (`extern.late_bias`)
     late_bias: frozenset[int] = frozenset()
+    # nodes whose tensor is channels-last (`layout.channels_last`): an extern convolution run so
+    # and the pointwise kernels after it; every load and store of them follows that layout
+    channels_last: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         g = self.graph
@@ -143,6 +146,10 @@ class Program:
     @property
     def n(self) -> int:
         return len(self.graph.nodes)
+
+    def layout(self, ref: Ref) -> str:
+        """The memory layout of the tensor behind `ref`: "" (row-major) or "channels_last"."""
+        return "channels_last" if ref[0] == "node" and ref[1] in self.channels_last else ""
 
     def shape(self, ref: Ref) -> tuple[int, ...]:
         kind_, k = ref

@@ -20,6 +20,8 @@ from policies.compiler.kernels import (
     pointwise_kernel,
     row_kernel,
 )
+from policies.compiler.layout import FORMATS as CL_FORMATS
+from policies.compiler.layout import channels_last
 from policies.compiler.recurrent import recurrent_kernel
 from policies.compiler.shared_memory import ELEMENT_BYTES, fit_shared_memory
 from policies.smem import SMEM_BUDGET
@@ -196,8 +198,9 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
     `extern` are vendor calls (`policies.compiler.extern`). tl.dot kernels whose shared memory
     estimate exceeds `smem_budget` bytes get fewer stages, then smaller tiles (None: no check)."""
     late = late_bias(prog, extern)
-    if late:
-        prog = dataclasses.replace(prog, late_bias=late)
+    cl = channels_last(prog, groups, stored, extern)
+    if late or cl:
+        prog = dataclasses.replace(prog, late_bias=late, channels_last=cl)
     items = build_kernels(prog, groups, stored, torch_ops, extern, config)
     anchors = sorted(j for j in extern if kind(prog.graph.nodes[j].op) in ("conv", "matmul"))
     kernels = [k for k in items if isinstance(k, Kernel)]
@@ -251,7 +254,8 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
         for j in item.stored:
             shape = tuple(g.nodes[j].shape)
             dtype = "torch.int64" if prog.is_index(("node", j)) else "DTYPE"
-            fwd.append(f"v{j} = {alloc}({shape!r}, device={dev}, dtype={dtype})")
+            fmt = f", memory_format={CL_FORMATS[len(shape)]}" if j in prog.channels_last else ""
+            fwd.append(f"v{j} = {alloc}({shape!r}, device={dev}, dtype={dtype}{fmt})")
         fwd += [f"{var} = {alloc.format(dev=dev, **item.blocks)}" for var, alloc in item.scratch.items()]
         fwd += item.launch()
     outs = ", ".join(f"v{o}" for o in g.outputs)

@@ -11,7 +11,7 @@ from policies.compiler.template import Kernel, clamp_pow2, reserve
 
 
 def pointwise_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], name: str) -> Kernel:
-    """One program per BLOCK elements of the stored values' common shape."""
+    """One program per BLOCK elements of the stored values' common shape, in their layout's order."""
     shape = tuple(prog.graph.nodes[stored[0]].shape)
     n = numel(shape)
     w = KernelWriter(prog, set(nodes))
@@ -21,7 +21,14 @@ def pointwise_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int],
     w.emit(f"mask = offs < {n}")
     axes = frozenset({"i"})
     with w.tile(["i"], "mask", ["BLOCK"]):
-        c = Coords(shape, w.decompose("offs", shape, axes, "i"), w.new_key(), "offs", axes)
+        if stored[0] in prog.channels_last:
+            # walk the output in its channels-last order (`layout`): dims 0, 2.., then 1
+            order = [0, *range(2, len(shape)), 1]
+            walked = w.decompose("offs", [shape[d] for d in order], axes, "i")
+            dims = [walked[order.index(d)] for d in range(len(shape))]
+            c = Coords(shape, dims, w.new_key(), "offs", axes, "channels_last")
+        else:
+            c = Coords(shape, w.decompose("offs", shape, axes, "i"), w.new_key(), "offs", axes)
         for j in stored:
             w.store(j, c)
     return Kernel(name, "pointwise", list(nodes), w.params, {"BLOCK": clamp_pow2(n, 16, 1024)},

@@ -50,7 +50,7 @@ class ViewValues:
                 else:
                     dims.append(Expr(f"{paren(f)} // {st[k]} % {size}", f.axes))
             dims += list(c.dims[start + 1:])
-            return Coords(src, dims, ("F", c.key, start, end), c.flat, c.flat_axes)
+            return Coords(src, dims, ("F", c.key, start, end), *c.carried_flat())
         raise AssertionError(node.op)
 
     def _view_copy_coords(self, j: int, c: Coords) -> Coords:
@@ -64,13 +64,12 @@ class ViewValues:
         key = ("VC", op, j, c.key)
         if op == "unsqueeze":  # same elements in the same order: the flat index carries over
             axis = len(out) - int(p["dim"])
-            return Coords(src, c.dims[:axis] + c.dims[axis + 1:], key, c.flat, c.flat_axes)
+            return Coords(src, c.dims[:axis] + c.dims[axis + 1:], key, *c.carried_flat())
         if op in ("squeeze", "select"):
             axis = len(src) - int(p["dim"])
             index = int(p.get("index", 0))
             dims = c.dims[:axis] + [Expr(str(index)) if index else ZERO] + c.dims[axis:]
-            return Coords(src, dims, key, c.flat if op == "squeeze" else None,
-                          c.flat_axes if op == "squeeze" else frozenset())
+            return Coords(src, dims, key, *(c.carried_flat() if op == "squeeze" else (None, frozenset())))
         if op == "flip":
             axes = p["dims"] if "dims" in p else (len(src) - int(p["dim"]),)
             dims = list(c.dims)
@@ -131,7 +130,7 @@ class ViewValues:
             else:
                 dims.append(Expr(f"{paren(flat)} // {st} % {size}", axes))
         dims += list(c.dims[len(out) - tail:])
-        return Coords(src, dims, key, c.flat, c.flat_axes)
+        return Coords(src, dims, key, *c.carried_flat())
 
     def _concat(self, j: int, c: Coords, mask: str) -> str:
         node = self.prog.graph.nodes[j]
