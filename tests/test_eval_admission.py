@@ -107,6 +107,8 @@ def test_footprint_model():
     assert footprint.estimated_reference_peak(fp, 4) == 100 + 4 * 30 + 40
     assert footprint.host_task_bytes(fp, 4) == 300 + 4 * 30
     assert footprint.evaluation_footprint(1000, 20, 3) == 2000 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
+    # the candidate's timed CUDA graph keeps a forward's temporaries beside the final trial's forward
+    assert footprint.evaluation_footprint(1000, 20, 3, 300) == 2300 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
 
 
 SIZED_TASK = '''

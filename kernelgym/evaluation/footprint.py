@@ -37,14 +37,17 @@ def gpu_budget_bytes(total: int, workers_on_gpu: int, cache_keep: int) -> int:
 CANDIDATE_PEAKS = 1
 
 
-def evaluation_footprint(reference_peak: int, output_bytes: int, trials: int) -> int:
+def evaluation_footprint(reference_peak: int, output_bytes: int, trials: int, forward_peak: int = 0) -> int:
     """GPU bytes one evaluation holds at once, from the reference build's peak (weights, every
     trial's inputs and outputs, a forward's temporaries): the reference worker holds that; the
-    candidate worker `CANDIDATE_PEAKS` times as much; the comparison brings the candidate's outputs
-    of `trials` trials (and the final one) to the reference worker; each of the two timing
-    processes needs its flush buffer."""
-    return ((1 + CANDIDATE_PEAKS) * max(0, reference_peak) + (trials + 1) * max(0, output_bytes)
-            + 2 * TIMING_ALLOWANCE_BYTES)
+    candidate worker `CANDIDATE_PEAKS` times as much, plus the private pool of its timed CUDA
+    graph (about one forward's temporaries, `forward_peak`), which is still alive while the final
+    trial runs a forward eagerly beside it; the comparison brings the candidate's outputs of
+    `trials` trials (and the final one) to the reference worker; each of the two timing processes
+    needs its flush buffer. KernelBench level 2's 65 (a 4.46 GiB convolution output) failed its
+    final trial at the cap without the graph's pool (session 17)."""
+    return ((1 + CANDIDATE_PEAKS) * max(0, reference_peak) + max(0, forward_peak)
+            + (trials + 1) * max(0, output_bytes) + 2 * TIMING_ALLOWANCE_BYTES)
 
 
 def estimated_reference_peak(fp: dict[str, Any], n_ref: int) -> int:

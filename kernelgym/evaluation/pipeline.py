@@ -161,7 +161,8 @@ class Run(Stages):
                 sizes = {k: int(est[k]) for k in ("weight_bytes", "input_bytes", "output_bytes", "forward_peak_bytes")}
                 fp.update(sizes, method="meta", host_bytes=host_task_bytes(sizes, n_ref),
                           gpu_bytes=evaluation_footprint(estimated_reference_peak(sizes, n_ref),
-                                                         sizes["output_bytes"], self.trials))
+                                                         sizes["output_bytes"], self.trials,
+                                                         sizes["forward_peak_bytes"]))
                 stat = "footprint_estimated"
             else:
                 fp["error"] = str(est.get("error", ""))[:300]
@@ -178,7 +179,9 @@ class Run(Stages):
         peak = ref.gpu_peak_bytes
         if peak is None or self.reservation is None:
             return
-        need = evaluation_footprint(peak, ref.output_bytes, self.trials)
+        # the forward's temporaries as the meta estimate saw them (none when it could not size the task)
+        need = evaluation_footprint(peak, ref.output_bytes, self.trials,
+                                    int(self.footprint.get("forward_peak_bytes") or 0))
         # never shrunk mid-run: the meta estimate may see temporaries the build freed
         if need > self.reservation.bytes:
             self.reservation.resize(need)

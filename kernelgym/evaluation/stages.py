@@ -192,8 +192,8 @@ class Stages:
         self.dropped = False
         self.spills: list[str] = []   # the output files of this evaluation, removed at its end
         self.host_bytes: int | None = None   # the task's host bytes (sets the workers' memory limits)
+        self.footprint: dict[str, Any] = {}  # the task's sizes (`Pipeline._footprint`)
         self.reservation: Reservation | None = None   # the GPU memory this evaluation holds
-        self.footprint: dict[str, Any] = {}
 
     # -- plumbing ----------------------------------------------------------------------------
     def _spill(self, w: Worker | None = None) -> dict[str, str]:

@@ -5,17 +5,18 @@ an H100 KernelBench level 2's 63 convolutions ran 1.48x faster (geomean, 62 of 6
 channels-last operands, converting the input included (`benchmarks/conv_layout.py`,
 benchmarks/NOTES.md, session 17); torch.compile's Inductor converts its convolutions so. An extern
 convolution is run channels-last when every kernel reading its output is a pointwise kernel that
-can iterate in that layout (`channels_last`): those kernels then walk their output in NHWC order
-and write it channels-last too, so every load and store stays coalesced, and so on downstream.
-A convolution read by anything else (a row reduction over its channels or pixels, a product, a
-vendor call) stays NCHW: a row kernel reading NHWC would stride through memory.
+can iterate in that layout or a row kernel over its channels alone (`channels_last`): pointwise
+kernels then walk their output in NHWC order and write it channels-last too, and a row over the
+channels is C consecutive elements, so every load and store stays coalesced, and so on
+downstream. A convolution read by anything else (a norm over its pixels, a product, a vendor
+call) stays NCHW: a row kernel over pixels reading NHWC would stride through memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from policies.compiler.ir import Program, Ref, kind
+from policies.compiler.ir import CompileError, Program, Ref, kind
 
 # torch's channels-last memory format of a tensor of each rank (none for 3-D tensors)
 FORMATS = {4: "torch.channels_last", 5: "torch.channels_last_3d"}
@@ -57,12 +58,14 @@ def _closure(prog: Program, groups: Sequence[Sequence[int]], stored: Sequence[Se
                     return set()
                 continue
             group = set(groups[gi])
-            if any(kind(prog.graph.nodes[k].op) != "pointwise" for k in group):
+            if not all(kind(prog.graph.nodes[k].op) == "pointwise" or _over_channels(prog, k, rank) for k in group):
                 return set()
-            if any(len(prog.graph.nodes[k].shape) != rank for k in stored[gi]):
+            pointwise = all(kind(prog.graph.nodes[k].op) == "pointwise" for k in group)
+            if pointwise and any(len(prog.graph.nodes[k].shape) != rank for k in stored[gi]):
                 return set()
             seen_groups.add(gi)
-            for k in stored[gi]:
+            # a row kernel's outputs of the input's rank (a softmax, a keepdim reduction) follow it
+            for k in (k for k in stored[gi] if len(prog.graph.nodes[k].shape) == rank):
                 if k not in cl:
                     cl.add(k)
                     todo.append(k)
@@ -76,6 +79,21 @@ def _closure(prog: Program, groups: Sequence[Sequence[int]], stored: Sequence[Se
                 if _full(prog, ref, rank) and not (ref[0] == "node" and (ref[1] in cl or ref[1] in done)):
                     return set()
     return cl
+
+
+def _over_channels(prog: Program, j: int, rank: int) -> bool:
+    """Whether node `j` is a row op (reduction, softmax, norm) over dim 1 alone of a rank-`rank`
+    input: channels-last, each of its rows is C consecutive elements."""
+    from policies.compiler.rows import row_plan  # the row template, only for row ops
+
+    node = prog.graph.nodes[j]
+    if kind(node.op) != "row" or len(prog.shape(node.args[0])) != rank:
+        return False
+    try:
+        plan = row_plan(prog, j)
+    except CompileError:
+        return False
+    return set(range(rank)) - set(plan.kept_axes) == {1}
 
 
 def _full(prog: Program, ref: Ref, rank: int) -> bool:
