@@ -163,14 +163,32 @@ def environment() -> dict[str, Any]:
     import torch
     import triton
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"commit": commit, "torch": torch.__version__, "triton": triton.__version__,
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = (git("rev-parse", "--short", "HEAD") or "").strip() or None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status.strip()) if status is not None else None,
+            "source_hash": source_hash(), "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+
+
+def source_hash(root: Path = ROOT) -> str:
+    """A hash of the project's code (every .py file under kernelgym/, policies/ and benchmarks/):
+    what a report was measured with even where the checkout's git metadata is stale or absent (a
+    copy of the working tree on a lent GPU machine reported its session's first commit). Compare
+    with the same function run on a commit's checkout."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for sub in ("kernelgym", "policies", "benchmarks"):
+        for path in sorted((root / sub).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
 
 
 def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict[str, Any]]:
@@ -472,8 +490,10 @@ def print_tables(report: dict[str, Any]) -> None:
         console.print(t)
         return
     env = report.get("env") or {}
+    dirty = "+changes" if env.get("dirty") else ""
     t = Table(title=f"KernelBench: {report['policy']} ({report['backend']}; {env.get('device')}, commit "
-                    f"{env.get('commit')}, torch {env.get('torch')}, triton {env.get('triton')})")
+                    f"{env.get('commit')}{dirty}, source {env.get('source_hash')}, torch {env.get('torch')}, "
+                    f"triton {env.get('triton')})")
     for col in ("level", "mode", "problems", "traced", "compiled", "ok", "fast_1 eager", "fast_1 compile",
                 "geomean (ok)", "geomean vs compile", "ok w/ vendor calls", "eager / published (n, within 10 %)"):
         t.add_column(col, justify="right")

@@ -581,3 +581,20 @@ def test_conv_layout_reads_each_convolution_of_a_problem(tmp_path, capsys, monke
     if not torch.cuda.is_available():
         monkeypatch.setattr(sys, "argv", ["conv_layout", str(tmp_path)])
         assert cl.main() == 2 and "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_kernelbench_reports_a_hash_of_the_code_it_ran(tmp_path):
+    """`source_hash`: the same for the same .py files under kernelgym/, policies/ and benchmarks/,
+    another when one changes (a report's provenance where git metadata is stale)."""
+    kbm = load("kernelbench")
+    for sub in ("kernelgym", "policies", "benchmarks"):
+        (tmp_path / sub / "pkg").mkdir(parents=True)
+        (tmp_path / sub / "pkg" / "m.py").write_text(f"X = '{sub}'\n")
+    (tmp_path / "kernelgym" / "notes.txt").write_text("not code")
+    first = kbm.source_hash(tmp_path)
+    assert first == kbm.source_hash(tmp_path) and len(first) == 12
+    (tmp_path / "kernelgym" / "notes.txt").write_text("changed, still not code")
+    assert kbm.source_hash(tmp_path) == first
+    (tmp_path / "policies" / "pkg" / "m.py").write_text("X = 'changed'\n")
+    assert kbm.source_hash(tmp_path) != first
+    assert len(kbm.source_hash()) == 12    # this checkout
