@@ -227,3 +227,29 @@ def test_a_gpus_budget_sets_aside_each_workers_context_and_kept_cache(monkeypatc
     monkeypatch.setenv("KERNELGYM_GPU_CACHE_MB", "1024")
     with Evaluator(workers=16, reference_workers=8) as ev:
         assert ev.memory_budget(0, 80 * gib).budget == footprint.gpu_budget_bytes(80 * gib, 24, gib)
+
+
+def test_one_trial_on_the_gpu_keeps_every_verdict():
+    """`one_trial_on_gpu="always"` (what "auto" picks for a task over its GPU's budget): each
+    worker keeps one trial's inputs and outputs on the device at a time, the reference compares on
+    the host and times on the first trial's inputs. Legitimate kernels stay ok and the reuse /
+    mutation hacks are still caught (here on the interpreter: the same code path)."""
+    from kernelgym.evaluation import Evaluator
+    from tests.redteam.manifest import cases
+
+    picked = {c.id: c for c in cases() if c.id in ("legit/relu_add", "legit/row_softmax", "legit/matmul",
+                                                   "hacks/cached_output", "hacks/reused_buffer",
+                                                   "hacks/mutate_parameter")}
+    assert len(picked) == 6
+    with pytest.raises(ValueError, match="one_trial_on_gpu"):
+        Evaluator(workers=1, one_trial_on_gpu="sometimes")
+    with Evaluator(workers=2, reference_workers=1, ptx_workers=1, memory_limit_mb=2048, timeout=60,
+                   one_trial_on_gpu="always") as ev:
+        verdicts = ev.evaluate_batch([(c.task_source, c.source) for c in picked.values()], backend="interpret",
+                                     seed=5)
+    for (name, case), v in zip(picked.items(), verdicts):
+        if case.legit:
+            assert v.status == "ok", (name, v.status, v.error[:300])
+            assert len(v.trials) == 3 and all(t["ok"] for t in v.trials), (name, v.trials)
+        else:
+            assert v.status != "ok" and set(case.expect) & set(v.reasons), (name, v.status, v.reasons)

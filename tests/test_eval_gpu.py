@@ -196,3 +196,16 @@ def test_precompiled_kernels_reach_a_confined_gpu_worker(tmp_path, monkeypatch):
     (archive,) = (tmp_path / f"cache{triton_cache.PRECOMPILED_SUFFIX}").glob("*.tar")
     with tarfile.open(archive) as tar:
         assert f"{cubins[0].parent.name}/add_kernel.cubin" in tar.getnames(), tar.getnames()
+
+
+def test_one_trial_on_the_gpu_times_and_judges_like_the_whole_task():
+    """`one_trial_on_gpu="always"` on the GPU: trials' tensors on the host, the reference compared
+    there, the baselines and the candidate timed on the first trial's inputs: ok, timed, 4 trials;
+    a wrong kernel is still incorrect."""
+    with Evaluator(workers=1, reference_workers=1, ptx_workers=1, timeout=120, one_trial_on_gpu="always") as ev:
+        v = ev.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=3)
+        bad = ev.evaluate(BIG_ADD, add_variant("", kernel_body="    tl.store(out_ptr + offs, x + y * 2.0, mask=mask)\n"),
+                          backend="cuda", seed=3)
+    assert v.status == "ok", v.error
+    assert v.speedup is not None and v.timings["eager"]["median_ms"] > 0 and len(v.trials) == 4
+    assert bad.status == "incorrect", (bad.status, bad.error)

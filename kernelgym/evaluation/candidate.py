@@ -192,6 +192,9 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
 
     s = CandidateSession(msg, state["tmpdir"], state["gpu"], _stream(state, msg["device"]))
     state["candidate"] = s
+    # a task too large for the GPU (`EvaluatorOptions.one_trial_on_gpu`): one trial's inputs and
+    # outputs on the GPU at a time, the rest on the host; timed on the first trial's inputs alone
+    one_trial = bool(msg.get("one_trial"))
     if s.device.startswith("cuda"):
         set_gpu_limit(msg.get("gpu_limit_bytes"))
     # The task's data, built from the seeds before any candidate code exists in this process.
@@ -200,8 +203,16 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
         module, init_inputs, ref_model = seeded_task(msg["task"], int(msg["seed"]), "kernelgym_task_inputs")
         state_dict = {k: v.detach().clone() for k, v in ref_model.state_dict().items()}
         with s.gpu.hold("shared"):   # drawn on the device (see `trial_inputs`)
-            all_inputs = [trial_inputs(module, int(ts), s.device) for ts in msg["trial_seeds"]]
-            trial_fps = fingerprint(all_inputs)   # one list per trial, read with one transfer
+            if one_trial:   # each trial's inputs to the host as soon as drawn and summed
+                all_inputs, trial_fps = [], []
+                for ts in msg["trial_seeds"]:
+                    drawn = trial_inputs(module, int(ts), s.device)
+                    trial_fps.append(fingerprint(drawn))
+                    all_inputs.append(to_device(drawn, "cpu"))
+                    del drawn
+            else:
+                all_inputs = [trial_inputs(module, int(ts), s.device) for ts in msg["trial_seeds"]]
+                trial_fps = fingerprint(all_inputs)   # one list per trial, read with one transfer
         del module, ref_model
     except BaseException as exc:  # noqa: BLE001 - the reference worker built these: report, don't crash
         return {"status": "internal_error", "error": f"building the task inputs failed: {describe(exc)}",
@@ -264,12 +275,15 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
             s.call(lambda: s.model.to(s.device))
         except BaseException as exc:  # noqa: BLE001
             return _with(fps, _failure(s, "construct", exc, outputs))
-        s.inputs = [to_device(inp, s.device) for inp in trials]
+        s.inputs = [to_device(inp, s.device) for inp in (trials[:1] if one_trial else trials)]
         sync(s.device)
-        for t, inputs in enumerate(s.inputs):
+        for t in range(len(trials)):
             progress(f"trial {t}")
             try:
-                outputs.append(s.forward(list(inputs)))
+                inputs = s.inputs[t] if t < len(s.inputs) else to_device(trials[t], s.device)
+                out = s.forward(list(inputs))
+                outputs.append(to_device(out, "cpu") if one_trial else out)
+                del inputs, out
             except BaseException as exc:  # noqa: BLE001
                 return _with(fps, _failure(s, f"forward (trial {t})", exc, outputs))
     return result(status="ran", stage="forward", outputs=outputs)

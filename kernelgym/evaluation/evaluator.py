@@ -154,6 +154,7 @@ class Evaluator:
         self.precompile_workers = o.precompile_workers
         self.gpu_memory_budget_mb = o.gpu_memory_budget_mb
         self.host_memory_multiple = float(o.host_memory_multiple)
+        self.one_trial_on_gpu = o.one_trial_on_gpu
         self.reference_cache_bytes = int(o.reference_cache_mb * 2**20)
         self._precompiler: Any = None
         self._precompile_threads: ThreadPoolExecutor | None = None

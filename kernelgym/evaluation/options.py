@@ -56,7 +56,11 @@ class EvaluatorOptions:
     task a worker's limit is its configured one (memory_limit_mb / reference_memory_limit_mb) plus
     host_memory_multiple x the task's host bytes (`footprint.host_task_bytes`), capped by what the
     machine has available (MemAvailable plus the worker's own resident memory), never below the
-    configured one.
+    configured one. one_trial_on_gpu: a task too large for its GPU's budget (KernelBench level 1's
+    norms on 7 GiB inputs: every trial's inputs and outputs did not fit the reference worker)
+    keeps one trial on the GPU at a time in both workers -- the others' inputs and outputs on the
+    host, compared there, timed on one input set: "auto" (default: when the footprint is over the
+    budget), "always" (tests) or "never".
     """
 
     workers: int | None = None
@@ -78,6 +82,7 @@ class EvaluatorOptions:
     gpu_memory_budget_mb: float | None = None
     host_memory_multiple: float = 2.0
     os_sandbox: str = "auto"
+    one_trial_on_gpu: str = "auto"
 
     # The settings that decide verdicts (limits, timeouts, checks): what the evaluator of a Ray actor
     # takes from the caller's evaluator (its pool sizes and devices are the actor's own).
@@ -106,6 +111,8 @@ class EvaluatorOptions:
             raise ValueError(f"gpu_memory_budget_mb must be > 0, got {self.gpu_memory_budget_mb}")
         if not self.host_memory_multiple >= 0:
             raise ValueError(f"host_memory_multiple must be >= 0, got {self.host_memory_multiple}")
+        if self.one_trial_on_gpu not in ("auto", "always", "never"):
+            raise ValueError(f"one_trial_on_gpu must be 'auto', 'always' or 'never', got {self.one_trial_on_gpu!r}")
 
     def verdict_settings(self) -> EvaluatorOptions:
         """These options with only `VERDICT_SETTINGS` kept (the rest at their defaults)."""

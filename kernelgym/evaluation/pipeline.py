@@ -119,6 +119,7 @@ class Run(Stages):
 
     def _run(self, ref_src: str, code: str) -> Verdict:
         """Admit the evaluation onto its GPU by its footprint (waiting while the budget is taken), then run it."""
+        self.one_trial = self.ev.one_trial_on_gpu == "always"
         if self.backend != BACKEND_CUDA:
             return self._run_admitted(ref_src, code)
         n_ref = self.trials + 1
@@ -137,6 +138,9 @@ class Run(Stages):
         if need > budget.budget:
             self.notes.append(f"ran alone on its GPU: footprint {need / 2**30:.1f} GiB over the GPU's memory "
                               f"budget of {budget.budget / 2**30:.1f} GiB")
+            if self.ev.one_trial_on_gpu == "auto":
+                self.one_trial = True
+                self.notes.append("one trial on the GPU at a time: the others' inputs and outputs on the host")
         try:
             return self._run_admitted(ref_src, code)
         finally:
@@ -177,7 +181,8 @@ class Run(Stages):
     def _measured(self, ref: ReferenceRun) -> None:
         """The reference build measured its peak: the task's footprint from now on, and this run's share."""
         peak = ref.gpu_peak_bytes
-        if peak is None or self.reservation is None:
+        # one trial at a time measures a peak the whole task would not keep to: keep the estimate
+        if peak is None or self.reservation is None or self.one_trial:
             return
         # the forward's temporaries as the meta estimate saw them (none when it could not size the task)
         need = evaluation_footprint(peak, ref.output_bytes, self.trials,
@@ -238,7 +243,8 @@ class Run(Stages):
     # -- reference side ----------------------------------------------------------------------
     def _ref_msg(self, n: int) -> dict[str, Any]:
         return {"key": self.key, "source": self.ref_src, "seed": self.seed, "trials": n, "device": self.device,
-                "want_ops": self.mode == MODE_LENIENT, "store_bytes": self.ev.reference_cache_bytes}
+                "want_ops": self.mode == MODE_LENIENT, "store_bytes": self.ev.reference_cache_bytes,
+                "one_trial": self.one_trial}
 
     def _reference_job(self, src: str, n: int) -> ReferenceRun | Verdict:
         with self.hold(self._pool("reference"), "reference_wait") as held:
@@ -367,7 +373,7 @@ class Run(Stages):
             "op": "candidate", "source": code, "mode": self.mode, "device": self.device, "task": self.ref_src,
             "seed": self.seed, "trial_seeds": self.trial_seeds, "n_check": self.trials,
             "reference_ops": ref.ops, "reference_aliases_input": self.aliases_input,
-            "gpu_limit_bytes": self.reservation.bytes if self.reservation else None,
+            "gpu_limit_bytes": self.reservation.bytes if self.reservation else None, "one_trial": self.one_trial,
         }, self.timeout, "candidate", raw=True)
         findings = list(reply.get("findings", []))
         kernels = list(reply.get("kernels", []))

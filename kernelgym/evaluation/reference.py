@@ -50,6 +50,9 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
     from kernelgym.evaluation.guards.runtime import record_torch_ops
 
     device, seed, n = msg["device"], int(msg["seed"]), int(msg["trials"])
+    # a task too large for the GPU (`EvaluatorOptions.one_trial_on_gpu`): each trial's inputs and
+    # outputs go to the host once computed, so the GPU holds one trial at a time
+    host = "cpu" if msg.get("one_trial") else None
     progress("reference import")
     try:
         module, init_inputs, model = seeded_task(msg["source"], seed, "kernelgym_reference")
@@ -93,6 +96,9 @@ def _build(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[str],
             outputs = [o.detach().clone() if isinstance(o, torch.Tensor) else
                        (torch.as_tensor(o) if isinstance(o, (bool, int, float)) else f"<{type(o).__name__}>")
                        for o in items]
+            if host is not None:
+                kept, outputs = to_device(kept, host), to_device(outputs, host)
+                del dev_inputs, out, items
             trials.append({"seed": ts, "inputs": kept, "outputs": outputs})
         for tr, fp in zip(trials, fps.read()):   # one per trial, in order
             tr["fingerprint"] = fp
@@ -112,11 +118,16 @@ def _store(state: dict[str, Any]) -> OrderedDict:
     return state.setdefault("store", OrderedDict())
 
 
-def _put(state: dict[str, Any], key: str, outputs: list[list[Any]], limit: int) -> bool:
-    """Keep `outputs` under `key` (LRU by bytes); False when they alone exceed the limit."""
+def _put(state: dict[str, Any], key: str, outputs: list[list[Any]], limit: int, force: bool = False) -> bool:
+    """Keep `outputs` under `key` (LRU by bytes); False when they alone exceed the limit, unless
+    `force` (outputs on the host), which keeps them alone."""
     size = _nbytes(outputs)
     store = _store(state)
     store.pop(key, None)
+    if force:
+        store.clear()
+        store[key] = (outputs, size)
+        return True
     if size > limit:
         return False
     store[key] = (outputs, size)
@@ -137,8 +148,12 @@ def run_reference(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     outputs = [tr["outputs"] for tr in ref["trials"]]
     if ref["problem"]:
         return {"status": "bad_output", "error": ref["problem"]}
-    stored = _put(state, msg["key"], outputs, int(msg.get("store_bytes", DEFAULT_STORE_BYTES)))
-    state["reference"] = {"model": ref["model"], "inputs": [tr["inputs"] for tr in ref["trials"]]}
+    # one trial on the GPU: the outputs are on the host, kept whatever their size (a rebuild would
+    # cost the whole reference again); the baselines are timed on the first trial's inputs alone
+    one = bool(msg.get("one_trial"))
+    stored = _put(state, msg["key"], outputs, int(msg.get("store_bytes", DEFAULT_STORE_BYTES)), force=one)
+    inputs = [tr["inputs"] for tr in ref["trials"]]
+    state["reference"] = {"model": ref["model"], "inputs": [to_device(inputs[0], msg["device"])] if one else inputs}
     return {
         "status": "ok", "stored": stored, "ops": ref["ops"], "aliases_input": ref["aliases"],
         "seeds": [tr["seed"] for tr in ref["trials"]],

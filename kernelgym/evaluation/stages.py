@@ -194,6 +194,7 @@ class Stages:
         self.host_bytes: int | None = None   # the task's host bytes (sets the workers' memory limits)
         self.footprint: dict[str, Any] = {}  # the task's sizes (`Pipeline._footprint`)
         self.reservation: Reservation | None = None   # the GPU memory this evaluation holds
+        self.one_trial = False   # workers keep one trial on the GPU at a time (`one_trial_on_gpu`)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _spill(self, w: Worker | None = None) -> dict[str, str]:
