@@ -14,6 +14,7 @@ from kernelgym.task import Task
 compiler = pytest.importorskip("policies.compiler")
 from policies.compiler import CompileError, CompilerPolicy  # noqa: E402
 from policies.compiler.extern import default_extern, extern_choices, extern_problem  # noqa: E402
+from tests.policies._tasks import module_task  # noqa: E402
 
 HEAD = '''
 import torch
@@ -305,22 +306,7 @@ def test_propose_offers_the_other_extern_set_after_the_partitions():
 
 
 def _conv_task(forward: str, init: str, shape: str = "2, 3, 9, 9") -> Task:
-    return Task.from_source(HEAD + f'''
-    def __init__(self):
-        super().__init__()
-        {init}
-
-    def forward(self, x):
-        return {forward}
-
-
-def get_inputs():
-    return [torch.randn({shape})]
-
-
-def get_init_inputs():
-    return []
-''')
+    return Task.from_source(module_task(forward, "x", f"torch.randn({shape})", init))
 
 
 # An extern convolution read by Triton kernels of every template: a pointwise chain, a padded

@@ -13,31 +13,11 @@ compiler = pytest.importorskip("policies.compiler")
 from policies.compiler import CompilerPolicy  # noqa: E402
 from policies.compiler.coords import strides  # noqa: E402
 from policies.compiler.layout import channels_last  # noqa: E402
+from tests.policies._tasks import module_task  # noqa: E402
 
 
 def _task(forward: str, init: str, inputs: str) -> Task:
-    return Task.from_source(f'''
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        {init}
-
-    def forward(self, x):
-        return {forward}
-
-
-def get_inputs():
-    return [{inputs}]
-
-
-def get_init_inputs():
-    return []
-''')
+    return Task.from_source(module_task(forward, "x", inputs, init))
 
 
 CL = "memory_format=torch.channels_last"
