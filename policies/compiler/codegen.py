@@ -301,11 +301,11 @@ class KernelWriter(ViewValues, PoolValues):
         mask = mask or self.tiles[-1].mask
         val = self.value(("node", node), c, mask)
         ptr = self.ptr(("node", node))
+        at = f"{ptr} + {self.offset(c, self.prog.layout(('node', node)))}"
         if atomic:
-            self.emit(f'tl.atomic_add({ptr} + {self.offset(c, self.prog.layout(("node", node)))}, {val}, '
-                      f'mask={mask}, sem="relaxed")')
+            self.emit(f'tl.atomic_add({at}, {val}, mask={mask}, sem="relaxed")')
         else:
-            self.emit(f"tl.store({ptr} + {self.offset(c, self.prog.layout(('node', node)))}, {val}, mask={mask})")
+            self.emit(f"tl.store({at}, {val}, mask={mask})")
         if node not in self.stored:
             self.stored.append(node)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from policies.compiler.ir import CompileError
+from policies.compiler.ir import CHANNELS_LAST, CompileError
 
 NEG_INF = '-float("inf")'
 POS_INF = 'float("inf")'
@@ -91,20 +91,19 @@ class Coords:
         return out
 
 
+def layout_order(rank: int, layout: str = "") -> list[int]:
+    """The dims of a dense tensor of `layout` from outermost to innermost: row-major, or
+    `CHANNELS_LAST` dim 1 innermost (torch.channels_last / channels_last_3d)."""
+    return [0, *range(2, rank), 1] if layout == CHANNELS_LAST else list(range(rank))
+
+
 def strides(shape: Sequence[int], layout: str = "") -> list[int]:
-    """Element strides of a dense tensor of `shape`: row-major, or with `layout`
-    "channels_last" dim 1 innermost (torch.channels_last / channels_last_3d)."""
-    if layout == "channels_last":
-        order = [0, *range(2, len(shape)), 1]   # outermost to innermost
-        out = [1] * len(shape)
-        step = 1
-        for d in reversed(order):
-            out[d] = step
-            step *= shape[d]
-        return out
+    """Element strides of a dense tensor of `shape` in `layout` (`layout_order`)."""
     out = [1] * len(shape)
-    for k in range(len(shape) - 2, -1, -1):
-        out[k] = out[k + 1] * shape[k + 1]
+    step = 1
+    for d in reversed(layout_order(len(shape), layout)):
+        out[d] = step
+        step *= shape[d]
     return out
 
 

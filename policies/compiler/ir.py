@@ -107,6 +107,11 @@ class StateEntry:
     dtype: str | None = None       # None: the task's float dtype; else a torch dtype name ("int64")
 
 
+# A dense tensor's memory layout other than row-major (""): torch.channels_last /
+# channels_last_3d, dim 1 innermost (`coords.layout_order`).
+CHANNELS_LAST = "channels_last"
+
+
 @dataclass
 class Program:
     """A graph plus everything code generation needs beyond it.
@@ -148,8 +153,8 @@ class Program:
         return len(self.graph.nodes)
 
     def layout(self, ref: Ref) -> str:
-        """The memory layout of the tensor behind `ref`: "" (row-major) or "channels_last"."""
-        return "channels_last" if ref[0] == "node" and ref[1] in self.channels_last else ""
+        """The memory layout of the tensor behind `ref`: "" (row-major) or `CHANNELS_LAST`."""
+        return CHANNELS_LAST if ref[0] == "node" and ref[1] in self.channels_last else ""
 
     def shape(self, ref: Ref) -> tuple[int, ...]:
         kind_, k = ref

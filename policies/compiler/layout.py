@@ -53,15 +53,14 @@ def _closure(prog: Program, groups: Sequence[Sequence[int]], stored: Sequence[Se
         j = todo.pop()
         for reader in prog.consumers[j]:
             gi = group_of.get(reader)
-            if gi is None or reader in ext or gi in seen_groups:
-                if gi is None or reader in ext:
-                    return set()
-                continue
-            group = set(groups[gi])
-            if not all(kind(prog.graph.nodes[k].op) == "pointwise" or _over_channels(prog, k, rank) for k in group):
+            if gi is None or reader in ext:
                 return set()
-            pointwise = all(kind(prog.graph.nodes[k].op) == "pointwise" for k in group)
-            if pointwise and any(len(prog.graph.nodes[k].shape) != rank for k in stored[gi]):
+            if gi in seen_groups:
+                continue
+            rows = [k for k in groups[gi] if kind(prog.graph.nodes[k].op) != "pointwise"]
+            if not all(_over_channels(prog, k, rank) for k in rows):
+                return set()
+            if not rows and any(len(prog.graph.nodes[k].shape) != rank for k in stored[gi]):
                 return set()
             seen_groups.add(gi)
             # a row kernel's outputs of the input's rank (a softmax, a keepdim reduction) follow it

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.compiler.codegen import KernelWriter
-from policies.compiler.coords import Coords
+from policies.compiler.coords import Coords, layout_order
 from policies.compiler.ir import Program, numel
 from policies.compiler.template import Kernel, clamp_pow2, reserve
 
@@ -21,14 +21,12 @@ def pointwise_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int],
     w.emit(f"mask = offs < {n}")
     axes = frozenset({"i"})
     with w.tile(["i"], "mask", ["BLOCK"]):
-        if stored[0] in prog.channels_last:
-            # walk the output in its channels-last order (`layout`): dims 0, 2.., then 1
-            order = [0, *range(2, len(shape)), 1]
-            walked = w.decompose("offs", [shape[d] for d in order], axes, "i")
-            dims = [walked[order.index(d)] for d in range(len(shape))]
-            c = Coords(shape, dims, w.new_key(), "offs", axes, "channels_last")
-        else:
-            c = Coords(shape, w.decompose("offs", shape, axes, "i"), w.new_key(), "offs", axes)
+        # walk the output in its layout's order (channels-last: dims 0, 2.., then 1)
+        layout = prog.layout(("node", stored[0]))
+        order = layout_order(len(shape), layout)
+        walked = w.decompose("offs", [shape[d] for d in order], axes, "i")
+        dims = [walked[order.index(d)] for d in range(len(shape))]
+        c = Coords(shape, dims, w.new_key(), "offs", axes, layout)
         for j in stored:
             w.store(j, c)
     return Kernel(name, "pointwise", list(nodes), w.params, {"BLOCK": clamp_pow2(n, 16, 1024)},

@@ -134,7 +134,8 @@ _ROW_NAMES = ("pid", "rm", "row_mask", "r0", "rr", "mask", "acc", "run_max", "ru
               "xz", "chunk_max", "tail", "pid_r", "r_lo", "done", "total", "ws_ptr", "cnt_ptr", "r_out", "r_in",
               "mask_in", "best", "best_i", "chunk_best", "chunk_i", "take", "ex", "sp", "part", "p_cnt", "p_mean",
               "p_m2", "p_max", "p_sum")
-# What a split norm's first kernel stores per (row, span) for the second to merge (`_merge_partials`).
+# What a split norm's first kernel stores per (row, span) for the second to merge (`_merge_partials`):
+# the variables `row_ops.row_stats` folds for the op.
 _PARTIALS = {"layer_norm": ("cnt", "mean", "m2"), "group_norm": ("cnt", "mean", "m2"),
              "instance_norm": ("cnt", "mean", "m2"), "rms_norm": ("acc",), "softmax": ("run_max", "run_sum"),
              "log_softmax": ("run_max", "run_sum")}
@@ -299,14 +300,12 @@ def _partials_kernel(prog: Program, nodes: Sequence[int], anchor: int, name: str
     reserve(w, *_ROW_NAMES)
     head = _row_head(w, plan, m, r, prog.shape(x_ref), 2)
     with w.tile(["m", "r"], "mask", ["BLOCK_M", "BLOCK_R"]):
-        stats = row_stats(w, op, p, head.loop, head.x_coords, x_ref, r, "dtype=tl.float32")
-    names = {"cnt": "cnt", "mean": stats.get("mean"), "m2": stats.get("m2"), "acc": stats.get("acc"),
-             "run_max": stats.get("max"), "run_sum": stats.get("sum")}
+        row_stats(w, op, p, head.loop, head.x_coords, x_ref, r, "dtype=tl.float32")
     partials = _PARTIALS[op]
     w.params.append(("ws_ptr", f"{name}_ws"))
     w.emit(f"part = ws_ptr + (rm * SPLIT_R + pid_r) * {len(partials)}")
-    for i, key in enumerate(partials):
-        w.emit(f"tl.store(part + {i}, {names[key]}, mask=row_mask)")
+    for i, var in enumerate(partials):
+        w.emit(f"tl.store(part + {i}, {var}, mask=row_mask)")
     return Kernel(f"{name}_stats", "row", list(nodes), w.params, blocks, options, grid, w.body_lines(), [],
                   w.helpers, comment=f"statistics of {op} (node {anchor}) over each program's span of its rows")
 
