@@ -24,32 +24,23 @@ from typing import Any
 from benchmarks._output import write_json
 from benchmarks.dot_smem import problem_paths
 
-CONV_OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-# channels-last memory formats by the input's rank (torch has none for 3-D tensors)
-_FORMATS = {4: "channels_last", 5: "channels_last_3d"}
-
 
 def conv_calls(path: str) -> list[dict[str, Any]]:
-    """Every convolution of the problem at `path`: its op, input and weight shapes, call keywords."""
-    from kernelgym.ops.catalog import conv_groups
+    """Every convolution of the problem at `path` that can be a vendor call: its op, input and
+    weight shapes, and the call's keywords (`extern.conv_keywords`, as lenient mode writes them)."""
     from kernelgym.task import Task
     from policies.compiler import CompilerPolicy
+    from policies.compiler.extern import CONV_FNS, conv_keywords
 
     prog = CompilerPolicy("lenient").program(Task.from_file(path))
     out = []
     for j, node in enumerate(prog.graph.nodes):
-        if node.op not in CONV_OPS:
-            continue
-        x_shape = tuple(prog.shape(node.args[0]))
         roles = prog.weights.get(j, {})
-        if "weight" not in roles:
+        kw = conv_keywords(prog, j) if node.op in CONV_FNS else None
+        if kw is None or "weight" not in roles:
             continue
-        w_shape = tuple(prog.state_by_key[roles["weight"]].shape)
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in node.params.items()
-              if not k.startswith("_") and k not in ("kernel", "bias")}
-        if "groups" in kw:
-            kw["groups"] = conv_groups(node.params, x_shape[1])
-        out.append({"node": j, "op": node.op, "x": x_shape, "w": w_shape, "bias": "bias" in roles, "kw": kw})
+        out.append({"node": j, "op": node.op, "x": tuple(prog.shape(node.args[0])),
+                    "w": tuple(prog.state_by_key[roles["weight"]].shape), "bias": "bias" in roles, "kw": kw})
     return out
 
 
@@ -59,10 +50,11 @@ def time_call(call: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F  # noqa: N812
     from triton.testing import do_bench
 
-    fmt = _FORMATS.get(len(call["x"]))
-    if fmt is None:
+    from policies.compiler.layout import FORMATS  # torch has no channels-last format for 3-D tensors
+
+    if len(call["x"]) not in FORMATS:
         return {"skipped": f"no channels-last format for a {len(call['x'])}-D input"}
-    fmt = getattr(torch, fmt)
+    fmt = getattr(torch, FORMATS[len(call["x"])].removeprefix("torch."))
     fn = getattr(F, call["op"])
     x = torch.randn(call["x"], device="cuda")
     w = torch.randn(call["w"], device="cuda") * 0.05

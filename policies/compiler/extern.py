@@ -35,6 +35,21 @@ MATMUL_FNS = {"linear": "F.linear", "matmul": "torch.matmul", "bmm": "torch.bmm"
 _VIEW_OPS = frozenset({"transpose", "permute", "flatten", "merge_last", "reshape"})
 
 
+def conv_keywords(prog: Program, j: int) -> dict[str, Any] | None:
+    """The keyword arguments of convolution node `j`'s ``F.conv*`` call (stride, padding,
+    dilation, groups, output_padding; lists as tuples), or None when its params include one the
+    call cannot take."""
+    node = prog.graph.nodes[j]
+    # keys with a leading underscore are the tracer's notes (the state keys), not call params
+    params: dict[str, Any] = {k: v for k, v in node.params.items() if not k.startswith("_")}
+    if set(params) - (_CONVT_KEYS if node.op.startswith("conv_transpose") else _CONV_KEYS):
+        return None
+    if "groups" in params:  # "depthwise": one group per input channel
+        params["groups"] = conv_groups(params, prog.shape(node.args[0])[1])
+    # "kernel" is the weight's shape and "bias" whether it has one: neither is a keyword
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k not in ("kernel", "bias")}
+
+
 def vendor_call(prog: Program, j: int) -> str | None:
     """The vendor call computing node `j` from its arguments (``x{k}`` inputs, ``v{k}`` nodes)
     and the reference's weights, or None when `j` has none (not a convolution or product, or
@@ -45,13 +60,10 @@ def vendor_call(prog: Program, j: int) -> str | None:
     # keys with a leading underscore are the tracer's notes (the state keys), not call params
     params: dict[str, Any] = {k: v for k, v in node.params.items() if not k.startswith("_")}
     if node.op in CONV_FNS:
-        allowed = _CONVT_KEYS if node.op.startswith("conv_transpose") else _CONV_KEYS
-        if set(params) - allowed or "weight" not in w or len(args) != 1:
+        keywords = conv_keywords(prog, j)
+        if keywords is None or "weight" not in w or len(args) != 1:
             return None
-        if "groups" in params:  # "depthwise": one group per input channel
-            params["groups"] = conv_groups(params, prog.shape(node.args[0])[1])
-        # "kernel" is the weight's shape and "bias" whether it has one: neither is a keyword
-        kw = "".join(f", {k}={_py(params[k])}" for k in sorted(params) if k not in ("kernel", "bias"))
+        kw = "".join(f", {k}={_py(keywords[k])}" for k in sorted(keywords))
         bias = "None" if j in prog.late_bias else w.get("bias", "None")
         x, weight = args[0], w["weight"]
         if j in prog.channels_last:   # cuDNN's NHWC kernels (`layout`): operands and result so
