@@ -207,6 +207,26 @@ def _propose_job(task: Any, make_policy: Callable[[], Any]) -> Callable[[], dict
 
 
 # -- judging -------------------------------------------------------------------------------------
+def read_progress(path: Path, warn: bool = False) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """The lines of a progress file (`Progress`) that hold a whole row, by (level, mode, problem):
+    the last line of a problem wins (a row judged again is appended). A line cut short by a kill
+    is skipped (with `warn`, named on stderr: it is judged again)."""
+    done: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for n, text in enumerate(path.read_text().splitlines(), 1):
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            if warn:
+                print(f"kernelbench: {path}:{n}: not JSON, judged again", file=sys.stderr)
+            continue
+        if isinstance(line, dict) and isinstance(line.get("row"), dict):
+            try:
+                done[(int(line["level"]), str(line["mode"]), str(line["problem"]))] = line
+            except (KeyError, TypeError, ValueError):
+                continue
+    return done
+
+
 class Progress:
     """One JSON line per judged problem in OUT/kernelbench.progress.jsonl, written as verdicts
     arrive: what a GPU call cut short by its time limit still measured. Each line holds the
@@ -221,14 +241,7 @@ class Progress:
         self.count = 0   # lines written by this run
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume and path.exists():
-            for n, text in enumerate(path.read_text().splitlines(), 1):
-                try:
-                    line = json.loads(text)
-                except json.JSONDecodeError:   # a line cut short when the run was killed
-                    print(f"kernelbench: {path}:{n}: not JSON, judged again", file=sys.stderr)
-                    continue
-                if isinstance(line, dict) and isinstance(line.get("row"), dict):
-                    self.done[(int(line["level"]), str(line["mode"]), str(line["problem"]))] = line
+            self.done = read_progress(path, warn=True)
             # the kept lines only: a cut last line would run into the next one appended
             path.write_text("".join(json.dumps(line, default=str) + "\n" for line in self.done.values()))
         else:
@@ -259,22 +272,18 @@ def stale_rows(earlier: dict[str, dict[str, Any]], tasks: Sequence[Any],
 def compiler_winners(path: Path, level: int, mode: str, versus: str = "both") -> dict[str, dict[str, Any]]:
     """Problem file name -> its progress line, for the problems a compiler run (`path`, its
     progress file) judged ok and faster than eager and (`versus` "both") torch.compile at `level`
-    in `mode`; each row marked ``search_skipped``. A line that does not parse is skipped (that
-    problem is searched)."""
+    in `mode`, by the problem's last line (`read_progress`); each row marked ``search_skipped``. A
+    line that does not parse is skipped (that problem is searched)."""
     out: dict[str, dict[str, Any]] = {}
-    for text in path.read_text().splitlines():
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        row = line.get("row") if isinstance(line, dict) else None
-        if not isinstance(row, dict) or line.get("level") != level or line.get("mode") != mode:
+    for (lv, m, problem), line in read_progress(path).items():
+        row = line["row"]
+        if lv != level or m != mode:
             continue
         beats = (row.get("speedup") or 0) > 1 and (versus == "eager" or (row.get("speedup_vs_compile") or 0) > 1)
         if row.get("status") == "ok" and beats:
             than = "eager" if versus == "eager" else "eager and torch.compile"
             row = {**row, "search_skipped": f"the compiler's candidate ({path}) is faster than {than}"}
-            out[str(line["problem"])] = {**line, "row": row}
+            out[problem] = {**line, "row": row}
     return out
 
 

@@ -598,3 +598,22 @@ def test_kernelbench_reports_a_hash_of_the_code_it_ran(tmp_path):
     (tmp_path / "policies" / "pkg" / "m.py").write_text("X = 'changed'\n")
     assert kbm.source_hash(tmp_path) != first
     assert len(kbm.source_hash()) == 12    # this checkout
+
+
+def test_progress_files_are_read_by_each_problems_last_line(tmp_path):
+    """A row judged again (its candidate changed) is appended: `read_progress`, and so --resume and
+    --search-losers, take a problem's last line; a cut line is skipped."""
+    kbm = load("kernelbench")
+
+    def line(problem: str, speedup: float) -> str:
+        row = {"problem": problem, "status": "ok", "speedup": speedup, "speedup_vs_compile": speedup}
+        return json.dumps({"level": 2, "mode": "lenient", "problem": problem, "row": row, "source": "s"}) + "\n"
+
+    path = tmp_path / "kernelbench.progress.jsonl"
+    path.write_text(line("1_A.py", 1.5) + line("2_B.py", 0.7) + line("1_A.py", 0.9) + line("2_B.py", 1.2)
+                    + '{"level": 2, "mode": "len')
+    got = kbm.read_progress(path)
+    assert {k: v["row"]["speedup"] for k, v in got.items()} == {(2, "lenient", "1_A.py"): 0.9,
+                                                                 (2, "lenient", "2_B.py"): 1.2}
+    assert sorted(kbm.compiler_winners(path, 2, "lenient")) == ["2_B.py"]   # 1_A's last row loses
+    assert kbm.compiler_winners(path, 1, "lenient") == {}
