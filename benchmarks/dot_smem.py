@@ -220,7 +220,8 @@ def problem_paths(dirs: list[str], filt: str | None, limit: int | None) -> list[
     for d in dirs:
         folder = Path(d)
         if not folder.is_dir():
-            raise SystemExit(f"dot_smem: {d} is not a folder")
+            # shared by registers and conv_layout: the message names the folder, not this script
+            raise SystemExit(f"{d!r} is not a folder (of KernelBench-format problems)")
         files = sorted((p for p in folder.glob("*.py") if p.name != "__init__.py"),
                        key=lambda p: (int(m[1]) if (m := re.match(r"(\d+)_", p.name)) else 1 << 30, p.name))
         files = [p for p in files if rx is None or rx.search(p.name)]

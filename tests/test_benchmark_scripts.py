@@ -617,3 +617,14 @@ def test_progress_files_are_read_by_each_problems_last_line(tmp_path):
                                                                  (2, "lenient", "2_B.py"): 1.2}
     assert sorted(kbm.compiler_winners(path, 2, "lenient")) == ["2_B.py"]   # 1_A's last row loses
     assert kbm.compiler_winners(path, 1, "lenient") == {}
+
+
+@pytest.mark.parametrize("name", ["dot_smem", "registers"])
+def test_problem_folder_scripts_name_a_missing_folder(name, tmp_path, monkeypatch):
+    """The scripts over KernelBench-format folders (`dot_smem.problem_paths`, conv_layout's too)
+    refuse a path that is not a folder by naming it, whichever script was run."""
+    missing = str(tmp_path / "no_such_level")
+    monkeypatch.setattr(sys, "argv", [name, missing])
+    with pytest.raises(SystemExit, match="no_such_level' is not a folder") as exc:
+        load(name).main()
+    assert "dot_smem" not in str(exc.value)
