@@ -13,6 +13,19 @@ from typing import Any
 TIMING_FILES = {"eager": "baseline_time_torch.json", "compile": "baseline_time_torch_compile_inductor_default.json"}
 
 
+def parse_levels(text: str) -> list[int]:
+    """An argparse type: levels like ``1,2,3`` (sorted, each once)."""
+    import argparse
+
+    try:
+        out = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--levels takes numbers like 1,2,3, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"--levels takes numbers >= 1 like 1,2,3, got {text!r}")
+    return out
+
+
 def level_dirs(path: Path, levels: Sequence[int]) -> dict[int, Path]:
     """The problem folder of each level: PATH/levelN or PATH/KernelBench/levelN."""
     out = {}

@@ -62,7 +62,7 @@ from typing import Any
 
 from benchmarks._children import in_children
 from benchmarks._coverage import trace_and_compile
-from benchmarks._kb_checkout import level_dirs, load_level, published_timings
+from benchmarks._kb_checkout import level_dirs, load_level, parse_levels, published_timings
 from benchmarks._output import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -532,20 +532,10 @@ def print_tables(report: dict[str, Any]) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------------
-def _levels(text: str) -> list[int]:
-    try:
-        out = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--levels takes numbers like 1,2,3, got {text!r}") from None
-    if not out or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"--levels takes numbers >= 1 like 1,2,3, got {text!r}")
-    return out
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("path", type=Path, help="a KernelBench checkout (levelN folders, results/timing)")
-    ap.add_argument("--levels", type=_levels, default=[1, 2, 3], help="levels, e.g. 1,2 (default 1,2,3)")
+    ap.add_argument("--levels", type=parse_levels, default=[1, 2, 3], help="levels, e.g. 1,2 (default 1,2,3)")
     ap.add_argument("--policy", default="compiler", help="compiler | search | llm | MODULE:ATTR (default compiler)")
     ap.add_argument("--base", default="compiler", help="base policy of a wrapping policy (search)")
     ap.add_argument("--mode", choices=["strict", "lenient", "both"], default="both")

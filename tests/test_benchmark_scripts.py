@@ -628,3 +628,109 @@ def test_problem_folder_scripts_name_a_missing_folder(name, tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="no_such_level' is not a folder") as exc:
         load(name).main()
     assert "dot_smem" not in str(exc.value)
+
+
+KB_GROUPS = '''
+import torch
+import torch.nn as nn
+
+batch_size = 128  # scaled up
+channels = 96
+groups = 3
+kernel = (3, 5)
+
+
+class Model(nn.Module):
+    def __init__(self, channels, groups):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+def get_inputs():
+    return [torch.rand(batch_size, channels, 224, 30)]
+
+
+def get_init_inputs():
+    return [channels, groups]
+'''
+
+KB_FIXED = '''
+import torch
+import torch.nn as nn
+
+batch_size = 64
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4096, 4096)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def get_inputs():
+    return [torch.rand(batch_size, 4096)]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_kb_shrink_keeps_residues_powers_of_two_and_factors():
+    """`shrink_int`: at or below the cap unchanged; above it, the residue mod 8 and the powers of two
+    up to the cap stay, and with `factors` 3, 5 and 7 too."""
+    from benchmarks.kb_shrink import shrink_int
+
+    assert shrink_int(7, 16) == 7 and shrink_int(16, 16) == 16
+    assert shrink_int(4096, 16) == 16 and shrink_int(131072, 8) == 8
+    assert shrink_int(8205, 16) == 21 and shrink_int(8205, 16) % 8 == 8205 % 8   # odd stays odd
+    assert shrink_int(96, 16) == 16 and shrink_int(96, 16, factors=True) == 48
+    assert shrink_int(1000, 16, factors=True) == 40
+
+
+def test_kb_shrink_source_changes_only_size_literals():
+    """Module-level and get_inputs literals above the cap shrink; small ones, comments, and literals
+    inside the model do not."""
+    from benchmarks.kb_shrink import shrink_source
+
+    text, changes = shrink_source(KB_GROUPS, 16)
+    assert changes == [(128, 16), (96, 16), (224, 16), (30, 22)]
+    assert "batch_size = 16  # scaled up" in text and "groups = 3\n" in text and "kernel = (3, 5)" in text
+    assert "torch.rand(batch_size, channels, 16, 22)" in text
+    fixed, _ = shrink_source(KB_FIXED, 16)
+    assert "nn.Linear(4096, 4096)" in fixed and "torch.rand(batch_size, 16)" in fixed
+
+
+def test_kb_shrink_writes_copies_that_run_and_names_what_does_not_fit(tmp_path, capsys):
+    """A problem whose groups need factor 3 kept is written at the first attempt that builds and runs;
+    one with sizes fixed inside its model is shrunk there too; one that does not run is named with
+    its error and not written; OUT inside the checkout is refused."""
+    kbs = load("kb_shrink")
+    level = tmp_path / "kb" / "level1"
+    level.mkdir(parents=True)
+    (level / "1_GroupNorm.py").write_text(KB_GROUPS)
+    (level / "2_Fixed.py").write_text(KB_FIXED)
+    (level / "3_Missing.py").write_text("import kb_shrink_no_such_module\n" + KB_FIXED)
+    out = tmp_path / "small"
+    assert kbs.main([str(tmp_path / "kb"), str(out), "--levels", "1", "--jobs", "1", "--timeout", "60"]) == 0
+    text = capsys.readouterr().out
+    copy = (out / "level1" / "1_GroupNorm.py").read_text()
+    # cap 16: 16 channels do not divide by 3 groups, keeping factor 3 (48 channels, 112 x 30) is over
+    # the element limit; cap 8 keeping factors fits
+    assert "channels = 24" in copy and "batch_size = 8" in copy
+    assert "nn.Linear(16, 16)" in (out / "level1" / "2_Fixed.py").read_text()
+    assert not (out / "level1" / "3_Missing.py").exists()
+    assert "3_Missing.py: cap 64, inside the model too: ModuleNotFoundError" in text
+    # 2_Fixed at cap 16 inside its model, 1_GroupNorm at cap 8, 3_Missing not fitted
+    assert re.search(r"^\s+1\s+3\s+1\s+1\s+0\s+0\s+1\s+1$", text, re.M), text
+    ns: dict = {}
+    exec(compile(copy, "copy", "exec"), ns)
+    assert tuple(ns["get_inputs"]()[0].shape) == (8, 24, 56, 30)
+    with pytest.raises(SystemExit, match="inside the checkout"):
+        kbs.main([str(tmp_path / "kb"), str(level / "x"), "--levels", "1"])
