@@ -92,7 +92,7 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
     # TMA operands: each one's load (a descriptor's tile at this program's place); None: pointers
     a_tma = b_tma = None
     if tma:
-        from policies.compiler.shared_memory import ELEMENT_BYTES   # it imports the templates
+        from policies.compiler.shared_memory import ELEMENT_BYTES  # it imports the templates
 
         itemsize = ELEMENT_BYTES[prog.dtype]
         pb_txt = "pid_b" if batched and batch > 1 else "0"
