@@ -11,8 +11,10 @@ The search runs in rounds under a budget of evaluations and wall time:
    convolutions / products run as the vendor call with the ops around them fused into Triton, or
    all in Triton) and one candidate per alternative fusion partition
    (``candidate_partitions(task)``, compiled with ``compile(task, partition=...)``: which
-   neighbouring ops share a kernel); a base that is no Compiler is asked for several proposals
-   instead;
+   neighbouring ops share a kernel), and, on a Hopper GPU (compute capability 9 or more) or when
+   asked (``tma=True``), the default compiled with ``{"tma": True}``: product kernels reading
+   their eligible operands through TMA tensor descriptors (kept only when some operand is);
+   a base that is no Compiler is asked for several proposals instead;
 2. then, repeatedly: launch-parameter neighbours of the best candidate so far (block sizes,
    num_warps, num_stages rewritten in the source by `policies.launch`, so LLM output works too;
    hill climbing, since each round starts from the current best), block-size variants of a
@@ -43,7 +45,7 @@ from policies.launch import variants
 class SearchResult:
     """The chosen candidate, its verdict and the log of every judged candidate.
 
-    `log[i]` describes `sources[i]`: origin (default, config, partition, propose, launch, refine),
+    `log[i]` describes `sources[i]`: origin (default, config, tma, extern, partition, propose, launch, refine),
     changes, parent (log index it was derived from), status, correct, speedup,
     speedup_vs_compile, error. Policy failures appear with status ``policy_error`` and no source.
     """
@@ -85,14 +87,17 @@ class SearchPolicy:
     backend=, mode=, seed=)`` (default: the shared `kernelgym.evaluation` evaluator); backend /
     mode: passed to it; batch_size: candidates per parallel round (default: the evaluator's
     worker count, at least 2); partitions: most fusion partitions tried; refine: ask the base
-    again with history; seed: evaluation seeds derive from it and the task.
+    again with history; seed: evaluation seeds derive from it and the task; tma: seed a candidate
+    with TMA loads in the product kernels (True), never (False), or None: only when a timed run has
+    a CUDA device of compute capability 9 or more (Hopper's TMA units; elsewhere Triton has none).
     """
 
     name = "search"
 
     def __init__(self, base: Policy, budget_evals: int = 16, budget_s: float | None = None,
                  evaluator: Any | None = None, backend: str = "auto", mode: str = "strict", *,
-                 batch_size: int | None = None, partitions: int = 8, refine: bool = True, seed: int = 0):
+                 batch_size: int | None = None, partitions: int = 8, refine: bool = True, seed: int = 0,
+                 tma: bool | None = None):
         from kernelgym.evaluation.protocol import BACKENDS, MODES
 
         if not callable(getattr(base, "propose", None)):
@@ -113,6 +118,7 @@ class SearchPolicy:
         self.partitions = partitions
         self.refine = refine
         self.seed = seed
+        self.tma = tma
 
     # -- Policy interface ------------------------------------------------------------------------
     def propose(self, task: Task, n: int = 1, history: Sequence[Attempt] = ()) -> list[str]:
@@ -148,6 +154,22 @@ class SearchPolicy:
         from kernelgym.evaluation.evaluator import cuda_available
 
         return cuda_available()
+
+    def _offers_tma(self) -> bool:
+        """Whether the search seeds a TMA candidate (see `tma`)."""
+        if self.tma is not None:
+            return bool(self.tma)
+        return self._timed_backend() and _hopper()
+
+
+def _hopper() -> bool:
+    """A CUDA device of compute capability 9 or more (H100, H200) is visible here."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability()[0] >= 9
+    except Exception:  # noqa: BLE001 - a broken driver: no TMA
+        return False
 
 
 def _check_budgets(budget_evals: int | None, budget_s: float | None) -> None:
@@ -242,6 +264,13 @@ class _Search:
             if isinstance(cfg, dict):
                 for s in self.ask("config", {"config": cfg}, comp.compile, task, config=cfg)[:1]:
                     self.add(s, "config", {"config": cfg})
+        # TMA loads in the product kernels (a Hopper GPU, or asked for): judged only when some
+        # operand got a descriptor, else the source would be the default's again.
+        if self.p._offers_tma():
+            tma = {"tma": True}
+            for s in self.ask("tma", {"config": tma}, comp.compile, task, config=tma)[:1]:
+                if isinstance(s, str) and "TensorDescriptor" in s:
+                    self.add(s, "tma", {"config": tma})
         # Lenient mode: which convolutions / products run as the vendor call (extern anchors, the
         # compiler's `extern_choices`, its own set first): each other set with its default partition.
         ext_kw: dict[str, Any] = {}

@@ -159,3 +159,21 @@ def test_patching_diff_sees_replaced_deleted_and_added_attributes(monkeypatch):
     assert {"torch.nn.functional.relu", "torch.nn.functional.gelu", "torch.kernelgym_test_added (added)",
             "builtins.vars"} <= set(changed), changed
     assert not any("kernelgym_test_module" in c for c in changed)
+
+
+def test_a_tensor_descriptor_argument_is_typed_as_triton_types_it(monkeypatch):
+    """A host-side TMA descriptor is recorded with Triton's own signature type (what the sm_90
+    compile check passes to triton.compile), from Triton's mangle_type or, where a Triton lacks
+    it, the same text built from the descriptor."""
+    import torch
+    import triton.runtime.jit as jit
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from kernelgym.evaluation.guards.runtime.launches import _type_str
+
+    d = TensorDescriptor.from_tensor(torch.zeros(32, 16), [32, 16])
+    h = TensorDescriptor.from_tensor(torch.zeros(2, 32, 16, dtype=torch.float16), [1, 16, 16])
+    assert _type_str(d) == "tensordesc<fp32[32, 16]>"
+    assert _type_str(h) == "tensordesc<fp16[1, 16, 16]>"
+    monkeypatch.delattr(jit, "mangle_type")
+    assert _type_str(d) == "tensordesc<fp32[32, 16]>" and _type_str(h) == "tensordesc<fp16[1, 16, 16]>"

@@ -127,3 +127,28 @@ def test_torch_inside_kernel_flagged_in_both_modes():
 
 def test_syntax_error_is_not_a_finding():
     assert check_source("def (:\n") == []
+
+
+def test_tensor_descriptor_is_the_one_name_allowed_from_triton_tools():
+    """Triton's host-side TMA descriptor may be imported (``from ... import TensorDescriptor``) and
+    used with its attributes; every other triton.tools path, and the module itself, stays
+    forbidden."""
+    ok = ("from triton.tools.tensor_descriptor import TensorDescriptor\n"
+          "d = TensorDescriptor.from_tensor(torch.zeros(16, 16), [16, 16])\n"
+          "e = TensorDescriptor(torch.zeros(16, 16), [16, 16], [16, 1], [16, 16])\n")
+    assert reasons(KERNEL + ok) == set()
+    assert reasons(KERNEL + "from triton.tools.tensor_descriptor import TensorDescriptor as TD\n"
+                            "d = TD.from_tensor(torch.zeros(16, 16), [16, 16])\n") == set()
+    for bad in ("import triton.tools.disasm",
+                "from triton.tools.disasm import get_sass",
+                "from triton.tools import tensor_descriptor",
+                "import triton.tools.tensor_descriptor",
+                "from triton.tools.tensor_descriptor import TensorDescriptor, validate_block_shape",
+                "from triton.tools.tensor_descriptor import *",
+                "x = triton.tools.compile",
+                "x = triton.tools.tensor_descriptor.canonicalize_dtype"):
+        assert "guard:code_generation" in reasons(KERNEL + bad + "\n"), bad
+    # the class's own dunders are still dunders
+    assert "guard:introspection" in reasons(
+        KERNEL + "from triton.tools.tensor_descriptor import TensorDescriptor\n"
+                 "g = TensorDescriptor.from_tensor.__globals__\n")

@@ -82,6 +82,8 @@ class KernelWriter(ViewValues, PoolValues):
     params: list[tuple[str, str]] = field(default_factory=list)  # (kernel param, forward expr)
     helpers: set[str] = field(default_factory=set)
     stored: list[int] = field(default_factory=list)
+    # kernel parameter -> the TMA descriptor forward passes there (`template.Descriptor`)
+    descriptors: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = Block(1)
@@ -201,6 +203,15 @@ class KernelWriter(ViewValues, PoolValues):
         name = self.fresh(name)
         self._ptr[ref] = name
         self.params.append((name, expr))
+        return name
+
+    def descriptor(self, ref: Hashable, desc: Any) -> str:
+        """A new kernel parameter: TMA descriptor `desc` (`template.Descriptor`) over the tensor
+        behind `ref`, built in forward."""
+        base, expr = self._ptr_names(ref)
+        name = self.fresh(base.removesuffix("_ptr") + "_desc")
+        self.params.append((name, expr))
+        self.descriptors[name] = desc
         return name
 
     def scalar(self, ref: Hashable) -> str:

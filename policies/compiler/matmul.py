@@ -12,7 +12,7 @@ from policies.compiler.coords import ZERO, Coords, Expr, broadcast
 from policies.compiler.dot import batch_offset, dot, dot_blocks, dot_kernel, dot_operand, grid_axis, split_k
 from policies.compiler.einsum import einsum_kernel
 from policies.compiler.ir import CompileError, Program, numel
-from policies.compiler.template import Kernel, clamp_pow2, reserve, store_result, tile_view
+from policies.compiler.template import Descriptor, Kernel, clamp_pow2, reserve, store_result, tile_view
 
 # Programs a one-row product (GEMV) aims for. On an H200 the bench GEMV (1 x 3253 @ 3253 x 8192,
 # fp32) took 98.6 / 56.6 / 34.0 us with 256 / 512 / 1024 programs of 4 warps (cuBLAS: 32.5 us):
@@ -51,7 +51,13 @@ def _splittable(w: KernelWriter, nodes: Sequence[int], stored: Sequence[int], an
     return w.float_dtype is None and list(stored) == [anchor] and max(nodes) == anchor
 
 
-def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str) -> Kernel:
+def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str,
+                  tma: bool = False, host_nodes: frozenset[int] = frozenset()) -> Kernel:
+    """The tiled tl.dot kernel of a product group (GEMV, einsum and attention go to theirs).
+
+    tma: load each operand that `tma_eligible` allows through a host-side TMA tensor descriptor
+    (``desc.load``, zero-padded out of bounds: no mask) instead of masked pointer loads;
+    host_nodes: nodes whose tensors torch made in forward (lenient fallbacks), never TMA operands."""
     node = prog.graph.nodes[anchor]
     op = node.op
     if op == "einsum":
@@ -83,31 +89,63 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
     pb = Expr("pid_b") if batched and batch > 1 else ZERO
     rm2, rn2 = Expr("rm[:, None]", am), Expr("rn[None, :]", an_)
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
+    # TMA operands: each one's load (a descriptor's tile at this program's place); None: pointers
+    a_tma = b_tma = None
+    if tma:
+        from policies.compiler.shared_memory import ELEMENT_BYTES  # it imports the templates
+
+        itemsize = ELEMENT_BYTES[prog.dtype]
+        pb_txt = "pid_b" if batched and batch > 1 else "0"
+        if tma_eligible(prog, w, a_ref, k * itemsize, host_nodes):
+            if batched:
+                d = w.descriptor(a_ref, Descriptor((1, "BLOCK_M", "BLOCK_K"), operand="a"))
+                a_tma = f"{d}.load([{pb_txt}, pid_m * BLOCK_M, k0]).reshape(BLOCK_M, BLOCK_K)"
+            else:
+                d = w.descriptor(a_ref, Descriptor(("BLOCK_M", "BLOCK_K"), (m, k) if len(a_shape) > 2 else None, "a"))
+                a_tma = f"{d}.load([pid_m * BLOCK_M, k0])"
+        if tma_eligible(prog, w, b_ref, (k if op == "linear" else n) * itemsize, host_nodes):
+            if op == "linear":   # the (n, k) weight's tile, transposed for tl.dot
+                b_tma = f"{w.descriptor(b_ref, Descriptor(('BLOCK_N', 'BLOCK_K'), operand='b'))}.load([pid_n * BLOCK_N, k0]).T"
+            elif batched:
+                d = w.descriptor(b_ref, Descriptor((1, "BLOCK_K", "BLOCK_N"), operand="b"))
+                b_tma = f"{d}.load([{pb_txt}, k0, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)"
+            else:
+                b_tma = f"{w.descriptor(b_ref, Descriptor(('BLOCK_K', 'BLOCK_N'), operand='b'))}.load([k0, pid_n * BLOCK_N])"
     with w.block(_k_loop(w, k, split)):
-        w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
-        w.emit(f"a_mask = (rm[:, None] < {m}) & (rk[None, :] < {k})")
-        w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
+        if a_tma is None or b_tma is None:
+            w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
+        if a_tma is None:
+            w.emit(f"a_mask = (rm[:, None] < {m}) & (rk[None, :] < {k})")
+        if b_tma is None:
+            w.emit(f"b_mask = (rk[:, None] < {k}) & (rn[None, :] < {n})")
         rk_row, rk_col = Expr("rk[None, :]", ak), Expr("rk[:, None]", ak)
-        with w.tile(["m", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
-            if rows:
-                dims = lead2 + [rk_row]
-                flat = f"rm[:, None] * {k} + rk[None, :]"
-            elif batched:
-                dims = [pb, rm2, rk_row]
-                flat = f"{batch_offset(batched and batch > 1, m * k)}rm[:, None] * {k} + rk[None, :]"
-            else:
-                dims = [rm2, rk_row]
-                flat = f"rm[:, None] * {k} + rk[None, :]"
-            a = dot_operand(w, a_ref, Coords(tuple(a_shape), dims, w.new_key(), flat, am | ak), "a_mask", "a")
-        with w.tile(["k", "n"], "b_mask", ["BLOCK_K", "BLOCK_N"]):
-            if op == "linear":
-                bc = Coords(b_shape, [rn2, rk_col], w.new_key())
-            elif batched:
-                bc = Coords(tuple(b_shape), [pb, rk_col, rn2], w.new_key(),
-                            f"{batch_offset(batch > 1, k * n)}rk[:, None] * {n} + rn[None, :]", ak | an_)
-            else:
-                bc = Coords(tuple(b_shape), [rk_col, rn2], w.new_key(), f"rk[:, None] * {n} + rn[None, :]", ak | an_)
-            b = dot_operand(w, b_ref, bc, "b_mask", "b")
+        if a_tma is not None:
+            a = w.assign("a", a_tma)
+        else:
+            with w.tile(["m", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
+                if rows:
+                    dims = lead2 + [rk_row]
+                    flat = f"rm[:, None] * {k} + rk[None, :]"
+                elif batched:
+                    dims = [pb, rm2, rk_row]
+                    flat = f"{batch_offset(batched and batch > 1, m * k)}rm[:, None] * {k} + rk[None, :]"
+                else:
+                    dims = [rm2, rk_row]
+                    flat = f"rm[:, None] * {k} + rk[None, :]"
+                a = dot_operand(w, a_ref, Coords(tuple(a_shape), dims, w.new_key(), flat, am | ak), "a_mask", "a")
+        if b_tma is not None:
+            b = w.assign("b", b_tma)
+        else:
+            with w.tile(["k", "n"], "b_mask", ["BLOCK_K", "BLOCK_N"]):
+                if op == "linear":
+                    bc = Coords(b_shape, [rn2, rk_col], w.new_key())
+                elif batched:
+                    bc = Coords(tuple(b_shape), [pb, rk_col, rn2], w.new_key(),
+                                f"{batch_offset(batch > 1, k * n)}rk[:, None] * {n} + rn[None, :]", ak | an_)
+                else:
+                    bc = Coords(tuple(b_shape), [rk_col, rn2], w.new_key(), f"rk[:, None] * {n} + rn[None, :]",
+                                ak | an_)
+                b = dot_operand(w, b_ref, bc, "b_mask", "b")
         w.emit(f"acc += {dot(w, a, b)}")
     w.emit(f"out_mask = (rm[:, None] < {m}) & (rn[None, :] < {n})")
     with w.tile(["m", "n"], "out_mask", ["BLOCK_M", "BLOCK_N"],
@@ -120,7 +158,27 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
         else:
             oc = Coords(out_shape, [rm2, rn2], w.new_key(), f"rm[:, None] * {n} + rn[None, :]", am | an_)
         store_result(w, oc, _with_bias(prog, w, anchor, oc, rn2, "acc", split), stored, atomic=split > 1)
-    return dot_kernel(w, name, "matmul", nodes, m, n, k, batch, split=split, blocks=blocks)
+    kern = dot_kernel(w, name, "matmul", nodes, m, n, k, batch, split=split, blocks=blocks)
+    kern.descriptors = dict(w.descriptors)
+    if tma:
+        kern.comment_note = "; TMA loads: " + (", ".join(f"{d.operand} ({p})" for p, d in kern.descriptors.items())
+                                               or "none") + \
+            "".join(f"; {o} by pointers" for o, t in (("a", a_tma), ("b", b_tma)) if t is None)
+    return kern
+
+
+def tma_eligible(prog: Program, w: KernelWriter, ref: Any, row_bytes: int, host_nodes: frozenset[int]) -> bool:
+    """Whether product operand `ref` can be read through a TMA descriptor: a float tensor in memory
+    (a graph input, a weight or state tensor, or what an earlier kernel or vendor call stored; not
+    a value this kernel computes in a prologue, not one torch made in forward: `host_nodes`),
+    dense row-major, whose rows of `row_bytes` keep every row 16-byte aligned (TMA's rule for
+    strides)."""
+    kind_, j = ref
+    if kind_ == "node" and (j in w.group or j in host_nodes or j in prog.late_bias):
+        return False
+    if prog.is_scalar(ref) or prog.is_index(ref) or prog.layout(ref) != "":
+        return False
+    return row_bytes % 16 == 0
 
 
 def _batch_and_split_ids(w: KernelWriter, axis: int, batched: bool, split: int) -> None:

@@ -40,8 +40,9 @@ _TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat
 
 def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a launch config: block sizes (powers of two), num_warps, num_stages,
-    ``dot_precision`` (fp32 ``tl.dot``: "tf32x3", "ieee" or "tf32") and optional per-kernel overrides
-    under ``"kernels"`` (kernel index or name -> the same keys)."""
+    ``dot_precision`` (fp32 ``tl.dot``: "tf32x3", "ieee" or "tf32"), ``tma`` (a bool: product
+    kernels load their eligible operands through TMA tensor descriptors, `matmul.tma_eligible`)
+    and optional per-kernel overrides under ``"kernels"`` (kernel index or name -> the same keys)."""
     if config is None:
         return {}
     if not isinstance(config, Mapping):
@@ -61,9 +62,15 @@ def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
                                    f"got {value!r}")
             out[key] = value
             continue
+        if key == "tma":
+            if not isinstance(value, bool):
+                raise CompileError("config['tma'] must be true or false (TMA tensor-descriptor loads of "
+                                   f"product operands), got {value!r}")
+            out[key] = value
+            continue
         if key not in BLOCK_KEYS and key not in OPTION_KEYS:
             raise CompileError(f"unknown config key {key!r}; expected {', '.join(BLOCK_KEYS + OPTION_KEYS)},"
-                               " dot_precision or 'kernels'")
+                               " dot_precision, tma or 'kernels'")
         if not isinstance(value, int) or isinstance(value, bool):
             raise CompileError(f"config[{key!r}] must be an int, got {value!r}")
         if key in BLOCK_KEYS and (value < 1 or value & (value - 1) or value > 1 << 16):
@@ -138,11 +145,22 @@ def build_kernels(prog: Program, groups: list[list[int]], stored: list[list[int]
                 n_kernels = sum(isinstance(x, Kernel) for x in out)
                 k = row_kernel(prog, nodes, st, a, name,
                                _kernel_config(config or {}, n_kernels, name).get("BLOCK_R"))
+            elif ka == "matmul":
+                n_kernels = sum(isinstance(x, Kernel) for x in out)
+                tma = bool(_kernel_config(config or {}, n_kernels, name).get("tma", False))
+                k = matmul_kernel(prog, nodes, st, a, name, tma=tma, host_nodes=_torch_made(out, extern))
             else:
                 k = builder(prog, nodes, st, a, name)
         k.comment = _describe(prog, nodes)
+        k.comment += k.comment_note
         out.append(k)
     return out
+
+
+def _torch_made(items: Sequence[Kernel | int], extern: frozenset[int]) -> frozenset[int]:
+    """Nodes of `items` (the groups built so far) that a lenient fallback computes in torch: such a
+    tensor may be a view (an offset, strides) that a TMA descriptor cannot take."""
+    return frozenset(j for j in items if isinstance(j, int) and j not in extern)
 
 
 def _state_lines(prog: Program) -> list[str]:
@@ -229,6 +247,9 @@ def render_module(prog: Program, groups: list[list[int]], stored: list[list[int]
         "",
     ]
     head[2] = head[2].format(mode=mode)
+    if any(k.descriptors for k in kernels):
+        head.insert(head.index("import triton.language as tl") + 1,
+                    "from triton.tools.tensor_descriptor import TensorDescriptor")
     if any(isinstance(item, int) for item in items):  # fallback lines call torch.nn.functional
         head.insert(head.index("import torch.nn as nn") + 1, "import torch.nn.functional as F")
     body: list[str] = []

@@ -36,11 +36,15 @@ class Kernel:
     stored: list[int]
     helpers: set[str] = field(default_factory=set)
     comment: str = ""
+    comment_note: str = ""            # what the template adds to the comment (which loads use TMA)
     zero_init: bool = False           # outputs must be zeroed first (split-K adds partial sums)
     # forward variable -> its allocation text (``{dev}`` and the block sizes, e.g. ``{SPLIT_R}``,
     # filled in at the launch)
     scratch: dict[str, str] = field(default_factory=dict)
     pre: Kernel | None = None         # a kernel launched just before this one (a split norm's statistics)
+    # kernel parameter -> the TMA tensor descriptor forward builds for it (`Descriptor`); such a
+    # kernel's block sizes are bound to forward variables that the launch and descriptors share
+    descriptors: dict[str, Descriptor] = field(default_factory=dict)
 
     def source(self) -> str:
         sig = ", ".join([p for p, _ in self.params] + [f"{b}: tl.constexpr" for b in self.blocks])
@@ -51,10 +55,38 @@ class Kernel:
         return (self.pre.source() + "\n\n" + own) if self.pre is not None else own
 
     def launch(self) -> list[str]:
-        args = [e for _, e in self.params] + [f"{b}={v}" for b, v in self.blocks.items()]
+        # A descriptor's block shape is a host value: with descriptors, each block size is bound
+        # once to a forward variable that the descriptors and the launch keyword both read, so a
+        # launch rewrite (`policies.launch`, which follows such names to their literal) keeps
+        # them equal.
+        host = {b: f"{self.name}_{b}" for b in self.blocks} if self.descriptors else {}
+        own = [f"{host[b]} = {v}" for b, v in self.blocks.items()] if host else []
+        args = [self.descriptors[p].host(e, host) if p in self.descriptors else e for p, e in self.params]
+        args += [f"{b}={host.get(b, v)}" for b, v in self.blocks.items()]
         args += [f"{k}={v}" for k, v in self.options.items()]
-        own = [f"grid = {self.grid}  # noqa: E731", f"{self.name}[grid]({', '.join(args)})"]
+        own += [f"grid = {self.grid}  # noqa: E731", f"{self.name}[grid]({', '.join(args)})"]
         return (self.pre.launch() + own) if self.pre is not None else own
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A host-side TMA tensor descriptor over a dense row-major tensor, tiled by `block` (block
+    size names, or 1); `shape`: the dims it views the tensor as (its rows folded: a linear's
+    (..., k) input as (m, k)), or None for the tensor's own; `operand`: its role in the kernel."""
+
+    block: tuple[str | int, ...]
+    shape: tuple[int, ...] | None = None
+    operand: str = ""                 # what the kernel reads through it ("a", "b" of a product)
+
+    def host(self, tensor: str, names: dict[str, str]) -> str:
+        """The forward expression building this descriptor over `tensor`."""
+        block = "[" + ", ".join(str(names.get(b, b)) if isinstance(b, str) else str(b) for b in self.block) + "]"
+        if self.shape is None:
+            return f"TensorDescriptor.from_tensor({tensor}, {block})"
+        strides = [1] * len(self.shape)
+        for i in range(len(self.shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * self.shape[i + 1]
+        return f"TensorDescriptor({tensor}, {list(self.shape)}, {strides}, {block})"
 
 
 def next_pow2(n: int) -> int:

@@ -586,3 +586,32 @@ def test_strict_search_has_no_extern_dimension():
     r = SearchPolicy(compiler.CompilerPolicy("strict"), budget_evals=4, evaluator=ev, backend="cuda").search(task)
     assert not [e for e in r.log if e["origin"] in ("extern", "policy_error")]
     assert not any(_vendor(s) for s in r.sources if s)
+
+
+@pytest.mark.parametrize("tma", [True, False])
+def test_search_seeds_a_tma_candidate_when_asked(tma):
+    """``tma=True`` (what a Hopper GPU gets by default) seeds the compiler's product kernels with
+    TMA descriptor loads; the evaluator decides whether it wins. ``tma=False`` never does, nor does
+    a task without an eligible product operand."""
+    compiler = pytest.importorskip("policies.compiler")
+    from kernelgym.sampler import TaskSampler
+
+    task = TaskSampler("tiny", "float32").sample(1, 1, ops=["addmm"])   # 16 x 16 @ 16 x 16: tl.dot
+
+    def judge(src):
+        return "ok", (2.0 if "TensorDescriptor" in src else 1.0)
+
+    ev = FakeEvaluator(judge, workers=4)
+    r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=4, evaluator=ev, backend="cuda",
+                     tma=tma).search(task)
+    seeds = [e for e in r.log if e["origin"] == "tma"]
+    assert len(seeds) == int(tma)
+    if tma:
+        assert seeds[0]["changes"] == {"config": {"tma": True}}
+        assert "TensorDescriptor.from_tensor(" in r.best_source
+    else:
+        assert "TensorDescriptor" not in r.best_source
+    relu = TaskSampler("tiny", "float32").sample(1, 0, ops=["relu"])
+    r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=2, evaluator=FakeEvaluator(judge), backend="cuda",
+                     tma=True).search(relu)
+    assert not [e for e in r.log if e["origin"] == "tma"] and r.duplicates == 0

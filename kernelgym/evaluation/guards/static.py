@@ -22,6 +22,12 @@ ALLOWED_IMPORTS = (
     "collections.", "__future__",
 )
 
+# The one name a candidate may import from an otherwise forbidden module (as ``from MODULE import
+# NAME``) and use with its attributes: Triton's host-side TMA tensor descriptor, a plain dataclass
+# over a tensor (`triton.tools` is forbidden for its compile and disassembly tools).
+DESCRIPTOR_MODULE, DESCRIPTOR_CLASS = "triton.tools.tensor_descriptor", "TensorDescriptor"
+_ALLOWED_PATH = f"{DESCRIPTOR_MODULE}.{DESCRIPTOR_CLASS}"
+
 # First component of a forbidden module -> guard name (default: forbidden_import).
 _IMPORT_CATEGORY = {
     "numpy": "numpy", "scipy": "numpy", "cupy": "numpy", "jax": "numpy", "numba": "code_generation",
@@ -193,6 +199,8 @@ class _Checker(ast.NodeVisitor):
             self.add("forbidden_import", "relative import", node)
             return
         mod = node.module or ""
+        if mod == DESCRIPTOR_MODULE and all(a.name == DESCRIPTOR_CLASS for a in node.names):
+            return   # the descriptor class alone (see DESCRIPTOR_MODULE)
         self._check_import(mod, node)
         if _allowed(mod):
             for a in node.names:
@@ -211,6 +219,8 @@ class _Checker(ast.NodeVisitor):
             self._check_path(mod, node)
 
     def _check_path(self, path: str, node: ast.AST) -> None:
+        if path == _ALLOWED_PATH or path.startswith(_ALLOWED_PATH + "."):
+            return   # TensorDescriptor, TensorDescriptor.from_tensor
         for prefix, name in _FORBIDDEN_PATHS:
             if path == prefix or path.startswith(prefix + "."):
                 if name == "torch_compute" and self.mode != "strict":

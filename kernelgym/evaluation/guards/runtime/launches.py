@@ -57,7 +57,24 @@ def _type_str(v: Any) -> str:
         return "fp32"
     if v is None:
         return "constexpr"
+    if type(v).__name__ == "TensorDescriptor" and isinstance(getattr(v, "base", None), torch.Tensor):
+        return _descriptor_type(v)
     return type(v).__name__
+
+
+def _descriptor_type(v: Any) -> str:
+    """A host-side TMA tensor descriptor's type as Triton's compiler reads it (its signature
+    string, e.g. ``tensordesc<fp32[64, 32]>``), so the sm_90 compile check can compile the launch:
+    Triton's own `mangle_type` where it has one, else the same text built here."""
+    try:
+        from triton.runtime.jit import mangle_type
+
+        got = mangle_type(v)
+        if isinstance(got, str) and got.startswith("tensordesc<"):
+            return got
+    except Exception:  # noqa: BLE001 - an older or newer Triton without it: build the text
+        pass
+    return f"tensordesc<{_DTYPE.get(v.base.dtype, str(v.base.dtype))}{[int(b) for b in v.block_shape]}>"
 
 
 def _plain(v: Any) -> Any:
