@@ -3,7 +3,7 @@
 # then run the named steps, each under its own time limit, writing everything under $OUT.
 #   bash benchmarks/device_batch.sh STEP...     steps: env search_gain search_gain23 run_bench variants profile smoke sb3
 #       probe_cc overhead soak gpu_tests gpu_tests_runner spread throughput scaling kb2_strict kb2_lenient kb2_lenient_search
-#       kb1_lenient kb1_lenient_search suite1 suite2 conv_layout
+#       kb1_lenient kb1_lenient_search suite1 suite2 conv_layout kb_tma
 # (profile reads PROFILE_TASKS, PROFILE_CONFIGS, PROFILE_TAG and PROFILE_EXTRA (e.g. --no-compile);
 # sb3 reads SB3_LIMIT; gpu_tests reads GPU_TESTS, the test paths, default tests; throughput reads
 # THROUGHPUT_EXTRA, e.g. "--profile-workers /tmp/prof"; spread reads SPREAD_EXTRA, e.g. "--max-reps 100";
@@ -76,6 +76,15 @@ for s in "$@"; do
       step "$s" "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
         --levels "$lv" --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" \
         --budget-s "${KB_SEARCH_S:-20}" --jobs "${KB_JOBS:-8}" --out "$OUT/$s" $(resume "$s") $(losers) ${KB_EXTRA:-} ;;
+    kb_tma)  # products (compiler, strict) with pointer loads, then with TMA descriptors (config tma), in
+      # one call: KB_TMA_LEVELS (default 1) and KB_TMA_FILTER (default level 1's plain matmuls, all
+      # eligible; e.g. KB_TMA_LEVELS=2 KB_TMA_FILTER=_Gemm_ for level 2's Gemm chains)
+      for t in off on; do
+        cfg=(); [ $t = on ] && cfg=(--config '{"tma":true}')
+        step "kb_tma_$t" "${KB_LIMIT:-270}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels "${KB_TMA_LEVELS:-1}" \
+          --filter "${KB_TMA_FILTER:-^(1|2|3|6|7|9|13|17)_}" --policy compiler --mode strict --backend cuda \
+          --profile-losers 0 "${cfg[@]}" --out "$OUT/kb_tma_$t"
+      done ;;
     conv_layout)  # cuDNN's level-2 convolutions in NCHW against channels-last (benchmarks/conv_layout.py)
       step conv_layout "${CONV_LAYOUT_LIMIT:-150}" python3 -m benchmarks.conv_layout "${KB:-kb_local}/level2" --json "$OUT/conv_layout.json" ;;
     suite1|suite2)  # issue 18's target: `kernelgym run --suite <KernelBench level N>` with its defaults

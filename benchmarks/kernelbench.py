@@ -532,6 +532,19 @@ def print_tables(report: dict[str, Any]) -> None:
 
 
 # -- main ----------------------------------------------------------------------------------------
+def _config(text: str) -> dict[str, Any]:
+    """An argparse type: a compiler launch config as JSON, checked by `module.check_config`."""
+    from policies.compiler.ir import CompileError
+    from policies.compiler.module import check_config
+
+    try:
+        return check_config(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--config is not JSON: {exc}") from None
+    except CompileError as exc:
+        raise argparse.ArgumentTypeError(f"--config: {exc}") from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("path", type=Path, help="a KernelBench checkout (levelN folders, results/timing)")
@@ -544,6 +557,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="a searching policy's wall seconds per problem (default: the policy's)")
     ap.add_argument("--backend", choices=["auto", "cuda", "interpret"], default="auto")
+    ap.add_argument("--config", type=_config, default=None, metavar="JSON",
+                    help='the compiler\'s launch config (a search\'s base too), e.g. \'{"tma":true}\'')
     ap.add_argument("--jobs", type=int, default=None, help="problems proposed / judged at once (default: workers)")
     ap.add_argument("--workers", type=int, default=None, help="candidate evaluation workers")
     ap.add_argument("--timeout", type=float, default=None, help="evaluation wall-time limit per phase, seconds")
@@ -631,10 +646,11 @@ def evaluate_levels(args: argparse.Namespace, levels: dict[int, list[Any]],
     if args.timeout:
         ev_kw["timeout"] = args.timeout
     report: dict[str, Any] = {"benchmark": "kernelbench", "path": str(args.path), "policy": args.policy,
-                              "backend": backend, "modes": modes, "hardware": args.hardware, "env": environment(),
+                              "config": args.config, "backend": backend, "modes": modes, "hardware": args.hardware, "env": environment(),
                               "levels": {}, "rows": []}
     sources: dict[tuple[int, str, str], str] = {}
-    search_kw = {"budget_evals": args.budget_evals, "budget_s": args.budget_s}
+    # config=None is not passed: build_policy drops options left as None
+    search_kw = {"budget_evals": args.budget_evals, "budget_s": args.budget_s, "config": args.config}
     progress = Progress(args.out / "kernelbench.progress.jsonl", resume=args.resume)
     t0 = time.perf_counter()
     with Evaluator(**ev_kw) as ev, heartbeat(ev, progress, args.heartbeat):

@@ -226,6 +226,19 @@ def test_kernelbench_judges_a_level_under_the_interpreter(tmp_path):
     assert lenient[0]["lenient_from"] == "strict"                           # not judged twice
 
 
+def test_kernelbench_config_reaches_the_compiler(tmp_path):
+    """--config: the compiler's launch config (here TMA descriptor loads of the linear's operands)
+    is what every candidate is compiled with, and the report names it."""
+    kbm = load("kernelbench")
+    kb = kernelbench_dir(tmp_path)
+    assert kbm.main([str(kb), "--levels", "2", "--backend", "interpret", "--mode", "strict", "--workers", "1",
+                     "--jobs", "1", "--config", '{"tma": true}', "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "kernelbench.json").read_text())
+    assert report["config"] == {"tma": True}
+    line = json.loads((tmp_path / "out" / "kernelbench.progress.jsonl").read_text().splitlines()[0])
+    assert line["row"]["status"] == "ok" and "TensorDescriptor.from_tensor(" in line["source"]
+
+
 def test_kernelbench_summary_counts_failures_as_not_fast(tmp_path):
     kbm = load("kernelbench")
     rows = [
@@ -317,6 +330,8 @@ def test_kernelbench_heartbeat_beside_forked_children(tmp_path, capsys):
     (["{kb}", "--filter", "("], "not a regular expression"),
     (["{kb}", "--policy", "search", "--search-losers", "/no/such/progress.jsonl"], "is not a file"),
     (["{kb}", "--search-losers", "{kb}/level1/1_Relu.py"], "it needs --policy search"),
+    (["{kb}", "--config", "{{tma: 1}}"], "--config is not JSON"),
+    (["{kb}", "--config", '{{"tma": 3}}'], "config['tma'] must be true or false"),
 ])
 def test_kernelbench_bad_arguments(tmp_path, argv, message, capsys):
     kb = kernelbench_dir(tmp_path)
