@@ -395,6 +395,8 @@ def row_of(level: int, task: Any, prop: dict[str, Any], verdict: Any, mode: str,
         row["candidate_ms"] = (t.get("candidate") or {}).get("median_ms")
         row["duration_s"] = v.get("duration_s")
         row["phases_s"] = t.get("phases_s")
+        if t.get("gpu_memory"):
+            row["gpu_memory"] = t["gpu_memory"]
     return row
 
 
@@ -426,6 +428,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         phases.update({k: x for k, x in (r.get("phases_s") or {}).items() if k != "total"})
     out["phases_s_sum"] = {k: round(x, 1) for k, x in phases.most_common(10)}
+    # The memory admission's reservation against what the two workers' allocators held at their
+    # peaks (`footprint.memory_account`): the factor by which evaluations waited for memory unused.
+    per_peak = [m["reserved_per_peak"] for r in rows if (m := r.get("gpu_memory")) and m.get("reserved_per_peak")]
+    out["reserved_per_peak"] = {"n": len(per_peak), "median": statistics.median(per_peak) if per_peak else None,
+                                "max": max(per_peak) if per_peak else None}
     for kind in ("eager", "compile"):
         ratios = [r[f"{kind}_ratio"] for r in rows if r.get(f"{kind}_ratio")]
         out[f"{kind}_vs_published"] = {

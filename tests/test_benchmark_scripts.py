@@ -249,8 +249,11 @@ def test_kernelbench_summary_counts_failures_as_not_fast(tmp_path):
         {"status": "incorrect", "traced": True, "compiled": True, "speedup": None},
         {"status": "no_candidate", "traced": False, "compiled": False, "speedup": None},
     ]
+    rows[0]["gpu_memory"] = {"reserved_per_peak": 2.5}
+    rows[1]["gpu_memory"] = {"reserved_per_peak": 1.5}
     s = kbm.summarize(rows)
     assert (s["problems"], s["traced"], s["compiled"], s["ok"]) == (4, 3, 3, 2)
+    assert s["reserved_per_peak"] == {"n": 2, "median": 2.0, "max": 2.5}
     assert s["fast_1"] == 0.25 and s["fast_1_vs_compile"] == 0.0
     assert s["geomean_speedup"] == pytest.approx(1.0)
     assert s["eager_vs_published"] == {"n": 2, "median_ratio": pytest.approx(0.91), "within_10pct": 1}

@@ -111,6 +111,22 @@ def test_footprint_model():
     assert footprint.evaluation_footprint(1000, 20, 3, 300) == 2300 + 80 + 2 * footprint.TIMING_ALLOWANCE_BYTES
 
 
+
+def test_memory_account_compares_the_reservation_with_the_workers_peaks():
+    """`memory_account` (verdict.timings["gpu_memory"] on cuda): the reservation over the two
+    workers' allocator peaks; no ratio while either peak is unknown; `Ended` reads the candidate's."""
+    from kernelgym.evaluation.stages import Ended
+
+    got = footprint.memory_account(3000, "measured", 1000, 500, False)
+    assert got == {"reserved_bytes": 3000, "footprint_method": "measured", "reference_peak_bytes": 1000,
+                   "candidate_peak_bytes": 500, "reserved_per_peak": 2.0, "one_trial": False}
+    assert footprint.memory_account(3000, "meta", 1000, None, True)["reserved_per_peak"] is None
+    assert footprint.memory_account(None, "unknown", 1000, 500, False)["reserved_per_peak"] is None
+    assert Ended.from_reply({"gpu_peak_bytes": 123}).gpu_peak_bytes == 123
+    assert Ended.from_reply({"gpu_peak_bytes": True}).gpu_peak_bytes is None
+    assert Ended.from_reply({}).gpu_peak_bytes is None
+
+
 SIZED_TASK = '''
 import torch
 import torch.nn as nn

@@ -33,6 +33,11 @@ def test_cuda_ok_kernel_is_timed(evaluator):
     phases = t["phases_s"]   # the final trial runs in the timing request; its seconds are its own phase
     assert phases["timing"] > 0 and phases["final_trial"] > 0 and phases["end_candidate"] > 0, phases
     assert v.kernels == ["add_kernel"]
+    # the admission's reservation against the workers' peaks: two 16 MiB inputs and a 16 MiB
+    # output a trial; the reference holds its 4 trials, the candidate its 3 checked ones at least
+    mem, mib16 = t["gpu_memory"], 1 << 24
+    assert mem["reference_peak_bytes"] >= 4 * 3 * mib16 and mem["candidate_peak_bytes"] >= 3 * 3 * mib16, mem
+    assert mem["reserved_bytes"] >= mem["reference_peak_bytes"] and mem["reserved_per_peak"] > 0, mem
     again = evaluator.evaluate(BIG_ADD, CAND_ADD, backend="cuda", seed=2)
     assert again.timings["eager"] == t["eager"]  # baseline cached per (task, device, dtype)
 

@@ -67,6 +67,7 @@ class CandidateSession:
         self.inputs: list[Any] = []
         self.final_inputs: list[Any] | None = None
         self.bench: Any = None
+        self.gpu_base: int | None = None   # bytes allocated when the session began (cuda)
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run candidate code under the sandbox; SystemExit becomes `_Exited`."""
@@ -197,6 +198,7 @@ def run_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     one_trial = bool(msg.get("one_trial"))
     if s.device.startswith("cuda"):
         set_gpu_limit(msg.get("gpu_limit_bytes"))
+        s.gpu_base = _reset_gpu_peak()
     # The task's data, built from the seeds before any candidate code exists in this process.
     progress("inputs")
     try:
@@ -380,6 +382,29 @@ def final_trial(state: dict[str, Any], msg: dict[str, Any], progress: Callable[[
                     graph_forward=s.bench.kept_index if graph_checked else None)
 
 
+def _reset_gpu_peak() -> int | None:
+    """Start counting this session's GPU peak; the bytes already allocated (None if CUDA fails)."""
+    import torch
+
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+    except Exception:  # noqa: BLE001 - a broken context is the probe's finding
+        return None
+
+
+def _gpu_peak(base: int | None) -> int | None:
+    """Bytes the caching allocator held at most since `_reset_gpu_peak` gave `base`, beyond it."""
+    import torch
+
+    if base is None:
+        return None
+    try:
+        return max(0, int(torch.cuda.max_memory_allocated()) - base)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _cuda_probe() -> bool:
     """True if the CUDA context still works (a sticky error makes every later call fail) and its
     random generator still draws."""
@@ -410,7 +435,11 @@ def end_candidate(state: dict[str, Any], msg: dict[str, Any], progress: Callable
     if s.bench is not None:
         s.bench.close()
         s.bench = None
-    out = s.result(status="ended", tainted=tainted, cuda_ok=_cuda_probe() if s.device.startswith("cuda") else None)
+    # the session's GPU peak, read before the probe allocates: what the evaluation's reservation
+    # (`footprint.evaluation_footprint`) had to cover in this worker
+    peak = _gpu_peak(s.gpu_base)
+    out = s.result(status="ended", tainted=tainted, cuda_ok=_cuda_probe() if s.device.startswith("cuda") else None,
+                   gpu_peak_bytes=peak)
     if s.device.startswith("cuda"):
         with contextlib.suppress(Exception):   # a lost context is the probe's finding, not this one's
             set_gpu_limit(None)

@@ -50,6 +50,19 @@ def evaluation_footprint(reference_peak: int, output_bytes: int, trials: int, fo
             + (trials + 1) * max(0, output_bytes) + 2 * TIMING_ALLOWANCE_BYTES)
 
 
+def memory_account(reserved: int | None, method: str | None, reference_peak: int | None,
+                   candidate_peak: int | None, one_trial: bool) -> dict[str, Any]:
+    """An evaluation's GPU memory, for ``verdict.timings["gpu_memory"]``: the bytes it reserved
+    (`evaluation_footprint` of a `method` "meta" estimate or a "measured" reference peak), the
+    reference build's and the candidate session's allocator peaks (None where unknown), and
+    ``reserved_per_peak``, the reservation over their sum: how far the footprint model is from
+    what the two workers held (a figure above 1 is memory other evaluations waited for)."""
+    held = (reference_peak or 0) + (candidate_peak or 0)
+    ratio = round(reserved / held, 3) if reserved and held and None not in (reference_peak, candidate_peak) else None
+    return {"reserved_bytes": reserved, "footprint_method": method, "reference_peak_bytes": reference_peak,
+            "candidate_peak_bytes": candidate_peak, "reserved_per_peak": ratio, "one_trial": one_trial}
+
+
 def estimated_reference_peak(fp: dict[str, Any], n_ref: int) -> int:
     """The reference build's peak from a meta-device estimate (`reference.estimate_footprint`)."""
     return fp["weight_bytes"] + n_ref * (fp["input_bytes"] + fp["output_bytes"]) + fp["forward_peak_bytes"]

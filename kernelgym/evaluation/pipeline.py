@@ -30,6 +30,7 @@ from kernelgym.evaluation.footprint import (
     estimated_reference_peak,
     evaluation_footprint,
     host_task_bytes,
+    memory_account,
 )
 from kernelgym.evaluation.guards.static import check_source as static_check
 from kernelgym.evaluation.pool import Reservation, Worker, WorkerFailure
@@ -415,6 +416,10 @@ class Run(Stages):
             reasons.append("internal:candidate_result")
         if ended is None:
             ended = self._end(w)
+        if self.backend == BACKEND_CUDA:
+            timings = {**timings, "gpu_memory": memory_account(
+                self.reservation.bytes if self.reservation else None, (self.footprint or {}).get("method"),
+                ref.gpu_peak_bytes, ended.gpu_peak_bytes, self.one_trial)}
         findings = unique_findings(findings + ended.findings)
         tainted = ended.tainted or bool(reply.get("fatal")) or ended.dead
         if findings:

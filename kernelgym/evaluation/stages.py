@@ -65,11 +65,14 @@ class Ended:
     cuda_ok: bool | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    gpu_peak_bytes: int | None = None   # the candidate session's GPU allocator peak (cuda)
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> Ended:
+        peak = reply.get("gpu_peak_bytes")
         return cls(tainted=bool(reply.get("tainted")), cuda_ok=reply.get("cuda_ok"),
-                   findings=list(reply.get("findings", [])), error=str(reply.get("error", "")))
+                   findings=list(reply.get("findings", [])), error=str(reply.get("error", "")),
+                   gpu_peak_bytes=peak if isinstance(peak, int) and not isinstance(peak, bool) else None)
 
 
 @dataclass
