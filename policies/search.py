@@ -29,7 +29,9 @@ Every judged candidate is logged with what changed, its parent, status and speed
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -162,14 +164,20 @@ class SearchPolicy:
         return self._timed_backend() and _hopper()
 
 
+@functools.lru_cache(maxsize=1)
 def _hopper() -> bool:
-    """A CUDA device of compute capability 9 or more (H100, H200) is visible here."""
-    try:
-        import torch
+    """Every visible NVIDIA GPU has compute capability 9 or more (H100, H200), as nvidia-smi reports
+    it: asking torch would initialise CUDA in this process, whose forked children (kernelbench's
+    tracing and proposals) must not inherit an initialised driver. No nvidia-smi: False."""
+    import subprocess
 
-        return bool(torch.cuda.is_available()) and torch.cuda.get_device_capability()[0] >= 9
-    except Exception:  # noqa: BLE001 - a broken driver: no TMA
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
         return False
+    caps = [float(x) for x in out.stdout.split() if re.fullmatch(r"\d+(\.\d+)?", x)]
+    return out.returncode == 0 and bool(caps) and min(caps) >= 9.0
 
 
 def _check_budgets(budget_evals: int | None, budget_s: float | None) -> None:

@@ -615,3 +615,27 @@ def test_search_seeds_a_tma_candidate_when_asked(tma):
     r = SearchPolicy(compiler.CompilerPolicy(), budget_evals=2, evaluator=FakeEvaluator(judge), backend="cuda",
                      tma=True).search(relu)
     assert not [e for e in r.log if e["origin"] == "tma"] and r.duplicates == 0
+
+
+@pytest.mark.parametrize("stdout, rc, expected", [
+    ("9.0\n9.0\n", 0, True), ("9.0\n8.0\n", 0, False), ("8.6\n", 0, False), ("", 0, False),
+    ("9.0\n", 9, False), (None, 0, False)])
+def test_hopper_is_read_from_nvidia_smi_without_touching_cuda(monkeypatch, stdout, rc, expected):
+    """The TMA seed's gate asks nvidia-smi for every GPU's compute capability (torch would
+    initialise CUDA in the search's process, which forks); no nvidia-smi (None) means no Hopper."""
+    import subprocess
+
+    import policies.search as search
+
+    def fake_run(cmd, **kw):
+        assert cmd[0] == "nvidia-smi" and "--query-gpu=compute_cap" in cmd
+        if stdout is None:
+            raise FileNotFoundError("nvidia-smi")
+        return subprocess.CompletedProcess(cmd, rc, stdout, "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    search._hopper.cache_clear()
+    try:
+        assert search._hopper() is expected
+    finally:
+        search._hopper.cache_clear()
