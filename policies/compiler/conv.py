@@ -139,7 +139,11 @@ def _conv_gemm(w: KernelWriter, x_ref: Any, x_shape: tuple[int, ...], wref: Any,
         red1 = w.decompose("rk", (cig, *win.kernel), ak, "r")
         red2 = [tile_view(e, "[None, :]") for e in red1]
         conds = [f"(rp[:, None] < {span})", f"(rk[None, :] < {kr})"]
-        in_dims = win.input_dims(w, pos2[1:], red2[1:], ap | ak, conds)
+        # a length-1 output dim read at a length-1 kernel dim is a constant coordinate: made a
+        # tensor, as in `_conv_taps`, else a pool fused into the operand windows from a Python int
+        # and its masks are Python bools, which the interpreter refuses in a mask
+        outs = [o if not (o.is_zero and t.is_zero) else Expr("rp[:, None] * 0", ap) for o, t in zip(pos2[1:], red2[1:])]
+        in_dims = win.input_dims(w, outs, red2[1:], ap | ak, conds)
         w.emit(f"a_mask = {' & '.join(conds)}")
         with w.tile(["p", "k"], "a_mask", ["BLOCK_M", "BLOCK_K"]):
             chan = red2[0] if g == 1 else Expr(None, ak, lambda: _lin(Expr("pid_g"), cig, red2[0], 1, 0))

@@ -171,3 +171,17 @@ def test_kernelbench_sized_convolutions_on_the_gpu(evaluator, name, capsys):
     assert v.status == "ok", (v.status, v.error[:500])
     with capsys.disabled():
         print(f"\n{name}: speedup {v.speedup:.2f}x over eager")
+
+
+def test_a_pool_fused_into_a_one_by_one_convolution_of_one_position(evaluator):
+    """KernelBench level 3's SqueezeNet at small sizes: a ceil-mode max pool down to 1 x 1 read by a
+    1 x 1 convolution. Output coordinate and tap are both zero, so the pool's window started at a
+    Python int and its window masks were Python bools beside tensors: the interpreter refused the
+    load ("mask has unsupported dtype"). The coordinate is a tensor now."""
+    task = Task.from_source(module_task(
+        "F.relu(self.conv(F.max_pool2d(x, 3, stride=2, ceil_mode=True)))", "x", "torch.randn(2, 8, 3, 3)",
+        "self.conv = nn.Conv2d(8, 6, kernel_size=1)"))
+    src = compiler.CompilerPolicy().compile(task)
+    assert "def k0_max_pool2d_conv2d_relu(" in src and "rp[:, None] * 0" in src   # the pool read by the conv
+    v = evaluator.evaluate(task, src, backend="interpret", seed=1)
+    assert v.status == "ok", v.error[:600]
