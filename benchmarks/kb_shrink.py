@@ -15,7 +15,8 @@ problem goes through `ATTEMPTS` in order and keeps the first copy that builds
 inputs, weights and outputs; a problem nothing fits (sizes fixed inside the model, such as VGG's
 classifier) is named with the last attempt's error, not written.
 
-The copies go to OUT/levelN/ (outside the repository: KernelBench's files are not the project's);
+The copies go to OUT/levelN/ (outside the repository: KernelBench's files are not the project's),
+and OUT/kb_shrink.json says what each copy changed and why a problem was not written;
 judge them with ``python -m benchmarks.kernelbench OUT --backend interpret``. Usage:
     python -m benchmarks.kb_shrink KERNELBENCH OUT [--levels 1,2,3] [--filter REGEX]
         [--max-elements 1048576] [--timeout 120] [--jobs 2]
@@ -32,6 +33,7 @@ from typing import Any
 
 from benchmarks._children import in_children
 from benchmarks._kb_checkout import level_dirs, parse_levels
+from benchmarks._output import write_json
 
 # 8 after 16: a 3-D problem whose literals at or below 16 stay is still over the element limit
 CAPS = (16, 8, 32, 64)
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"kb_shrink: --filter {args.filter!r} is not a regex: {exc}") from None
     print(f"{'level':>5} {'problems':>8} " + " ".join(f"{'cap ' + str(c):>7}" for c in CAPS)
           + f" {'inside model':>12} {'not fitted':>10}")
+    report: dict[str, Any] = {"benchmark": "kb_shrink", "path": str(args.path), "max_elements": args.max_elements,
+                              "levels": {}}
     for lv, folder in dirs.items():
         files = sorted((f for f in folder.glob("*.py") if not pattern or pattern.search(f.name)),
                        key=lambda f: (int(m[1]) if (m := re.match(r"(\d+)_", f.name)) else 1 << 30, f.name))
@@ -192,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lv:>5} {len(rows):>8} " + " ".join(f"{n:>7}" for n in by_cap) + f" {deep:>12} {len(missed):>10}")
         for r in missed:
             print(f"    level {lv} {r['problem']}: {r['error']}")
+        report["levels"][str(lv)] = rows
+    # what each copy changed (old, new literal pairs) and why a problem was not written
+    write_json(args.out / "kb_shrink.json", report)
     return 0
 
 

@@ -743,6 +743,9 @@ def test_kb_shrink_writes_copies_that_run_and_names_what_does_not_fit(tmp_path, 
     # the element limit; cap 8 keeping factors fits
     assert "channels = 24" in copy and "batch_size = 8" in copy
     assert "nn.Linear(16, 16)" in (out / "level1" / "2_Fixed.py").read_text()
+    rows = {r["problem"]: r for r in json.loads((out / "kb_shrink.json").read_text())["levels"]["1"]}
+    assert rows["1_GroupNorm.py"]["cap"] == 8 and [128, 8] in rows["1_GroupNorm.py"]["changes"]
+    assert rows["3_Missing.py"]["cap"] is None and "ModuleNotFoundError" in rows["3_Missing.py"]["error"]
     assert not (out / "level1" / "3_Missing.py").exists()
     assert "3_Missing.py: cap 64, inside the model too: ModuleNotFoundError" in text
     # 2_Fixed at cap 16 inside its model, 1_GroupNorm at cap 8, 3_Missing not fitted
