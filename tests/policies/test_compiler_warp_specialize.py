@@ -7,8 +7,6 @@ here to see Triton's warp groups."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from kernelgym.task import Task
@@ -96,36 +94,25 @@ def test_warp_specialize_needs_tma_and_is_validated():
         policy.compile(task, config={"warp_specialise": True})
 
 
-def _sm90(tmp_path, src: str, kernel: str, descs: dict[str, str], blocks: dict[str, int], num_warps: int = 4):
-    """`kernel` of candidate `src` compiled for sm_90 with `blocks` (Triton's compiled kernel);
-    `descs`: its descriptor parameters' types, the others are fp32 pointers."""
-    import triton
-    from triton.backends.compiler import GPUTarget
+def test_sm90_compile_warp_specialises_a_64_row_tile():
+    """Each launch recorded on the meta device (descriptors typed as Triton types them) and
+    compiled for sm_90 on this CPU: with BLOCK_M 64 Triton splits the loop into a TMA producer and
+    wgmma consumer warp groups (12 warps for num_warps 4); with BLOCK_M 128 the kernel asks for
+    none (Triton 3.9's pass would split the rows between two consumers and fail)."""
+    from benchmarks.dot_smem import compile_sm90, record_launches
 
-    path = tmp_path / "cand.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("ws_cand", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    fn = getattr(mod, kernel)
-    sig = {p: descs.get(p, "constexpr" if p in blocks else "*fp32") for p in fn.arg_names}
-    ast_src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=blocks)
-    return triton.compile(ast_src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 3})
-
-
-def test_sm90_compile_warp_specialises_a_64_row_tile(tmp_path):
-    """Compiled for sm_90 (on this CPU): with BLOCK_M 64 Triton splits the loop into a TMA producer
-    and wgmma consumer warp groups (12 warps for num_warps 4); with BLOCK_M 128 the kernel asks
-    for none (Triton 3.9's pass would split the rows between two consumers and fail)."""
-    src = ws_source(Task.from_source(A_BT))
+    task = Task.from_source(A_BT)
+    src = ws_source(task)
     assert "x0_desc.load([pid_m * BLOCK_M, k0])" in src and "x1_desc.load([pid_n * BLOCK_N, k0]).T" in src
-    sig = {"x0_desc": "tensordesc<fp32[64, 16]>", "x1_desc": "tensordesc<fp32[64, 16]>"}
-    ws = _sm90(tmp_path, src, "k0_transpose_matmul", sig, {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16})
+    (launch,) = record_launches(task, src)
+    assert launch["signature"]["x0_desc"] == "tensordesc<fp32[64, 32]>", launch["signature"]
+    ws = compile_sm90(launch)
     assert "ttg.warp_specialize" in ws.asm["ttgir"] and ws.metadata.num_warps == 12
     assert "cp.async.bulk.tensor" in ws.asm["ptx"] and "wgmma" in ws.asm["ptx"]
-    sig["x0_desc"] = "tensordesc<fp32[128, 16]>"
-    plain = _sm90(tmp_path, src, "k0_transpose_matmul", sig, {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 16})
+    (launch,) = record_launches(task, ws_source(task, WS | {"BLOCK_M": 128}))
+    plain = compile_sm90(launch)
     assert "ttg.warp_specialize" not in plain.asm["ttgir"] and plain.metadata.num_warps == 4
+    assert "cp.async.bulk.tensor" in plain.asm["ptx"]
 
 
 def test_search_seeds_a_warp_specialised_candidate():
