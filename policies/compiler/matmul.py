@@ -207,14 +207,15 @@ def tma_eligible(prog: Program, w: KernelWriter, ref: Any, row_bytes: int, host_
 
 
 def _transposed_source(prog: Program, w: KernelWriter, ref: Any, stored: Sequence[int]) -> Any:
-    """The source of product operand `ref` when `ref` is a 2-D transpose fused into this kernel
-    (``x @ w.T``: the kernel reads the source in place, swapping the coordinates) and not stored;
-    else None."""
+    """The source of product operand `ref` when `ref` is a 2-D transpose (or ``permute(1, 0)``)
+    fused into this kernel (``x @ w.T``: the kernel reads the source in place, swapping the
+    coordinates) and not stored; else None."""
     kind_, j = ref
     if kind_ != "node" or j not in w.group or j in stored:
         return None
     node = prog.graph.nodes[j]
-    return node.args[0] if node.op == "transpose" and len(node.shape) == 2 else None
+    swap = node.op == "transpose" or (node.op == "permute" and tuple(node.params.get("perm") or ()) == (1, 0))
+    return node.args[0] if swap and len(node.shape) == 2 else None
 
 
 def _warp_specialized(w: KernelWriter, a_tma: str | None, b_tma: str | None, split: int, k_major_b: bool) -> str:

@@ -32,8 +32,9 @@ NARROW_B = model_source("return a @ b", args="a, b", inputs="return [torch.randn
 # transposed operands (KernelBench level 1's 16-18): the fused transpose's source read through a
 # descriptor ((k, m) for A.T, (n, k) for B.T, as linear's weight), its tile transposed for tl.dot
 A_T = model_source("return a.T @ b", args="a, b", inputs="return [torch.randn(16, 40), torch.randn(16, 36)]")
-B_T = model_source("return a @ b.T", args="a, b", inputs="return [torch.randn(40, 16), torch.randn(36, 16)]")
-A_T_B_T = model_source("return a.T @ b.T", args="a, b", inputs="return [torch.randn(16, 40), torch.randn(36, 16)]")
+# (B_T as permute(1, 0), A_T_B_T with .t(): the same transpose)
+B_T = model_source("return a @ b.permute(1, 0)", args="a, b", inputs="return [torch.randn(40, 16), torch.randn(36, 16)]")
+A_T_B_T = model_source("return a.t() @ b.T", args="a, b", inputs="return [torch.randn(16, 40), torch.randn(36, 16)]")
 W_T = model_source("return x @ self.w.T + 1.0", inputs="return [torch.randn(12, 32)]",
                    init="self.w = nn.Parameter(torch.randn(24, 32))")
 # A.T of a (16, 5) source: 20-byte rows, a keeps pointer loads (b is a descriptor)
