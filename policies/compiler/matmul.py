@@ -223,7 +223,9 @@ def _warp_specialized(w: KernelWriter, a_tma: str | None, b_tma: str | None, spl
     specialisation partitions a loop of tensor-descriptor loads feeding tl.dot into producer
     (TMA) and consumer (wgmma) warps, so both operands must be descriptor loads; on Triton 3.9's
     sm_90 compile an fp32 (TF32 wgmma) b must be k-contiguous in memory (linear's weight or a
-    transposed b: a (k, n) b fails to lower, "WGMMA type or shape is not supported")."""
+    transposed b: a (k, n) b fails to lower, "WGMMA type or shape is not supported"), and a
+    split-K span loop (bounds from ``pid_k``) fails in its Hopper pass ("'scf.for' op operation
+    destroyed but still has uses")."""
     if a_tma is None or b_tma is None:
         return "an operand by pointers"
     if split > 1:
