@@ -113,6 +113,10 @@ def _describe_launch(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         elif isinstance(v, torch.Tensor):
             signature[p.name] = _PTR[str(v.dtype).removeprefix("torch.")]
             attrs[(i,)] = [["tt.divisibility", 16]]   # torch allocations are aligned; launches specialise it
+        elif type(v).__name__ == "TensorDescriptor":   # a TMA operand (config tma), typed as Triton does
+            from kernelgym.evaluation.guards.runtime.launches import _descriptor_type
+
+            signature[p.name] = _descriptor_type(v)
         elif isinstance(v, bool):
             signature[p.name] = "i1"
         elif isinstance(v, int):

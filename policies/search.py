@@ -13,7 +13,9 @@ The search runs in rounds under a budget of evaluations and wall time:
    (``candidate_partitions(task)``, compiled with ``compile(task, partition=...)``: which
    neighbouring ops share a kernel), and, on a Hopper GPU (compute capability 9 or more) or when
    asked (``tma=True``), the default compiled with ``{"tma": True}``: product kernels reading
-   their eligible operands through TMA tensor descriptors (kept only when some operand is);
+   their eligible operands through TMA tensor descriptors (kept only when some operand is),
+   and with ``{"tma": True, "warp_specialize": True}`` (kept only when some product kernel's k
+   loop is warp-specialised: both its operands descriptors);
    a base that is no Compiler is asked for several proposals instead;
 2. then, repeatedly: launch-parameter neighbours of the best candidate so far (block sizes,
    num_warps, num_stages rewritten in the source by `policies.launch`, so LLM output works too;
@@ -47,7 +49,7 @@ from policies.launch import variants
 class SearchResult:
     """The chosen candidate, its verdict and the log of every judged candidate.
 
-    `log[i]` describes `sources[i]`: origin (default, config, tma, extern, partition, propose, launch, refine),
+    `log[i]` describes `sources[i]`: origin (default, config, tma, tma_ws, extern, partition, propose, launch, refine),
     changes, parent (log index it was derived from), status, correct, speedup,
     speedup_vs_compile, error. Policy failures appear with status ``policy_error`` and no source.
     """
@@ -279,6 +281,12 @@ class _Search:
             for s in self.ask("tma", {"config": tma}, comp.compile, task, config=tma)[:1]:
                 if isinstance(s, str) and "TensorDescriptor" in s:
                     self.add(s, "tma", {"config": tma})
+            # and with a warp-specialised k loop where a product kernel reads both operands so
+            # (only then does it differ from the TMA candidate)
+            ws = {"tma": True, "warp_specialize": True}
+            for s in self.ask("tma_ws", {"config": ws}, comp.compile, task, config=ws)[:1]:
+                if isinstance(s, str) and "warp_specialize=" in s:
+                    self.add(s, "tma_ws", {"config": ws})
         # Lenient mode: which convolutions / products run as the vendor call (extern anchors, the
         # compiler's `extern_choices`, its own set first): each other set with its default partition.
         ext_kw: dict[str, Any] = {}

@@ -18,6 +18,11 @@ from policies.compiler.template import Descriptor, Kernel, clamp_pow2, reserve, 
 # fp32) took 98.6 / 56.6 / 34.0 us with 256 / 512 / 1024 programs of 4 warps (cuBLAS: 32.5 us):
 # streaming at full bandwidth needs about 32 warps' loads in flight on every SM.
 GEMV_PROGRAMS = 1024
+# The row tile of a warp-specialised product loop. Triton 3.9's sm_90 compile (num_warps 4)
+# specialises a 64-row tile into a TMA producer and wgmma consumer warp groups (12 warps); it
+# splits a 128-row tile between two consumer groups and fails (its halved TMA copy no longer
+# matches the descriptor's block), and leaves narrower tiles (no wgmma) or 8 warps unspecialised.
+WS_BLOCK_M = 64
 
 
 def _product(prog: Program, w: KernelWriter, anchor: int) -> tuple[Any, tuple, Any, tuple, int, int, int, int]:
@@ -52,12 +57,16 @@ def _splittable(w: KernelWriter, nodes: Sequence[int], stored: Sequence[int], an
 
 
 def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], anchor: int, name: str,
-                  tma: bool = False, host_nodes: frozenset[int] = frozenset()) -> Kernel:
+                  tma: bool = False, host_nodes: frozenset[int] = frozenset(),
+                  warp_specialize: bool = False) -> Kernel:
     """The tiled tl.dot kernel of a product group (GEMV, einsum and attention go to theirs).
 
     tma: load each operand that `tma_eligible` allows through a host-side TMA tensor descriptor
-    (``desc.load``, zero-padded out of bounds: no mask) instead of masked pointer loads;
-    host_nodes: nodes whose tensors torch made in forward (lenient fallbacks), never TMA operands."""
+    (``desc.load``, zero-padded out of bounds: no mask) instead of masked pointer loads; an operand
+    that is a fused 2-D transpose (``x @ w.T``) is read through a descriptor over its source;
+    host_nodes: nodes whose tensors torch made in forward (lenient fallbacks), never TMA operands;
+    warp_specialize: with both operands descriptors, the k loop is ``tl.range(...,
+    warp_specialize=...)`` (`_warp_specialized`)."""
     node = prog.graph.nodes[anchor]
     op = node.op
     if op == "einsum":
@@ -90,20 +99,29 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
     rm2, rn2 = Expr("rm[:, None]", am), Expr("rn[None, :]", an_)
     w.emit("acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)")
     # TMA operands: each one's load (a descriptor's tile at this program's place); None: pointers
-    a_tma = b_tma = None
+    a_tma = b_tma = a_src = b_src = None
     if tma:
         from policies.compiler.shared_memory import ELEMENT_BYTES  # it imports the templates
 
         itemsize = ELEMENT_BYTES[prog.dtype]
         pb_txt = "pid_b" if batched and batch > 1 else "0"
-        if tma_eligible(prog, w, a_ref, k * itemsize, host_nodes):
+        a_src = _transposed_source(prog, w, a_ref, stored) if len(a_shape) == 2 and not batched else None
+        b_src = _transposed_source(prog, w, b_ref, stored) if op in ("matmul", "addmm") else None
+        if a_src is not None:   # a = src.T: the (k, m) source's tile, transposed for tl.dot
+            if tma_eligible(prog, w, a_src, m * itemsize, host_nodes):
+                d = w.descriptor(a_src, Descriptor(("BLOCK_K", "BLOCK_M"), operand="a.T"))
+                a_tma = f"{d}.load([k0, pid_m * BLOCK_M]).T"
+        elif tma_eligible(prog, w, a_ref, k * itemsize, host_nodes):
             if batched:
                 d = w.descriptor(a_ref, Descriptor((1, "BLOCK_M", "BLOCK_K"), operand="a"))
                 a_tma = f"{d}.load([{pb_txt}, pid_m * BLOCK_M, k0]).reshape(BLOCK_M, BLOCK_K)"
             else:
                 d = w.descriptor(a_ref, Descriptor(("BLOCK_M", "BLOCK_K"), (m, k) if len(a_shape) > 2 else None, "a"))
                 a_tma = f"{d}.load([pid_m * BLOCK_M, k0])"
-        if tma_eligible(prog, w, b_ref, (k if op == "linear" else n) * itemsize, host_nodes):
+        if b_src is not None:   # b = src.T: the (n, k) source's tile, transposed as linear's weight
+            if tma_eligible(prog, w, b_src, k * itemsize, host_nodes):
+                b_tma = f"{w.descriptor(b_src, Descriptor(('BLOCK_N', 'BLOCK_K'), operand='b.T'))}.load([pid_n * BLOCK_N, k0]).T"
+        elif tma_eligible(prog, w, b_ref, (k if op == "linear" else n) * itemsize, host_nodes):
             if op == "linear":   # the (n, k) weight's tile, transposed for tl.dot
                 b_tma = f"{w.descriptor(b_ref, Descriptor(('BLOCK_N', 'BLOCK_K'), operand='b'))}.load([pid_n * BLOCK_N, k0]).T"
             elif batched:
@@ -111,7 +129,11 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
                 b_tma = f"{d}.load([{pb_txt}, k0, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)"
             else:
                 b_tma = f"{w.descriptor(b_ref, Descriptor(('BLOCK_K', 'BLOCK_N'), operand='b'))}.load([k0, pid_n * BLOCK_N])"
-    with w.block(_k_loop(w, k, split)):
+    ws_off = _warp_specialized(w, a_tma, b_tma, split, k_major_b=op == "linear" or b_src is not None) \
+        if warp_specialize else None
+    if ws_off == "":   # Triton's Hopper pass specialises 64-row tiles only (see `WS_BLOCK_M`)
+        blocks["BLOCK_M"] = min(blocks["BLOCK_M"], WS_BLOCK_M)
+    with w.block(_k_loop(w, k, split, ws_off == "")):
         if a_tma is None or b_tma is None:
             w.emit("rk = k0 + tl.arange(0, BLOCK_K)")
         if a_tma is None:
@@ -164,6 +186,9 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
         kern.comment_note = "; TMA loads: " + (", ".join(f"{d.operand} ({p})" for p, d in kern.descriptors.items())
                                                or "none") + \
             "".join(f"; {o} by pointers" for o, t in (("a", a_tma), ("b", b_tma)) if t is None)
+    if ws_off is not None:
+        kern.comment_note += (f"; k loop warp-specialised while BLOCK_M <= {WS_BLOCK_M}" if ws_off == ""
+                              else f"; k loop not warp-specialised: {ws_off}")
     return kern
 
 
@@ -181,6 +206,35 @@ def tma_eligible(prog: Program, w: KernelWriter, ref: Any, row_bytes: int, host_
     return row_bytes % 16 == 0
 
 
+def _transposed_source(prog: Program, w: KernelWriter, ref: Any, stored: Sequence[int]) -> Any:
+    """The source of product operand `ref` when `ref` is a 2-D transpose (or ``permute(1, 0)``)
+    fused into this kernel (``x @ w.T``: the kernel reads the source in place, swapping the
+    coordinates) and not stored; else None."""
+    kind_, j = ref
+    if kind_ != "node" or j not in w.group or j in stored:
+        return None
+    node = prog.graph.nodes[j]
+    swap = node.op == "transpose" or (node.op == "permute" and tuple(node.params.get("perm") or ()) == (1, 0))
+    return node.args[0] if swap and len(node.shape) == 2 else None
+
+
+def _warp_specialized(w: KernelWriter, a_tma: str | None, b_tma: str | None, split: int, k_major_b: bool) -> str:
+    """Why a product's k loop cannot be warp-specialised ("": it can). Triton's automatic warp
+    specialisation partitions a loop of tensor-descriptor loads feeding tl.dot into producer
+    (TMA) and consumer (wgmma) warps, so both operands must be descriptor loads; on Triton 3.9's
+    sm_90 compile an fp32 (TF32 wgmma) b must be k-contiguous in memory (linear's weight or a
+    transposed b: a (k, n) b fails to lower, "WGMMA type or shape is not supported"), and a
+    split-K span loop (bounds from ``pid_k``) fails in its Hopper pass ("'scf.for' op operation
+    destroyed but still has uses")."""
+    if a_tma is None or b_tma is None:
+        return "an operand by pointers"
+    if split > 1:
+        return "split-K"
+    if w.float_dtype is None and not k_major_b:
+        return "fp32 b is not k-major"
+    return ""
+
+
 def _batch_and_split_ids(w: KernelWriter, axis: int, batched: bool, split: int) -> None:
     """The program ids of a product's grid `axis` after its tile axes: the batch (``pid_b``) when
     `batched`, the k span (``pid_k``) when split, both (batch-major) when both."""
@@ -195,9 +249,12 @@ def _batch_and_split_ids(w: KernelWriter, axis: int, batched: bool, split: int) 
         w.emit(f"pid_b = tl.program_id({axis})")
 
 
-def _k_loop(w: KernelWriter, k: int, split: int) -> str:
+def _k_loop(w: KernelWriter, k: int, split: int, ws: bool = False) -> str:
     """The header of a product's loop over k in BLOCK_K steps; with split-K, over this program's
-    span of whole steps (masks cut the tail)."""
+    span of whole steps (masks cut the tail); `ws`: a ``tl.range`` that Triton warp-specialises
+    while BLOCK_M <= `WS_BLOCK_M` (`_warp_specialized`)."""
+    if ws:
+        return f"for k0 in tl.range(0, {k}, BLOCK_K, warp_specialize=BLOCK_M <= {WS_BLOCK_M}):"
     if split == 1:
         return f"for k0 in range(0, {k}, BLOCK_K):"
     span = f"(({k} + SPLIT_K * BLOCK_K - 1) // (SPLIT_K * BLOCK_K)) * BLOCK_K"

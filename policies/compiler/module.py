@@ -41,8 +41,9 @@ _TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat
 def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a launch config: block sizes (powers of two), num_warps, num_stages,
     ``dot_precision`` (fp32 ``tl.dot``: "tf32x3", "ieee" or "tf32"), ``tma`` (a bool: product
-    kernels load their eligible operands through TMA tensor descriptors, `matmul.tma_eligible`)
-    and optional per-kernel overrides under ``"kernels"`` (kernel index or name -> the same keys)."""
+    kernels load their eligible operands through TMA tensor descriptors, `matmul.tma_eligible`),
+    ``warp_specialize`` (a bool: a product kernel whose operands are both descriptor loads
+    warp-specialises its k loop, `matmul.matmul_kernel`) and optional per-kernel overrides under ``"kernels"`` (kernel index or name -> the same keys)."""
     if config is None:
         return {}
     if not isinstance(config, Mapping):
@@ -68,9 +69,15 @@ def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
                                    f"product operands), got {value!r}")
             out[key] = value
             continue
+        if key == "warp_specialize":
+            if not isinstance(value, bool):
+                raise CompileError("config['warp_specialize'] must be true or false (a warp-specialised k loop "
+                                   f"in product kernels whose operands are TMA loads), got {value!r}")
+            out[key] = value
+            continue
         if key not in BLOCK_KEYS and key not in OPTION_KEYS:
             raise CompileError(f"unknown config key {key!r}; expected {', '.join(BLOCK_KEYS + OPTION_KEYS)},"
-                               " dot_precision, tma or 'kernels'")
+                               " dot_precision, tma, warp_specialize or 'kernels'")
         if not isinstance(value, int) or isinstance(value, bool):
             raise CompileError(f"config[{key!r}] must be an int, got {value!r}")
         if key in BLOCK_KEYS and (value < 1 or value & (value - 1) or value > 1 << 16):
@@ -147,8 +154,10 @@ def build_kernels(prog: Program, groups: list[list[int]], stored: list[list[int]
                                _kernel_config(config or {}, n_kernels, name).get("BLOCK_R"))
             elif ka == "matmul":
                 n_kernels = sum(isinstance(x, Kernel) for x in out)
-                tma = bool(_kernel_config(config or {}, n_kernels, name).get("tma", False))
-                k = matmul_kernel(prog, nodes, st, a, name, tma=tma, host_nodes=_torch_made(out, extern))
+                kc = _kernel_config(config or {}, n_kernels, name)
+                k = matmul_kernel(prog, nodes, st, a, name, tma=bool(kc.get("tma", False)),
+                                  host_nodes=_torch_made(out, extern),
+                                  warp_specialize=bool(kc.get("warp_specialize", False)))
             else:
                 k = builder(prog, nodes, st, a, name)
         k.comment = _describe(prog, nodes)

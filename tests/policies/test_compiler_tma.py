@@ -29,6 +29,16 @@ PROLOGUE = model_source("return self.fc(torch.relu(x))", inputs="return [torch.r
 MISALIGNED = model_source("return self.fc(x)", inputs="return [torch.randn(12, 5)]", init="self.fc = nn.Linear(5, 20)")
 # n = 5 floats: a (k = 16) by TMA, b (16, 5) by pointers
 NARROW_B = model_source("return a @ b", args="a, b", inputs="return [torch.randn(8, 16), torch.randn(16, 5)]")
+# transposed operands (KernelBench level 1's 16-18): the fused transpose's source read through a
+# descriptor ((k, m) for A.T, (n, k) for B.T, as linear's weight), its tile transposed for tl.dot
+A_T = model_source("return a.T @ b", args="a, b", inputs="return [torch.randn(16, 40), torch.randn(16, 36)]")
+# (B_T as permute(1, 0), A_T_B_T with .t(): the same transpose)
+B_T = model_source("return a @ b.permute(1, 0)", args="a, b", inputs="return [torch.randn(40, 16), torch.randn(36, 16)]")
+A_T_B_T = model_source("return a.t() @ b.T", args="a, b", inputs="return [torch.randn(16, 40), torch.randn(36, 16)]")
+W_T = model_source("return x @ self.w.T + 1.0", inputs="return [torch.randn(12, 32)]",
+                   init="self.w = nn.Parameter(torch.randn(24, 32))")
+# A.T of a (16, 5) source: 20-byte rows, a keeps pointer loads (b is a descriptor)
+A_T_MISALIGNED = model_source("return a.T @ b", args="a, b", inputs="return [torch.randn(16, 5), torch.randn(16, 36)]")
 
 TMA = {"tma": True}
 
@@ -43,8 +53,9 @@ def doc_line(src: str) -> str:
 
 @pytest.fixture(scope="module")
 def verdicts(evaluator):
-    names = ["linear", "matmul", "bmm", "split", "prologue", "misaligned", "narrow_b"]
-    srcs = [LINEAR, MATMUL, BMM, SPLIT, PROLOGUE, MISALIGNED, NARROW_B]
+    names = ["linear", "matmul", "bmm", "split", "prologue", "misaligned", "narrow_b", "a_t", "b_t", "a_t_b_t", "w_t",
+             "a_t_misaligned"]
+    srcs = [LINEAR, MATMUL, BMM, SPLIT, PROLOGUE, MISALIGNED, NARROW_B, A_T, B_T, A_T_B_T, W_T, A_T_MISALIGNED]
     pairs = [(Task.from_source(t), tma_source(t)) for t in srcs]
     return dict(zip(names, zip([c for _, c in pairs], evaluator.evaluate_batch(pairs, "interpret", "strict", seed=5))))
 
@@ -91,6 +102,39 @@ def test_ineligible_operands_keep_pointer_loads(verdicts):
     src, v = verdicts["narrow_b"]
     assert v.status == "ok", (v.status, v.error)
     assert "x0_desc.load(" in src and "b_mask" in src and "a_mask" not in src
+
+
+@pytest.mark.parametrize("name, a_load, b_load", [
+    ("a_t", "x0_desc.load([k0, pid_m * BLOCK_M]).T", "x1_desc.load([k0, pid_n * BLOCK_N])"),
+    ("b_t", "x0_desc.load([pid_m * BLOCK_M, k0])", "x1_desc.load([pid_n * BLOCK_N, k0]).T"),
+    ("a_t_b_t", "x0_desc.load([k0, pid_m * BLOCK_M]).T", "x1_desc.load([pid_n * BLOCK_N, k0]).T"),
+    ("w_t", "x0_desc.load([pid_m * BLOCK_M, k0])", "w_desc.load([pid_n * BLOCK_N, k0]).T"),
+])
+def test_transposed_operands_read_their_source_through_descriptors(verdicts, name, a_load, b_load):
+    """A fused transpose of an input or weight: a descriptor over the (dense, row-major) source,
+    tiled (k, m) for A.T and (n, k) for B.T, each tile transposed for tl.dot; no pointer loads."""
+    src, v = verdicts[name]
+    assert v.status == "ok", (v.status, v.reasons, v.error)
+    assert v.ptx and v.ptx["ok"], v.ptx
+    assert f"a = {a_load}" in src and f"b = {b_load}" in src
+    assert "a_mask" not in src and "b_mask" not in src and "tl.load(x" not in src
+    kern = next(line for line in src.splitlines() if line.startswith("def k0_"))[4:].split("(")[0]
+    if name.startswith("a_t"):
+        assert f"TensorDescriptor.from_tensor(x0, [{kern}_BLOCK_K, {kern}_BLOCK_M])" in src
+        assert "a.T (x0_desc)" in doc_line(src)
+    if name.endswith("b_t"):
+        assert f"TensorDescriptor.from_tensor(x1, [{kern}_BLOCK_N, {kern}_BLOCK_K])" in src
+        assert "b.T (x1_desc)" in doc_line(src)
+    if name == "w_t":
+        assert f"TensorDescriptor.from_tensor(self.w, [{kern}_BLOCK_N, {kern}_BLOCK_K])" in src
+
+
+def test_a_misaligned_transposed_source_keeps_pointer_loads(verdicts):
+    src, v = verdicts["a_t_misaligned"]
+    assert v.status == "ok", (v.status, v.error)
+    assert "a_mask" in src and "tl.load(x0_ptr + (rk[None, :]) * 5 + rm[:, None]" in src
+    assert "x1_desc.load([k0, pid_n * BLOCK_N])" in src and "b_mask" not in src
+    assert doc_line(src).endswith('TMA loads: b (x1_desc); a by pointers"""')
 
 
 def test_tma_is_off_by_default_and_validated():
@@ -153,13 +197,14 @@ def test_sm90_ptx_of_a_tma_kernel_issues_tma_copies(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["bench_addmm", "linear", "bmm", "split"])
+@pytest.mark.parametrize("name", ["bench_addmm", "linear", "bmm", "split", "a_t_b_t", "w_t"])
 def test_tma_candidates_are_correct_on_the_gpu(evaluator, name):
     """On a real GPU (TMA hardware from sm_90): the bench addmm (295 x 2048 @ 2048 x 8192) and the
     small products with ragged edges, all operands through descriptors, judged ok and timed."""
     from tests.policies._tasks import BENCH_ADDMM
 
-    task_src = {"bench_addmm": BENCH_ADDMM, "linear": LINEAR, "bmm": BMM, "split": SPLIT}[name]
+    task_src = {"bench_addmm": BENCH_ADDMM, "linear": LINEAR, "bmm": BMM, "split": SPLIT, "a_t_b_t": A_T_B_T,
+                "w_t": W_T}[name]
     src = tma_source(task_src)
     assert len(re.findall(r"_desc\.load\(\[", src)) == 2
     v = evaluator.evaluate(Task.from_source(task_src), src, backend="cuda", seed=3)
