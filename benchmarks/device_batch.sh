@@ -76,13 +76,13 @@ for s in "$@"; do
       step "$s" "${KB_LIMIT:-560}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" \
         --levels "$lv" --policy search --mode lenient --backend cuda --budget-evals "${KB_EVALS:-6}" \
         --budget-s "${KB_SEARCH_S:-20}" --jobs "${KB_JOBS:-8}" --out "$OUT/$s" $(resume "$s") $(losers) ${KB_EXTRA:-} ;;
-    kb_tma)  # products (compiler, strict) with pointer loads, then with TMA descriptors (config tma), in
-      # one call: KB_TMA_LEVELS (default 1) and KB_TMA_FILTER (default level 1's plain matmuls, all
-      # eligible; e.g. KB_TMA_LEVELS=2 KB_TMA_FILTER=_Gemm_ for level 2's Gemm chains)
-      for t in off on; do
-        cfg=(); [ $t = on ] && cfg=(--config '{"tma":true}')
-        step "kb_tma_$t" "${KB_LIMIT:-270}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels "${KB_TMA_LEVELS:-1}" \
-          --filter "${KB_TMA_FILTER:-^(1|2|3|6|7|9|13|17)_}" --policy compiler --mode strict --backend cuda \
+    kb_tma)  # products (compiler, strict) with pointer loads, with TMA descriptors (config tma), and with
+      # TMA and warp-specialised k loops, in one call: KB_TMA_LEVELS (default 1) and KB_TMA_FILTER
+      # (default level 1's plain and transposed matmuls; e.g. KB_TMA_LEVELS=2 KB_TMA_FILTER=_Gemm_)
+      for t in off on ws; do
+        case $t in off) cfg=() ;; on) cfg=(--config '{"tma":true}') ;; ws) cfg=(--config '{"tma":true,"warp_specialize":true}') ;; esac
+        step "kb_tma_$t" "${KB_LIMIT:-180}" python3 -m benchmarks.kernelbench "${KB:-kb_local}" --levels "${KB_TMA_LEVELS:-1}" \
+          --filter "${KB_TMA_FILTER:-^(1|2|3|6|7|9|13|16|17|18)_}" --policy compiler --mode strict --backend cuda \
           --profile-losers 0 "${cfg[@]}" --out "$OUT/kb_tma_$t"
       done ;;
     conv_layout)  # cuDNN's level-2 convolutions in NCHW against channels-last (benchmarks/conv_layout.py)
