@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -13,6 +14,12 @@ from typing import Any
 
 
 def _child(conn: Any, job: Callable[[], dict[str, Any]]) -> None:
+    # A forked child has none of the parent's OpenMP threads: once the parent ran a parallel torch
+    # op, the child's first one waits for them forever (kb_shrink's checks under pytest did), so
+    # torch runs single-threaded here.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
     try:
         out = job()
     except BaseException as exc:  # noqa: BLE001 - reported to the parent

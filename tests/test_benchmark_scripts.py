@@ -755,3 +755,20 @@ def test_kb_shrink_writes_copies_that_run_and_names_what_does_not_fit(tmp_path, 
     assert tuple(ns["get_inputs"]()[0].shape) == (8, 24, 56, 30)
     with pytest.raises(SystemExit, match="inside the checkout"):
         kbs.main([str(tmp_path / "kb"), str(level / "x"), "--levels", "1"])
+
+
+def test_forked_children_compute_after_the_parent_used_openmp():
+    """`in_children` after this process ran parallel torch ops (as pytest has by then): a forked
+    child's CPU op must not wait for the parent's OpenMP threads (it hung until killed)."""
+    import torch
+
+    from benchmarks._children import in_children
+
+    x = torch.randn(256, 256)
+    assert torch.isfinite(x @ x).all()
+
+    def job() -> dict:
+        y = torch.nn.functional.group_norm(torch.randn(4, 24, 32, 32), 3)
+        return {"ok": bool(torch.isfinite(y).all())}
+
+    assert in_children([job], timeout=60, parallel=1)[0].get("ok") is True

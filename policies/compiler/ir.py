@@ -110,6 +110,8 @@ class StateEntry:
 # A dense tensor's memory layout other than row-major (""): torch.channels_last /
 # channels_last_3d, dim 1 innermost (`coords.layout_order`).
 CHANNELS_LAST = "channels_last"
+# bytes an element of a program dtype takes (`Program.dtype`)
+ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass

@@ -11,7 +11,7 @@ from policies.compiler.codegen import KernelWriter
 from policies.compiler.coords import ZERO, Coords, Expr, broadcast
 from policies.compiler.dot import batch_offset, dot, dot_blocks, dot_kernel, dot_operand, grid_axis, split_k
 from policies.compiler.einsum import einsum_kernel
-from policies.compiler.ir import CompileError, Program, numel
+from policies.compiler.ir import ELEMENT_BYTES, CompileError, Program, numel
 from policies.compiler.template import Descriptor, Kernel, clamp_pow2, reserve, store_result, tile_view
 
 # Programs a one-row product (GEMV) aims for. On an H200 the bench GEMV (1 x 3253 @ 3253 x 8192,
@@ -101,8 +101,6 @@ def matmul_kernel(prog: Program, nodes: Sequence[int], stored: Sequence[int], an
     # TMA operands: each one's load (a descriptor's tile at this program's place); None: pointers
     a_tma = b_tma = a_src = b_src = None
     if tma:
-        from policies.compiler.shared_memory import ELEMENT_BYTES  # it imports the templates
-
         itemsize = ELEMENT_BYTES[prog.dtype]
         pb_txt = "pid_b" if batched and batch > 1 else "0"
         a_src = _transposed_source(prog, w, a_ref, stored) if len(a_shape) == 2 and not batched else None

@@ -12,7 +12,7 @@ from kernelgym.ops import get_op
 from policies.compiler.codegen import state_expr
 from policies.compiler.extern import extern_line, late_bias
 from policies.compiler.formulas import HELPER_ORDER, HELPERS
-from policies.compiler.ir import CompileError, Program, StateEntry, kind, numel
+from policies.compiler.ir import ELEMENT_BYTES, CompileError, Program, StateEntry, kind, numel
 from policies.compiler.kernels import (
     Kernel,
     conv_kernel,
@@ -23,7 +23,7 @@ from policies.compiler.kernels import (
 from policies.compiler.layout import FORMATS as CL_FORMATS
 from policies.compiler.layout import channels_last
 from policies.compiler.recurrent import recurrent_kernel
-from policies.compiler.shared_memory import ELEMENT_BYTES, fit_shared_memory
+from policies.compiler.shared_memory import fit_shared_memory
 from policies.smem import SMEM_BUDGET
 
 BLOCK_KEYS = ("BLOCK", "BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_R", "SPLIT_K", "SPLIT_R")

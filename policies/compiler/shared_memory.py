@@ -16,8 +16,6 @@ from policies.compiler.recurrent import RecurrentKernel
 from policies.compiler.template import Kernel
 from policies.smem import DEFAULT_STAGES, estimate_function, fit_launch, has_dot, jit_functions
 
-ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
 
 def _stages(k: Kernel) -> int:
     # a recurrent kernel's options are its cell's; its products launch at Triton's default
