@@ -38,6 +38,11 @@ _PRECISION = re.compile(r'input_precision="[a-z0-9]+"')
 _TORCH_DTYPES = {"float32": "torch.float32", "float16": "torch.float16", "bfloat16": "torch.bfloat16"}
 
 
+# config keys that take a bool, with what each turns on (`matmul.matmul_kernel`)
+SWITCH_KEYS = {"tma": "TMA tensor-descriptor loads of product operands",
+               "warp_specialize": "a warp-specialised k loop in product kernels whose operands are TMA loads"}
+
+
 def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a launch config: block sizes (powers of two), num_warps, num_stages,
     ``dot_precision`` (fp32 ``tl.dot``: "tf32x3", "ieee" or "tf32"), ``tma`` (a bool: product
@@ -63,16 +68,9 @@ def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
                                    f"got {value!r}")
             out[key] = value
             continue
-        if key == "tma":
+        if key in SWITCH_KEYS:
             if not isinstance(value, bool):
-                raise CompileError("config['tma'] must be true or false (TMA tensor-descriptor loads of "
-                                   f"product operands), got {value!r}")
-            out[key] = value
-            continue
-        if key == "warp_specialize":
-            if not isinstance(value, bool):
-                raise CompileError("config['warp_specialize'] must be true or false (a warp-specialised k loop "
-                                   f"in product kernels whose operands are TMA loads), got {value!r}")
+                raise CompileError(f"config[{key!r}] must be true or false ({SWITCH_KEYS[key]}), got {value!r}")
             out[key] = value
             continue
         if key not in BLOCK_KEYS and key not in OPTION_KEYS:
