@@ -86,9 +86,12 @@ def test_ctrl_c_stops_eval_at_once_without_traceback(tmp_path):
     cand = tmp_path / "loop.py"
     cand.write_text(LOOP)
     assert "while True" in LOOP
+    # Ctrl-C as an interactive shell delivers it: a suite started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and so would this command (it then ran on)
     p = subprocess.Popen([sys.executable, "-m", "kernelgym", "eval", str(DATA / "ref_add.py"), str(cand),
                           "--backend", "interpret", "--timeout", "200"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(20)   # well into the candidate's endless forward on a loaded 2-core machine
     assert p.poll() is None
     t = time.monotonic()
