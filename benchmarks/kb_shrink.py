@@ -34,6 +34,7 @@ from typing import Any
 from benchmarks._children import in_children
 from benchmarks._kb_checkout import level_dirs, parse_levels
 from benchmarks._output import write_json
+from benchmarks.dot_smem import problem_paths
 
 # 8 after 16: a 3-D problem whose literals at or below 16 stay is still over the element limit
 CAPS = (16, 8, 32, 64)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(args.out.resolve() == d.resolve() or d.resolve() in args.out.resolve().parents for d in dirs.values()):
         raise SystemExit(f"kb_shrink: OUT {args.out} is inside the checkout's level folders; give another folder")
     try:
-        pattern = re.compile(args.filter) if args.filter else None
+        re.compile(args.filter or "")
     except re.error as exc:
         raise SystemExit(f"kb_shrink: --filter {args.filter!r} is not a regex: {exc}") from None
     print(f"{'level':>5} {'problems':>8} " + " ".join(f"{'cap ' + str(c):>7}" for c in CAPS)
@@ -187,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"benchmark": "kb_shrink", "path": str(args.path), "max_elements": args.max_elements,
                               "levels": {}}
     for lv, folder in dirs.items():
-        files = sorted((f for f in folder.glob("*.py") if not pattern or pattern.search(f.name)),
-                       key=lambda f: (int(m[1]) if (m := re.match(r"(\d+)_", f.name)) else 1 << 30, f.name))
+        files = [Path(f) for f in problem_paths([str(folder)], args.filter, None)]
         rows = shrink_problems(files, args.out / f"level{lv}", args.max_elements, args.timeout, args.jobs)
         by_cap = [sum(1 for r in rows if r["cap"] == c) for c in CAPS]
         deep = sum(1 for r in rows if r.get("deep"))

@@ -276,17 +276,14 @@ class _Search:
                     self.add(s, "config", {"config": cfg})
         # TMA loads in the product kernels (a Hopper GPU, or asked for): judged only when some
         # operand got a descriptor, else the source would be the default's again.
+        # And with a warp-specialised k loop where a product kernel reads both operands so (only
+        # then does it differ from the TMA candidate).
         if self.p._offers_tma():
-            tma = {"tma": True}
-            for s in self.ask("tma", {"config": tma}, comp.compile, task, config=tma)[:1]:
-                if isinstance(s, str) and "TensorDescriptor" in s:
-                    self.add(s, "tma", {"config": tma})
-            # and with a warp-specialised k loop where a product kernel reads both operands so
-            # (only then does it differ from the TMA candidate)
-            ws = {"tma": True, "warp_specialize": True}
-            for s in self.ask("tma_ws", {"config": ws}, comp.compile, task, config=ws)[:1]:
-                if isinstance(s, str) and "warp_specialize=" in s:
-                    self.add(s, "tma_ws", {"config": ws})
+            for origin, cfg, marker in (("tma", {"tma": True}, "TensorDescriptor"),
+                                        ("tma_ws", {"tma": True, "warp_specialize": True}, "warp_specialize=")):
+                for s in self.ask(origin, {"config": cfg}, comp.compile, task, config=cfg)[:1]:
+                    if isinstance(s, str) and marker in s:
+                        self.add(s, origin, {"config": cfg})
         # Lenient mode: which convolutions / products run as the vendor call (extern anchors, the
         # compiler's `extern_choices`, its own set first): each other set with its default partition.
         ext_kw: dict[str, Any] = {}

@@ -45,10 +45,11 @@ SWITCH_KEYS = {"tma": "TMA tensor-descriptor loads of product operands",
 
 def check_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a launch config: block sizes (powers of two), num_warps, num_stages,
-    ``dot_precision`` (fp32 ``tl.dot``: "tf32x3", "ieee" or "tf32"), ``tma`` (a bool: product
-    kernels load their eligible operands through TMA tensor descriptors, `matmul.tma_eligible`),
-    ``warp_specialize`` (a bool: a product kernel whose operands are both descriptor loads
-    warp-specialises its k loop, `matmul.matmul_kernel`) and optional per-kernel overrides under ``"kernels"`` (kernel index or name -> the same keys)."""
+    ``dot_precision`` (fp32 ``tl.dot``: "tf32x3", "ieee" or "tf32"), the `SWITCH_KEYS` ``tma`` (product
+    kernels load their eligible operands through TMA tensor descriptors, `matmul.tma_eligible`) and
+    ``warp_specialize`` (a product kernel whose operands are both descriptor loads warp-specialises
+    its k loop), and optional per-kernel overrides under ``"kernels"`` (kernel index or name -> the
+    same keys)."""
     if config is None:
         return {}
     if not isinstance(config, Mapping):
@@ -146,13 +147,11 @@ def build_kernels(prog: Program, groups: list[list[int]], stored: list[list[int]
                        "recurrent": recurrent_kernel}.get(ka)
             if builder is None:
                 raise CompileError(f"node {a}: no Triton lowering for {prog.graph.nodes[a].op!r}")
+            # what the config sets for this kernel that shapes its body (applied to the rest later)
+            kc = _kernel_config(config or {}, sum(isinstance(x, Kernel) for x in out), name)
             if ka == "row":
-                n_kernels = sum(isinstance(x, Kernel) for x in out)
-                k = row_kernel(prog, nodes, st, a, name,
-                               _kernel_config(config or {}, n_kernels, name).get("BLOCK_R"))
+                k = row_kernel(prog, nodes, st, a, name, kc.get("BLOCK_R"))
             elif ka == "matmul":
-                n_kernels = sum(isinstance(x, Kernel) for x in out)
-                kc = _kernel_config(config or {}, n_kernels, name)
                 k = matmul_kernel(prog, nodes, st, a, name, tma=bool(kc.get("tma", False)),
                                   host_nodes=_torch_made(out, extern),
                                   warp_specialize=bool(kc.get("warp_specialize", False)))

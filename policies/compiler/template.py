@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from policies.compiler.codegen import KernelWriter
-from policies.compiler.coords import ZERO, Coords, Expr, paren
+from policies.compiler.coords import ZERO, Coords, Expr, paren, strides
 
 # Programs a memory-bound kernel aims for (about 4 per SM of a 132-SM H100/H200): row kernels over
 # non-contiguous rows shrink their tiles towards it, and products with few tiles split k.
@@ -83,10 +83,7 @@ class Descriptor:
         block = "[" + ", ".join(str(names.get(b, b)) if isinstance(b, str) else str(b) for b in self.block) + "]"
         if self.shape is None:
             return f"TensorDescriptor.from_tensor({tensor}, {block})"
-        strides = [1] * len(self.shape)
-        for i in range(len(self.shape) - 2, -1, -1):
-            strides[i] = strides[i + 1] * self.shape[i + 1]
-        return f"TensorDescriptor({tensor}, {list(self.shape)}, {strides}, {block})"
+        return f"TensorDescriptor({tensor}, {list(self.shape)}, {strides(self.shape)}, {block})"
 
 
 def next_pow2(n: int) -> int:
