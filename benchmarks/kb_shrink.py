@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to build and run one copy")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
+    for name in ("max_elements", "jobs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.timeout > 0:
+        ap.error(f"--timeout must be > 0, got {args.timeout}")
     dirs = level_dirs(args.path, args.levels)
     if any(args.out.resolve() == d.resolve() or d.resolve() in args.out.resolve().parents for d in dirs.values()):
         raise SystemExit(f"kb_shrink: OUT {args.out} is inside the checkout's level folders; give another folder")

@@ -772,3 +772,16 @@ def test_forked_children_compute_after_the_parent_used_openmp():
         return {"ok": bool(torch.isfinite(y).all())}
 
     assert in_children([job], timeout=60, parallel=1)[0].get("ok") is True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-elements", "0"], "--max-elements must be >= 1"), (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--timeout", "0"], "--timeout must be > 0"), (["--filter", "("], "is not a regex"),
+    (["--levels", "x"], "--levels takes numbers")])
+def test_kb_shrink_bad_arguments(tmp_path, argv, message, capsys):
+    """Each bad option is named before any problem is read."""
+    (tmp_path / "kb" / "level1").mkdir(parents=True)
+    with pytest.raises(SystemExit) as info:
+        load("kb_shrink").main([str(tmp_path / "kb"), str(tmp_path / "out"), "--levels", "1", *argv])
+    assert info.value.code not in (0, None)
+    assert message in capsys.readouterr().err + str(info.value.code)
